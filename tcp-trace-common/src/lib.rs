@@ -1,0 +1,220 @@
+//! Types shared by tcp-trace's kernel programs (`tcp-trace-ebpf`) and its userspace (`tcp-trace`).
+//!
+//! Every record the kernel writes to the ring buffer starts with a [`Header`]; the header's
+//! `kind` says which body follows. All structs are `#[repr(C)]`, their fields naturally aligned,
+//! with every padding byte spelled out as a named field, so both sides agree byte for byte.
+//! The tracepoint field offsets the kernel programs read are in [`layout`]; userspace checks them
+//! against the running kernel's `format` files before it attaches anything.
+#![no_std]
+
+pub mod layout;
+
+/// Kernel TCP state numbers (`include/net/tcp_states.h`).
+pub mod tcp_state {
+    /// TCP_ESTABLISHED
+    pub const ESTABLISHED: i32 = 1;
+    /// TCP_SYN_SENT
+    pub const SYN_SENT: i32 = 2;
+    /// TCP_SYN_RECV
+    pub const SYN_RECV: i32 = 3;
+    /// TCP_FIN_WAIT1
+    pub const FIN_WAIT1: i32 = 4;
+    /// TCP_FIN_WAIT2
+    pub const FIN_WAIT2: i32 = 5;
+    /// TCP_TIME_WAIT
+    pub const TIME_WAIT: i32 = 6;
+    /// TCP_CLOSE
+    pub const CLOSE: i32 = 7;
+    /// TCP_CLOSE_WAIT
+    pub const CLOSE_WAIT: i32 = 8;
+    /// TCP_LAST_ACK
+    pub const LAST_ACK: i32 = 9;
+    /// TCP_LISTEN
+    pub const LISTEN: i32 = 10;
+    /// TCP_CLOSING
+    pub const CLOSING: i32 = 11;
+    /// TCP_NEW_SYN_RECV
+    pub const NEW_SYN_RECV: i32 = 12;
+}
+
+/// `AF_INET`.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6`.
+pub const AF_INET6: u16 = 10;
+/// `IPPROTO_TCP`.
+pub const IPPROTO_TCP: u16 = 6;
+
+/// Which body follows a [`Header`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// [`StateEvent`]: `sock/inet_sock_set_state`.
+    State = 1,
+    /// [`RetransmitEvent`]: `tcp/tcp_retransmit_skb`.
+    Retransmit = 2,
+    /// [`SynackRetransmitEvent`]: `tcp/tcp_retransmit_synack`.
+    SynackRetransmit = 3,
+    /// [`ResetSentEvent`]: `tcp/tcp_send_reset`.
+    ResetSent = 4,
+    /// [`ResetReceivedEvent`]: `tcp/tcp_receive_reset`.
+    ResetReceived = 5,
+    /// [`ErrorEvent`]: `sock/inet_sk_error_report`.
+    Error = 6,
+}
+
+impl Kind {
+    /// The kind for a header's `kind` byte, if it is one this build knows.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::State,
+            2 => Self::Retransmit,
+            3 => Self::SynackRetransmit,
+            4 => Self::ResetSent,
+            5 => Self::ResetReceived,
+            6 => Self::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// The first 80 bytes of every ring-buffer record.
+///
+/// Addresses are raw network-order bytes; an IPv4 address fills the first 4 bytes of its field.
+/// Ports are in host order, as the tracepoints store them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Header {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// Kernel address of the `struct sock` (0 when the tracepoint has none).
+    pub skaddr: u64,
+    /// `bpf_get_current_pid_tgid()` of whatever task was on the CPU (tgid in the upper half).
+    pub pid_tgid: u64,
+    /// `bpf_get_current_comm()` of that task.
+    pub comm: [u8; 16],
+    /// A [`Kind`] as `u8`.
+    pub kind: u8,
+    /// Explicit padding; always zero.
+    pub _pad: u8,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Local port.
+    pub sport: u16,
+    /// Remote port.
+    pub dport: u16,
+    /// Local address.
+    pub saddr: [u8; 16],
+    /// Remote address.
+    pub daddr: [u8; 16],
+}
+
+/// A TCP state change.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StateEvent {
+    /// Common fields.
+    pub hdr: Header,
+    /// State before (a [`tcp_state`] number).
+    pub oldstate: i32,
+    /// State after.
+    pub newstate: i32,
+}
+
+/// A retransmitted data (or SYN/FIN) segment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RetransmitEvent {
+    /// Common fields.
+    pub hdr: Header,
+    /// The socket's state when it retransmitted.
+    pub state: i32,
+    /// Result of the transmit (0 = sent; negative errno = it could not leave the host).
+    pub err: i32,
+}
+
+/// A retransmitted SYN-ACK; `hdr.skaddr` is the listener.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SynackRetransmitEvent {
+    /// Common fields.
+    pub hdr: Header,
+    /// Kernel address of the request socket (the embryonic connection).
+    pub req: u64,
+}
+
+/// A reset the host sent. The endpoints are copied raw (`struct sockaddr_in`/`sockaddr_in6`
+/// images, network byte order) because this tracepoint stores them that way; `hdr`'s address
+/// fields are zero and userspace fills them in while decoding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ResetSentEvent {
+    /// Common fields (`skaddr` may be 0: a reset for a segment that matched no socket).
+    pub hdr: Header,
+    /// The socket's state (meaningless when `skaddr` is 0).
+    pub state: i32,
+    /// `enum sk_rst_reason`.
+    pub reason: u32,
+    /// Source `sockaddr` image.
+    pub saddr_raw: [u8; 28],
+    /// Destination `sockaddr` image.
+    pub daddr_raw: [u8; 28],
+}
+
+/// A reset the host received.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ResetReceivedEvent {
+    /// Common fields.
+    pub hdr: Header,
+    /// The socket cookie (never reused; 0 on kernels without it).
+    pub cookie: u64,
+}
+
+/// A socket error reported to the application (`sk->sk_err`), e.g. ETIMEDOUT or ECONNRESET.
+/// This tracepoint has no socket address: `hdr.skaddr` is 0; match it by its endpoints.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorEvent {
+    /// Common fields.
+    pub hdr: Header,
+    /// Positive errno.
+    pub error: i32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+}
+
+/// Names of the maps and globals both sides refer to.
+pub mod names {
+    /// The BPF ring buffer all events go through.
+    pub const EVENTS: &str = "EVENTS";
+    /// Per-CPU `u64` count of ring-buffer reservations that failed (events lost).
+    pub const LOST: &str = "LOST";
+    /// Global `u64`: bytes of unread data above which a submit wakes userspace.
+    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C) with only integer and byte-array fields and no implicit
+    // padding (checked by the size assertions below), so every bit pattern is valid.
+    unsafe impl aya::Pod for Header {}
+    unsafe impl aya::Pod for StateEvent {}
+    unsafe impl aya::Pod for RetransmitEvent {}
+    unsafe impl aya::Pod for SynackRetransmitEvent {}
+    unsafe impl aya::Pod for ResetSentEvent {}
+    unsafe impl aya::Pod for ResetReceivedEvent {}
+    unsafe impl aya::Pod for ErrorEvent {}
+}
+
+// No implicit padding: each size equals the sum of its fields.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<Header>() == 8 + 8 + 8 + 16 + 1 + 1 + 2 + 2 + 2 + 16 + 16);
+    assert!(size_of::<StateEvent>() == size_of::<Header>() + 8);
+    assert!(size_of::<RetransmitEvent>() == size_of::<Header>() + 8);
+    assert!(size_of::<SynackRetransmitEvent>() == size_of::<Header>() + 8);
+    assert!(size_of::<ResetSentEvent>() == size_of::<Header>() + 8 + 56);
+    assert!(size_of::<ResetReceivedEvent>() == size_of::<Header>() + 8);
+    assert!(size_of::<ErrorEvent>() == size_of::<Header>() + 8);
+};

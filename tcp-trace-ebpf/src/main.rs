@@ -1,0 +1,325 @@
+//! tcp-trace's kernel programs: one per tracepoint, each small and dumb.
+//!
+//! Every program copies the tracepoint's fields into one `tcp_trace_common` event, reserves it
+//! in the `EVENTS` ring buffer and submits it. Decisions (owners, lifecycles, what is stuck) are
+//! all made in userspace. Submits do not wake userspace unless the unread data has passed
+//! `WAKEUP_BYTES`; userspace also drains on a short timer. A failed reservation is counted in
+//! the per-CPU `LOST` array, which userspace reports.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod programs {
+    use core::{ffi::c_void, ptr};
+
+    use aya_ebpf::{
+        bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+        helpers::{
+            bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+            generated::{bpf_get_current_comm, bpf_probe_read_kernel},
+        },
+        macros::{map, tracepoint},
+        maps::{PerCpuArray, RingBuf},
+        programs::TracePointContext,
+        EbpfContext, Global,
+    };
+    use aya_log_ebpf::debug;
+    use tcp_trace_common::{
+        layout::{
+            error_report as er, receive_reset as rr, retransmit_skb as rs, retransmit_synack as ra,
+            send_reset as sr, set_state as ss, Field,
+        },
+        ErrorEvent, Header, Kind, ResetReceivedEvent, ResetSentEvent, RetransmitEvent, StateEvent,
+        SynackRetransmitEvent, AF_INET6, IPPROTO_TCP,
+    };
+
+    /// Default 4 MiB; userspace may resize it at load time (`--ringbuf-size`).
+    #[map]
+    static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+    #[map]
+    static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+    #[unsafe(no_mangle)]
+    static WAKEUP_BYTES: Global<u64> = Global::new(512 << 10);
+
+    #[unsafe(no_mangle)]
+    static RETRANSMIT_HAS_ERR: Global<u8> = Global::new(1);
+
+    /// Reads a scalar field straight from the tracepoint record. `volatile` keeps LLVM from
+    /// merging neighbouring loads into one the verifier would reject as misaligned.
+    #[inline(always)]
+    fn field<T: Copy>(ctx: &TracePointContext, f: Field) -> T {
+        unsafe { ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(f.offset).cast::<T>()) }
+    }
+
+    /// Copies a byte-array field. 4-aligned arrays are read straight from the record; others
+    /// go through `bpf_probe_read_kernel`, because LLVM folds a loop of narrower loads into
+    /// ctx-pointer arithmetic, which the verifier rejects ("modified ctx ptr").
+    #[inline(always)]
+    fn copy(ctx: &TracePointContext, f: Field, dst: *mut u8) {
+        let src = unsafe { ctx.as_ptr().cast::<u8>().add(f.offset) };
+        unsafe {
+            if f.offset.is_multiple_of(4) && f.size.is_multiple_of(4) {
+                for i in 0..f.size / 4 {
+                    let v = ptr::read_volatile(src.add(i * 4).cast::<u32>());
+                    dst.add(i * 4).cast::<u32>().write(v);
+                }
+            } else {
+                bpf_probe_read_kernel(dst.cast::<c_void>(), f.size as u32, src.cast::<c_void>());
+            }
+        }
+    }
+
+    /// Fills the fields every event has.
+    #[inline(always)]
+    fn header(h: *mut Header, kind: Kind, skaddr: u64) {
+        unsafe {
+            (*h).ts_ns = bpf_ktime_get_ns();
+            (*h).skaddr = skaddr;
+            (*h).pid_tgid = bpf_get_current_pid_tgid();
+            bpf_get_current_comm((*h).comm.as_mut_ptr().cast::<c_void>(), 16);
+            (*h).kind = kind as u8;
+            (*h)._pad = 0;
+        }
+    }
+
+    /// Copies family, ports and the v4 or v6 address pair.
+    #[inline(always)]
+    fn endpoints(ctx: &TracePointContext, h: *mut Header, f: [Field; 7]) {
+        let [family, sport, dport, saddr, daddr, saddr6, daddr6] = f;
+        let fam: u16 = field(ctx, family);
+        unsafe {
+            (*h).family = fam;
+            (*h).sport = field(ctx, sport);
+            (*h).dport = field(ctx, dport);
+            if fam == AF_INET6 {
+                copy(ctx, saddr6, (*h).saddr.as_mut_ptr());
+                copy(ctx, daddr6, (*h).daddr.as_mut_ptr());
+            } else {
+                (*h).saddr = [0; 16];
+                (*h).daddr = [0; 16];
+                copy(ctx, saddr, (*h).saddr.as_mut_ptr());
+                copy(ctx, daddr, (*h).daddr.as_mut_ptr());
+            }
+        }
+    }
+
+    /// Reserves room for one `T`, or counts the loss.
+    #[inline(always)]
+    fn reserve<T: 'static>(
+        ctx: &TracePointContext,
+    ) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<T>> {
+        let e = EVENTS.reserve::<T>(0);
+        if e.is_none() {
+            if let Some(n) = LOST.get_ptr_mut(0) {
+                unsafe { *n += 1 };
+            }
+            debug!(ctx, "tcp-trace: ring buffer full, event lost");
+        }
+        e
+    }
+
+    /// Submits without waking userspace unless enough data is waiting.
+    #[inline(always)]
+    fn submit<T>(e: aya_ebpf::maps::ring_buf::RingBufEntry<T>) {
+        let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES.load() {
+            BPF_RB_FORCE_WAKEUP
+        } else {
+            BPF_RB_NO_WAKEUP
+        };
+        e.submit(flags as u64);
+    }
+
+    #[tracepoint(category = "sock", name = "inet_sock_set_state")]
+    pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+        if field::<u16>(&ctx, ss::PROTOCOL) != IPPROTO_TCP {
+            return 0;
+        }
+        let Some(mut e) = reserve::<StateEvent>(&ctx) else {
+            return 0;
+        };
+        let p = e.as_mut_ptr();
+        unsafe {
+            header(&raw mut (*p).hdr, Kind::State, field(&ctx, ss::SKADDR));
+            endpoints(
+                &ctx,
+                &raw mut (*p).hdr,
+                [
+                    ss::FAMILY,
+                    ss::SPORT,
+                    ss::DPORT,
+                    ss::SADDR,
+                    ss::DADDR,
+                    ss::SADDR_V6,
+                    ss::DADDR_V6,
+                ],
+            );
+            (*p).oldstate = field(&ctx, ss::OLDSTATE);
+            (*p).newstate = field(&ctx, ss::NEWSTATE);
+        }
+        submit(e);
+        0
+    }
+
+    #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
+    pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+        let Some(mut e) = reserve::<RetransmitEvent>(&ctx) else {
+            return 0;
+        };
+        let p = e.as_mut_ptr();
+        unsafe {
+            header(&raw mut (*p).hdr, Kind::Retransmit, field(&ctx, rs::SKADDR));
+            endpoints(
+                &ctx,
+                &raw mut (*p).hdr,
+                [
+                    rs::FAMILY,
+                    rs::SPORT,
+                    rs::DPORT,
+                    rs::SADDR,
+                    rs::DADDR,
+                    rs::SADDR_V6,
+                    rs::DADDR_V6,
+                ],
+            );
+            (*p).state = field(&ctx, rs::STATE);
+            (*p).err = if RETRANSMIT_HAS_ERR.load() != 0 {
+                field(&ctx, rs::ERR)
+            } else {
+                0
+            };
+        }
+        submit(e);
+        0
+    }
+
+    #[tracepoint(category = "tcp", name = "tcp_retransmit_synack")]
+    pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
+        let Some(mut e) = reserve::<SynackRetransmitEvent>(&ctx) else {
+            return 0;
+        };
+        let p = e.as_mut_ptr();
+        unsafe {
+            header(
+                &raw mut (*p).hdr,
+                Kind::SynackRetransmit,
+                field(&ctx, ra::SKADDR),
+            );
+            endpoints(
+                &ctx,
+                &raw mut (*p).hdr,
+                [
+                    ra::FAMILY,
+                    ra::SPORT,
+                    ra::DPORT,
+                    ra::SADDR,
+                    ra::DADDR,
+                    ra::SADDR_V6,
+                    ra::DADDR_V6,
+                ],
+            );
+            (*p).req = field(&ctx, ra::REQ);
+        }
+        submit(e);
+        0
+    }
+
+    #[tracepoint(category = "tcp", name = "tcp_send_reset")]
+    pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+        let Some(mut e) = reserve::<ResetSentEvent>(&ctx) else {
+            return 0;
+        };
+        let p = e.as_mut_ptr();
+        unsafe {
+            header(&raw mut (*p).hdr, Kind::ResetSent, field(&ctx, sr::SKADDR));
+            (*p).hdr.family = 0;
+            (*p).hdr.sport = 0;
+            (*p).hdr.dport = 0;
+            (*p).hdr.saddr = [0; 16];
+            (*p).hdr.daddr = [0; 16];
+            (*p).state = field(&ctx, sr::STATE);
+            (*p).reason = field(&ctx, sr::REASON);
+            copy(&ctx, sr::SADDR, (*p).saddr_raw.as_mut_ptr());
+            copy(&ctx, sr::DADDR, (*p).daddr_raw.as_mut_ptr());
+        }
+        submit(e);
+        0
+    }
+
+    #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
+    pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+        let Some(mut e) = reserve::<ResetReceivedEvent>(&ctx) else {
+            return 0;
+        };
+        let p = e.as_mut_ptr();
+        unsafe {
+            header(
+                &raw mut (*p).hdr,
+                Kind::ResetReceived,
+                field(&ctx, rr::SKADDR),
+            );
+            endpoints(
+                &ctx,
+                &raw mut (*p).hdr,
+                [
+                    rr::FAMILY,
+                    rr::SPORT,
+                    rr::DPORT,
+                    rr::SADDR,
+                    rr::DADDR,
+                    rr::SADDR_V6,
+                    rr::DADDR_V6,
+                ],
+            );
+            (*p).cookie = field(&ctx, rr::COOKIE);
+        }
+        submit(e);
+        0
+    }
+
+    #[tracepoint(category = "sock", name = "inet_sk_error_report")]
+    pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
+        if field::<u16>(&ctx, er::PROTOCOL) != IPPROTO_TCP {
+            return 0;
+        }
+        let Some(mut e) = reserve::<ErrorEvent>(&ctx) else {
+            return 0;
+        };
+        let p = e.as_mut_ptr();
+        unsafe {
+            header(&raw mut (*p).hdr, Kind::Error, 0);
+            endpoints(
+                &ctx,
+                &raw mut (*p).hdr,
+                [
+                    er::FAMILY,
+                    er::SPORT,
+                    er::DPORT,
+                    er::SADDR,
+                    er::DADDR,
+                    er::SADDR_V6,
+                    er::DADDR_V6,
+                ],
+            );
+            (*p).error = field(&ctx, er::ERROR);
+            (*p)._pad = 0;
+        }
+        submit(e);
+        0
+    }
+
+    /// GPL-compatible, so the kernel lets the programs use every helper they need.
+    #[unsafe(link_section = "license")]
+    #[unsafe(no_mangle)]
+    static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        loop {}
+    }
+}
+
+/// On the host this crate builds to nothing; the programs exist only for the BPF target.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

@@ -1,0 +1,3 @@
+//! One module per subcommand; each builds a [`crate::pipeline::Sink`].
+
+pub mod watch;

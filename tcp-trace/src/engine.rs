@@ -1,0 +1,912 @@
+//! The lifecycle engine: a pure fold of [`Event`]s into per-socket [`Lifecycle`]s.
+//!
+//! No I/O and no clock: every time comes from the events (or from the caller, for seeds and
+//! evaluation), so the same stream gives the same lifecycles live, replayed or in a test.
+//!
+//! Identity: a kernel socket address is reused once the socket is freed, so a socket that
+//! reaches CLOSE is finished, and a birth transition (`CLOSE→SYN_SENT`, `CLOSE→LISTEN`,
+//! `LISTEN→SYN_RECV`) on an address still tracked finishes the old lifecycle first. Sockets
+//! seeded from a sock_diag snapshot have no address yet; they are found by 4-tuple and re-keyed
+//! when the first event for them arrives.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+    num::NonZeroUsize,
+};
+
+use lru::LruCache;
+
+use crate::event::{Comm, Event, EventKind, TcpState};
+
+/// A connection's endpoints, local side first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tuple {
+    /// Local address.
+    pub saddr: IpAddr,
+    /// Local port.
+    pub sport: u16,
+    /// Remote address.
+    pub daddr: IpAddr,
+    /// Remote port.
+    pub dport: u16,
+}
+
+impl Tuple {
+    /// The endpoints of an event.
+    pub fn of(ev: &Event) -> Self {
+        Self {
+            saddr: ev.saddr,
+            sport: ev.sport,
+            daddr: ev.daddr,
+            dport: ev.dport,
+        }
+    }
+
+    /// Both ports known (not a half-bound socket in SYN_SENT or a listener).
+    fn is_connected(&self) -> bool {
+        self.sport != 0 && self.dport != 0
+    }
+}
+
+/// A process that owns a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// Process id.
+    pub pid: u32,
+    /// Thread name at the time.
+    pub comm: Comm,
+}
+
+/// A state entered at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// Monotonic ns.
+    pub at_ns: u64,
+    /// The state entered.
+    pub state: TcpState,
+}
+
+/// Which side sent the first FIN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closer {
+    /// This host (ESTABLISHED→FIN_WAIT1).
+    Local,
+    /// The peer (ESTABLISHED→CLOSE_WAIT).
+    Remote,
+    /// Both at once (FIN_WAIT1→CLOSING).
+    Simultaneous,
+    /// No FIN: a reset or abort (ESTABLISHED→CLOSE).
+    Abort,
+}
+
+impl Closer {
+    /// Name used in output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Remote => "remote",
+            Self::Simultaneous => "simultaneous",
+            Self::Abort => "abort",
+        }
+    }
+}
+
+/// Everything known about one socket's life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// Kernel socket address (0 for a seeded socket not yet seen in an event).
+    pub sock: u64,
+    /// Endpoints (latest known).
+    pub tuple: Tuple,
+    /// Owner learned from a transition made in the owner's own context.
+    pub owner: Option<Owner>,
+    /// States entered, in order; the first may be a seed (see `exact_start`).
+    pub states: Vec<Transition>,
+    /// False when the first state's time is only when the tracer first saw the socket.
+    pub exact_start: bool,
+    /// Last event time.
+    pub last_seen_ns: u64,
+    /// `tcp_retransmit_skb` count.
+    pub retransmits: u32,
+    /// `tcp_retransmit_synack` count (listeners).
+    pub synack_retransmits: u32,
+    /// Resets this host sent on the socket.
+    pub resets_sent: u32,
+    /// Resets received.
+    pub resets_received: u32,
+    /// Last socket error (positive errno).
+    pub error: Option<i32>,
+    /// Who closed first.
+    pub closer: Option<Closer>,
+    /// The application closed a FIN_WAIT2 socket: it became a kernel-owned timewait orphan at
+    /// this time (reaped after `tcp_fin_timeout`).
+    pub orphaned_ns: Option<u64>,
+    /// Events may be missing (lost events while it lived, or seen first mid-life).
+    pub incomplete: bool,
+}
+
+impl Lifecycle {
+    fn new(sock: u64, tuple: Tuple, first: Transition, exact_start: bool) -> Self {
+        Self {
+            sock,
+            tuple,
+            owner: None,
+            states: vec![first],
+            exact_start,
+            last_seen_ns: first.at_ns,
+            retransmits: 0,
+            synack_retransmits: 0,
+            resets_sent: 0,
+            resets_received: 0,
+            error: None,
+            closer: None,
+            orphaned_ns: None,
+            incomplete: !exact_start,
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> TcpState {
+        self.states.last().map_or(TcpState::CLOSE, |t| t.state)
+    }
+
+    /// When the current state was entered (a lower bound when it is the seed).
+    pub fn state_since_ns(&self) -> u64 {
+        self.states.last().map_or(0, |t| t.at_ns)
+    }
+
+    /// Whether `state_since_ns` is exact.
+    pub fn state_since_exact(&self) -> bool {
+        self.exact_start || self.states.len() > 1
+    }
+
+    /// First time seen.
+    pub fn first_seen_ns(&self) -> u64 {
+        self.states.first().map_or(0, |t| t.at_ns)
+    }
+
+    /// Time spent in each state, the last one up to `end_ns`.
+    pub fn durations(&self, end_ns: u64) -> Vec<(TcpState, u64)> {
+        self.states
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let until = self.states.get(i + 1).map_or(end_ns, |n| n.at_ns);
+                (t.state, until.saturating_sub(t.at_ns))
+            })
+            .collect()
+    }
+}
+
+/// What applying one event did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// ns spent in the old state, when the tracer saw the socket enter it.
+    pub ns_in_old: Option<u64>,
+    /// The socket's owner as known after this event.
+    pub owner: Option<Owner>,
+    /// The socket the event belongs to, when it had to be found by 4-tuple (error events).
+    pub sock: Option<u64>,
+    /// A lifecycle ended with this event (it is queued for [`Engine::take_finished`]).
+    pub finished: bool,
+}
+
+/// A socket found in a snapshot before its events were seen.
+#[derive(Clone, Copy, Debug)]
+pub struct Seed {
+    /// Endpoints.
+    pub tuple: Tuple,
+    /// Its state in the snapshot.
+    pub state: TcpState,
+    /// When the snapshot was taken (monotonic ns).
+    pub at_ns: u64,
+}
+
+/// Running totals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Events applied.
+    pub events: u64,
+    /// Lifecycles dropped to stay under the socket cap.
+    pub evictions: u64,
+    /// Lifecycles finished.
+    pub finished: u64,
+}
+
+/// The engine.
+pub struct Engine {
+    socks: LruCache<u64, Lifecycle>,
+    by_tuple: HashMap<Tuple, u64>,
+    next_seed_key: u64,
+    /// Finished lifecycles, oldest first, kept so that late events (an error or reset the
+    /// kernel reports just after CLOSE) still find them; numbered by `grave_base + index`.
+    graveyard: VecDeque<(u64, Lifecycle)>,
+    grave_base: u64,
+    grave_by_sock: HashMap<u64, u64>,
+    grave_by_tuple: HashMap<Tuple, u64>,
+    keep_finished: bool,
+    /// Totals.
+    pub counters: Counters,
+}
+
+/// Finished lifecycles kept for late events when nobody takes them.
+const GRAVEYARD_MIN: usize = 4096;
+
+/// Keys below this are seeds (kernel addresses are far above it).
+const SEED_KEY_LIMIT: u64 = 1 << 40;
+
+fn is_birth(old: TcpState, new: TcpState) -> bool {
+    matches!(
+        (old, new),
+        (TcpState::CLOSE, _) | (TcpState::LISTEN, TcpState::SYN_RECV)
+    )
+}
+
+impl Engine {
+    /// An engine tracking at most `max_sockets` sockets (least recently seen evicted first).
+    /// With `keep_finished`, finished lifecycles wait for [`Engine::take_finished`]; without,
+    /// only the last few thousand are kept (for late events).
+    pub fn new(max_sockets: usize, keep_finished: bool) -> Self {
+        Self {
+            socks: LruCache::new(
+                NonZeroUsize::new(max_sockets.max(1)).unwrap_or(NonZeroUsize::MIN),
+            ),
+            by_tuple: HashMap::new(),
+            next_seed_key: 1,
+            graveyard: VecDeque::new(),
+            grave_base: 0,
+            grave_by_sock: HashMap::new(),
+            grave_by_tuple: HashMap::new(),
+            keep_finished,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Lifecycles that finished at or before `until_ns` (close time), oldest first. Waiting a
+    /// little after the close lets late events (errors, resets) join them.
+    pub fn take_finished(&mut self, until_ns: u64) -> Vec<Lifecycle> {
+        let mut out = Vec::new();
+        while self
+            .graveyard
+            .front()
+            .is_some_and(|(closed, _)| *closed <= until_ns)
+        {
+            if let Some(l) = self.pop_grave() {
+                out.push(l);
+            }
+        }
+        out
+    }
+
+    fn pop_grave(&mut self) -> Option<Lifecycle> {
+        let (_, l) = self.graveyard.pop_front()?;
+        let seq = self.grave_base;
+        self.grave_base += 1;
+        if self.grave_by_sock.get(&l.sock) == Some(&seq) {
+            self.grave_by_sock.remove(&l.sock);
+        }
+        if self.grave_by_tuple.get(&l.tuple) == Some(&seq) {
+            self.grave_by_tuple.remove(&l.tuple);
+        }
+        Some(l)
+    }
+
+    fn bury(&mut self, l: Lifecycle) {
+        let closed = l.last_seen_ns;
+        let seq = self.grave_base + self.graveyard.len() as u64;
+        if l.sock != 0 {
+            self.grave_by_sock.insert(l.sock, seq);
+        }
+        if l.tuple.is_connected() {
+            self.grave_by_tuple.insert(l.tuple, seq);
+        }
+        self.graveyard.push_back((closed, l));
+        if !self.keep_finished && self.graveyard.len() > GRAVEYARD_MIN {
+            self.pop_grave();
+        }
+    }
+
+    /// A recently finished lifecycle a late event belongs to.
+    fn grave_mut(&mut self, ev: &Event) -> Option<&mut Lifecycle> {
+        let seq = match ev.sock {
+            0 => self.grave_by_tuple.get(&Tuple::of(ev))?,
+            s => self.grave_by_sock.get(&s)?,
+        };
+        let idx = usize::try_from(seq.checked_sub(self.grave_base)?).ok()?;
+        self.graveyard.get_mut(idx).map(|(_, l)| l)
+    }
+
+    /// Sockets tracked now.
+    pub fn len(&self) -> usize {
+        self.socks.len()
+    }
+
+    /// True when nothing is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.socks.is_empty()
+    }
+
+    /// The lifecycle of a socket address, without touching its recency.
+    pub fn get(&self, sock: u64) -> Option<&Lifecycle> {
+        self.socks.peek(&sock)
+    }
+
+    /// The lifecycle with these endpoints.
+    pub fn by_tuple(&self, t: &Tuple) -> Option<&Lifecycle> {
+        self.by_tuple.get(t).and_then(|k| self.socks.peek(k))
+    }
+
+    /// Every tracked lifecycle (no particular order).
+    pub fn iter(&self) -> impl Iterator<Item = &Lifecycle> {
+        self.socks.iter().map(|(_, l)| l)
+    }
+
+    /// Adds a socket from a snapshot. Events older than `seed.at_ns` will not move its state.
+    pub fn seed(&mut self, seed: Seed) {
+        if self.by_tuple.contains_key(&seed.tuple) {
+            return;
+        }
+        let key = self.next_seed_key;
+        self.next_seed_key += 1;
+        let first = Transition {
+            at_ns: seed.at_ns,
+            state: seed.state,
+        };
+        self.insert(key, Lifecycle::new(0, seed.tuple, first, false));
+    }
+
+    /// Marks every tracked lifecycle incomplete (events were lost).
+    pub fn mark_all_incomplete(&mut self) {
+        for (_, l) in self.socks.iter_mut() {
+            l.incomplete = true;
+        }
+    }
+
+    fn insert(&mut self, key: u64, l: Lifecycle) {
+        if l.tuple.is_connected() {
+            self.by_tuple.insert(l.tuple, key);
+        }
+        if let Some((old_key, old)) = self.socks.push(key, l) {
+            if old_key != key {
+                self.counters.evictions += 1;
+                self.unindex(old_key, &old);
+            }
+        }
+    }
+
+    fn unindex(&mut self, key: u64, l: &Lifecycle) {
+        if self.by_tuple.get(&l.tuple) == Some(&key) {
+            self.by_tuple.remove(&l.tuple);
+        }
+    }
+
+    fn remove(&mut self, key: u64) -> Option<Lifecycle> {
+        let l = self.socks.pop(&key)?;
+        self.unindex(key, &l);
+        Some(l)
+    }
+
+    /// The key of the lifecycle an event belongs to, re-keying a seed found by its tuple.
+    fn locate(&mut self, ev: &Event) -> Option<u64> {
+        if self.socks.contains(&ev.sock) {
+            return Some(ev.sock);
+        }
+        let tuple = Tuple::of(ev);
+        let key = *self.by_tuple.get(&tuple)?;
+        if ev.sock != 0 && key >= SEED_KEY_LIMIT {
+            return None; // another kernel socket with the same endpoints, not this one
+        }
+        if key < SEED_KEY_LIMIT && ev.sock != 0 {
+            let mut l = self.remove(key)?;
+            l.sock = ev.sock;
+            self.insert(ev.sock, l);
+            return Some(ev.sock);
+        }
+        Some(key)
+    }
+
+    /// Folds one event in.
+    pub fn apply(&mut self, ev: &Event) -> Applied {
+        self.counters.events += 1;
+        if let EventKind::State { old, new } = ev.kind {
+            return self.apply_state(ev, old, new);
+        }
+        let key = self.locate(ev);
+        let l = match key {
+            Some(k) => self.socks.get_mut(&k),
+            None => self.grave_mut(ev),
+        };
+        let mut out = Applied::default();
+        if let Some(l) = l {
+            match ev.kind {
+                EventKind::Retransmit { .. } => l.retransmits += 1,
+                EventKind::SynackRetransmit { .. } => l.synack_retransmits += 1,
+                EventKind::ResetSent { .. } => l.resets_sent += 1,
+                EventKind::ResetReceived { .. } => l.resets_received += 1,
+                EventKind::Error { errno } => l.error = Some(errno),
+                EventKind::State { .. } => {}
+            }
+            l.last_seen_ns = l.last_seen_ns.max(ev.ts_ns);
+            out.owner = l.owner;
+            out.sock = (l.sock != 0).then_some(l.sock);
+        }
+        out
+    }
+
+    fn apply_state(&mut self, ev: &Event, old: TcpState, new: TcpState) -> Applied {
+        let mut out = Applied::default();
+        let tuple = Tuple::of(ev);
+        let mut key = self.locate(ev);
+
+        // A birth on an address still tracked: the old socket was freed without us seeing
+        // its CLOSE (lost event or evicted); finish it as incomplete.
+        if let Some(k) = key {
+            let stale = is_birth(old, new) && self.socks.peek(&k).is_some_and(|l| l.state() != old);
+            if stale {
+                if let Some(mut l) = self.remove(k) {
+                    l.incomplete = true;
+                    self.counters.finished += 1;
+                    self.bury(l);
+                    out.finished = true;
+                }
+                key = None;
+            }
+        }
+        let born_now = key.is_none();
+        let key = match key {
+            Some(k) => k,
+            None => {
+                let born = is_birth(old, new);
+                let first = Transition {
+                    at_ns: ev.ts_ns,
+                    state: old,
+                };
+                self.insert(ev.sock, Lifecycle::new(ev.sock, tuple, first, born));
+                ev.sock
+            }
+        };
+        let Some(l) = self.socks.get_mut(&key) else {
+            return out;
+        };
+
+        // Events older than a seed's snapshot describe the past the snapshot already shows.
+        let stale_for_seed = !l.exact_start && l.states.len() == 1 && ev.ts_ns < l.first_seen_ns();
+        if !born_now && l.state() == old && (l.exact_start || l.states.len() > 1) {
+            out.ns_in_old = Some(ev.ts_ns.saturating_sub(l.state_since_ns()));
+        }
+        if ev.kind.in_owner_context() && ev.task.pid != 0 {
+            l.owner = Some(Owner {
+                pid: ev.task.pid,
+                comm: ev.task.comm,
+            });
+        }
+        out.owner = l.owner;
+        l.last_seen_ns = l.last_seen_ns.max(ev.ts_ns);
+        if stale_for_seed {
+            return out;
+        }
+        if l.state() != old && l.states.len() > 1 {
+            l.incomplete = true; // a transition in between was missed
+        }
+        match (old, new) {
+            (TcpState::ESTABLISHED, TcpState::FIN_WAIT1) => {
+                l.closer = l.closer.or(Some(Closer::Local))
+            }
+            (TcpState::ESTABLISHED, TcpState::CLOSE_WAIT) => {
+                l.closer = l.closer.or(Some(Closer::Remote))
+            }
+            (TcpState::FIN_WAIT1, TcpState::CLOSING) => l.closer = Some(Closer::Simultaneous),
+            (TcpState::ESTABLISHED, TcpState::CLOSE) => l.closer = l.closer.or(Some(Closer::Abort)),
+            // tcp_close() of a FIN_WAIT2 socket re-sets FIN_WAIT2 just before the timewait
+            // orphan replaces it.
+            (TcpState::FIN_WAIT2, TcpState::FIN_WAIT2) => l.orphaned_ns = Some(ev.ts_ns),
+            _ => {}
+        }
+        if old != new {
+            l.states.push(Transition {
+                at_ns: ev.ts_ns,
+                state: new,
+            });
+        }
+        if tuple.is_connected() && l.tuple != tuple {
+            let old_tuple = l.tuple;
+            l.tuple = tuple;
+            if self.by_tuple.get(&old_tuple) == Some(&key) {
+                self.by_tuple.remove(&old_tuple);
+            }
+            self.by_tuple.insert(tuple, key);
+        }
+        if new == TcpState::CLOSE {
+            if let Some(done) = self.remove(key) {
+                self.counters.finished += 1;
+                self.bury(done);
+                out.finished = true;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Task;
+    use std::net::Ipv4Addr;
+
+    const C: u64 = 0xffff_8880_0000_1000;
+    const S: u64 = 0xffff_8880_0000_2000;
+
+    fn task(pid: u32, name: &str) -> Task {
+        Task {
+            pid,
+            tid: pid,
+            comm: Comm::from_bytes(name.as_bytes()),
+        }
+    }
+
+    fn st(
+        ts_ms: u64,
+        sock: u64,
+        sport: u16,
+        dport: u16,
+        old: TcpState,
+        new: TcpState,
+        t: Task,
+    ) -> Event {
+        Event {
+            ts_ns: ts_ms * 1_000_000,
+            sock,
+            task: t,
+            saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            sport,
+            daddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            dport,
+            kind: EventKind::State { old, new },
+        }
+    }
+
+    fn states(l: &Lifecycle) -> Vec<String> {
+        l.states.iter().map(|t| t.state.to_string()).collect()
+    }
+
+    use TcpState as T;
+
+    /// Client 40000 → server 8080 with the client closing first, both sides.
+    fn normal_close() -> Vec<Event> {
+        let cl = task(10, "client");
+        let sv = task(20, "server");
+        let irq = task(0, "swapper/1");
+        vec![
+            st(0, C, 0, 8080, T::CLOSE, T::SYN_SENT, cl),
+            st(1, S, 8080, 40000, T::LISTEN, T::SYN_RECV, irq),
+            st(1, C, 40000, 8080, T::SYN_SENT, T::ESTABLISHED, irq),
+            st(2, S, 8080, 40000, T::SYN_RECV, T::ESTABLISHED, irq),
+            st(100, C, 40000, 8080, T::ESTABLISHED, T::FIN_WAIT1, cl),
+            st(100, S, 8080, 40000, T::ESTABLISHED, T::CLOSE_WAIT, irq),
+            st(100, C, 40000, 8080, T::FIN_WAIT1, T::FIN_WAIT2, irq),
+            st(150, S, 8080, 40000, T::CLOSE_WAIT, T::LAST_ACK, sv),
+            st(150, C, 40000, 8080, T::FIN_WAIT2, T::TIME_WAIT, irq),
+            st(150, C, 40000, 8080, T::TIME_WAIT, T::CLOSE, irq),
+            st(151, S, 8080, 40000, T::LAST_ACK, T::CLOSE, irq),
+        ]
+    }
+
+    fn run(events: &[Event]) -> (Engine, Vec<Lifecycle>) {
+        let mut e = Engine::new(1000, true);
+        for ev in events {
+            e.apply(ev);
+        }
+        let done = e.take_finished(u64::MAX);
+        (e, done)
+    }
+
+    #[test]
+    fn normal_close_both_sides() {
+        let (e, done) = run(&normal_close());
+        assert!(e.is_empty());
+        assert_eq!(done.len(), 2);
+        let c = done.iter().find(|l| l.sock == C).unwrap();
+        assert_eq!(
+            states(c),
+            [
+                "CLOSE",
+                "SYN_SENT",
+                "ESTABLISHED",
+                "FIN_WAIT1",
+                "FIN_WAIT2",
+                "TIME_WAIT",
+                "CLOSE"
+            ]
+        );
+        assert_eq!(c.closer, Some(Closer::Local));
+        assert_eq!(c.owner.unwrap().pid, 10);
+        assert!(c.exact_start && !c.incomplete);
+        assert_eq!(c.tuple.sport, 40000);
+        let s = done.iter().find(|l| l.sock == S).unwrap();
+        assert_eq!(
+            states(s),
+            [
+                "LISTEN",
+                "SYN_RECV",
+                "ESTABLISHED",
+                "CLOSE_WAIT",
+                "LAST_ACK",
+                "CLOSE"
+            ]
+        );
+        assert_eq!(s.closer, Some(Closer::Remote));
+        // learned from close() (CLOSE_WAIT→LAST_ACK), never from the softirq task
+        assert_eq!(s.owner.unwrap().pid, 20);
+        assert_eq!(s.durations(151_000_000)[3], (T::CLOSE_WAIT, 50_000_000));
+    }
+
+    #[test]
+    fn softirq_task_is_never_the_owner() {
+        let ev = normal_close();
+        let mut e = Engine::new(10, true);
+        for x in &ev[..4] {
+            e.apply(x);
+        }
+        assert_eq!(e.get(S).unwrap().owner, None);
+        assert_eq!(e.get(C).unwrap().owner.unwrap().comm.as_bytes(), b"client");
+    }
+
+    #[test]
+    fn time_in_old_only_when_entry_was_seen() {
+        let mut e = Engine::new(10, true);
+        let ev = normal_close();
+        let r: Vec<_> = ev.iter().map(|x| e.apply(x).ns_in_old).collect();
+        assert_eq!(r[0], None); // the birth itself: time in CLOSE is meaningless
+        assert_eq!(r[1], None); // the listener's LISTEN time is unknown to the child
+        assert_eq!(r[4], Some(99_000_000)); // ESTABLISHED at 1ms, FIN_WAIT1 at 100ms
+        assert_eq!(r[7], Some(50_000_000));
+        // a socket first seen mid-life
+        let mid = st(
+            5,
+            0xdead_0000_0000,
+            1,
+            2,
+            T::ESTABLISHED,
+            T::CLOSE_WAIT,
+            task(0, "x"),
+        );
+        assert_eq!(e.apply(&mid).ns_in_old, None);
+    }
+
+    #[test]
+    fn half_close_leaves_fin_wait2_and_close_wait() {
+        let ev = normal_close();
+        let (e, done) = run(&ev[..7]);
+        assert!(done.is_empty());
+        assert_eq!(e.get(C).unwrap().state(), T::FIN_WAIT2);
+        assert_eq!(e.get(S).unwrap().state(), T::CLOSE_WAIT);
+        assert_eq!(e.get(S).unwrap().state_since_ns(), 100_000_000);
+        assert!(e.get(S).unwrap().state_since_exact());
+    }
+
+    #[test]
+    fn fin_wait2_closed_by_app_becomes_orphan() {
+        let ev = normal_close();
+        let mut evs = ev[..7].to_vec();
+        evs.push(st(
+            300,
+            C,
+            40000,
+            8080,
+            T::FIN_WAIT2,
+            T::FIN_WAIT2,
+            task(10, "client"),
+        ));
+        evs.push(st(
+            300,
+            C,
+            40000,
+            8080,
+            T::FIN_WAIT2,
+            T::CLOSE,
+            task(10, "client"),
+        ));
+        let (_, done) = run(&evs);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].orphaned_ns, Some(300_000_000));
+        assert_eq!(states(&done[0]).last().unwrap(), "CLOSE");
+    }
+
+    #[test]
+    fn simultaneous_close() {
+        let a = task(1, "a");
+        let irq = task(0, "swapper/0");
+        let evs = [
+            st(0, C, 0, 9, T::CLOSE, T::SYN_SENT, a),
+            st(1, C, 5, 9, T::SYN_SENT, T::ESTABLISHED, irq),
+            st(2, C, 5, 9, T::ESTABLISHED, T::FIN_WAIT1, a),
+            st(3, C, 5, 9, T::FIN_WAIT1, T::CLOSING, irq),
+            st(4, C, 5, 9, T::CLOSING, T::TIME_WAIT, irq),
+            st(4, C, 5, 9, T::TIME_WAIT, T::CLOSE, irq),
+        ];
+        let (_, done) = run(&evs);
+        assert_eq!(done[0].closer, Some(Closer::Simultaneous));
+    }
+
+    #[test]
+    fn reset_and_error_are_recorded() {
+        let a = task(1, "a");
+        let irq = task(0, "swapper/0");
+        let mut rst = st(3, C, 5, 9, T::ESTABLISHED, T::CLOSE, irq);
+        rst.kind = EventKind::ResetReceived { cookie: 1 };
+        let mut err = st(3, 0, 5, 9, T::ESTABLISHED, T::CLOSE, irq);
+        err.kind = EventKind::Error { errno: 104 };
+        let evs = [
+            st(0, C, 0, 9, T::CLOSE, T::SYN_SENT, a),
+            st(1, C, 5, 9, T::SYN_SENT, T::ESTABLISHED, irq),
+            rst,
+            err,
+            st(3, C, 5, 9, T::ESTABLISHED, T::CLOSE, irq),
+        ];
+        let mut e = Engine::new(10, true);
+        let r: Vec<_> = evs.iter().map(|x| e.apply(x)).collect();
+        assert_eq!(r[3].sock, Some(C), "error event found by its 4-tuple");
+        assert!(r[4].finished);
+        let done = e.take_finished(u64::MAX);
+        assert_eq!(done[0].resets_received, 1);
+        assert_eq!(done[0].error, Some(104));
+        assert_eq!(done[0].closer, Some(Closer::Abort));
+    }
+
+    #[test]
+    fn late_error_after_close_joins_the_finished_lifecycle() {
+        // A refused connect: the kernel reports ECONNREFUSED after SYN_SENT→CLOSE.
+        let a = task(7, "curl");
+        let irq = task(0, "swapper/0");
+        let mut err = st(2, 0, 5, 9, T::CLOSE, T::CLOSE, irq);
+        err.kind = EventKind::Error { errno: 111 };
+        let mut e = Engine::new(10, true);
+        e.apply(&st(0, C, 0, 9, T::CLOSE, T::SYN_SENT, a));
+        e.apply(&st(1, C, 5, 9, T::SYN_SENT, T::CLOSE, irq));
+        assert!(e.take_finished(0).is_empty(), "closed at 1ms, not yet due");
+        let r = e.apply(&err);
+        assert_eq!(r.sock, Some(C));
+        assert_eq!(r.owner.unwrap().pid, 7);
+        let done = e.take_finished(1_000_000);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].error, Some(111));
+        assert!(e.take_finished(u64::MAX).is_empty());
+    }
+
+    #[test]
+    fn without_a_taker_the_graveyard_stays_bounded() {
+        let a = task(1, "a");
+        let mut e = Engine::new(10, false);
+        for i in 0..(GRAVEYARD_MIN as u64 + 100) {
+            let s = 0x1000_0000_0000 + i * 64;
+            e.apply(&st(i, s, 0, 9, T::CLOSE, T::SYN_SENT, a));
+            e.apply(&st(i, s, 1, 9, T::SYN_SENT, T::CLOSE, a));
+        }
+        assert_eq!(e.graveyard.len(), GRAVEYARD_MIN);
+        assert!(e.grave_by_sock.len() <= GRAVEYARD_MIN);
+        assert_eq!(e.counters.finished, GRAVEYARD_MIN as u64 + 100);
+    }
+
+    #[test]
+    fn address_reuse_starts_a_new_lifecycle() {
+        let a = task(1, "a");
+        let b = task(2, "b");
+        let irq = task(0, "swapper/0");
+        let evs = [
+            st(0, C, 0, 9, T::CLOSE, T::SYN_SENT, a),
+            st(1, C, 5, 9, T::SYN_SENT, T::CLOSE, irq), // refused
+            st(2, C, 0, 9, T::CLOSE, T::SYN_SENT, b),   // same address, new socket
+            st(3, C, 6, 9, T::SYN_SENT, T::ESTABLISHED, irq),
+            // the CLOSE of this one is lost; the address is reused again
+            st(9, C, 0, 7, T::CLOSE, T::LISTEN, a),
+        ];
+        let (e, done) = run(&evs);
+        assert_eq!(done.len(), 2);
+        assert_eq!(states(&done[0]), ["CLOSE", "SYN_SENT", "CLOSE"]);
+        assert_eq!(done[1].owner.unwrap().pid, 2);
+        assert!(done[1].incomplete, "its end was never seen");
+        let now = e.get(C).unwrap();
+        assert_eq!(now.state(), T::LISTEN);
+        assert_eq!(now.owner.unwrap().pid, 1);
+    }
+
+    #[test]
+    fn cross_cpu_timestamp_disorder_between_sockets() {
+        // Ring order is reservation order; timestamps of different sockets may go backwards.
+        let mut ev = normal_close();
+        ev.swap(5, 6); // server's CLOSE_WAIT (t=100) after client's FIN_WAIT2 (t=100)
+        ev[5].ts_ns = 101_000_000;
+        ev[6].ts_ns = 99_000_000; // S's CLOSE_WAIT stamped before C's FIN_WAIT2
+        let (e, done) = run(&ev);
+        assert!(e.is_empty());
+        assert_eq!(done.len(), 2);
+        assert!(done.iter().all(|l| !l.incomplete));
+        // a timestamp earlier than the previous transition never gives a negative duration
+        let mut e = Engine::new(10, true);
+        for x in &ev[..4] {
+            e.apply(x);
+        }
+        let mut early = ev[4];
+        early.ts_ns = 0;
+        assert_eq!(e.apply(&early).ns_in_old, Some(0));
+        assert!(e
+            .get(C)
+            .unwrap()
+            .durations(0)
+            .iter()
+            .all(|(_, d)| *d < u64::MAX / 2));
+    }
+
+    #[test]
+    fn seeded_socket_is_rekeyed_and_ages_are_lower_bounds() {
+        let mut e = Engine::new(10, true);
+        let tuple = Tuple {
+            saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            sport: 8080,
+            daddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            dport: 40000,
+        };
+        e.seed(Seed {
+            tuple,
+            state: T::CLOSE_WAIT,
+            at_ns: 1_000_000_000,
+        });
+        let l = e.by_tuple(&tuple).unwrap();
+        assert!(!l.state_since_exact());
+        assert_eq!(l.state(), T::CLOSE_WAIT);
+        // an event from before the snapshot does not move the state back
+        let before = st(
+            900,
+            S,
+            8080,
+            40000,
+            T::ESTABLISHED,
+            T::CLOSE_WAIT,
+            task(0, "irq"),
+        );
+        e.apply(&before);
+        assert_eq!(e.get(S).unwrap().state(), T::CLOSE_WAIT);
+        assert_eq!(e.get(S).unwrap().states.len(), 1);
+        // a later close is applied, and the owner learned
+        let close = st(
+            2000,
+            S,
+            8080,
+            40000,
+            T::CLOSE_WAIT,
+            T::LAST_ACK,
+            task(20, "server"),
+        );
+        let r = e.apply(&close);
+        assert_eq!(r.ns_in_old, None, "entry into CLOSE_WAIT was not seen");
+        let l = e.get(S).unwrap();
+        assert_eq!(l.state(), T::LAST_ACK);
+        assert_eq!(l.owner.unwrap().pid, 20);
+        assert!(l.incomplete);
+    }
+
+    #[test]
+    fn cap_evicts_least_recently_seen() {
+        let mut e = Engine::new(2, true);
+        let a = task(1, "a");
+        e.apply(&st(0, 0x1000_0000_0000, 0, 1, T::CLOSE, T::SYN_SENT, a));
+        e.apply(&st(1, 0x2000_0000_0000, 0, 1, T::CLOSE, T::SYN_SENT, a));
+        // touch the first, so the second is the least recently seen
+        e.apply(&st(
+            2,
+            0x1000_0000_0000,
+            5,
+            1,
+            T::SYN_SENT,
+            T::ESTABLISHED,
+            a,
+        ));
+        e.apply(&st(3, 0x3000_0000_0000, 0, 1, T::CLOSE, T::SYN_SENT, a));
+        assert_eq!(e.len(), 2);
+        assert_eq!(e.counters.evictions, 1);
+        assert!(e.get(0x2000_0000_0000).is_none());
+        assert!(e.get(0x1000_0000_0000).is_some());
+        assert!(e.by_tuple.len() <= 2);
+    }
+}

@@ -1,0 +1,17 @@
+//! tcp-trace: eBPF TCP lifecycle tracing.
+//!
+//! The data path, one module per stage:
+//! kernel ([`source`]: load, attach, ring buffer) → [`event`] (decode) → [`engine`] (pure
+//! lifecycles) → [`output`] (human | JSON). [`pipeline`] drives it; [`commands`] hold one sink
+//! per subcommand; [`cli`] parses the command line.
+
+pub mod cli;
+pub mod clock;
+pub mod commands;
+pub mod engine;
+pub mod event;
+pub mod filter;
+pub mod output;
+pub mod pipeline;
+pub mod source;
+pub mod tracefs;

@@ -1,0 +1,32 @@
+//! The `tcp-trace` binary: parse, run on a single-threaded runtime, map errors to one line
+//! on stderr and exit status 2 (a closed stdout pipe is a normal end: status 0).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tcp_trace::{cli, output::is_broken_pipe};
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .init();
+    let args = cli::Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tcp-trace: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(cli::run(args)) {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tcp-trace: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! Where events come from: the kernel programs (load, check, attach, drain the ring buffer).
+//!
+//! The kernel programs submit without waking us (unless much data is waiting), so the reader
+//! wakes on the ring buffer's fd *or* on a short timer, then drains everything in one batch.
+
+use std::{os::fd::AsRawFd, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use tcp_trace_common::{
+    layout::{Tracepoint, TRACEPOINTS},
+    names,
+};
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    event::{decode, Event},
+    tracefs::{self, Check},
+};
+
+/// One item from a source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// A decoded kernel event.
+    Event(Event),
+    /// Events the kernel could not queue since the last `Lost` (ring buffer full).
+    Lost {
+        /// Monotonic ns when the loss was noticed.
+        ts_ns: u64,
+        /// How many.
+        count: u64,
+    },
+}
+
+/// Knobs for loading the kernel side.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Ring buffer size in bytes (power of two, ≥ page size).
+    pub ringbuf_bytes: u32,
+    /// How often to drain when no wake-up arrives.
+    pub poll: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            ringbuf_bytes: 4 << 20,
+            poll: Duration::from_millis(50),
+        }
+    }
+}
+
+/// A privilege problem, reported as one line with exit status 2.
+#[derive(Debug)]
+pub struct NotPermitted(pub String);
+
+impl std::fmt::Display for NotPermitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotPermitted {}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// The effective capability set of this process (from `/proc/self/status`).
+pub fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Fails with [`NotPermitted`] unless the process may load and attach tracing programs.
+pub fn check_privileges() -> Result<()> {
+    let caps = effective_caps();
+    let has = |c: u32| caps & (1 << c) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .iter()
+        .filter(|(c, _)| !has(*c))
+        .map(|(_, n)| *n)
+        .collect();
+    Err(NotPermitted(format!(
+        "tcp-trace needs {} to load its kernel programs: run it as root (or grant those capabilities)",
+        missing.join(" and ")
+    ))
+    .into())
+}
+
+/// The loaded and attached kernel programs and their ring buffer.
+pub struct KernelSource {
+    ring: AsyncFd<RingBuf<MapData>>,
+    lost: PerCpuArray<MapData, u64>,
+    lost_reported: u64,
+    logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
+    tick: tokio::time::Interval,
+    /// Undecodable records seen (should stay 0; counted, never fatal).
+    pub undecodable: u64,
+    /// Tracepoints attached.
+    pub attached: Vec<&'static str>,
+    // Dropped last: dropping it detaches every program.
+    _ebpf: Ebpf,
+}
+
+/// Registers a map's fd with the reactor for readability.
+fn readable<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: `inner` owns its fd (an aya map) and keeps it open and unchanged for as long as
+    // the AsyncFd owns `inner`.
+    Ok(unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }?)
+}
+
+/// An aya error on one line: a verifier log is cut to its verdict (its last line).
+fn short_error(e: &dyn std::error::Error) -> String {
+    let text = e.to_string();
+    match text.split_once("Verifier output:") {
+        Some((head, log)) => {
+            let verdict = log
+                .lines()
+                .map(str::trim)
+                .rfind(|l| {
+                    !l.is_empty()
+                        && !l.starts_with("verification time")
+                        && !l.starts_with("stack depth")
+                        && !l.starts_with("processed")
+                })
+                .unwrap_or("");
+            format!("{}verifier: {verdict}", head.trim_end())
+        }
+        None => text,
+    }
+}
+
+/// The eBPF object built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcp-trace"));
+
+fn aya_log_level() -> u8 {
+    // aya_log_common::Level: Error = 1 … Trace = 5; 0 turns kernel logging off.
+    match log::max_level() {
+        log::LevelFilter::Off => 0,
+        l => l as u8,
+    }
+}
+
+impl KernelSource {
+    /// Checks privileges and layouts, loads, attaches; warns (one line each) about tracepoints
+    /// this kernel lacks.
+    pub fn open(opts: Options) -> Result<Self> {
+        check_privileges()?;
+        let root = tracefs::ensure_mounted()?;
+        let mut plan: Vec<(&'static Tracepoint, bool)> = Vec::new();
+        for (i, tp) in TRACEPOINTS.iter().enumerate() {
+            match tracefs::check(root, tp) {
+                Check::Ok { optional } => plan.push((tp, optional)),
+                Check::Missing if i == 0 => {
+                    bail!(
+                        "tracepoint {}/{} does not exist on this kernel",
+                        tp.category,
+                        tp.name
+                    )
+                }
+                Check::Differs(why) if i == 0 => bail!("unsupported kernel: {why}"),
+                Check::Missing => log::warn!(
+                    "tracepoint {}/{} not found on this kernel: its events are disabled",
+                    tp.category,
+                    tp.name
+                ),
+                Check::Differs(why) => {
+                    log::warn!("{why}: its events are disabled")
+                }
+            }
+        }
+        let has_err = plan
+            .iter()
+            .find(|(tp, _)| tp.optional.is_some())
+            .is_some_and(|(_, o)| *o);
+        let page = 4096u32;
+        let size = opts.ringbuf_bytes.max(page).next_power_of_two();
+        let wakeup = u64::from(size / 4);
+        let level = aya_log_level();
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::EVENTS, size)
+            .override_global(names::WAKEUP_BYTES, &wakeup, true)
+            .override_global(
+                tcp_trace_common::layout::RETRANSMIT_HAS_ERR,
+                &u8::from(has_err),
+                true,
+            )
+            .override_global("AYA_LOG_LEVEL", &level, false)
+            .load(OBJECT)
+            .context("loading the eBPF object")?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(readable(l)?),
+            Err(e) => {
+                log::debug!("kernel-side logging unavailable: {e}");
+                None
+            }
+        };
+        let mut attached = Vec::new();
+        for (tp, _) in plan {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(tp.name)
+                .with_context(|| format!("program {} missing from the eBPF object", tp.name))?
+                .try_into()?;
+            let res = prog
+                .load()
+                .and_then(|()| prog.attach(tp.category, tp.name).map(|_| ()));
+            match res {
+                Ok(()) => attached.push(tp.name),
+                Err(e) if tp.name == TRACEPOINTS[0].name => {
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("attaching {}/{}", tp.category, tp.name)))
+                }
+                Err(e) => log::warn!(
+                    "could not attach {}/{} ({}): its events are disabled",
+                    tp.category,
+                    tp.name,
+                    short_error(&e)
+                ),
+            }
+        }
+        let ring = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("EVENTS map")?)?;
+        let lost = PerCpuArray::try_from(ebpf.take_map(names::LOST).context("LOST map")?)?;
+        let mut tick = tokio::time::interval(opts.poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        log::info!(
+            "attached {} tracepoints ({}); ring buffer {size} bytes, fd {}",
+            attached.len(),
+            attached.join(", "),
+            ring.as_raw_fd()
+        );
+        Ok(Self {
+            ring: readable(ring)?,
+            lost,
+            lost_reported: 0,
+            logger,
+            tick,
+            undecodable: 0,
+            attached,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Total events lost so far (sum of the per-CPU counters).
+    pub fn lost_total(&self) -> u64 {
+        self.lost
+            .get(&0, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(self.lost_reported)
+    }
+
+    /// Waits for a wake-up or the poll timer, then appends everything queued to `out`
+    /// (and a [`Record::Lost`] when the loss counter moved).
+    pub async fn fill(&mut self, out: &mut Vec<Record>) -> Result<()> {
+        tokio::select! {
+            guard = self.ring.readable_mut() => guard?.clear_ready(),
+            _ = self.tick.tick() => {}
+        }
+        self.drain(out);
+        Ok(())
+    }
+
+    /// Appends whatever is queued now, without waiting.
+    pub fn drain(&mut self, out: &mut Vec<Record>) {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            match decode(&item) {
+                Ok(ev) => out.push(Record::Event(ev)),
+                Err(e) => {
+                    self.undecodable += 1;
+                    log::debug!("skipping a record: {e}");
+                }
+            }
+        }
+        let lost = self.lost_total();
+        if lost > self.lost_reported {
+            out.push(Record::Lost {
+                ts_ns: crate::clock::monotonic_ns(),
+                count: lost - self.lost_reported,
+            });
+            self.lost_reported = lost;
+        }
+        if let Some(l) = self.logger.as_mut() {
+            l.get_mut().flush();
+        }
+    }
+}

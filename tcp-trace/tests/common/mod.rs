@@ -1,0 +1,288 @@
+//! Shared helpers for the kernel integration tests: a real tracer process, traffic helpers
+//! and network namespaces that are removed even when a test fails.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::{
+    fs::File,
+    io::{BufRead, BufReader},
+    os::fd::AsRawFd,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tcp-trace");
+
+/// Fails (never skips) when the tests cannot load BPF.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the kernel integration tests load BPF programs and must run as root"
+    );
+}
+
+/// A port unlikely to clash with other tests running in parallel.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A running `tcp-trace` with its stdout lines collected.
+pub struct Tracer {
+    child: Child,
+    pub lines: Arc<Mutex<Vec<String>>>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Tracer {
+    /// Starts `tcp-trace ARGS` and waits until its programs are attached.
+    pub fn start(args: &[&str]) -> Self {
+        require_root();
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tcp-trace");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let l2 = lines.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                l2.lock().unwrap().push(line);
+            }
+        });
+        let err = child.stderr.take().unwrap();
+        let e2 = stderr.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                e2.lock().unwrap().push(line);
+            }
+        });
+        let mut t = Self {
+            child,
+            lines,
+            stderr,
+        };
+        let start = Instant::now();
+        loop {
+            if t.stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("attached"))
+            {
+                return t;
+            }
+            if let Ok(Some(st)) = t.child.try_wait() {
+                panic!(
+                    "tcp-trace exited early ({st}): {:?}",
+                    t.stderr.lock().unwrap()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "tcp-trace did not attach: {:?}",
+                t.stderr.lock().unwrap()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every stdout line parsed as JSON (panics on a line that is not JSON).
+    pub fn json(&self) -> Vec<Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    /// Waits until `pred` holds for the parsed output, or panics with the output.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let v = self.json();
+            if pred(&v) {
+                return v;
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "timed out waiting for {what}; output:\n{}\nstderr: {:?}",
+                    self.lines.lock().unwrap().join("\n"),
+                    self.stderr.lock().unwrap()
+                );
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// SIGINT, then the exit status (must come within 5 s).
+    pub fn stop(mut self) -> (std::process::ExitStatus, Vec<String>, Vec<String>) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let start = Instant::now();
+        let st = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "tcp-trace did not exit on SIGINT"
+            );
+            thread::sleep(Duration::from_millis(10));
+        };
+        thread::sleep(Duration::from_millis(50)); // let the reader threads finish
+        let out = self.lines.lock().unwrap().clone();
+        let err = self.stderr.lock().unwrap().clone();
+        (st, out, err)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// State events of one socket, as (old, new) names, in output order.
+pub fn transitions(events: &[Value], sock: &str) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "state" && e["sock"] == sock)
+        .map(|e| {
+            (
+                e["old"].as_str().unwrap().to_string(),
+                e["new"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The socket id of the first state event matching `pred`.
+pub fn sock_of(events: &[Value], pred: impl Fn(&Value) -> bool) -> Option<String> {
+    events
+        .iter()
+        .find(|e| e["type"] == "state" && pred(e))
+        .and_then(|e| e["sock"].as_str().map(String::from))
+}
+
+pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+fn ip(args: &[&str]) {
+    let st = Command::new("ip").args(args).status().expect("run ip");
+    assert!(st.success(), "ip {args:?} failed");
+}
+
+/// Two network namespaces joined by a veth pair: `a` = 10.X.Y.1, `b` = 10.X.Y.2 (/30), both
+/// created by this test and deleted on drop, even when the test panics.
+pub struct NetnsPair {
+    pub a: String,
+    pub b: String,
+    pub a_addr: String,
+    pub b_addr: String,
+}
+
+impl NetnsPair {
+    pub fn new(tag: &str) -> Self {
+        require_root();
+        let id = std::process::id() % 60000;
+        let a = format!("tt-{tag}-{id}-a");
+        let b = format!("tt-{tag}-{id}-b");
+        let subnet = (id % 250) as u8 + 1;
+        let third = tag
+            .bytes()
+            .fold(0u8, |h, c| h.wrapping_mul(31).wrapping_add(c))
+            % 250;
+        let pair = Self {
+            a: a.clone(),
+            b: b.clone(),
+            a_addr: format!("10.{subnet}.{third}.1"),
+            b_addr: format!("10.{subnet}.{third}.2"),
+        };
+        ip(&["netns", "add", &a]);
+        ip(&["netns", "add", &b]);
+        let va = format!("v{id}{}a", &tag[..tag.len().min(3)]);
+        let vb = format!("v{id}{}b", &tag[..tag.len().min(3)]);
+        ip(&[
+            "link", "add", &va, "netns", &a, "type", "veth", "peer", "name", &vb, "netns", &b,
+        ]);
+        ip(&[
+            "-n",
+            &a,
+            "addr",
+            "add",
+            &format!("{}/30", pair.a_addr),
+            "dev",
+            &va,
+        ]);
+        ip(&[
+            "-n",
+            &b,
+            "addr",
+            "add",
+            &format!("{}/30", pair.b_addr),
+            "dev",
+            &vb,
+        ]);
+        for (ns, dev) in [(&a, &va), (&b, &vb)] {
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    /// Drops everything namespace `ns` sends to `to` (a blackhole route inside `ns` only).
+    pub fn blackhole(&self, ns: &str, to: &str) {
+        ip(&["-n", ns, "route", "add", "blackhole", &format!("{to}/32")]);
+    }
+
+    /// Lifts [`Self::blackhole`].
+    pub fn unblackhole(&self, ns: &str, to: &str) {
+        ip(&["-n", ns, "route", "del", "blackhole", &format!("{to}/32")]);
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns` (sockets it creates live there).
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        // SAFETY: setns on this thread only, with a valid namespace fd.
+        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("netns thread panicked")
+}

@@ -1,0 +1,312 @@
+//! `tcp-trace watch` against real kernel programs and real connections (run as root).
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn is_client(e: &Value, port: u16) -> bool {
+    e["dport"] == port && e["old"] == "CLOSE" && e["new"] == "SYN_SENT"
+}
+
+/// A full connect / client-closes-first / server-closes cycle on `host`, checked exactly.
+fn connect_close_sequence(host: &str) {
+    let port = free_port();
+    let ps = port.to_string();
+    let tracer = Tracer::start(&["watch", "--json", "--port", &ps]);
+    let addr: SocketAddr = format!("{host}:{port}").parse().unwrap();
+    let listener = TcpListener::bind(addr).unwrap();
+    let mut client = TcpStream::connect(addr).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    client.write_all(b"hello").unwrap();
+    let mut buf = [0u8; 5];
+    server.read_exact(&mut buf).unwrap();
+    drop(client); // active close
+    assert_eq!(
+        server.read(&mut buf).unwrap(),
+        0,
+        "EOF after the client's FIN"
+    );
+    drop(server); // passive close
+    drop(listener);
+
+    let ev = tracer.wait_for("both sides and the listener to reach CLOSE", WAIT, |ev| {
+        ev.iter().filter(|e| e["new"] == "CLOSE").count() >= 3
+    });
+    let (st, _, err) = tracer.stop();
+    assert!(st.success(), "exit {st}, stderr {err:?}");
+
+    let family = if host.contains(':') { "ipv6" } else { "ipv4" };
+    assert!(ev.iter().all(|e| e["family"] == family), "{ev:#?}");
+    let c = sock_of(&ev, |e| is_client(e, port)).expect("client socket");
+    assert_eq!(
+        transitions(&ev, &c),
+        pairs(&[
+            ("CLOSE", "SYN_SENT"),
+            ("SYN_SENT", "ESTABLISHED"),
+            ("ESTABLISHED", "FIN_WAIT1"),
+            ("FIN_WAIT1", "FIN_WAIT2"),
+            ("FIN_WAIT2", "CLOSE"),
+        ]),
+        "client {c}: {ev:#?}"
+    );
+    let s =
+        sock_of(&ev, |e| e["old"] == "LISTEN" && e["new"] == "SYN_RECV").expect("server socket");
+    assert_eq!(
+        transitions(&ev, &s),
+        pairs(&[
+            ("LISTEN", "SYN_RECV"),
+            ("SYN_RECV", "ESTABLISHED"),
+            ("ESTABLISHED", "CLOSE_WAIT"),
+            ("CLOSE_WAIT", "LAST_ACK"),
+            ("LAST_ACK", "CLOSE"),
+        ]),
+        "server {s}: {ev:#?}"
+    );
+    let l = sock_of(&ev, |e| e["new"] == "LISTEN").expect("listener");
+    assert_eq!(
+        transitions(&ev, &l),
+        pairs(&[("CLOSE", "LISTEN"), ("LISTEN", "CLOSE")])
+    );
+
+    // Owners: the test process made every process-context transition; the softirq-driven
+    // ones of the accepted socket before close() have no known owner (never swapper).
+    let me = std::process::id();
+    let first = ev.iter().find(|e| e["sock"] == c.as_str()).unwrap();
+    assert_eq!(first["pid"], me);
+    assert!(
+        first["ms_in_old"].is_null(),
+        "no time in CLOSE before the socket existed"
+    );
+    let server_est = ev
+        .iter()
+        .find(|e| e["sock"] == s.as_str() && e["new"] == "ESTABLISHED")
+        .unwrap();
+    assert!(server_est["pid"].is_null(), "{server_est}");
+    let server_close = ev
+        .iter()
+        .find(|e| e["sock"] == s.as_str() && e["new"] == "LAST_ACK")
+        .unwrap();
+    assert_eq!(server_close["pid"], me);
+    assert!(server_close["ms_in_old"].as_f64().unwrap() >= 0.0);
+    // Local side first, as the kernel reports it.
+    let est = ev
+        .iter()
+        .find(|e| e["sock"] == c.as_str() && e["new"] == "ESTABLISHED")
+        .unwrap();
+    assert_eq!(est["dport"], port);
+    assert_eq!(est["saddr"], host.trim_matches(['[', ']']));
+    assert!(est["ts"].as_str().unwrap().ends_with('Z'));
+    assert!(est["sock"].as_str().unwrap().starts_with("0x"));
+}
+
+#[test]
+fn ipv4_connect_close_exact_sequence() {
+    connect_close_sequence("127.0.0.1");
+}
+
+#[test]
+fn ipv6_connect_close_exact_sequence() {
+    connect_close_sequence("[::1]");
+}
+
+#[test]
+fn half_close_leaves_fin_wait2_and_close_wait() {
+    let port = free_port();
+    let tracer = Tracer::start(&["watch", "--json", "--port", &port.to_string()]);
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let ev = tracer.wait_for("FIN_WAIT2 and CLOSE_WAIT", WAIT, |ev| {
+        ev.iter().any(|e| e["new"] == "FIN_WAIT2") && ev.iter().any(|e| e["new"] == "CLOSE_WAIT")
+    });
+    // Nothing more happens while the server holds its socket open.
+    std::thread::sleep(Duration::from_millis(300));
+    let ev2 = tracer.json();
+    assert_eq!(ev.len(), ev2.len(), "unexpected events: {ev2:#?}");
+    let c = sock_of(&ev, |e| is_client(e, port)).unwrap();
+    assert_eq!(
+        transitions(&ev, &c),
+        pairs(&[
+            ("CLOSE", "SYN_SENT"),
+            ("SYN_SENT", "ESTABLISHED"),
+            ("ESTABLISHED", "FIN_WAIT1"),
+            ("FIN_WAIT1", "FIN_WAIT2"),
+        ])
+    );
+    let s = sock_of(&ev, |e| e["old"] == "LISTEN" && e["new"] == "SYN_RECV").unwrap();
+    assert_eq!(
+        transitions(&ev, &s),
+        pairs(&[
+            ("LISTEN", "SYN_RECV"),
+            ("SYN_RECV", "ESTABLISHED"),
+            ("ESTABLISHED", "CLOSE_WAIT"),
+        ])
+    );
+    drop((client, server, listener));
+    let (st, _, _) = tracer.stop();
+    assert!(st.success());
+}
+
+#[test]
+fn refused_connect_reports_reset_and_error() {
+    let port = free_port(); // nothing listens on it
+    let tracer = Tracer::start(&["watch", "--json", "--port", &port.to_string()]);
+    let err = TcpStream::connect(("127.0.0.1", port)).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    let ev = tracer.wait_for("reset and ECONNREFUSED", WAIT, |ev| {
+        ev.iter().any(|e| e["type"] == "reset_sent")
+            && ev.iter().any(|e| e["error"] == "ECONNREFUSED")
+    });
+    let c = sock_of(&ev, |e| is_client(e, port)).unwrap();
+    assert_eq!(
+        transitions(&ev, &c),
+        pairs(&[("CLOSE", "SYN_SENT"), ("SYN_SENT", "CLOSE")])
+    );
+    let rst = ev.iter().find(|e| e["type"] == "reset_sent").unwrap();
+    assert_eq!(
+        rst["sport"], port,
+        "the reset comes from the closed port: {rst}"
+    );
+    let error = ev.iter().find(|e| e["type"] == "error").unwrap();
+    assert_eq!(error["dport"], port);
+    assert_eq!(
+        error["pid"],
+        std::process::id(),
+        "owner known from connect(): {error}"
+    );
+    tracer.stop();
+}
+
+#[test]
+fn retransmits_when_the_peer_namespace_drops_everything() {
+    let net = NetnsPair::new("rtx");
+    let port = free_port();
+    let tracer = Tracer::start(&["watch", "--json", "--port", &port.to_string()]);
+    let b_addr = net.b_addr.clone();
+    let listener = in_netns(&net.b, move || {
+        TcpListener::bind((b_addr.as_str(), port)).unwrap()
+    });
+    let target = format!("{}:{port}", net.b_addr);
+    let mut client = in_netns(&net.a, move || {
+        TcpStream::connect_timeout(&target.parse().unwrap(), Duration::from_secs(5)).unwrap()
+    });
+    let (_server, _) = listener.accept().unwrap();
+    client.write_all(b"before").unwrap();
+    tracer.wait_for("the connection", WAIT, |ev| {
+        ev.iter().any(|e| e["new"] == "ESTABLISHED")
+    });
+    net.blackhole(&net.b, &net.a_addr);
+    client.write_all(b"into the void").unwrap();
+    let ev = tracer.wait_for("retransmits", WAIT, |ev| {
+        ev.iter().filter(|e| e["type"] == "retransmit").count() >= 2
+    });
+    let c = sock_of(&ev, |e| is_client(e, port)).unwrap();
+    let rtx: Vec<_> = ev.iter().filter(|e| e["type"] == "retransmit").collect();
+    for r in &rtx {
+        assert_eq!(
+            r["sock"],
+            c.as_str(),
+            "retransmit from the client socket: {r}"
+        );
+        assert_eq!(r["state"], "ESTABLISHED");
+        assert_eq!(r["saddr"], net.a_addr.as_str());
+        assert_eq!(r["daddr"], net.b_addr.as_str());
+        assert_eq!(r["dport"], port);
+        assert_eq!(
+            r["pid"],
+            std::process::id(),
+            "owner known from connect(): {r}"
+        );
+    }
+    drop(client);
+    let (st, _, _) = tracer.stop();
+    assert!(st.success());
+}
+
+#[test]
+fn json_piped_into_head_exits_zero_quietly() {
+    require_root();
+    let port = free_port();
+    let mut sh = Command::new("bash")
+        .args([
+            "-c",
+            &format!("{BIN} watch --json --port {port} 2>/tmp/tt-head-{port}.err | head -1 >/dev/null; echo ${{PIPESTATUS[0]}}"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let start = Instant::now();
+    // Keep making connections until head has exited and the tracer noticed the closed pipe.
+    while sh.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "tracer did not exit after head"
+        );
+        if let Ok(c) = TcpStream::connect(("127.0.0.1", port)) {
+            drop(c);
+        }
+        while listener.accept().is_ok() {}
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut out = String::new();
+    sh.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let err = std::fs::read_to_string(format!("/tmp/tt-head-{port}.err")).unwrap_or_default();
+    let _ = std::fs::remove_file(format!("/tmp/tt-head-{port}.err"));
+    assert_eq!(out.trim(), "0", "tracer exit status; stderr: {err}");
+    assert!(
+        err.lines().all(|l| l.contains("INFO")),
+        "no error text expected: {err}"
+    );
+}
+
+#[test]
+fn duration_stops_by_itself() {
+    require_root();
+    let start = Instant::now();
+    let out = Command::new(BIN)
+        .args(["watch", "--json", "--port", "1", "--duration", "1s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn without_privileges_one_clear_line_and_status_2() {
+    require_root();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--inh-caps",
+            "-all",
+            BIN,
+            "watch",
+        ])
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("CAP_BPF") && err.contains("root"), "{err}");
+}

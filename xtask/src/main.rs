@@ -1,0 +1,141 @@
+//! Project tasks: `cargo xtask run -- ARGS`, `cargo xtask test`, `cargo xtask setup`,
+//! `cargo xtask bench`.
+//!
+//! Every task first makes sure the machine can build and load the kernel programs, installing
+//! what is missing (and saying so): nightly's `rust-src`, a `bpf-linker` built against the
+//! nightly toolchain's own libLLVM, and a mounted tracefs. No product logic lives here.
+
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and loading need (idempotent; run by every other task).
+    Setup,
+    /// Build tcp-trace (release) and run it with the given arguments, e.g. `run -- watch`.
+    Run {
+        /// Arguments for tcp-trace.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// `cargo fmt --check`, clippy on the host crates and on the kernel crate (BPF target).
+    Lint,
+    /// Run the whole test suite (unit and kernel integration tests; needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed ({st})");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let root = setup::workspace_root()?;
+    match cli.task {
+        Task::Setup => setup::ensure_all(),
+        Task::Run { args } => {
+            setup::ensure_all()?;
+            status(
+                cargo()
+                    .current_dir(&root)
+                    .args(["build", "--release", "--quiet", "-p", "tcp-trace"])
+                    .env("PATH", setup::path_with_cargo_bin()),
+            )?;
+            let bin = root.join("target/release/tcp-trace");
+            let st = Command::new(&bin)
+                .args(&args)
+                .status()
+                .with_context(|| format!("running {}", bin.display()))?;
+            std::process::exit(st.code().unwrap_or(2));
+        }
+        Task::Lint => {
+            setup::ensure_all()?;
+            setup::ensure_nightly_component("clippy")?;
+            let path = setup::path_with_cargo_bin();
+            status(
+                cargo()
+                    .current_dir(&root)
+                    .args(["fmt", "--all", "--", "--check"]),
+            )?;
+            status(
+                cargo()
+                    .current_dir(&root)
+                    .args([
+                        "clippy",
+                        "--workspace",
+                        "--all-targets",
+                        "--quiet",
+                        "--",
+                        "-D",
+                        "warnings",
+                    ])
+                    .env("PATH", &path),
+            )?;
+            // The kernel programs are cfg(target_arch = "bpf"): lint them for that target too.
+            status(
+                Command::new("rustup")
+                    .current_dir(&root)
+                    .args([
+                        "run",
+                        "nightly",
+                        "cargo",
+                        "clippy",
+                        "--quiet",
+                        "-p",
+                        "tcp-trace-ebpf",
+                    ])
+                    .args([
+                        "--target",
+                        "bpfel-unknown-none",
+                        "-Z",
+                        "build-std=core",
+                        "--release",
+                    ])
+                    .args(["--target-dir", "target/bpf-lint", "--", "-D", "warnings"])
+                    .env("PATH", &path),
+            )
+        }
+        Task::Test { args } => {
+            setup::ensure_all()?;
+            status(
+                cargo()
+                    .current_dir(&root)
+                    .args(["test", "--workspace"])
+                    .args(&args)
+                    .env("PATH", setup::path_with_cargo_bin()),
+            )
+        }
+    }
+}
