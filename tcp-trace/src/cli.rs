@@ -7,10 +7,16 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     clock::Clock,
-    commands::watch::Watch,
+    commands::{
+        life::Life,
+        stuck::{Settings, StuckCmd},
+        watch::Watch,
+    },
+    event::TcpState,
     filter::{Family, Filter},
     pipeline::{self, Stop},
     source::{KernelSource, Options},
+    stuck::REPORTABLE,
 };
 
 /// Trace TCP connections with eBPF: live state changes, stuck half-closed sockets and
@@ -28,6 +34,10 @@ pub struct Cli {
 pub enum Command {
     /// Print every TCP state change, retransmit, reset and socket error as it happens.
     Watch(WatchArgs),
+    /// Report sockets stuck half-closed (CLOSE_WAIT, FIN_WAIT2, …): who holds them, since when.
+    Stuck(StuckArgs),
+    /// Print one line per finished connection: owner, duration, every state, who closed first.
+    Life(LifeArgs),
 }
 
 /// Options every tracing command shares.
@@ -87,19 +97,102 @@ pub struct WatchArgs {
     pub common: Common,
 }
 
+/// `stuck` options.
+#[derive(Args, Debug)]
+pub struct StuckArgs {
+    /// States to report (comma-separated): FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING.
+    #[arg(long, value_delimiter = ',', value_parser = parse_state, default_value = "FIN_WAIT2,CLOSE_WAIT")]
+    pub states: Vec<TcpState>,
+    /// Report a socket once it has been in the state this long (e.g. `30s`, `5m`).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub threshold: Duration,
+    /// How often to re-evaluate in live mode.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Report once after a short settle window and exit: 1 if anything is stuck, 0 if not.
+    #[arg(long)]
+    pub once: bool,
+    /// With `--once`: how long to collect events before the report.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
+    /// One JSON object per line (`stuck`, `recovered`, `summary`).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `life` options.
+#[derive(Args, Debug)]
+pub struct LifeArgs {
+    /// One JSON object per line (`life`).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+fn parse_state(s: &str) -> Result<TcpState, String> {
+    match TcpState::from_name(s) {
+        Some(st) if REPORTABLE.contains(&st) => Ok(st),
+        _ => Err(format!(
+            "`{s}` is not one of {}",
+            REPORTABLE.map(|s| s.to_string()).join(", ")
+        )),
+    }
+}
+
+fn stdout() -> io::BufWriter<io::StdoutLock<'static>> {
+    io::BufWriter::with_capacity(64 << 10, io::stdout().lock())
+}
+
 /// Runs a parsed command line; the exit status for success paths.
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Watch(a) => {
-            let mut stop = Stop::new(a.common.duration)?;
-            let mut src = KernelSource::open(a.common.source_options())?;
-            let out = io::BufWriter::with_capacity(64 << 10, io::stdout().lock());
+            let c = &a.common;
+            let mut stop = Stop::new(c.duration)?;
+            let mut src = KernelSource::open(c.source_options())?;
             let mut sink = Watch::new(
-                out,
+                stdout(),
                 a.json,
                 Clock::measure(),
-                a.common.filter(),
-                a.common.max_sockets,
+                c.filter(),
+                c.max_sockets,
+            );
+            pipeline::run(&mut src, &mut stop, &mut sink).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stuck(a) => {
+            let c = &a.common;
+            let mut stop = Stop::new(c.duration)?;
+            // Attach first, then snapshot: nothing that happens in between is missed.
+            let mut src = KernelSource::open(c.source_options())?;
+            let set = Settings {
+                states: a.states.clone(),
+                threshold: a.threshold,
+                interval: a.interval,
+                once: a.once.then_some(a.settle),
+                filter: c.filter(),
+            };
+            let mut sink = StuckCmd::new(stdout(), a.json, Clock::measure(), set, c.max_sockets)?;
+            pipeline::run(&mut src, &mut stop, &mut sink).await?;
+            Ok(if a.once && sink.stuck_now() > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Life(a) => {
+            let c = &a.common;
+            let mut stop = Stop::new(c.duration)?;
+            let mut src = KernelSource::open(c.source_options())?;
+            let mut sink = Life::new(
+                stdout(),
+                a.json,
+                Clock::measure(),
+                c.filter(),
+                c.max_sockets,
             );
             pipeline::run(&mut src, &mut stop, &mut sink).await?;
             Ok(ExitCode::SUCCESS)

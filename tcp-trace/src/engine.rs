@@ -124,6 +124,9 @@ pub struct Lifecycle {
     pub orphaned_ns: Option<u64>,
     /// Events may be missing (lost events while it lived, or seen first mid-life).
     pub incomplete: bool,
+    /// For a socket seeded from a snapshot: when the snapshot was taken (0 otherwise).
+    /// Events older than this describe a past the snapshot already shows.
+    pub snapshot_ns: u64,
 }
 
 impl Lifecycle {
@@ -143,6 +146,7 @@ impl Lifecycle {
             closer: None,
             orphaned_ns: None,
             incomplete: !exact_start,
+            snapshot_ns: 0,
         }
     }
 
@@ -164,6 +168,22 @@ impl Lifecycle {
     /// First time seen.
     pub fn first_seen_ns(&self) -> u64 {
         self.states.first().map_or(0, |t| t.at_ns)
+    }
+
+    /// The states the socket lived through, with ns spent in each (the last up to `end_ns`):
+    /// the pre-birth CLOSE or LISTEN of a socket born under the tracer and a final CLOSE carry
+    /// no time and are left out.
+    pub fn path(&self, end_ns: u64) -> Vec<(TcpState, u64)> {
+        let mut steps = self.durations(end_ns);
+        let pre_birth = |s: TcpState| matches!(s, TcpState::CLOSE | TcpState::LISTEN);
+        if self.exact_start && steps.len() > 1 && steps.first().is_some_and(|(s, _)| pre_birth(*s))
+        {
+            steps.remove(0);
+        }
+        if steps.len() > 1 && steps.last().is_some_and(|(s, _)| *s == TcpState::CLOSE) {
+            steps.pop();
+        }
+        steps
     }
 
     /// Time spent in each state, the last one up to `end_ns`.
@@ -199,8 +219,10 @@ pub struct Seed {
     pub tuple: Tuple,
     /// Its state in the snapshot.
     pub state: TcpState,
+    /// Latest time it can have entered that state (a lower bound of its age), monotonic ns.
+    pub since_ns: u64,
     /// When the snapshot was taken (monotonic ns).
-    pub at_ns: u64,
+    pub snapshot_ns: u64,
 }
 
 /// Running totals.
@@ -337,6 +359,14 @@ impl Engine {
         self.by_tuple.get(t).and_then(|k| self.socks.peek(k))
     }
 
+    /// A recently finished lifecycle with these endpoints (e.g. a FIN_WAIT2 socket the
+    /// application closed, which lives on in the kernel as a timewait orphan).
+    pub fn finished_by_tuple(&self, t: &Tuple) -> Option<&Lifecycle> {
+        let seq = self.grave_by_tuple.get(t)?;
+        let idx = usize::try_from(seq.checked_sub(self.grave_base)?).ok()?;
+        self.graveyard.get(idx).map(|(_, l)| l)
+    }
+
     /// Every tracked lifecycle (no particular order).
     pub fn iter(&self) -> impl Iterator<Item = &Lifecycle> {
         self.socks.iter().map(|(_, l)| l)
@@ -350,10 +380,13 @@ impl Engine {
         let key = self.next_seed_key;
         self.next_seed_key += 1;
         let first = Transition {
-            at_ns: seed.at_ns,
+            at_ns: seed.since_ns,
             state: seed.state,
         };
-        self.insert(key, Lifecycle::new(0, seed.tuple, first, false));
+        let mut l = Lifecycle::new(0, seed.tuple, first, false);
+        l.snapshot_ns = seed.snapshot_ns;
+        l.last_seen_ns = seed.snapshot_ns;
+        self.insert(key, l);
     }
 
     /// Marks every tracked lifecycle incomplete (events were lost).
@@ -471,7 +504,7 @@ impl Engine {
         };
 
         // Events older than a seed's snapshot describe the past the snapshot already shows.
-        let stale_for_seed = !l.exact_start && l.states.len() == 1 && ev.ts_ns < l.first_seen_ns();
+        let stale_for_seed = l.states.len() == 1 && ev.ts_ns < l.snapshot_ns;
         if !born_now && l.state() == old && (l.exact_start || l.states.len() > 1) {
             out.ns_in_old = Some(ev.ts_ns.saturating_sub(l.state_since_ns()));
         }
@@ -850,11 +883,17 @@ mod tests {
         e.seed(Seed {
             tuple,
             state: T::CLOSE_WAIT,
-            at_ns: 1_000_000_000,
+            since_ns: 400_000_000,
+            snapshot_ns: 1_000_000_000,
         });
         let l = e.by_tuple(&tuple).unwrap();
         assert!(!l.state_since_exact());
         assert_eq!(l.state(), T::CLOSE_WAIT);
+        assert_eq!(
+            l.state_since_ns(),
+            400_000_000,
+            "a lower bound from before the snapshot"
+        );
         // an event from before the snapshot does not move the state back
         let before = st(
             900,

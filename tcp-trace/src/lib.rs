@@ -2,16 +2,19 @@
 //!
 //! The data path, one module per stage:
 //! kernel ([`source`]: load, attach, ring buffer) → [`event`] (decode) → [`engine`] (pure
-//! lifecycles) → [`output`] (human | JSON). [`pipeline`] drives it; [`commands`] hold one sink
-//! per subcommand; [`cli`] parses the command line.
+//! lifecycles; [`stuck`] classifies from them) → [`enrich`] (sock_diag, /proc) → [`output`]
+//! (human | JSON). [`pipeline`] drives it; [`commands`] hold one sink per subcommand; [`cli`]
+//! parses the command line.
 
 pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod engine;
+pub mod enrich;
 pub mod event;
 pub mod filter;
 pub mod output;
 pub mod pipeline;
 pub mod source;
+pub mod stuck;
 pub mod tracefs;

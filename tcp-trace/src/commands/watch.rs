@@ -8,7 +8,7 @@ use crate::{
     clock::Clock,
     engine::Engine,
     filter::Filter,
-    output::{Annotated, WatchWriter},
+    output::watch::{Annotated, WatchWriter},
     pipeline::{Flow, Sink},
     source::Record,
 };

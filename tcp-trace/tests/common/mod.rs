@@ -26,10 +26,19 @@ pub fn require_root() {
     );
 }
 
-/// A port unlikely to clash with other tests running in parallel.
+/// A free port, never the same twice in this test process (tests run in parallel and each
+/// filters on its own port).
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A running `tcp-trace` with its stdout lines collected.
@@ -128,6 +137,41 @@ impl Tracer {
             }
             thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// Waits until a stderr line contains `what`.
+    pub fn wait_for_stderr(&self, what: &str) {
+        let start = Instant::now();
+        while !self.stderr.lock().unwrap().iter().any(|l| l.contains(what)) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no {what:?} on stderr: {:?}",
+                self.stderr.lock().unwrap()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit by itself; its status, stdout and stderr lines.
+    pub fn wait_exit(
+        mut self,
+        timeout: Duration,
+    ) -> (std::process::ExitStatus, Vec<String>, Vec<String>) {
+        let start = Instant::now();
+        let st = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "tcp-trace did not exit by itself"
+            );
+            thread::sleep(Duration::from_millis(20));
+        };
+        thread::sleep(Duration::from_millis(50));
+        let out = self.lines.lock().unwrap().clone();
+        let err = self.stderr.lock().unwrap().clone();
+        (st, out, err)
     }
 
     /// SIGINT, then the exit status (must come within 5 s).
@@ -285,4 +329,56 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
     })
     .join()
     .expect("netns thread panicked")
+}
+
+/// The Python test peer (`tests/peer.py`) running one scenario; killed on drop.
+pub struct Peer {
+    child: Child,
+    /// The numbers from its `ready` line.
+    pub server_pid: u32,
+    pub server_fd: i64,
+    pub client_pid: u32,
+    pub client_fd: i64,
+    pub client_port: u16,
+}
+
+impl Peer {
+    /// `halfclose HOST PORT`: client shut down its side, server never closes.
+    pub fn halfclose(host: &str, port: u16) -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peer.py");
+        let mut child = Command::new("python3")
+            .args([script, "halfclose", host, &port.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f.first(), Some(&"ready"), "peer said {line:?}");
+        Self {
+            child,
+            server_pid: f[1].parse().unwrap(),
+            server_fd: f[2].parse().unwrap(),
+            client_pid: f[3].parse().unwrap(),
+            client_fd: f[4].parse().unwrap(),
+            client_port: f[5].parse().unwrap(),
+        }
+    }
+
+    /// Makes one side close its socket (SIGUSR1 to that process).
+    pub fn close(pid: u32) {
+        // SAFETY: signalling a child process of this test.
+        unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.client_pid as i32, libc::SIGKILL) };
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

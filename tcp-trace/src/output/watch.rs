@@ -1,41 +1,15 @@
-//! Output: one human line or one NDJSON object per item, written to a buffered sink.
-//!
-//! A closed pipe (`| head`) is not an error for the user: [`is_broken_pipe`] lets the caller
-//! stop quietly with status 0.
+//! `watch` output: one line or NDJSON object per kernel event.
 
-use std::{
-    io::{self, Write},
-    net::IpAddr,
-};
+use std::io::{self, Write};
 
 use serde::Serialize;
 
+use super::{endpoint, sock_hex, Skip};
 use crate::{
     clock::Clock,
     engine::Owner,
     event::{errno_name, family_name, Event, EventKind},
 };
-
-/// True when an error (anywhere in its chain) is EPIPE.
-pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<io::Error>()
-            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
-    })
-}
-
-/// `addr:port`, with IPv6 in brackets.
-pub fn endpoint(a: &IpAddr, port: u16) -> String {
-    match a {
-        IpAddr::V4(v4) => format!("{v4}:{port}"),
-        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
-    }
-}
-
-/// The kernel socket id as printed (`0xffff…`).
-pub fn sock_hex(sock: u64) -> String {
-    format!("{sock:#x}")
-}
 
 /// The JSON form of a `watch` item. Field names are shared with `stuck` and `life`.
 #[derive(Serialize)]
@@ -82,29 +56,6 @@ pub struct JsonEvent<'a> {
     /// Events lost (lost).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
-}
-
-/// A field that is either absent, `null`, or a value.
-pub enum Skip<T> {
-    /// Not serialised.
-    Absent,
-    /// Serialised as the value or null.
-    Present(Option<T>),
-}
-
-impl<T> Skip<T> {
-    fn skip(&self) -> bool {
-        matches!(self, Self::Absent)
-    }
-}
-
-impl<T: Serialize> Serialize for Skip<T> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Self::Absent => s.serialize_none(),
-            Self::Present(v) => v.serialize(s),
-        }
-    }
 }
 
 /// An event with what the engine added to it.
@@ -269,6 +220,7 @@ pub fn json_event<'a>(a: &Annotated<'a>, clock: &Clock) -> JsonEvent<'a> {
 mod tests {
     use super::*;
     use crate::event::{Comm, Task, TcpState};
+    use std::net::IpAddr;
     use std::net::Ipv6Addr;
 
     fn ev(kind: EventKind) -> Event {

@@ -1,0 +1,79 @@
+//! `tcp-trace life`: one line per finished connection, with its whole story.
+
+use std::io::Write;
+
+use anyhow::Result;
+
+use crate::{
+    clock::Clock,
+    engine::Engine,
+    filter::Filter,
+    output::life::{is_listener, LifeWriter},
+    pipeline::{Flow, Sink},
+    source::Record,
+};
+
+/// How long after a close to wait for late events (errors, resets) before printing.
+const GRACE_NS: u64 = 200_000_000;
+
+/// The `life` sink.
+pub struct Life<W: Write> {
+    engine: Engine,
+    filter: Filter,
+    out: LifeWriter<W>,
+    latest_ns: u64,
+}
+
+impl<W: Write> Life<W> {
+    /// A `life` run writing to `out`. Connections already open when it starts are reported
+    /// too, marked incomplete, with the time from when the tracer first saw them.
+    pub fn new(out: W, json: bool, clock: Clock, filter: Filter, max_sockets: usize) -> Self {
+        Self {
+            engine: Engine::new(max_sockets, true),
+            filter,
+            out: LifeWriter::new(out, json, clock),
+            latest_ns: 0,
+        }
+    }
+
+    fn emit(&mut self, until_ns: u64) -> Result<()> {
+        for l in self.engine.take_finished(until_ns) {
+            if is_listener(&l) {
+                continue;
+            }
+            let t = &l.tuple;
+            let pid_ok = self
+                .filter
+                .pid
+                .is_none_or(|p| l.owner.is_some_and(|o| o.pid == p));
+            if pid_ok && self.filter.matches_endpoints(&t.saddr, t.sport, t.dport) {
+                self.out.life(&l)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<W: Write> Sink for Life<W> {
+    fn batch(&mut self, records: &[Record]) -> Result<Flow> {
+        for r in records {
+            match r {
+                Record::Event(ev) => {
+                    self.latest_ns = self.latest_ns.max(ev.ts_ns);
+                    self.engine.apply(ev);
+                }
+                Record::Lost { .. } => self.engine.mark_all_incomplete(),
+            }
+        }
+        // Event time stands still on a quiet host: the grace period runs on the real clock.
+        let now = self.latest_ns.max(crate::clock::monotonic_ns());
+        self.emit(now.saturating_sub(GRACE_NS))?;
+        self.out.flush()?;
+        Ok(Flow::Continue)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.emit(u64::MAX)?;
+        Ok(self.out.flush()?)
+    }
+}

@@ -1,0 +1,224 @@
+//! `tcp-trace stuck`: sockets stuck half-closed, as they become stuck and as they recover
+//! (live), or one report and an exit status (`--once`).
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::Write,
+    time::Duration,
+};
+
+use anyhow::Result;
+
+use crate::{
+    clock::{monotonic_ns, Clock},
+    engine::{Engine, Tuple},
+    enrich::{self, DiagSocket},
+    event::TcpState,
+    filter::Filter,
+    output::stuck::{StuckWriter, Summary},
+    pipeline::{Flow, Sink},
+    source::Record,
+    stuck::{age_lower_bound_ns, assess, Context, Stuck},
+};
+
+/// Settings of a `stuck` run.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// States to report.
+    pub states: Vec<TcpState>,
+    /// Minimum age.
+    pub threshold: Duration,
+    /// Re-evaluation period (live).
+    pub interval: Duration,
+    /// `Some(settle)`: evaluate once after this much event time, then stop.
+    pub once: Option<Duration>,
+    /// Which sockets.
+    pub filter: Filter,
+}
+
+/// The `stuck` sink.
+pub struct StuckCmd<W: Write> {
+    engine: Engine,
+    set: Settings,
+    out: StuckWriter<W>,
+    first_seen: HashMap<Tuple, (TcpState, u64)>,
+    reported: HashMap<Tuple, Stuck>,
+    next_eval_ns: u64,
+    sum: Summary,
+}
+
+/// Seeds an engine with every connected TCP socket that exists now (attach first, then call
+/// this: events queued meanwhile are merged by time). Returns how many were seeded.
+pub fn seed_from_snapshot(engine: &mut Engine) -> Result<usize> {
+    let snap = enrich::snapshot(netlink_packet_sock_diag::inet::StateFlags::all())?;
+    let now = monotonic_ns();
+    let mut n = 0;
+    for d in snap
+        .iter()
+        .filter(|d| d.tuple.sport != 0 && d.tuple.dport != 0)
+    {
+        engine.seed(crate::engine::Seed {
+            tuple: d.tuple,
+            state: d.state,
+            since_ns: now.saturating_sub(age_lower_bound_ns(d)),
+            snapshot_ns: now,
+        });
+        n += 1;
+    }
+    Ok(n)
+}
+
+impl<W: Write> StuckCmd<W> {
+    /// A `stuck` run writing to `out`; seeds the engine from a snapshot now.
+    pub fn new(
+        out: W,
+        json: bool,
+        clock: Clock,
+        set: Settings,
+        max_sockets: usize,
+    ) -> Result<Self> {
+        let mut engine = Engine::new(max_sockets, false);
+        let seeded = seed_from_snapshot(&mut engine)?;
+        log::info!("seeded {seeded} existing sockets from sock_diag");
+        let now = monotonic_ns();
+        Ok(Self {
+            engine,
+            out: StuckWriter::new(out, json, clock),
+            first_seen: HashMap::new(),
+            reported: HashMap::new(),
+            next_eval_ns: now + set.once.unwrap_or(set.interval).as_nanos() as u64,
+            set,
+            sum: Summary::default(),
+        })
+    }
+
+    /// Sockets stuck at the last evaluation.
+    pub fn stuck_now(&self) -> usize {
+        self.reported.len()
+    }
+
+    fn evaluate(&mut self, now_ns: u64) -> Result<()> {
+        let diag: Vec<DiagSocket> = enrich::snapshot(enrich::state_flags(&self.set.states))?
+            .into_iter()
+            .filter(|d| self.set.states.contains(&d.state))
+            .filter(|d| {
+                self.set
+                    .filter
+                    .matches_endpoints(&d.tuple.saddr, d.tuple.sport, d.tuple.dport)
+            })
+            .collect();
+        // Sockets this run did not see enter their state age from first sight (or the tcp_info
+        // lower bound, when larger).
+        let present: HashSet<Tuple> = diag.iter().map(|d| d.tuple).collect();
+        self.first_seen.retain(|t, _| present.contains(t));
+        for d in &diag {
+            let since = now_ns.saturating_sub(age_lower_bound_ns(d));
+            let e = self.first_seen.entry(d.tuple).or_insert((d.state, since));
+            if e.0 != d.state {
+                *e = (d.state, now_ns);
+            }
+        }
+        // Two passes: find what is stuck, then look up the owners of just those in /proc.
+        let no_holders = HashMap::new();
+        let mut cx = Context {
+            now_ns,
+            threshold: self.set.threshold,
+            fin_timeout: enrich::fin_timeout(),
+            holders: &no_holders,
+            first_seen: &self.first_seen,
+        };
+        let candidates: Vec<&DiagSocket> = diag
+            .iter()
+            .filter(|d| assess(&self.engine, d, &cx).is_some())
+            .collect();
+        let inodes: HashSet<u32> = candidates
+            .iter()
+            .map(|d| d.inode)
+            .filter(|&i| i != 0)
+            .collect();
+        let holders = enrich::holders(&inodes);
+        cx.holders = &holders;
+        let mut now_stuck = HashMap::new();
+        for d in candidates {
+            let Some(s) = assess(&self.engine, d, &cx) else {
+                continue;
+            };
+            let pid_ok = self.set.filter.pid.is_none_or(|p| {
+                s.holders.iter().any(|h| h.pid == p) || s.owner.is_some_and(|o| o.pid == p)
+            });
+            if pid_ok {
+                now_stuck.insert(s.tuple, s);
+            }
+        }
+        // Report what recovered, then what is newly stuck (or everything, for --once).
+        let states: HashMap<Tuple, TcpState> = diag.iter().map(|d| (d.tuple, d.state)).collect();
+        let gone: Vec<Tuple> = self
+            .reported
+            .iter()
+            .filter(|(t, s)| now_stuck.get(*t).is_none_or(|n| n.state != s.state))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in gone {
+            if let Some(s) = self.reported.remove(&t) {
+                let now = self.engine.by_tuple(&t).map_or_else(
+                    || {
+                        states
+                            .get(&t)
+                            .map_or("CLOSED".to_string(), |st| st.to_string())
+                    },
+                    |l| l.state().to_string(),
+                );
+                self.out.recovered(&s, &now, now_ns)?;
+                self.sum.recovered += 1;
+            }
+        }
+        for (t, s) in now_stuck {
+            // New, or the same socket in a new condition (a held FIN_WAIT2 became an orphan).
+            let changed = self.reported.get(&t).is_none_or(|r| r.held != s.held);
+            if self.set.once.is_some() || changed {
+                self.out.stuck(&s, now_ns)?;
+            }
+            self.reported.insert(t, s);
+        }
+        self.out.flush()?;
+        Ok(())
+    }
+}
+
+impl<W: Write> Sink for StuckCmd<W> {
+    fn batch(&mut self, records: &[Record]) -> Result<Flow> {
+        for r in records {
+            match r {
+                Record::Event(ev) => {
+                    self.engine.apply(ev);
+                }
+                Record::Lost { count, .. } => {
+                    self.sum.lost += count;
+                    self.engine.mark_all_incomplete();
+                }
+            }
+        }
+        let now = monotonic_ns();
+        if now < self.next_eval_ns {
+            return Ok(Flow::Continue);
+        }
+        self.evaluate(now)?;
+        if self.set.once.is_some() {
+            return Ok(Flow::Stop);
+        }
+        self.next_eval_ns = now + self.set.interval.as_nanos() as u64;
+        Ok(Flow::Continue)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        let now = monotonic_ns();
+        if self.set.once.is_some() && self.next_eval_ns > now {
+            // stopped by a signal before the settle window ended: report what we have
+            self.evaluate(now)?;
+        }
+        self.sum.stuck_now = self.reported.len() as u64;
+        self.sum.evictions = self.engine.counters.evictions;
+        self.out.summary(self.sum, now)?;
+        Ok(self.out.flush()?)
+    }
+}

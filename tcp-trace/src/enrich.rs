@@ -1,0 +1,225 @@
+//! Enrichment from outside the event stream: netlink sock_diag snapshots of TCP sockets
+//! (queues, timers, tcp_info, inode) and owners found the way `ss -p` finds them, by mapping
+//! socket inodes through `/proc/<pid>/fd`.
+//!
+//! Called only for sockets being reported (and once at start), never per event.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_sock_diag::{
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    inet::{nlas::Nla, ExtensionFlags, InetRequest, SocketId, StateFlags, Timer},
+    SockDiagMessage,
+};
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+
+use crate::{
+    engine::Tuple,
+    event::{Comm, TcpState},
+};
+
+/// One TCP socket as sock_diag reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiagSocket {
+    /// Endpoints, local first.
+    pub tuple: Tuple,
+    /// State (for a timewait socket, its substate: FIN_WAIT2 or TIME_WAIT).
+    pub state: TcpState,
+    /// Socket inode; 0 when no file refers to it (closed by the application: an orphan).
+    pub inode: u32,
+    /// Owning uid.
+    pub uid: u32,
+    /// Bytes received and not yet read by the application.
+    pub recv_q: u32,
+    /// Bytes not yet acknowledged by the peer.
+    pub send_q: u32,
+    /// Pending timer.
+    pub timer: Option<Timer>,
+    /// ms since the last packet was received (tcp_info), when known.
+    pub last_recv_ms: Option<u32>,
+    /// Current retransmission timeout in µs (tcp_info).
+    pub rto_us: Option<u32>,
+    /// Exponential backoff count (tcp_info).
+    pub backoff: Option<u8>,
+}
+
+impl DiagSocket {
+    /// No process has it open any more (the kernel owns it until it is reaped).
+    pub fn is_orphan(&self) -> bool {
+        self.inode == 0
+    }
+}
+
+/// States to ask for.
+pub fn state_flags(states: &[TcpState]) -> StateFlags {
+    states.iter().fold(StateFlags::empty(), |f, s| {
+        f | StateFlags::from_bits_truncate(1u32.checked_shl(s.0 as u32).unwrap_or(0))
+    })
+}
+
+/// Every TCP socket (IPv4 and IPv6) of this network namespace in one of `states`.
+pub fn snapshot(states: StateFlags) -> Result<Vec<DiagSocket>> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag socket")?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut out = Vec::new();
+    for family in [AF_INET, AF_INET6] {
+        dump(&mut socket, family, states.clone(), &mut out)
+            .with_context(|| format!("sock_diag dump (family {family})"))?;
+    }
+    Ok(out)
+}
+
+fn dump(
+    socket: &mut Socket,
+    family: u8,
+    states: StateFlags,
+    out: &mut Vec<DiagSocket>,
+) -> Result<()> {
+    let mut hdr = NetlinkHeader::default();
+    hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut req = NetlinkMessage::new(
+        hdr,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::INFO,
+            states,
+            socket_id: if family == AF_INET {
+                SocketId::new_v4()
+            } else {
+                SocketId::new_v6()
+            },
+        })
+        .into(),
+    );
+    req.finalize();
+    let mut buf = vec![0; req.buffer_len()];
+    req.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+
+    let mut rx = vec![0u8; 64 << 10];
+    loop {
+        let n = socket.recv(&mut &mut rx[..], 0)?;
+        let mut off = 0;
+        while off < n {
+            let msg = <NetlinkMessage<SockDiagMessage>>::deserialize(&rx[off..n])
+                .map_err(|e| anyhow::anyhow!("malformed sock_diag reply: {e}"))?;
+            let len = msg.header.length as usize;
+            match msg.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                    let h = &r.header;
+                    let mut d = DiagSocket {
+                        tuple: Tuple {
+                            saddr: h.socket_id.source_address,
+                            sport: h.socket_id.source_port,
+                            daddr: h.socket_id.destination_address,
+                            dport: h.socket_id.destination_port,
+                        },
+                        state: TcpState(i32::from(h.state)),
+                        inode: h.inode,
+                        uid: h.uid,
+                        recv_q: h.recv_queue,
+                        send_q: h.send_queue,
+                        timer: h.timer.clone(),
+                        last_recv_ms: None,
+                        rto_us: None,
+                        backoff: None,
+                    };
+                    for nla in &r.nlas {
+                        if let Nla::TcpInfo(ti) = nla {
+                            d.last_recv_ms = Some(ti.last_ack_recv.min(ti.last_data_recv));
+                            d.rto_us = Some(ti.rto);
+                            d.backoff = Some(ti.backoff);
+                        }
+                    }
+                    out.push(d);
+                }
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(e) => bail!("sock_diag error: {e:?}"),
+                _ => {}
+            }
+            if len == 0 {
+                break;
+            }
+            off += len;
+        }
+    }
+}
+
+/// A process holding a socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// Process id.
+    pub pid: u32,
+    /// Process name (`/proc/PID/comm`).
+    pub comm: Comm,
+    /// File descriptor number.
+    pub fd: i32,
+}
+
+/// For each wanted inode, every (pid, comm, fd) that has it open. Processes that vanish or
+/// cannot be read are skipped.
+pub fn holders(inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>> {
+    let mut found: HashMap<u32, Vec<Holder>> = HashMap::new();
+    if inodes.is_empty() {
+        return found;
+    }
+    let Ok(procs) = procfs::process::all_processes() else {
+        return found;
+    };
+    for p in procs.flatten() {
+        let Ok(fds) = p.fd() else { continue };
+        let mut comm = None;
+        for fd in fds.flatten() {
+            if let procfs::process::FDTarget::Socket(ino) = fd.target {
+                let Ok(ino) = u32::try_from(ino) else {
+                    continue;
+                };
+                if inodes.contains(&ino) {
+                    let comm = *comm.get_or_insert_with(|| {
+                        let raw =
+                            std::fs::read(format!("/proc/{}/comm", p.pid)).unwrap_or_default();
+                        Comm::from_bytes(raw.strip_suffix(b"\n").unwrap_or(&raw))
+                    });
+                    found.entry(ino).or_default().push(Holder {
+                        pid: p.pid as u32,
+                        comm,
+                        fd: fd.fd,
+                    });
+                }
+            }
+        }
+    }
+    for list in found.values_mut() {
+        list.sort_by_key(|h| (h.pid, h.fd));
+    }
+    found
+}
+
+/// `net.ipv4.tcp_fin_timeout`: how long an orphaned FIN_WAIT2 socket lives.
+pub fn fin_timeout() -> Duration {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_fin_timeout")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .map_or(Duration::from_secs(60), Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_flags_select_the_states() {
+        let f = state_flags(&[TcpState::CLOSE_WAIT, TcpState::FIN_WAIT2]);
+        assert_eq!(f, StateFlags::CLOSE_WAIT | StateFlags::FIN_WAIT2);
+        assert_eq!(state_flags(&[TcpState(99)]), StateFlags::empty());
+    }
+}

@@ -1,0 +1,175 @@
+//! `life` output: one line or NDJSON object per finished connection.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use super::{endpoint, sock_hex};
+use crate::{
+    clock::Clock,
+    engine::Lifecycle,
+    event::{errno_name, family_name, TcpState},
+};
+
+/// The connection's states with the ms spent in each.
+fn story(l: &Lifecycle) -> Vec<(TcpState, f64)> {
+    let end = l.states.last().map_or(l.last_seen_ns, |t| t.at_ns);
+    l.path(end)
+        .into_iter()
+        .map(|(s, ns)| (s, (ns / 1000) as f64 / 1000.0))
+        .collect()
+}
+
+/// A listener's own lifecycle (CLOSE → LISTEN → CLOSE) is not a connection.
+pub fn is_listener(l: &Lifecycle) -> bool {
+    l.states.get(1).is_some_and(|t| t.state == TcpState::LISTEN)
+}
+
+#[derive(Serialize)]
+struct JsonStep {
+    state: String,
+    ms: f64,
+}
+
+#[derive(Serialize)]
+struct JsonLife<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    ts: String,
+    start: String,
+    sock: Option<String>,
+    family: &'a str,
+    saddr: String,
+    sport: u16,
+    daddr: String,
+    dport: u16,
+    pid: Option<u32>,
+    comm: Option<String>,
+    duration_ms: f64,
+    age_exact: bool,
+    states: Vec<JsonStep>,
+    closer: Option<&'a str>,
+    retransmits: u32,
+    synack_retransmits: u32,
+    resets_sent: u32,
+    resets_received: u32,
+    error: Option<String>,
+    incomplete: bool,
+}
+
+/// Writes `life` output.
+pub struct LifeWriter<W: Write> {
+    out: W,
+    json: bool,
+    clock: Clock,
+    header_done: bool,
+}
+
+impl<W: Write> LifeWriter<W> {
+    /// A writer of human lines or NDJSON.
+    pub fn new(out: W, json: bool, clock: Clock) -> Self {
+        Self {
+            out,
+            json,
+            clock,
+            header_done: false,
+        }
+    }
+
+    /// One finished connection.
+    pub fn life(&mut self, l: &Lifecycle) -> io::Result<()> {
+        let steps = story(l);
+        let start = l.first_seen_ns();
+        let end = l.states.last().map_or(l.last_seen_ns, |t| t.at_ns);
+        let duration_ms = (end.saturating_sub(start) / 1000) as f64 / 1000.0;
+        let t = &l.tuple;
+        if self.json {
+            let j = JsonLife {
+                kind: "life",
+                ts: self.clock.rfc3339(end),
+                start: self.clock.rfc3339(start),
+                sock: (l.sock != 0).then(|| sock_hex(l.sock)),
+                family: family_name(&t.saddr),
+                saddr: t.saddr.to_string(),
+                sport: t.sport,
+                daddr: t.daddr.to_string(),
+                dport: t.dport,
+                pid: l.owner.map(|o| o.pid),
+                comm: l.owner.map(|o| o.comm.escaped()),
+                duration_ms,
+                age_exact: l.exact_start,
+                states: steps
+                    .iter()
+                    .map(|(s, ms)| JsonStep {
+                        state: s.to_string(),
+                        ms: *ms,
+                    })
+                    .collect(),
+                closer: l.closer.map(|c| c.name()),
+                retransmits: l.retransmits,
+                synack_retransmits: l.synack_retransmits,
+                resets_sent: l.resets_sent,
+                resets_received: l.resets_received,
+                error: l.error.map(errno_name),
+                incomplete: l.incomplete,
+            };
+            serde_json::to_writer(&mut self.out, &j)?;
+            return self.out.write_all(b"\n");
+        }
+        if !self.header_done {
+            self.header_done = true;
+            writeln!(
+                self.out,
+                "{:<13} {:<7} {:<16} {:<27} {:<27} {:>10} {:<7} STATES",
+                "END", "PID", "COMM", "LOCAL", "REMOTE", "MS", "CLOSER"
+            )?;
+        }
+        let (pid, comm) = l.owner.map_or(("-".into(), "-".into()), |o| {
+            (o.pid.to_string(), o.comm.escaped())
+        });
+        let path: Vec<String> = steps.iter().map(|(s, ms)| format!("{s} {ms:.3}")).collect();
+        let mut notes = Vec::new();
+        if l.retransmits > 0 {
+            notes.push(format!("retransmits {}", l.retransmits));
+        }
+        if l.resets_sent + l.resets_received > 0 {
+            notes.push(format!(
+                "resets sent {} received {}",
+                l.resets_sent, l.resets_received
+            ));
+        }
+        if let Some(e) = l.error {
+            notes.push(format!("error {}", errno_name(e)));
+        }
+        if l.incomplete {
+            notes.push("incomplete".into());
+        }
+        let notes = if notes.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", notes.join(", "))
+        };
+        let dur = if l.exact_start {
+            format!("{duration_ms:.3}")
+        } else {
+            format!(">={duration_ms:.0}")
+        };
+        writeln!(
+            self.out,
+            "{:<13} {:<7} {:<16} {:<27} {:<27} {:>10} {:<7} {}{notes}",
+            self.clock.hms(end),
+            pid,
+            comm,
+            endpoint(&t.saddr, t.sport),
+            endpoint(&t.daddr, t.dport),
+            dur,
+            l.closer.map_or("-", |c| c.name()),
+            path.join(" > "),
+        )
+    }
+
+    /// Flushes the sink.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}

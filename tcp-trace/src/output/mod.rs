@@ -1,0 +1,57 @@
+//! Output: one human line or one NDJSON object per item, one file per command's format.
+//!
+//! A closed pipe (`| head`) is not an error for the user: [`is_broken_pipe`] lets the caller
+//! stop quietly with status 0.
+
+pub mod life;
+pub mod stuck;
+pub mod watch;
+
+use std::{io, net::IpAddr};
+
+use serde::Serialize;
+
+/// True when an error (anywhere in its chain) is EPIPE.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// `addr:port`, with IPv6 in brackets.
+pub fn endpoint(a: &IpAddr, port: u16) -> String {
+    match a {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    }
+}
+
+/// The kernel socket id as printed (`0xffff…`).
+pub fn sock_hex(sock: u64) -> String {
+    format!("{sock:#x}")
+}
+
+/// A field that is either absent, `null`, or a value.
+pub enum Skip<T> {
+    /// Not serialised.
+    Absent,
+    /// Serialised as the value or null.
+    Present(Option<T>),
+}
+
+impl<T> Skip<T> {
+    /// True when absent.
+    pub fn skip(&self) -> bool {
+        matches!(self, Self::Absent)
+    }
+}
+
+impl<T: Serialize> Serialize for Skip<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Absent => s.serialize_none(),
+            Self::Present(v) => v.serialize(s),
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! `tcp-trace stuck` and `tcp-trace life` against real half-closed connections (run as root).
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    process::Command,
+    time::Duration,
+};
+
+use common::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn stuck_items<'a>(ev: &'a [Value], state: &str) -> Vec<&'a Value> {
+    ev.iter()
+        .filter(|e| e["type"] == "stuck" && e["state"] == state)
+        .collect()
+}
+
+fn check_owners(ev: &[Value], peer: &Peer, host: &str, exact: bool) {
+    let cw = stuck_items(ev, "CLOSE_WAIT");
+    assert_eq!(cw.len(), 1, "{ev:#?}");
+    let cw = cw[0];
+    assert_eq!(cw["pid"], peer.server_pid, "{cw}");
+    assert_eq!(cw["comm"], "tt-server");
+    assert_eq!(cw["fd"], peer.server_fd);
+    assert_eq!(cw["owners"].as_array().unwrap().len(), 1);
+    assert_eq!(cw["dport"], peer.client_port);
+    assert_eq!(cw["saddr"], host);
+    assert_eq!(cw["recv_q"], 0);
+    assert_eq!(cw["eof_read"], false);
+    assert_eq!(cw["age_exact"], exact, "{cw}");
+    assert!(cw["age_s"].as_f64().unwrap() >= 1.0, "{cw}");
+    let diag = cw["diagnosis"].as_str().unwrap();
+    assert!(
+        diag.starts_with(&format!(
+            "pid {} (tt-server) has not closed fd {} for ",
+            peer.server_pid, peer.server_fd
+        )),
+        "{diag}"
+    );
+    let fw = stuck_items(ev, "FIN_WAIT2");
+    assert_eq!(fw.len(), 1, "{ev:#?}");
+    let fw = fw[0];
+    assert_eq!(fw["pid"], peer.client_pid, "{fw}");
+    assert_eq!(fw["comm"], "tt-client");
+    assert_eq!(fw["fd"], peer.client_fd);
+    assert_eq!(fw["held"], true);
+    assert_eq!(fw["sport"], peer.client_port);
+    assert_eq!(fw["age_exact"], exact);
+}
+
+fn once(port: u16, extra: &[&str]) -> (i32, Vec<Value>) {
+    require_root();
+    let out = Command::new(BIN)
+        .args([
+            "stuck",
+            "--once",
+            "--json",
+            "--threshold",
+            "1s",
+            "--port",
+            &port.to_string(),
+        ])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ev = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    (out.status.code().unwrap_or(-1), ev)
+}
+
+#[test]
+fn once_reports_half_close_on_both_sides_with_exact_owners() {
+    let port = free_port();
+    let ps = port.to_string();
+    // Live tracer first, so the ages are exact; evaluated after a 3 s settle window.
+    let tracer = Tracer::start(&[
+        "stuck",
+        "--once",
+        "--json",
+        "--threshold",
+        "1s",
+        "--settle",
+        "3s",
+        "--port",
+        &ps,
+    ]);
+    tracer.wait_for_stderr("seeded");
+    let peer = Peer::halfclose("127.0.0.1", port);
+    let (st, out, err) = tracer.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        st.code(),
+        Some(1),
+        "exit 1 when something is stuck; stderr {err:?}"
+    );
+    let ev: Vec<Value> = out
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    check_owners(&ev, &peer, "127.0.0.1", true);
+    let cw = stuck_items(&ev, "CLOSE_WAIT")[0];
+    let path: Vec<&str> = cw["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(path, ["SYN_RECV", "ESTABLISHED", "CLOSE_WAIT"], "{cw}");
+    assert!(cw["sock"].as_str().unwrap().starts_with("0x"));
+    let sum = ev.last().unwrap();
+    assert_eq!(sum["type"], "summary");
+    assert_eq!(sum["stuck_now"], 2);
+    assert_eq!(sum["lost"], 0);
+}
+
+#[test]
+fn once_reports_sockets_that_existed_before_the_tracer() {
+    let port = free_port();
+    let peer = Peer::halfclose("127.0.0.1", port);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, ev) = once(port, &[]);
+    assert_eq!(code, 1, "{ev:#?}");
+    check_owners(&ev, &peer, "127.0.0.1", false);
+    // The age is a lower bound from tcp_info (time since the last packet received).
+    let cw = stuck_items(&ev, "CLOSE_WAIT")[0];
+    assert!(cw["age_s"].as_f64().unwrap() >= 1.5, "{cw}");
+    assert!(cw["diagnosis"].as_str().unwrap().contains("for ≥ "), "{cw}");
+    assert!(cw["history"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn once_ipv6_and_nothing_stuck_exits_zero() {
+    let port = free_port();
+    let peer = Peer::halfclose("::1", port);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, ev) = once(port, &[]);
+    assert_eq!(code, 1);
+    check_owners(&ev, &peer, "::1", false);
+    assert!(ev
+        .iter()
+        .filter(|e| e["type"] == "stuck")
+        .all(|e| e["family"] == "ipv6"));
+    // Only CLOSE_WAIT asked for: the FIN_WAIT2 side is not reported.
+    let (_, ev) = once(port, &["--states", "CLOSE_WAIT"]);
+    assert!(stuck_items(&ev, "FIN_WAIT2").is_empty());
+    assert_eq!(stuck_items(&ev, "CLOSE_WAIT").len(), 1);
+    drop(peer);
+    // A port with nothing on it: healthy, exit 0.
+    let (code, ev) = once(free_port(), &[]);
+    assert_eq!(code, 0, "{ev:#?}");
+    assert_eq!(ev.last().unwrap()["stuck_now"], 0);
+}
+
+#[test]
+fn live_orphan_then_recovered() {
+    let port = free_port();
+    let ps = port.to_string();
+    let tracer = Tracer::start(&[
+        "stuck",
+        "--json",
+        "--threshold",
+        "500ms",
+        "--interval",
+        "250ms",
+        "--port",
+        &ps,
+    ]);
+    tracer.wait_for_stderr("seeded");
+    let peer = Peer::halfclose("127.0.0.1", port);
+    tracer.wait_for("both sides stuck", WAIT, |ev| {
+        stuck_items(ev, "CLOSE_WAIT").len() == 1 && stuck_items(ev, "FIN_WAIT2").len() == 1
+    });
+    // The client closes its FIN_WAIT2 socket: it becomes a kernel-owned orphan.
+    Peer::close(peer.client_pid);
+    let ev = tracer.wait_for("the orphan", WAIT, |ev| {
+        stuck_items(ev, "FIN_WAIT2")
+            .iter()
+            .any(|e| e["held"] == false)
+    });
+    let orphan = stuck_items(&ev, "FIN_WAIT2")
+        .into_iter()
+        .find(|e| e["held"] == false)
+        .unwrap();
+    assert_eq!(
+        orphan["pid"], peer.client_pid,
+        "closed by the client: {orphan}"
+    );
+    assert!(orphan["reap_in_s"].as_f64().unwrap() > 0.0, "{orphan}");
+    assert!(
+        orphan["diagnosis"]
+            .as_str()
+            .unwrap()
+            .contains("the kernel reaps it in"),
+        "{orphan}"
+    );
+    assert_eq!(orphan["age_exact"], true);
+    // The server closes too: both recover.
+    Peer::close(peer.server_pid);
+    let ev = tracer.wait_for("both recovered", WAIT, |ev| {
+        ev.iter().filter(|e| e["type"] == "recovered").count() >= 2
+    });
+    let rec: Vec<&Value> = ev.iter().filter(|e| e["type"] == "recovered").collect();
+    assert!(
+        rec.iter()
+            .any(|e| e["state"] == "CLOSE_WAIT" && e["pid"] == peer.server_pid),
+        "{rec:#?}"
+    );
+    assert!(rec.iter().any(|e| e["state"] == "FIN_WAIT2"), "{rec:#?}");
+    let (st, out, _) = tracer.stop();
+    assert!(st.success());
+    let sum: Value = serde_json::from_str(out.last().unwrap()).unwrap();
+    assert_eq!(sum["type"], "summary");
+    assert_eq!(sum["recovered"], 2);
+    assert_eq!(sum["stuck_now"], 0);
+}
+
+#[test]
+fn life_reports_a_clean_close_with_its_whole_story() {
+    let port = free_port();
+    let tracer = Tracer::start(&["life", "--json", "--port", &port.to_string()]);
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    client.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    server.read_exact(&mut buf).unwrap();
+    drop(client);
+    assert_eq!(server.read(&mut buf).unwrap(), 0);
+    drop(server);
+    drop(listener);
+    let ev = tracer.wait_for("two lives", WAIT, |ev| ev.len() >= 2);
+    assert_eq!(ev.len(), 2, "the listener is not a connection: {ev:#?}");
+    let me = std::process::id();
+    let states = |e: &Value| -> Vec<String> {
+        e["states"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["state"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let c = ev.iter().find(|e| e["dport"] == port).unwrap();
+    assert_eq!(
+        states(c),
+        ["SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"],
+        "{c}"
+    );
+    assert_eq!(c["closer"], "local");
+    assert_eq!(c["pid"], me, "{c}");
+    assert_eq!(c["age_exact"], true);
+    assert_eq!(c["incomplete"], false);
+    let s = ev.iter().find(|e| e["sport"] == port).unwrap();
+    assert_eq!(
+        states(s),
+        ["SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK"],
+        "{s}"
+    );
+    assert_eq!(s["closer"], "remote");
+    assert_eq!(s["pid"], me, "learned from close()");
+    assert_eq!(s["retransmits"], 0);
+    let total: f64 = s["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["ms"].as_f64().unwrap())
+        .sum();
+    assert!(
+        (total - s["duration_ms"].as_f64().unwrap()).abs() < 0.01,
+        "{s}"
+    );
+    tracer.stop();
+}
