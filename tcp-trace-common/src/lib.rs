@@ -189,8 +189,8 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU `u64` count of ring-buffer reservations that failed (events lost).
     pub const LOST: &str = "LOST";
-    /// Global `u64`: bytes of unread data above which a submit wakes userspace.
-    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+    /// Global `[u32; 16]`: bit `new` of entry `old` asks for the task's comm on `old → new`.
+    pub const COMM_TRANSITIONS: &str = "COMM_TRANSITIONS";
 }
 
 #[cfg(feature = "user")]

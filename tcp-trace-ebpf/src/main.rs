@@ -2,9 +2,9 @@
 //!
 //! Every program copies the tracepoint's fields into one `tcp_trace_common` event, reserves it
 //! in the `EVENTS` ring buffer and submits it. Decisions (owners, lifecycles, what is stuck) are
-//! all made in userspace. Submits do not wake userspace unless the unread data has passed
-//! `WAKEUP_BYTES`; userspace also drains on a short timer. A failed reservation is counted in
-//! the per-CPU `LOST` array, which userspace reports.
+//! all made in userspace. Submits never wake userspace (no per-event wake-up cost); userspace
+//! drains on a short timer. A failed reservation is counted in the per-CPU `LOST` array, which
+//! userspace reports.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -13,7 +13,7 @@ mod programs {
     use core::{ffi::c_void, ptr};
 
     use aya_ebpf::{
-        bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+        bindings::BPF_RB_NO_WAKEUP,
         helpers::{
             bpf_get_current_pid_tgid, bpf_ktime_get_ns,
             generated::{bpf_get_current_comm, bpf_probe_read_kernel},
@@ -40,8 +40,11 @@ mod programs {
     #[map]
     static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+    /// Bit `new` of entry `old`: copy the task's comm for an `old → new` state change. Userspace
+    /// fills it from the transitions only a socket's owner makes (everything else may run in
+    /// softirq, where the task on the CPU is a bystander and its name is not worth ~60 ns).
     #[unsafe(no_mangle)]
-    static WAKEUP_BYTES: Global<u64> = Global::new(512 << 10);
+    static COMM_TRANSITIONS: Global<[u32; 16]> = Global::new([0; 16]);
 
     #[unsafe(no_mangle)]
     static RETRANSMIT_HAS_ERR: Global<u8> = Global::new(1);
@@ -71,16 +74,30 @@ mod programs {
         }
     }
 
-    /// Fills the fields every event has.
+    /// Fills the fields every event has; the task's comm only when `with_comm`.
     #[inline(always)]
-    fn header(h: *mut Header, kind: Kind, skaddr: u64) {
+    fn header(h: *mut Header, kind: Kind, skaddr: u64, with_comm: bool) {
         unsafe {
             (*h).ts_ns = bpf_ktime_get_ns();
             (*h).skaddr = skaddr;
             (*h).pid_tgid = bpf_get_current_pid_tgid();
-            bpf_get_current_comm((*h).comm.as_mut_ptr().cast::<c_void>(), 16);
+            if with_comm {
+                bpf_get_current_comm((*h).comm.as_mut_ptr().cast::<c_void>(), 16);
+            } else {
+                (*h).comm = [0; 16];
+            }
             (*h).kind = kind as u8;
             (*h)._pad = 0;
+        }
+    }
+
+    /// Whether userspace asked for the comm of this transition.
+    #[inline(always)]
+    fn wants_comm(old: i32, new: i32) -> bool {
+        let table = COMM_TRANSITIONS.load();
+        match table.get(old as usize) {
+            Some(bits) => (new as u32) < 32 && bits & (1u32 << (new as u32 & 31)) != 0,
+            None => false,
         }
     }
 
@@ -120,15 +137,10 @@ mod programs {
         e
     }
 
-    /// Submits without waking userspace unless enough data is waiting.
+    /// Submits without waking userspace, which drains on a short timer instead.
     #[inline(always)]
     fn submit<T>(e: aya_ebpf::maps::ring_buf::RingBufEntry<T>) {
-        let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES.load() {
-            BPF_RB_FORCE_WAKEUP
-        } else {
-            BPF_RB_NO_WAKEUP
-        };
-        e.submit(flags as u64);
+        e.submit(BPF_RB_NO_WAKEUP as u64);
     }
 
     #[tracepoint(category = "sock", name = "inet_sock_set_state")]
@@ -140,8 +152,15 @@ mod programs {
             return 0;
         };
         let p = e.as_mut_ptr();
+        let old: i32 = field(&ctx, ss::OLDSTATE);
+        let new: i32 = field(&ctx, ss::NEWSTATE);
         unsafe {
-            header(&raw mut (*p).hdr, Kind::State, field(&ctx, ss::SKADDR));
+            header(
+                &raw mut (*p).hdr,
+                Kind::State,
+                field(&ctx, ss::SKADDR),
+                wants_comm(old, new),
+            );
             endpoints(
                 &ctx,
                 &raw mut (*p).hdr,
@@ -155,8 +174,8 @@ mod programs {
                     ss::DADDR_V6,
                 ],
             );
-            (*p).oldstate = field(&ctx, ss::OLDSTATE);
-            (*p).newstate = field(&ctx, ss::NEWSTATE);
+            (*p).oldstate = old;
+            (*p).newstate = new;
         }
         submit(e);
         0
@@ -169,7 +188,12 @@ mod programs {
         };
         let p = e.as_mut_ptr();
         unsafe {
-            header(&raw mut (*p).hdr, Kind::Retransmit, field(&ctx, rs::SKADDR));
+            header(
+                &raw mut (*p).hdr,
+                Kind::Retransmit,
+                field(&ctx, rs::SKADDR),
+                false,
+            );
             endpoints(
                 &ctx,
                 &raw mut (*p).hdr,
@@ -205,6 +229,7 @@ mod programs {
                 &raw mut (*p).hdr,
                 Kind::SynackRetransmit,
                 field(&ctx, ra::SKADDR),
+                false,
             );
             endpoints(
                 &ctx,
@@ -232,7 +257,12 @@ mod programs {
         };
         let p = e.as_mut_ptr();
         unsafe {
-            header(&raw mut (*p).hdr, Kind::ResetSent, field(&ctx, sr::SKADDR));
+            header(
+                &raw mut (*p).hdr,
+                Kind::ResetSent,
+                field(&ctx, sr::SKADDR),
+                false,
+            );
             (*p).hdr.family = 0;
             (*p).hdr.sport = 0;
             (*p).hdr.dport = 0;
@@ -258,6 +288,7 @@ mod programs {
                 &raw mut (*p).hdr,
                 Kind::ResetReceived,
                 field(&ctx, rr::SKADDR),
+                false,
             );
             endpoints(
                 &ctx,
@@ -288,7 +319,7 @@ mod programs {
         };
         let p = e.as_mut_ptr();
         unsafe {
-            header(&raw mut (*p).hdr, Kind::Error, 0);
+            header(&raw mut (*p).hdr, Kind::Error, 0, false);
             endpoints(
                 &ctx,
                 &raw mut (*p).hdr,

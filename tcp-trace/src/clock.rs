@@ -67,6 +67,45 @@ impl Clock {
     }
 }
 
+/// RFC 3339 formatting for a stream of nearby timestamps: the date and time of day are
+/// formatted once per second, only the nanoseconds per call.
+#[derive(Default)]
+pub struct Rfc3339Cache {
+    sec: u64,
+    prefix: String,
+    buf: String,
+}
+
+impl Rfc3339Cache {
+    /// `mono_ns` as RFC 3339 UTC with nanoseconds, borrowed until the next call.
+    pub fn format(&mut self, clock: &Clock, mono_ns: u64) -> &str {
+        let wall = clock.wall(mono_ns);
+        let d = wall.duration_since(UNIX_EPOCH).unwrap_or_default();
+        if self.prefix.is_empty() || d.as_secs() != self.sec {
+            self.sec = d.as_secs();
+            let full =
+                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(self.sec))
+                    .to_string();
+            // "YYYY-MM-DDTHH:MM:SSZ" → "YYYY-MM-DDTHH:MM:SS."
+            self.prefix = full.trim_end_matches('Z').to_string();
+            self.prefix.push('.');
+        }
+        self.buf.clear();
+        self.buf.push_str(&self.prefix);
+        let n = d.subsec_nanos();
+        let mut digits = [b'0'; 9];
+        let mut v = n;
+        for i in (0..9).rev() {
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        self.buf
+            .push_str(std::str::from_utf8(&digits).unwrap_or("000000000"));
+        self.buf.push('Z');
+        &self.buf
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +115,21 @@ mod tests {
         let c = Clock::fixed(1_700_000_000_000_000_000);
         assert_eq!(c.rfc3339(1_500_000_001), "2023-11-14T22:13:21.500000001Z");
         assert_eq!(c.hms(1_500_000_001), "22:13:21.500");
+    }
+
+    #[test]
+    fn cached_formatting_matches() {
+        let c = Clock::fixed(1_700_000_000_000_000_000);
+        let mut cache = Rfc3339Cache::default();
+        for ns in [
+            1_500_000_001u64,
+            1_500_000_999,
+            2_000_000_000,
+            2_999_999_999,
+            86_400_000_000_000,
+        ] {
+            assert_eq!(cache.format(&c, ns), c.rfc3339(ns));
+        }
     }
 
     #[test]

@@ -11,11 +11,13 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    hash::{BuildHasher, Hash},
     net::IpAddr,
-    num::NonZeroUsize,
 };
 
-use lru::LruCache;
+use indexmap::IndexMap;
+use rustc_hash::FxBuildHasher;
+use smallvec::{smallvec, SmallVec};
 
 use crate::event::{Comm, Event, EventKind, TcpState};
 
@@ -101,8 +103,9 @@ pub struct Lifecycle {
     pub tuple: Tuple,
     /// Owner learned from a transition made in the owner's own context.
     pub owner: Option<Owner>,
-    /// States entered, in order; the first may be a seed (see `exact_start`).
-    pub states: Vec<Transition>,
+    /// States entered, in order; the first may be a seed (see `exact_start`). Three fit inline:
+    /// the whole history of an open connection, without a heap allocation.
+    pub states: SmallVec<[Transition; 3]>,
     /// False when the first state's time is only when the tracer first saw the socket.
     pub exact_start: bool,
     /// Last event time.
@@ -135,7 +138,7 @@ impl Lifecycle {
             sock,
             tuple,
             owner: None,
-            states: vec![first],
+            states: smallvec![first],
             exact_start,
             last_seen_ns: first.at_ns,
             retransmits: 0,
@@ -236,10 +239,101 @@ pub struct Counters {
     pub finished: u64,
 }
 
+/// Tracked lifecycles, densely stored (a million sockets must fit in a few hundred MiB), with
+/// a 4-tuple index keyed by the tuple's 64-bit hash (checked against the lifecycle on lookup)
+/// and eviction of the least recently seen of a random sample when full (exact below 16).
+struct Table {
+    map: IndexMap<u64, Lifecycle, FxBuildHasher>,
+    by_tuple: HashMap<u64, u64, FxBuildHasher>,
+    cap: usize,
+    rng: u64,
+}
+
+/// Sockets sampled per eviction.
+const EVICTION_SAMPLE: usize = 16;
+
+impl Table {
+    fn new(cap: usize) -> Self {
+        Self {
+            map: IndexMap::default(),
+            by_tuple: HashMap::default(),
+            cap: cap.max(1),
+            rng: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    fn tuple_hash(t: &Tuple) -> u64 {
+        FxBuildHasher.hash_one(t)
+    }
+
+    fn key_of(&self, t: &Tuple) -> Option<u64> {
+        let k = *self.by_tuple.get(&Self::tuple_hash(t))?;
+        self.map.get(&k).filter(|l| l.tuple == *t).map(|_| k)
+    }
+
+    fn index(&mut self, t: &Tuple, key: u64) {
+        self.by_tuple.insert(Self::tuple_hash(t), key);
+    }
+
+    fn unindex(&mut self, t: &Tuple, key: u64) {
+        let h = Self::tuple_hash(t);
+        if self.by_tuple.get(&h) == Some(&key) {
+            self.by_tuple.remove(&h);
+        }
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: plenty for picking eviction samples.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// The least recently seen of a sample (of everything, when small).
+    fn victim(&mut self) -> Option<u64> {
+        let n = self.map.len();
+        let pick = |m: &IndexMap<u64, Lifecycle, FxBuildHasher>, i: usize| {
+            m.get_index(i).map(|(k, l)| (l.last_seen_ns, *k))
+        };
+        let best = if n <= EVICTION_SAMPLE {
+            (0..n).filter_map(|i| pick(&self.map, i)).min()
+        } else {
+            (0..EVICTION_SAMPLE)
+                .map(|_| (self.next_random() % n as u64) as usize)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .filter_map(|i| pick(&self.map, i))
+                .min()
+        };
+        best.map(|(_, k)| k)
+    }
+
+    /// Inserts; returns an evicted lifecycle when the table was full.
+    fn insert(&mut self, key: u64, l: Lifecycle) -> Option<(u64, Lifecycle)> {
+        let mut evicted = None;
+        if !self.map.contains_key(&key) && self.map.len() >= self.cap {
+            if let Some(v) = self.victim() {
+                evicted = self.remove(v).map(|l| (v, l));
+            }
+        }
+        if l.tuple.is_connected() {
+            self.index(&l.tuple, key);
+        }
+        self.map.insert(key, l);
+        evicted
+    }
+
+    fn remove(&mut self, key: u64) -> Option<Lifecycle> {
+        let l = self.map.swap_remove(&key)?;
+        self.unindex(&l.tuple, key);
+        Some(l)
+    }
+}
+
 /// The engine.
 pub struct Engine {
-    socks: LruCache<u64, Lifecycle>,
-    by_tuple: HashMap<Tuple, u64>,
+    socks: Table,
     next_seed_key: u64,
     /// Finished lifecycles, oldest first, kept so that late events (an error or reset the
     /// kernel reports just after CLOSE) still find them; numbered by `grave_base + index`.
@@ -266,15 +360,13 @@ fn is_birth(old: TcpState, new: TcpState) -> bool {
 }
 
 impl Engine {
-    /// An engine tracking at most `max_sockets` sockets (least recently seen evicted first).
+    /// An engine tracking at most `max_sockets` sockets (beyond it, the least recently seen of
+    /// a random sample is evicted).
     /// With `keep_finished`, finished lifecycles wait for [`Engine::take_finished`]; without,
     /// only the last few thousand are kept (for late events).
     pub fn new(max_sockets: usize, keep_finished: bool) -> Self {
         Self {
-            socks: LruCache::new(
-                NonZeroUsize::new(max_sockets.max(1)).unwrap_or(NonZeroUsize::MIN),
-            ),
-            by_tuple: HashMap::new(),
+            socks: Table::new(max_sockets),
             next_seed_key: 1,
             graveyard: VecDeque::new(),
             grave_base: 0,
@@ -341,22 +433,22 @@ impl Engine {
 
     /// Sockets tracked now.
     pub fn len(&self) -> usize {
-        self.socks.len()
+        self.socks.map.len()
     }
 
     /// True when nothing is tracked.
     pub fn is_empty(&self) -> bool {
-        self.socks.is_empty()
+        self.socks.map.is_empty()
     }
 
-    /// The lifecycle of a socket address, without touching its recency.
+    /// The lifecycle of a socket address.
     pub fn get(&self, sock: u64) -> Option<&Lifecycle> {
-        self.socks.peek(&sock)
+        self.socks.map.get(&sock)
     }
 
     /// The lifecycle with these endpoints.
     pub fn by_tuple(&self, t: &Tuple) -> Option<&Lifecycle> {
-        self.by_tuple.get(t).and_then(|k| self.socks.peek(k))
+        self.socks.key_of(t).and_then(|k| self.socks.map.get(&k))
     }
 
     /// A recently finished lifecycle with these endpoints (e.g. a FIN_WAIT2 socket the
@@ -369,12 +461,12 @@ impl Engine {
 
     /// Every tracked lifecycle (no particular order).
     pub fn iter(&self) -> impl Iterator<Item = &Lifecycle> {
-        self.socks.iter().map(|(_, l)| l)
+        self.socks.map.values()
     }
 
     /// Adds a socket from a snapshot. Events older than `seed.at_ns` will not move its state.
     pub fn seed(&mut self, seed: Seed) {
-        if self.by_tuple.contains_key(&seed.tuple) {
+        if self.socks.key_of(&seed.tuple).is_some() {
             return;
         }
         let key = self.next_seed_key;
@@ -391,42 +483,28 @@ impl Engine {
 
     /// Marks every tracked lifecycle incomplete (events were lost).
     pub fn mark_all_incomplete(&mut self) {
-        for (_, l) in self.socks.iter_mut() {
+        for l in self.socks.map.values_mut() {
             l.incomplete = true;
         }
     }
 
     fn insert(&mut self, key: u64, l: Lifecycle) {
-        if l.tuple.is_connected() {
-            self.by_tuple.insert(l.tuple, key);
-        }
-        if let Some((old_key, old)) = self.socks.push(key, l) {
-            if old_key != key {
-                self.counters.evictions += 1;
-                self.unindex(old_key, &old);
-            }
-        }
-    }
-
-    fn unindex(&mut self, key: u64, l: &Lifecycle) {
-        if self.by_tuple.get(&l.tuple) == Some(&key) {
-            self.by_tuple.remove(&l.tuple);
+        if self.socks.insert(key, l).is_some() {
+            self.counters.evictions += 1;
         }
     }
 
     fn remove(&mut self, key: u64) -> Option<Lifecycle> {
-        let l = self.socks.pop(&key)?;
-        self.unindex(key, &l);
-        Some(l)
+        self.socks.remove(key)
     }
 
     /// The key of the lifecycle an event belongs to, re-keying a seed found by its tuple.
     fn locate(&mut self, ev: &Event) -> Option<u64> {
-        if self.socks.contains(&ev.sock) {
+        if self.socks.map.contains_key(&ev.sock) {
             return Some(ev.sock);
         }
         let tuple = Tuple::of(ev);
-        let key = *self.by_tuple.get(&tuple)?;
+        let key = self.socks.key_of(&tuple)?;
         if ev.sock != 0 && key >= SEED_KEY_LIMIT {
             return None; // another kernel socket with the same endpoints, not this one
         }
@@ -447,7 +525,7 @@ impl Engine {
         }
         let key = self.locate(ev);
         let l = match key {
-            Some(k) => self.socks.get_mut(&k),
+            Some(k) => self.socks.map.get_mut(&k),
             None => self.grave_mut(ev),
         };
         let mut out = Applied::default();
@@ -475,7 +553,8 @@ impl Engine {
         // A birth on an address still tracked: the old socket was freed without us seeing
         // its CLOSE (lost event or evicted); finish it as incomplete.
         if let Some(k) = key {
-            let stale = is_birth(old, new) && self.socks.peek(&k).is_some_and(|l| l.state() != old);
+            let stale =
+                is_birth(old, new) && self.socks.map.get(&k).is_some_and(|l| l.state() != old);
             if stale {
                 if let Some(mut l) = self.remove(k) {
                     l.incomplete = true;
@@ -499,7 +578,7 @@ impl Engine {
                 ev.sock
             }
         };
-        let Some(l) = self.socks.get_mut(&key) else {
+        let Some(l) = self.socks.map.get_mut(&key) else {
             return out;
         };
 
@@ -545,10 +624,8 @@ impl Engine {
         if tuple.is_connected() && l.tuple != tuple {
             let old_tuple = l.tuple;
             l.tuple = tuple;
-            if self.by_tuple.get(&old_tuple) == Some(&key) {
-                self.by_tuple.remove(&old_tuple);
-            }
-            self.by_tuple.insert(tuple, key);
+            self.socks.unindex(&old_tuple, key);
+            self.socks.index(&tuple, key);
         }
         if new == TcpState::CLOSE {
             if let Some(done) = self.remove(key) {
@@ -946,6 +1023,6 @@ mod tests {
         assert_eq!(e.counters.evictions, 1);
         assert!(e.get(0x2000_0000_0000).is_none());
         assert!(e.get(0x1000_0000_0000).is_some());
-        assert!(e.by_tuple.len() <= 2);
+        assert!(e.socks.by_tuple.len() <= 2);
     }
 }

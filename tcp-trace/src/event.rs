@@ -4,6 +4,7 @@
 //! or errno number decodes to `UNKNOWN(n)`.
 
 use std::{
+    borrow::Cow,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
@@ -65,6 +66,14 @@ impl TcpState {
             .and_then(|i| Self::NAMES.get(i).copied())
     }
 
+    /// The name as printed: borrowed for known states, `UNKNOWN(n)` otherwise.
+    pub fn name(self) -> Cow<'static, str> {
+        match self.known_name() {
+            Some(n) => Cow::Borrowed(n),
+            None => Cow::Owned(format!("UNKNOWN({})", self.0)),
+        }
+    }
+
     /// Parses a kernel name (case-insensitive, `TCP_` prefix optional).
     pub fn from_name(name: &str) -> Option<Self> {
         let upper = name.to_ascii_uppercase();
@@ -86,7 +95,7 @@ impl fmt::Display for TcpState {
 }
 
 /// The errno name for a positive errno (`ETIMEDOUT`), `UNKNOWN(n)` otherwise.
-pub fn errno_name(errno: i32) -> String {
+pub fn errno_name(errno: i32) -> Cow<'static, str> {
     let name = match errno {
         1 => "EPERM",
         4 => "EINTR",
@@ -113,9 +122,9 @@ pub fn errno_name(errno: i32) -> String {
         111 => "ECONNREFUSED",
         112 => "EHOSTDOWN",
         113 => "EHOSTUNREACH",
-        _ => return format!("UNKNOWN({errno})"),
+        _ => return Cow::Owned(format!("UNKNOWN({errno})")),
     };
-    name.to_string()
+    Cow::Borrowed(name)
 }
 
 /// A task name exactly as the kernel gave it (up to 16 bytes, NUL-trimmed). Any bytes are
@@ -147,6 +156,14 @@ impl Comm {
     /// The raw bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
+    }
+
+    /// [`Comm::escaped`], borrowing when nothing needs escaping (the usual case).
+    pub fn escaped_cow(&self) -> Cow<'_, str> {
+        match std::str::from_utf8(self.as_bytes()) {
+            Ok(s) if !s.chars().any(|c| c == '\\' || c.is_control()) => Cow::Borrowed(s),
+            _ => Cow::Owned(self.escaped()),
+        }
     }
 
     /// Printable on one line: valid UTF-8 stays as it is except control characters and `\`,
@@ -272,6 +289,24 @@ impl EventKind {
                 | (TcpState::CLOSE_WAIT, TcpState::LAST_ACK)
         )
     }
+}
+
+/// The `(old, new)` table the kernel uses to decide which state changes carry the task's
+/// comm: exactly the transitions for which [`EventKind::in_owner_context`] holds.
+pub fn comm_transitions() -> [u32; 16] {
+    let mut table = [0u32; 16];
+    for (old, bits) in table.iter_mut().enumerate() {
+        for new in 0..32 {
+            let kind = EventKind::State {
+                old: TcpState(old as i32),
+                new: TcpState(new),
+            };
+            if kind.in_owner_context() {
+                *bits |= 1 << new;
+            }
+        }
+    }
+    table
 }
 
 /// One decoded kernel event.
@@ -632,6 +667,21 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn comm_table_matches_owner_context() {
+        let t = comm_transitions();
+        assert_ne!(t[ts::CLOSE as usize] & (1 << ts::SYN_SENT), 0);
+        assert_ne!(t[ts::CLOSE_WAIT as usize] & (1 << ts::LAST_ACK), 0);
+        assert_eq!(
+            t[ts::SYN_SENT as usize] & (1 << ts::ESTABLISHED),
+            0,
+            "softirq"
+        );
+        assert_eq!(t[ts::LISTEN as usize] & (1 << ts::SYN_RECV), 0, "softirq");
+        let set: u32 = t.iter().map(|b| b.count_ones()).sum();
+        assert_eq!(set, 6);
+    }
+
+    #[test]
     fn state_names_round_trip() {
         for n in 1..=12 {
             let s = TcpState(n);
@@ -650,6 +700,11 @@ pub(crate) mod tests {
         let e = c.escaped();
         assert_eq!(e, "a\\nb\\x1b[31m\\\\\\xff\"q");
         assert!(!e.chars().any(|ch| ch.is_control()));
+        assert_eq!(c.escaped_cow(), e);
+        assert!(matches!(
+            Comm::from_bytes(b"nginx").escaped_cow(),
+            Cow::Borrowed("nginx")
+        ));
         let c = Comm::from_raw(b"0123456789abcdef");
         assert_eq!(c.as_bytes().len(), 16);
     }

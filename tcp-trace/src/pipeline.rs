@@ -87,5 +87,11 @@ pub async fn run(src: &mut KernelSource, stop: &mut Stop, sink: &mut dyn Sink) -
         sink.batch(&batch)?;
     }
     sink.finish()?;
+    log::info!(
+        "delivered {} events, lost {}, undecodable {}",
+        src.delivered,
+        src.lost_total(),
+        src.undecodable
+    );
     Ok(ended)
 }

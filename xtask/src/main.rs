@@ -5,6 +5,7 @@
 //! what is missing (and saying so): nightly's `rust-src`, a `bpf-linker` built against the
 //! nightly toolchain's own libLLVM, and a mounted tracefs. No product logic lives here.
 
+mod bench;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -31,6 +32,15 @@ enum Task {
     },
     /// `cargo fmt --check`, clippy on the host crates and on the kernel crate (BPF target).
     Lint,
+    /// Tracing cost and throughput, side by side with tcpstates; engine speed and memory.
+    Bench {
+        /// Seconds of load per run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Rounds (each runs every configuration once, alternating).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Run the whole test suite (unit and kernel integration tests; needs root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -126,6 +136,16 @@ fn run(cli: Cli) -> Result<()> {
                     .args(["--target-dir", "target/bpf-lint", "--", "-D", "warnings"])
                     .env("PATH", &path),
             )
+        }
+        Task::Bench { seconds, rounds } => {
+            setup::ensure_all()?;
+            status(
+                cargo()
+                    .current_dir(&root)
+                    .args(["build", "--release", "--quiet", "-p", "tcp-trace"])
+                    .env("PATH", setup::path_with_cargo_bin()),
+            )?;
+            bench::run(&root, std::time::Duration::from_secs(seconds), rounds)
         }
         Task::Test { args } => {
             setup::ensure_all()?;

@@ -110,7 +110,7 @@ impl<W: Write> LifeWriter<W> {
                 synack_retransmits: l.synack_retransmits,
                 resets_sent: l.resets_sent,
                 resets_received: l.resets_received,
-                error: l.error.map(errno_name),
+                error: l.error.map(|e| errno_name(e).into_owned()),
                 incomplete: l.incomplete,
             };
             serde_json::to_writer(&mut self.out, &j)?;

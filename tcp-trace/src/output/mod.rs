@@ -9,8 +9,6 @@ pub mod watch;
 
 use std::{io, net::IpAddr};
 
-use serde::Serialize;
-
 /// True when an error (anywhere in its chain) is EPIPE.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
@@ -30,28 +28,4 @@ pub fn endpoint(a: &IpAddr, port: u16) -> String {
 /// The kernel socket id as printed (`0xffff…`).
 pub fn sock_hex(sock: u64) -> String {
     format!("{sock:#x}")
-}
-
-/// A field that is either absent, `null`, or a value.
-pub enum Skip<T> {
-    /// Not serialised.
-    Absent,
-    /// Serialised as the value or null.
-    Present(Option<T>),
-}
-
-impl<T> Skip<T> {
-    /// True when absent.
-    pub fn skip(&self) -> bool {
-        matches!(self, Self::Absent)
-    }
-}
-
-impl<T: Serialize> Serialize for Skip<T> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Self::Absent => s.serialize_none(),
-            Self::Present(v) => v.serialize(s),
-        }
-    }
 }

@@ -2,61 +2,14 @@
 
 use std::io::{self, Write};
 
-use serde::Serialize;
+use std::net::IpAddr;
 
-use super::{endpoint, sock_hex, Skip};
+use super::endpoint;
 use crate::{
-    clock::Clock,
+    clock::{Clock, Rfc3339Cache},
     engine::Owner,
     event::{errno_name, family_name, Event, EventKind},
 };
-
-/// The JSON form of a `watch` item. Field names are shared with `stuck` and `life`.
-#[derive(Serialize)]
-pub struct JsonEvent<'a> {
-    /// Item type.
-    #[serde(rename = "type")]
-    pub kind: &'a str,
-    /// RFC 3339 UTC.
-    pub ts: String,
-    /// Kernel socket id (hex), null when unknown.
-    pub sock: Option<String>,
-    /// `ipv4` / `ipv6`.
-    pub family: Option<&'a str>,
-    /// Local address.
-    pub saddr: Option<String>,
-    /// Local port.
-    pub sport: Option<u16>,
-    /// Remote address.
-    pub daddr: Option<String>,
-    /// Remote port.
-    pub dport: Option<u16>,
-    /// Owner pid, null when not known.
-    pub pid: Option<u32>,
-    /// Owner command (escaped bytes), null when not known.
-    pub comm: Option<String>,
-    /// State before (state events).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub old: Option<String>,
-    /// State after (state events).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub new: Option<String>,
-    /// ms spent in `old` (state events; null when its entry was not seen).
-    #[serde(skip_serializing_if = "Skip::skip")]
-    pub ms_in_old: Skip<f64>,
-    /// The socket's state (retransmit, reset_sent).
-    #[serde(skip_serializing_if = "Skip::skip")]
-    pub state: Skip<String>,
-    /// `enum sk_rst_reason` number (reset_sent).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<u32>,
-    /// errno name (error).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Events lost (lost).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub count: Option<u64>,
-}
 
 /// An event with what the engine added to it.
 pub struct Annotated<'a> {
@@ -75,6 +28,8 @@ pub struct WatchWriter<W: Write> {
     out: W,
     json: bool,
     clock: Clock,
+    ts: Rfc3339Cache,
+    line: Vec<u8>,
     header_done: bool,
 }
 
@@ -87,6 +42,8 @@ impl<W: Write> WatchWriter<W> {
             out,
             json,
             clock,
+            ts: Rfc3339Cache::default(),
+            line: Vec::with_capacity(512),
             header_done: false,
         }
     }
@@ -94,9 +51,10 @@ impl<W: Write> WatchWriter<W> {
     /// Writes one event.
     pub fn event(&mut self, a: &Annotated<'_>) -> io::Result<()> {
         if self.json {
-            let j = json_event(a, &self.clock);
-            serde_json::to_writer(&mut self.out, &j)?;
-            return self.out.write_all(b"\n");
+            self.line.clear();
+            let ts = self.ts.format(&self.clock, a.ev.ts_ns);
+            json_event(&mut self.line, a, ts);
+            return self.out.write_all(&self.line);
         }
         self.header()?;
         let ev = a.ev;
@@ -133,27 +91,13 @@ impl<W: Write> WatchWriter<W> {
     /// Reports events the kernel dropped.
     pub fn lost(&mut self, ts_ns: u64, count: u64) -> io::Result<()> {
         if self.json {
-            let j = JsonEvent {
-                kind: "lost",
-                ts: self.clock.rfc3339(ts_ns),
-                sock: None,
-                family: None,
-                saddr: None,
-                sport: None,
-                daddr: None,
-                dport: None,
-                pid: None,
-                comm: None,
-                old: None,
-                new: None,
-                ms_in_old: Skip::Absent,
-                state: Skip::Absent,
-                reason: None,
-                error: None,
-                count: Some(count),
-            };
-            serde_json::to_writer(&mut self.out, &j)?;
-            return self.out.write_all(b"\n");
+            self.line.clear();
+            let ts = self.ts.format(&self.clock, ts_ns);
+            common(&mut self.line, "lost", ts, None, None, None);
+            self.line.extend_from_slice(b",\"count\":");
+            int(&mut self.line, count);
+            self.line.extend_from_slice(b"}\n");
+            return self.out.write_all(&self.line);
         }
         self.header()?;
         writeln!(
@@ -177,43 +121,180 @@ impl<W: Write> WatchWriter<W> {
     }
 }
 
-/// The JSON object for one event.
-pub fn json_event<'a>(a: &Annotated<'a>, clock: &Clock) -> JsonEvent<'a> {
+/// Appends `"key":` (keys are constants: nothing to escape).
+fn key(out: &mut Vec<u8>, k: &str) {
+    out.push(b'"');
+    out.extend_from_slice(k.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+fn int(out: &mut Vec<u8>, v: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// A string that needs JSON escaping (only free-form text: task names).
+fn text(out: &mut Vec<u8>, s: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// A string known to need no escaping (names, addresses, timestamps).
+fn plain(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+}
+
+fn ip(out: &mut Vec<u8>, a: &IpAddr) {
+    match a {
+        IpAddr::V4(v4) => {
+            out.push(b'"');
+            for (i, o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                int(out, *o);
+            }
+            out.push(b'"');
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "\"{v6}\"");
+        }
+    }
+}
+
+fn hex(out: &mut Vec<u8>, v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.extend_from_slice(b"\"0x");
+    let nibbles = (16 - v.leading_zeros() as usize / 4).max(1);
+    for i in (0..nibbles).rev() {
+        out.push(DIGITS[((v >> (i * 4)) & 0xf) as usize]);
+    }
+    out.push(b'"');
+}
+
+fn null(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"null");
+}
+
+/// The fields every `watch` object starts with; endpoints `null` when `ev` is `None`.
+fn common(
+    out: &mut Vec<u8>,
+    kind: &str,
+    ts: &str,
+    sock: Option<u64>,
+    ev: Option<&Event>,
+    owner: Option<&Owner>,
+) {
+    out.extend_from_slice(b"{\"type\":");
+    plain(out, kind);
+    out.push(b',');
+    key(out, "ts");
+    plain(out, ts);
+    out.push(b',');
+    key(out, "sock");
+    match sock {
+        Some(s) => hex(out, s),
+        None => null(out),
+    }
+    match ev {
+        Some(ev) => {
+            out.push(b',');
+            key(out, "family");
+            plain(out, family_name(&ev.saddr));
+            out.push(b',');
+            key(out, "saddr");
+            ip(out, &ev.saddr);
+            out.push(b',');
+            key(out, "sport");
+            int(out, ev.sport);
+            out.push(b',');
+            key(out, "daddr");
+            ip(out, &ev.daddr);
+            out.push(b',');
+            key(out, "dport");
+            int(out, ev.dport);
+        }
+        None => out.extend_from_slice(
+            b",\"family\":null,\"saddr\":null,\"sport\":null,\"daddr\":null,\"dport\":null",
+        ),
+    }
+    out.push(b',');
+    key(out, "pid");
+    match owner {
+        Some(o) => int(out, o.pid),
+        None => null(out),
+    }
+    out.push(b',');
+    key(out, "comm");
+    match owner {
+        Some(o) => text(out, &o.comm.escaped_cow()),
+        None => null(out),
+    }
+}
+
+/// Appends the JSON object (one line, with its newline) for one event.
+pub fn json_event(out: &mut Vec<u8>, a: &Annotated<'_>, ts: &str) {
     let ev = a.ev;
-    let mut j = JsonEvent {
-        kind: ev.kind.type_name(),
-        ts: clock.rfc3339(ev.ts_ns),
-        sock: a.sock.or((ev.sock != 0).then_some(ev.sock)).map(sock_hex),
-        family: Some(family_name(&ev.saddr)),
-        saddr: Some(ev.saddr.to_string()),
-        sport: Some(ev.sport),
-        daddr: Some(ev.daddr.to_string()),
-        dport: Some(ev.dport),
-        pid: a.owner.map(|o| o.pid),
-        comm: a.owner.map(|o| o.comm.escaped()),
-        old: None,
-        new: None,
-        ms_in_old: Skip::Absent,
-        state: Skip::Absent,
-        reason: None,
-        error: None,
-        count: None,
-    };
+    let sock = a.sock.or((ev.sock != 0).then_some(ev.sock));
+    common(
+        out,
+        ev.kind.type_name(),
+        ts,
+        sock,
+        Some(ev),
+        a.owner.as_ref(),
+    );
     match ev.kind {
         EventKind::State { old, new } => {
-            j.old = Some(old.to_string());
-            j.new = Some(new.to_string());
-            j.ms_in_old = Skip::Present(a.ns_in_old.map(|ns| (ns / 1000) as f64 / 1000.0));
+            out.push(b',');
+            key(out, "old");
+            plain(out, &old.name());
+            out.push(b',');
+            key(out, "new");
+            plain(out, &new.name());
+            out.push(b',');
+            key(out, "ms_in_old");
+            match a.ns_in_old {
+                // µs precision, as a decimal number of ms
+                Some(ns) => {
+                    let us = ns / 1000;
+                    int(out, us / 1000);
+                    out.push(b'.');
+                    let frac = us % 1000;
+                    out.extend_from_slice(&[
+                        b'0' + (frac / 100) as u8,
+                        b'0' + (frac / 10 % 10) as u8,
+                        b'0' + (frac % 10) as u8,
+                    ]);
+                }
+                None => null(out),
+            }
         }
-        EventKind::Retransmit { state, .. } => j.state = Skip::Present(Some(state.to_string())),
+        EventKind::Retransmit { state, .. } => {
+            out.push(b',');
+            key(out, "state");
+            plain(out, &state.name());
+        }
         EventKind::ResetSent { state, reason } => {
-            j.state = Skip::Present(state.map(|s| s.to_string()));
-            j.reason = Some(reason);
+            out.push(b',');
+            key(out, "state");
+            match state {
+                Some(st) => plain(out, &st.name()),
+                None => null(out),
+            }
+            out.push(b',');
+            key(out, "reason");
+            int(out, reason);
         }
-        EventKind::Error { errno } => j.error = Some(errno_name(errno)),
+        EventKind::Error { errno } => {
+            out.push(b',');
+            key(out, "error");
+            plain(out, &errno_name(errno));
+        }
         EventKind::SynackRetransmit { .. } | EventKind::ResetReceived { .. } => {}
     }
-    j
+    out.extend_from_slice(b"}\n");
 }
 
 #[cfg(test)]
@@ -298,6 +379,40 @@ mod tests {
         assert!(h.contains("[::1]:8080"), "{h}");
         assert!(h.contains("UNKNOWN(77) -> CLOSE"), "{h}");
         assert!(!h.contains("swapper"), "softirq task printed as owner: {h}");
+    }
+
+    #[test]
+    fn json_stays_valid_for_any_name_and_number() {
+        let e = ev(EventKind::ResetSent {
+            state: None,
+            reason: u32::MAX,
+        });
+        for name in [
+            &b"a\"b\\c"[..],
+            b"\n\r\t\x1b[2J",
+            b"\xff\xfe",
+            b"0123456789abcdef",
+            b"",
+        ] {
+            let a = Annotated {
+                ev: &e,
+                sock: Some(u64::MAX),
+                owner: Some(Owner {
+                    pid: u32::MAX,
+                    comm: Comm::from_bytes(name),
+                }),
+                ns_in_old: None,
+            };
+            let l = line(&a, true);
+            let v: serde_json::Value =
+                serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            assert_eq!(v["comm"], Comm::from_bytes(name).escaped(), "{l}");
+            assert_eq!(v["sock"], "0xffffffffffffffff");
+            assert_eq!(v["pid"], u32::MAX);
+            assert!(v["state"].is_null());
+            assert_eq!(v["reason"], u32::MAX);
+            assert!(!l.trim_end().contains('\n'), "one line: {l:?}");
+        }
     }
 
     #[test]
