@@ -14,6 +14,7 @@ use crate::{
     },
     event::TcpState,
     filter::{Family, Filter},
+    halfopen::{Kind, Thresholds},
     pipeline::{self, Stop},
     source::{KernelSource, Options},
     stuck::REPORTABLE,
@@ -64,6 +65,13 @@ pub struct Common {
     /// Most sockets tracked at once; the least recently seen are evicted beyond it.
     #[arg(long, default_value_t = 1_000_000)]
     pub max_sockets: usize,
+    /// Half-open: retransmits without progress needed (with --half-open-after, whichever
+    /// comes later).
+    #[arg(long, default_value_t = 3)]
+    pub half_open_retransmits: u32,
+    /// Half-open: time since the first unanswered retransmit needed.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub half_open_after: Duration,
 }
 
 impl Common {
@@ -76,6 +84,13 @@ impl Common {
                 (_, true) => Family::V6,
                 _ => Family::Any,
             },
+        }
+    }
+
+    fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            retransmits: self.half_open_retransmits,
+            after: self.half_open_after,
         }
     }
 
@@ -112,6 +127,13 @@ pub struct StuckArgs {
     /// Report once after a short settle window and exit: 1 if anything is stuck, 0 if not.
     #[arg(long)]
     pub once: bool,
+    /// Half-open kinds to report (comma-separated): peer_unreachable, connect_blackhole,
+    /// embryonic, peer_reset, idle_no_keepalive (the last only with --idle-after).
+    #[arg(long, value_delimiter = ',', value_parser = parse_kind, default_value = "peer_unreachable,connect_blackhole,embryonic,peer_reset,idle_no_keepalive")]
+    pub kinds: Vec<Kind>,
+    /// Report ESTABLISHED sockets idle this long without a keepalive timer.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub idle_after: Option<Duration>,
     /// With `--once`: how long to collect events before the report.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub settle: Duration,
@@ -142,6 +164,15 @@ fn parse_state(s: &str) -> Result<TcpState, String> {
     }
 }
 
+fn parse_kind(s: &str) -> Result<Kind, String> {
+    Kind::from_name(s).ok_or_else(|| {
+        format!(
+            "`{s}` is not one of {}",
+            Kind::ALL.map(Kind::name).join(", ")
+        )
+    })
+}
+
 fn stdout() -> io::BufWriter<io::StdoutLock<'static>> {
     io::BufWriter::with_capacity(64 << 10, io::stdout().lock())
 }
@@ -158,7 +189,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 a.json,
                 Clock::measure(),
                 c.filter(),
-                c.max_sockets,
+                (c.max_sockets, c.thresholds()),
             );
             pipeline::run(&mut src, &mut stop, &mut sink).await?;
             Ok(ExitCode::SUCCESS)
@@ -174,6 +205,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 interval: a.interval,
                 once: a.once.then_some(a.settle),
                 filter: c.filter(),
+                kinds: a.kinds.clone(),
+                idle_after: a.idle_after,
+                thresholds: c.thresholds(),
             };
             let mut sink = StuckCmd::new(stdout(), a.json, Clock::measure(), set, c.max_sockets)?;
             pipeline::run(&mut src, &mut stop, &mut sink).await?;
@@ -192,7 +226,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 a.json,
                 Clock::measure(),
                 c.filter(),
-                c.max_sockets,
+                (c.max_sockets, c.thresholds()),
             );
             pipeline::run(&mut src, &mut stop, &mut sink).await?;
             Ok(ExitCode::SUCCESS)

@@ -19,7 +19,10 @@ use indexmap::IndexMap;
 use rustc_hash::FxBuildHasher;
 use smallvec::{smallvec, SmallVec};
 
-use crate::event::{Comm, Event, EventKind, TcpState};
+use crate::{
+    event::{Comm, Event, EventKind, TcpState},
+    halfopen::{Episode, Notice, Tracker},
+};
 
 /// A connection's endpoints, local side first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -124,7 +127,9 @@ pub struct Lifecycle {
     pub closer: Option<Closer>,
     /// The application closed a FIN_WAIT2 socket: it became a kernel-owned timewait orphan at
     /// this time (reaped after `tcp_fin_timeout`).
-    pub orphaned_ns: Option<u64>,
+    pub orphaned_ns: Option<std::num::NonZeroU64>,
+    /// The last half-open episode (retransmits into the void, a reset), if there was one.
+    pub half_open: Option<Box<Episode>>,
     /// Events may be missing (lost events while it lived, or seen first mid-life).
     pub incomplete: bool,
     /// For a socket seeded from a snapshot: when the snapshot was taken (0 otherwise).
@@ -148,6 +153,7 @@ impl Lifecycle {
             error: None,
             closer: None,
             orphaned_ns: None,
+            half_open: None,
             incomplete: !exact_start,
             snapshot_ns: 0,
         }
@@ -342,6 +348,9 @@ pub struct Engine {
     grave_by_sock: HashMap<u64, u64>,
     grave_by_tuple: HashMap<Tuple, u64>,
     keep_finished: bool,
+    /// Half-open detection, fed by [`Engine::apply`] and [`Engine::tick`].
+    pub halfopen: Tracker,
+    notices: Vec<Notice>,
     /// Totals.
     pub counters: Counters,
 }
@@ -373,8 +382,16 @@ impl Engine {
             grave_by_sock: HashMap::new(),
             grave_by_tuple: HashMap::new(),
             keep_finished,
+            halfopen: Tracker::default(),
+            notices: Vec::new(),
             counters: Counters::default(),
         }
+    }
+
+    /// The same engine with these half-open thresholds.
+    pub fn with_thresholds(mut self, t: crate::halfopen::Thresholds) -> Self {
+        self.halfopen = Tracker::new(t);
+        self
     }
 
     /// Lifecycles that finished at or before `until_ns` (close time), oldest first. Waiting a
@@ -519,8 +536,52 @@ impl Engine {
 
     /// Folds one event in.
     pub fn apply(&mut self, ev: &Event) -> Applied {
+        let out = self.fold(ev);
+        self.collect_notices();
+        out
+    }
+
+    /// Time passes (monotonic ns): half-open conditions that depend on time alone.
+    pub fn tick(&mut self, now_ns: u64) {
+        self.halfopen.tick(now_ns);
+        self.collect_notices();
+    }
+
+    /// Half-open notices since the last call.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Moves the tracker's notices to the queue, recording each episode on its lifecycle.
+    fn collect_notices(&mut self) {
+        for n in self.halfopen.take_notices() {
+            let (Notice::Began(ep) | Notice::Ended(ep)) = &n;
+            if ep.kind != crate::halfopen::Kind::Embryonic {
+                let l = match self.socks.map.get_mut(&ep.sock) {
+                    Some(l) => Some(l),
+                    None => self
+                        .grave_by_sock
+                        .get(&ep.sock)
+                        .and_then(|seq| usize::try_from(seq.checked_sub(self.grave_base)?).ok())
+                        .and_then(|i| self.graveyard.get_mut(i))
+                        .map(|(_, l)| l),
+                };
+                if let Some(l) = l {
+                    l.half_open = Some(Box::new(ep.clone()));
+                }
+            }
+            self.notices.push(n);
+        }
+    }
+
+    fn fold(&mut self, ev: &Event) -> Applied {
         self.counters.events += 1;
         if let EventKind::State { old, new } = ev.kind {
+            self.halfopen.state(ev.sock, old, new, ev.ts_ns);
+            if (old, new) == (TcpState::LISTEN, TcpState::SYN_RECV) {
+                self.halfopen
+                    .child_born(ev.sport, (ev.daddr, ev.dport), ev.ts_ns);
+            }
             return self.apply_state(ev, old, new);
         }
         let key = self.locate(ev);
@@ -529,6 +590,8 @@ impl Engine {
             None => self.grave_mut(ev),
         };
         let mut out = Applied::default();
+        let mut state = None;
+        let mut age = None;
         if let Some(l) = l {
             match ev.kind {
                 EventKind::Retransmit { .. } => l.retransmits += 1,
@@ -541,6 +604,33 @@ impl Engine {
             l.last_seen_ns = l.last_seen_ns.max(ev.ts_ns);
             out.owner = l.owner;
             out.sock = (l.sock != 0).then_some(l.sock);
+            state = Some(l.state());
+            age = Some((
+                std::time::Duration::from_nanos(ev.ts_ns.saturating_sub(l.first_seen_ns())),
+                l.exact_start,
+            ));
+        }
+        let tuple = Tuple::of(ev);
+        match ev.kind {
+            EventKind::Retransmit { state: st, .. } => self
+                .halfopen
+                .retransmit(ev.sock, tuple, st, out.owner, ev.ts_ns),
+            EventKind::SynackRetransmit { .. } => self.halfopen.synack_retransmit(
+                ev.sock,
+                (ev.saddr, ev.sport),
+                (ev.daddr, ev.dport),
+                out.owner,
+                ev.ts_ns,
+            ),
+            EventKind::ResetReceived { .. } => self
+                .halfopen
+                .reset_received(ev.sock, tuple, state, out.owner, age, ev.ts_ns),
+            EventKind::Error { errno } => {
+                if let Some(s) = out.sock {
+                    self.halfopen.error(s, errno, ev.ts_ns);
+                }
+            }
+            EventKind::State { .. } | EventKind::ResetSent { .. } => {}
         }
         out
     }
@@ -612,7 +702,9 @@ impl Engine {
             (TcpState::ESTABLISHED, TcpState::CLOSE) => l.closer = l.closer.or(Some(Closer::Abort)),
             // tcp_close() of a FIN_WAIT2 socket re-sets FIN_WAIT2 just before the timewait
             // orphan replaces it.
-            (TcpState::FIN_WAIT2, TcpState::FIN_WAIT2) => l.orphaned_ns = Some(ev.ts_ns),
+            (TcpState::FIN_WAIT2, TcpState::FIN_WAIT2) => {
+                l.orphaned_ns = std::num::NonZeroU64::new(ev.ts_ns)
+            }
             _ => {}
         }
         if old != new {
@@ -819,7 +911,7 @@ mod tests {
         ));
         let (_, done) = run(&evs);
         assert_eq!(done.len(), 1);
-        assert_eq!(done[0].orphaned_ns, Some(300_000_000));
+        assert_eq!(done[0].orphaned_ns.map(|n| n.get()), Some(300_000_000));
         assert_eq!(states(&done[0]).last().unwrap(), "CLOSE");
     }
 

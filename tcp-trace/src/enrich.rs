@@ -48,6 +48,8 @@ pub struct DiagSocket {
     pub rto_us: Option<u32>,
     /// Exponential backoff count (tcp_info).
     pub backoff: Option<u8>,
+    /// ms since anything was sent or received (tcp_info), when known.
+    pub idle_ms: Option<u32>,
 }
 
 impl DiagSocket {
@@ -71,20 +73,50 @@ pub fn snapshot(states: StateFlags) -> Result<Vec<DiagSocket>> {
     socket.connect(&SocketAddr::new(0, 0))?;
     let mut out = Vec::new();
     for family in [AF_INET, AF_INET6] {
-        dump(&mut socket, family, states.clone(), &mut out)
+        let id = if family == AF_INET {
+            SocketId::new_v4()
+        } else {
+            SocketId::new_v6()
+        };
+        query(&mut socket, family, states.clone(), id, true, &mut out)
             .with_context(|| format!("sock_diag dump (family {family})"))?;
     }
     Ok(out)
 }
 
-fn dump(
+/// The one socket with these endpoints in this network namespace, if any.
+pub fn lookup(t: &Tuple) -> Option<DiagSocket> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG).ok()?;
+    socket.bind_auto().ok()?;
+    socket.connect(&SocketAddr::new(0, 0)).ok()?;
+    let id = SocketId {
+        source_port: t.sport,
+        destination_port: t.dport,
+        source_address: t.saddr,
+        destination_address: t.daddr,
+        interface_id: 0,
+        cookie: [0xff; 8], // INET_DIAG_NOCOOKIE: match by endpoints
+    };
+    let family = if t.saddr.is_ipv4() { AF_INET } else { AF_INET6 };
+    let mut out = Vec::new();
+    query(&mut socket, family, StateFlags::all(), id, false, &mut out).ok()?;
+    out.into_iter().next()
+}
+
+fn query(
     socket: &mut Socket,
     family: u8,
     states: StateFlags,
+    socket_id: SocketId,
+    dump: bool,
     out: &mut Vec<DiagSocket>,
 ) -> Result<()> {
     let mut hdr = NetlinkHeader::default();
-    hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    hdr.flags = if dump {
+        NLM_F_REQUEST | NLM_F_DUMP
+    } else {
+        NLM_F_REQUEST
+    };
     let mut req = NetlinkMessage::new(
         hdr,
         SockDiagMessage::InetRequest(InetRequest {
@@ -92,11 +124,7 @@ fn dump(
             protocol: IPPROTO_TCP,
             extensions: ExtensionFlags::INFO,
             states,
-            socket_id: if family == AF_INET {
-                SocketId::new_v4()
-            } else {
-                SocketId::new_v6()
-            },
+            socket_id,
         })
         .into(),
     );
@@ -132,17 +160,27 @@ fn dump(
                         last_recv_ms: None,
                         rto_us: None,
                         backoff: None,
+                        idle_ms: None,
                     };
                     for nla in &r.nlas {
                         if let Nla::TcpInfo(ti) = nla {
                             d.last_recv_ms = Some(ti.last_ack_recv.min(ti.last_data_recv));
                             d.rto_us = Some(ti.rto);
                             d.backoff = Some(ti.backoff);
+                            d.idle_ms = Some(
+                                ti.last_data_recv
+                                    .min(ti.last_ack_recv)
+                                    .min(ti.last_data_sent),
+                            );
                         }
                     }
                     out.push(d);
+                    if !dump {
+                        return Ok(());
+                    }
                 }
                 NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(e) if !dump => bail!("not found: {e:?}"),
                 NetlinkPayload::Error(e) => bail!("sock_diag error: {e:?}"),
                 _ => {}
             }

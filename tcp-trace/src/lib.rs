@@ -13,6 +13,7 @@ pub mod engine;
 pub mod enrich;
 pub mod event;
 pub mod filter;
+pub mod halfopen;
 pub mod output;
 pub mod pipeline;
 pub mod source;

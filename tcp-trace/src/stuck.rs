@@ -153,7 +153,7 @@ pub fn assess(engine: &Engine, d: &DiagSocket, cx: &Context<'_>) -> Option<Stuck
         .then(|| l.and_then(|l| l.orphaned_ns))
         .flatten()
         .map(|at| {
-            (Duration::from_nanos(at) + cx.fin_timeout)
+            (Duration::from_nanos(at.get()) + cx.fin_timeout)
                 .saturating_sub(Duration::from_nanos(cx.now_ns))
         });
     let history = match l {
@@ -279,6 +279,7 @@ mod tests {
             last_recv_ms: Some(41_000),
             rto_us: None,
             backoff: None,
+            idle_ms: None,
         }
     }
 

@@ -27,9 +27,15 @@ pub struct Life<W: Write> {
 impl<W: Write> Life<W> {
     /// A `life` run writing to `out`. Connections already open when it starts are reported
     /// too, marked incomplete, with the time from when the tracer first saw them.
-    pub fn new(out: W, json: bool, clock: Clock, filter: Filter, max_sockets: usize) -> Self {
+    pub fn new(
+        out: W,
+        json: bool,
+        clock: Clock,
+        filter: Filter,
+        (max_sockets, thresholds): (usize, crate::halfopen::Thresholds),
+    ) -> Self {
         Self {
-            engine: Engine::new(max_sockets, true),
+            engine: Engine::new(max_sockets, true).with_thresholds(thresholds),
             filter,
             out: LifeWriter::new(out, json, clock),
             latest_ns: 0,
@@ -67,6 +73,8 @@ impl<W: Write> Sink for Life<W> {
         }
         // Event time stands still on a quiet host: the grace period runs on the real clock.
         let now = self.latest_ns.max(crate::clock::monotonic_ns());
+        self.engine.tick(now);
+        self.engine.take_notices();
         self.emit(now.saturating_sub(GRACE_NS))?;
         self.out.flush()?;
         Ok(Flow::Continue)

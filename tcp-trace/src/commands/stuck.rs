@@ -9,13 +9,19 @@ use std::{
 
 use anyhow::Result;
 
+use netlink_packet_sock_diag::inet::Timer;
+
 use crate::{
     clock::{monotonic_ns, Clock},
-    engine::{Engine, Tuple},
+    engine::{Engine, Owner, Tuple},
     enrich::{self, DiagSocket},
     event::TcpState,
     filter::Filter,
-    output::stuck::{StuckWriter, Summary},
+    halfopen::{Episode, Kind, Notice, Thresholds},
+    output::{
+        halfopen::Extra,
+        stuck::{StuckWriter, Summary},
+    },
     pipeline::{Flow, Sink},
     source::Record,
     stuck::{age_lower_bound_ns, assess, Context, Stuck},
@@ -34,6 +40,12 @@ pub struct Settings {
     pub once: Option<Duration>,
     /// Which sockets.
     pub filter: Filter,
+    /// Half-open kinds to report.
+    pub kinds: Vec<Kind>,
+    /// Report idle ESTABLISHED sockets without keepalive after this long.
+    pub idle_after: Option<Duration>,
+    /// Half-open thresholds.
+    pub thresholds: Thresholds,
 }
 
 /// The `stuck` sink.
@@ -43,6 +55,9 @@ pub struct StuckCmd<W: Write> {
     out: StuckWriter<W>,
     first_seen: HashMap<Tuple, (TcpState, u64)>,
     reported: HashMap<Tuple, Stuck>,
+    half_open: HashMap<(Kind, u64), Episode>,
+    idle: HashSet<Tuple>,
+    resets: u64,
     next_eval_ns: u64,
     sum: Summary,
 }
@@ -77,7 +92,7 @@ impl<W: Write> StuckCmd<W> {
         set: Settings,
         max_sockets: usize,
     ) -> Result<Self> {
-        let mut engine = Engine::new(max_sockets, false);
+        let mut engine = Engine::new(max_sockets, false).with_thresholds(set.thresholds);
         let seeded = seed_from_snapshot(&mut engine)?;
         log::info!("seeded {seeded} existing sockets from sock_diag");
         let now = monotonic_ns();
@@ -86,15 +101,106 @@ impl<W: Write> StuckCmd<W> {
             out: StuckWriter::new(out, json, clock),
             first_seen: HashMap::new(),
             reported: HashMap::new(),
+            half_open: HashMap::new(),
+            idle: HashSet::new(),
+            resets: 0,
             next_eval_ns: now + set.once.unwrap_or(set.interval).as_nanos() as u64,
             set,
             sum: Summary::default(),
         })
     }
 
-    /// Sockets stuck at the last evaluation.
+    /// Sockets stuck or half-open at the last evaluation (and peer resets seen).
     pub fn stuck_now(&self) -> usize {
-        self.reported.len()
+        self.reported.len() + self.half_open.len() + self.idle.len() + self.resets as usize
+    }
+
+    fn wanted(&self, ep: &Episode) -> bool {
+        let f = &self.set.filter;
+        self.set.kinds.contains(&ep.kind)
+            && f.matches_endpoints(&ep.tuple.saddr, ep.tuple.sport, ep.tuple.dport)
+            && f.pid.is_none_or(|p| ep.owner.is_some_and(|o| o.pid == p))
+    }
+
+    /// Reports half-open notices as they come (live and during `--once`'s settle window).
+    fn notices(&mut self, now_ns: u64) -> Result<()> {
+        for n in self.engine.take_notices() {
+            match n {
+                Notice::Began(ep) if self.wanted(&ep) => {
+                    let extra = match ep.kind {
+                        Kind::PeerUnreachable | Kind::ConnectBlackhole => enrich::lookup(&ep.tuple)
+                            .map(|d| Extra {
+                                rto: d.rto_us.map(|us| Duration::from_micros(u64::from(us))),
+                                backoff: d.backoff,
+                            })
+                            .unwrap_or_default(),
+                        _ => Extra::default(),
+                    };
+                    self.out.half_open(&ep, now_ns, extra)?;
+                    if ep.outcome.is_some() {
+                        self.resets += 1;
+                    } else {
+                        self.half_open.insert((ep.kind, ep.sock), ep);
+                    }
+                }
+                Notice::Ended(ep) => {
+                    if self.half_open.remove(&(ep.kind, ep.sock)).is_some() {
+                        self.out.half_open(&ep, now_ns, Extra::default())?;
+                    }
+                }
+                Notice::Began(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// ESTABLISHED sockets idle past `--idle-after` with no keepalive timer.
+    fn idle(&mut self, now_ns: u64) -> Result<()> {
+        let Some(after) = self.set.idle_after else {
+            return Ok(());
+        };
+        if !self.set.kinds.contains(&Kind::IdleNoKeepalive) {
+            return Ok(());
+        }
+        let mut now_idle = HashSet::new();
+        for d in enrich::snapshot(enrich::state_flags(&[TcpState::ESTABLISHED]))? {
+            let idle = Duration::from_millis(u64::from(d.idle_ms.unwrap_or(0)));
+            let keepalive = matches!(d.timer, Some(Timer::KeepAlive(_)));
+            if idle < after || keepalive || d.state != TcpState::ESTABLISHED {
+                continue;
+            }
+            let l = self.engine.by_tuple(&d.tuple);
+            let mut ep = Episode {
+                kind: Kind::IdleNoKeepalive,
+                sock: l.map_or(0, |l| l.sock),
+                tuple: d.tuple,
+                owner: l.and_then(|l| l.owner),
+                since_ns: now_ns.saturating_sub(idle.as_nanos() as u64),
+                last_ns: now_ns,
+                retransmits: 0,
+                outcome: None,
+                conn_age: None,
+                top_remotes: Vec::new(),
+                handshakes: 0,
+                idle: Some(idle),
+            };
+            if ep.owner.is_none() && d.inode != 0 {
+                let h = enrich::holders(&HashSet::from([d.inode]));
+                ep.owner = h.get(&d.inode).and_then(|v| v.first()).map(|h| Owner {
+                    pid: h.pid,
+                    comm: h.comm,
+                });
+            }
+            if !self.wanted(&ep) {
+                continue;
+            }
+            if !self.idle.contains(&d.tuple) {
+                self.out.half_open(&ep, now_ns, Extra::default())?;
+            }
+            now_idle.insert(d.tuple);
+        }
+        self.idle = now_idle;
+        Ok(())
     }
 
     fn evaluate(&mut self, now_ns: u64) -> Result<()> {
@@ -180,6 +286,7 @@ impl<W: Write> StuckCmd<W> {
             }
             self.reported.insert(t, s);
         }
+        self.idle(now_ns)?;
         self.out.flush()?;
         Ok(())
     }
@@ -199,6 +306,9 @@ impl<W: Write> Sink for StuckCmd<W> {
             }
         }
         let now = monotonic_ns();
+        self.engine.tick(now);
+        self.notices(now)?;
+        self.out.flush()?;
         if now < self.next_eval_ns {
             return Ok(Flow::Continue);
         }
@@ -217,6 +327,7 @@ impl<W: Write> Sink for StuckCmd<W> {
             self.evaluate(now)?;
         }
         self.sum.stuck_now = self.reported.len() as u64;
+        self.sum.half_open_now = (self.half_open.len() + self.idle.len()) as u64;
         self.sum.evictions = self.engine.counters.evictions;
         self.out.summary(self.sum, now)?;
         Ok(self.out.flush()?)

@@ -8,6 +8,7 @@ use crate::{
     clock::Clock,
     engine::Engine,
     filter::Filter,
+    halfopen::Notice,
     output::watch::{Annotated, WatchWriter},
     pipeline::{Flow, Sink},
     source::Record,
@@ -22,9 +23,15 @@ pub struct Watch<W: Write> {
 
 impl<W: Write> Watch<W> {
     /// A watch writing to `out`.
-    pub fn new(out: W, json: bool, clock: Clock, filter: Filter, max_sockets: usize) -> Self {
+    pub fn new(
+        out: W,
+        json: bool,
+        clock: Clock,
+        filter: Filter,
+        (max_sockets, thresholds): (usize, crate::halfopen::Thresholds),
+    ) -> Self {
         Self {
-            engine: Engine::new(max_sockets, false),
+            engine: Engine::new(max_sockets, false).with_thresholds(thresholds),
             filter,
             out: WatchWriter::new(out, json, clock),
         }
@@ -51,6 +58,20 @@ impl<W: Write> Sink for Watch<W> {
                     self.engine.mark_all_incomplete();
                     self.out.lost(*ts_ns, *count)?;
                 }
+            }
+        }
+        self.engine.tick(crate::clock::monotonic_ns());
+        for n in self.engine.take_notices() {
+            let (Notice::Began(ep) | Notice::Ended(ep)) = &n;
+            let shown =
+                self.filter
+                    .matches_endpoints(&ep.tuple.saddr, ep.tuple.sport, ep.tuple.dport)
+                    && self
+                        .filter
+                        .pid
+                        .is_none_or(|p| ep.owner.is_some_and(|o| o.pid == p));
+            if shown {
+                self.out.half_open(ep, crate::clock::monotonic_ns())?;
             }
         }
         self.out.flush()?;

@@ -32,6 +32,14 @@ struct JsonStep {
 }
 
 #[derive(Serialize)]
+struct JsonEpisode {
+    kind: &'static str,
+    since: String,
+    retransmits: u32,
+    outcome: Option<String>,
+}
+
+#[derive(Serialize)]
 struct JsonLife<'a> {
     #[serde(rename = "type")]
     kind: &'a str,
@@ -54,6 +62,7 @@ struct JsonLife<'a> {
     resets_sent: u32,
     resets_received: u32,
     error: Option<String>,
+    half_open: Option<JsonEpisode>,
     incomplete: bool,
 }
 
@@ -111,6 +120,12 @@ impl<W: Write> LifeWriter<W> {
                 resets_sent: l.resets_sent,
                 resets_received: l.resets_received,
                 error: l.error.map(|e| errno_name(e).into_owned()),
+                half_open: l.half_open.as_ref().map(|ep| JsonEpisode {
+                    kind: ep.kind.name(),
+                    since: self.clock.rfc3339(ep.since_ns),
+                    retransmits: ep.retransmits,
+                    outcome: ep.outcome.map(|(o, _)| o.name().into_owned()),
+                }),
                 incomplete: l.incomplete,
             };
             serde_json::to_writer(&mut self.out, &j)?;
@@ -140,6 +155,16 @@ impl<W: Write> LifeWriter<W> {
         }
         if let Some(e) = l.error {
             notes.push(format!("error {}", errno_name(e)));
+        }
+        if let Some(ep) = &l.half_open {
+            let end = ep
+                .outcome
+                .map_or(String::new(), |(o, _)| format!(" -> {}", o.name()));
+            notes.push(format!(
+                "half-open {} {} rtx{end}",
+                ep.kind.name(),
+                ep.retransmits
+            ));
         }
         if l.incomplete {
             notes.push("incomplete".into());

@@ -3,6 +3,7 @@
 //! A closed pipe (`| head`) is not an error for the user: [`is_broken_pipe`] lets the caller
 //! stop quietly with status 0.
 
+pub mod halfopen;
 pub mod life;
 pub mod stuck;
 pub mod watch;

@@ -82,6 +82,8 @@ pub struct Summary {
     pub stuck_now: u64,
     /// Sockets that were reported stuck and then left the state.
     pub recovered: u64,
+    /// Half-open episodes under way at the end (including idle sockets without keepalive).
+    pub half_open_now: u64,
     /// Lifecycles evicted to stay under `--max-sockets`.
     pub evictions: u64,
     /// Events the kernel could not queue.
@@ -234,6 +236,22 @@ impl<W: Write> StuckWriter<W> {
         )
     }
 
+    /// A half-open episode that began (or ended: `outcome` set).
+    pub fn half_open(
+        &mut self,
+        ep: &crate::halfopen::Episode,
+        now_ns: u64,
+        extra: super::halfopen::Extra,
+    ) -> io::Result<()> {
+        if self.json {
+            let j = super::halfopen::json(ep, &self.clock, now_ns, extra);
+            self.out.write_all(j.as_bytes())?;
+            return self.out.write_all(b"\n");
+        }
+        self.out
+            .write_all(super::halfopen::human(ep, now_ns).as_bytes())
+    }
+
     /// The end-of-run totals.
     pub fn summary(&mut self, sum: Summary, now_ns: u64) -> io::Result<()> {
         if self.json {
@@ -247,8 +265,8 @@ impl<W: Write> StuckWriter<W> {
         }
         writeln!(
             self.out,
-            "SUMMARY    stuck now {}, recovered {}, evictions {}, lost events {}",
-            sum.stuck_now, sum.recovered, sum.evictions, sum.lost
+            "SUMMARY    stuck now {}, half-open now {}, recovered {}, evictions {}, lost events {}",
+            sum.stuck_now, sum.half_open_now, sum.recovered, sum.evictions, sum.lost
         )
     }
 

@@ -88,6 +88,42 @@ impl<W: Write> WatchWriter<W> {
         )
     }
 
+    /// A socket turning half-open, or its half-open episode ending.
+    pub fn half_open(&mut self, ep: &crate::halfopen::Episode, now_ns: u64) -> io::Result<()> {
+        if self.json {
+            let j =
+                super::halfopen::json(ep, &self.clock, now_ns, super::halfopen::Extra::default());
+            self.out.write_all(j.as_bytes())?;
+            return self.out.write_all(b"\n");
+        }
+        self.header()?;
+        let (pid, comm) = match ep.owner {
+            Some(o) => (o.pid.to_string(), o.comm.escaped()),
+            None => ("-".to_string(), "-".to_string()),
+        };
+        let at = ep.outcome.map_or(now_ns, |(_, t)| t);
+        let what = match ep.outcome {
+            Some((o, _)) if ep.kind != crate::halfopen::Kind::PeerReset => {
+                format!("HALF-OPEN END {} -> {}", ep.kind.name(), o.name())
+            }
+            _ => format!(
+                "HALF-OPEN {}: {}",
+                ep.kind.name(),
+                super::halfopen::diagnosis(ep, now_ns)
+            ),
+        };
+        writeln!(
+            self.out,
+            "{:<13} {:<7} {:<16} {:<27} {:<27} {}",
+            self.clock.hms(at),
+            pid,
+            comm,
+            endpoint(&ep.tuple.saddr, ep.tuple.sport),
+            endpoint(&ep.tuple.daddr, ep.tuple.dport),
+            what
+        )
+    }
+
     /// Reports events the kernel dropped.
     pub fn lost(&mut self, ts_ns: u64, count: u64) -> io::Result<()> {
         if self.json {

@@ -240,7 +240,7 @@ fn ip(args: &[&str]) {
     assert!(st.success(), "ip {args:?} failed");
 }
 
-/// Two network namespaces joined by a veth pair: `a` = 10.X.Y.1, `b` = 10.X.Y.2 (/30), both
+/// Two network namespaces joined by a veth pair: `a` = 10.X.Y.1, `b` = 10.X.Y.2 (/24), both
 /// created by this test and deleted on drop, even when the test panics.
 pub struct NetnsPair {
     pub a: String,
@@ -278,7 +278,7 @@ impl NetnsPair {
             &a,
             "addr",
             "add",
-            &format!("{}/30", pair.a_addr),
+            &format!("{}/24", pair.a_addr),
             "dev",
             &va,
         ]);
@@ -287,7 +287,7 @@ impl NetnsPair {
             &b,
             "addr",
             "add",
-            &format!("{}/30", pair.b_addr),
+            &format!("{}/24", pair.b_addr),
             "dev",
             &vb,
         ]);
@@ -301,6 +301,13 @@ impl NetnsPair {
     /// Drops everything namespace `ns` sends to `to` (a blackhole route inside `ns` only).
     pub fn blackhole(&self, ns: &str, to: &str) {
         ip(&["-n", ns, "route", "add", "blackhole", &format!("{to}/32")]);
+    }
+
+    /// Sends what `ns` addresses to `to` via an on-link gateway nobody answers ARP for: the
+    /// packets leave the socket layer successfully and are lost on the wire.
+    pub fn silent_gateway(&self, ns: &str, to: &str) {
+        let gw = format!("{}.3", self.a_addr.rsplit_once('.').unwrap().0);
+        ip(&["-n", ns, "route", "add", &format!("{to}/32"), "via", &gw]);
     }
 
     /// Lifts [`Self::blackhole`].

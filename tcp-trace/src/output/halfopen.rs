@@ -1,0 +1,263 @@
+//! Half-open episodes as output: `half_open` JSON objects (shared by `watch` and `stuck`),
+//! human lines, and the one-line diagnosis of each kind.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{endpoint, sock_hex};
+use crate::{
+    clock::Clock,
+    event::family_name,
+    halfopen::{Episode, Kind},
+    stuck::age_text,
+};
+
+/// Extra figures from sock_diag, when the socket is visible there.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Extra {
+    /// Current retransmission timeout.
+    pub rto: Option<Duration>,
+    /// Exponential backoff count.
+    pub backoff: Option<u8>,
+}
+
+#[derive(Serialize)]
+struct Remote {
+    addr: String,
+    count: u32,
+}
+
+#[derive(Serialize)]
+struct JsonHalfOpen<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(rename = "kind")]
+    half_open: &'a str,
+    ts: String,
+    sock: Option<String>,
+    family: &'a str,
+    saddr: String,
+    sport: u16,
+    daddr: String,
+    dport: u16,
+    pid: Option<u32>,
+    comm: Option<String>,
+    retransmits: u32,
+    since: String,
+    since_s: f64,
+    outcome: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    conn_age_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    age_exact: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handshakes: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_remotes: Option<Vec<Remote>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idle_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rto_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backoff: Option<u8>,
+    diagnosis: String,
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_millis() as f64 / 1000.0
+}
+
+/// How long the evidence has lasted (to the outcome, or to `now_ns`).
+pub fn span(ep: &Episode, now_ns: u64) -> Duration {
+    let end = ep.outcome.map_or(now_ns, |(_, at)| at);
+    Duration::from_nanos(end.saturating_sub(ep.since_ns))
+}
+
+/// The one-line explanation.
+pub fn diagnosis(ep: &Episode, now_ns: u64) -> String {
+    let peer = endpoint(&ep.tuple.daddr, ep.tuple.dport);
+    let d = age_text(span(ep, now_ns), true);
+    let mut text = match ep.kind {
+        Kind::PeerUnreachable => format!(
+            "{peer} has acknowledged nothing for {d}: {} retransmits into the void (peer crashed or unreachable; without a timeout the kernel retries for ~15 min)",
+            ep.retransmits
+        ),
+        Kind::ConnectBlackhole => format!(
+            "connect to {peer} unanswered: {} SYN retransmits in {d} (destination dropping SYNs, or its replies are lost)",
+            ep.retransmits
+        ),
+        Kind::Embryonic => {
+            let top: Vec<String> = ep.top_remotes.iter().map(|(a, n)| format!("{a} ×{n}")).collect();
+            format!(
+                "port {}: {} SYN-ACK retransmits for {} handshakes that did not complete in {d} (final ACKs lost, or a SYN flood); top remotes {}",
+                ep.tuple.sport,
+                ep.retransmits,
+                ep.handshakes,
+                top.join(", ")
+            )
+        }
+        Kind::PeerReset => {
+            let age = ep.conn_age.map_or("an unknown time".into(), |(a, exact)| age_text(a, exact));
+            format!("{peer} reset this connection after {age} (peer restarted, crashed or aborted)")
+        }
+        Kind::IdleNoKeepalive => format!(
+            "idle for {} without keepalive: it would never notice a vanished peer",
+            ep.idle.map_or("?".into(), |i| age_text(i, false))
+        ),
+    };
+    if let Some((o, _)) = ep.outcome {
+        if ep.kind != Kind::PeerReset {
+            text.push_str(&format!("; ended: {}", o.name()));
+        }
+    }
+    text
+}
+
+/// The `half_open` JSON object (one line, no newline).
+pub fn json(ep: &Episode, clock: &Clock, now_ns: u64, extra: Extra) -> String {
+    let ts = ep.outcome.map_or(now_ns, |(_, at)| at);
+    let t = &ep.tuple;
+    let j = JsonHalfOpen {
+        kind: "half_open",
+        half_open: ep.kind.name(),
+        ts: clock.rfc3339(ts),
+        sock: (ep.sock != 0).then(|| sock_hex(ep.sock)),
+        family: family_name(&t.saddr),
+        saddr: t.saddr.to_string(),
+        sport: t.sport,
+        daddr: t.daddr.to_string(),
+        dport: t.dport,
+        pid: ep.owner.map(|o| o.pid),
+        comm: ep.owner.map(|o| o.comm.escaped()),
+        retransmits: ep.retransmits,
+        since: clock.rfc3339(ep.since_ns),
+        since_s: secs(span(ep, now_ns)),
+        outcome: ep.outcome.map(|(o, _)| o.name().into_owned()),
+        conn_age_s: ep.conn_age.map(|(a, _)| secs(a)),
+        age_exact: ep.conn_age.map(|(_, e)| e),
+        handshakes: (ep.kind == Kind::Embryonic).then_some(ep.handshakes),
+        top_remotes: (ep.kind == Kind::Embryonic).then(|| {
+            ep.top_remotes
+                .iter()
+                .map(|(a, n)| Remote {
+                    addr: a.to_string(),
+                    count: *n,
+                })
+                .collect()
+        }),
+        idle_s: ep.idle.map(secs),
+        rto_ms: extra.rto.map(|r| r.as_millis() as u64),
+        backoff: extra.backoff,
+        diagnosis: diagnosis(ep, now_ns),
+    };
+    serde_json::to_string(&j).unwrap_or_default()
+}
+
+/// Human lines: the finding (or its end), then the diagnosis.
+pub fn human(ep: &Episode, now_ns: u64) -> String {
+    let who = ep.owner.map_or("owner unknown".to_string(), |o| {
+        format!("pid {} ({})", o.pid, o.comm)
+    });
+    let head = match ep.outcome {
+        Some((o, _)) if ep.kind != Kind::PeerReset => format!(
+            "ENDED      {:<18} {:<22}",
+            ep.kind.name(),
+            format!("{} after {}", o.name(), age_text(span(ep, now_ns), true))
+        ),
+        _ => format!(
+            "HALF-OPEN  {:<18} {:<22}",
+            ep.kind.name(),
+            format!(
+                "{} rtx in {}",
+                ep.retransmits,
+                age_text(span(ep, now_ns), true)
+            )
+        ),
+    };
+    format!(
+        "{head} {who:<28} {} -> {}\n           {}\n",
+        endpoint(&ep.tuple.saddr, ep.tuple.sport),
+        endpoint(&ep.tuple.daddr, ep.tuple.dport),
+        diagnosis(ep, now_ns)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        engine::{Owner, Tuple},
+        event::Comm,
+        halfopen::Outcome,
+    };
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn ep(kind: Kind) -> Episode {
+        Episode {
+            kind,
+            sock: 0x10,
+            tuple: Tuple {
+                saddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+                sport: 40000,
+                daddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+                dport: 80,
+            },
+            owner: Some(Owner {
+                pid: 42,
+                comm: Comm::from_bytes(b"app"),
+            }),
+            since_ns: 1_000_000_000,
+            last_ns: 4_000_000_000,
+            retransmits: 4,
+            outcome: None,
+            conn_age: None,
+            top_remotes: vec![(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)), 3)],
+            handshakes: 2,
+            idle: None,
+        }
+    }
+
+    #[test]
+    fn json_fields_and_outcome() {
+        let mut e = ep(Kind::PeerUnreachable);
+        let c = Clock::fixed(0);
+        let v: serde_json::Value =
+            serde_json::from_str(&json(&e, &c, 6_300_000_000, Extra::default())).unwrap();
+        assert_eq!(v["type"], "half_open");
+        assert_eq!(v["kind"], "peer_unreachable");
+        assert_eq!(v["retransmits"], 4);
+        assert_eq!(v["since_s"], 5.3);
+        assert!(v["outcome"].is_null());
+        assert_eq!(v["pid"], 42);
+        assert!(v.get("top_remotes").is_none());
+        e.outcome = Some((Outcome::Error(110), 9_000_000_000));
+        let v: serde_json::Value =
+            serde_json::from_str(&json(&e, &c, 20_000_000_000, Extra::default())).unwrap();
+        assert_eq!(v["outcome"], "ETIMEDOUT");
+        assert_eq!(v["since_s"], 8.0, "up to the outcome, not to now");
+        assert!(v["diagnosis"]
+            .as_str()
+            .unwrap()
+            .ends_with("ended: ETIMEDOUT"));
+        let v: serde_json::Value = serde_json::from_str(&json(
+            &ep(Kind::Embryonic),
+            &c,
+            6_000_000_000,
+            Extra::default(),
+        ))
+        .unwrap();
+        assert_eq!(v["top_remotes"][0]["addr"], "10.0.0.7");
+        assert_eq!(v["handshakes"], 2);
+    }
+
+    #[test]
+    fn human_has_the_finding_and_the_diagnosis() {
+        let h = human(&ep(Kind::ConnectBlackhole), 8_000_000_000);
+        assert!(h.starts_with("HALF-OPEN  connect_blackhole"), "{h}");
+        assert!(
+            h.contains("connect to 10.0.0.2:80 unanswered: 4 SYN retransmits in 7.0s"),
+            "{h}"
+        );
+    }
+}

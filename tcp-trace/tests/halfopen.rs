@@ -1,0 +1,287 @@
+//! Half-open detection against real traffic in network namespaces the tests create
+//! (run as root). Per-socket timeouts keep each test short; no host-wide sysctl is changed.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    time::Duration,
+};
+
+use common::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn half_open<'a>(ev: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    ev.iter()
+        .filter(|e| e["type"] == "half_open" && e["kind"] == kind)
+        .collect()
+}
+
+fn setsockopt(s: &impl AsRawFd, level: i32, name: i32, val: &[u8]) {
+    // SAFETY: a valid socket fd and a buffer of the given length.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            val.as_ptr().cast(),
+            val.len() as u32,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "setsockopt {name}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// SO_LINGER 0: close() sends a reset.
+fn abort_on_close(s: &impl AsRawFd) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: reading the bytes of a plain C struct.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&l as *const libc::linger).cast::<u8>(),
+            size_of::<libc::linger>(),
+        )
+    };
+    setsockopt(s, libc::SOL_SOCKET, libc::SO_LINGER, bytes);
+}
+
+/// Client in `a`, server in `b`, connected, with some data exchanged.
+fn connected(net: &NetnsPair, port: u16) -> (TcpStream, TcpStream) {
+    let b_addr = net.b_addr.clone();
+    let listener = in_netns(&net.b, move || {
+        TcpListener::bind((b_addr.as_str(), port)).unwrap()
+    });
+    let target: SocketAddr = format!("{}:{port}", net.b_addr).parse().unwrap();
+    let mut client = in_netns(&net.a, move || {
+        TcpStream::connect_timeout(&target, Duration::from_secs(5)).unwrap()
+    });
+    let (mut server, _) = listener.accept().unwrap();
+    client.write_all(b"hello").unwrap();
+    let mut buf = [0u8; 5];
+    server.read_exact(&mut buf).unwrap();
+    (client, server)
+}
+
+#[test]
+fn peer_unreachable_is_reported_then_recovers() {
+    let net = NetnsPair::new("unr");
+    let port = free_port();
+    let ps = port.to_string();
+    let tracer = Tracer::start(&[
+        "stuck",
+        "--json",
+        "--interval",
+        "250ms",
+        "--half-open-retransmits",
+        "3",
+        "--half-open-after",
+        "1s",
+        "--port",
+        &ps,
+    ]);
+    tracer.wait_for_stderr("seeded");
+    let (mut client, _server) = connected(&net, port);
+    let cport = client.local_addr().unwrap().port();
+    net.blackhole(&net.b, &net.a_addr); // the server's namespace drops everything it sends
+    client.write_all(b"into the void").unwrap();
+    let ev = tracer.wait_for("peer_unreachable", WAIT, |ev| {
+        !half_open(ev, "peer_unreachable").is_empty()
+    });
+    let h = half_open(&ev, "peer_unreachable")[0];
+    assert!(h["outcome"].is_null(), "{h}");
+    assert_eq!(h["sport"], cport);
+    assert_eq!(h["daddr"], net.b_addr.as_str());
+    assert_eq!(h["dport"], port);
+    assert_eq!(h["pid"], std::process::id(), "owner from connect(): {h}");
+    assert!(h["retransmits"].as_u64().unwrap() >= 3, "{h}");
+    assert!(h["since_s"].as_f64().unwrap() >= 1.0, "{h}");
+    assert!(h["diagnosis"]
+        .as_str()
+        .unwrap()
+        .contains("retransmits into the void"));
+    net.unblackhole(&net.b, &net.a_addr);
+    let ev = tracer.wait_for("recovered", WAIT, |ev| {
+        half_open(ev, "peer_unreachable")
+            .iter()
+            .any(|e| e["outcome"] == "recovered")
+    });
+    assert_eq!(half_open(&ev, "peer_unreachable").len(), 2, "{ev:#?}");
+    let (st, out, _) = tracer.stop();
+    assert!(st.success());
+    let sum: Value = serde_json::from_str(out.last().unwrap()).unwrap();
+    assert_eq!(sum["half_open_now"], 0);
+}
+
+#[test]
+fn dead_peer_with_lost_reset_ends_in_etimedout_in_watch() {
+    let net = NetnsPair::new("tmo");
+    let port = free_port();
+    let tracer = Tracer::start(&[
+        "watch",
+        "--json",
+        "--half-open-retransmits",
+        "2",
+        "--half-open-after",
+        "500ms",
+        "--port",
+        &port.to_string(),
+    ]);
+    let (mut client, server) = connected(&net, port);
+    // Give up after 2 s without an acknowledgement.
+    setsockopt(
+        &client,
+        libc::IPPROTO_TCP,
+        libc::TCP_USER_TIMEOUT,
+        &2000u32.to_ne_bytes(),
+    );
+    // The server dies; its reset is lost.
+    net.blackhole(&net.b, &net.a_addr);
+    abort_on_close(&server);
+    drop(server);
+    client.write_all(b"anyone there?").unwrap();
+    let ev = tracer.wait_for("ETIMEDOUT outcome", WAIT, |ev| {
+        half_open(ev, "peer_unreachable")
+            .iter()
+            .any(|e| e["outcome"] == "ETIMEDOUT")
+    });
+    let began = half_open(&ev, "peer_unreachable")[0];
+    assert!(
+        began["outcome"].is_null(),
+        "the transition into half-open has its own line: {began}"
+    );
+    assert_eq!(began["pid"], std::process::id());
+    let ended = half_open(&ev, "peer_unreachable")[1];
+    assert_eq!(ended["outcome"], "ETIMEDOUT");
+    assert!(
+        ev.iter()
+            .any(|e| e["type"] == "error" && e["error"] == "ETIMEDOUT"),
+        "{ev:#?}"
+    );
+    tracer.stop();
+}
+
+#[test]
+fn connect_into_a_black_hole() {
+    let net = NetnsPair::new("bhc");
+    let port = free_port();
+    let ps = port.to_string();
+    let tracer = Tracer::start(&[
+        "stuck",
+        "--json",
+        "--interval",
+        "250ms",
+        "--half-open-retransmits",
+        "2",
+        "--half-open-after",
+        "1s",
+        "--port",
+        &ps,
+    ]);
+    tracer.wait_for_stderr("seeded");
+    let b_addr = net.b_addr.clone();
+    let _listener = in_netns(&net.b, move || {
+        TcpListener::bind((b_addr.as_str(), port)).unwrap()
+    });
+    net.blackhole(&net.b, &net.a_addr); // the SYN arrives, nothing comes back
+    let target: SocketAddr = format!("{}:{port}", net.b_addr).parse().unwrap();
+    let err = in_netns(&net.a, move || {
+        TcpStream::connect_timeout(&target, Duration::from_millis(4500)).unwrap_err()
+    });
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    let ev = tracer.wait_for("connect_blackhole and its end", WAIT, |ev| {
+        half_open(ev, "connect_blackhole").len() >= 2
+    });
+    let h = half_open(&ev, "connect_blackhole")[0];
+    assert_eq!(h["daddr"], net.b_addr.as_str());
+    assert_eq!(h["dport"], port);
+    assert!(h["retransmits"].as_u64().unwrap() >= 2, "{h}");
+    assert_eq!(h["pid"], std::process::id());
+    assert_eq!(half_open(&ev, "connect_blackhole")[1]["outcome"], "closed");
+    tracer.stop();
+}
+
+#[test]
+fn listener_whose_handshakes_never_complete_is_embryonic() {
+    let net = NetnsPair::new("emb");
+    let port = free_port();
+    let ps = port.to_string();
+    let tracer = Tracer::start(&[
+        "stuck",
+        "--json",
+        "--interval",
+        "250ms",
+        "--half-open-retransmits",
+        "2",
+        "--half-open-after",
+        "1s",
+        "--port",
+        &ps,
+    ]);
+    tracer.wait_for_stderr("seeded");
+    let b_addr = net.b_addr.clone();
+    let _listener = in_netns(&net.b, move || {
+        TcpListener::bind((b_addr.as_str(), port)).unwrap()
+    });
+    // The listener's SYN-ACKs leave its socket layer but are lost on the wire.
+    net.silent_gateway(&net.b, &net.a_addr);
+    let target: SocketAddr = format!("{}:{port}", net.b_addr).parse().unwrap();
+    let _ = in_netns(&net.a, move || {
+        TcpStream::connect_timeout(&target, Duration::from_secs(4))
+    });
+    let ev = tracer.wait_for("embryonic", WAIT, |ev| {
+        !half_open(ev, "embryonic").is_empty()
+    });
+    let h = half_open(&ev, "embryonic")[0];
+    assert_eq!(h["sport"], port, "the listener's port: {h}");
+    assert_eq!(h["saddr"], net.b_addr.as_str());
+    assert!(h["retransmits"].as_u64().unwrap() >= 2, "{h}");
+    assert_eq!(h["handshakes"], 1);
+    assert_eq!(h["top_remotes"][0]["addr"], net.a_addr.as_str());
+    assert!(h["top_remotes"][0]["count"].as_u64().unwrap() >= 2);
+    tracer.stop();
+}
+
+#[test]
+fn peer_reset_of_an_established_connection() {
+    let port = free_port();
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let tracer = Tracer::start(&[
+        "stuck",
+        "--once",
+        "--json",
+        "--settle",
+        "2s",
+        "--port",
+        &port.to_string(),
+    ]);
+    tracer.wait_for_stderr("seeded");
+    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    abort_on_close(&server);
+    drop(server); // the peer resets
+    let (st, out, err) = tracer.wait_exit(WAIT);
+    assert_eq!(st.code(), Some(1), "a peer reset counts: {out:?} {err:?}");
+    let ev: Vec<Value> = out
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let r = half_open(&ev, "peer_reset");
+    assert_eq!(r.len(), 1, "{ev:#?}");
+    assert_eq!(r[0]["sport"], client.local_addr().unwrap().port());
+    assert_eq!(r[0]["pid"], std::process::id());
+    assert_eq!(r[0]["outcome"], "reset");
+    assert_eq!(r[0]["age_exact"], true);
+    assert!(r[0]["conn_age_s"].as_f64().unwrap() >= 0.3, "{}", r[0]);
+}
