@@ -472,7 +472,10 @@ impl Tracker {
                 let interval = s.interval_ns.clamp(1_000_000_000, 120_000_000_000);
                 let due = s.ep.last_ns + 3 * interval + 1_000_000_000;
                 if now_ns > due {
-                    self.end(sock, Outcome::Recovered, now_ns);
+                    // Acknowledged some time after the last retransmit: date it there, so the
+                    // outage reported is a lower bound, not the detection delay.
+                    let last = s.ep.last_ns;
+                    self.end(sock, Outcome::Recovered, last);
                 }
             }
         }
@@ -551,7 +554,11 @@ mod tests {
         let Notice::Ended(ep) = &n[0] else {
             panic!("{n:?}")
         };
-        assert_eq!(ep.outcome, Some((Outcome::Recovered, 20 * SEC)));
+        assert_eq!(
+            ep.outcome,
+            Some((Outcome::Recovered, 3 * SEC)),
+            "dated at the last retransmit"
+        );
         assert_eq!(t.active().count(), 0);
     }
 

@@ -8,8 +8,8 @@ use serde::Serialize;
 use super::{endpoint, sock_hex};
 use crate::{
     clock::Clock,
-    event::family_name,
-    halfopen::{Episode, Kind},
+    event::{errno_name, family_name},
+    halfopen::{Episode, Kind, Outcome},
     stuck::age_text,
 };
 
@@ -74,11 +74,46 @@ pub fn span(ep: &Episode, now_ns: u64) -> Duration {
     Duration::from_nanos(end.saturating_sub(ep.since_ns))
 }
 
+fn plural(n: u32, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// How an ended episode ended, in words.
+fn ending(ep: &Episode, outcome: Outcome, d: &str) -> String {
+    let peer = endpoint(&ep.tuple.daddr, ep.tuple.dport);
+    let rtx = plural(ep.retransmits, "retransmit", "retransmits");
+    match (ep.kind, outcome) {
+        (Kind::PeerUnreachable, Outcome::Recovered) => {
+            format!("recovered: {peer} answered again; the outage lasted at least {d} ({rtx})")
+        }
+        (_, Outcome::Error(e)) => format!(
+            "the kernel gave up after {d} and {rtx}: the application got {}",
+            errno_name(e)
+        ),
+        (_, Outcome::Reset) => format!("ended by a reset after {d} and {rtx}"),
+        (Kind::ConnectBlackhole, Outcome::Connected) => format!("connected after {d} and {rtx}"),
+        (Kind::ConnectBlackhole, Outcome::Closed) => {
+            format!("the connect was abandoned after {d} and {rtx} (connect timeout)")
+        }
+        (Kind::Embryonic, Outcome::Completed) => {
+            format!("every pending handshake completed after {d}")
+        }
+        (Kind::Embryonic, Outcome::Expired) => {
+            format!("SYN-ACK retransmits stopped after {d}: the embryonic connections were dropped")
+        }
+        (Kind::Embryonic, Outcome::Closed) => format!("the listener closed after {d}"),
+        (_, o) => format!("ended ({}) after {d}", o.name()),
+    }
+}
+
 /// The one-line explanation.
 pub fn diagnosis(ep: &Episode, now_ns: u64) -> String {
     let peer = endpoint(&ep.tuple.daddr, ep.tuple.dport);
     let d = age_text(span(ep, now_ns), true);
-    let mut text = match ep.kind {
+    if let Some((o, _)) = ep.outcome.filter(|_| ep.kind != Kind::PeerReset) {
+        return ending(ep, o, &d);
+    }
+    match ep.kind {
         Kind::PeerUnreachable => format!(
             "{peer} has acknowledged nothing for {d}: {} retransmits into the void (peer crashed or unreachable; without a timeout the kernel retries for ~15 min)",
             ep.retransmits
@@ -90,10 +125,10 @@ pub fn diagnosis(ep: &Episode, now_ns: u64) -> String {
         Kind::Embryonic => {
             let top: Vec<String> = ep.top_remotes.iter().map(|(a, n)| format!("{a} ×{n}")).collect();
             format!(
-                "port {}: {} SYN-ACK retransmits for {} handshakes that did not complete in {d} (final ACKs lost, or a SYN flood); top remotes {}",
+                "port {}: {} for {} that did not complete in {d} (final ACKs lost, or a SYN flood); top remotes {}",
                 ep.tuple.sport,
-                ep.retransmits,
-                ep.handshakes,
+                plural(ep.retransmits, "SYN-ACK retransmit", "SYN-ACK retransmits"),
+                plural(ep.handshakes, "handshake", "handshakes"),
                 top.join(", ")
             )
         }
@@ -105,13 +140,7 @@ pub fn diagnosis(ep: &Episode, now_ns: u64) -> String {
             "idle for {} without keepalive: it would never notice a vanished peer",
             ep.idle.map_or("?".into(), |i| age_text(i, false))
         ),
-    };
-    if let Some((o, _)) = ep.outcome {
-        if ep.kind != Kind::PeerReset {
-            text.push_str(&format!("; ended: {}", o.name()));
-        }
     }
-    text
 }
 
 /// The `half_open` JSON object (one line, no newline).
@@ -159,22 +188,25 @@ pub fn human(ep: &Episode, now_ns: u64) -> String {
     let who = ep.owner.map_or("owner unknown".to_string(), |o| {
         format!("pid {} ({})", o.pid, o.comm)
     });
-    let head = match ep.outcome {
-        Some((o, _)) if ep.kind != Kind::PeerReset => format!(
-            "ENDED      {:<18} {:<22}",
-            ep.kind.name(),
-            format!("{} after {}", o.name(), age_text(span(ep, now_ns), true))
+    let d = age_text(span(ep, now_ns), true);
+    let evidence = match (ep.kind, ep.outcome) {
+        (Kind::PeerReset, _) => format!(
+            "after {}",
+            ep.conn_age
+                .map_or("?".into(), |(a, exact)| age_text(a, exact))
         ),
-        _ => format!(
-            "HALF-OPEN  {:<18} {:<22}",
-            ep.kind.name(),
-            format!(
-                "{} rtx in {}",
-                ep.retransmits,
-                age_text(span(ep, now_ns), true)
-            )
+        (Kind::IdleNoKeepalive, _) => format!(
+            "idle {}",
+            ep.idle.map_or("?".into(), |i| age_text(i, false))
         ),
+        (_, Some((o, _))) => format!("{} after {d}", o.name()),
+        (_, None) => format!("{} rtx in {d}", ep.retransmits),
     };
+    let tag = match ep.outcome {
+        Some(_) if ep.kind != Kind::PeerReset => "ENDED    ",
+        _ => "HALF-OPEN",
+    };
+    let head = format!("{tag}  {:<18} {evidence:<22}", ep.kind.name());
     format!(
         "{head} {who:<28} {} -> {}\n           {}\n",
         endpoint(&ep.tuple.saddr, ep.tuple.sport),
@@ -189,7 +221,6 @@ mod tests {
     use crate::{
         engine::{Owner, Tuple},
         event::Comm,
-        halfopen::Outcome,
     };
     use std::net::{IpAddr, Ipv4Addr};
 
@@ -236,10 +267,10 @@ mod tests {
             serde_json::from_str(&json(&e, &c, 20_000_000_000, Extra::default())).unwrap();
         assert_eq!(v["outcome"], "ETIMEDOUT");
         assert_eq!(v["since_s"], 8.0, "up to the outcome, not to now");
-        assert!(v["diagnosis"]
-            .as_str()
-            .unwrap()
-            .ends_with("ended: ETIMEDOUT"));
+        assert_eq!(
+            v["diagnosis"],
+            "the kernel gave up after 8.0s and 4 retransmits: the application got ETIMEDOUT"
+        );
         let v: serde_json::Value = serde_json::from_str(&json(
             &ep(Kind::Embryonic),
             &c,
