@@ -6,6 +6,11 @@
 //! (human | JSON). [`pipeline`] drives it; [`commands`] hold one sink per subcommand; [`cli`]
 //! parses the command line.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod cli;
 pub mod clock;
 pub mod commands;

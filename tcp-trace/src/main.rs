@@ -1,6 +1,8 @@
 //! The `tcp-trace` binary: parse, run on a single-threaded runtime, map errors to one line
 //! on stderr and exit status 2 (a closed stdout pipe is a normal end: status 0).
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -82,6 +82,12 @@ pub fn effective_caps() -> u64 {
         .unwrap_or(0)
 }
 
+/// True when this process may read any process's `/proc/PID/fd` (owners of sockets).
+pub fn can_read_all_fds() -> bool {
+    const CAP_SYS_PTRACE: u32 = 19;
+    effective_caps() & (1 << CAP_SYS_PTRACE) != 0
+}
+
 /// Fails with [`NotPermitted`] unless the process may load and attach tracing programs.
 pub fn check_privileges() -> Result<()> {
     let caps = effective_caps();
@@ -95,7 +101,7 @@ pub fn check_privileges() -> Result<()> {
         .map(|(_, n)| *n)
         .collect();
     Err(NotPermitted(format!(
-        "tcp-trace needs {} to load its kernel programs: run it as root (or grant those capabilities)",
+        "loading the kernel programs needs {}: run tcp-trace as root (or grant those capabilities)",
         missing.join(" and ")
     ))
     .into())

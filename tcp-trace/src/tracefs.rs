@@ -9,10 +9,23 @@ use tcp_trace_common::layout::{Field, Tracepoint};
 /// Where tracefs is mounted (or auto-mounted under debugfs).
 pub const ROOTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
-/// Mounts tracefs at `/sys/kernel/tracing` when no tracefs is reachable.
+/// Mounts tracefs at `/sys/kernel/tracing` when no tracefs is reachable; a tracefs that is
+/// mounted but unreadable (mode 0700: not root) is a privilege error, named as such.
 pub fn ensure_mounted() -> Result<&'static str> {
     if let Some(r) = ROOTS.iter().find(|r| Path::new(r).join("events").is_dir()) {
         return Ok(r);
+    }
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mounted = |r: &str| {
+        mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(r))
+    };
+    if let Some(r) = ROOTS.iter().find(|r| mounted(r)) {
+        return Err(crate::source::NotPermitted(format!(
+            "cannot read tracefs at {r}: tcp-trace needs CAP_DAC_READ_SEARCH (or root)"
+        ))
+        .into());
     }
     let status = std::process::Command::new("mount")
         .args(["-t", "tracefs", "nodev", ROOTS[0]])

@@ -237,6 +237,7 @@ fn life_reports_a_clean_close_with_its_whole_story() {
     drop(listener);
     let ev = tracer.wait_for("two lives", WAIT, |ev| ev.len() >= 2);
     assert_eq!(ev.len(), 2, "the listener is not a connection: {ev:#?}");
+    assert!(ev.iter().all(|e| e["type"] == "life"));
     let me = std::process::id();
     let states = |e: &Value| -> Vec<String> {
         e["states"]

@@ -310,3 +310,71 @@ fn without_privileges_one_clear_line_and_status_2() {
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(err.contains("CAP_BPF") && err.contains("root"), "{err}");
 }
+
+/// Reverses `Comm::escaped`: `\\`, `\n`, `\t`, `\r`, `\xNN`.
+fn unescape(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            match b[i + 1] {
+                b'n' => out.push(b'\n'),
+                b't' => out.push(b'\t'),
+                b'r' => out.push(b'\r'),
+                b'\\' => out.push(b'\\'),
+                b'x' => out.push(u8::from_str_radix(&s[i + 2..i + 4], 16).unwrap()),
+                c => panic!("unknown escape {c}"),
+            }
+            i += if b[i + 1] == b'x' { 4 } else { 2 };
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn hostile_process_names_are_escaped_on_one_line_and_round_trip() {
+    require_root();
+    let port = free_port();
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let name: &[u8] = b"ev\nil\x1b[31m\"q\\\xff";
+    let json = Tracer::start(&["watch", "--json", "--port", &port.to_string()]);
+    let human = Tracer::start(&["watch", "--port", &port.to_string()]);
+    let script = format!(
+        "import ctypes,socket; ctypes.CDLL(None).prctl(15, bytes.fromhex('{}'), 0, 0, 0); socket.create_connection(('127.0.0.1', {port})).close()",
+        name.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let st = Command::new("python3")
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _ = listener.accept();
+    let ev = json.wait_for("the hostile connect", WAIT, |ev| {
+        ev.iter().any(|e| e["new"] == "SYN_SENT")
+    });
+    let connect = ev.iter().find(|e| e["new"] == "SYN_SENT").unwrap();
+    let comm = connect["comm"].as_str().unwrap();
+    assert_eq!(unescape(comm), name, "JSON round-trips the bytes: {comm:?}");
+    let start = std::time::Instant::now();
+    let line = loop {
+        let lines = human.lines.lock().unwrap().clone();
+        if let Some(l) = lines.iter().find(|l| l.contains("SYN_SENT")) {
+            break l.clone();
+        }
+        assert!(start.elapsed() < WAIT, "no human line: {lines:?}");
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    assert!(line.contains(comm), "escaped name on the line: {line:?}");
+    assert!(
+        !line.chars().any(|c| c.is_control()),
+        "no raw control bytes: {line:?}"
+    );
+    let (st, out, _) = human.stop();
+    assert!(st.success());
+    assert!(out.iter().all(|l| !l.contains('\u{1b}')), "{out:?}");
+    json.stop();
+}

@@ -7,6 +7,7 @@
 
 mod bench;
 mod setup;
+mod stress;
 
 use std::process::{Command, ExitCode};
 
@@ -41,12 +42,40 @@ enum Task {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Bounded memory under a connection churn (and a `--soak`), with evictions forced.
+    Stress {
+        /// Connections to churn.
+        #[arg(long, default_value_t = 1_000_000)]
+        connections: u64,
+        /// Churn for this long instead (e.g. `10m`).
+        #[arg(long, value_parser = parse_secs)]
+        soak: Option<std::time::Duration>,
+        /// Connections held open meanwhile (both ends are tracked sockets).
+        #[arg(long, default_value_t = 8_000)]
+        hold: usize,
+        /// The tracer's --max-sockets.
+        #[arg(long, default_value_t = 10_000)]
+        max_sockets: usize,
+    },
     /// Run the whole test suite (unit and kernel integration tests; needs root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+/// `90s`, `10m`, `1h`.
+fn parse_secs(s: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n.parse().map_err(|_| format!("bad duration `{s}`"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("bad duration unit in `{s}`")),
+    };
+    Ok(std::time::Duration::from_secs(n * mult))
 }
 
 fn cargo() -> Command {
@@ -146,6 +175,29 @@ fn run(cli: Cli) -> Result<()> {
                     .env("PATH", setup::path_with_cargo_bin()),
             )?;
             bench::run(&root, std::time::Duration::from_secs(seconds), rounds)
+        }
+        Task::Stress {
+            connections,
+            soak,
+            hold,
+            max_sockets,
+        } => {
+            setup::ensure_all()?;
+            status(
+                cargo()
+                    .current_dir(&root)
+                    .args(["build", "--release", "--quiet", "-p", "tcp-trace"])
+                    .env("PATH", setup::path_with_cargo_bin()),
+            )?;
+            stress::run(
+                &root,
+                &stress::Plan {
+                    connections,
+                    soak,
+                    hold,
+                    max_sockets,
+                },
+            )
         }
         Task::Test { args } => {
             setup::ensure_all()?;

@@ -22,6 +22,8 @@ pub struct Life<W: Write> {
     filter: Filter,
     out: LifeWriter<W>,
     latest_ns: u64,
+    lives: u64,
+    lost: u64,
 }
 
 impl<W: Write> Life<W> {
@@ -39,6 +41,8 @@ impl<W: Write> Life<W> {
             filter,
             out: LifeWriter::new(out, json, clock),
             latest_ns: 0,
+            lives: 0,
+            lost: 0,
         }
     }
 
@@ -54,6 +58,7 @@ impl<W: Write> Life<W> {
                 .is_none_or(|p| l.owner.is_some_and(|o| o.pid == p));
             if pid_ok && self.filter.matches_endpoints(&t.saddr, t.sport, t.dport) {
                 self.out.life(&l)?;
+                self.lives += 1;
             }
         }
         Ok(())
@@ -68,7 +73,10 @@ impl<W: Write> Sink for Life<W> {
                     self.latest_ns = self.latest_ns.max(ev.ts_ns);
                     self.engine.apply(ev);
                 }
-                Record::Lost { .. } => self.engine.mark_all_incomplete(),
+                Record::Lost { count, .. } => {
+                    self.lost += count;
+                    self.engine.mark_all_incomplete();
+                }
             }
         }
         // Event time stands still on a quiet host: the grace period runs on the real clock.
@@ -82,6 +90,9 @@ impl<W: Write> Sink for Life<W> {
 
     fn finish(&mut self) -> Result<()> {
         self.emit(u64::MAX)?;
+        let now = crate::clock::monotonic_ns();
+        self.out
+            .summary(self.lives, self.engine.counters.evictions, self.lost, now)?;
         Ok(self.out.flush()?)
     }
 }

@@ -95,6 +95,9 @@ impl<W: Write> StuckCmd<W> {
         let mut engine = Engine::new(max_sockets, false).with_thresholds(set.thresholds);
         let seeded = seed_from_snapshot(&mut engine)?;
         log::info!("seeded {seeded} existing sockets from sock_diag");
+        if !crate::source::can_read_all_fds() {
+            log::warn!("without CAP_SYS_PTRACE the owners of other users' sockets are unknown");
+        }
         let now = monotonic_ns();
         Ok(Self {
             engine,

@@ -193,6 +193,27 @@ impl<W: Write> LifeWriter<W> {
         )
     }
 
+    /// End-of-run totals: connections reported, evictions, events lost.
+    pub fn summary(
+        &mut self,
+        lives: u64,
+        evictions: u64,
+        lost: u64,
+        now_ns: u64,
+    ) -> io::Result<()> {
+        if self.json {
+            return writeln!(
+                self.out,
+                "{{\"type\":\"summary\",\"ts\":\"{}\",\"lives\":{lives},\"evictions\":{evictions},\"lost\":{lost}}}",
+                self.clock.rfc3339(now_ns)
+            );
+        }
+        writeln!(
+            self.out,
+            "SUMMARY    {lives} connections, evictions {evictions}, lost events {lost}"
+        )
+    }
+
     /// Flushes the sink.
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()

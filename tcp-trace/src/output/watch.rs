@@ -155,6 +155,11 @@ impl<W: Write> WatchWriter<W> {
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+
+    /// The sink back (tests read what was written).
+    pub fn into_inner(self) -> W {
+        self.out
+    }
 }
 
 /// Appends `"key":` (keys are constants: nothing to escape).

@@ -1,0 +1,85 @@
+//! Least privilege: tcp-trace runs as an unprivileged user holding exactly CAP_BPF,
+//! CAP_PERFMON, CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE; with one missing it says which, on one
+//! line, and exits 2. (`setpriv` from util-linux drops everything else.)
+
+mod common;
+
+use std::{fs, os::unix::fs::PermissionsExt, process::Command, time::Duration};
+
+use common::*;
+
+const CAPS: &str = "+bpf,+perfmon,+dac_read_search,+sys_ptrace";
+
+/// A copy of the binary that user `nobody` can execute.
+fn binary() -> String {
+    let path = std::env::temp_dir().join(format!("tcp-trace-priv-{}", std::process::id()));
+    fs::copy(BIN, &path).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+fn as_nobody(caps: &str, args: &[&str]) -> std::process::Output {
+    require_root();
+    let bin = binary();
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(format!("--inh-caps=-all,{caps}"))
+        .arg(format!("--ambient-caps=-all,{caps}"))
+        .arg(format!("--bounding-set=-all,{caps}"))
+        .arg(&bin)
+        .args(args)
+        .output()
+        .expect("setpriv");
+    let _ = fs::remove_file(&bin);
+    out
+}
+
+#[test]
+fn runs_with_just_the_documented_capabilities() {
+    let port = free_port();
+    let peer = Peer::halfclose("127.0.0.1", port);
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = as_nobody(
+        CAPS,
+        &[
+            "stuck",
+            "--once",
+            "--json",
+            "--threshold",
+            "1s",
+            "--port",
+            &port.to_string(),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cw = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["state"] == "CLOSE_WAIT")
+        .expect("CLOSE_WAIT reported");
+    assert_eq!(
+        cw["pid"], peer.server_pid,
+        "owner found through /proc: {cw}"
+    );
+    assert_eq!(cw["fd"], peer.server_fd);
+}
+
+#[test]
+fn a_missing_capability_is_named_on_one_line() {
+    for (caps, missing) in [
+        ("+perfmon,+dac_read_search,+sys_ptrace", "CAP_BPF"),
+        ("+bpf,+perfmon", "CAP_DAC_READ_SEARCH"),
+    ] {
+        let out = as_nobody(caps, &["watch", "--duration", "1s"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{caps}: {err}");
+        assert_eq!(err.lines().count(), 1, "{caps}: {err}");
+        assert!(err.contains(missing), "{caps}: {err}");
+    }
+}

@@ -1,0 +1,105 @@
+//! Hostile and unknown input never panics: property tests (bounded, so they run in CI every
+//! time) over the decoder, the lifecycle engine and the JSON writer. No kernel needed.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use proptest::prelude::*;
+use tcp_trace::{
+    clock::Clock,
+    engine::{Engine, Owner},
+    event::{decode, Comm, Event, EventKind, Task, TcpState},
+    output::watch::{Annotated, WatchWriter},
+};
+
+fn cfg() -> ProptestConfig {
+    ProptestConfig {
+        cases: 512,
+        ..ProptestConfig::default()
+    }
+}
+
+fn kind() -> impl Strategy<Value = EventKind> {
+    let st = || (-3i32..20).prop_map(TcpState);
+    prop_oneof![
+        (st(), st()).prop_map(|(old, new)| EventKind::State { old, new }),
+        (st(), any::<i32>()).prop_map(|(state, err)| EventKind::Retransmit { state, err }),
+        any::<u64>().prop_map(|req| EventKind::SynackRetransmit { req }),
+        (proptest::option::of(st()), any::<u32>())
+            .prop_map(|(state, reason)| EventKind::ResetSent { state, reason }),
+        any::<u64>().prop_map(|cookie| EventKind::ResetReceived { cookie }),
+        any::<i32>().prop_map(|errno| EventKind::Error { errno }),
+    ]
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    (
+        0u64..5_000_000_000,
+        prop_oneof![
+            Just(0u64),
+            (1u64..6).prop_map(|s| 0xffff_8880_0000_0000 + s * 4096)
+        ],
+        any::<u32>(),
+        proptest::collection::vec(any::<u8>(), 0..16),
+        any::<bool>(),
+        0u16..4,
+        0u16..4,
+        kind(),
+    )
+        .prop_map(|(ts, sock, pid, name, v6, sport, dport, kind)| {
+            let a = if v6 {
+                IpAddr::V6(Ipv6Addr::LOCALHOST)
+            } else {
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            };
+            Event {
+                ts_ns: ts,
+                sock,
+                task: Task {
+                    pid,
+                    tid: pid,
+                    comm: Comm::from_bytes(&name),
+                },
+                saddr: a,
+                sport,
+                daddr: a,
+                dport,
+                kind,
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(cfg())]
+
+    #[test]
+    fn decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = decode(&bytes);
+    }
+
+    #[test]
+    fn engine_never_panics_and_stays_bounded(events in proptest::collection::vec(event(), 0..200), cap in 1usize..8) {
+        let mut e = Engine::new(cap, true);
+        for (i, ev) in events.iter().enumerate() {
+            let _ = e.apply(ev);
+            if i % 17 == 0 {
+                e.tick(ev.ts_ns);
+            }
+            prop_assert!(e.len() <= cap);
+        }
+        e.tick(u64::MAX / 2);
+        let _ = e.take_finished(u64::MAX);
+        let _ = e.take_notices();
+    }
+
+    #[test]
+    fn watch_json_is_always_one_valid_object(ev in event(), name in proptest::collection::vec(any::<u8>(), 0..16), ns in proptest::option::of(any::<u64>())) {
+        let owner = Owner { pid: 7, comm: Comm::from_bytes(&name) };
+        let mut w = WatchWriter::new(Vec::new(), true, Clock::fixed(1_700_000_000_000_000_000));
+        w.event(&Annotated { ev: &ev, sock: None, owner: Some(owner), ns_in_old: ns }).unwrap();
+        let out = w.into_inner();
+        let text = String::from_utf8(out).unwrap();
+        prop_assert_eq!(text.matches('\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        prop_assert_eq!(v["comm"].as_str().unwrap(), Comm::from_bytes(&name).escaped());
+    }
+}
