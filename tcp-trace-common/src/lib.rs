@@ -189,6 +189,14 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU `u64` count of ring-buffer reservations that failed (events lost).
     pub const LOST: &str = "LOST";
+    /// Global `u16`: only events with this local or remote port (0: all).
+    pub const FILTER_PORT: &str = "FILTER_PORT";
+    /// Global `u16`: only events with this local port (0: all).
+    pub const FILTER_SPORT: &str = "FILTER_SPORT";
+    /// Global `u16`: only events with this remote port (0: all).
+    pub const FILTER_DPORT: &str = "FILTER_DPORT";
+    /// Global `u16`: only events of this address family (0: all).
+    pub const FILTER_FAMILY: &str = "FILTER_FAMILY";
     /// Global `[u32; 16]`: bit `new` of entry `old` asks for the task's comm on `old → new`.
     pub const COMM_TRANSITIONS: &str = "COMM_TRANSITIONS";
 }

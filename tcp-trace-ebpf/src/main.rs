@@ -40,6 +40,35 @@ mod programs {
     #[map]
     static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+    /// Only this local or remote port (0: all); set at load time from `--port`.
+    #[unsafe(no_mangle)]
+    static FILTER_PORT: Global<u16> = Global::new(0);
+
+    /// Only this local port (0: all); from `--sport`.
+    #[unsafe(no_mangle)]
+    static FILTER_SPORT: Global<u16> = Global::new(0);
+
+    /// Only this remote port (0: all); from `--dport`.
+    #[unsafe(no_mangle)]
+    static FILTER_DPORT: Global<u16> = Global::new(0);
+
+    /// Only this address family (0: all); set at load time from `-4`/`-6`.
+    #[unsafe(no_mangle)]
+    static FILTER_FAMILY: Global<u16> = Global::new(0);
+
+    /// Whether an event with these endpoints passes the load-time filters. Checked before
+    /// reserving: a filtered-out event costs no ring-buffer space.
+    #[inline(always)]
+    fn wanted(family: u16, sport: u16, dport: u16) -> bool {
+        let port = FILTER_PORT.load();
+        let (sp, dp) = (FILTER_SPORT.load(), FILTER_DPORT.load());
+        let fam = FILTER_FAMILY.load();
+        (port == 0 || sport == port || dport == port)
+            && (sp == 0 || sport == sp)
+            && (dp == 0 || dport == dp)
+            && (fam == 0 || family == fam)
+    }
+
     /// Bit `new` of entry `old`: copy the task's comm for an `old → new` state change. Userspace
     /// fills it from the transitions only a socket's owner makes (everything else may run in
     /// softirq, where the task on the CPU is a bystander and its name is not worth ~60 ns).
@@ -145,6 +174,13 @@ mod programs {
 
     #[tracepoint(category = "sock", name = "inet_sock_set_state")]
     pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+        if !wanted(
+            field(&ctx, ss::FAMILY),
+            field(&ctx, ss::SPORT),
+            field(&ctx, ss::DPORT),
+        ) {
+            return 0;
+        }
         if field::<u16>(&ctx, ss::PROTOCOL) != IPPROTO_TCP {
             return 0;
         }
@@ -183,6 +219,13 @@ mod programs {
 
     #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
     pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+        if !wanted(
+            field(&ctx, rs::FAMILY),
+            field(&ctx, rs::SPORT),
+            field(&ctx, rs::DPORT),
+        ) {
+            return 0;
+        }
         let Some(mut e) = reserve::<RetransmitEvent>(&ctx) else {
             return 0;
         };
@@ -220,6 +263,13 @@ mod programs {
 
     #[tracepoint(category = "tcp", name = "tcp_retransmit_synack")]
     pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
+        if !wanted(
+            field(&ctx, ra::FAMILY),
+            field(&ctx, ra::SPORT),
+            field(&ctx, ra::DPORT),
+        ) {
+            return 0;
+        }
         let Some(mut e) = reserve::<SynackRetransmitEvent>(&ctx) else {
             return 0;
         };
@@ -252,6 +302,26 @@ mod programs {
 
     #[tracepoint(category = "tcp", name = "tcp_send_reset")]
     pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+        // The endpoints are sockaddr images: family (host order) at 0, port (network order)
+        // at 2 of each.
+        let fam: u16 = field(&ctx, sr::SADDR);
+        let sport = u16::from_be(field(
+            &ctx,
+            Field {
+                offset: sr::SADDR.offset + 2,
+                ..sr::SADDR
+            },
+        ));
+        let dport = u16::from_be(field(
+            &ctx,
+            Field {
+                offset: sr::DADDR.offset + 2,
+                ..sr::DADDR
+            },
+        ));
+        if !wanted(fam, sport, dport) {
+            return 0;
+        }
         let Some(mut e) = reserve::<ResetSentEvent>(&ctx) else {
             return 0;
         };
@@ -279,6 +349,13 @@ mod programs {
 
     #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
     pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+        if !wanted(
+            field(&ctx, rr::FAMILY),
+            field(&ctx, rr::SPORT),
+            field(&ctx, rr::DPORT),
+        ) {
+            return 0;
+        }
         let Some(mut e) = reserve::<ResetReceivedEvent>(&ctx) else {
             return 0;
         };
@@ -311,6 +388,13 @@ mod programs {
 
     #[tracepoint(category = "sock", name = "inet_sk_error_report")]
     pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
+        if !wanted(
+            field(&ctx, er::FAMILY),
+            field(&ctx, er::SPORT),
+            field(&ctx, er::DPORT),
+        ) {
+            return 0;
+        }
         if field::<u16>(&ctx, er::PROTOCOL) != IPPROTO_TCP {
             return 0;
         }

@@ -1,21 +1,30 @@
 //! Command-line interface (clap); thin: parses, builds the source and a sink, runs them.
 
-use std::{io, process::ExitCode, time::Duration};
+use std::{
+    fs::File,
+    io::{self, BufReader},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
     clock::Clock,
     commands::{
         life::Life,
+        record::Recorder,
         stuck::{Settings, StuckCmd},
         watch::Watch,
     },
+    env::{self, Env},
     event::TcpState,
     filter::{Family, Filter},
     halfopen::{Kind, Thresholds},
-    pipeline::{self, Stop},
+    pipeline::{self, Sink, Stop},
+    record::{Item, Reader},
     source::{KernelSource, Options},
     stuck::REPORTABLE,
 };
@@ -39,6 +48,21 @@ pub enum Command {
     Stuck(StuckArgs),
     /// Print one line per finished connection: owner, duration, every state, who closed first.
     Life(LifeArgs),
+    /// Record every event (and snapshots of the sockets) to a file, for `--replay` later.
+    Record(RecordArgs),
+}
+
+/// `record` options.
+#[derive(Args, Debug)]
+pub struct RecordArgs {
+    /// The recording to write.
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+    /// How often to snapshot the stuck-prone sockets and their owners (for `stuck --replay`).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub snapshot_interval: Duration,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 /// Options every tracing command shares.
@@ -47,9 +71,21 @@ pub struct Common {
     /// Only connections with this local or remote port.
     #[arg(long)]
     pub port: Option<u16>,
+    /// Only connections with this local port.
+    #[arg(long)]
+    pub sport: Option<u16>,
+    /// Only connections with this remote port.
+    #[arg(long)]
+    pub dport: Option<u16>,
+    /// Only connections with either address in this IP or CIDR (e.g. `10.0.0.0/8`, `::1`).
+    #[arg(long, value_parser = parse_net)]
+    pub addr: Option<ipnet::IpNet>,
     /// Only sockets owned by this process id.
     #[arg(long)]
     pub pid: Option<u32>,
+    /// Only sockets whose owner has this command name.
+    #[arg(long)]
+    pub comm: Option<String>,
     /// Only IPv4.
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
     pub ipv4: bool,
@@ -69,6 +105,9 @@ pub struct Common {
     /// comes later).
     #[arg(long, default_value_t = 3)]
     pub half_open_retransmits: u32,
+    /// Read a recording (`tcp-trace record`) instead of the kernel; no privileges needed.
+    #[arg(long, value_name = "FILE")]
+    pub replay: Option<PathBuf>,
     /// Half-open: time since the first unanswered retransmit needed.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub half_open_after: Duration,
@@ -78,6 +117,10 @@ impl Common {
     fn filter(&self) -> Filter {
         Filter {
             port: self.port,
+            sport: self.sport,
+            dport: self.dport,
+            addr: self.addr,
+            comm: self.comm.clone(),
             pid: self.pid,
             family: match (self.ipv4, self.ipv6) {
                 (true, _) => Family::V4,
@@ -97,6 +140,14 @@ impl Common {
     fn source_options(&self) -> Options {
         Options {
             ringbuf_bytes: self.ringbuf_size,
+            port: self.port,
+            sport: self.sport,
+            dport: self.dport,
+            family: match (self.ipv4, self.ipv6) {
+                (true, _) => Some(tcp_trace_common::AF_INET),
+                (_, true) => Some(tcp_trace_common::AF_INET6),
+                _ => None,
+            },
             ..Options::default()
         }
     }
@@ -134,6 +185,10 @@ pub struct StuckArgs {
     /// Report ESTABLISHED sockets idle this long without a keepalive timer.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub idle_after: Option<Duration>,
+    /// With --replay: report what was stuck at this time (`14:32:05` on the recording's day,
+    /// UTC, or RFC 3339), then exit like --once.
+    #[arg(long)]
+    pub at: Option<String>,
     /// With `--once`: how long to collect events before the report.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub settle: Duration,
@@ -164,6 +219,12 @@ fn parse_state(s: &str) -> Result<TcpState, String> {
     }
 }
 
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("`{s}` is not an IP address or CIDR network"))
+}
+
 fn parse_kind(s: &str) -> Result<Kind, String> {
     Kind::from_name(s).ok_or_else(|| {
         format!(
@@ -177,28 +238,114 @@ fn stdout() -> io::BufWriter<io::StdoutLock<'static>> {
     io::BufWriter::with_capacity(64 << 10, io::stdout().lock())
 }
 
+/// Where the events come from.
+enum Input {
+    /// The kernel, now.
+    Live(Box<KernelSource>, Stop, env::Live),
+    /// A recording.
+    Replay(Box<Reader<BufReader<File>>>, Box<env::Replay>),
+}
+
+impl Input {
+    /// Opens the kernel (attach first: callers snapshot after) or the recording; the clock to
+    /// print times with.
+    fn open(c: &Common) -> Result<(Self, Clock)> {
+        match &c.replay {
+            None => {
+                let stop = Stop::new(c.duration)?;
+                let src = KernelSource::open(c.source_options())?;
+                Ok((Self::Live(Box::new(src), stop, env::Live), Clock::measure()))
+            }
+            Some(path) => {
+                let file =
+                    File::open(path).with_context(|| format!("opening {}", path.display()))?;
+                let mut reader = Reader::open(BufReader::new(file))
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let first = match reader.next_item() {
+                    Ok(Some(Item::Snapshot(s))) => *s,
+                    Ok(_) => {
+                        anyhow::bail!("{}: no start-up snapshot after the header", path.display())
+                    }
+                    Err(e) => {
+                        return Err(
+                            anyhow::Error::new(e).context(format!("reading {}", path.display()))
+                        )
+                    }
+                };
+                let h = &reader.header;
+                let boot: u128 = h.boot_epoch_ns.parse().context("header: boot_epoch_ns")?;
+                let env = env::Replay::new(first, Duration::from_secs(h.fin_timeout_s));
+                Ok((
+                    Self::Replay(Box::new(reader), Box::new(env)),
+                    Clock::fixed(boot),
+                ))
+            }
+        }
+    }
+
+    /// The environment sinks are built with.
+    fn env(&mut self) -> &mut dyn Env {
+        match self {
+            Self::Live(_, _, e) => e,
+            Self::Replay(_, e) => e.as_mut(),
+        }
+    }
+
+    async fn run(self, sink: &mut dyn Sink) -> Result<()> {
+        match self {
+            Self::Live(mut src, mut stop, _) => {
+                pipeline::run(&mut src, &mut stop, sink).await?;
+            }
+            Self::Replay(mut reader, mut env) => pipeline::replay(&mut reader, sink, &mut env)?,
+        }
+        Ok(())
+    }
+}
+
+/// `14:32:05` (on the recording's day, UTC) or a full RFC 3339 time → monotonic ns.
+fn at_time(s: &str, reader_start: &str, clock: &Clock) -> Result<u64> {
+    let full = if s.contains('T') {
+        s.to_string()
+    } else {
+        let day = reader_start.get(..10).unwrap_or("1970-01-01");
+        format!("{day}T{s}Z")
+    };
+    let wall =
+        humantime::parse_rfc3339_weak(&full).with_context(|| format!("--at {s}: not a time"))?;
+    let ns = wall
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    Ok(ns.saturating_sub(clock.boot_epoch_ns()) as u64)
+}
+
 /// Runs a parsed command line; the exit status for success paths.
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Watch(a) => {
             let c = &a.common;
-            let mut stop = Stop::new(c.duration)?;
-            let mut src = KernelSource::open(c.source_options())?;
+            let (input, clock) = Input::open(c)?;
             let mut sink = Watch::new(
                 stdout(),
                 a.json,
-                Clock::measure(),
+                clock,
                 c.filter(),
                 (c.max_sockets, c.thresholds()),
             );
-            pipeline::run(&mut src, &mut stop, &mut sink).await?;
+            input.run(&mut sink).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Stuck(a) => {
             let c = &a.common;
-            let mut stop = Stop::new(c.duration)?;
-            // Attach first, then snapshot: nothing that happens in between is missed.
-            let mut src = KernelSource::open(c.source_options())?;
+            // Attach first, then snapshot (in StuckCmd::new): nothing in between is missed.
+            let (mut input, clock) = Input::open(c)?;
+            if matches!(input, Input::Live(..)) && !crate::source::can_read_all_fds() {
+                log::warn!("without CAP_SYS_PTRACE the owners of other users' sockets are unknown");
+            }
+            let at = match (&a.at, &input) {
+                (Some(t), Input::Replay(r, _)) => Some(at_time(t, &r.header.start, &clock)?),
+                (Some(_), Input::Live(..)) => anyhow::bail!("--at needs --replay FILE"),
+                (None, _) => None,
+            };
             let set = Settings {
                 states: a.states.clone(),
                 threshold: a.threshold,
@@ -209,9 +356,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 idle_after: a.idle_after,
                 thresholds: c.thresholds(),
             };
-            let mut sink = StuckCmd::new(stdout(), a.json, Clock::measure(), set, c.max_sockets)?;
-            pipeline::run(&mut src, &mut stop, &mut sink).await?;
-            Ok(if a.once && sink.stuck_now() > 0 {
+            let mut sink = StuckCmd::new(stdout(), a.json, clock, set, c.max_sockets, input.env())?;
+            if let Some(at) = at {
+                sink.evaluate_at(at);
+            }
+            input.run(&mut sink).await?;
+            Ok(if (a.once || a.at.is_some()) && sink.stuck_now() > 0 {
                 ExitCode::from(1)
             } else {
                 ExitCode::SUCCESS
@@ -219,17 +369,51 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Life(a) => {
             let c = &a.common;
-            let mut stop = Stop::new(c.duration)?;
-            let mut src = KernelSource::open(c.source_options())?;
+            let (input, clock) = Input::open(c)?;
             let mut sink = Life::new(
                 stdout(),
                 a.json,
-                Clock::measure(),
+                clock,
                 c.filter(),
                 (c.max_sockets, c.thresholds()),
             );
-            pipeline::run(&mut src, &mut stop, &mut sink).await?;
+            input.run(&mut sink).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Record(a) => {
+            // A capture must survive its terminal going away.
+            // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+            unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+            let c = &a.common;
+            anyhow::ensure!(
+                c.replay.is_none(),
+                "record reads the kernel, not a recording"
+            );
+            let (mut input, clock) = Input::open(c)?;
+            let file = File::create(&a.output)
+                .with_context(|| format!("creating {}", a.output.display()))?;
+            let out = io::BufWriter::with_capacity(1 << 20, file);
+            let mut sink =
+                Recorder::new(out, &clock, c.filter(), a.snapshot_interval, input.env())?;
+            input.run(&mut sink).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_times() {
+        let c = Clock::fixed(1_763_856_000_000_000_000); // 2025-11-23T00:00:00Z at boot
+        let start = "2025-11-23T00:00:10.5Z";
+        assert_eq!(at_time("00:01:00", start, &c).unwrap(), 60_000_000_000);
+        assert_eq!(
+            at_time("2025-11-23T00:00:01.25Z", start, &c).unwrap(),
+            1_250_000_000
+        );
+        assert!(at_time("noon", start, &c).is_err());
     }
 }

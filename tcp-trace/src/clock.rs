@@ -49,6 +49,11 @@ impl Clock {
         Self { boot_epoch_ns }
     }
 
+    /// Wall-clock ns since the epoch at monotonic 0.
+    pub fn boot_epoch_ns(&self) -> u128 {
+        self.boot_epoch_ns
+    }
+
     /// Wall-clock time of a monotonic timestamp.
     pub fn wall(&self, mono_ns: u64) -> SystemTime {
         let ns = self.boot_epoch_ns + u128::from(mono_ns);

@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// A connection's endpoints, local side first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Tuple {
     /// Local address.
     pub saddr: IpAddr,

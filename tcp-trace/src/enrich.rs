@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// One TCP socket as sock_diag reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiagSocket {
     /// Endpoints, local first.
     pub tuple: Tuple,
@@ -40,8 +40,8 @@ pub struct DiagSocket {
     pub recv_q: u32,
     /// Bytes not yet acknowledged by the peer.
     pub send_q: u32,
-    /// Pending timer.
-    pub timer: Option<Timer>,
+    /// A keepalive timer is armed.
+    pub keepalive: bool,
     /// ms since the last packet was received (tcp_info), when known.
     pub last_recv_ms: Option<u32>,
     /// Current retransmission timeout in µs (tcp_info).
@@ -156,7 +156,7 @@ fn query(
                         uid: h.uid,
                         recv_q: h.recv_queue,
                         send_q: h.send_queue,
-                        timer: h.timer.clone(),
+                        keepalive: matches!(h.timer, Some(Timer::KeepAlive(_))),
                         last_recv_ms: None,
                         rto_us: None,
                         backoff: None,
@@ -193,7 +193,7 @@ fn query(
 }
 
 /// A process holding a socket.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Holder {
     /// Process id.
     pub pid: u32,

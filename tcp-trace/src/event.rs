@@ -15,7 +15,7 @@ use tcp_trace_common::{
 };
 
 /// A kernel TCP state number with its kernel name (without `TCP_`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct TcpState(pub i32);
 
 impl TcpState {
@@ -139,8 +139,10 @@ impl Comm {
     /// From the kernel's `char comm[16]`.
     pub fn from_raw(raw: &[u8; 16]) -> Self {
         let len = raw.iter().position(|&b| b == 0).unwrap_or(16);
+        let mut bytes = [0u8; 16];
+        bytes[..len].copy_from_slice(&raw[..len]);
         Self {
-            bytes: *raw,
+            bytes,
             len: len as u8,
         }
     }
@@ -151,6 +153,13 @@ impl Comm {
         let n = b.len().min(16);
         raw[..n].copy_from_slice(&b[..n]);
         Self::from_raw(&raw)
+    }
+
+    /// The kernel's `char comm[16]` again.
+    pub fn raw(&self) -> [u8; 16] {
+        let mut raw = [0u8; 16];
+        raw[..usize::from(self.len)].copy_from_slice(self.as_bytes());
+        raw
     }
 
     /// The raw bytes.
@@ -192,6 +201,19 @@ impl Comm {
             }
         }
         out
+    }
+}
+
+impl serde::Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.as_bytes())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Comm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Vec::<u8>::deserialize(d)?;
+        Ok(Self::from_bytes(&v))
     }
 }
 
@@ -450,6 +472,92 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
         }
     };
     Ok(ev)
+}
+
+fn raw_ip(a: &IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(v4) => {
+            let mut r = [0u8; 16];
+            r[..4].copy_from_slice(&v4.octets());
+            r
+        }
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn raw_sockaddr(a: &IpAddr, port: u16) -> [u8; 28] {
+    let mut r = [0u8; 28];
+    r[..2].copy_from_slice(&family_of(a).to_ne_bytes());
+    r[2..4].copy_from_slice(&port.to_be_bytes());
+    match a {
+        IpAddr::V4(v4) => r[4..8].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => r[8..24].copy_from_slice(&v6.octets()),
+    }
+    r
+}
+
+fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+    // SAFETY: T is one of tcp-trace-common's repr(C) structs: plain data, no implicit padding.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+}
+
+/// The record the kernel would have written for `ev` (recordings store events this way, so
+/// replay decodes them with [`decode`]).
+pub fn encode(ev: &Event) -> Vec<u8> {
+    let kind = match ev.kind {
+        EventKind::State { .. } => Kind::State,
+        EventKind::Retransmit { .. } => Kind::Retransmit,
+        EventKind::SynackRetransmit { .. } => Kind::SynackRetransmit,
+        EventKind::ResetSent { .. } => Kind::ResetSent,
+        EventKind::ResetReceived { .. } => Kind::ResetReceived,
+        EventKind::Error { .. } => Kind::Error,
+    };
+    let hdr = Header {
+        ts_ns: ev.ts_ns,
+        skaddr: ev.sock,
+        pid_tgid: (u64::from(ev.task.pid) << 32) | u64::from(ev.task.tid),
+        comm: ev.task.comm.raw(),
+        kind: kind as u8,
+        _pad: 0,
+        family: family_of(&ev.saddr),
+        sport: ev.sport,
+        dport: ev.dport,
+        saddr: raw_ip(&ev.saddr),
+        daddr: raw_ip(&ev.daddr),
+    };
+    match ev.kind {
+        EventKind::State { old, new } => bytes_of(&StateEvent {
+            hdr,
+            oldstate: old.0,
+            newstate: new.0,
+        }),
+        EventKind::Retransmit { state, err } => bytes_of(&RetransmitEvent {
+            hdr,
+            state: state.0,
+            err,
+        }),
+        EventKind::SynackRetransmit { req } => bytes_of(&SynackRetransmitEvent { hdr, req }),
+        EventKind::ResetSent { state, reason } => bytes_of(&ResetSentEvent {
+            hdr: Header {
+                family: 0,
+                sport: 0,
+                dport: 0,
+                saddr: [0; 16],
+                daddr: [0; 16],
+                ..hdr
+            },
+            state: state.map_or(0, |s| s.0),
+            reason,
+            saddr_raw: raw_sockaddr(&ev.saddr, ev.sport),
+            daddr_raw: raw_sockaddr(&ev.daddr, ev.dport),
+        }),
+        EventKind::ResetReceived { cookie } => bytes_of(&ResetReceivedEvent { hdr, cookie }),
+        EventKind::Error { errno } => bytes_of(&ErrorEvent {
+            hdr,
+            error: errno,
+            _pad: 0,
+        }),
+    }
 }
 
 /// The address family name used in output.

@@ -1,9 +1,14 @@
-//! Which events a command shows (`--port`, `--pid`, `-4`/`-6`). Filtering happens after the
-//! engine has seen the event, so owners and lifecycles stay complete.
+//! Which events a command shows. Port and family filters also run in the kernel (an event
+//! they reject never takes ring-buffer space); they are checked here again so a replay filters
+//! the same way. `--pid`, `--comm` and `--addr` run here only, after the engine has seen the
+//! event, so owners and lifecycles stay complete.
 
 use std::net::IpAddr;
 
-use crate::{engine::Owner, event::Event};
+use crate::{
+    engine::{Owner, Tuple},
+    event::Event,
+};
 
 /// Address family restriction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -22,6 +27,14 @@ pub enum Family {
 pub struct Filter {
     /// Either port equals this.
     pub port: Option<u16>,
+    /// The local port equals this.
+    pub sport: Option<u16>,
+    /// The remote port equals this.
+    pub dport: Option<u16>,
+    /// Either address is in this network.
+    pub addr: Option<ipnet::IpNet>,
+    /// The owner's command name equals this.
+    pub comm: Option<String>,
     /// The owner's pid equals this.
     pub pid: Option<u32>,
     /// Address family.
@@ -32,7 +45,32 @@ impl Filter {
     /// True when the event (with its owner as known) passes every condition.
     pub fn matches(&self, ev: &Event, owner: Option<&Owner>) -> bool {
         self.matches_endpoints(&ev.saddr, ev.sport, ev.dport)
-            && self.pid.is_none_or(|p| owner.is_some_and(|o| o.pid == p))
+            && self
+                .addr
+                .is_none_or(|n| n.contains(&ev.saddr) || n.contains(&ev.daddr))
+            && self.matches_owner(owner)
+    }
+
+    /// The address and port conditions for a connection (no owner needed: `record` uses this).
+    pub fn matches_tuple(&self, t: &Tuple) -> bool {
+        self.matches_endpoints(&t.saddr, t.sport, t.dport)
+            && self
+                .addr
+                .is_none_or(|n| n.contains(&t.saddr) || n.contains(&t.daddr))
+    }
+
+    /// Every condition, for a connection and its owner.
+    pub fn matches_conn(&self, t: &Tuple, owner: Option<&Owner>) -> bool {
+        self.matches_tuple(t) && self.matches_owner(owner)
+    }
+
+    /// The `--pid` and `--comm` conditions.
+    pub fn matches_owner(&self, owner: Option<&Owner>) -> bool {
+        self.pid.is_none_or(|p| owner.is_some_and(|o| o.pid == p))
+            && self
+                .comm
+                .as_ref()
+                .is_none_or(|c| owner.is_some_and(|o| o.comm.as_bytes() == c.as_bytes()))
     }
 
     /// The address and port conditions alone.
@@ -43,6 +81,8 @@ impl Filter {
             Family::V6 => addr.is_ipv6(),
         };
         fam && self.port.is_none_or(|p| sport == p || dport == p)
+            && self.sport.is_none_or(|p| sport == p)
+            && self.dport.is_none_or(|p| dport == p)
     }
 }
 
@@ -102,5 +142,27 @@ mod tests {
         };
         assert!(f.matches(&ev(false, 1, 2), Some(&o)));
         assert!(!f.matches(&ev(false, 1, 2), None));
+        let f = Filter {
+            sport: Some(1),
+            dport: Some(2),
+            ..Default::default()
+        };
+        assert!(f.matches(&ev(false, 1, 2), None));
+        assert!(!f.matches(&ev(false, 2, 1), None));
+        let f = Filter {
+            addr: Some("127.0.0.0/8".parse().unwrap()),
+            comm: Some("nginx".into()),
+            ..Default::default()
+        };
+        let nginx = Owner {
+            pid: 1,
+            comm: Comm::from_bytes(b"nginx"),
+        };
+        assert!(f.matches(&ev(false, 1, 2), Some(&nginx)));
+        assert!(!f.matches(&ev(false, 1, 2), Some(&o)), "other comm");
+        assert!(
+            !f.matches(&ev(true, 1, 2), Some(&nginx)),
+            "::1 is not in 127/8"
+        );
     }
 }

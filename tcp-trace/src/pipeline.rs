@@ -6,7 +6,11 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use crate::source::{KernelSource, Record};
+use crate::{
+    env::{self, Env},
+    record::{Item, Reader},
+    source::{KernelSource, Record},
+};
 
 /// What a sink wants after a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,9 +24,14 @@ pub enum Flow {
 /// Consumes batches of records.
 pub trait Sink {
     /// Handles one batch (possibly empty: called at least every poll interval).
-    fn batch(&mut self, records: &[Record]) -> Result<Flow>;
+    fn batch(&mut self, records: &[Record], env: &mut dyn Env) -> Result<Flow>;
     /// Called once at the end, after the last batch.
-    fn finish(&mut self) -> Result<()>;
+    fn finish(&mut self, env: &mut dyn Env) -> Result<()>;
+    /// When the sink next wants to run even without events (monotonic ns); a replay moves
+    /// its clock there between recorded items.
+    fn wakeup(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Why the loop ended.
@@ -70,13 +79,14 @@ impl Stop {
 
 /// Runs until stopped; drains what is queued once more at the end, then calls `finish`.
 pub async fn run(src: &mut KernelSource, stop: &mut Stop, sink: &mut dyn Sink) -> Result<Ended> {
+    let env = &mut env::Live;
     let mut batch = Vec::with_capacity(4096);
     let ended = loop {
         tokio::select! {
             r = src.fill(&mut batch) => r?,
             why = stop.wait() => break why,
         }
-        let flow = sink.batch(&batch)?;
+        let flow = sink.batch(&batch, env)?;
         batch.clear();
         if flow == Flow::Stop {
             break Ended::Sink;
@@ -84,14 +94,83 @@ pub async fn run(src: &mut KernelSource, stop: &mut Stop, sink: &mut dyn Sink) -
     };
     if ended != Ended::Sink {
         src.drain(&mut batch);
-        sink.batch(&batch)?;
+        sink.batch(&batch, env)?;
     }
-    sink.finish()?;
+    sink.finish(env)?;
     log::info!(
         "delivered {} events, lost {}, undecodable {}",
         src.delivered,
-        src.lost_total(),
+        src.lost_reported(),
         src.undecodable
     );
     Ok(ended)
+}
+
+/// Event time a replay batch spans, like the live drain period.
+const REPLAY_BATCH_NS: u64 = 50_000_000;
+
+/// Runs a sink over a recording, in the recording's time: items are batched by 50 ms of event
+/// time, the clock jumps to the sink's wake-ups between items, snapshots replace sock_diag.
+/// A malformed or truncated file still gets everything before the fault processed and the
+/// sink finished; then the error names the byte offset.
+pub fn replay<R: std::io::Read>(
+    reader: &mut Reader<R>,
+    sink: &mut dyn Sink,
+    env: &mut env::Replay,
+) -> Result<()> {
+    let mut batch: Vec<Record> = Vec::new();
+    let mut batch_end: Option<u64> = None;
+    let flush = |batch: &mut Vec<Record>, env: &mut env::Replay, sink: &mut dyn Sink, at: u64| {
+        env.advance(at);
+        let flow = sink.batch(batch, env);
+        batch.clear();
+        flow
+    };
+    let fault = loop {
+        let item = match reader.next_item() {
+            Ok(Some(item)) => item,
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        };
+        let ts = match &item {
+            Item::Event(ev) => ev.ts_ns,
+            Item::Lost { ts_ns, .. } | Item::End { ts_ns } => *ts_ns,
+            Item::Snapshot(s) => s.ts_ns,
+        };
+        // Close the open batch when this item is past it; let time reach the sink's wake-ups.
+        if let Some(end) = batch_end.filter(|end| ts >= *end) {
+            if flush(&mut batch, env, sink, end)? == Flow::Stop {
+                batch_end = None;
+                break None;
+            }
+            batch_end = None;
+        }
+        while let Some(w) = sink.wakeup().filter(|w| *w <= ts && *w >= env.now()) {
+            if flush(&mut batch, env, sink, w)? == Flow::Stop {
+                sink.finish(env)?;
+                return Ok(());
+            }
+            if sink.wakeup() == Some(w) {
+                break;
+            }
+        }
+        match item {
+            Item::Event(ev) => batch.push(Record::Event(ev)),
+            Item::Lost { ts_ns, count } => batch.push(Record::Lost { ts_ns, count }),
+            Item::Snapshot(s) => env.observe(*s),
+            Item::End { .. } => {}
+        }
+        batch_end.get_or_insert(ts + REPLAY_BATCH_NS);
+    };
+    let end = batch_end.unwrap_or(env.now());
+    flush(&mut batch, env, sink, end)?;
+    // Time runs on past the last item to the sink's pending wake-up (e.g. `stuck --at`).
+    if let Some(w) = sink.wakeup().filter(|w| *w > env.now() && fault.is_none()) {
+        flush(&mut batch, env, sink, w)?;
+    }
+    sink.finish(env)?;
+    match fault {
+        Some(e) => Err(anyhow::Error::new(e).context("replay")),
+        None => Ok(()),
+    }
 }

@@ -43,6 +43,14 @@ pub struct Options {
     pub ringbuf_bytes: u32,
     /// How often to drain when no wake-up arrives.
     pub poll: Duration,
+    /// In-kernel filter: only this local or remote port.
+    pub port: Option<u16>,
+    /// In-kernel filter: only this local port.
+    pub sport: Option<u16>,
+    /// In-kernel filter: only this remote port.
+    pub dport: Option<u16>,
+    /// In-kernel filter: only this address family (`AF_INET`/`AF_INET6`).
+    pub family: Option<u16>,
 }
 
 impl Default for Options {
@@ -50,6 +58,10 @@ impl Default for Options {
         Self {
             ringbuf_bytes: 4 << 20,
             poll: Duration::from_millis(50),
+            port: None,
+            sport: None,
+            dport: None,
+            family: None,
         }
     }
 }
@@ -195,6 +207,10 @@ impl KernelSource {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS, size)
             .override_global(names::COMM_TRANSITIONS, &comm, true)
+            .override_global(names::FILTER_PORT, &opts.port.unwrap_or(0), true)
+            .override_global(names::FILTER_SPORT, &opts.sport.unwrap_or(0), true)
+            .override_global(names::FILTER_DPORT, &opts.dport.unwrap_or(0), true)
+            .override_global(names::FILTER_FAMILY, &opts.family.unwrap_or(0), true)
             .override_global(
                 tcp_trace_common::layout::RETRANSMIT_HAS_ERR,
                 &u8::from(has_err),
@@ -254,6 +270,11 @@ impl KernelSource {
             attached,
             _ebpf: ebpf,
         })
+    }
+
+    /// Events lost that have been handed on as [`Record::Lost`].
+    pub fn lost_reported(&self) -> u64 {
+        self.lost_reported
     }
 
     /// Total events lost so far (sum of the per-CPU counters).

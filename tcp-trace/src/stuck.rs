@@ -275,7 +275,7 @@ mod tests {
             uid: 0,
             recv_q: 12,
             send_q: 0,
-            timer: None,
+            keepalive: false,
             last_recv_ms: Some(41_000),
             rto_us: None,
             backoff: None,

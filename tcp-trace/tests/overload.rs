@@ -104,3 +104,41 @@ fn tiny_ring_buffer_under_a_storm_reports_exact_losses() {
     assert_eq!(ev.last().unwrap()["lost"], lost);
     assert!(lost > 0);
 }
+
+#[test]
+fn kernel_port_filter_costs_no_ring_space() {
+    // A one-page ring buffer, a storm on another port, one connection on ours: the storm is
+    // dropped in the kernel before it takes ring space, so nothing is lost.
+    let port = free_port();
+    let ours = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let tracer = Tracer::start(&[
+        "watch",
+        "--json",
+        "--ringbuf-size",
+        "4096",
+        "--port",
+        &port.to_string(),
+    ]);
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = other.local_addr().unwrap();
+    let mut buf = [0u8; 1];
+    for _ in 0..2000 {
+        let c = TcpStream::connect(addr).unwrap();
+        let (mut s, _) = other.accept().unwrap();
+        drop(c);
+        let _ = s.read(&mut buf);
+    }
+    drop(TcpStream::connect(("127.0.0.1", port)).unwrap());
+    let _ = ours.accept().unwrap();
+    tracer.wait_for("our connection", Duration::from_secs(10), |ev| {
+        ev.iter().any(|e| e["new"] == "SYN_SENT")
+    });
+    let (st, out, err) = tracer.stop();
+    assert!(st.success());
+    let (delivered, lost) = counts(&err);
+    assert_eq!(lost, 0, "filtered events never reached the ring buffer");
+    assert!(delivered < 20, "only our connection's events: {delivered}");
+    assert!(parse(&out)
+        .iter()
+        .all(|e| e["sport"] == port || e["dport"] == port));
+}

@@ -378,3 +378,52 @@ fn hostile_process_names_are_escaped_on_one_line_and_round_trip() {
     assert!(out.iter().all(|l| !l.contains('\u{1b}')), "{out:?}");
     json.stop();
 }
+
+#[test]
+fn filters_show_only_matching_connections() {
+    require_root();
+    let port = free_port();
+    let ps = port.to_string();
+    let v6_only = Tracer::start(&["watch", "--json", "--port", &ps, "-6"]);
+    let to_port = Tracer::start(&["watch", "--json", "--dport", &ps]);
+    let by_addr = Tracer::start(&["watch", "--json", "--port", &ps, "--addr", "::1/128"]);
+    let by_comm = Tracer::start(&["watch", "--json", "--port", &ps, "--comm", "tt-match"]);
+    let l4 = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let l6 = TcpListener::bind(("::1", port)).unwrap();
+    drop(TcpStream::connect(("127.0.0.1", port)).unwrap());
+    drop(l4.accept().unwrap());
+    drop(TcpStream::connect(("::1", port)).unwrap());
+    drop(l6.accept().unwrap());
+    for name in ["tt-match", "tt-other"] {
+        let script = format!(
+            "import ctypes,socket; ctypes.CDLL(None).prctl(15, b'{name}', 0, 0, 0); socket.create_connection(('127.0.0.1', {port})).close()"
+        );
+        assert!(Command::new("python3")
+            .args(["-c", &script])
+            .status()
+            .unwrap()
+            .success());
+        drop(l4.accept().unwrap());
+    }
+    let done = |ev: &[Value]| ev.iter().filter(|e| e["new"] == "CLOSE").count() >= 1;
+    let v6 = v6_only.wait_for("v6 events", WAIT, done);
+    std::thread::sleep(Duration::from_millis(300));
+    let v6 = v6_only.json().into_iter().chain(v6).collect::<Vec<_>>();
+    assert!(v6.iter().all(|e| e["family"] == "ipv6"), "{v6:#?}");
+    let d = to_port.wait_for("client events", WAIT, done);
+    assert!(
+        d.iter().all(|e| e["dport"] == port),
+        "only the clients' side: {d:#?}"
+    );
+    assert!(d.iter().any(|e| e["family"] == "ipv4") && d.iter().any(|e| e["family"] == "ipv6"));
+    let a = by_addr.wait_for("::1 events", WAIT, done);
+    assert!(a.iter().all(|e| e["saddr"] == "::1"), "{a:#?}");
+    by_comm.wait_for("tt-match's connect", WAIT, |ev| !ev.is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+    let c = by_comm.json();
+    assert!(!c.is_empty());
+    assert!(c.iter().all(|e| e["comm"] == "tt-match"), "{c:#?}");
+    for t in [v6_only, to_port, by_addr, by_comm] {
+        t.stop();
+    }
+}

@@ -177,12 +177,18 @@ fn start(tool: Tool, bin: &Path) -> Result<Option<Traced>> {
             }
         });
     }
+    // From here on, dropping `t` stops the tracer (errors included).
+    let mut t = Traced {
+        child,
+        stderr: stderr.clone(),
+        lines,
+    };
     // Ready when its programs are attached.
     let t0 = Instant::now();
     loop {
         let ready = match tool {
             Tool::Tcpstates => {
-                bpf_stats(child.id()) != (0, 0) || t0.elapsed() > Duration::from_secs(3)
+                bpf_stats(t.child.id()) != (0, 0) || t0.elapsed() > Duration::from_secs(3)
             }
             _ => stderr
                 .lock()
@@ -192,7 +198,7 @@ fn start(tool: Tool, bin: &Path) -> Result<Option<Traced>> {
         if ready {
             break;
         }
-        if let Some(st) = child.try_wait()? {
+        if let Some(st) = t.child.try_wait()? {
             bail!(
                 "{} exited at start ({st}): {}",
                 tool.name(),
@@ -205,11 +211,17 @@ fn start(tool: Tool, bin: &Path) -> Result<Option<Traced>> {
         thread::sleep(Duration::from_millis(20));
     }
     thread::sleep(Duration::from_millis(300));
-    Ok(Some(Traced {
-        child,
-        stderr,
-        lines,
-    }))
+    Ok(Some(t))
+}
+
+impl Drop for Traced {
+    /// Stops the tracer on every way out of a run, errors included.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 fn number_after(text: &str, key: &str) -> Option<u64> {

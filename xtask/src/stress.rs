@@ -41,6 +41,18 @@ fn raise_fd_limit(n: u64) {
     }
 }
 
+/// Stops the tracer on every way out of [`run`], errors included.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// What to run.
 pub struct Plan {
     /// Connections to churn (ignored with `soak`).
@@ -57,21 +69,23 @@ pub struct Plan {
 pub fn run(root: &Path, plan: &Plan) -> Result<()> {
     raise_fd_limit(2 * plan.hold as u64 + 1024);
     let out_path = root.join("target/stress-stuck.ndjson");
-    let mut tracer = Command::new(root.join("target/release/tcp-trace"))
-        .args([
-            "stuck",
-            "--json",
-            "--interval",
-            "2s",
-            "--max-sockets",
-            &plan.max_sockets.to_string(),
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(fs::File::create(&out_path)?)
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting tcp-trace stuck")?;
-    let pid = tracer.id();
+    let mut tracer = KillOnDrop(
+        Command::new(root.join("target/release/tcp-trace"))
+            .args([
+                "stuck",
+                "--json",
+                "--interval",
+                "2s",
+                "--max-sockets",
+                &plan.max_sockets.to_string(),
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(fs::File::create(&out_path)?)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting tcp-trace stuck")?,
+    );
+    let pid = tracer.0.id();
     thread::sleep(Duration::from_secs(2));
 
     let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -116,7 +130,7 @@ pub fn run(root: &Path, plan: &Plan) -> Result<()> {
     drop(held);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid as i32, libc::SIGINT) };
-    let status = tracer.wait()?;
+    let status = tracer.0.wait()?;
     let out = fs::read_to_string(&out_path)?;
     let summary = out
         .lines()

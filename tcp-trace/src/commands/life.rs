@@ -7,6 +7,7 @@ use anyhow::Result;
 use crate::{
     clock::Clock,
     engine::Engine,
+    env::Env,
     filter::Filter,
     output::life::{is_listener, LifeWriter},
     pipeline::{Flow, Sink},
@@ -52,11 +53,7 @@ impl<W: Write> Life<W> {
                 continue;
             }
             let t = &l.tuple;
-            let pid_ok = self
-                .filter
-                .pid
-                .is_none_or(|p| l.owner.is_some_and(|o| o.pid == p));
-            if pid_ok && self.filter.matches_endpoints(&t.saddr, t.sport, t.dport) {
+            if self.filter.matches_conn(t, l.owner.as_ref()) {
                 self.out.life(&l)?;
                 self.lives += 1;
             }
@@ -66,7 +63,7 @@ impl<W: Write> Life<W> {
 }
 
 impl<W: Write> Sink for Life<W> {
-    fn batch(&mut self, records: &[Record]) -> Result<Flow> {
+    fn batch(&mut self, records: &[Record], env: &mut dyn Env) -> Result<Flow> {
         for r in records {
             match r {
                 Record::Event(ev) => {
@@ -80,7 +77,7 @@ impl<W: Write> Sink for Life<W> {
             }
         }
         // Event time stands still on a quiet host: the grace period runs on the real clock.
-        let now = self.latest_ns.max(crate::clock::monotonic_ns());
+        let now = self.latest_ns.max(env.now());
         self.engine.tick(now);
         self.engine.take_notices();
         self.emit(now.saturating_sub(GRACE_NS))?;
@@ -88,9 +85,9 @@ impl<W: Write> Sink for Life<W> {
         Ok(Flow::Continue)
     }
 
-    fn finish(&mut self) -> Result<()> {
+    fn finish(&mut self, env: &mut dyn Env) -> Result<()> {
         self.emit(u64::MAX)?;
-        let now = crate::clock::monotonic_ns();
+        let now = env.now();
         self.out
             .summary(self.lives, self.engine.counters.evictions, self.lost, now)?;
         Ok(self.out.flush()?)

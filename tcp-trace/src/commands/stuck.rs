@@ -9,12 +9,11 @@ use std::{
 
 use anyhow::Result;
 
-use netlink_packet_sock_diag::inet::Timer;
-
 use crate::{
-    clock::{monotonic_ns, Clock},
+    clock::Clock,
     engine::{Engine, Owner, Tuple},
-    enrich::{self, DiagSocket},
+    enrich::DiagSocket,
+    env::Env,
     event::TcpState,
     filter::Filter,
     halfopen::{Episode, Kind, Notice, Thresholds},
@@ -64,9 +63,9 @@ pub struct StuckCmd<W: Write> {
 
 /// Seeds an engine with every connected TCP socket that exists now (attach first, then call
 /// this: events queued meanwhile are merged by time). Returns how many were seeded.
-pub fn seed_from_snapshot(engine: &mut Engine) -> Result<usize> {
-    let snap = enrich::snapshot(netlink_packet_sock_diag::inet::StateFlags::all())?;
-    let now = monotonic_ns();
+pub fn seed_from_snapshot(engine: &mut Engine, env: &mut dyn Env) -> Result<usize> {
+    let snap = env.sockets(&[])?;
+    let now = env.now();
     let mut n = 0;
     for d in snap
         .iter()
@@ -91,14 +90,12 @@ impl<W: Write> StuckCmd<W> {
         clock: Clock,
         set: Settings,
         max_sockets: usize,
+        env: &mut dyn Env,
     ) -> Result<Self> {
         let mut engine = Engine::new(max_sockets, false).with_thresholds(set.thresholds);
-        let seeded = seed_from_snapshot(&mut engine)?;
+        let seeded = seed_from_snapshot(&mut engine, env)?;
         log::info!("seeded {seeded} existing sockets from sock_diag");
-        if !crate::source::can_read_all_fds() {
-            log::warn!("without CAP_SYS_PTRACE the owners of other users' sockets are unknown");
-        }
-        let now = monotonic_ns();
+        let now = env.now();
         Ok(Self {
             engine,
             out: StuckWriter::new(out, json, clock),
@@ -113,6 +110,12 @@ impl<W: Write> StuckCmd<W> {
         })
     }
 
+    /// Evaluate once at this monotonic time (a replay's `--at`), then stop.
+    pub fn evaluate_at(&mut self, at_ns: u64) {
+        self.set.once = Some(Duration::ZERO);
+        self.next_eval_ns = at_ns;
+    }
+
     /// Sockets stuck or half-open at the last evaluation (and peer resets seen).
     pub fn stuck_now(&self) -> usize {
         self.reported.len() + self.half_open.len() + self.idle.len() + self.resets as usize
@@ -120,18 +123,17 @@ impl<W: Write> StuckCmd<W> {
 
     fn wanted(&self, ep: &Episode) -> bool {
         let f = &self.set.filter;
-        self.set.kinds.contains(&ep.kind)
-            && f.matches_endpoints(&ep.tuple.saddr, ep.tuple.sport, ep.tuple.dport)
-            && f.pid.is_none_or(|p| ep.owner.is_some_and(|o| o.pid == p))
+        self.set.kinds.contains(&ep.kind) && f.matches_conn(&ep.tuple, ep.owner.as_ref())
     }
 
     /// Reports half-open notices as they come (live and during `--once`'s settle window).
-    fn notices(&mut self, now_ns: u64) -> Result<()> {
+    fn notices(&mut self, now_ns: u64, env: &mut dyn Env) -> Result<()> {
         for n in self.engine.take_notices() {
             match n {
                 Notice::Began(ep) if self.wanted(&ep) => {
                     let extra = match ep.kind {
-                        Kind::PeerUnreachable | Kind::ConnectBlackhole => enrich::lookup(&ep.tuple)
+                        Kind::PeerUnreachable | Kind::ConnectBlackhole => env
+                            .lookup(&ep.tuple)
                             .map(|d| Extra {
                                 rto: d.rto_us.map(|us| Duration::from_micros(u64::from(us))),
                                 backoff: d.backoff,
@@ -158,7 +160,7 @@ impl<W: Write> StuckCmd<W> {
     }
 
     /// ESTABLISHED sockets idle past `--idle-after` with no keepalive timer.
-    fn idle(&mut self, now_ns: u64) -> Result<()> {
+    fn idle(&mut self, now_ns: u64, env: &mut dyn Env) -> Result<()> {
         let Some(after) = self.set.idle_after else {
             return Ok(());
         };
@@ -166,9 +168,9 @@ impl<W: Write> StuckCmd<W> {
             return Ok(());
         }
         let mut now_idle = HashSet::new();
-        for d in enrich::snapshot(enrich::state_flags(&[TcpState::ESTABLISHED]))? {
+        for d in env.sockets(&[TcpState::ESTABLISHED])? {
             let idle = Duration::from_millis(u64::from(d.idle_ms.unwrap_or(0)));
-            let keepalive = matches!(d.timer, Some(Timer::KeepAlive(_)));
+            let keepalive = d.keepalive;
             if idle < after || keepalive || d.state != TcpState::ESTABLISHED {
                 continue;
             }
@@ -188,7 +190,7 @@ impl<W: Write> StuckCmd<W> {
                 idle: Some(idle),
             };
             if ep.owner.is_none() && d.inode != 0 {
-                let h = enrich::holders(&HashSet::from([d.inode]));
+                let h = env.holders(&HashSet::from([d.inode]));
                 ep.owner = h.get(&d.inode).and_then(|v| v.first()).map(|h| Owner {
                     pid: h.pid,
                     comm: h.comm,
@@ -206,15 +208,12 @@ impl<W: Write> StuckCmd<W> {
         Ok(())
     }
 
-    fn evaluate(&mut self, now_ns: u64) -> Result<()> {
-        let diag: Vec<DiagSocket> = enrich::snapshot(enrich::state_flags(&self.set.states))?
+    fn evaluate(&mut self, now_ns: u64, env: &mut dyn Env) -> Result<()> {
+        let diag: Vec<DiagSocket> = env
+            .sockets(&self.set.states)?
             .into_iter()
             .filter(|d| self.set.states.contains(&d.state))
-            .filter(|d| {
-                self.set
-                    .filter
-                    .matches_endpoints(&d.tuple.saddr, d.tuple.sport, d.tuple.dport)
-            })
+            .filter(|d| self.set.filter.matches_tuple(&d.tuple))
             .collect();
         // Sockets this run did not see enter their state age from first sight (or the tcp_info
         // lower bound, when larger).
@@ -232,7 +231,7 @@ impl<W: Write> StuckCmd<W> {
         let mut cx = Context {
             now_ns,
             threshold: self.set.threshold,
-            fin_timeout: enrich::fin_timeout(),
+            fin_timeout: env.fin_timeout(),
             holders: &no_holders,
             first_seen: &self.first_seen,
         };
@@ -245,17 +244,30 @@ impl<W: Write> StuckCmd<W> {
             .map(|d| d.inode)
             .filter(|&i| i != 0)
             .collect();
-        let holders = enrich::holders(&inodes);
+        let holders = env.holders(&inodes);
         cx.holders = &holders;
         let mut now_stuck = HashMap::new();
         for d in candidates {
             let Some(s) = assess(&self.engine, d, &cx) else {
                 continue;
             };
-            let pid_ok = self.set.filter.pid.is_none_or(|p| {
-                s.holders.iter().any(|h| h.pid == p) || s.owner.is_some_and(|o| o.pid == p)
-            });
-            if pid_ok {
+            // Any holder (or the owner the tracer learned) may satisfy --pid / --comm.
+            let owners = s
+                .holders
+                .iter()
+                .map(|h| Owner {
+                    pid: h.pid,
+                    comm: h.comm,
+                })
+                .chain(s.owner);
+            let wanted = if self.set.filter.pid.is_some() || self.set.filter.comm.is_some() {
+                owners
+                    .into_iter()
+                    .any(|o| self.set.filter.matches_owner(Some(&o)))
+            } else {
+                true
+            };
+            if wanted {
                 now_stuck.insert(s.tuple, s);
             }
         }
@@ -289,14 +301,14 @@ impl<W: Write> StuckCmd<W> {
             }
             self.reported.insert(t, s);
         }
-        self.idle(now_ns)?;
+        self.idle(now_ns, env)?;
         self.out.flush()?;
         Ok(())
     }
 }
 
 impl<W: Write> Sink for StuckCmd<W> {
-    fn batch(&mut self, records: &[Record]) -> Result<Flow> {
+    fn batch(&mut self, records: &[Record], env: &mut dyn Env) -> Result<Flow> {
         for r in records {
             match r {
                 Record::Event(ev) => {
@@ -308,14 +320,14 @@ impl<W: Write> Sink for StuckCmd<W> {
                 }
             }
         }
-        let now = monotonic_ns();
+        let now = env.now();
         self.engine.tick(now);
-        self.notices(now)?;
+        self.notices(now, env)?;
         self.out.flush()?;
         if now < self.next_eval_ns {
             return Ok(Flow::Continue);
         }
-        self.evaluate(now)?;
+        self.evaluate(now, env)?;
         if self.set.once.is_some() {
             return Ok(Flow::Stop);
         }
@@ -323,11 +335,15 @@ impl<W: Write> Sink for StuckCmd<W> {
         Ok(Flow::Continue)
     }
 
-    fn finish(&mut self) -> Result<()> {
-        let now = monotonic_ns();
+    fn wakeup(&self) -> Option<u64> {
+        Some(self.next_eval_ns)
+    }
+
+    fn finish(&mut self, env: &mut dyn Env) -> Result<()> {
+        let now = env.now();
         if self.set.once.is_some() && self.next_eval_ns > now {
             // stopped by a signal before the settle window ended: report what we have
-            self.evaluate(now)?;
+            self.evaluate(now, env)?;
         }
         self.sum.stuck_now = self.reported.len() as u64;
         self.sum.half_open_now = (self.half_open.len() + self.idle.len()) as u64;

@@ -7,6 +7,7 @@ use anyhow::Result;
 use crate::{
     clock::Clock,
     engine::Engine,
+    env::Env,
     filter::Filter,
     halfopen::Notice,
     output::watch::{Annotated, WatchWriter},
@@ -39,7 +40,7 @@ impl<W: Write> Watch<W> {
 }
 
 impl<W: Write> Sink for Watch<W> {
-    fn batch(&mut self, records: &[Record]) -> Result<Flow> {
+    fn batch(&mut self, records: &[Record], env: &mut dyn Env) -> Result<Flow> {
         for r in records {
             match r {
                 Record::Event(ev) => {
@@ -60,25 +61,20 @@ impl<W: Write> Sink for Watch<W> {
                 }
             }
         }
-        self.engine.tick(crate::clock::monotonic_ns());
+        let now = env.now();
+        self.engine.tick(now);
         for n in self.engine.take_notices() {
             let (Notice::Began(ep) | Notice::Ended(ep)) = &n;
-            let shown =
-                self.filter
-                    .matches_endpoints(&ep.tuple.saddr, ep.tuple.sport, ep.tuple.dport)
-                    && self
-                        .filter
-                        .pid
-                        .is_none_or(|p| ep.owner.is_some_and(|o| o.pid == p));
+            let shown = self.filter.matches_conn(&ep.tuple, ep.owner.as_ref());
             if shown {
-                self.out.half_open(ep, crate::clock::monotonic_ns())?;
+                self.out.half_open(ep, now)?;
             }
         }
         self.out.flush()?;
         Ok(Flow::Continue)
     }
 
-    fn finish(&mut self) -> Result<()> {
+    fn finish(&mut self, _env: &mut dyn Env) -> Result<()> {
         Ok(self.out.flush()?)
     }
 }

@@ -1,0 +1,133 @@
+//! The world outside the event stream, as the commands see it: the time, what sock_diag lists,
+//! who holds a socket. Live, it is the kernel and `/proc`; in a replay, the recording's
+//! snapshots at the recording's time — so every command runs the same code on both.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use anyhow::Result;
+
+use crate::{
+    clock::monotonic_ns,
+    engine::Tuple,
+    enrich::{self, DiagSocket, Holder},
+    event::TcpState,
+    record::Snapshot,
+};
+
+/// Time, sockets and owners.
+pub trait Env {
+    /// Monotonic ns now.
+    fn now(&self) -> u64;
+    /// Sockets in `states` (every state when empty).
+    fn sockets(&mut self, states: &[TcpState]) -> Result<Vec<DiagSocket>>;
+    /// Holders of these inodes.
+    fn holders(&mut self, inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>>;
+    /// The socket with these endpoints, if visible.
+    fn lookup(&mut self, t: &Tuple) -> Option<DiagSocket>;
+    /// `net.ipv4.tcp_fin_timeout`.
+    fn fin_timeout(&self) -> Duration;
+}
+
+fn in_states(d: &DiagSocket, states: &[TcpState]) -> bool {
+    states.is_empty() || states.contains(&d.state)
+}
+
+/// The live host.
+pub struct Live;
+
+impl Env for Live {
+    fn now(&self) -> u64 {
+        monotonic_ns()
+    }
+
+    fn sockets(&mut self, states: &[TcpState]) -> Result<Vec<DiagSocket>> {
+        let flags = if states.is_empty() {
+            netlink_packet_sock_diag::inet::StateFlags::all()
+        } else {
+            enrich::state_flags(states)
+        };
+        Ok(enrich::snapshot(flags)?
+            .into_iter()
+            .filter(|d| in_states(d, states))
+            .collect())
+    }
+
+    fn holders(&mut self, inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>> {
+        enrich::holders(inodes)
+    }
+
+    fn lookup(&mut self, t: &Tuple) -> Option<DiagSocket> {
+        enrich::lookup(t)
+    }
+
+    fn fin_timeout(&self) -> Duration {
+        enrich::fin_timeout()
+    }
+}
+
+/// A recording: its latest snapshot at its current time.
+pub struct Replay {
+    now_ns: u64,
+    snap: Snapshot,
+    holders: HashMap<u32, Vec<Holder>>,
+    fin_timeout: Duration,
+}
+
+impl Replay {
+    /// Starts from the recording's first snapshot.
+    pub fn new(first: Snapshot, fin_timeout: Duration) -> Self {
+        let mut r = Self {
+            now_ns: first.ts_ns,
+            snap: Snapshot::default(),
+            holders: HashMap::new(),
+            fin_timeout,
+        };
+        r.observe(first);
+        r
+    }
+
+    /// A newer snapshot from the recording.
+    pub fn observe(&mut self, snap: Snapshot) {
+        self.holders = snap.holders.iter().cloned().collect();
+        self.snap = snap;
+    }
+
+    /// Time moves on to `ts_ns` (never backwards).
+    pub fn advance(&mut self, ts_ns: u64) {
+        self.now_ns = self.now_ns.max(ts_ns);
+    }
+}
+
+impl Env for Replay {
+    fn now(&self) -> u64 {
+        self.now_ns
+    }
+
+    fn sockets(&mut self, states: &[TcpState]) -> Result<Vec<DiagSocket>> {
+        Ok(self
+            .snap
+            .sockets
+            .iter()
+            .filter(|d| in_states(d, states))
+            .cloned()
+            .collect())
+    }
+
+    fn holders(&mut self, inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>> {
+        inodes
+            .iter()
+            .filter_map(|i| self.holders.get(i).map(|h| (*i, h.clone())))
+            .collect()
+    }
+
+    fn lookup(&mut self, t: &Tuple) -> Option<DiagSocket> {
+        self.snap.sockets.iter().find(|d| d.tuple == *t).cloned()
+    }
+
+    fn fin_timeout(&self) -> Duration {
+        self.fin_timeout
+    }
+}

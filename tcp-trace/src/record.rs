@@ -1,0 +1,335 @@
+//! Recordings: what `tcp-trace record` writes and `--replay` reads.
+//!
+//! Format (version 1), little-endian:
+//!
+//! ```text
+//! "TCPTRACE-RECORD\n"                      magic
+//! u32 length, JSON header                  version, host, kernel, start, clock offset, …
+//! frames, each: u8 tag, u32 length, payload
+//!   1 event     the kernel's record bytes (`tcp_trace_common` layout; decoded by event::decode)
+//!   2 lost      u64 monotonic ns, u64 count
+//!   3 snapshot  JSON: sock_diag sockets and their /proc holders at a monotonic time
+//!   4 end       u64 monotonic ns (a complete recording ends with it)
+//! ```
+//!
+//! Events keep the kernel's binary layout (88–144 bytes each) so a recording costs about what
+//! the ring buffer carried; snapshots are rare and JSON.
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    enrich::{DiagSocket, Holder},
+    event::{decode, encode, Event},
+};
+
+/// The first bytes of every recording.
+pub const MAGIC: &[u8; 16] = b"TCPTRACE-RECORD\n";
+/// The format version this build writes and the newest it reads.
+pub const VERSION: u32 = 1;
+
+const TAG_EVENT: u8 = 1;
+const TAG_LOST: u8 = 2;
+const TAG_SNAPSHOT: u8 = 3;
+const TAG_END: u8 = 4;
+/// Larger frames are corruption, not data.
+const MAX_FRAME: u32 = 64 << 20;
+
+/// The recording's header.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileHeader {
+    /// Format version.
+    pub version: u32,
+    /// Host name.
+    pub host: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// Wall-clock start, RFC 3339.
+    pub start: String,
+    /// Wall-clock ns since the epoch at monotonic 0 (as a decimal string: it exceeds u64
+    /// precision in some JSON readers).
+    pub boot_epoch_ns: String,
+    /// `net.ipv4.tcp_fin_timeout` in seconds when recorded.
+    pub fin_timeout_s: u64,
+    /// The tcp-trace version that wrote it.
+    pub tool: String,
+}
+
+/// Sockets and their holders at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Monotonic ns.
+    pub ts_ns: u64,
+    /// What sock_diag listed.
+    pub sockets: Vec<DiagSocket>,
+    /// inode → holders.
+    pub holders: Vec<(u32, Vec<Holder>)>,
+}
+
+/// One item of a recording.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Item {
+    /// A kernel event.
+    Event(Event),
+    /// Events the kernel could not queue.
+    Lost {
+        /// When noticed.
+        ts_ns: u64,
+        /// How many.
+        count: u64,
+    },
+    /// A sock_diag snapshot.
+    Snapshot(Box<Snapshot>),
+    /// The clean end.
+    End {
+        /// When recording stopped.
+        ts_ns: u64,
+    },
+}
+
+/// Writes a recording.
+pub struct Writer<W: Write> {
+    w: W,
+}
+
+impl<W: Write> Writer<W> {
+    /// Writes the magic and the header.
+    pub fn new(mut w: W, header: &FileHeader) -> io::Result<Self> {
+        w.write_all(MAGIC)?;
+        let h = serde_json::to_vec(header)?;
+        w.write_all(&(h.len() as u32).to_le_bytes())?;
+        w.write_all(&h)?;
+        Ok(Self { w })
+    }
+
+    fn frame(&mut self, tag: u8, payload: &[u8]) -> io::Result<()> {
+        self.w.write_all(&[tag])?;
+        self.w.write_all(&(payload.len() as u32).to_le_bytes())?;
+        self.w.write_all(payload)
+    }
+
+    /// One item.
+    pub fn item(&mut self, item: &Item) -> io::Result<()> {
+        match item {
+            Item::Event(ev) => self.frame(TAG_EVENT, &encode(ev)),
+            Item::Lost { ts_ns, count } => {
+                let mut p = ts_ns.to_le_bytes().to_vec();
+                p.extend_from_slice(&count.to_le_bytes());
+                self.frame(TAG_LOST, &p)
+            }
+            Item::Snapshot(s) => self.frame(TAG_SNAPSHOT, &serde_json::to_vec(s)?),
+            Item::End { ts_ns } => self.frame(TAG_END, &ts_ns.to_le_bytes()),
+        }
+    }
+
+    /// Flushes and returns the sink.
+    pub fn into_inner(mut self) -> io::Result<W> {
+        self.w.flush()?;
+        Ok(self.w)
+    }
+}
+
+/// A malformed recording: what and where.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ReadError {
+    /// Byte offset of the frame (or header) that is wrong.
+    pub offset: u64,
+    /// What is wrong.
+    pub what: String,
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at byte {}", self.what, self.offset)
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+/// Reads a recording, item by item.
+pub struct Reader<R: Read> {
+    r: R,
+    offset: u64,
+    /// The header.
+    pub header: FileHeader,
+    ended: bool,
+}
+
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+impl<R: Read> Reader<R> {
+    /// Checks the magic and the version, reads the header.
+    pub fn open(mut r: R) -> Result<Self, ReadError> {
+        let err = |offset, what: String| ReadError { offset, what };
+        let mut magic = [0u8; 16];
+        let n = read_full(&mut r, &mut magic).map_err(|e| err(0, e.to_string()))?;
+        if n < 16 || &magic != MAGIC {
+            return Err(err(0, "not a tcp-trace recording (bad magic)".into()));
+        }
+        let mut len = [0u8; 4];
+        if read_full(&mut r, &mut len).map_err(|e| err(16, e.to_string()))? < 4 {
+            return Err(err(16, "truncated header".into()));
+        }
+        let len = u32::from_le_bytes(len);
+        if len > MAX_FRAME {
+            return Err(err(16, format!("header length {len} is not plausible")));
+        }
+        let mut h = vec![0u8; len as usize];
+        if read_full(&mut r, &mut h).map_err(|e| err(20, e.to_string()))? < h.len() {
+            return Err(err(20, "truncated header".into()));
+        }
+        // Check the version before anything else a newer format may have changed.
+        let v: serde_json::Value =
+            serde_json::from_slice(&h).map_err(|e| err(20, format!("malformed header: {e}")))?;
+        let version = v["version"].as_u64().unwrap_or(0);
+        if version > u64::from(VERSION) {
+            return Err(err(
+                20,
+                format!("recording format version {version} is newer than this tcp-trace reads (up to {VERSION}); use a newer tcp-trace"),
+            ));
+        }
+        let header: FileHeader =
+            serde_json::from_value(v).map_err(|e| err(20, format!("malformed header: {e}")))?;
+        Ok(Self {
+            r,
+            offset: 20 + u64::from(len),
+            header,
+            ended: false,
+        })
+    }
+
+    /// The next item; `Ok(None)` at the end of the file (whether or not it ended cleanly:
+    /// see [`Reader::ended_cleanly`]).
+    pub fn next_item(&mut self) -> Result<Option<Item>, ReadError> {
+        let at = self.offset;
+        let err = |what: String| ReadError { offset: at, what };
+        let mut head = [0u8; 5];
+        let n = read_full(&mut self.r, &mut head).map_err(|e| err(e.to_string()))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if n < 5 {
+            return Err(err("truncated frame header".into()));
+        }
+        if self.ended {
+            return Err(err("data after the end frame".into()));
+        }
+        let tag = head[0];
+        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+        if len > MAX_FRAME {
+            return Err(err(format!("frame length {len} is not plausible")));
+        }
+        let mut p = vec![0u8; len as usize];
+        if read_full(&mut self.r, &mut p).map_err(|e| err(e.to_string()))? < p.len() {
+            return Err(err(format!("truncated frame (tag {tag}, {len} bytes)")));
+        }
+        self.offset += 5 + u64::from(len);
+        let u64_at = |p: &[u8], i: usize| -> Option<u64> {
+            p.get(i..i + 8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+        };
+        let item = match tag {
+            TAG_EVENT => Item::Event(decode(&p).map_err(|e| err(format!("bad event: {e}")))?),
+            TAG_LOST => match (u64_at(&p, 0), u64_at(&p, 8)) {
+                (Some(ts_ns), Some(count)) if p.len() == 16 => Item::Lost { ts_ns, count },
+                _ => return Err(err("bad lost frame".into())),
+            },
+            TAG_SNAPSHOT => Item::Snapshot(Box::new(
+                serde_json::from_slice(&p).map_err(|e| err(format!("bad snapshot: {e}")))?,
+            )),
+            TAG_END => match u64_at(&p, 0) {
+                Some(ts_ns) if p.len() == 8 => {
+                    self.ended = true;
+                    Item::End { ts_ns }
+                }
+                _ => return Err(err("bad end frame".into())),
+            },
+            t => return Err(err(format!("unknown frame tag {t}"))),
+        };
+        Ok(Some(item))
+    }
+
+    /// Whether the end frame was seen.
+    pub fn ended_cleanly(&self) -> bool {
+        self.ended
+    }
+
+    /// Bytes consumed so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn header() -> FileHeader {
+        FileHeader {
+            version: VERSION,
+            host: "h".into(),
+            kernel: "6.18".into(),
+            start: "2026-11-23T00:00:00Z".into(),
+            boot_epoch_ns: "1700000000000000000".into(),
+            fin_timeout_s: 60,
+            tool: "test".into(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_clean_end() {
+        let mut w = Writer::new(Vec::new(), &header()).unwrap();
+        w.item(&Item::Lost { ts_ns: 5, count: 7 }).unwrap();
+        w.item(&Item::Snapshot(Box::default())).unwrap();
+        w.item(&Item::End { ts_ns: 9 }).unwrap();
+        let bytes = w.into_inner().unwrap();
+        let mut r = Reader::open(&bytes[..]).unwrap();
+        assert_eq!(r.header, header());
+        assert_eq!(
+            r.next_item().unwrap(),
+            Some(Item::Lost { ts_ns: 5, count: 7 })
+        );
+        assert!(matches!(r.next_item().unwrap(), Some(Item::Snapshot(_))));
+        assert_eq!(r.next_item().unwrap(), Some(Item::End { ts_ns: 9 }));
+        assert_eq!(r.next_item().unwrap(), None);
+        assert!(r.ended_cleanly());
+    }
+
+    #[test]
+    fn truncation_names_the_offset_and_keeps_what_came_before() {
+        let mut w = Writer::new(Vec::new(), &header()).unwrap();
+        w.item(&Item::Lost { ts_ns: 1, count: 1 }).unwrap();
+        w.item(&Item::Lost { ts_ns: 2, count: 2 }).unwrap();
+        let bytes = w.into_inner().unwrap();
+        let cut = &bytes[..bytes.len() - 3];
+        let mut r = Reader::open(cut).unwrap();
+        let second_at = r.offset() + 21;
+        assert!(r.next_item().unwrap().is_some());
+        let e = r.next_item().unwrap_err();
+        assert_eq!(e.offset, second_at);
+        assert!(e.what.contains("truncated frame"), "{e}");
+        assert!(!r.ended_cleanly());
+    }
+
+    #[test]
+    fn newer_version_is_refused_clearly() {
+        let mut h = header();
+        h.version = VERSION + 1;
+        let bytes = Writer::new(Vec::new(), &h).unwrap().into_inner().unwrap();
+        let e = Reader::open(&bytes[..]).err().unwrap();
+        assert!(e.what.contains("newer than this tcp-trace reads"), "{e}");
+        assert!(Reader::open(&b"hello world, not a recording"[..]).is_err());
+    }
+}

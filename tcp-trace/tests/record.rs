@@ -1,0 +1,242 @@
+//! Record and replay: a real scenario recorded while `life` and `stuck` run live; replaying
+//! the recording (without privileges) gives the same reports. Damaged recordings fail with a
+//! clear error after reporting everything before the damage.
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    process::Command,
+    time::Duration,
+};
+
+use common::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn replay(args: &[&str]) -> (i32, Vec<Value>, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ev = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (
+        out.status.code().unwrap_or(-1),
+        ev,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn without(v: &Value, keys: &[&str]) -> Value {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        for k in keys {
+            o.remove(*k);
+        }
+    }
+    v
+}
+
+/// What a stuck report says, without its timing.
+fn shape(v: &Value) -> String {
+    let history: Vec<&str> = v["history"].as_array().map_or(vec![], |h| {
+        h.iter().map(|s| s["state"].as_str().unwrap()).collect()
+    });
+    format!(
+        "{} {} {}:{} {}:{} pid={} comm={} fd={} held={} eof={} exact={} {:?}",
+        v["type"],
+        v["state"],
+        v["saddr"],
+        v["sport"],
+        v["daddr"],
+        v["dport"],
+        v["pid"],
+        v["comm"],
+        v["fd"],
+        v["held"],
+        v["eof_read"],
+        v["age_exact"],
+        history
+    )
+}
+
+#[test]
+fn replayed_life_and_stuck_equal_the_live_ones() {
+    // One port for everything, so the recording can filter on it in the kernel and other
+    // traffic on the host cannot crowd it out.
+    let stuck_port = free_port();
+    let life_port = stuck_port;
+    let file = std::env::temp_dir().join(format!("tt-rec-{}.ttr", std::process::id()));
+    let f = file.to_string_lossy().into_owned();
+    let rec = Tracer::start(&[
+        "record",
+        "-o",
+        &f,
+        "--snapshot-interval",
+        "500ms",
+        "--port",
+        &stuck_port.to_string(),
+    ]);
+    let life = Tracer::start(&["life", "--json", "--port", &life_port.to_string()]);
+    let stuck = Tracer::start(&[
+        "stuck",
+        "--json",
+        "--threshold",
+        "1s",
+        "--interval",
+        "500ms",
+        "--port",
+        &stuck_port.to_string(),
+    ]);
+    stuck.wait_for_stderr("seeded");
+
+    let peer = Peer::halfclose("127.0.0.1", stuck_port);
+    // The peer has accepted and closed its listener: clean connections on the same port.
+    let listener = TcpListener::bind(("127.0.0.1", life_port)).unwrap();
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(("127.0.0.1", life_port)).unwrap();
+        let (mut s, _) = listener.accept().unwrap();
+        c.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        drop(c);
+        let _ = s.read(&mut b);
+    }
+    stuck.wait_for("both sides stuck", WAIT, |ev| {
+        ev.iter().filter(|e| e["type"] == "stuck").count() >= 2
+    });
+    std::thread::sleep(Duration::from_millis(1200));
+    let (_, life_out, _) = life.stop();
+    let (_, stuck_out, _) = stuck.stop();
+    let (st, _, err) = rec.stop();
+    assert!(st.success(), "{err:?}");
+    drop(peer);
+
+    // life: identical but for the clock: each tracer process loads its own programs, which
+    // stamp the same kernel event a few ns apart, and measures its own wall-clock offset. So
+    // times are compared to within 10 µs, everything else exactly.
+    let live: Vec<Value> = life_out
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (code, replayed, err) = replay(&[
+        "life",
+        "--replay",
+        &f,
+        "--json",
+        "--port",
+        &life_port.to_string(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        live.iter().filter(|e| e["type"] == "life").count(),
+        6,
+        "{live:#?}"
+    );
+    let strip = |v: &Vec<Value>| -> Vec<Value> {
+        v.iter()
+            .map(|e| {
+                let mut e = without(e, &["ts", "start", "duration_ms"]);
+                if let Some(states) = e.get_mut("states").and_then(Value::as_array_mut) {
+                    for st in states {
+                        *st = without(st, &["ms"]);
+                    }
+                }
+                e
+            })
+            .collect()
+    };
+    assert_eq!(strip(&replayed), strip(&live));
+    for (r, l) in replayed
+        .iter()
+        .zip(&live)
+        .filter(|(r, _)| r["type"] == "life")
+    {
+        let close =
+            |a: &Value, b: &Value| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 0.011;
+        assert!(close(&r["duration_ms"], &l["duration_ms"]), "{r} vs {l}");
+        for (a, b) in r["states"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(l["states"].as_array().unwrap())
+        {
+            assert!(close(&a["ms"], &b["ms"]), "{r} vs {l}");
+        }
+    }
+
+    // stuck: the same sockets, states, owners, fds, conditions and histories.
+    let live: BTreeSet<String> = stuck_out
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["type"] == "stuck")
+        .map(|e| shape(&e))
+        .collect();
+    let (code, replayed, err) = replay(&[
+        "stuck",
+        "--replay",
+        &f,
+        "--json",
+        "--threshold",
+        "1s",
+        "--interval",
+        "500ms",
+        "--port",
+        &stuck_port.to_string(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let replayed: BTreeSet<String> = replayed
+        .iter()
+        .filter(|e| e["type"] == "stuck")
+        .map(shape)
+        .collect();
+    assert_eq!(live.len(), 2, "{live:#?}");
+    assert_eq!(replayed, live);
+
+    // --at a moment after both were stuck (when the live `stuck` stopped, still recording):
+    // the same report, exit 1.
+    let at = serde_json::from_str::<Value>(stuck_out.last().unwrap()).unwrap()["ts"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, at, _) = replay(&[
+        "stuck",
+        "--replay",
+        &f,
+        "--json",
+        "--threshold",
+        "1s",
+        "--port",
+        &stuck_port.to_string(),
+        "--at",
+        &at,
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        at.iter().filter(|e| e["type"] == "stuck").count(),
+        2,
+        "{at:#?}"
+    );
+
+    // A truncated copy: everything before the cut is reported, then one clear error.
+    let bytes = std::fs::read(&file).unwrap();
+    let cut = std::env::temp_dir().join(format!("tt-cut-{}.ttr", std::process::id()));
+    std::fs::write(&cut, &bytes[..bytes.len() - 40]).unwrap(); // inside the last frames
+    let (code, ev, err) = replay(&["watch", "--replay", cut.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(!ev.is_empty(), "events before the cut are still reported");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("at byte"), "{err}");
+    // Not a recording at all.
+    std::fs::write(&cut, b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let (code, ev, err) = replay(&["watch", "--replay", cut.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(ev.is_empty());
+    assert!(err.contains("not a tcp-trace recording"), "{err}");
+    let _ = std::fs::remove_file(&cut);
+    let _ = std::fs::remove_file(&file);
+}
