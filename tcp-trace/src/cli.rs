@@ -1,10 +1,13 @@
 //! Command-line interface (clap); thin: parses, builds the source and a sink, runs them.
 
 use std::{
+    cell::RefCell,
     fs::File,
     io::{self, BufReader},
     path::PathBuf,
     process::ExitCode,
+    rc::Rc,
+    sync::Arc,
     time::Duration,
 };
 
@@ -16,6 +19,7 @@ use crate::{
     commands::{
         life::Life,
         record::Recorder,
+        serve::{spawn_http, Rotating, Serve, Shared},
         stuck::{Settings, StuckCmd},
         watch::Watch,
     },
@@ -23,6 +27,7 @@ use crate::{
     event::TcpState,
     filter::{Family, Filter},
     halfopen::{Kind, Thresholds},
+    metrics::Metrics,
     pipeline::{self, Sink, Stop},
     record::{Item, Reader},
     source::{KernelSource, Options},
@@ -50,6 +55,8 @@ pub enum Command {
     Life(LifeArgs),
     /// Record every event (and snapshots of the sockets) to a file, for `--replay` later.
     Record(RecordArgs),
+    /// Run continuously: Prometheus `/metrics`, `/healthz`, and optionally an NDJSON stream.
+    Serve(ServeArgs),
 }
 
 /// `record` options.
@@ -163,9 +170,9 @@ pub struct WatchArgs {
     pub common: Common,
 }
 
-/// `stuck` options.
-#[derive(Args, Debug)]
-pub struct StuckArgs {
+/// What `stuck` and `serve` evaluate.
+#[derive(Args, Debug, Clone)]
+pub struct StuckOpts {
     /// States to report (comma-separated): FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING.
     #[arg(long, value_delimiter = ',', value_parser = parse_state, default_value = "FIN_WAIT2,CLOSE_WAIT")]
     pub states: Vec<TcpState>,
@@ -175,9 +182,6 @@ pub struct StuckArgs {
     /// How often to re-evaluate in live mode.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
-    /// Report once after a short settle window and exit: 1 if anything is stuck, 0 if not.
-    #[arg(long)]
-    pub once: bool,
     /// Half-open kinds to report (comma-separated): peer_unreachable, connect_blackhole,
     /// embryonic, peer_reset, idle_no_keepalive (the last only with --idle-after).
     #[arg(long, value_delimiter = ',', value_parser = parse_kind, default_value = "peer_unreachable,connect_blackhole,embryonic,peer_reset,idle_no_keepalive")]
@@ -185,6 +189,31 @@ pub struct StuckArgs {
     /// Report ESTABLISHED sockets idle this long without a keepalive timer.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub idle_after: Option<Duration>,
+}
+
+impl StuckOpts {
+    fn settings(&self, c: &Common, once: Option<Duration>) -> Settings {
+        Settings {
+            states: self.states.clone(),
+            threshold: self.threshold,
+            interval: self.interval,
+            once,
+            filter: c.filter(),
+            kinds: self.kinds.clone(),
+            idle_after: self.idle_after,
+            thresholds: c.thresholds(),
+        }
+    }
+}
+
+/// `stuck` options.
+#[derive(Args, Debug)]
+pub struct StuckArgs {
+    #[command(flatten)]
+    pub opts: StuckOpts,
+    /// Report once after a short settle window and exit: 1 if anything is stuck, 0 if not.
+    #[arg(long)]
+    pub once: bool,
     /// With --replay: report what was stuck at this time (`14:32:05` on the recording's day,
     /// UTC, or RFC 3339), then exit like --once.
     #[arg(long)]
@@ -192,9 +221,30 @@ pub struct StuckArgs {
     /// With `--once`: how long to collect events before the report.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub settle: Duration,
-    /// One JSON object per line (`stuck`, `recovered`, `summary`).
+    /// One JSON object per line (`stuck`, `recovered`, `half_open`, `summary`).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `serve` options.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address for `/metrics` and `/healthz`.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub listen: std::net::SocketAddr,
+    /// Also write the NDJSON of `watch --json` and `stuck --json` here (`-`: stdout).
+    #[arg(long, value_name = "PATH|-")]
+    pub events_json: Option<String>,
+    /// Rotate the --events-json file (to PATH.1) past this many MiB.
+    #[arg(long, default_value_t = 100)]
+    pub events_json_max_mib: u64,
+    /// Count accepted connections by listening port (a label per listening port).
+    #[arg(long)]
+    pub label_ports: bool,
+    #[command(flatten)]
+    pub opts: StuckOpts,
     #[command(flatten)]
     pub common: Common,
 }
@@ -346,16 +396,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 (Some(_), Input::Live(..)) => anyhow::bail!("--at needs --replay FILE"),
                 (None, _) => None,
             };
-            let set = Settings {
-                states: a.states.clone(),
-                threshold: a.threshold,
-                interval: a.interval,
-                once: a.once.then_some(a.settle),
-                filter: c.filter(),
-                kinds: a.kinds.clone(),
-                idle_after: a.idle_after,
-                thresholds: c.thresholds(),
-            };
+            let set = a.opts.settings(c, a.once.then_some(a.settle));
             let mut sink = StuckCmd::new(stdout(), a.json, clock, set, c.max_sockets, input.env())?;
             if let Some(at) = at {
                 sink.evaluate_at(at);
@@ -378,6 +419,37 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 (c.max_sockets, c.thresholds()),
             );
             input.run(&mut sink).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve(a) => {
+            let c = &a.common;
+            let metrics = Arc::new(Metrics::new(a.label_ports));
+            let listener = tokio::net::TcpListener::bind(a.listen)
+                .await
+                .with_context(|| format!("listening on {}", a.listen))?;
+            let (mut input, clock) = Input::open(c)?;
+            let out: Box<dyn io::Write> = match a.events_json.as_deref() {
+                None => Box::new(io::sink()),
+                Some("-") => Box::new(stdout()),
+                Some(p) => Box::new(Rotating::open(p.into(), a.events_json_max_mib << 20)?),
+            };
+            let out = Shared(Rc::new(RefCell::new(out)));
+            let set = a.opts.settings(c, None);
+            let mut stuck =
+                StuckCmd::new(out.clone(), true, clock, set, c.max_sockets, input.env())?;
+            stuck.set_metrics(metrics.clone());
+            let watch = a.events_json.is_some().then(|| {
+                Watch::new(
+                    out,
+                    true,
+                    clock,
+                    c.filter(),
+                    (c.max_sockets, c.thresholds()),
+                )
+            });
+            spawn_http(listener, metrics);
+            log::info!("serving /metrics and /healthz on http://{}", a.listen);
+            input.run(&mut Serve { stuck, watch }).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Record(a) => {

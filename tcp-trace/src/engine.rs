@@ -394,6 +394,11 @@ impl Engine {
         self
     }
 
+    /// The lifecycle that finished most recently (still kept for late events).
+    pub fn last_finished(&self) -> Option<&Lifecycle> {
+        self.graveyard.back().map(|(_, l)| l)
+    }
+
     /// Lifecycles that finished at or before `until_ns` (close time), oldest first. Waiting a
     /// little after the close lets late events (errors, resets) join them.
     pub fn take_finished(&mut self, until_ns: u64) -> Vec<Lifecycle> {

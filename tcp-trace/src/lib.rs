@@ -20,6 +20,7 @@ pub mod env;
 pub mod event;
 pub mod filter;
 pub mod halfopen;
+pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod record;

@@ -1,4 +1,4 @@
-//! The `tcp-trace` binary: parse, run on a single-threaded runtime, map errors to one line
+//! The `tcp-trace` binary: parse, run on the tokio runtime, map errors to one line
 //! on stderr and exit status 2 (a closed stdout pipe is a normal end: status 0).
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -13,7 +13,10 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .init();
     let args = cli::Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    // The pipeline runs in block_on on this thread; one worker thread runs spawned tasks (the
+    // HTTP server of `serve`), so a scrape never waits for event processing.
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
     {

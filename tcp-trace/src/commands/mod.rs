@@ -2,5 +2,6 @@
 
 pub mod life;
 pub mod record;
+pub mod serve;
 pub mod stuck;
 pub mod watch;

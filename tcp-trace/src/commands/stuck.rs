@@ -9,6 +9,8 @@ use std::{
 
 use anyhow::Result;
 
+use std::sync::Arc;
+
 use crate::{
     clock::Clock,
     engine::{Engine, Owner, Tuple},
@@ -17,6 +19,7 @@ use crate::{
     event::TcpState,
     filter::Filter,
     halfopen::{Episode, Kind, Notice, Thresholds},
+    metrics::Metrics,
     output::{
         halfopen::Extra,
         stuck::{StuckWriter, Summary},
@@ -59,6 +62,7 @@ pub struct StuckCmd<W: Write> {
     resets: u64,
     next_eval_ns: u64,
     sum: Summary,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// Seeds an engine with every connected TCP socket that exists now (attach first, then call
@@ -104,10 +108,38 @@ impl<W: Write> StuckCmd<W> {
             half_open: HashMap::new(),
             idle: HashSet::new(),
             resets: 0,
+            metrics: None,
             next_eval_ns: now + set.once.unwrap_or(set.interval).as_nanos() as u64,
             set,
             sum: Summary::default(),
         })
+    }
+
+    /// Also keep these metrics up to date (`serve`).
+    pub fn set_metrics(&mut self, m: Arc<Metrics>) {
+        self.metrics = Some(m);
+    }
+
+    /// Publishes the gauges: stuck sockets, half-open episodes, tracked sockets.
+    fn publish(&self, now_ns: u64) {
+        let Some(m) = &self.metrics else { return };
+        m.engine(&self.engine);
+        m.stuck(
+            self.reported.values().map(|s| {
+                let comm = s
+                    .holders
+                    .first()
+                    .map(|h| h.comm.escaped())
+                    .or_else(|| s.owner.map(|o| o.comm.escaped()));
+                (s.state, comm)
+            }),
+            self.half_open
+                .values()
+                .map(|e| e.kind.name())
+                .chain(self.idle.iter().map(|_| Kind::IdleNoKeepalive.name())),
+        );
+        m.last_drain_ns
+            .store(now_ns, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Evaluate once at this monotonic time (a replay's `--at`), then stop.
@@ -290,6 +322,9 @@ impl<W: Write> StuckCmd<W> {
                     |l| l.state().to_string(),
                 );
                 self.out.recovered(&s, &now, now_ns)?;
+                if let Some(m) = &self.metrics {
+                    m.recovered(s.state, now_ns.saturating_sub(s.since_ns) as f64 / 1e9);
+                }
                 self.sum.recovered += 1;
             }
         }
@@ -312,10 +347,16 @@ impl<W: Write> Sink for StuckCmd<W> {
         for r in records {
             match r {
                 Record::Event(ev) => {
-                    self.engine.apply(ev);
+                    let applied = self.engine.apply(ev);
+                    if let Some(m) = &self.metrics {
+                        m.event(ev, &applied, &self.engine);
+                    }
                 }
                 Record::Lost { count, .. } => {
                     self.sum.lost += count;
+                    if let Some(m) = &self.metrics {
+                        m.lost(*count);
+                    }
                     self.engine.mark_all_incomplete();
                 }
             }
@@ -323,11 +364,13 @@ impl<W: Write> Sink for StuckCmd<W> {
         let now = env.now();
         self.engine.tick(now);
         self.notices(now, env)?;
+        self.publish(now);
         self.out.flush()?;
         if now < self.next_eval_ns {
             return Ok(Flow::Continue);
         }
         self.evaluate(now, env)?;
+        self.publish(now);
         if self.set.once.is_some() {
             return Ok(Flow::Stop);
         }

@@ -1,0 +1,166 @@
+//! `tcp-trace serve`: the engine running continuously behind `/metrics` (Prometheus text
+//! exposition) and `/healthz`, on the same tokio runtime; optionally the NDJSON of `watch --json`
+//! and `stuck --json` to a file (rotated by size) or stdout for a log shipper.
+
+use std::{
+    cell::RefCell,
+    fs::{self, File, OpenOptions},
+    io::{self, BufWriter, Write},
+    path::PathBuf,
+    rc::Rc,
+    sync::{atomic::Ordering, Arc},
+};
+
+use anyhow::{Context, Result};
+use axum::{
+    extract::State,
+    http::{header, StatusCode},
+    response::IntoResponse,
+    routing::get,
+    Router,
+};
+
+use super::{stuck::StuckCmd, watch::Watch};
+use crate::{
+    clock::monotonic_ns,
+    env::Env,
+    metrics::Metrics,
+    pipeline::{Flow, Sink},
+    source::Record,
+};
+
+/// `/healthz` fails when the ring buffer has not been drained for this long.
+const STALE_NS: u64 = 2_000_000_000;
+
+async fn metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+}
+
+async fn healthz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    let last = m.last_drain_ns.load(Ordering::Relaxed);
+    if last != 0 && monotonic_ns().saturating_sub(last) < STALE_NS {
+        (
+            StatusCode::OK,
+            "ok: programs attached, ring buffer drained\n",
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stale: the ring buffer is not being drained\n",
+        )
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` (a task on the current runtime).
+pub fn spawn_http(listener: tokio::net::TcpListener, m: Arc<Metrics>) {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(m);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            log::error!("http server: {e}");
+        }
+    });
+}
+
+/// A file that starts over (the old one renamed to `PATH.1`) past a size.
+pub struct Rotating {
+    path: PathBuf,
+    file: BufWriter<File>,
+    written: u64,
+    max: u64,
+}
+
+impl Rotating {
+    /// Appends to `path`, rotating past `max` bytes.
+    pub fn open(path: PathBuf, max: u64) -> Result<Self> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let written = file.metadata().map_or(0, |m| m.len());
+        Ok(Self {
+            path,
+            file: BufWriter::new(file),
+            written,
+            max,
+        })
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file.flush()?;
+        let mut old = self.path.clone().into_os_string();
+        old.push(".1");
+        fs::rename(&self.path, old)?;
+        self.file = BufWriter::new(File::create(&self.path)?);
+        self.written = 0;
+        Ok(())
+    }
+}
+
+impl Write for Rotating {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // Rotate only between lines, so each file holds whole NDJSON objects.
+        if self.written >= self.max && buf.first() == Some(&b'{') {
+            self.rotate()?;
+        }
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// One output shared by the `watch` and `stuck` sinks.
+#[derive(Clone)]
+pub struct Shared(pub Rc<RefCell<Box<dyn Write>>>);
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.borrow_mut().write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.borrow_mut().flush()
+    }
+}
+
+/// `serve`'s sink: the stuck/half-open evaluation (which feeds the metrics), and every event
+/// as `watch --json` when an event stream was asked for.
+pub struct Serve {
+    /// The `stuck` sink (metrics attached).
+    pub stuck: StuckCmd<Shared>,
+    /// The `watch --json` sink, when events go to a stream.
+    pub watch: Option<Watch<Shared>>,
+}
+
+impl Sink for Serve {
+    fn batch(&mut self, records: &[Record], env: &mut dyn Env) -> Result<Flow> {
+        if let Some(w) = self.watch.as_mut() {
+            w.batch(records, env)?;
+        }
+        self.stuck.batch(records, env)
+    }
+
+    fn finish(&mut self, env: &mut dyn Env) -> Result<()> {
+        if let Some(w) = self.watch.as_mut() {
+            w.finish(env)?;
+        }
+        self.stuck.finish(env)
+    }
+
+    fn wakeup(&self) -> Option<u64> {
+        self.stuck.wakeup()
+    }
+}

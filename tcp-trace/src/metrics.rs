@@ -1,0 +1,297 @@
+//! Prometheus metrics for `tcp-trace serve` (prometheus-client, text exposition format).
+//!
+//! Label cardinality is bounded: states, errno names, half-open kinds and owner command names
+//! (capped) — never sockets or ephemeral ports; listening ports only with `--label-ports`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
+    registry::Registry,
+};
+
+use crate::{
+    engine::{Applied, Engine},
+    event::{errno_name, Event, EventKind, TcpState},
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Transition {
+    from: String,
+    to: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabel {
+    error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommLabel {
+    comm: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortLabel {
+    port: String,
+}
+
+/// Owner names tracked as label values at most (the rest are counted under `other`).
+const MAX_COMMS: usize = 64;
+
+/// Every metric `serve` exports.
+pub struct Metrics {
+    /// The registry `/metrics` encodes.
+    pub registry: Registry,
+    transitions: Family<Transition, Counter>,
+    retransmits: Counter,
+    synack_retransmits: Counter,
+    resets_sent: Counter,
+    resets_received: Counter,
+    errors: Family<ErrorLabel, Counter>,
+    lost: Counter,
+    evictions: Counter,
+    evictions_seen: AtomicU64,
+    stuck: Family<StateLabel, Gauge>,
+    stuck_by_comm: Family<CommLabel, Gauge>,
+    half_open: Family<KindLabel, Gauge>,
+    tracked: Gauge,
+    lifetime: Histogram,
+    half_closed: Family<StateLabel, Histogram>,
+    accepted_by_port: Option<Family<PortLabel, Counter>>,
+    /// Monotonic ns of the last ring-buffer drain (for `/healthz`).
+    pub last_drain_ns: AtomicU64,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 1 ms … ~4.7 h
+    Histogram::new(exponential_buckets(0.001, 4.0, 13))
+}
+
+impl Metrics {
+    /// All metrics, registered; `label_ports` adds accepted connections by listening port.
+    pub fn new(label_ports: bool) -> Self {
+        let mut registry = Registry::with_prefix("tcp_trace");
+        let m = Self {
+            transitions: Family::default(),
+            retransmits: Counter::default(),
+            synack_retransmits: Counter::default(),
+            resets_sent: Counter::default(),
+            resets_received: Counter::default(),
+            errors: Family::default(),
+            lost: Counter::default(),
+            evictions: Counter::default(),
+            evictions_seen: AtomicU64::new(0),
+            stuck: Family::default(),
+            stuck_by_comm: Family::default(),
+            half_open: Family::default(),
+            tracked: Gauge::default(),
+            lifetime: seconds_histogram(),
+            half_closed: Family::new_with_constructor(seconds_histogram),
+            accepted_by_port: label_ports.then(Family::default),
+            last_drain_ns: AtomicU64::new(0),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "state_transitions",
+            "TCP state changes by old and new state",
+            m.transitions.clone(),
+        );
+        registry.register(
+            "retransmits",
+            "Retransmitted segments",
+            m.retransmits.clone(),
+        );
+        registry.register(
+            "synack_retransmits",
+            "Retransmitted SYN-ACKs (listeners)",
+            m.synack_retransmits.clone(),
+        );
+        registry.register("resets_sent", "Resets sent", m.resets_sent.clone());
+        registry.register(
+            "resets_received",
+            "Resets received",
+            m.resets_received.clone(),
+        );
+        registry.register(
+            "socket_errors",
+            "Socket errors reported to applications, by errno",
+            m.errors.clone(),
+        );
+        registry.register(
+            "lost_events",
+            "Events the kernel could not queue (ring buffer full)",
+            m.lost.clone(),
+        );
+        registry.register(
+            "evictions",
+            "Lifecycles evicted to stay under --max-sockets",
+            m.evictions.clone(),
+        );
+        registry.register(
+            "stuck_sockets",
+            "Sockets stuck half-closed now, by state",
+            m.stuck.clone(),
+        );
+        registry.register(
+            "stuck_sockets_by_comm",
+            "Sockets stuck half-closed now, by owner command",
+            m.stuck_by_comm.clone(),
+        );
+        registry.register(
+            "half_open_sockets",
+            "Half-open episodes under way, by kind",
+            m.half_open.clone(),
+        );
+        registry.register(
+            "tracked_sockets",
+            "Sockets tracked by the engine",
+            m.tracked.clone(),
+        );
+        registry.register(
+            "connection_lifetime_seconds",
+            "Lifetime of finished connections",
+            m.lifetime.clone(),
+        );
+        registry.register(
+            "half_closed_seconds",
+            "Time spent stuck in CLOSE_WAIT / FIN_WAIT2 (and other reported states) before recovery",
+            m.half_closed.clone(),
+        );
+        if let Some(f) = &m.accepted_by_port {
+            registry.register(
+                "accepted_connections",
+                "Connections accepted, by listening port",
+                f.clone(),
+            );
+        }
+        Self { registry, ..m }
+    }
+
+    /// One event, after the engine applied it.
+    pub fn event(&self, ev: &Event, applied: &Applied, engine: &Engine) {
+        match ev.kind {
+            EventKind::State { old, new } => {
+                self.transitions
+                    .get_or_create(&Transition {
+                        from: old.to_string(),
+                        to: new.to_string(),
+                    })
+                    .inc();
+                // A child of a listener: its local port is a listening port (bounded labels).
+                if let (Some(f), (TcpState::LISTEN, TcpState::SYN_RECV)) =
+                    (&self.accepted_by_port, (old, new))
+                {
+                    f.get_or_create(&PortLabel {
+                        port: ev.sport.to_string(),
+                    })
+                    .inc();
+                }
+                if applied.finished {
+                    let connection = |l: &&crate::engine::Lifecycle| {
+                        l.exact_start && !crate::output::life::is_listener(l)
+                    };
+                    if let Some(l) = engine.last_finished().filter(connection) {
+                        let end = l.states.last().map_or(l.last_seen_ns, |t| t.at_ns);
+                        self.lifetime
+                            .observe(end.saturating_sub(l.first_seen_ns()) as f64 / 1e9);
+                    }
+                }
+            }
+            EventKind::Retransmit { .. } => {
+                self.retransmits.inc();
+            }
+            EventKind::SynackRetransmit { .. } => {
+                self.synack_retransmits.inc();
+            }
+            EventKind::ResetSent { .. } => {
+                self.resets_sent.inc();
+            }
+            EventKind::ResetReceived { .. } => {
+                self.resets_received.inc();
+            }
+            EventKind::Error { errno } => {
+                self.errors
+                    .get_or_create(&ErrorLabel {
+                        error: errno_name(errno).into_owned(),
+                    })
+                    .inc();
+            }
+        }
+    }
+
+    /// Events lost.
+    pub fn lost(&self, n: u64) {
+        self.lost.inc_by(n);
+    }
+
+    /// The engine's totals after a batch.
+    pub fn engine(&self, engine: &Engine) {
+        let total = engine.counters.evictions;
+        let seen = self.evictions_seen.swap(total, Ordering::Relaxed);
+        self.evictions.inc_by(total.saturating_sub(seen));
+        self.tracked.set(engine.len() as i64);
+    }
+
+    /// The stuck sockets and half-open episodes as of an evaluation.
+    pub fn stuck<'a>(
+        &self,
+        stuck: impl Iterator<Item = (TcpState, Option<String>)>,
+        half_open: impl Iterator<Item = &'a str>,
+    ) {
+        self.stuck.clear();
+        self.stuck_by_comm.clear();
+        self.half_open.clear();
+        let mut comms = std::collections::HashSet::new();
+        for (state, comm) in stuck {
+            self.stuck
+                .get_or_create(&StateLabel {
+                    state: state.to_string(),
+                })
+                .inc();
+            let mut comm = comm.unwrap_or_else(|| "unknown".into());
+            if !comms.contains(&comm) && comms.len() >= MAX_COMMS {
+                comm = "other".into();
+            }
+            comms.insert(comm.clone());
+            self.stuck_by_comm.get_or_create(&CommLabel { comm }).inc();
+        }
+        for kind in half_open {
+            self.half_open
+                .get_or_create(&KindLabel { kind: kind.into() })
+                .inc();
+        }
+    }
+
+    /// A stuck socket recovered after `secs` in `state`.
+    pub fn recovered(&self, state: TcpState, secs: f64) {
+        self.half_closed
+            .get_or_create(&StateLabel {
+                state: state.to_string(),
+            })
+            .observe(secs);
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        s
+    }
+}

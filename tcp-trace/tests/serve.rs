@@ -1,0 +1,235 @@
+//! `tcp-trace serve`: scrape `/metrics` over HTTP on loopback after known connections (a stuck
+//! CLOSE_WAIT among them) and check the counters and gauges moved by exactly that much;
+//! `/healthz`; a scrape during a connection storm; the `deploy/` files parse.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    sync::atomic::{AtomicBool, Ordering},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+/// GET over a fresh connection: (status, body, time taken).
+fn get(port: u16, path: &str) -> (u16, String, Duration) {
+    let t = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let took = t.elapsed();
+    let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body, took)
+}
+
+/// The value of the sample whose line starts with `series ` (0 when absent).
+fn sample(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[test]
+fn metrics_move_by_exactly_what_happened() {
+    let port = free_port();
+    let http = free_port();
+    let events = std::env::temp_dir().join(format!("tt-serve-{}.ndjson", std::process::id()));
+    let tracer = Tracer::start(&[
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{http}"),
+        "--port",
+        &port.to_string(),
+        "--threshold",
+        "1s",
+        "--interval",
+        "300ms",
+        "--events-json",
+        events.to_str().unwrap(),
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    let (st, health, _) = get(http, "/healthz");
+    assert_eq!(st, 200, "{health}");
+    let (_, before, _) = get(http, "/metrics");
+    let est = r#"tcp_trace_state_transitions_total{from="SYN_SENT",to="ESTABLISHED"}"#;
+    assert_eq!(sample(&before, est), 0.0, "nothing on this port yet");
+    assert!(
+        before.contains("# TYPE tcp_trace_tracked_sockets gauge"),
+        "{before}"
+    );
+
+    // A half-close that stays stuck, then 5 clean connections on the same port.
+    let peer = Peer::halfclose("127.0.0.1", port);
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    for _ in 0..5 {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (mut s, _) = listener.accept().unwrap();
+        drop(c);
+        let mut b = [0u8; 1];
+        let _ = s.read(&mut b);
+    }
+    std::thread::sleep(Duration::from_millis(1800));
+    let (st, after, _) = get(http, "/metrics");
+    assert_eq!(st, 200);
+    assert_eq!(sample(&after, est), 6.0, "{after}");
+    assert_eq!(
+        sample(
+            &after,
+            r#"tcp_trace_state_transitions_total{from="ESTABLISHED",to="CLOSE_WAIT"}"#
+        ),
+        6.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            r#"tcp_trace_state_transitions_total{from="CLOSE_WAIT",to="LAST_ACK"}"#
+        ),
+        5.0
+    );
+    assert_eq!(
+        sample(&after, r#"tcp_trace_stuck_sockets{state="CLOSE_WAIT"}"#),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        sample(&after, r#"tcp_trace_stuck_sockets{state="FIN_WAIT2"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            r#"tcp_trace_stuck_sockets_by_comm{comm="tt-server"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&after, "tcp_trace_connection_lifetime_seconds_count"),
+        10.0,
+        "5 connections, both ends"
+    );
+    assert_eq!(sample(&after, "tcp_trace_lost_events_total"), 0.0);
+
+    // The server closes: the CLOSE_WAIT recovers into the histogram.
+    Peer::close(peer.server_pid);
+    std::thread::sleep(Duration::from_millis(800));
+    let (_, rec, _) = get(http, "/metrics");
+    assert_eq!(
+        sample(&rec, r#"tcp_trace_stuck_sockets{state="CLOSE_WAIT"}"#),
+        0.0,
+        "{rec}"
+    );
+    assert_eq!(
+        sample(
+            &rec,
+            r#"tcp_trace_half_closed_seconds_count{state="CLOSE_WAIT"}"#
+        ),
+        1.0,
+        "{rec}"
+    );
+
+    // A scrape during a connection storm answers within 100 ms.
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let storm = std::thread::spawn(move || {
+        let mut n = 0;
+        while !s2.load(Ordering::Relaxed) {
+            let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (mut s, _) = listener.accept().unwrap();
+            drop(c);
+            let mut b = [0u8; 1];
+            let _ = s.read(&mut b);
+            n += 1;
+        }
+        n
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let (st, _, took) = get(http, "/metrics");
+    stop.store(true, Ordering::Relaxed);
+    let n = storm.join().unwrap();
+    assert_eq!(st, 200);
+    assert!(
+        took < Duration::from_millis(100),
+        "scrape took {took:?} during a storm of {n} connections"
+    );
+    eprintln!("scrape during a storm ({n} connections): {took:?}");
+    let (st, _, _) = get(http, "/healthz");
+    assert_eq!(st, 200);
+    let (st, _, _) = tracer.stop();
+    assert!(st.success());
+    // The event stream: watch --json and stuck --json objects, one per line.
+    let text = std::fs::read_to_string(&events).unwrap();
+    let _ = std::fs::remove_file(&events);
+    let objs: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        objs.iter().filter(|o| o["type"] == "state").count() >= 60,
+        "{} objects",
+        objs.len()
+    );
+    assert!(objs
+        .iter()
+        .any(|o| o["type"] == "stuck" && o["state"] == "CLOSE_WAIT"));
+    assert!(objs
+        .iter()
+        .any(|o| o["type"] == "recovered" && o["state"] == "CLOSE_WAIT"));
+    assert_eq!(objs.last().unwrap()["type"], "summary");
+}
+
+#[test]
+fn deploy_files_parse() {
+    use yaml_rust2::YamlLoader;
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+    let ds = &YamlLoader::load_from_str(
+        &std::fs::read_to_string(format!("{root}/daemonset.yaml")).unwrap(),
+    )
+    .unwrap()[0];
+    assert_eq!(ds["kind"].as_str(), Some("DaemonSet"));
+    let spec = &ds["spec"]["template"]["spec"];
+    assert_eq!(spec["hostNetwork"].as_bool(), Some(false));
+    assert_eq!(spec["hostPID"].as_bool(), Some(true));
+    let c = &spec["containers"][0];
+    let caps: Vec<&str> = c["securityContext"]["capabilities"]["add"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(caps, ["BPF", "PERFMON", "DAC_READ_SEARCH", "SYS_PTRACE"]);
+    assert_eq!(
+        c["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthz")
+    );
+    assert_eq!(c["args"][0].as_str(), Some("serve"));
+    let prom = &YamlLoader::load_from_str(
+        &std::fs::read_to_string(format!("{root}/prometheus.yml")).unwrap(),
+    )
+    .unwrap()[0];
+    assert_eq!(
+        prom["scrape_configs"][0]["static_configs"][0]["targets"][0].as_str(),
+        Some("127.0.0.1:9464")
+    );
+    let unit = std::fs::read_to_string(format!("{root}/tcp-trace.service")).unwrap();
+    assert!(
+        unit.lines()
+            .any(|l| l
+                == "AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_DAC_READ_SEARCH CAP_SYS_PTRACE")
+    );
+    assert!(unit
+        .lines()
+        .any(|l| l.starts_with("ExecStart=/usr/local/bin/tcp-trace serve ")));
+}
