@@ -224,6 +224,9 @@ pub struct StuckArgs {
     /// One JSON object per line (`stuck`, `recovered`, `half_open`, `summary`).
     #[arg(long)]
     pub json: bool,
+    /// Human output: also each owner's cgroup (its container) and network namespace.
+    #[arg(long)]
+    pub wide: bool,
     #[command(flatten)]
     pub common: Common,
 }
@@ -401,6 +404,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(at) = at {
                 sink.evaluate_at(at);
             }
+            sink.set_wide(a.wide);
             input.run(&mut sink).await?;
             Ok(if (a.once || a.at.is_some()) && sink.stuck_now() > 0 {
                 ExitCode::from(1)

@@ -201,6 +201,27 @@ pub struct Holder {
     pub comm: Comm,
     /// File descriptor number.
     pub fd: i32,
+    /// The process's cgroup v2 path (`/proc/PID/cgroup`), which names its container.
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    /// The process's network namespace inode (`/proc/PID/ns/net`).
+    #[serde(default)]
+    pub netns: Option<u64>,
+}
+
+/// A process's cgroup v2 path.
+pub fn cgroup_of(pid: i32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
+}
+
+/// A process's network namespace inode.
+pub fn netns_of(pid: i32) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    let s = link.to_string_lossy();
+    s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }
 
 /// For each wanted inode, every (pid, comm, fd) that has it open. Processes that vanish or
@@ -231,6 +252,8 @@ pub fn holders(inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>> {
                         pid: p.pid as u32,
                         comm,
                         fd: fd.fd,
+                        cgroup: cgroup_of(p.pid),
+                        netns: netns_of(p.pid),
                     });
                 }
             }

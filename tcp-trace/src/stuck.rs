@@ -307,6 +307,8 @@ mod tests {
                 pid: 1234,
                 comm: Comm::from_bytes(b"java"),
                 fd: 57,
+                cgroup: Some("/system.slice/app.service".into()),
+                netns: Some(4026531840),
             }],
         )])
     }

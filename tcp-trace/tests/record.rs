@@ -240,3 +240,36 @@ fn replayed_life_and_stuck_equal_the_live_ones() {
     let _ = std::fs::remove_file(&cut);
     let _ = std::fs::remove_file(&file);
 }
+
+#[test]
+fn sighup_does_not_end_a_recording() {
+    let port = free_port();
+    let file = std::env::temp_dir().join(format!("tt-hup-{}.ttr", std::process::id()));
+    let mut rec = Tracer::start(&[
+        "record",
+        "-o",
+        file.to_str().unwrap(),
+        "--port",
+        &port.to_string(),
+    ]);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(rec.pid() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(rec.alive(), "SIGHUP ended the recording");
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    drop(TcpStream::connect(("127.0.0.1", port)).unwrap());
+    drop(listener.accept().unwrap());
+    std::thread::sleep(Duration::from_millis(200));
+    let (st, _, err) = rec.stop();
+    assert!(st.success(), "{err:?}");
+    let mut r = tcp_trace::record::Reader::open(std::fs::File::open(&file).unwrap()).unwrap();
+    let mut events = 0;
+    while let Some(item) = r.next_item().unwrap() {
+        if matches!(item, tcp_trace::record::Item::Event(_)) {
+            events += 1;
+        }
+    }
+    assert!(r.ended_cleanly(), "Ctrl-C leaves a complete file");
+    assert!(events >= 5, "{events} events");
+    let _ = std::fs::remove_file(&file);
+}

@@ -28,6 +28,12 @@ fn check_owners(ev: &[Value], peer: &Peer, host: &str, exact: bool) {
     assert_eq!(cw["comm"], "tt-server");
     assert_eq!(cw["fd"], peer.server_fd);
     assert_eq!(cw["owners"].as_array().unwrap().len(), 1);
+    // The owner's container (cgroup) and network namespace, from /proc.
+    let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", peer.server_pid)).unwrap();
+    let v2 = cgroup.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    assert_eq!(cw["cgroup"].as_str().unwrap(), v2);
+    let netns = std::fs::read_link(format!("/proc/{}/ns/net", peer.server_pid)).unwrap();
+    assert_eq!(format!("net:[{}]", cw["netns"]), netns.to_string_lossy());
     assert_eq!(cw["dport"], peer.client_port);
     assert_eq!(cw["saddr"], host);
     assert_eq!(cw["recv_q"], 0);

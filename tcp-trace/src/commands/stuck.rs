@@ -115,6 +115,11 @@ impl<W: Write> StuckCmd<W> {
         })
     }
 
+    /// Human output also shows each owner's cgroup (its container) and network namespace.
+    pub fn set_wide(&mut self, wide: bool) {
+        self.out.wide = wide;
+    }
+
     /// Also keep these metrics up to date (`serve`).
     pub fn set_metrics(&mut self, m: Arc<Metrics>) {
         self.metrics = Some(m);

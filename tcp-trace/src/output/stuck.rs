@@ -17,6 +17,8 @@ struct JsonOwner {
     pid: u32,
     comm: String,
     fd: i32,
+    cgroup: Option<String>,
+    netns: Option<u64>,
 }
 
 /// A state and the seconds spent in it.
@@ -45,6 +47,8 @@ struct JsonStuck<'a> {
     comm: Option<String>,
     fd: Option<i32>,
     owners: Vec<JsonOwner>,
+    cgroup: Option<String>,
+    netns: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     held: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -104,6 +108,8 @@ pub struct StuckWriter<W: Write> {
     out: W,
     json: bool,
     clock: Clock,
+    /// Human output: also the owner's cgroup and network namespace.
+    pub wide: bool,
 }
 
 fn secs(d: std::time::Duration) -> f64 {
@@ -121,7 +127,12 @@ fn owner_of(s: &Stuck) -> (Option<u32>, Option<String>, Option<i32>) {
 impl<W: Write> StuckWriter<W> {
     /// A writer of human lines or NDJSON.
     pub fn new(out: W, json: bool, clock: Clock) -> Self {
-        Self { out, json, clock }
+        Self {
+            out,
+            json,
+            clock,
+            wide: false,
+        }
     }
 
     /// A socket that is stuck (newly, or in a `--once` report).
@@ -151,8 +162,12 @@ impl<W: Write> StuckWriter<W> {
                         pid: h.pid,
                         comm: h.comm.escaped(),
                         fd: h.fd,
+                        cgroup: h.cgroup.clone(),
+                        netns: h.netns,
                     })
                     .collect(),
+                cgroup: s.holders.first().and_then(|h| h.cgroup.clone()),
+                netns: s.holders.first().and_then(|h| h.netns),
                 held: s.held,
                 recv_q: s.recv_q,
                 eof_read: s.eof_read,
@@ -191,6 +206,16 @@ impl<W: Write> StuckWriter<W> {
             endpoint(&s.tuple.daddr, s.tuple.dport),
         )?;
         writeln!(self.out, "           {}", s.diagnosis)?;
+        if self.wide {
+            if let Some(h) = s.holders.first() {
+                writeln!(
+                    self.out,
+                    "           cgroup {}  netns {}",
+                    h.cgroup.as_deref().unwrap_or("?"),
+                    h.netns.map_or("?".into(), |n| n.to_string())
+                )?;
+            }
+        }
         if !s.history.is_empty() {
             let path: Vec<String> = s
                 .history

@@ -198,6 +198,11 @@ impl Tracer {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Still running?
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
 }
 
 impl Drop for Tracer {
