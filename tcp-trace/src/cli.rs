@@ -23,6 +23,7 @@ use crate::{
         stuck::{Settings, StuckCmd},
         watch::Watch,
     },
+    engine::Engine,
     env::{self, Env},
     event::TcpState,
     filter::{Family, Filter},
@@ -142,6 +143,11 @@ impl Common {
             retransmits: self.half_open_retransmits,
             after: self.half_open_after,
         }
+    }
+
+    /// An engine with these limits and thresholds.
+    fn engine(&self, keep_finished: bool) -> Engine {
+        Engine::new(self.max_sockets, keep_finished).with_thresholds(self.thresholds())
     }
 
     fn source_options(&self) -> Options {
@@ -377,13 +383,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Watch(a) => {
             let c = &a.common;
             let (input, clock) = Input::open(c)?;
-            let mut sink = Watch::new(
-                stdout(),
-                a.json,
-                clock,
-                c.filter(),
-                (c.max_sockets, c.thresholds()),
-            );
+            let mut sink = Watch::new(stdout(), a.json, clock, c.filter(), c.engine(false));
             input.run(&mut sink).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -415,13 +415,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Life(a) => {
             let c = &a.common;
             let (input, clock) = Input::open(c)?;
-            let mut sink = Life::new(
-                stdout(),
-                a.json,
-                clock,
-                c.filter(),
-                (c.max_sockets, c.thresholds()),
-            );
+            let mut sink = Life::new(stdout(), a.json, clock, c.filter(), c.engine(true));
             input.run(&mut sink).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -442,15 +436,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let mut stuck =
                 StuckCmd::new(out.clone(), true, clock, set, c.max_sockets, input.env())?;
             stuck.set_metrics(metrics.clone());
-            let watch = a.events_json.is_some().then(|| {
-                Watch::new(
-                    out,
-                    true,
-                    clock,
-                    c.filter(),
-                    (c.max_sockets, c.thresholds()),
-                )
-            });
+            let watch = a
+                .events_json
+                .is_some()
+                .then(|| Watch::new(out, true, clock, c.filter(), c.engine(false)));
             spawn_http(listener, metrics);
             log::info!("serving /metrics and /healthz on http://{}", a.listen);
             input.run(&mut Serve { stuck, watch }).await?;

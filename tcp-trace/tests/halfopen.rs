@@ -56,6 +56,24 @@ fn abort_on_close(s: &impl AsRawFd) {
     setsockopt(s, libc::SOL_SOCKET, libc::SO_LINGER, bytes);
 }
 
+/// `stuck --json` on `port`, flagging half-open after `rtx` retransmits and 1 s, ready.
+fn stuck_tracer(port: &str, rtx: &str) -> Tracer {
+    let t = Tracer::start(&[
+        "stuck",
+        "--json",
+        "--interval",
+        "250ms",
+        "--half-open-retransmits",
+        rtx,
+        "--half-open-after",
+        "1s",
+        "--port",
+        port,
+    ]);
+    t.wait_for_stderr("seeded");
+    t
+}
+
 /// Client in `a`, server in `b`, connected, with some data exchanged.
 fn connected(net: &NetnsPair, port: u16) -> (TcpStream, TcpStream) {
     let b_addr = net.b_addr.clone();
@@ -78,19 +96,7 @@ fn peer_unreachable_is_reported_then_recovers() {
     let net = NetnsPair::new("unr");
     let port = free_port();
     let ps = port.to_string();
-    let tracer = Tracer::start(&[
-        "stuck",
-        "--json",
-        "--interval",
-        "250ms",
-        "--half-open-retransmits",
-        "3",
-        "--half-open-after",
-        "1s",
-        "--port",
-        &ps,
-    ]);
-    tracer.wait_for_stderr("seeded");
+    let tracer = stuck_tracer(&ps, "3");
     let (mut client, _server) = connected(&net, port);
     let cport = client.local_addr().unwrap().port();
     net.blackhole(&net.b, &net.a_addr); // the server's namespace drops everything it sends
@@ -176,19 +182,7 @@ fn connect_into_a_black_hole() {
     let net = NetnsPair::new("bhc");
     let port = free_port();
     let ps = port.to_string();
-    let tracer = Tracer::start(&[
-        "stuck",
-        "--json",
-        "--interval",
-        "250ms",
-        "--half-open-retransmits",
-        "2",
-        "--half-open-after",
-        "1s",
-        "--port",
-        &ps,
-    ]);
-    tracer.wait_for_stderr("seeded");
+    let tracer = stuck_tracer(&ps, "2");
     let b_addr = net.b_addr.clone();
     let _listener = in_netns(&net.b, move || {
         TcpListener::bind((b_addr.as_str(), port)).unwrap()
@@ -216,19 +210,7 @@ fn listener_whose_handshakes_never_complete_is_embryonic() {
     let net = NetnsPair::new("emb");
     let port = free_port();
     let ps = port.to_string();
-    let tracer = Tracer::start(&[
-        "stuck",
-        "--json",
-        "--interval",
-        "250ms",
-        "--half-open-retransmits",
-        "2",
-        "--half-open-after",
-        "1s",
-        "--port",
-        &ps,
-    ]);
-    tracer.wait_for_stderr("seeded");
+    let tracer = stuck_tracer(&ps, "2");
     let b_addr = net.b_addr.clone();
     let _listener = in_netns(&net.b, move || {
         TcpListener::bind((b_addr.as_str(), port)).unwrap()

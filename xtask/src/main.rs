@@ -90,6 +90,16 @@ fn status(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Builds tcp-trace (release), kernel programs included.
+fn build_release(root: &std::path::Path) -> Result<()> {
+    status(
+        cargo()
+            .current_dir(root)
+            .args(["build", "--release", "--quiet", "-p", "tcp-trace"])
+            .env("PATH", setup::path_with_cargo_bin()),
+    )
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,12 +116,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Setup => setup::ensure_all(),
         Task::Run { args } => {
             setup::ensure_all()?;
-            status(
-                cargo()
-                    .current_dir(&root)
-                    .args(["build", "--release", "--quiet", "-p", "tcp-trace"])
-                    .env("PATH", setup::path_with_cargo_bin()),
-            )?;
+            build_release(&root)?;
             let bin = root.join("target/release/tcp-trace");
             let st = Command::new(&bin)
                 .args(&args)
@@ -168,12 +173,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Bench { seconds, rounds } => {
             setup::ensure_all()?;
-            status(
-                cargo()
-                    .current_dir(&root)
-                    .args(["build", "--release", "--quiet", "-p", "tcp-trace"])
-                    .env("PATH", setup::path_with_cargo_bin()),
-            )?;
+            build_release(&root)?;
             bench::run(&root, std::time::Duration::from_secs(seconds), rounds)
         }
         Task::Stress {
@@ -183,12 +183,7 @@ fn run(cli: Cli) -> Result<()> {
             max_sockets,
         } => {
             setup::ensure_all()?;
-            status(
-                cargo()
-                    .current_dir(&root)
-                    .args(["build", "--release", "--quiet", "-p", "tcp-trace"])
-                    .env("PATH", setup::path_with_cargo_bin()),
-            )?;
+            build_release(&root)?;
             stress::run(
                 &root,
                 &stress::Plan {

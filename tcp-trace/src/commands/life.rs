@@ -28,17 +28,12 @@ pub struct Life<W: Write> {
 }
 
 impl<W: Write> Life<W> {
-    /// A `life` run writing to `out`. Connections already open when it starts are reported
+    /// A `life` run writing to `out`, with an engine that keeps finished lifecycles (see
+    /// [`crate::engine::Engine::new`]). Connections already open when it starts are reported
     /// too, marked incomplete, with the time from when the tracer first saw them.
-    pub fn new(
-        out: W,
-        json: bool,
-        clock: Clock,
-        filter: Filter,
-        (max_sockets, thresholds): (usize, crate::halfopen::Thresholds),
-    ) -> Self {
+    pub fn new(out: W, json: bool, clock: Clock, filter: Filter, engine: Engine) -> Self {
         Self {
-            engine: Engine::new(max_sockets, true).with_thresholds(thresholds),
+            engine,
             filter,
             out: LifeWriter::new(out, json, clock),
             latest_ns: 0,

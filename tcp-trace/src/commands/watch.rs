@@ -23,16 +23,10 @@ pub struct Watch<W: Write> {
 }
 
 impl<W: Write> Watch<W> {
-    /// A watch writing to `out`.
-    pub fn new(
-        out: W,
-        json: bool,
-        clock: Clock,
-        filter: Filter,
-        (max_sockets, thresholds): (usize, crate::halfopen::Thresholds),
-    ) -> Self {
+    /// A watch writing to `out`, with its engine (which need not keep finished lifecycles).
+    pub fn new(out: W, json: bool, clock: Clock, filter: Filter, engine: Engine) -> Self {
         Self {
-            engine: Engine::new(max_sockets, false).with_thresholds(thresholds),
+            engine,
             filter,
             out: WatchWriter::new(out, json, clock),
         }

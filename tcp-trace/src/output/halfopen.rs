@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{endpoint, sock_hex};
+use super::{endpoint, JsonConn};
 use crate::{
     clock::Clock,
-    event::{errno_name, family_name},
+    event::errno_name,
     halfopen::{Episode, Kind, Outcome},
     stuck::age_text,
 };
@@ -35,14 +35,8 @@ struct JsonHalfOpen<'a> {
     #[serde(rename = "kind")]
     half_open: &'a str,
     ts: String,
-    sock: Option<String>,
-    family: &'a str,
-    saddr: String,
-    sport: u16,
-    daddr: String,
-    dport: u16,
-    pid: Option<u32>,
-    comm: Option<String>,
+    #[serde(flatten)]
+    conn: JsonConn,
     retransmits: u32,
     since: String,
     since_s: f64,
@@ -151,14 +145,12 @@ pub fn json(ep: &Episode, clock: &Clock, now_ns: u64, extra: Extra) -> String {
         kind: "half_open",
         half_open: ep.kind.name(),
         ts: clock.rfc3339(ts),
-        sock: (ep.sock != 0).then(|| sock_hex(ep.sock)),
-        family: family_name(&t.saddr),
-        saddr: t.saddr.to_string(),
-        sport: t.sport,
-        daddr: t.daddr.to_string(),
-        dport: t.dport,
-        pid: ep.owner.map(|o| o.pid),
-        comm: ep.owner.map(|o| o.comm.escaped()),
+        conn: JsonConn::new(
+            Some(ep.sock),
+            t,
+            ep.owner.map(|o| o.pid),
+            ep.owner.map(|o| o.comm.escaped()),
+        ),
         retransmits: ep.retransmits,
         since: clock.rfc3339(ep.since_ns),
         since_s: secs(span(ep, now_ns)),

@@ -4,11 +4,11 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::{endpoint, sock_hex};
+use super::{endpoint, JsonConn};
 use crate::{
     clock::Clock,
     engine::Lifecycle,
-    event::{errno_name, family_name, TcpState},
+    event::{errno_name, TcpState},
 };
 
 /// The connection's states with the ms spent in each.
@@ -45,14 +45,8 @@ struct JsonLife<'a> {
     kind: &'a str,
     ts: String,
     start: String,
-    sock: Option<String>,
-    family: &'a str,
-    saddr: String,
-    sport: u16,
-    daddr: String,
-    dport: u16,
-    pid: Option<u32>,
-    comm: Option<String>,
+    #[serde(flatten)]
+    conn: JsonConn,
     duration_ms: f64,
     age_exact: bool,
     states: Vec<JsonStep>,
@@ -97,14 +91,12 @@ impl<W: Write> LifeWriter<W> {
                 kind: "life",
                 ts: self.clock.rfc3339(end),
                 start: self.clock.rfc3339(start),
-                sock: (l.sock != 0).then(|| sock_hex(l.sock)),
-                family: family_name(&t.saddr),
-                saddr: t.saddr.to_string(),
-                sport: t.sport,
-                daddr: t.daddr.to_string(),
-                dport: t.dport,
-                pid: l.owner.map(|o| o.pid),
-                comm: l.owner.map(|o| o.comm.escaped()),
+                conn: JsonConn::new(
+                    Some(l.sock),
+                    t,
+                    l.owner.map(|o| o.pid),
+                    l.owner.map(|o| o.comm.escaped()),
+                ),
                 duration_ms,
                 age_exact: l.exact_start,
                 states: steps

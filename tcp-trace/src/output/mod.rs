@@ -10,12 +10,46 @@ pub mod watch;
 
 use std::{io, net::IpAddr};
 
+use serde::Serialize;
+
+use crate::engine::Tuple;
+
 /// True when an error (anywhere in its chain) is EPIPE.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<io::Error>()
             .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
     })
+}
+
+/// The fields every JSON object about one connection starts with (flattened into it): the
+/// same names and meanings as in `watch --json`.
+#[derive(Serialize)]
+pub struct JsonConn {
+    sock: Option<String>,
+    family: &'static str,
+    saddr: String,
+    sport: u16,
+    daddr: String,
+    dport: u16,
+    pid: Option<u32>,
+    comm: Option<String>,
+}
+
+impl JsonConn {
+    /// A connection's socket (0 or `None`: unknown), endpoints and owner.
+    pub fn new(sock: Option<u64>, t: &Tuple, pid: Option<u32>, comm: Option<String>) -> Self {
+        Self {
+            sock: sock.filter(|s| *s != 0).map(sock_hex),
+            family: crate::event::family_name(&t.saddr),
+            saddr: t.saddr.to_string(),
+            sport: t.sport,
+            daddr: t.daddr.to_string(),
+            dport: t.dport,
+            pid,
+            comm,
+        }
+    }
 }
 
 /// `addr:port`, with IPv6 in brackets.

@@ -4,10 +4,10 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::{endpoint, sock_hex};
+use super::{endpoint, JsonConn};
 use crate::{
     clock::Clock,
-    event::{family_name, TcpState},
+    event::TcpState,
     stuck::{age_text, Stuck},
 };
 
@@ -37,14 +37,8 @@ struct JsonStuck<'a> {
     age_s: f64,
     age_exact: bool,
     since: String,
-    sock: Option<String>,
-    family: &'a str,
-    saddr: String,
-    sport: u16,
-    daddr: String,
-    dport: u16,
-    pid: Option<u32>,
-    comm: Option<String>,
+    #[serde(flatten)]
+    conn: JsonConn,
     fd: Option<i32>,
     owners: Vec<JsonOwner>,
     cgroup: Option<String>,
@@ -69,14 +63,8 @@ struct JsonRecovered<'a> {
     state: String,
     stuck_for_s: f64,
     now: String,
-    sock: Option<String>,
-    family: &'a str,
-    saddr: String,
-    sport: u16,
-    daddr: String,
-    dport: u16,
-    pid: Option<u32>,
-    comm: Option<String>,
+    #[serde(flatten)]
+    conn: JsonConn,
 }
 
 /// End-of-run totals.
@@ -146,14 +134,7 @@ impl<W: Write> StuckWriter<W> {
                 age_s: secs(s.age),
                 age_exact: s.age_exact,
                 since: self.clock.rfc3339(s.since_ns),
-                sock: s.sock.map(sock_hex),
-                family: family_name(&s.tuple.saddr),
-                saddr: s.tuple.saddr.to_string(),
-                sport: s.tuple.sport,
-                daddr: s.tuple.daddr.to_string(),
-                dport: s.tuple.dport,
-                pid,
-                comm,
+                conn: JsonConn::new(s.sock, &s.tuple, pid, comm),
                 fd,
                 owners: s
                     .holders
@@ -239,14 +220,7 @@ impl<W: Write> StuckWriter<W> {
                 state: s.state.to_string(),
                 stuck_for_s: secs(stuck_for),
                 now: now.to_string(),
-                sock: s.sock.map(sock_hex),
-                family: family_name(&s.tuple.saddr),
-                saddr: s.tuple.saddr.to_string(),
-                sport: s.tuple.sport,
-                daddr: s.tuple.daddr.to_string(),
-                dport: s.tuple.dport,
-                pid,
-                comm,
+                conn: JsonConn::new(s.sock, &s.tuple, pid, comm),
             };
             serde_json::to_writer(&mut self.out, &j)?;
             return self.out.write_all(b"\n");
