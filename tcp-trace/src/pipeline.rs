@@ -138,17 +138,16 @@ pub fn replay<R: std::io::Read>(
             Item::Snapshot(s) => s.ts_ns,
         };
         // Close the open batch when this item is past it; let time reach the sink's wake-ups.
+        // A sink that says Stop is finished at once: nothing more is fed to it.
         if let Some(end) = batch_end.filter(|end| ts >= *end) {
-            if flush(&mut batch, env, sink, end)? == Flow::Stop {
-                batch_end = None;
-                break None;
-            }
             batch_end = None;
+            if flush(&mut batch, env, sink, end)? == Flow::Stop {
+                return finish(sink, env, None);
+            }
         }
         while let Some(w) = sink.wakeup().filter(|w| *w <= ts && *w >= env.now()) {
             if flush(&mut batch, env, sink, w)? == Flow::Stop {
-                sink.finish(env)?;
-                return Ok(());
+                return finish(sink, env, None);
             }
             if sink.wakeup() == Some(w) {
                 break;
@@ -163,11 +162,22 @@ pub fn replay<R: std::io::Read>(
         batch_end.get_or_insert(ts + REPLAY_BATCH_NS);
     };
     let end = batch_end.unwrap_or(env.now());
-    flush(&mut batch, env, sink, end)?;
+    if flush(&mut batch, env, sink, end)? == Flow::Stop {
+        return finish(sink, env, fault);
+    }
     // Time runs on past the last item to the sink's pending wake-up (e.g. `stuck --at`).
     if let Some(w) = sink.wakeup().filter(|w| *w > env.now() && fault.is_none()) {
         flush(&mut batch, env, sink, w)?;
     }
+    finish(sink, env, fault)
+}
+
+/// Finishes the sink, then reports a damaged recording (after everything before the damage).
+fn finish(
+    sink: &mut dyn Sink,
+    env: &mut env::Replay,
+    fault: Option<crate::record::ReadError>,
+) -> Result<()> {
     sink.finish(env)?;
     match fault {
         Some(e) => Err(anyhow::Error::new(e).context("replay")),

@@ -377,6 +377,7 @@ impl<W: Write> Sink for StuckCmd<W> {
         self.evaluate(now, env)?;
         self.publish(now);
         if self.set.once.is_some() {
+            self.next_eval_ns = u64::MAX; // done: no more evaluations, no more wake-ups
             return Ok(Flow::Stop);
         }
         self.next_eval_ns = now + self.set.interval.as_nanos() as u64;
@@ -384,12 +385,13 @@ impl<W: Write> Sink for StuckCmd<W> {
     }
 
     fn wakeup(&self) -> Option<u64> {
-        Some(self.next_eval_ns)
+        (self.next_eval_ns != u64::MAX).then_some(self.next_eval_ns)
     }
 
     fn finish(&mut self, env: &mut dyn Env) -> Result<()> {
         let now = env.now();
-        if self.set.once.is_some() && self.next_eval_ns > now {
+        let pending = self.next_eval_ns != u64::MAX && self.next_eval_ns > now;
+        if self.set.once.is_some() && pending {
             // stopped by a signal before the settle window ended: report what we have
             self.evaluate(now, env)?;
         }
@@ -398,5 +400,67 @@ impl<W: Write> Sink for StuckCmd<W> {
         self.sum.evictions = self.engine.counters.evictions;
         self.out.summary(self.sum, now)?;
         Ok(self.out.flush()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{engine::Tuple, env::Replay, record::Snapshot};
+    use std::net::{IpAddr, Ipv4Addr};
+
+    #[test]
+    fn a_one_shot_evaluation_reports_once_however_the_sink_is_driven_after() {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let close_wait = DiagSocket {
+            tuple: Tuple {
+                saddr: lo,
+                sport: 80,
+                daddr: lo,
+                dport: 4000,
+            },
+            state: TcpState::CLOSE_WAIT,
+            inode: 0,
+            uid: 0,
+            recv_q: 0,
+            send_q: 0,
+            keepalive: false,
+            last_recv_ms: Some(60_000),
+            rto_us: None,
+            backoff: None,
+            idle_ms: None,
+        };
+        let snap = Snapshot {
+            ts_ns: 100_000_000_000,
+            sockets: vec![close_wait],
+            holders: vec![],
+        };
+        let mut env = Replay::new(snap, Duration::from_secs(60));
+        let set = Settings {
+            states: vec![TcpState::CLOSE_WAIT],
+            threshold: Duration::from_secs(1),
+            interval: Duration::from_secs(5),
+            once: Some(Duration::from_secs(1)),
+            filter: Filter::default(),
+            kinds: vec![],
+            idle_after: None,
+            thresholds: Thresholds::default(),
+        };
+        let mut out = Vec::new();
+        {
+            let mut cmd =
+                StuckCmd::new(&mut out, true, Clock::fixed(0), set, 100, &mut env).unwrap();
+            env.advance(101_000_000_000);
+            assert_eq!(cmd.batch(&[], &mut env).unwrap(), Flow::Stop);
+            assert_eq!(cmd.wakeup(), None, "done: no more wake-ups");
+            // driven on anyway (a replay's last batch, a signal): nothing is reported again
+            env.advance(102_000_000_000);
+            cmd.batch(&[], &mut env).unwrap();
+            cmd.finish(&mut env).unwrap();
+            assert_eq!(cmd.stuck_now(), 1);
+        }
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("\"type\":\"stuck\"").count(), 1, "{text}");
+        assert_eq!(text.matches("\"type\":\"summary\"").count(), 1, "{text}");
     }
 }
