@@ -130,15 +130,32 @@ mod programs {
         }
     }
 
-    /// Copies family, ports and the v4 or v6 address pair.
+    /// Family and ports, read once: the filter checks them, the event carries them.
+    #[derive(Clone, Copy)]
+    struct Ends {
+        family: u16,
+        sport: u16,
+        dport: u16,
+    }
+
     #[inline(always)]
-    fn endpoints(ctx: &TracePointContext, h: *mut Header, f: [Field; 7]) {
-        let [family, sport, dport, saddr, daddr, saddr6, daddr6] = f;
-        let fam: u16 = field(ctx, family);
+    fn ends(ctx: &TracePointContext, [family, sport, dport]: [Field; 3]) -> Ends {
+        Ends {
+            family: field(ctx, family),
+            sport: field(ctx, sport),
+            dport: field(ctx, dport),
+        }
+    }
+
+    /// Stores family and ports, and copies the v4 or v6 address pair.
+    #[inline(always)]
+    fn endpoints(ctx: &TracePointContext, h: *mut Header, e: Ends, f: [Field; 4]) {
+        let [saddr, daddr, saddr6, daddr6] = f;
+        let fam = e.family;
         unsafe {
             (*h).family = fam;
-            (*h).sport = field(ctx, sport);
-            (*h).dport = field(ctx, dport);
+            (*h).sport = e.sport;
+            (*h).dport = e.dport;
             if fam == AF_INET6 {
                 copy(ctx, saddr6, (*h).saddr.as_mut_ptr());
                 copy(ctx, daddr6, (*h).daddr.as_mut_ptr());
@@ -174,11 +191,8 @@ mod programs {
 
     #[tracepoint(category = "sock", name = "inet_sock_set_state")]
     pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-        if !wanted(
-            field(&ctx, ss::FAMILY),
-            field(&ctx, ss::SPORT),
-            field(&ctx, ss::DPORT),
-        ) {
+        let end = ends(&ctx, [ss::FAMILY, ss::SPORT, ss::DPORT]);
+        if !wanted(end.family, end.sport, end.dport) {
             return 0;
         }
         if field::<u16>(&ctx, ss::PROTOCOL) != IPPROTO_TCP {
@@ -200,15 +214,8 @@ mod programs {
             endpoints(
                 &ctx,
                 &raw mut (*p).hdr,
-                [
-                    ss::FAMILY,
-                    ss::SPORT,
-                    ss::DPORT,
-                    ss::SADDR,
-                    ss::DADDR,
-                    ss::SADDR_V6,
-                    ss::DADDR_V6,
-                ],
+                end,
+                [ss::SADDR, ss::DADDR, ss::SADDR_V6, ss::DADDR_V6],
             );
             (*p).oldstate = old;
             (*p).newstate = new;
@@ -219,11 +226,8 @@ mod programs {
 
     #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
     pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
-        if !wanted(
-            field(&ctx, rs::FAMILY),
-            field(&ctx, rs::SPORT),
-            field(&ctx, rs::DPORT),
-        ) {
+        let end = ends(&ctx, [rs::FAMILY, rs::SPORT, rs::DPORT]);
+        if !wanted(end.family, end.sport, end.dport) {
             return 0;
         }
         let Some(mut e) = reserve::<RetransmitEvent>(&ctx) else {
@@ -240,15 +244,8 @@ mod programs {
             endpoints(
                 &ctx,
                 &raw mut (*p).hdr,
-                [
-                    rs::FAMILY,
-                    rs::SPORT,
-                    rs::DPORT,
-                    rs::SADDR,
-                    rs::DADDR,
-                    rs::SADDR_V6,
-                    rs::DADDR_V6,
-                ],
+                end,
+                [rs::SADDR, rs::DADDR, rs::SADDR_V6, rs::DADDR_V6],
             );
             (*p).state = field(&ctx, rs::STATE);
             (*p).err = if RETRANSMIT_HAS_ERR.load() != 0 {
@@ -263,11 +260,8 @@ mod programs {
 
     #[tracepoint(category = "tcp", name = "tcp_retransmit_synack")]
     pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
-        if !wanted(
-            field(&ctx, ra::FAMILY),
-            field(&ctx, ra::SPORT),
-            field(&ctx, ra::DPORT),
-        ) {
+        let end = ends(&ctx, [ra::FAMILY, ra::SPORT, ra::DPORT]);
+        if !wanted(end.family, end.sport, end.dport) {
             return 0;
         }
         let Some(mut e) = reserve::<SynackRetransmitEvent>(&ctx) else {
@@ -284,15 +278,8 @@ mod programs {
             endpoints(
                 &ctx,
                 &raw mut (*p).hdr,
-                [
-                    ra::FAMILY,
-                    ra::SPORT,
-                    ra::DPORT,
-                    ra::SADDR,
-                    ra::DADDR,
-                    ra::SADDR_V6,
-                    ra::DADDR_V6,
-                ],
+                end,
+                [ra::SADDR, ra::DADDR, ra::SADDR_V6, ra::DADDR_V6],
             );
             (*p).req = field(&ctx, ra::REQ);
         }
@@ -349,11 +336,8 @@ mod programs {
 
     #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
     pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-        if !wanted(
-            field(&ctx, rr::FAMILY),
-            field(&ctx, rr::SPORT),
-            field(&ctx, rr::DPORT),
-        ) {
+        let end = ends(&ctx, [rr::FAMILY, rr::SPORT, rr::DPORT]);
+        if !wanted(end.family, end.sport, end.dport) {
             return 0;
         }
         let Some(mut e) = reserve::<ResetReceivedEvent>(&ctx) else {
@@ -370,15 +354,8 @@ mod programs {
             endpoints(
                 &ctx,
                 &raw mut (*p).hdr,
-                [
-                    rr::FAMILY,
-                    rr::SPORT,
-                    rr::DPORT,
-                    rr::SADDR,
-                    rr::DADDR,
-                    rr::SADDR_V6,
-                    rr::DADDR_V6,
-                ],
+                end,
+                [rr::SADDR, rr::DADDR, rr::SADDR_V6, rr::DADDR_V6],
             );
             (*p).cookie = field(&ctx, rr::COOKIE);
         }
@@ -388,11 +365,8 @@ mod programs {
 
     #[tracepoint(category = "sock", name = "inet_sk_error_report")]
     pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
-        if !wanted(
-            field(&ctx, er::FAMILY),
-            field(&ctx, er::SPORT),
-            field(&ctx, er::DPORT),
-        ) {
+        let end = ends(&ctx, [er::FAMILY, er::SPORT, er::DPORT]);
+        if !wanted(end.family, end.sport, end.dport) {
             return 0;
         }
         if field::<u16>(&ctx, er::PROTOCOL) != IPPROTO_TCP {
@@ -407,15 +381,8 @@ mod programs {
             endpoints(
                 &ctx,
                 &raw mut (*p).hdr,
-                [
-                    er::FAMILY,
-                    er::SPORT,
-                    er::DPORT,
-                    er::SADDR,
-                    er::DADDR,
-                    er::SADDR_V6,
-                    er::DADDR_V6,
-                ],
+                end,
+                [er::SADDR, er::DADDR, er::SADDR_V6, er::DADDR_V6],
             );
             (*p).error = field(&ctx, er::ERROR);
             (*p)._pad = 0;

@@ -481,11 +481,6 @@ impl Engine {
         self.graveyard.get(idx).map(|(_, l)| l)
     }
 
-    /// Every tracked lifecycle (no particular order).
-    pub fn iter(&self) -> impl Iterator<Item = &Lifecycle> {
-        self.socks.map.values()
-    }
-
     /// Adds a socket from a snapshot. Events older than `seed.at_ns` will not move its state.
     pub fn seed(&mut self, seed: Seed) {
         if self.socks.key_of(&seed.tuple).is_some() {

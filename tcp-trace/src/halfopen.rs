@@ -244,11 +244,6 @@ impl Tracker {
             .chain(self.listeners.values().filter(|l| l.flagged).map(|l| &l.ep))
     }
 
-    /// The episode of a socket, if one is being tracked (flagged or not).
-    pub fn episode_of(&self, sock: u64) -> Option<&Episode> {
-        self.streaks.get(&sock).map(|s| &s.ep)
-    }
-
     fn passes(&self, ep: &Episode, now_ns: u64) -> bool {
         ep.retransmits >= self.thresholds.retransmits
             && now_ns.saturating_sub(ep.since_ns) >= self.thresholds.after.as_nanos() as u64
