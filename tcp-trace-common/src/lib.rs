@@ -77,7 +77,7 @@ impl Kind {
     }
 }
 
-/// The first 80 bytes of every ring-buffer record.
+/// The first 96 bytes of every ring-buffer record.
 ///
 /// Addresses are raw network-order bytes; an IPv4 address fills the first 4 bytes of its field.
 /// Ports are in host order, as the tracepoints store them.
@@ -106,6 +106,37 @@ pub struct Header {
     pub saddr: [u8; 16],
     /// Remote address.
     pub daddr: [u8; 16],
+    /// Inode of the socket's network namespace (as in `/proc/PID/ns/net`); 0: unknown.
+    pub netns: u32,
+    /// Explicit padding; always zero.
+    pub _pad2: u32,
+    /// Id of the socket's cgroup v2 (the inode of its directory); 0: unknown.
+    pub cgroup: u64,
+}
+
+/// Where the kernel programs find a socket's network namespace and cgroup: byte offsets in
+/// kernel structures, looked up by userspace in the running kernel's BTF and set at load time
+/// (these programs have no CO-RE relocations). `sock_net == 0` turns the namespace read off,
+/// `sock_cgroup == 0` the cgroup read (a kernel without the field).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `struct sock`: `__sk_common.skc_net.net` (`struct net *`).
+    pub sock_net: u32,
+    /// `struct net`: `ns.inum`.
+    pub net_inum: u32,
+    /// `struct sock`: `sk_cgrp_data.cgroup` (`struct cgroup *`).
+    pub sock_cgroup: u32,
+    /// `struct cgroup`: `kn` (`struct kernfs_node *`).
+    pub cgroup_kn: u32,
+    /// `struct kernfs_node`: `id` (the cgroup id).
+    pub kn_id: u32,
+    /// `struct cgroup`: `level` (0 for the root).
+    pub cgroup_level: u32,
+    /// `struct cgroup`: `ancestors` (`struct cgroup *[level + 1]`, the root first).
+    pub cgroup_ancestors: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
 }
 
 /// A TCP state change.
@@ -199,6 +230,14 @@ pub mod names {
     pub const FILTER_FAMILY: &str = "FILTER_FAMILY";
     /// Global `[u32; 16]`: bit `new` of entry `old` asks for the task's comm on `old → new`.
     pub const COMM_TRANSITIONS: &str = "COMM_TRANSITIONS";
+    /// Global [`super::KernelOffsets`].
+    pub const OFFSETS: &str = "OFFSETS";
+    /// Global `u32`: only sockets in the network namespace with this inode (0: all).
+    pub const FILTER_NETNS: &str = "FILTER_NETNS";
+    /// Global `u64`: only sockets in the cgroup with this id or below it (0: all).
+    pub const FILTER_CGROUP: &str = "FILTER_CGROUP";
+    /// Global `u32`: the level of `FILTER_CGROUP` (0 = root) in the cgroup v2 tree.
+    pub const FILTER_CGROUP_LEVEL: &str = "FILTER_CGROUP_LEVEL";
 }
 
 #[cfg(feature = "user")]
@@ -213,12 +252,14 @@ mod pod {
     unsafe impl aya::Pod for ResetSentEvent {}
     unsafe impl aya::Pod for ResetReceivedEvent {}
     unsafe impl aya::Pod for ErrorEvent {}
+    unsafe impl aya::Pod for KernelOffsets {}
 }
 
 // No implicit padding: each size equals the sum of its fields.
 const _: () = {
     use core::mem::size_of;
-    assert!(size_of::<Header>() == 8 + 8 + 8 + 16 + 1 + 1 + 2 + 2 + 2 + 16 + 16);
+    assert!(size_of::<Header>() == 8 + 8 + 8 + 16 + 1 + 1 + 2 + 2 + 2 + 16 + 16 + 4 + 4 + 8);
+    assert!(size_of::<KernelOffsets>() == 8 * 4);
     assert!(size_of::<StateEvent>() == size_of::<Header>() + 8);
     assert!(size_of::<RetransmitEvent>() == size_of::<Header>() + 8);
     assert!(size_of::<SynackRetransmitEvent>() == size_of::<Header>() + 8);

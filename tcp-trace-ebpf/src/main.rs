@@ -15,7 +15,7 @@ mod programs {
     use aya_ebpf::{
         bindings::BPF_RB_NO_WAKEUP,
         helpers::{
-            bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+            bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel as read_kernel,
             generated::{bpf_get_current_comm, bpf_probe_read_kernel},
         },
         macros::{map, tracepoint},
@@ -29,8 +29,8 @@ mod programs {
             error_report as er, receive_reset as rr, retransmit_skb as rs, retransmit_synack as ra,
             send_reset as sr, set_state as ss, Field,
         },
-        ErrorEvent, Header, Kind, ResetReceivedEvent, ResetSentEvent, RetransmitEvent, StateEvent,
-        SynackRetransmitEvent, AF_INET6, IPPROTO_TCP,
+        ErrorEvent, Header, KernelOffsets, Kind, ResetReceivedEvent, ResetSentEvent,
+        RetransmitEvent, StateEvent, SynackRetransmitEvent, AF_INET6, IPPROTO_TCP,
     };
 
     /// Default 4 MiB; userspace may resize it at load time (`--ringbuf-size`).
@@ -56,6 +56,31 @@ mod programs {
     #[unsafe(no_mangle)]
     static FILTER_FAMILY: Global<u16> = Global::new(0);
 
+    /// Where a socket's namespace and cgroup are, from the kernel's BTF (all 0: not read).
+    #[unsafe(no_mangle)]
+    static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
+        sock_net: 0,
+        net_inum: 0,
+        sock_cgroup: 0,
+        cgroup_kn: 0,
+        kn_id: 0,
+        cgroup_level: 0,
+        cgroup_ancestors: 0,
+        _pad: 0,
+    });
+
+    /// Only sockets in this network namespace (inode; 0: all); from `--netns`.
+    #[unsafe(no_mangle)]
+    static FILTER_NETNS: Global<u32> = Global::new(0);
+
+    /// Only sockets in this cgroup or below it (id; 0: all); from `--cgroup`.
+    #[unsafe(no_mangle)]
+    static FILTER_CGROUP: Global<u64> = Global::new(0);
+
+    /// The level of `FILTER_CGROUP` in the cgroup v2 tree (root: 0).
+    #[unsafe(no_mangle)]
+    static FILTER_CGROUP_LEVEL: Global<u32> = Global::new(0);
+
     /// Whether an event with these endpoints passes the load-time filters. Checked before
     /// reserving: a filtered-out event costs no ring-buffer space.
     #[inline(always)]
@@ -67,6 +92,81 @@ mod programs {
             && (sp == 0 || sport == sp)
             && (dp == 0 || dport == dp)
             && (fam == 0 || family == fam)
+    }
+
+    /// A socket's network namespace inode and cgroup id (0: unknown).
+    #[derive(Clone, Copy)]
+    struct Place {
+        netns: u32,
+        cgroup: u64,
+    }
+
+    #[inline(always)]
+    fn read_u64(addr: u64) -> u64 {
+        unsafe { read_kernel(addr as *const u64) }.unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn read_u32(addr: u64) -> u32 {
+        unsafe { read_kernel(addr as *const u32) }.unwrap_or(0)
+    }
+
+    /// The id of cgroup `cg` (`cg->kn->id`).
+    #[inline(always)]
+    fn cgroup_id(cg: u64, o: &KernelOffsets) -> u64 {
+        let kn = read_u64(cg + o.cgroup_kn as u64);
+        if kn == 0 {
+            return 0;
+        }
+        read_u64(kn + o.kn_id as u64)
+    }
+
+    /// Reads where socket `sk` lives and applies the namespace and cgroup filters (`None`:
+    /// filtered out). An event without a socket passes: userspace filters it by the
+    /// connection it belongs to.
+    #[inline(always)]
+    fn place(sk: u64) -> Option<Place> {
+        let mut p = Place {
+            netns: 0,
+            cgroup: 0,
+        };
+        if sk == 0 {
+            return Some(p);
+        }
+        let o = OFFSETS.load();
+        if o.sock_net != 0 {
+            let net = read_u64(sk + o.sock_net as u64);
+            if net != 0 {
+                p.netns = read_u32(net + o.net_inum as u64);
+            }
+        }
+        let want_ns = FILTER_NETNS.load();
+        if want_ns != 0 && p.netns != want_ns {
+            return None;
+        }
+        let want_cg = FILTER_CGROUP.load();
+        if o.sock_cgroup != 0 {
+            let cg = read_u64(sk + o.sock_cgroup as u64);
+            if cg != 0 {
+                p.cgroup = cgroup_id(cg, &o);
+                if want_cg != 0 && p.cgroup != want_cg {
+                    // Below the wanted cgroup: its ancestor at the wanted level is that one.
+                    let lvl = FILTER_CGROUP_LEVEL.load();
+                    let level = read_u32(cg + o.cgroup_level as u64);
+                    if level <= lvl {
+                        return None;
+                    }
+                    let anc = read_u64(cg + o.cgroup_ancestors as u64 + 8 * lvl as u64);
+                    if anc == 0 || cgroup_id(anc, &o) != want_cg {
+                        return None;
+                    }
+                }
+            }
+        }
+        if want_cg != 0 && p.cgroup == 0 {
+            return None;
+        }
+        Some(p)
     }
 
     /// Bit `new` of entry `old`: copy the task's comm for an `old → new` state change. Userspace
@@ -105,10 +205,13 @@ mod programs {
 
     /// Fills the fields every event has; the task's comm only when `with_comm`.
     #[inline(always)]
-    fn header(h: *mut Header, kind: Kind, skaddr: u64, with_comm: bool) {
+    fn header(h: *mut Header, kind: Kind, skaddr: u64, at: Place, with_comm: bool) {
         unsafe {
             (*h).ts_ns = bpf_ktime_get_ns();
             (*h).skaddr = skaddr;
+            (*h).netns = at.netns;
+            (*h)._pad2 = 0;
+            (*h).cgroup = at.cgroup;
             (*h).pid_tgid = bpf_get_current_pid_tgid();
             if with_comm {
                 bpf_get_current_comm((*h).comm.as_mut_ptr().cast::<c_void>(), 16);
@@ -198,6 +301,10 @@ mod programs {
         if field::<u16>(&ctx, ss::PROTOCOL) != IPPROTO_TCP {
             return 0;
         }
+        let sk: u64 = field(&ctx, ss::SKADDR);
+        let Some(at) = place(sk) else {
+            return 0;
+        };
         let Some(mut e) = reserve::<StateEvent>(&ctx) else {
             return 0;
         };
@@ -205,12 +312,7 @@ mod programs {
         let old: i32 = field(&ctx, ss::OLDSTATE);
         let new: i32 = field(&ctx, ss::NEWSTATE);
         unsafe {
-            header(
-                &raw mut (*p).hdr,
-                Kind::State,
-                field(&ctx, ss::SKADDR),
-                wants_comm(old, new),
-            );
+            header(&raw mut (*p).hdr, Kind::State, sk, at, wants_comm(old, new));
             endpoints(
                 &ctx,
                 &raw mut (*p).hdr,
@@ -230,17 +332,16 @@ mod programs {
         if !wanted(end.family, end.sport, end.dport) {
             return 0;
         }
+        let sk: u64 = field(&ctx, rs::SKADDR);
+        let Some(at) = place(sk) else {
+            return 0;
+        };
         let Some(mut e) = reserve::<RetransmitEvent>(&ctx) else {
             return 0;
         };
         let p = e.as_mut_ptr();
         unsafe {
-            header(
-                &raw mut (*p).hdr,
-                Kind::Retransmit,
-                field(&ctx, rs::SKADDR),
-                false,
-            );
+            header(&raw mut (*p).hdr, Kind::Retransmit, sk, at, false);
             endpoints(
                 &ctx,
                 &raw mut (*p).hdr,
@@ -264,17 +365,16 @@ mod programs {
         if !wanted(end.family, end.sport, end.dport) {
             return 0;
         }
+        let sk: u64 = field(&ctx, ra::SKADDR);
+        let Some(at) = place(sk) else {
+            return 0;
+        };
         let Some(mut e) = reserve::<SynackRetransmitEvent>(&ctx) else {
             return 0;
         };
         let p = e.as_mut_ptr();
         unsafe {
-            header(
-                &raw mut (*p).hdr,
-                Kind::SynackRetransmit,
-                field(&ctx, ra::SKADDR),
-                false,
-            );
+            header(&raw mut (*p).hdr, Kind::SynackRetransmit, sk, at, false);
             endpoints(
                 &ctx,
                 &raw mut (*p).hdr,
@@ -309,17 +409,16 @@ mod programs {
         if !wanted(fam, sport, dport) {
             return 0;
         }
+        let sk: u64 = field(&ctx, sr::SKADDR);
+        let Some(at) = place(sk) else {
+            return 0;
+        };
         let Some(mut e) = reserve::<ResetSentEvent>(&ctx) else {
             return 0;
         };
         let p = e.as_mut_ptr();
         unsafe {
-            header(
-                &raw mut (*p).hdr,
-                Kind::ResetSent,
-                field(&ctx, sr::SKADDR),
-                false,
-            );
+            header(&raw mut (*p).hdr, Kind::ResetSent, sk, at, false);
             (*p).hdr.family = 0;
             (*p).hdr.sport = 0;
             (*p).hdr.dport = 0;
@@ -340,17 +439,16 @@ mod programs {
         if !wanted(end.family, end.sport, end.dport) {
             return 0;
         }
+        let sk: u64 = field(&ctx, rr::SKADDR);
+        let Some(at) = place(sk) else {
+            return 0;
+        };
         let Some(mut e) = reserve::<ResetReceivedEvent>(&ctx) else {
             return 0;
         };
         let p = e.as_mut_ptr();
         unsafe {
-            header(
-                &raw mut (*p).hdr,
-                Kind::ResetReceived,
-                field(&ctx, rr::SKADDR),
-                false,
-            );
+            header(&raw mut (*p).hdr, Kind::ResetReceived, sk, at, false);
             endpoints(
                 &ctx,
                 &raw mut (*p).hdr,
@@ -377,7 +475,12 @@ mod programs {
         };
         let p = e.as_mut_ptr();
         unsafe {
-            header(&raw mut (*p).hdr, Kind::Error, 0, false);
+            // This tracepoint has no socket pointer: no namespace or cgroup either.
+            let none = Place {
+                netns: 0,
+                cgroup: 0,
+            };
+            header(&raw mut (*p).hdr, Kind::Error, 0, none, false);
             endpoints(
                 &ctx,
                 &raw mut (*p).hdr,

@@ -15,6 +15,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    cgroup,
     clock::Clock,
     commands::{
         life::Life,
@@ -94,6 +95,14 @@ pub struct Common {
     /// Only sockets whose owner has this command name.
     #[arg(long)]
     pub comm: Option<String>,
+    /// Only sockets in this network namespace: its inode (`ls -L -i /proc/PID/ns/net`), as
+    /// `net:[4026531840]`, or a namespace file (`/proc/PID/ns/net`, `/run/netns/NAME`).
+    #[arg(long, value_parser = parse_netns)]
+    pub netns: Option<u32>,
+    /// Only sockets created in this cgroup v2 or below it (a container): a path as
+    /// `/proc/PID/cgroup` writes it, or its directory under the cgroup2 mount.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
     /// Only IPv4.
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
     pub ipv4: bool,
@@ -135,6 +144,11 @@ impl Common {
                 (_, true) => Family::V6,
                 _ => Family::Any,
             },
+            netns: self.netns,
+            cgroup: self
+                .cgroup
+                .as_deref()
+                .map(|c| cgroup::normalize(c, cgroup::mount().as_deref())),
         }
     }
 
@@ -150,9 +164,13 @@ impl Common {
         Engine::new(self.max_sockets, keep_finished).with_thresholds(self.thresholds())
     }
 
-    fn source_options(&self) -> Options {
-        Options {
+    /// Kernel-side options; `--cgroup` must name a cgroup on this host.
+    fn source_options(&self) -> Result<Options> {
+        let cgroup = self.cgroup.as_deref().map(cgroup::target).transpose()?;
+        Ok(Options {
             ringbuf_bytes: self.ringbuf_size,
+            netns: self.netns,
+            cgroup: cgroup.map(|t| (t.id, t.level)),
             port: self.port,
             sport: self.sport,
             dport: self.dport,
@@ -162,7 +180,7 @@ impl Common {
                 _ => None,
             },
             ..Options::default()
-        }
+        })
     }
 }
 
@@ -172,6 +190,9 @@ pub struct WatchArgs {
     /// One JSON object per line (NDJSON) instead of aligned text.
     #[arg(long)]
     pub json: bool,
+    /// Human output: also each socket's network namespace and cgroup.
+    #[arg(long)]
+    pub wide: bool,
     #[command(flatten)]
     pub common: Common,
 }
@@ -264,6 +285,9 @@ pub struct LifeArgs {
     /// One JSON object per line (`life`).
     #[arg(long)]
     pub json: bool,
+    /// Human output: also each connection's network namespace and cgroup.
+    #[arg(long)]
+    pub wide: bool,
     #[command(flatten)]
     pub common: Common,
 }
@@ -282,6 +306,21 @@ fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
     s.parse::<ipnet::IpNet>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
         .map_err(|_| format!("`{s}` is not an IP address or CIDR network"))
+}
+
+/// A network namespace: an inode number, `net:[N]`, or a namespace file to stat.
+fn parse_netns(s: &str) -> Result<u32, String> {
+    let digits = s
+        .strip_prefix("net:[")
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(s);
+    if let Ok(n) = digits.parse::<u32>() {
+        return Ok(n);
+    }
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(s)
+        .map_err(|e| format!("`{s}` is neither a namespace inode nor a readable file: {e}"))?;
+    u32::try_from(meta.ino()).map_err(|_| format!("`{s}`: inode out of range"))
 }
 
 fn parse_kind(s: &str) -> Result<Kind, String> {
@@ -312,28 +351,39 @@ impl Input {
         match &c.replay {
             None => {
                 let stop = Stop::new(c.duration)?;
-                let src = KernelSource::open(c.source_options())?;
-                Ok((Self::Live(Box::new(src), stop, env::Live), Clock::measure()))
+                let src = KernelSource::open(c.source_options()?)?;
+                Ok((
+                    Self::Live(Box::new(src), stop, env::Live::new(c.netns)),
+                    Clock::measure(),
+                ))
             }
             Some(path) => {
                 let file =
                     File::open(path).with_context(|| format!("opening {}", path.display()))?;
                 let mut reader = Reader::open(BufReader::new(file))
                     .with_context(|| format!("reading {}", path.display()))?;
-                let first = match reader.next_item() {
-                    Ok(Some(Item::Snapshot(s))) => *s,
-                    Ok(_) => {
-                        anyhow::bail!("{}: no start-up snapshot after the header", path.display())
-                    }
-                    Err(e) => {
-                        return Err(
-                            anyhow::Error::new(e).context(format!("reading {}", path.display()))
-                        )
+                // The start-up snapshot, after the names of the cgroups it mentions.
+                let mut names = Vec::new();
+                let first = loop {
+                    match reader.next_item() {
+                        Ok(Some(Item::Snapshot(s))) => break *s,
+                        Ok(Some(Item::Cgroup { id, path })) => names.push((id, path)),
+                        Ok(_) => anyhow::bail!(
+                            "{}: no start-up snapshot after the header",
+                            path.display()
+                        ),
+                        Err(e) => {
+                            return Err(anyhow::Error::new(e)
+                                .context(format!("reading {}", path.display())))
+                        }
                     }
                 };
                 let h = &reader.header;
                 let boot: u128 = h.boot_epoch_ns.parse().context("header: boot_epoch_ns")?;
-                let env = env::Replay::new(first, Duration::from_secs(h.fin_timeout_s));
+                let mut env = env::Replay::new(first, Duration::from_secs(h.fin_timeout_s));
+                for (id, path) in names {
+                    env.learn_cgroup(id, path);
+                }
                 Ok((
                     Self::Replay(Box::new(reader), Box::new(env)),
                     Clock::fixed(boot),
@@ -352,8 +402,8 @@ impl Input {
 
     async fn run(self, sink: &mut dyn Sink) -> Result<()> {
         match self {
-            Self::Live(mut src, mut stop, _) => {
-                pipeline::run(&mut src, &mut stop, sink).await?;
+            Self::Live(mut src, mut stop, mut env) => {
+                pipeline::run(&mut src, &mut stop, sink, &mut env).await?;
             }
             Self::Replay(mut reader, mut env) => pipeline::replay(&mut reader, sink, &mut env)?,
         }
@@ -384,6 +434,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let c = &a.common;
             let (input, clock) = Input::open(c)?;
             let mut sink = Watch::new(stdout(), a.json, clock, c.filter(), c.engine(false));
+            sink.set_wide(a.wide);
             input.run(&mut sink).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -416,6 +467,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let c = &a.common;
             let (input, clock) = Input::open(c)?;
             let mut sink = Life::new(stdout(), a.json, clock, c.filter(), c.engine(true));
+            sink.set_wide(a.wide);
             input.run(&mut sink).await?;
             Ok(ExitCode::SUCCESS)
         }

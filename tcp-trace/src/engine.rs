@@ -135,6 +135,37 @@ pub struct Lifecycle {
     /// For a socket seeded from a snapshot: when the snapshot was taken (0 otherwise).
     /// Events older than this describe a past the snapshot already shows.
     pub snapshot_ns: u64,
+    /// Its network namespace and cgroup, from its events.
+    pub place: Place,
+}
+
+/// Where a socket lives: network namespace inode and cgroup id (0: unknown).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Place {
+    /// Network namespace inode.
+    pub netns: u32,
+    /// cgroup v2 id.
+    pub cgroup: u64,
+}
+
+impl Place {
+    /// What an event says (zeros when its tracepoint has no socket).
+    pub fn of(ev: &Event) -> Self {
+        Self {
+            netns: ev.netns,
+            cgroup: ev.cgroup,
+        }
+    }
+
+    /// Takes what an event knows; keeps what it does not.
+    fn learn(&mut self, ev: &Event) {
+        if ev.netns != 0 {
+            self.netns = ev.netns;
+        }
+        if ev.cgroup != 0 {
+            self.cgroup = ev.cgroup;
+        }
+    }
 }
 
 impl Lifecycle {
@@ -156,6 +187,7 @@ impl Lifecycle {
             half_open: None,
             incomplete: !exact_start,
             snapshot_ns: 0,
+            place: Place::default(),
         }
     }
 
@@ -219,6 +251,9 @@ pub struct Applied {
     pub sock: Option<u64>,
     /// A lifecycle ended with this event (it is queued for [`Engine::take_finished`]).
     pub finished: bool,
+    /// The socket's namespace and cgroup: the event's, or (for an event without a socket)
+    /// its connection's.
+    pub place: Place,
 }
 
 /// A socket found in a snapshot before its events were seen.
@@ -552,21 +587,23 @@ impl Engine {
         std::mem::take(&mut self.notices)
     }
 
-    /// Moves the tracker's notices to the queue, recording each episode on its lifecycle.
+    /// Moves the tracker's notices to the queue, giving each episode its socket's place and
+    /// recording it on its lifecycle.
     fn collect_notices(&mut self) {
-        for n in self.halfopen.take_notices() {
-            let (Notice::Began(ep) | Notice::Ended(ep)) = &n;
-            if ep.kind != crate::halfopen::Kind::Embryonic {
-                let l = match self.socks.map.get_mut(&ep.sock) {
-                    Some(l) => Some(l),
-                    None => self
-                        .grave_by_sock
-                        .get(&ep.sock)
-                        .and_then(|seq| usize::try_from(seq.checked_sub(self.grave_base)?).ok())
-                        .and_then(|i| self.graveyard.get_mut(i))
-                        .map(|(_, l)| l),
-                };
-                if let Some(l) = l {
+        for mut n in self.halfopen.take_notices() {
+            let (Notice::Began(ep) | Notice::Ended(ep)) = &mut n;
+            let l = match self.socks.map.get_mut(&ep.sock) {
+                Some(l) => Some(l),
+                None => self
+                    .grave_by_sock
+                    .get(&ep.sock)
+                    .and_then(|seq| usize::try_from(seq.checked_sub(self.grave_base)?).ok())
+                    .and_then(|i| self.graveyard.get_mut(i))
+                    .map(|(_, l)| l),
+            };
+            if let Some(l) = l {
+                ep.place = l.place;
+                if ep.kind != crate::halfopen::Kind::Embryonic {
                     l.half_open = Some(Box::new(ep.clone()));
                 }
             }
@@ -589,7 +626,10 @@ impl Engine {
             Some(k) => self.socks.map.get_mut(&k),
             None => self.grave_mut(ev),
         };
-        let mut out = Applied::default();
+        let mut out = Applied {
+            place: Place::of(ev),
+            ..Applied::default()
+        };
         let mut state = None;
         let mut age = None;
         if let Some(l) = l {
@@ -602,6 +642,8 @@ impl Engine {
                 EventKind::State { .. } => {}
             }
             l.last_seen_ns = l.last_seen_ns.max(ev.ts_ns);
+            l.place.learn(ev);
+            out.place = l.place;
             out.owner = l.owner;
             out.sock = (l.sock != 0).then_some(l.sock);
             state = Some(l.state());
@@ -636,7 +678,10 @@ impl Engine {
     }
 
     fn apply_state(&mut self, ev: &Event, old: TcpState, new: TcpState) -> Applied {
-        let mut out = Applied::default();
+        let mut out = Applied {
+            place: Place::of(ev),
+            ..Applied::default()
+        };
         let tuple = Tuple::of(ev);
         let mut key = self.locate(ev);
 
@@ -684,6 +729,8 @@ impl Engine {
             });
         }
         out.owner = l.owner;
+        l.place.learn(ev);
+        out.place = l.place;
         l.last_seen_ns = l.last_seen_ns.max(ev.ts_ns);
         if stale_for_seed {
             return out;
@@ -764,6 +811,8 @@ mod tests {
             sport,
             daddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             dport,
+            netns: 0,
+            cgroup: 0,
             kind: EventKind::State { old, new },
         }
     }

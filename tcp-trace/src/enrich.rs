@@ -50,6 +50,12 @@ pub struct DiagSocket {
     pub backoff: Option<u8>,
     /// ms since anything was sent or received (tcp_info), when known.
     pub idle_ms: Option<u32>,
+    /// Inode of the network namespace it was listed in (0: unknown, e.g. older recordings).
+    #[serde(default)]
+    pub netns: u32,
+    /// Its cgroup v2 id (`INET_DIAG_CGROUP_ID`; 0: unknown).
+    #[serde(default)]
+    pub cgroup: u64,
 }
 
 impl DiagSocket {
@@ -66,11 +72,69 @@ pub fn state_flags(states: &[TcpState]) -> StateFlags {
     })
 }
 
-/// Every TCP socket (IPv4 and IPv6) of this network namespace in one of `states`.
-pub fn snapshot(states: StateFlags) -> Result<Vec<DiagSocket>> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag socket")?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
+/// `INET_DIAG_CGROUP_ID` (Linux 5.7+): the socket's cgroup v2 id, a `u64`.
+const INET_DIAG_CGROUP_ID: u16 = 21;
+
+/// The inode of this process's network namespace.
+pub fn own_netns() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino() as u32)
+}
+
+/// A file that names network namespace `inode`: a bind mount under `/run/netns` (`ip netns`),
+/// or some process's `/proc/PID/ns/net`.
+fn netns_file(inode: u32) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let is = |p: &std::path::Path| std::fs::metadata(p).is_ok_and(|m| m.ino() == u64::from(inode));
+    let named = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path());
+    let procs = procfs::process::all_processes()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|p| std::path::PathBuf::from(format!("/proc/{}/ns/net", p.pid())));
+    named.chain(procs).find(|p| is(p))
+}
+
+/// A sock_diag socket opened in network namespace `netns` (`None`: this process's): a socket
+/// stays in the namespace it was created in, so a short-lived thread joins that namespace
+/// (`setns`, which needs CAP_SYS_ADMIN) just to create it.
+fn diag_socket(netns: Option<u32>) -> Result<Socket> {
+    let open = || -> Result<Socket> {
+        let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag socket")?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(socket)
+    };
+    let Some(ns) = netns.filter(|n| *n != own_netns()) else {
+        return open();
+    };
+    let path = netns_file(ns)
+        .with_context(|| format!("network namespace {ns}: no process or /run/netns entry in it"))?;
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on a valid namespace fd affects only this short-lived thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(anyhow::Error::new(std::io::Error::last_os_error())
+                    .context(format!("joining network namespace {ns}")));
+            }
+            open()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("sock_diag thread panicked"))?
+    })
+}
+
+/// Every TCP socket (IPv4 and IPv6) of network namespace `netns` (`None`: this process's) in
+/// one of `states`.
+pub fn snapshot(states: StateFlags, netns: Option<u32>) -> Result<Vec<DiagSocket>> {
+    let mut socket = diag_socket(netns)?;
+    let ns = netns.unwrap_or_else(own_netns);
     let mut out = Vec::new();
     for family in [AF_INET, AF_INET6] {
         let id = if family == AF_INET {
@@ -81,14 +145,16 @@ pub fn snapshot(states: StateFlags) -> Result<Vec<DiagSocket>> {
         query(&mut socket, family, states.clone(), id, true, &mut out)
             .with_context(|| format!("sock_diag dump (family {family})"))?;
     }
+    for d in &mut out {
+        d.netns = ns;
+    }
     Ok(out)
 }
 
-/// The one socket with these endpoints in this network namespace, if any.
-pub fn lookup(t: &Tuple) -> Option<DiagSocket> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG).ok()?;
-    socket.bind_auto().ok()?;
-    socket.connect(&SocketAddr::new(0, 0)).ok()?;
+/// The one socket with these endpoints in network namespace `netns` (`None`: this
+/// process's), if any.
+pub fn lookup(t: &Tuple, netns: Option<u32>) -> Option<DiagSocket> {
+    let mut socket = diag_socket(netns).ok()?;
     let id = SocketId {
         source_port: t.sport,
         destination_port: t.dport,
@@ -100,7 +166,10 @@ pub fn lookup(t: &Tuple) -> Option<DiagSocket> {
     let family = if t.saddr.is_ipv4() { AF_INET } else { AF_INET6 };
     let mut out = Vec::new();
     query(&mut socket, family, StateFlags::all(), id, false, &mut out).ok()?;
-    out.into_iter().next()
+    out.into_iter().next().map(|d| DiagSocket {
+        netns: netns.unwrap_or_else(own_netns),
+        ..d
+    })
 }
 
 fn query(
@@ -161,8 +230,18 @@ fn query(
                         rto_us: None,
                         backoff: None,
                         idle_ms: None,
+                        netns: 0,
+                        cgroup: 0,
                     };
                     for nla in &r.nlas {
+                        if let Nla::Other(o) = nla {
+                            use netlink_packet_core::Nla as _;
+                            if o.kind() == INET_DIAG_CGROUP_ID && o.value_len() == 8 {
+                                let mut v = [0u8; 8];
+                                o.emit_value(&mut v);
+                                d.cgroup = u64::from_ne_bytes(v);
+                            }
+                        }
                         if let Nla::TcpInfo(ti) = nla {
                             d.last_recv_ms = Some(ti.last_ack_recv.min(ti.last_data_recv));
                             d.rto_us = Some(ti.rto);

@@ -1,5 +1,5 @@
 //! The world outside the event stream, as the commands see it: the time, what sock_diag lists,
-//! who holds a socket. Live, it is the kernel and `/proc`; in a replay, the recording's
+//! who holds a socket, which cgroup an id names. Live, it is the kernel and `/proc`; in a replay, the recording's
 //! snapshots at the recording's time — so every command runs the same code on both.
 
 use std::{
@@ -10,6 +10,7 @@ use std::{
 use anyhow::Result;
 
 use crate::{
+    cgroup::Resolver,
     clock::monotonic_ns,
     engine::Tuple,
     enrich::{self, DiagSocket, Holder},
@@ -29,6 +30,8 @@ pub trait Env {
     fn lookup(&mut self, t: &Tuple) -> Option<DiagSocket>;
     /// `net.ipv4.tcp_fin_timeout`.
     fn fin_timeout(&self) -> Duration;
+    /// The path of cgroup `id` (0: unknown), as `/proc/PID/cgroup` writes it.
+    fn cgroup_path(&mut self, id: u64) -> Option<&str>;
 }
 
 fn in_states(d: &DiagSocket, states: &[TcpState]) -> bool {
@@ -36,7 +39,21 @@ fn in_states(d: &DiagSocket, states: &[TcpState]) -> bool {
 }
 
 /// The live host.
-pub struct Live;
+pub struct Live {
+    cgroups: Resolver,
+    netns: Option<u32>,
+}
+
+impl Live {
+    /// The host's processes and cgroup tree, and the sockets of network namespace `netns`
+    /// (`None`: the tracer's own).
+    pub fn new(netns: Option<u32>) -> Self {
+        Self {
+            cgroups: Resolver::live(),
+            netns,
+        }
+    }
+}
 
 impl Env for Live {
     fn now(&self) -> u64 {
@@ -49,7 +66,7 @@ impl Env for Live {
         } else {
             enrich::state_flags(states)
         };
-        Ok(enrich::snapshot(flags)?
+        Ok(enrich::snapshot(flags, self.netns)?
             .into_iter()
             .filter(|d| in_states(d, states))
             .collect())
@@ -60,11 +77,15 @@ impl Env for Live {
     }
 
     fn lookup(&mut self, t: &Tuple) -> Option<DiagSocket> {
-        enrich::lookup(t)
+        enrich::lookup(t, self.netns)
     }
 
     fn fin_timeout(&self) -> Duration {
         enrich::fin_timeout()
+    }
+
+    fn cgroup_path(&mut self, id: u64) -> Option<&str> {
+        self.cgroups.path(id)
     }
 }
 
@@ -74,6 +95,7 @@ pub struct Replay {
     snap: Snapshot,
     holders: HashMap<u32, Vec<Holder>>,
     fin_timeout: Duration,
+    cgroups: Resolver,
 }
 
 impl Replay {
@@ -84,6 +106,7 @@ impl Replay {
             snap: Snapshot::default(),
             holders: HashMap::new(),
             fin_timeout,
+            cgroups: Resolver::fixed(),
         };
         r.observe(first);
         r
@@ -93,6 +116,11 @@ impl Replay {
     pub fn observe(&mut self, snap: Snapshot) {
         self.holders = snap.holders.iter().cloned().collect();
         self.snap = snap;
+    }
+
+    /// The recording names a cgroup.
+    pub fn learn_cgroup(&mut self, id: u64, path: String) {
+        self.cgroups.learn(id, path);
     }
 
     /// Time moves on to `ts_ns` (never backwards).
@@ -129,5 +157,9 @@ impl Env for Replay {
 
     fn fin_timeout(&self) -> Duration {
         self.fin_timeout
+    }
+
+    fn cgroup_path(&mut self, id: u64) -> Option<&str> {
+        self.cgroups.path(id)
     }
 }

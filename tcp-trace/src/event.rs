@@ -348,6 +348,10 @@ pub struct Event {
     pub daddr: IpAddr,
     /// Remote port.
     pub dport: u16,
+    /// Inode of the socket's network namespace (0: unknown, e.g. an error report).
+    pub netns: u32,
+    /// Id of the socket's cgroup v2 (0: unknown).
+    pub cgroup: u64,
     /// What happened.
     pub kind: EventKind,
 }
@@ -432,6 +436,8 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
         sport: h.sport,
         daddr: ip(h.family, &h.daddr),
         dport: h.dport,
+        netns: h.netns,
+        cgroup: h.cgroup,
         kind: EventKind::Error { errno: 0 },
     };
     ev.kind = match kind {
@@ -524,6 +530,9 @@ pub fn encode(ev: &Event) -> Vec<u8> {
         dport: ev.dport,
         saddr: raw_ip(&ev.saddr),
         daddr: raw_ip(&ev.daddr),
+        netns: ev.netns,
+        _pad2: 0,
+        cgroup: ev.cgroup,
     };
     match ev.kind {
         EventKind::State { old, new } => bytes_of(&StateEvent {
@@ -618,6 +627,9 @@ pub(crate) mod tests {
             dport: 443,
             saddr,
             daddr,
+            netns: 4026531840,
+            _pad2: 0,
+            cgroup: 7777,
         }
     }
 
@@ -637,6 +649,7 @@ pub(crate) mod tests {
         assert_eq!(ev.saddr.to_string(), "127.0.0.1");
         assert_eq!(ev.daddr.to_string(), "10.1.2.3");
         assert_eq!((ev.sport, ev.dport), (40000, 443));
+        assert_eq!((ev.netns, ev.cgroup), (4026531840, 7777));
         assert_eq!(
             ev.kind,
             EventKind::State {
@@ -767,10 +780,13 @@ pub(crate) mod tests {
             oldstate: 1,
             newstate: 2,
         });
-        short.truncate(84);
+        short.truncate(100);
         assert_eq!(
             decode(&short),
-            Err(DecodeError::Short { len: 84, need: 88 })
+            Err(DecodeError::Short {
+                len: 100,
+                need: 104
+            })
         );
     }
 

@@ -1,11 +1,14 @@
-//! Which events a command shows. Port and family filters also run in the kernel (an event
-//! they reject never takes ring-buffer space); they are checked here again so a replay filters
-//! the same way. `--pid`, `--comm` and `--addr` run here only, after the engine has seen the
+//! Which events a command shows. Port, family, network-namespace and cgroup filters also run in
+//! the kernel (an event they reject never takes ring-buffer space); they are checked here again
+//! so a replay filters the same way, and so events whose tracepoint has no socket (error
+//! reports, resets for no socket), which the kernel cannot place, are judged by the connection
+//! they belong to. `--pid`, `--comm` and `--addr` run here only, after the engine has seen the
 //! event, so owners and lifecycles stay complete.
 
 use std::net::IpAddr;
 
 use crate::{
+    cgroup::within,
     engine::{Owner, Tuple},
     event::Event,
 };
@@ -39,6 +42,10 @@ pub struct Filter {
     pub pid: Option<u32>,
     /// Address family.
     pub family: Family,
+    /// The socket's network namespace has this inode.
+    pub netns: Option<u32>,
+    /// The socket's cgroup v2 is this one (a path as `/proc/PID/cgroup` writes it) or below it.
+    pub cgroup: Option<String>,
 }
 
 impl Filter {
@@ -62,6 +69,21 @@ impl Filter {
     /// Every condition, for a connection and its owner.
     pub fn matches_conn(&self, t: &Tuple, owner: Option<&Owner>) -> bool {
         self.matches_tuple(t) && self.matches_owner(owner)
+    }
+
+    /// The `--netns` and `--cgroup` conditions for a socket in namespace `netns` (0: unknown)
+    /// and cgroup `cgroup` (a path; `None`: unknown). Unknown never matches a set condition.
+    pub fn matches_place(&self, netns: u32, cgroup: Option<&str>) -> bool {
+        self.netns.is_none_or(|n| n == netns)
+            && self
+                .cgroup
+                .as_deref()
+                .is_none_or(|top| cgroup.is_some_and(|p| within(p, top)))
+    }
+
+    /// Whether `--netns` or `--cgroup` is set.
+    pub fn has_place(&self) -> bool {
+        self.netns.is_some() || self.cgroup.is_some()
     }
 
     /// The `--pid` and `--comm` conditions.
@@ -110,6 +132,8 @@ mod tests {
             sport,
             daddr: a,
             dport,
+            netns: 0,
+            cgroup: 0,
             kind: EventKind::State {
                 old: TcpState::CLOSE,
                 new: TcpState::SYN_SENT,
@@ -164,5 +188,17 @@ mod tests {
             !f.matches(&ev(true, 1, 2), Some(&nginx)),
             "::1 is not in 127/8"
         );
+        let f = Filter {
+            netns: Some(4026531840),
+            cgroup: Some("/kubepods/pod1".into()),
+            ..Default::default()
+        };
+        assert!(f.has_place());
+        assert!(f.matches_place(4026531840, Some("/kubepods/pod1/c1")));
+        assert!(!f.matches_place(4026531840, Some("/kubepods/pod12")));
+        assert!(!f.matches_place(4026532000, Some("/kubepods/pod1")));
+        assert!(!f.matches_place(0, Some("/kubepods/pod1")), "unknown netns");
+        assert!(!f.matches_place(4026531840, None), "unknown cgroup");
+        assert!(Filter::default().matches_place(0, None));
     }
 }

@@ -121,6 +121,8 @@ pub struct Episode {
     pub handshakes: u32,
     /// `IdleNoKeepalive`: how long it has been idle.
     pub idle: Option<Duration>,
+    /// The socket's namespace and cgroup (filled in by the engine).
+    pub place: crate::engine::Place,
 }
 
 impl Episode {
@@ -138,6 +140,7 @@ impl Episode {
             top_remotes: Vec::new(),
             handshakes: 0,
             idle: None,
+            place: crate::engine::Place::default(),
         }
     }
 }

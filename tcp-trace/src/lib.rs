@@ -11,6 +11,8 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod btf;
+pub mod cgroup;
 pub mod cli;
 pub mod clock;
 pub mod commands;

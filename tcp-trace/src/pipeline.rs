@@ -78,8 +78,12 @@ impl Stop {
 }
 
 /// Runs until stopped; drains what is queued once more at the end, then calls `finish`.
-pub async fn run(src: &mut KernelSource, stop: &mut Stop, sink: &mut dyn Sink) -> Result<Ended> {
-    let env = &mut env::Live;
+pub async fn run(
+    src: &mut KernelSource,
+    stop: &mut Stop,
+    sink: &mut dyn Sink,
+    env: &mut env::Live,
+) -> Result<Ended> {
     let mut batch = Vec::with_capacity(4096);
     let ended = loop {
         tokio::select! {
@@ -136,6 +140,7 @@ pub fn replay<R: std::io::Read>(
             Item::Event(ev) => ev.ts_ns,
             Item::Lost { ts_ns, .. } | Item::End { ts_ns } => *ts_ns,
             Item::Snapshot(s) => s.ts_ns,
+            Item::Cgroup { .. } => env.now(),
         };
         // Close the open batch when this item is past it; let time reach the sink's wake-ups.
         // A sink that says Stop is finished at once: nothing more is fed to it.
@@ -157,6 +162,7 @@ pub fn replay<R: std::io::Read>(
             Item::Event(ev) => batch.push(Record::Event(ev)),
             Item::Lost { ts_ns, count } => batch.push(Record::Lost { ts_ns, count }),
             Item::Snapshot(s) => env.observe(*s),
+            Item::Cgroup { id, path } => env.learn_cgroup(id, path),
             Item::End { .. } => {}
         }
         batch_end.get_or_insert(ts + REPLAY_BATCH_NS);

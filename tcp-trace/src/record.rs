@@ -1,6 +1,6 @@
 //! Recordings: what `tcp-trace record` writes and `--replay` reads.
 //!
-//! Format (version 1), little-endian:
+//! Format (version 2), little-endian:
 //!
 //! ```text
 //! "TCPTRACE-RECORD\n"                      magic
@@ -10,10 +10,12 @@
 //!   2 lost      u64 monotonic ns, u64 count
 //!   3 snapshot  JSON: sock_diag sockets and their /proc holders at a monotonic time
 //!   4 end       u64 monotonic ns (a complete recording ends with it)
+//!   5 cgroup    u64 cgroup id, UTF-8 path (written before the first event from that cgroup)
 //! ```
 //!
-//! Events keep the kernel's binary layout (88–144 bytes each) so a recording costs about what
-//! the ring buffer carried; snapshots are rare and JSON.
+//! Events keep the kernel's binary layout (104–160 bytes each) so a recording costs about what
+//! the ring buffer carried; snapshots are rare and JSON. Version 1 (before events carried the
+//! socket's network namespace and cgroup) is still read: its events get both as unknown.
 
 use std::io::{self, Read, Write};
 
@@ -27,12 +29,16 @@ use crate::{
 /// The first bytes of every recording.
 pub const MAGIC: &[u8; 16] = b"TCPTRACE-RECORD\n";
 /// The format version this build writes and the newest it reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 const TAG_EVENT: u8 = 1;
 const TAG_LOST: u8 = 2;
 const TAG_SNAPSHOT: u8 = 3;
 const TAG_END: u8 = 4;
+const TAG_CGROUP: u8 = 5;
+/// Where version 1's shorter event header ended (the namespace and cgroup fields follow it in
+/// version 2).
+const V1_HEADER_END: usize = 80;
 /// Larger frames are corruption, not data.
 const MAX_FRAME: u32 = 64 << 20;
 
@@ -86,6 +92,13 @@ pub enum Item {
         /// When recording stopped.
         ts_ns: u64,
     },
+    /// A cgroup id and its path (for `--cgroup` and output in a replay).
+    Cgroup {
+        /// The id events carry.
+        id: u64,
+        /// As `/proc/PID/cgroup` writes it.
+        path: String,
+    },
 }
 
 /// Writes a recording.
@@ -120,6 +133,11 @@ impl<W: Write> Writer<W> {
             }
             Item::Snapshot(s) => self.frame(TAG_SNAPSHOT, &serde_json::to_vec(s)?),
             Item::End { ts_ns } => self.frame(TAG_END, &ts_ns.to_le_bytes()),
+            Item::Cgroup { id, path } => {
+                let mut p = id.to_le_bytes().to_vec();
+                p.extend_from_slice(path.as_bytes());
+                self.frame(TAG_CGROUP, &p)
+            }
         }
     }
 
@@ -240,6 +258,9 @@ impl<R: Read> Reader<R> {
             p.get(i..i + 8)
                 .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
         };
+        if self.header.version == 1 && tag == TAG_EVENT && p.len() >= V1_HEADER_END {
+            p.splice(V1_HEADER_END..V1_HEADER_END, [0u8; 16]);
+        }
         let item = match tag {
             TAG_EVENT => Item::Event(decode(&p).map_err(|e| err(format!("bad event: {e}")))?),
             TAG_LOST => match (u64_at(&p, 0), u64_at(&p, 8)) {
@@ -255,6 +276,13 @@ impl<R: Read> Reader<R> {
                     Item::End { ts_ns }
                 }
                 _ => return Err(err("bad end frame".into())),
+            },
+            TAG_CGROUP => match (u64_at(&p, 0), p.get(8..).map(std::str::from_utf8)) {
+                (Some(id), Some(Ok(path))) => Item::Cgroup {
+                    id,
+                    path: path.to_string(),
+                },
+                _ => return Err(err("bad cgroup frame".into())),
             },
             t => return Err(err(format!("unknown frame tag {t}"))),
         };
@@ -321,6 +349,65 @@ mod tests {
         assert_eq!(e.offset, second_at);
         assert!(e.what.contains("truncated frame"), "{e}");
         assert!(!r.ended_cleanly());
+    }
+
+    #[test]
+    fn cgroup_frames_round_trip() {
+        let mut w = Writer::new(Vec::new(), &header()).unwrap();
+        let item = Item::Cgroup {
+            id: 42,
+            path: "/system.slice/x.service".into(),
+        };
+        w.item(&item).unwrap();
+        let bytes = w.into_inner().unwrap();
+        assert_eq!(
+            Reader::open(&bytes[..]).unwrap().next_item(),
+            Ok(Some(item))
+        );
+    }
+
+    #[test]
+    fn version_1_events_read_with_unknown_namespace_and_cgroup() {
+        let ev = crate::event::decode(&crate::event::encode(&crate::event::Event {
+            netns: 0,
+            cgroup: 0,
+            ..sample_event()
+        }))
+        .unwrap();
+        // A version 1 event record: the version 2 one without its 16 bytes at offset 80.
+        let mut v1 = encode(&ev);
+        v1.drain(V1_HEADER_END..V1_HEADER_END + 16);
+        let mut h = header();
+        h.version = 1;
+        let mut bytes = Writer::new(Vec::new(), &h).unwrap().into_inner().unwrap();
+        bytes.push(TAG_EVENT);
+        bytes.extend((v1.len() as u32).to_le_bytes());
+        bytes.extend(&v1);
+        let mut r = Reader::open(&bytes[..]).unwrap();
+        assert_eq!(r.next_item().unwrap(), Some(Item::Event(ev)));
+    }
+
+    fn sample_event() -> crate::event::Event {
+        use crate::event::{Comm, EventKind, Task, TcpState};
+        crate::event::Event {
+            ts_ns: 5,
+            sock: 0xffff_0001,
+            task: Task {
+                pid: 3,
+                tid: 3,
+                comm: Comm::from_bytes(b"curl"),
+            },
+            saddr: "127.0.0.1".parse().unwrap(),
+            sport: 4000,
+            daddr: "127.0.0.1".parse().unwrap(),
+            dport: 80,
+            netns: 4026531840,
+            cgroup: 9,
+            kind: EventKind::State {
+                old: TcpState::CLOSE_WAIT,
+                new: TcpState::LAST_ACK,
+            },
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use aya::{
 };
 use tcp_trace_common::{
     layout::{Tracepoint, TRACEPOINTS},
-    names,
+    names, KernelOffsets,
 };
 
 use crate::{
@@ -51,6 +51,10 @@ pub struct Options {
     pub dport: Option<u16>,
     /// In-kernel filter: only this address family (`AF_INET`/`AF_INET6`).
     pub family: Option<u16>,
+    /// In-kernel filter: only sockets in this network namespace (inode).
+    pub netns: Option<u32>,
+    /// In-kernel filter: only sockets in this cgroup (id, level) or below it.
+    pub cgroup: Option<(u64, u32)>,
 }
 
 impl Default for Options {
@@ -62,6 +66,8 @@ impl Default for Options {
             sport: None,
             dport: None,
             family: None,
+            netns: None,
+            cgroup: None,
         }
     }
 }
@@ -157,6 +163,25 @@ fn short_error(e: &dyn std::error::Error) -> String {
     }
 }
 
+/// Where the kernel programs find a socket's namespace and cgroup. Without kernel BTF, events
+/// carry neither (a warning), and `--netns`/`--cgroup` cannot run.
+fn kernel_offsets(opts: &Options) -> Result<KernelOffsets> {
+    let offsets = match crate::btf::Btf::kernel() {
+        Ok(btf) => btf.kernel_offsets(),
+        Err(e) => {
+            log::warn!("{e:#}: events carry no network namespace or cgroup");
+            KernelOffsets::default()
+        }
+    };
+    if opts.netns.is_some() && offsets.sock_net == 0 {
+        bail!("--netns: this kernel's BTF does not show where a socket's namespace is");
+    }
+    if opts.cgroup.is_some() && offsets.sock_cgroup == 0 {
+        bail!("--cgroup: this kernel's BTF does not show a socket's cgroup");
+    }
+    Ok(offsets)
+}
+
 /// The eBPF object built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcp-trace"));
 
@@ -204,6 +229,8 @@ impl KernelSource {
         let size = opts.ringbuf_bytes.max(page).next_power_of_two();
         let level = aya_log_level();
         let comm = crate::event::comm_transitions();
+        let offsets = kernel_offsets(&opts)?;
+        let (cg_id, cg_level) = opts.cgroup.unwrap_or((0, 0));
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS, size)
             .override_global(names::COMM_TRANSITIONS, &comm, true)
@@ -211,6 +238,10 @@ impl KernelSource {
             .override_global(names::FILTER_SPORT, &opts.sport.unwrap_or(0), true)
             .override_global(names::FILTER_DPORT, &opts.dport.unwrap_or(0), true)
             .override_global(names::FILTER_FAMILY, &opts.family.unwrap_or(0), true)
+            .override_global(names::OFFSETS, &offsets, true)
+            .override_global(names::FILTER_NETNS, &opts.netns.unwrap_or(0), true)
+            .override_global(names::FILTER_CGROUP, &cg_id, true)
+            .override_global(names::FILTER_CGROUP_LEVEL, &cg_level, true)
             .override_global(
                 tcp_trace_common::layout::RETRANSMIT_HAS_ERR,
                 &u8::from(has_err),

@@ -68,6 +68,10 @@ pub struct Stuck {
     pub reap_in: Option<Duration>,
     /// States before this one, with time spent in each (exact lifecycles only).
     pub history: Vec<(TcpState, Duration)>,
+    /// Its network namespace and cgroup id (from its events, else from sock_diag).
+    pub place: crate::engine::Place,
+    /// That cgroup's path (filled in by the caller, which can resolve it).
+    pub cgroup: Option<String>,
     /// One-line explanation.
     pub diagnosis: String,
 }
@@ -185,6 +189,18 @@ pub fn assess(engine: &Engine, d: &DiagSocket, cx: &Context<'_>) -> Option<Stuck
         eof_read,
         reap_in,
         history,
+        place: {
+            let from_events = l.map(|l| l.place).unwrap_or_default();
+            crate::engine::Place {
+                netns: Some(from_events.netns)
+                    .filter(|n| *n != 0)
+                    .unwrap_or(d.netns),
+                cgroup: Some(from_events.cgroup)
+                    .filter(|c| *c != 0)
+                    .unwrap_or(d.cgroup),
+            }
+        },
+        cgroup: None,
         diagnosis: String::new(),
     };
     s.diagnosis = diagnose(&s, cx.fin_timeout);
@@ -280,6 +296,8 @@ mod tests {
             rto_us: None,
             backoff: None,
             idle_ms: None,
+            netns: 0,
+            cgroup: 0,
         }
     }
 
@@ -296,6 +314,8 @@ mod tests {
             sport: t.sport,
             daddr: t.daddr,
             dport: t.dport,
+            netns: 0,
+            cgroup: 0,
             kind: EventKind::State { old, new },
         }
     }

@@ -64,6 +64,8 @@ fn event() -> impl Strategy<Value = Event> {
                 sport,
                 daddr: a,
                 dport,
+                netns: 0,
+                cgroup: 0,
                 kind,
             }
         })
@@ -139,7 +141,15 @@ proptest! {
     fn watch_json_is_always_one_valid_object(ev in event(), name in proptest::collection::vec(any::<u8>(), 0..16), ns in proptest::option::of(any::<u64>())) {
         let owner = Owner { pid: 7, comm: Comm::from_bytes(&name) };
         let mut w = WatchWriter::new(Vec::new(), true, Clock::fixed(1_700_000_000_000_000_000));
-        w.event(&Annotated { ev: &ev, sock: None, owner: Some(owner), ns_in_old: ns }).unwrap();
+        w.event(&Annotated {
+            ev: &ev,
+            sock: None,
+            owner: Some(owner),
+            ns_in_old: ns,
+            place: tcp_trace::engine::Place::default(),
+            cgroup: None,
+        })
+        .unwrap();
         let out = w.into_inner();
         let text = String::from_utf8(out).unwrap();
         prop_assert_eq!(text.matches('\n').count(), 1);

@@ -42,14 +42,22 @@ impl<W: Write> Life<W> {
         }
     }
 
-    fn emit(&mut self, until_ns: u64) -> Result<()> {
+    /// Human output: also each connection's network namespace and cgroup.
+    pub fn set_wide(&mut self, wide: bool) {
+        self.out.wide = wide;
+    }
+
+    fn emit(&mut self, until_ns: u64, env: &mut dyn Env) -> Result<()> {
         for l in self.engine.take_finished(until_ns) {
             if is_listener(&l) {
                 continue;
             }
             let t = &l.tuple;
-            if self.filter.matches_conn(t, l.owner.as_ref()) {
-                self.out.life(&l)?;
+            let cgroup = env.cgroup_path(l.place.cgroup);
+            if self.filter.matches_conn(t, l.owner.as_ref())
+                && self.filter.matches_place(l.place.netns, cgroup)
+            {
+                self.out.life(&l, cgroup)?;
                 self.lives += 1;
             }
         }
@@ -75,13 +83,13 @@ impl<W: Write> Sink for Life<W> {
         let now = self.latest_ns.max(env.now());
         self.engine.tick(now);
         self.engine.take_notices();
-        self.emit(now.saturating_sub(GRACE_NS))?;
+        self.emit(now.saturating_sub(GRACE_NS), env)?;
         self.out.flush()?;
         Ok(Flow::Continue)
     }
 
     fn finish(&mut self, env: &mut dyn Env) -> Result<()> {
-        self.emit(u64::MAX)?;
+        self.emit(u64::MAX, env)?;
         let now = env.now();
         self.out
             .summary(self.lives, self.engine.counters.evictions, self.lost, now)?;

@@ -1,6 +1,8 @@
 //! `tcp-trace record -o FILE`: every event (and the start-up snapshot, periodic snapshots of
 //! the stuck-prone states with their owners, and lost counts) into a recording that `--replay`
-//! runs the same commands on, later and elsewhere.
+//! runs the same commands on, later and elsewhere. Each cgroup id is named (its path) before
+//! the first event or snapshot that carries it, so `--cgroup` and the output work in a replay
+//! on a host without that cgroup.
 
 use std::{collections::HashSet, io::Write, time::Duration};
 
@@ -22,6 +24,8 @@ pub struct Recorder<W: Write> {
     filter: Filter,
     every: Duration,
     next_snapshot_ns: u64,
+    /// cgroup ids already named in the file.
+    named: HashSet<u64>,
     /// Events written.
     pub events: u64,
 }
@@ -67,15 +71,37 @@ impl<W: Write> Recorder<W> {
             fin_timeout_s: env.fin_timeout().as_secs(),
             tool: format!("tcp-trace {}", env!("CARGO_PKG_VERSION")),
         };
-        let mut w = Writer::new(out, &header)?;
-        w.item(&Item::Snapshot(Box::new(snapshot(env, &[])?)))?;
-        Ok(Self {
+        let w = Writer::new(out, &header)?;
+        let mut r = Self {
             w: Some(w),
             filter,
             every,
             next_snapshot_ns: now + every.as_nanos() as u64,
+            named: HashSet::new(),
             events: 0,
-        })
+        };
+        let snap = snapshot(env, &[])?;
+        r.write_snapshot(snap, env)?;
+        Ok(r)
+    }
+
+    /// Names cgroup `id` in the file unless it already is (or is unknown here).
+    fn name_cgroup(&mut self, id: u64, env: &mut dyn Env) -> Result<()> {
+        if id == 0 || !self.named.insert(id) {
+            return Ok(());
+        }
+        if let Some(path) = env.cgroup_path(id).map(str::to_string) {
+            self.writer()?.item(&Item::Cgroup { id, path })?;
+        }
+        Ok(())
+    }
+
+    fn write_snapshot(&mut self, snap: Snapshot, env: &mut dyn Env) -> Result<()> {
+        for d in &snap.sockets {
+            self.name_cgroup(d.cgroup, env)?;
+        }
+        self.writer()?.item(&Item::Snapshot(Box::new(snap)))?;
+        Ok(())
     }
 
     fn writer(&mut self) -> Result<&mut Writer<W>> {
@@ -91,6 +117,7 @@ impl<W: Write> Sink for Recorder<W> {
             match r {
                 Record::Event(ev) => {
                     if self.filter.matches_tuple(&crate::engine::Tuple::of(ev)) {
+                        self.name_cgroup(ev.cgroup, env)?;
                         self.writer()?.item(&Item::Event(*ev))?;
                         self.events += 1;
                     }
@@ -104,7 +131,7 @@ impl<W: Write> Sink for Recorder<W> {
         let now = env.now();
         if now >= self.next_snapshot_ns {
             let snap = snapshot(env, &REPORTABLE)?;
-            self.writer()?.item(&Item::Snapshot(Box::new(snap)))?;
+            self.write_snapshot(snap, env)?;
             self.next_snapshot_ns = now + self.every.as_nanos() as u64;
         }
         Ok(Flow::Continue)
@@ -113,8 +140,10 @@ impl<W: Write> Sink for Recorder<W> {
     fn finish(&mut self, env: &mut dyn Env) -> Result<()> {
         let snap = snapshot(env, &REPORTABLE)?;
         let now = env.now();
+        if self.w.is_some() {
+            self.write_snapshot(snap, env)?;
+        }
         if let Some(mut w) = self.w.take() {
-            w.item(&Item::Snapshot(Box::new(snap)))?;
             w.item(&Item::End { ts_ns: now })?;
             w.into_inner()?.flush()?;
         }

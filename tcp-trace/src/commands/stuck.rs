@@ -158,26 +158,30 @@ impl<W: Write> StuckCmd<W> {
         self.reported.len() + self.half_open.len() + self.idle.len() + self.resets as usize
     }
 
-    fn wanted(&self, ep: &Episode) -> bool {
+    fn wanted(&self, ep: &Episode, env: &mut dyn Env) -> bool {
         let f = &self.set.filter;
-        self.set.kinds.contains(&ep.kind) && f.matches_conn(&ep.tuple, ep.owner.as_ref())
+        self.set.kinds.contains(&ep.kind)
+            && f.matches_conn(&ep.tuple, ep.owner.as_ref())
+            && f.matches_place(ep.place.netns, env.cgroup_path(ep.place.cgroup))
     }
 
     /// Reports half-open notices as they come (live and during `--once`'s settle window).
     fn notices(&mut self, now_ns: u64, env: &mut dyn Env) -> Result<()> {
         for n in self.engine.take_notices() {
             match n {
-                Notice::Began(ep) if self.wanted(&ep) => {
-                    let extra = match ep.kind {
+                Notice::Began(ep) if self.wanted(&ep, env) => {
+                    let mut extra = match ep.kind {
                         Kind::PeerUnreachable | Kind::ConnectBlackhole => env
                             .lookup(&ep.tuple)
                             .map(|d| Extra {
                                 rto: d.rto_us.map(|us| Duration::from_micros(u64::from(us))),
                                 backoff: d.backoff,
+                                cgroup: None,
                             })
                             .unwrap_or_default(),
                         _ => Extra::default(),
                     };
+                    extra.cgroup = env.cgroup_path(ep.place.cgroup).map(str::to_string);
                     self.out.half_open(&ep, now_ns, extra)?;
                     if ep.outcome.is_some() {
                         self.resets += 1;
@@ -187,7 +191,11 @@ impl<W: Write> StuckCmd<W> {
                 }
                 Notice::Ended(ep) => {
                     if self.half_open.remove(&(ep.kind, ep.sock)).is_some() {
-                        self.out.half_open(&ep, now_ns, Extra::default())?;
+                        let extra = Extra {
+                            cgroup: env.cgroup_path(ep.place.cgroup).map(str::to_string),
+                            ..Extra::default()
+                        };
+                        self.out.half_open(&ep, now_ns, extra)?;
                     }
                 }
                 Notice::Began(_) => {}
@@ -225,6 +233,7 @@ impl<W: Write> StuckCmd<W> {
                 top_remotes: Vec::new(),
                 handshakes: 0,
                 idle: Some(idle),
+                place: l.map_or_else(Default::default, |l| l.place),
             };
             if ep.owner.is_none() && d.inode != 0 {
                 let h = env.holders(&HashSet::from([d.inode]));
@@ -233,7 +242,7 @@ impl<W: Write> StuckCmd<W> {
                     comm: h.comm,
                 });
             }
-            if !self.wanted(&ep) {
+            if !self.wanted(&ep, env) {
                 continue;
             }
             if !self.idle.contains(&d.tuple) {
@@ -285,9 +294,17 @@ impl<W: Write> StuckCmd<W> {
         cx.holders = &holders;
         let mut now_stuck = HashMap::new();
         for d in candidates {
-            let Some(s) = assess(&self.engine, d, &cx) else {
+            let Some(mut s) = assess(&self.engine, d, &cx) else {
                 continue;
             };
+            s.cgroup = env.cgroup_path(s.place.cgroup).map(str::to_string);
+            if !self
+                .set
+                .filter
+                .matches_place(s.place.netns, s.cgroup.as_deref())
+            {
+                continue;
+            }
             // Any holder (or the owner the tracer learned) may satisfy --pid / --comm.
             let owners = s
                 .holders
@@ -429,6 +446,8 @@ mod tests {
             rto_us: None,
             backoff: None,
             idle_ms: None,
+            netns: 0,
+            cgroup: 0,
         };
         let snap = Snapshot {
             ts_ns: 100_000_000_000,

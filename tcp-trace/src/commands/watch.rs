@@ -31,6 +31,11 @@ impl<W: Write> Watch<W> {
             out: WatchWriter::new(out, json, clock),
         }
     }
+
+    /// Human output: also each socket's network namespace and cgroup.
+    pub fn set_wide(&mut self, wide: bool) {
+        self.out.set_wide(wide);
+    }
 }
 
 impl<W: Write> Sink for Watch<W> {
@@ -42,11 +47,18 @@ impl<W: Write> Sink for Watch<W> {
                     if !self.filter.matches(ev, applied.owner.as_ref()) {
                         continue;
                     }
+                    let place = applied.place;
+                    let cgroup = env.cgroup_path(place.cgroup);
+                    if !self.filter.matches_place(place.netns, cgroup) {
+                        continue;
+                    }
                     self.out.event(&Annotated {
                         ev,
                         sock: applied.sock,
                         owner: applied.owner,
                         ns_in_old: applied.ns_in_old,
+                        place,
+                        cgroup,
                     })?;
                 }
                 Record::Lost { ts_ns, count } => {
@@ -59,9 +71,11 @@ impl<W: Write> Sink for Watch<W> {
         self.engine.tick(now);
         for n in self.engine.take_notices() {
             let (Notice::Began(ep) | Notice::Ended(ep)) = &n;
-            let shown = self.filter.matches_conn(&ep.tuple, ep.owner.as_ref());
+            let cgroup = env.cgroup_path(ep.place.cgroup);
+            let shown = self.filter.matches_conn(&ep.tuple, ep.owner.as_ref())
+                && self.filter.matches_place(ep.place.netns, cgroup);
             if shown {
-                self.out.half_open(ep, now)?;
+                self.out.half_open(ep, now, cgroup)?;
             }
         }
         self.out.flush()?;

@@ -14,12 +14,14 @@ use crate::{
 };
 
 /// Extra figures from sock_diag, when the socket is visible there.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Extra {
     /// Current retransmission timeout.
     pub rto: Option<Duration>,
     /// Exponential backoff count.
     pub backoff: Option<u8>,
+    /// The path of the socket's cgroup.
+    pub cgroup: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -150,7 +152,8 @@ pub fn json(ep: &Episode, clock: &Clock, now_ns: u64, extra: Extra) -> String {
             t,
             ep.owner.map(|o| o.pid),
             ep.owner.map(|o| o.comm.escaped()),
-        ),
+        )
+        .placed(ep.place, extra.cgroup.as_deref()),
         retransmits: ep.retransmits,
         since: clock.rfc3339(ep.since_ns),
         since_s: secs(span(ep, now_ns)),
@@ -238,6 +241,7 @@ mod tests {
             top_remotes: vec![(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)), 3)],
             handshakes: 2,
             idle: None,
+            place: Default::default(),
         }
     }
 

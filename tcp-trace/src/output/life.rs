@@ -66,6 +66,8 @@ pub struct LifeWriter<W: Write> {
     json: bool,
     clock: Clock,
     header_done: bool,
+    /// Human output: also the socket's network namespace and cgroup.
+    pub wide: bool,
 }
 
 impl<W: Write> LifeWriter<W> {
@@ -76,11 +78,12 @@ impl<W: Write> LifeWriter<W> {
             json,
             clock,
             header_done: false,
+            wide: false,
         }
     }
 
-    /// One finished connection.
-    pub fn life(&mut self, l: &Lifecycle) -> io::Result<()> {
+    /// One finished connection; `cgroup` is the path of its cgroup, when known.
+    pub fn life(&mut self, l: &Lifecycle, cgroup: Option<&str>) -> io::Result<()> {
         let steps = story(l);
         let start = l.first_seen_ns();
         let end = l.states.last().map_or(l.last_seen_ns, |t| t.at_ns);
@@ -96,7 +99,8 @@ impl<W: Write> LifeWriter<W> {
                     t,
                     l.owner.map(|o| o.pid),
                     l.owner.map(|o| o.comm.escaped()),
-                ),
+                )
+                .placed(l.place, cgroup),
                 duration_ms,
                 age_exact: l.exact_start,
                 states: steps
@@ -160,6 +164,13 @@ impl<W: Write> LifeWriter<W> {
         }
         if l.incomplete {
             notes.push("incomplete".into());
+        }
+        if self.wide {
+            let netns = match l.place.netns {
+                0 => "?".to_string(),
+                n => n.to_string(),
+            };
+            notes.push(format!("netns {netns} cgroup {}", cgroup.unwrap_or("?")));
         }
         let notes = if notes.is_empty() {
             String::new()

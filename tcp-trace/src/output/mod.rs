@@ -12,7 +12,7 @@ use std::{io, net::IpAddr};
 
 use serde::Serialize;
 
-use crate::engine::Tuple;
+use crate::engine::{Place, Tuple};
 
 /// True when an error (anywhere in its chain) is EPIPE.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -34,6 +34,9 @@ pub struct JsonConn {
     dport: u16,
     pid: Option<u32>,
     comm: Option<String>,
+    netns: Option<u32>,
+    cgroup: Option<String>,
+    cgroup_id: Option<u64>,
 }
 
 impl JsonConn {
@@ -48,7 +51,29 @@ impl JsonConn {
             dport: t.dport,
             pid,
             comm,
+            netns: None,
+            cgroup: None,
+            cgroup_id: None,
         }
+    }
+
+    /// Adds the socket's network namespace and cgroup (0 / `None`: unknown).
+    pub fn placed(mut self, place: Place, cgroup: Option<&str>) -> Self {
+        self.netns = (place.netns != 0).then_some(place.netns);
+        self.cgroup_id = (place.cgroup != 0).then_some(place.cgroup);
+        self.cgroup = cgroup.map(str::to_string);
+        self
+    }
+
+    /// Where the socket's own place is unknown, its owner's (from `/proc`).
+    pub fn or_owner(mut self, netns: Option<u64>, cgroup: Option<&str>) -> Self {
+        if self.netns.is_none() {
+            self.netns = netns.and_then(|n| u32::try_from(n).ok());
+        }
+        if self.cgroup.is_none() {
+            self.cgroup = cgroup.map(str::to_string);
+        }
+        self
     }
 }
 

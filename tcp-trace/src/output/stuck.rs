@@ -41,8 +41,6 @@ struct JsonStuck<'a> {
     conn: JsonConn,
     fd: Option<i32>,
     owners: Vec<JsonOwner>,
-    cgroup: Option<String>,
-    netns: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     held: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -134,7 +132,12 @@ impl<W: Write> StuckWriter<W> {
                 age_s: secs(s.age),
                 age_exact: s.age_exact,
                 since: self.clock.rfc3339(s.since_ns),
-                conn: JsonConn::new(s.sock, &s.tuple, pid, comm),
+                conn: JsonConn::new(s.sock, &s.tuple, pid, comm)
+                    .placed(s.place, s.cgroup.as_deref())
+                    .or_owner(
+                        s.holders.first().and_then(|h| h.netns),
+                        s.holders.first().and_then(|h| h.cgroup.as_deref()),
+                    ),
                 fd,
                 owners: s
                     .holders
@@ -147,8 +150,6 @@ impl<W: Write> StuckWriter<W> {
                         netns: h.netns,
                     })
                     .collect(),
-                cgroup: s.holders.first().and_then(|h| h.cgroup.clone()),
-                netns: s.holders.first().and_then(|h| h.netns),
                 held: s.held,
                 recv_q: s.recv_q,
                 eof_read: s.eof_read,
@@ -188,14 +189,20 @@ impl<W: Write> StuckWriter<W> {
         )?;
         writeln!(self.out, "           {}", s.diagnosis)?;
         if self.wide {
-            if let Some(h) = s.holders.first() {
-                writeln!(
-                    self.out,
-                    "           cgroup {}  netns {}",
-                    h.cgroup.as_deref().unwrap_or("?"),
-                    h.netns.map_or("?".into(), |n| n.to_string())
-                )?;
-            }
+            // The socket's own namespace and cgroup; where unknown, its holder's.
+            let h = s.holders.first();
+            let cgroup = s
+                .cgroup
+                .as_deref()
+                .or(h.and_then(|h| h.cgroup.as_deref()))
+                .unwrap_or("?");
+            let netns = match s.place.netns {
+                0 => h
+                    .and_then(|h| h.netns)
+                    .map_or("?".into(), |n| n.to_string()),
+                n => n.to_string(),
+            };
+            writeln!(self.out, "           cgroup {cgroup}  netns {netns}")?;
         }
         if !s.history.is_empty() {
             let path: Vec<String> = s
@@ -220,7 +227,8 @@ impl<W: Write> StuckWriter<W> {
                 state: s.state.to_string(),
                 stuck_for_s: secs(stuck_for),
                 now: now.to_string(),
-                conn: JsonConn::new(s.sock, &s.tuple, pid, comm),
+                conn: JsonConn::new(s.sock, &s.tuple, pid, comm)
+                    .placed(s.place, s.cgroup.as_deref()),
             };
             serde_json::to_writer(&mut self.out, &j)?;
             return self.out.write_all(b"\n");

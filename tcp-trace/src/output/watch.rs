@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use super::endpoint;
 use crate::{
     clock::{Clock, Rfc3339Cache},
-    engine::Owner,
+    engine::{Owner, Place},
     event::{errno_name, family_name, Event, EventKind},
 };
 
@@ -21,6 +21,10 @@ pub struct Annotated<'a> {
     pub owner: Option<Owner>,
     /// ns in the old state.
     pub ns_in_old: Option<u64>,
+    /// The socket's network namespace and cgroup id (its connection's, for error events).
+    pub place: Place,
+    /// That cgroup's path, when known.
+    pub cgroup: Option<&'a str>,
 }
 
 /// Writes `watch` output.
@@ -31,9 +35,11 @@ pub struct WatchWriter<W: Write> {
     ts: Rfc3339Cache,
     line: Vec<u8>,
     header_done: bool,
+    wide: bool,
 }
 
 const HUMAN_HEADER: &str = "TIME          PID     COMM             LOCAL                       REMOTE                      EVENT";
+const WIDE_HEADER: &str = "TIME          PID     COMM             LOCAL                       REMOTE                      NETNS       CGROUP                          EVENT";
 
 impl<W: Write> WatchWriter<W> {
     /// A writer of human lines or NDJSON.
@@ -45,7 +51,13 @@ impl<W: Write> WatchWriter<W> {
             ts: Rfc3339Cache::default(),
             line: Vec::with_capacity(512),
             header_done: false,
+            wide: false,
         }
+    }
+
+    /// Human output: also the socket's network namespace and cgroup.
+    pub fn set_wide(&mut self, wide: bool) {
+        self.wide = wide;
     }
 
     /// Writes one event.
@@ -76,6 +88,20 @@ impl<W: Write> WatchWriter<W> {
             EventKind::ResetReceived { .. } => "RESET-RECEIVED".to_string(),
             EventKind::Error { errno } => format!("ERROR {}", errno_name(errno)),
         };
+        let what = if self.wide {
+            let netns = match a.place.netns {
+                0 => "-".to_string(),
+                n => n.to_string(),
+            };
+            let cgroup = match (a.cgroup, a.place.cgroup) {
+                (Some(p), _) => p.to_string(),
+                (None, 0) => "-".to_string(),
+                (None, id) => format!("id:{id}"),
+            };
+            format!("{netns:<11} {cgroup:<31} {what}")
+        } else {
+            what
+        };
         writeln!(
             self.out,
             "{:<13} {:<7} {:<16} {:<27} {:<27} {}",
@@ -89,10 +115,18 @@ impl<W: Write> WatchWriter<W> {
     }
 
     /// A socket turning half-open, or its half-open episode ending.
-    pub fn half_open(&mut self, ep: &crate::halfopen::Episode, now_ns: u64) -> io::Result<()> {
+    pub fn half_open(
+        &mut self,
+        ep: &crate::halfopen::Episode,
+        now_ns: u64,
+        cgroup: Option<&str>,
+    ) -> io::Result<()> {
         if self.json {
-            let j =
-                super::halfopen::json(ep, &self.clock, now_ns, super::halfopen::Extra::default());
+            let extra = super::halfopen::Extra {
+                cgroup: cgroup.map(str::to_string),
+                ..Default::default()
+            };
+            let j = super::halfopen::json(ep, &self.clock, now_ns, extra);
             self.out.write_all(j.as_bytes())?;
             return self.out.write_all(b"\n");
         }
@@ -146,7 +180,8 @@ impl<W: Write> WatchWriter<W> {
     fn header(&mut self) -> io::Result<()> {
         if !self.header_done {
             self.header_done = true;
-            writeln!(self.out, "{HUMAN_HEADER}")?;
+            let h = if self.wide { WIDE_HEADER } else { HUMAN_HEADER };
+            writeln!(self.out, "{h}")?;
         }
         Ok(())
     }
@@ -286,6 +321,24 @@ pub fn json_event(out: &mut Vec<u8>, a: &Annotated<'_>, ts: &str) {
         Some(ev),
         a.owner.as_ref(),
     );
+    out.push(b',');
+    key(out, "netns");
+    match a.place.netns {
+        0 => null(out),
+        n => int(out, n),
+    }
+    out.push(b',');
+    key(out, "cgroup");
+    match a.cgroup {
+        Some(p) => text(out, p),
+        None => null(out),
+    }
+    out.push(b',');
+    key(out, "cgroup_id");
+    match a.place.cgroup {
+        0 => null(out),
+        id => int(out, id),
+    }
     match ev.kind {
         EventKind::State { old, new } => {
             out.push(b',');
@@ -358,6 +411,8 @@ mod tests {
             sport: 8080,
             daddr: IpAddr::V6(Ipv6Addr::LOCALHOST),
             dport: 40000,
+            netns: 0,
+            cgroup: 0,
             kind,
         }
     }
@@ -384,6 +439,11 @@ mod tests {
             sock: None,
             owner: Some(owner),
             ns_in_old: Some(1_234_567),
+            place: Place {
+                netns: 4026531840,
+                cgroup: 99,
+            },
+            cgroup: Some("/system.slice/a \"b\".service"),
         };
         let v: serde_json::Value = serde_json::from_str(&line(&a, true)).unwrap();
         assert_eq!(v["type"], "state");
@@ -398,6 +458,9 @@ mod tests {
         assert_eq!(v["old"], "ESTABLISHED");
         assert_eq!(v["new"], "CLOSE_WAIT");
         assert_eq!(v["ms_in_old"], 1.234);
+        assert_eq!(v["netns"], 4026531840u32);
+        assert_eq!(v["cgroup"], "/system.slice/a \"b\".service");
+        assert_eq!(v["cgroup_id"], 99);
         assert!(v.get("error").is_none());
     }
 
@@ -412,6 +475,8 @@ mod tests {
             sock: None,
             owner: None,
             ns_in_old: None,
+            place: Place::default(),
+            cgroup: None,
         };
         let v: serde_json::Value = serde_json::from_str(&line(&a, true)).unwrap();
         assert!(v["pid"].is_null() && v["comm"].is_null() && v["ms_in_old"].is_null());
@@ -443,6 +508,8 @@ mod tests {
                     comm: Comm::from_bytes(name),
                 }),
                 ns_in_old: None,
+                place: Place::default(),
+                cgroup: None,
             };
             let l = line(&a, true);
             let v: serde_json::Value =
@@ -464,6 +531,8 @@ mod tests {
             sock: Some(7),
             owner: None,
             ns_in_old: None,
+            place: Place::default(),
+            cgroup: None,
         };
         let v: serde_json::Value = serde_json::from_str(&line(&a, true)).unwrap();
         assert_eq!(v["type"], "error");

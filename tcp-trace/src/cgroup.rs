@@ -1,0 +1,191 @@
+//! cgroup v2 ids and paths. The kernel gives a socket's cgroup as an id (the inode number of the
+//! cgroup's directory in the cgroup2 filesystem); people name cgroups by path, as
+//! `/proc/PID/cgroup` prints them (`/system.slice/nginx.service`, `/kubepods/…/<container>`).
+//! [`Resolver`] maps ids to paths; [`target`] turns `--cgroup` into what the kernel filter needs.
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// Where the cgroup2 filesystem is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
+/// hybrid hosts), from `/proc/self/mountinfo`.
+pub fn mount() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        (post.split_whitespace().next() == Some("cgroup2"))
+            .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}
+
+/// `--cgroup` resolved on this host: the kernel filter's id and level, and the path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The cgroup id (its directory's inode).
+    pub id: u64,
+    /// Depth below the root (`/` is 0, `/a/b` is 2).
+    pub level: u32,
+    /// The path as `/proc/PID/cgroup` writes it.
+    pub path: String,
+}
+
+/// `arg` as a cgroup path relative to the cgroup2 root: a path under the mount point loses
+/// that prefix; anything else is taken as already relative (`/system.slice/x.service`).
+pub fn normalize(arg: &str, mount: Option<&Path>) -> String {
+    let rel = mount
+        .and_then(|m| Path::new(arg).strip_prefix(m).ok())
+        .map(|p| format!("/{}", p.display()))
+        .unwrap_or_else(|| format!("/{}", arg.trim_start_matches('/')));
+    let trimmed = rel.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".into()
+    } else {
+        trimmed.into()
+    }
+}
+
+/// Resolves `--cgroup` against this host's cgroup2 tree (it must exist here).
+pub fn target(arg: &str) -> Result<Target> {
+    let Some(root) = mount() else {
+        bail!("--cgroup needs the cgroup v2 filesystem, which is not mounted here");
+    };
+    let path = normalize(arg, Some(&root));
+    let dir = root.join(path.trim_start_matches('/'));
+    let meta = std::fs::metadata(&dir)
+        .with_context(|| format!("--cgroup {arg}: no cgroup {}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!(
+            "--cgroup {arg}: {} is not a cgroup directory",
+            dir.display()
+        );
+    }
+    let level = path.split('/').filter(|c| !c.is_empty()).count() as u32;
+    Ok(Target {
+        id: meta.ino(),
+        level,
+        path,
+    })
+}
+
+/// True when cgroup `path` is `top` or below it.
+pub fn within(path: &str, top: &str) -> bool {
+    top == "/"
+        || path
+            .strip_prefix(top)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Maps cgroup ids to paths: from a recording's table, or by walking this host's cgroup2 tree
+/// (again on a miss, at most once a second, since cgroups come and go).
+#[derive(Default)]
+pub struct Resolver {
+    root: Option<PathBuf>,
+    paths: HashMap<u64, String>,
+    scanned: Option<Instant>,
+}
+
+/// Never walk the tree more often than this.
+const RESCAN: Duration = Duration::from_secs(1);
+
+impl Resolver {
+    /// Resolves against this host's cgroup2 tree.
+    pub fn live() -> Self {
+        Self {
+            root: mount(),
+            ..Self::default()
+        }
+    }
+
+    /// Resolves only what it is told ([`Resolver::learn`]): a replay.
+    pub fn fixed() -> Self {
+        Self::default()
+    }
+
+    /// Adds one id → path pair.
+    pub fn learn(&mut self, id: u64, path: String) {
+        self.paths.insert(id, path);
+    }
+
+    /// The path of cgroup `id` (0: unknown).
+    pub fn path(&mut self, id: u64) -> Option<&str> {
+        if id == 0 {
+            return None;
+        }
+        if !self.paths.contains_key(&id) {
+            self.rescan();
+        }
+        self.paths.get(&id).map(String::as_str)
+    }
+
+    fn rescan(&mut self) {
+        let Some(root) = self.root.clone() else {
+            return;
+        };
+        if self.scanned.is_some_and(|t| t.elapsed() < RESCAN) {
+            return;
+        }
+        self.scanned = Some(Instant::now());
+        let mut stack = vec![(root.clone(), String::from("/"))];
+        while let Some((dir, path)) = stack.pop() {
+            if let Ok(meta) = std::fs::symlink_metadata(&dir) {
+                self.paths.insert(meta.ino(), path.clone());
+            }
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let child = if path == "/" {
+                        format!("/{name}")
+                    } else {
+                        format!("{path}/{name}")
+                    };
+                    stack.push((e.path(), child));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_normalize_against_the_mount() {
+        let m = Path::new("/sys/fs/cgroup/unified");
+        assert_eq!(normalize("/sys/fs/cgroup/unified/a/b/", Some(m)), "/a/b");
+        assert_eq!(normalize("/sys/fs/cgroup/unified", Some(m)), "/");
+        assert_eq!(
+            normalize("/system.slice/x.service", Some(m)),
+            "/system.slice/x.service"
+        );
+        assert_eq!(normalize("system.slice", None), "/system.slice");
+    }
+
+    #[test]
+    fn within_is_by_whole_components() {
+        assert!(within("/a/b", "/a"));
+        assert!(within("/a", "/a"));
+        assert!(within("/anything", "/"));
+        assert!(!within("/ab", "/a"));
+        assert!(!within("/", "/a"));
+    }
+
+    #[test]
+    fn live_resolver_knows_the_root() {
+        let Some(root) = mount() else {
+            return;
+        };
+        let id = std::fs::metadata(&root).unwrap().ino();
+        assert_eq!(Resolver::live().path(id), Some("/"));
+        let t = target(root.to_str().unwrap()).unwrap();
+        assert_eq!((t.id, t.level, t.path.as_str()), (id, 0, "/"));
+    }
+}

@@ -1,0 +1,286 @@
+//! Containers: every event carries its socket's network namespace and cgroup, and `--netns` /
+//! `--cgroup` keep only the sockets of one namespace or cgroup subtree, in the kernel (live) and
+//! from the recorded names (replay). The namespaces and cgroups are created by each test and
+//! removed even when it fails.
+
+mod common;
+
+use std::{
+    net::{TcpListener, TcpStream},
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+    process::Command,
+    time::Duration,
+};
+
+use common::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Stops a tracer and checks the kernel filtered: it delivered exactly the events shown.
+fn stop_filtered_in_kernel(t: Tracer) {
+    let (st, lines, err) = t.stop();
+    assert!(st.success(), "{err:?}");
+    let delivered = err
+        .iter()
+        .find_map(|l| {
+            let n = l.split("delivered ").nth(1)?.split(' ').next()?;
+            n.parse::<usize>().ok()
+        })
+        .unwrap_or_else(|| panic!("no delivery count in {err:?}"));
+    assert_eq!(
+        delivered,
+        lines.len(),
+        "the kernel should have dropped every other event: {err:?}"
+    );
+}
+
+fn inode(path: &str) -> u64 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .ino()
+}
+
+/// A loopback connection to `port`, accepted and closed on both sides, in the calling thread's
+/// network namespace.
+fn loopback_connection(port: u16) {
+    let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (s, _) = l.accept().unwrap();
+    drop(c);
+    drop(s);
+}
+
+/// The client side of a connection to `port` reached CLOSE (its last state change).
+fn client_closed(e: &Value, port: u16) -> bool {
+    e["dport"] == port && e["new"] == "CLOSE"
+}
+
+#[test]
+fn netns_filter_keeps_one_namespace_and_every_event_names_its_own() {
+    let net = NetnsPair::new("nsf");
+    let port = free_port();
+    let ps = port.to_string();
+    let ns_file = format!("/run/netns/{}", net.a);
+    let ns_a = inode(&ns_file);
+    let ns_root = inode("/proc/self/ns/net");
+    let only_a = Tracer::start(&["watch", "--json", "--port", &ps, "--netns", &ns_file]);
+    let by_number = Tracer::start(&[
+        "watch",
+        "--json",
+        "--port",
+        &ps,
+        "--netns",
+        &ns_a.to_string(),
+    ]);
+    let all = Tracer::start(&["watch", "--json", "--port", &ps]);
+
+    // The same connection (same addresses and port) in the root namespace and in `a`.
+    loopback_connection(port);
+    in_netns(&net.a, move || loopback_connection(port));
+
+    let both = all.wait_for("both namespaces' connections", WAIT, |ev| {
+        ev.iter().filter(|e| client_closed(e, port)).count() >= 2
+    });
+    let netns_seen: std::collections::BTreeSet<u64> =
+        both.iter().filter_map(|e| e["netns"].as_u64()).collect();
+    assert_eq!(
+        netns_seen,
+        [ns_a, ns_root].into_iter().collect(),
+        "unfiltered: each event carries its own namespace: {both:#?}"
+    );
+    assert!(both.iter().all(|e| e["netns"].is_u64()), "{both:#?}");
+
+    for t in [&only_a, &by_number] {
+        t.wait_for("namespace a's connection", WAIT, |ev| {
+            ev.iter().any(|e| client_closed(e, port))
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let ev: Vec<Value> = t.json();
+        assert!(
+            ev.iter().all(|e| e["netns"] == ns_a),
+            "only namespace a: {ev:#?}"
+        );
+        // Both sockets of a's connection, every state change: client and server, open to close.
+        let states = ev.iter().filter(|e| e["type"] == "state").count();
+        assert!(states >= 8, "{states} state events: {ev:#?}");
+    }
+    all.stop();
+    for t in [only_a, by_number] {
+        stop_filtered_in_kernel(t);
+    }
+}
+
+/// A cgroup v2 subtree made for one test; removed on drop (after its processes are gone).
+struct TestCgroup {
+    root: PathBuf,
+    rel: String,
+}
+
+impl TestCgroup {
+    fn new(tag: &str) -> Self {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = mountinfo
+            .lines()
+            .find_map(|l| {
+                let (pre, post) = l.split_once(" - ")?;
+                post.starts_with("cgroup2 ")
+                    .then(|| PathBuf::from(pre.split_whitespace().nth(4).unwrap()))
+            })
+            .expect("the cgroup filter tests need a cgroup2 mount");
+        let rel = format!("/tt-{tag}-{}", std::process::id());
+        std::fs::create_dir_all(root.join(&rel[1..]).join("inner")).unwrap();
+        Self { root, rel }
+    }
+
+    fn dir(&self, sub: &str) -> PathBuf {
+        self.root.join(format!("{}{sub}", &self.rel[1..]))
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for sub in ["/inner", ""] {
+            let _ = std::fs::remove_dir(self.dir(sub));
+        }
+    }
+}
+
+/// A process that joins cgroup `dir` and then connects to `port` and closes.
+fn connect_from_cgroup(dir: &std::path::Path, port: u16) {
+    let script = format!(
+        "import os,socket,time\nopen('{}/cgroup.procs','w').write(str(os.getpid()))\ns=socket.create_connection(('127.0.0.1',{port}))\ntime.sleep(0.1)\ns.close()\ntime.sleep(0.2)",
+        dir.display()
+    );
+    assert!(Command::new("python3")
+        .args(["-c", &script])
+        .status()
+        .unwrap()
+        .success());
+}
+
+#[test]
+fn cgroup_filter_keeps_a_subtree_live_and_in_a_replay() {
+    let cg = TestCgroup::new("cgf");
+    let inner = format!("{}/inner", cg.rel);
+    let inner_id = inode(cg.dir("/inner").to_str().unwrap());
+    let port = free_port();
+    let ps = port.to_string();
+    let file = std::env::temp_dir().join(format!("tt-cg-{}.ttr", std::process::id()));
+    let f = file.to_string_lossy().into_owned();
+    // The parent (below it: the subtree), and the inner cgroup by its filesystem path.
+    let subtree = Tracer::start(&["watch", "--json", "--port", &ps, "--cgroup", &cg.rel]);
+    let inner_dir = cg.dir("/inner").to_string_lossy().into_owned();
+    let exact = Tracer::start(&["watch", "--json", "--port", &ps, "--cgroup", &inner_dir]);
+    let rec = Tracer::start(&["record", "-o", &f, "--port", &ps]);
+
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    // From this test's own cgroup (not in the subtree), then from the inner cgroup.
+    drop(TcpStream::connect(("127.0.0.1", port)).unwrap());
+    drop(listener.accept().unwrap());
+    connect_from_cgroup(&cg.dir("/inner"), port);
+    drop(listener.accept().unwrap());
+
+    let mut live = Vec::new();
+    for t in [&subtree, &exact] {
+        t.wait_for("the inner cgroup's connection", WAIT, |ev| {
+            ev.iter().any(|e| client_closed(e, port))
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let ev: Vec<Value> = t.json();
+        assert!(
+            ev.iter()
+                .all(|e| e["cgroup"] == inner.as_str() && e["cgroup_id"] == inner_id),
+            "only the client socket made in {inner}: {ev:#?}"
+        );
+        // Its whole client lifecycle, and nothing of the accepted (server-side) sockets, which
+        // belong to the listener's cgroup.
+        let path: Vec<(String, String)> = ev
+            .iter()
+            .filter(|e| e["type"] == "state")
+            .map(|e| (e["old"].to_string(), e["new"].to_string()))
+            .collect();
+        assert_eq!(
+            path.first().map(|p| p.0.as_str()),
+            Some("\"CLOSE\""),
+            "{ev:#?}"
+        );
+        assert!(ev.iter().all(|e| e["dport"] == port), "{ev:#?}");
+        live.push(ev);
+    }
+    let key = |v: &Vec<Value>| -> Vec<String> {
+        v.iter()
+            .map(|e| {
+                let (t, s, o, n, c) = (&e["type"], &e["sock"], &e["old"], &e["new"], &e["cgroup"]);
+                format!("{t} {s} {o} {n} {c}")
+            })
+            .collect()
+    };
+    assert_eq!(
+        key(&live[0]),
+        key(&live[1]),
+        "subtree and exact filters saw the same"
+    );
+    let (st, _, err) = rec.stop();
+    assert!(st.success(), "{err:?}");
+    stop_filtered_in_kernel(subtree);
+    stop_filtered_in_kernel(exact);
+
+    // The replay names cgroups from the recording: the same events, by path, without the
+    // kernel (and the unfiltered recording has the other connection too).
+    let replayed = |extra: &[&str]| -> Vec<Value> {
+        let mut args = vec!["watch", "--replay", &f, "--json"];
+        args.extend_from_slice(extra);
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let everything = replayed(&[]);
+    assert!(
+        everything.iter().any(|e| e["cgroup"] != inner.as_str()),
+        "{everything:#?}"
+    );
+    let filtered = replayed(&["--cgroup", &cg.rel]);
+    assert_eq!(key(&filtered), key(&live[0]));
+    let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn unknown_cgroup_or_namespace_is_one_clear_line() {
+    require_root();
+    let out = Command::new(BIN)
+        .args([
+            "watch",
+            "--cgroup",
+            "/tt-no-such-cgroup",
+            "--duration",
+            "1s",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--cgroup /tt-no-such-cgroup: no cgroup"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let out = Command::new(BIN)
+        .args(["watch", "--netns", "/tt/no/such/ns"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("neither a namespace inode nor a readable file"),
+        "{err}"
+    );
+}
