@@ -29,7 +29,7 @@ mod programs {
             error_report as er, receive_reset as rr, retransmit_skb as rs, retransmit_synack as ra,
             send_reset as sr, set_state as ss, Field,
         },
-        ErrorEvent, Header, KernelOffsets, Kind, ResetReceivedEvent, ResetSentEvent,
+        tcp_state, ErrorEvent, Header, KernelOffsets, Kind, ResetReceivedEvent, ResetSentEvent,
         RetransmitEvent, StateEvent, SynackRetransmitEvent, AF_INET6, IPPROTO_TCP,
     };
 
@@ -122,15 +122,19 @@ mod programs {
     }
 
     /// Reads where socket `sk` lives and applies the namespace and cgroup filters (`None`:
-    /// filtered out). An event without a socket passes: userspace filters it by the
-    /// connection it belongs to.
+    /// filtered out). The five reads cost ~100 ns, so without those filters they are made
+    /// only when `needed` (a socket's birth, and the rarer non-state events); userspace gives
+    /// a socket's other events what its birth said. An event without a socket passes:
+    /// userspace filters it by the connection it belongs to.
     #[inline(always)]
-    fn place(sk: u64) -> Option<Place> {
+    fn place(sk: u64, needed: bool) -> Option<Place> {
         let mut p = Place {
             netns: 0,
             cgroup: 0,
         };
-        if sk == 0 {
+        let want_ns = FILTER_NETNS.load();
+        let want_cg = FILTER_CGROUP.load();
+        if sk == 0 || !(needed || want_ns != 0 || want_cg != 0) {
             return Some(p);
         }
         let o = OFFSETS.load();
@@ -140,11 +144,9 @@ mod programs {
                 p.netns = read_u32(net + o.net_inum as u64);
             }
         }
-        let want_ns = FILTER_NETNS.load();
         if want_ns != 0 && p.netns != want_ns {
             return None;
         }
-        let want_cg = FILTER_CGROUP.load();
         if o.sock_cgroup != 0 {
             let cg = read_u64(sk + o.sock_cgroup as u64);
             if cg != 0 {
@@ -302,15 +304,17 @@ mod programs {
             return 0;
         }
         let sk: u64 = field(&ctx, ss::SKADDR);
-        let Some(at) = place(sk) else {
+        let old: i32 = field(&ctx, ss::OLDSTATE);
+        let new: i32 = field(&ctx, ss::NEWSTATE);
+        // Born: CLOSE → SYN_SENT/LISTEN (connect, listen) or LISTEN → SYN_RECV (a child).
+        let born = old == tcp_state::CLOSE || old == tcp_state::LISTEN;
+        let Some(at) = place(sk, born) else {
             return 0;
         };
         let Some(mut e) = reserve::<StateEvent>(&ctx) else {
             return 0;
         };
         let p = e.as_mut_ptr();
-        let old: i32 = field(&ctx, ss::OLDSTATE);
-        let new: i32 = field(&ctx, ss::NEWSTATE);
         unsafe {
             header(&raw mut (*p).hdr, Kind::State, sk, at, wants_comm(old, new));
             endpoints(
@@ -333,7 +337,7 @@ mod programs {
             return 0;
         }
         let sk: u64 = field(&ctx, rs::SKADDR);
-        let Some(at) = place(sk) else {
+        let Some(at) = place(sk, true) else {
             return 0;
         };
         let Some(mut e) = reserve::<RetransmitEvent>(&ctx) else {
@@ -366,7 +370,7 @@ mod programs {
             return 0;
         }
         let sk: u64 = field(&ctx, ra::SKADDR);
-        let Some(at) = place(sk) else {
+        let Some(at) = place(sk, true) else {
             return 0;
         };
         let Some(mut e) = reserve::<SynackRetransmitEvent>(&ctx) else {
@@ -410,7 +414,7 @@ mod programs {
             return 0;
         }
         let sk: u64 = field(&ctx, sr::SKADDR);
-        let Some(at) = place(sk) else {
+        let Some(at) = place(sk, true) else {
             return 0;
         };
         let Some(mut e) = reserve::<ResetSentEvent>(&ctx) else {
@@ -440,7 +444,7 @@ mod programs {
             return 0;
         }
         let sk: u64 = field(&ctx, rr::SKADDR);
-        let Some(at) = place(sk) else {
+        let Some(at) = place(sk, true) else {
             return 0;
         };
         let Some(mut e) = reserve::<ResetReceivedEvent>(&ctx) else {

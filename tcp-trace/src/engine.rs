@@ -267,6 +267,8 @@ pub struct Seed {
     pub since_ns: u64,
     /// When the snapshot was taken (monotonic ns).
     pub snapshot_ns: u64,
+    /// Its namespace and cgroup, from sock_diag.
+    pub place: Place,
 }
 
 /// Running totals.
@@ -530,6 +532,7 @@ impl Engine {
         let mut l = Lifecycle::new(0, seed.tuple, first, false);
         l.snapshot_ns = seed.snapshot_ns;
         l.last_seen_ns = seed.snapshot_ns;
+        l.place = seed.place;
         self.insert(key, l);
     }
 
@@ -1006,6 +1009,35 @@ mod tests {
     }
 
     #[test]
+    fn later_events_and_errors_inherit_the_place_of_the_birth() {
+        // The kernel reads namespace and cgroup at a socket's birth; the rest inherit them.
+        let a = task(1, "a");
+        let irq = task(0, "swapper/0");
+        let here = Place {
+            netns: 4026532000,
+            cgroup: 42,
+        };
+        let mut born = st(0, C, 0, 9, T::CLOSE, T::SYN_SENT, a);
+        (born.netns, born.cgroup) = (here.netns, here.cgroup);
+        let mut err = st(3, 0, 5, 9, T::ESTABLISHED, T::CLOSE, irq);
+        err.kind = EventKind::Error { errno: 110 };
+        let evs = [
+            born,
+            st(1, C, 5, 9, T::SYN_SENT, T::ESTABLISHED, irq),
+            err,
+            st(3, C, 5, 9, T::ESTABLISHED, T::CLOSE, irq),
+        ];
+        let mut e = Engine::new(10, true);
+        for x in &evs {
+            assert_eq!(e.apply(x).place, here, "{x:?}");
+        }
+        assert_eq!(e.take_finished(u64::MAX)[0].place, here);
+        // A socket never seen being born stays unknown rather than borrowing another's.
+        let other = st(4, S, 7, 9, T::ESTABLISHED, T::FIN_WAIT1, a);
+        assert_eq!(e.apply(&other).place, Place::default());
+    }
+
+    #[test]
     fn late_error_after_close_joins_the_finished_lifecycle() {
         // A refused connect: the kernel reports ECONNREFUSED after SYN_SENT→CLOSE.
         let a = task(7, "curl");
@@ -1103,6 +1135,7 @@ mod tests {
             state: T::CLOSE_WAIT,
             since_ns: 400_000_000,
             snapshot_ns: 1_000_000_000,
+            place: Place::default(),
         });
         let l = e.by_tuple(&tuple).unwrap();
         assert!(!l.state_since_exact());

@@ -397,6 +397,7 @@ mod tests {
             state: d.state,
             since_ns: snap - age_lower_bound_ns(&d),
             snapshot_ns: snap,
+            place: crate::engine::Place::default(),
         });
         let h = holders();
         let fs = HashMap::new();

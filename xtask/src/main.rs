@@ -1,5 +1,5 @@
 //! Project tasks: `cargo xtask run -- ARGS`, `cargo xtask test`, `cargo xtask setup`,
-//! `cargo xtask bench`.
+//! `cargo xtask bench`, `cargo xtask stress`, `cargo xtask fixtures`.
 //!
 //! Every task first makes sure the machine can build and load the kernel programs, installing
 //! what is missing (and saying so): nightly's `rust-src`, a `bpf-linker` built against the
@@ -57,6 +57,8 @@ enum Task {
         #[arg(long, default_value_t = 10_000)]
         max_sockets: usize,
     },
+    /// Record the replay fixtures (`tcp-trace/tests/fixtures/*.ttr`) anew from real traffic.
+    Fixtures,
     /// Run the whole test suite (unit and kernel integration tests; needs root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -192,6 +194,16 @@ fn run(cli: Cli) -> Result<()> {
                     hold,
                     max_sockets,
                 },
+            )
+        }
+        Task::Fixtures => {
+            setup::ensure_all()?;
+            status(
+                cargo()
+                    .current_dir(&root)
+                    .args(["test", "-p", "tcp-trace", "--test", "fixtures", "--"])
+                    .args(["--ignored", "--exact", "record_incident_fixture"])
+                    .env("PATH", setup::path_with_cargo_bin()),
             )
         }
         Task::Test { args } => {

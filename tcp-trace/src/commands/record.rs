@@ -30,8 +30,15 @@ pub struct Recorder<W: Write> {
     pub events: u64,
 }
 
-fn snapshot(env: &mut dyn Env, states: &[crate::event::TcpState]) -> Result<Snapshot> {
-    let sockets = env.sockets(states)?;
+/// The sockets in `states` that pass the recording's address and port filters, and their
+/// holders.
+fn snapshot(
+    env: &mut dyn Env,
+    states: &[crate::event::TcpState],
+    filter: &Filter,
+) -> Result<Snapshot> {
+    let mut sockets = env.sockets(states)?;
+    sockets.retain(|d| filter.matches_tuple(&d.tuple));
     let inodes: HashSet<u32> = sockets
         .iter()
         .map(|d| d.inode)
@@ -80,7 +87,7 @@ impl<W: Write> Recorder<W> {
             named: HashSet::new(),
             events: 0,
         };
-        let snap = snapshot(env, &[])?;
+        let snap = snapshot(env, &[], &r.filter)?;
         r.write_snapshot(snap, env)?;
         Ok(r)
     }
@@ -130,7 +137,7 @@ impl<W: Write> Sink for Recorder<W> {
         }
         let now = env.now();
         if now >= self.next_snapshot_ns {
-            let snap = snapshot(env, &REPORTABLE)?;
+            let snap = snapshot(env, &REPORTABLE, &self.filter)?;
             self.write_snapshot(snap, env)?;
             self.next_snapshot_ns = now + self.every.as_nanos() as u64;
         }
@@ -138,7 +145,7 @@ impl<W: Write> Sink for Recorder<W> {
     }
 
     fn finish(&mut self, env: &mut dyn Env) -> Result<()> {
-        let snap = snapshot(env, &REPORTABLE)?;
+        let snap = snapshot(env, &REPORTABLE, &self.filter)?;
         let now = env.now();
         if self.w.is_some() {
             self.write_snapshot(snap, env)?;

@@ -80,6 +80,10 @@ pub fn seed_from_snapshot(engine: &mut Engine, env: &mut dyn Env) -> Result<usiz
             state: d.state,
             since_ns: now.saturating_sub(age_lower_bound_ns(d)),
             snapshot_ns: now,
+            place: crate::engine::Place {
+                netns: d.netns,
+                cgroup: d.cgroup,
+            },
         });
         n += 1;
     }
