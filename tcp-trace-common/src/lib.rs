@@ -232,6 +232,8 @@ pub mod names {
     pub const COMM_TRANSITIONS: &str = "COMM_TRANSITIONS";
     /// Global [`super::KernelOffsets`].
     pub const OFFSETS: &str = "OFFSETS";
+    /// Global `u8`: read sockets' namespaces and cgroups for the output (0: only to filter).
+    pub const READ_PLACE: &str = "READ_PLACE";
     /// Global `u32`: only sockets in the network namespace with this inode (0: all).
     pub const FILTER_NETNS: &str = "FILTER_NETNS";
     /// Global `u64`: only sockets in the cgroup with this id or below it (0: all).

@@ -69,6 +69,11 @@ mod programs {
         _pad: 0,
     });
 
+    /// 1: read the namespace and cgroup where `place` is asked to (the output shows them);
+    /// 0: only for the `--netns`/`--cgroup` filters.
+    #[unsafe(no_mangle)]
+    static READ_PLACE: Global<u8> = Global::new(1);
+
     /// Only sockets in this network namespace (inode; 0: all); from `--netns`.
     #[unsafe(no_mangle)]
     static FILTER_NETNS: Global<u32> = Global::new(0);
@@ -123,9 +128,9 @@ mod programs {
 
     /// Reads where socket `sk` lives and applies the namespace and cgroup filters (`None`:
     /// filtered out). The five reads cost ~100 ns, so without those filters they are made
-    /// only when `needed` (a socket's birth, and the rarer non-state events); userspace gives
-    /// a socket's other events what its birth said. An event without a socket passes:
-    /// userspace filters it by the connection it belongs to.
+    /// only when `needed` (a socket's birth, and the rarer non-state events) and the output
+    /// shows them (`READ_PLACE`); userspace gives a socket's other events what its birth said.
+    /// An event without a socket passes: userspace filters it by the connection it belongs to.
     #[inline(always)]
     fn place(sk: u64, needed: bool) -> Option<Place> {
         let mut p = Place {
@@ -134,7 +139,8 @@ mod programs {
         };
         let want_ns = FILTER_NETNS.load();
         let want_cg = FILTER_CGROUP.load();
-        if sk == 0 || !(needed || want_ns != 0 || want_cg != 0) {
+        let shown = needed && READ_PLACE.load() != 0;
+        if sk == 0 || !(shown || want_ns != 0 || want_cg != 0) {
             return Some(p);
         }
         let o = OFFSETS.load();

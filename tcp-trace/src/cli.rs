@@ -164,11 +164,13 @@ impl Common {
         Engine::new(self.max_sockets, keep_finished).with_thresholds(self.thresholds())
     }
 
-    /// Kernel-side options; `--cgroup` must name a cgroup on this host.
-    fn source_options(&self) -> Result<Options> {
+    /// Kernel-side options (`place`: the output shows namespaces and cgroups); `--cgroup` must
+    /// name a cgroup on this host.
+    fn source_options(&self, place: bool) -> Result<Options> {
         let cgroup = self.cgroup.as_deref().map(cgroup::target).transpose()?;
         Ok(Options {
             ringbuf_bytes: self.ringbuf_size,
+            place,
             netns: self.netns,
             cgroup: cgroup.map(|t| (t.id, t.level)),
             port: self.port,
@@ -346,12 +348,12 @@ enum Input {
 
 impl Input {
     /// Opens the kernel (attach first: callers snapshot after) or the recording; the clock to
-    /// print times with.
-    fn open(c: &Common) -> Result<(Self, Clock)> {
+    /// print times with. `place`: the output shows sockets' namespaces and cgroups.
+    fn open(c: &Common, place: bool) -> Result<(Self, Clock)> {
         match &c.replay {
             None => {
                 let stop = Stop::new(c.duration)?;
-                let src = KernelSource::open(c.source_options()?)?;
+                let src = KernelSource::open(c.source_options(place)?)?;
                 Ok((
                     Self::Live(Box::new(src), stop, env::Live::new(c.netns)),
                     Clock::measure(),
@@ -432,7 +434,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Watch(a) => {
             let c = &a.common;
-            let (input, clock) = Input::open(c)?;
+            let (input, clock) = Input::open(c, a.json || a.wide)?;
             let mut sink = Watch::new(stdout(), a.json, clock, c.filter(), c.engine(false));
             sink.set_wide(a.wide);
             input.run(&mut sink).await?;
@@ -441,7 +443,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Stuck(a) => {
             let c = &a.common;
             // Attach first, then snapshot (in StuckCmd::new): nothing in between is missed.
-            let (mut input, clock) = Input::open(c)?;
+            let (mut input, clock) = Input::open(c, a.json || a.wide)?;
             if matches!(input, Input::Live(..)) && !crate::source::can_read_all_fds() {
                 log::warn!("without CAP_SYS_PTRACE the owners of other users' sockets are unknown");
             }
@@ -465,7 +467,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Life(a) => {
             let c = &a.common;
-            let (input, clock) = Input::open(c)?;
+            let (input, clock) = Input::open(c, a.json || a.wide)?;
             let mut sink = Life::new(stdout(), a.json, clock, c.filter(), c.engine(true));
             sink.set_wide(a.wide);
             input.run(&mut sink).await?;
@@ -477,7 +479,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(a.listen)
                 .await
                 .with_context(|| format!("listening on {}", a.listen))?;
-            let (mut input, clock) = Input::open(c)?;
+            let (mut input, clock) = Input::open(c, a.events_json.is_some())?;
             let out: Box<dyn io::Write> = match a.events_json.as_deref() {
                 None => Box::new(io::sink()),
                 Some("-") => Box::new(stdout()),
@@ -506,7 +508,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 c.replay.is_none(),
                 "record reads the kernel, not a recording"
             );
-            let (mut input, clock) = Input::open(c)?;
+            let (mut input, clock) = Input::open(c, true)?;
             let file = File::create(&a.output)
                 .with_context(|| format!("creating {}", a.output.display()))?;
             let out = io::BufWriter::with_capacity(1 << 20, file);

@@ -55,6 +55,9 @@ pub struct Options {
     pub netns: Option<u32>,
     /// In-kernel filter: only sockets in this cgroup (id, level) or below it.
     pub cgroup: Option<(u64, u32)>,
+    /// Read each socket's namespace and cgroup for the output (at its birth); off, they are
+    /// read only for the `netns`/`cgroup` filters (~20 ns/event saved on connection churn).
+    pub place: bool,
 }
 
 impl Default for Options {
@@ -68,6 +71,7 @@ impl Default for Options {
             family: None,
             netns: None,
             cgroup: None,
+            place: true,
         }
     }
 }
@@ -239,6 +243,7 @@ impl KernelSource {
             .override_global(names::FILTER_DPORT, &opts.dport.unwrap_or(0), true)
             .override_global(names::FILTER_FAMILY, &opts.family.unwrap_or(0), true)
             .override_global(names::OFFSETS, &offsets, true)
+            .override_global(names::READ_PLACE, &u8::from(opts.place), true)
             .override_global(names::FILTER_NETNS, &opts.netns.unwrap_or(0), true)
             .override_global(names::FILTER_CGROUP, &cg_id, true)
             .override_global(names::FILTER_CGROUP_LEVEL, &cg_level, true)

@@ -190,7 +190,7 @@ pub fn assess(engine: &Engine, d: &DiagSocket, cx: &Context<'_>) -> Option<Stuck
         reap_in,
         history,
         place: {
-            let from_events = l.map(|l| l.place).unwrap_or_default();
+            let from_events = l.map(|l| engine.place(l)).unwrap_or_default();
             crate::engine::Place {
                 netns: Some(from_events.netns)
                     .filter(|n| *n != 0)

@@ -10,13 +10,7 @@
 
 mod common;
 
-use std::{
-    collections::BTreeSet,
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    process::Command,
-    time::Duration,
-};
+use std::{collections::BTreeSet, io::Write, process::Command, time::Duration};
 
 use common::*;
 use serde_json::Value;
@@ -97,14 +91,8 @@ fn life_rebuilds_the_clean_connections_exactly() {
         assert_eq!(l["age_exact"], true, "{l}");
         assert_eq!(l["incomplete"], false, "{l}");
         assert!(l["netns"].is_u64() && l["cgroup"].is_string(), "{l}");
-        let ms: f64 = l["states"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["ms"].as_f64().unwrap())
-            .sum();
         assert!(
-            (ms - l["duration_ms"].as_f64().unwrap()).abs() < 0.01,
+            (states_ms(l) - l["duration_ms"].as_f64().unwrap()).abs() < 0.01,
             "{l}"
         );
     }
@@ -208,26 +196,8 @@ fn record_incident_fixture() {
         "1s",
     ]);
     let peer = Peer::halfclose("127.0.0.1", PORT);
-    let listener = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
-    for _ in 0..3 {
-        let mut c = TcpStream::connect(("127.0.0.1", PORT)).unwrap();
-        let (mut s, _) = listener.accept().unwrap();
-        c.write_all(b"x").unwrap();
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).unwrap();
-        drop(c);
-        assert_eq!(s.read(&mut b).unwrap(), 0);
-    }
-    drop(listener);
-    let b_addr = net.b_addr.clone();
-    let far = in_netns(&net.b, move || {
-        TcpListener::bind((b_addr.as_str(), PORT)).unwrap()
-    });
-    let target: SocketAddr = format!("{}:{PORT}", net.b_addr).parse().unwrap();
-    let mut client = in_netns(&net.a, move || {
-        TcpStream::connect_timeout(&target, Duration::from_secs(5)).unwrap()
-    });
-    let (_server, _) = far.accept().unwrap();
+    clean_connections(PORT, 3);
+    let (mut client, _server) = connected(&net, PORT);
     net.blackhole(&net.b, &net.a_addr);
     client.write_all(b"into the void").unwrap();
     std::thread::sleep(Duration::from_secs(8));
@@ -235,21 +205,7 @@ fn record_incident_fixture() {
     assert!(st.success(), "{err:?}");
     drop(peer);
     // Reset the client rather than leave it retransmitting for minutes.
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket and a `struct linger` of the size given.
-    unsafe {
-        use std::os::fd::AsRawFd;
-        libc::setsockopt(
-            client.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            size_of::<libc::linger>() as u32,
-        );
-    }
+    abort_on_close(&client);
     drop(client);
     std::fs::rename(&tmp, INCIDENT).unwrap();
 }

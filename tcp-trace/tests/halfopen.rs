@@ -4,9 +4,8 @@
 mod common;
 
 use std::{
-    io::{Read, Write},
+    io::Write,
     net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
     time::Duration,
 };
 
@@ -19,41 +18,6 @@ fn half_open<'a>(ev: &'a [Value], kind: &str) -> Vec<&'a Value> {
     ev.iter()
         .filter(|e| e["type"] == "half_open" && e["kind"] == kind)
         .collect()
-}
-
-fn setsockopt(s: &impl AsRawFd, level: i32, name: i32, val: &[u8]) {
-    // SAFETY: a valid socket fd and a buffer of the given length.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            level,
-            name,
-            val.as_ptr().cast(),
-            val.len() as u32,
-        )
-    };
-    assert_eq!(
-        r,
-        0,
-        "setsockopt {name}: {}",
-        std::io::Error::last_os_error()
-    );
-}
-
-/// SO_LINGER 0: close() sends a reset.
-fn abort_on_close(s: &impl AsRawFd) {
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: reading the bytes of a plain C struct.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(
-            (&l as *const libc::linger).cast::<u8>(),
-            size_of::<libc::linger>(),
-        )
-    };
-    setsockopt(s, libc::SOL_SOCKET, libc::SO_LINGER, bytes);
 }
 
 /// `stuck --json` on `port`, flagging half-open after `rtx` retransmits and 1 s, ready.
@@ -72,23 +36,6 @@ fn stuck_tracer(port: &str, rtx: &str) -> Tracer {
     ]);
     t.wait_for_stderr("seeded");
     t
-}
-
-/// Client in `a`, server in `b`, connected, with some data exchanged.
-fn connected(net: &NetnsPair, port: u16) -> (TcpStream, TcpStream) {
-    let b_addr = net.b_addr.clone();
-    let listener = in_netns(&net.b, move || {
-        TcpListener::bind((b_addr.as_str(), port)).unwrap()
-    });
-    let target: SocketAddr = format!("{}:{port}", net.b_addr).parse().unwrap();
-    let mut client = in_netns(&net.a, move || {
-        TcpStream::connect_timeout(&target, Duration::from_secs(5)).unwrap()
-    });
-    let (mut server, _) = listener.accept().unwrap();
-    client.write_all(b"hello").unwrap();
-    let mut buf = [0u8; 5];
-    server.read_exact(&mut buf).unwrap();
-    (client, server)
 }
 
 #[test]

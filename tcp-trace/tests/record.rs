@@ -6,7 +6,6 @@ mod common;
 
 use std::{
     collections::BTreeSet,
-    io::{Read, Write},
     net::{TcpListener, TcpStream},
     process::Command,
     time::Duration,
@@ -96,16 +95,7 @@ fn replayed_life_and_stuck_equal_the_live_ones() {
 
     let peer = Peer::halfclose("127.0.0.1", stuck_port);
     // The peer has accepted and closed its listener: clean connections on the same port.
-    let listener = TcpListener::bind(("127.0.0.1", life_port)).unwrap();
-    for _ in 0..3 {
-        let mut c = TcpStream::connect(("127.0.0.1", life_port)).unwrap();
-        let (mut s, _) = listener.accept().unwrap();
-        c.write_all(b"x").unwrap();
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).unwrap();
-        drop(c);
-        let _ = s.read(&mut b);
-    }
+    clean_connections(life_port, 3);
     stuck.wait_for("both sides stuck", WAIT, |ev| {
         ev.iter().filter(|e| e["type"] == "stuck").count() >= 2
     });

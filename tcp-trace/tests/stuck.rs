@@ -272,14 +272,8 @@ fn life_reports_a_clean_close_with_its_whole_story() {
     assert_eq!(s["closer"], "remote");
     assert_eq!(s["pid"], me, "learned from close()");
     assert_eq!(s["retransmits"], 0);
-    let total: f64 = s["states"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["ms"].as_f64().unwrap())
-        .sum();
     assert!(
-        (total - s["duration_ms"].as_f64().unwrap()).abs() < 0.01,
+        (states_ms(s) - s["duration_ms"].as_f64().unwrap()).abs() < 0.01,
         "{s}"
     );
     tracer.stop();

@@ -53,11 +53,12 @@ impl<W: Write> Life<W> {
                 continue;
             }
             let t = &l.tuple;
-            let cgroup = env.cgroup_path(l.place.cgroup);
+            let place = self.engine.place(&l);
+            let cgroup = env.cgroup_path(place.cgroup);
             if self.filter.matches_conn(t, l.owner.as_ref())
-                && self.filter.matches_place(l.place.netns, cgroup)
+                && self.filter.matches_place(place.netns, cgroup)
             {
-                self.out.life(&l, cgroup)?;
+                self.out.life(&l, place, cgroup)?;
                 self.lives += 1;
             }
         }

@@ -237,7 +237,7 @@ impl<W: Write> StuckCmd<W> {
                 top_remotes: Vec::new(),
                 handshakes: 0,
                 idle: Some(idle),
-                place: l.map_or_else(Default::default, |l| l.place),
+                place: l.map_or_else(Default::default, |l| self.engine.place(l)),
             };
             if ep.owner.is_none() && d.inode != 0 {
                 let h = env.holders(&HashSet::from([d.inode]));

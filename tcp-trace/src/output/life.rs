@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{endpoint, JsonConn};
 use crate::{
     clock::Clock,
-    engine::Lifecycle,
+    engine::{Lifecycle, Place},
     event::{errno_name, TcpState},
 };
 
@@ -82,8 +82,8 @@ impl<W: Write> LifeWriter<W> {
         }
     }
 
-    /// One finished connection; `cgroup` is the path of its cgroup, when known.
-    pub fn life(&mut self, l: &Lifecycle, cgroup: Option<&str>) -> io::Result<()> {
+    /// One finished connection, with its namespace and cgroup (and that cgroup's path).
+    pub fn life(&mut self, l: &Lifecycle, place: Place, cgroup: Option<&str>) -> io::Result<()> {
         let steps = story(l);
         let start = l.first_seen_ns();
         let end = l.states.last().map_or(l.last_seen_ns, |t| t.at_ns);
@@ -100,7 +100,7 @@ impl<W: Write> LifeWriter<W> {
                     l.owner.map(|o| o.pid),
                     l.owner.map(|o| o.comm.escaped()),
                 )
-                .placed(l.place, cgroup),
+                .placed(place, cgroup),
                 duration_ms,
                 age_exact: l.exact_start,
                 states: steps
@@ -115,7 +115,7 @@ impl<W: Write> LifeWriter<W> {
                 synack_retransmits: l.synack_retransmits,
                 resets_sent: l.resets_sent,
                 resets_received: l.resets_received,
-                error: l.error.map(|e| errno_name(e).into_owned()),
+                error: l.error.map(|e| errno_name(e.get()).into_owned()),
                 half_open: l.half_open.as_ref().map(|ep| JsonEpisode {
                     kind: ep.kind.name(),
                     since: self.clock.rfc3339(ep.since_ns),
@@ -149,7 +149,7 @@ impl<W: Write> LifeWriter<W> {
                 l.resets_sent, l.resets_received
             ));
         }
-        if let Some(e) = l.error {
+        if let Some(e) = l.error.map(|e| e.get()) {
             notes.push(format!("error {}", errno_name(e)));
         }
         if let Some(ep) = &l.half_open {
@@ -166,7 +166,7 @@ impl<W: Write> LifeWriter<W> {
             notes.push("incomplete".into());
         }
         if self.wide {
-            let netns = match l.place.netns {
+            let netns = match place.netns {
                 0 => "?".to_string(),
                 n => n.to_string(),
             };

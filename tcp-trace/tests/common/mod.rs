@@ -4,7 +4,8 @@
 
 use std::{
     fs::File,
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -393,4 +394,86 @@ impl Drop for Peer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sets a socket option (panics on failure).
+pub fn setsockopt(s: &impl AsRawFd, level: i32, name: i32, val: &[u8]) {
+    // SAFETY: a valid socket fd and a buffer of the given length.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            val.as_ptr().cast(),
+            val.len() as u32,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "setsockopt {name}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// SO_LINGER 0: close() sends a reset.
+pub fn abort_on_close(s: &impl AsRawFd) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: reading the bytes of a plain C struct.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&l as *const libc::linger).cast::<u8>(),
+            size_of::<libc::linger>(),
+        )
+    };
+    setsockopt(s, libc::SOL_SOCKET, libc::SO_LINGER, bytes);
+}
+
+/// Client in `a`, server in `b`, connected, with some data exchanged.
+pub fn connected(net: &NetnsPair, port: u16) -> (TcpStream, TcpStream) {
+    let b_addr = net.b_addr.clone();
+    let listener = in_netns(&net.b, move || {
+        TcpListener::bind((b_addr.as_str(), port)).unwrap()
+    });
+    let target: SocketAddr = format!("{}:{port}", net.b_addr).parse().unwrap();
+    let mut client = in_netns(&net.a, move || {
+        TcpStream::connect_timeout(&target, Duration::from_secs(5)).unwrap()
+    });
+    let (mut server, _) = listener.accept().unwrap();
+    client.write_all(b"hello").unwrap();
+    let mut buf = [0u8; 5];
+    server.read_exact(&mut buf).unwrap();
+    (client, server)
+}
+
+/// `n` loopback connections to `port` on a listener of their own: data each way, the client
+/// closes first, the server reads the end of stream and closes.
+pub fn clean_connections(port: u16, n: usize) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    for _ in 0..n {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (mut s, _) = listener.accept().unwrap();
+        c.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        drop(c);
+        assert_eq!(
+            s.read(&mut b).unwrap(),
+            0,
+            "end of stream after the client's close"
+        );
+    }
+}
+
+/// The milliseconds a `life` object's `states` add up to.
+pub fn states_ms(l: &Value) -> f64 {
+    l["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["ms"].as_f64().unwrap())
+        .sum()
 }
