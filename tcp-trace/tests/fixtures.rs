@@ -1,7 +1,7 @@
 //! Lifecycle tests on a recording of a real incident (`tests/fixtures/incident.ttr`), replayed
 //! without the kernel or privileges: what `life`, `stuck` and `watch` make of a real event
 //! stream, pinned down exactly and fast. The recording (made by `cargo xtask fixtures`, as root,
-//! with [`record_incident_fixture`]) holds, all on port 47002:
+//! with [`record_incident_fixture`]) holds, all on port 23002 (below the ephemeral range, so no client can hold it):
 //! - a half-closed pair on loopback (`tests/peer.py halfclose`): `tt-server` never closes its
 //!   CLOSE_WAIT socket, `tt-client` holds its FIN_WAIT2 one;
 //! - three clean loopback connections, the client closing first;
@@ -15,14 +15,14 @@ use std::{collections::BTreeSet, io::Write, process::Command, time::Duration};
 use common::*;
 use serde_json::Value;
 
-const PORT: u16 = 47002;
+const PORT: u16 = 23002;
 const INCIDENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/incident.ttr");
 
 /// Runs `tcp-trace ARGS` on the fixture (no privileges needed); exit code and JSON lines.
 fn replay(args: &[&str]) -> (i32, Vec<Value>) {
     let out = Command::new(BIN)
         .args(args)
-        .args(["--replay", INCIDENT, "--json", "--port", "47002"])
+        .args(["--replay", INCIDENT, "--json", "--port", "23002"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
