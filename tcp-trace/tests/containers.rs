@@ -112,6 +112,50 @@ fn netns_filter_keeps_one_namespace_and_every_event_names_its_own() {
     }
 }
 
+#[test]
+fn stuck_with_netns_lists_that_namespace_s_sockets() {
+    let net = NetnsPair::new("nss");
+    let port = free_port();
+    let ps = port.to_string();
+    let ns_file = format!("/run/netns/{}", net.a);
+    let ns_a = inode(&ns_file);
+    // A CLOSE_WAIT leak inside namespace a, made before the tracers start: only sock_diag,
+    // queried inside the namespace, can list it.
+    let peer = Peer::halfclose_in(&net.a, "127.0.0.1", port);
+    let once = |extra: &[&str]| {
+        let mut args = vec![
+            "stuck",
+            "--once",
+            "--json",
+            "--threshold",
+            "0s",
+            "--port",
+            &ps,
+        ];
+        args.extend_from_slice(extra);
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (out.status.code(), lines)
+    };
+    let (code, inside) = once(&["--netns", &ns_file]);
+    let stuck: Vec<&Value> = inside.iter().filter(|e| e["type"] == "stuck").collect();
+    assert_eq!(code, Some(1), "{inside:#?}");
+    assert_eq!(stuck.len(), 2, "CLOSE_WAIT and FIN_WAIT2: {inside:#?}");
+    let cw = stuck.iter().find(|e| e["state"] == "CLOSE_WAIT").unwrap();
+    assert_eq!(cw["comm"], "tt-server", "{cw}");
+    assert_eq!(cw["pid"], peer.server_pid, "{cw}");
+    assert!(stuck.iter().all(|e| e["netns"] == ns_a), "{stuck:#?}");
+    // From the root namespace, without --netns, those sockets are not listed.
+    let (code, outside) = once(&[]);
+    assert_eq!(code, Some(0), "{outside:#?}");
+    assert!(outside.iter().all(|e| e["type"] != "stuck"), "{outside:#?}");
+    drop(peer);
+}
+
 /// A cgroup v2 subtree made for one test; removed on drop (after its processes are gone).
 struct TestCgroup {
     root: PathBuf,

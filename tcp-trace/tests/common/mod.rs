@@ -358,8 +358,19 @@ pub struct Peer {
 impl Peer {
     /// `halfclose HOST PORT`: client shut down its side, server never closes.
     pub fn halfclose(host: &str, port: u16) -> Self {
+        Self::halfclose_with(Command::new("python3"), host, port)
+    }
+
+    /// The same inside network namespace `ns` (`ip netns exec`).
+    pub fn halfclose_in(ns: &str, host: &str, port: u16) -> Self {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, "python3"]);
+        Self::halfclose_with(cmd, host, port)
+    }
+
+    fn halfclose_with(mut python: Command, host: &str, port: u16) -> Self {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peer.py");
-        let mut child = Command::new("python3")
+        let mut child = python
             .args([script, "halfclose", host, &port.to_string()])
             .stdout(Stdio::piped())
             .spawn()
