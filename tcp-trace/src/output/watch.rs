@@ -88,20 +88,7 @@ impl<W: Write> WatchWriter<W> {
             EventKind::ResetReceived { .. } => "RESET-RECEIVED".to_string(),
             EventKind::Error { errno } => format!("ERROR {}", errno_name(errno)),
         };
-        let what = if self.wide {
-            let netns = match a.place.netns {
-                0 => "-".to_string(),
-                n => n.to_string(),
-            };
-            let cgroup = match (a.cgroup, a.place.cgroup) {
-                (Some(p), _) => p.to_string(),
-                (None, 0) => "-".to_string(),
-                (None, id) => format!("id:{id}"),
-            };
-            format!("{netns:<11} {cgroup:<31} {what}")
-        } else {
-            what
-        };
+        let what = self.placed(a.place, a.cgroup, what);
         writeln!(
             self.out,
             "{:<13} {:<7} {:<16} {:<27} {:<27} {}",
@@ -146,6 +133,7 @@ impl<W: Write> WatchWriter<W> {
                 super::halfopen::diagnosis(ep, now_ns)
             ),
         };
+        let what = self.placed(ep.place, cgroup, what);
         writeln!(
             self.out,
             "{:<13} {:<7} {:<16} {:<27} {:<27} {}",
@@ -156,6 +144,23 @@ impl<W: Write> WatchWriter<W> {
             endpoint(&ep.tuple.daddr, ep.tuple.dport),
             what
         )
+    }
+
+    /// With `--wide`, the NETNS and CGROUP columns before `what`.
+    fn placed(&self, place: Place, cgroup: Option<&str>, what: String) -> String {
+        if !self.wide {
+            return what;
+        }
+        let netns = match place.netns {
+            0 => "-".to_string(),
+            n => n.to_string(),
+        };
+        let cgroup = match (cgroup, place.cgroup) {
+            (Some(p), _) => p.to_string(),
+            (None, 0) => "-".to_string(),
+            (None, id) => format!("id:{id}"),
+        };
+        format!("{netns:<11} {cgroup:<31} {what}")
     }
 
     /// Reports events the kernel dropped.
@@ -422,6 +427,48 @@ mod tests {
         w.header_done = true;
         w.event(a).unwrap();
         String::from_utf8(w.out).unwrap()
+    }
+
+    #[test]
+    fn wide_lines_put_namespace_and_cgroup_under_their_headers() {
+        let e = ev(EventKind::State {
+            old: TcpState::ESTABLISHED,
+            new: TcpState::CLOSE_WAIT,
+        });
+        let mut w = WatchWriter::new(Vec::new(), false, Clock::fixed(1_700_000_000_000_000_000));
+        w.set_wide(true);
+        for (place, cgroup) in [
+            (
+                Place {
+                    netns: 4026531840,
+                    cgroup: 7,
+                },
+                Some("/kubepods/pod1/c1"),
+            ),
+            (Place::default(), None),
+        ] {
+            w.event(&Annotated {
+                ev: &e,
+                sock: None,
+                owner: None,
+                ns_in_old: None,
+                place,
+                cgroup,
+            })
+            .unwrap();
+        }
+        let text = String::from_utf8(w.out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let col = |h: &str| WIDE_HEADER.find(h).unwrap();
+        assert_eq!(&lines[1][col("NETNS")..col("NETNS") + 10], "4026531840");
+        assert!(lines[1][col("CGROUP")..].starts_with("/kubepods/pod1/c1 "));
+        assert!(lines[1][col("EVENT")..].starts_with("ESTABLISHED -> CLOSE_WAIT"));
+        assert!(
+            lines[2][col("NETNS")..].starts_with("- "),
+            "unknown: {}",
+            lines[2]
+        );
+        assert!(lines[2][col("EVENT")..].starts_with("ESTABLISHED -> CLOSE_WAIT"));
     }
 
     #[test]
