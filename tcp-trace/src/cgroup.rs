@@ -81,12 +81,14 @@ pub fn within(path: &str, top: &str) -> bool {
 }
 
 /// Maps cgroup ids to paths: from a recording's table, or by walking this host's cgroup2 tree
-/// (again on a miss, at most once a second, since cgroups come and go).
+/// (again on a miss, at most once a second, since cgroups come and go). Ids only grow, so a
+/// miss at or below the largest id seen is a cgroup already gone: no walk for it.
 #[derive(Default)]
 pub struct Resolver {
     root: Option<PathBuf>,
     paths: HashMap<u64, String>,
     scanned: Option<Instant>,
+    largest: u64,
 }
 
 /// Never walk the tree more often than this.
@@ -116,7 +118,7 @@ impl Resolver {
         if id == 0 {
             return None;
         }
-        if !self.paths.contains_key(&id) {
+        if !self.paths.contains_key(&id) && id > self.largest {
             self.rescan();
         }
         self.paths.get(&id).map(String::as_str)
@@ -133,6 +135,7 @@ impl Resolver {
         let mut stack = vec![(root.clone(), String::from("/"))];
         while let Some((dir, path)) = stack.pop() {
             if let Ok(meta) = std::fs::symlink_metadata(&dir) {
+                self.largest = self.largest.max(meta.ino());
                 self.paths.insert(meta.ino(), path.clone());
             }
             let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -176,6 +179,30 @@ mod tests {
         assert!(within("/anything", "/"));
         assert!(!within("/ab", "/a"));
         assert!(!within("/", "/a"));
+    }
+
+    #[test]
+    fn resolver_walks_again_only_for_newer_ids() {
+        let root = std::env::temp_dir().join(format!("tt-cgroup-test-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        let ino = |p: &str| std::fs::metadata(root.join(p)).unwrap().ino();
+        let mut r = Resolver {
+            root: Some(root.clone()),
+            ..Resolver::default()
+        };
+        assert_eq!(r.path(ino("a/b")), Some("/a/b"));
+        let first = r.scanned;
+        // An id at or below the largest seen and not in the tree: gone, no walk.
+        assert_eq!(r.path(1), None);
+        assert_eq!(r.scanned, first);
+        // A newer directory: found once the rate limit allows a walk.
+        std::fs::create_dir(root.join("c")).unwrap();
+        let c = ino("c");
+        // cgroupfs ids grow; this stand-in filesystem's inode numbers need not.
+        r.largest = r.largest.min(c - 1);
+        r.scanned = None;
+        assert_eq!(r.path(c), Some("/c"));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
