@@ -2,12 +2,7 @@
 
 mod common;
 
-use std::{
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
-    process::Command,
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use common::*;
 use serde_json::Value;
@@ -231,16 +226,7 @@ fn live_orphan_then_recovered() {
 fn life_reports_a_clean_close_with_its_whole_story() {
     let port = free_port();
     let tracer = Tracer::start(&["life", "--json", "--port", &port.to_string()]);
-    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let (mut server, _) = listener.accept().unwrap();
-    client.write_all(b"ping").unwrap();
-    let mut buf = [0u8; 4];
-    server.read_exact(&mut buf).unwrap();
-    drop(client);
-    assert_eq!(server.read(&mut buf).unwrap(), 0);
-    drop(server);
-    drop(listener);
+    clean_connections(port, 1);
     let ev = tracer.wait_for("two lives", WAIT, |ev| ev.len() >= 2);
     assert_eq!(ev.len(), 2, "the listener is not a connection: {ev:#?}");
     assert!(ev.iter().all(|e| e["type"] == "life"));
