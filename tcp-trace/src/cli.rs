@@ -97,7 +97,7 @@ pub struct Common {
     pub comm: Option<String>,
     /// Only sockets in this network namespace: its inode (`ls -L -i /proc/PID/ns/net`), as
     /// `net:[4026531840]`, or a namespace file (`/proc/PID/ns/net`, `/run/netns/NAME`).
-    #[arg(long, value_parser = parse_netns)]
+    #[arg(long, value_name = "NS", value_parser = parse_netns)]
     pub netns: Option<u32>,
     /// Only sockets created in this cgroup v2 or below it (a container): a path as
     /// `/proc/PID/cgroup` writes it, or its directory under the cgroup2 mount.
