@@ -421,12 +421,7 @@ impl Table {
 pub struct Engine {
     socks: Table,
     next_seed_key: u64,
-    /// Finished lifecycles, oldest first, kept so that late events (an error or reset the
-    /// kernel reports just after CLOSE) still find them; numbered by `grave_base + index`.
-    graveyard: VecDeque<(u64, Lifecycle)>,
-    grave_base: u64,
-    grave_by_sock: HashMap<u64, u64>,
-    grave_by_tuple: HashMap<Tuple, u64>,
+    graveyard: Graveyard,
     keep_finished: bool,
     /// Half-open detection, fed by [`Engine::apply`] and [`Engine::tick`].
     pub halfopen: Tracker,
@@ -438,6 +433,73 @@ pub struct Engine {
 
 /// Finished lifecycles kept for late events when nobody takes them.
 const GRAVEYARD_MIN: usize = 4096;
+
+/// Finished lifecycles, oldest first (with their close times), kept so that late events (an
+/// error or reset the kernel reports just after CLOSE) still find them; entry `i` is number
+/// `base + i`, which the indexes refer to.
+#[derive(Default)]
+struct Graveyard {
+    list: VecDeque<(u64, Lifecycle)>,
+    base: u64,
+    by_sock: HashMap<u64, u64>,
+    by_tuple: HashMap<Tuple, u64>,
+}
+
+impl Graveyard {
+    fn push(&mut self, l: Lifecycle) {
+        let seq = self.base + self.list.len() as u64;
+        if l.sock != 0 {
+            self.by_sock.insert(l.sock, seq);
+        }
+        if l.tuple.is_connected() {
+            self.by_tuple.insert(l.tuple, seq);
+        }
+        self.list.push_back((l.last_seen_ns, l));
+    }
+
+    fn pop(&mut self) -> Option<Lifecycle> {
+        let (_, l) = self.list.pop_front()?;
+        let seq = self.base;
+        self.base += 1;
+        if self.by_sock.get(&l.sock) == Some(&seq) {
+            self.by_sock.remove(&l.sock);
+        }
+        if self.by_tuple.get(&l.tuple) == Some(&seq) {
+            self.by_tuple.remove(&l.tuple);
+        }
+        Some(l)
+    }
+
+    fn index(&self, seq: u64) -> Option<usize> {
+        usize::try_from(seq.checked_sub(self.base)?).ok()
+    }
+
+    fn at(&self, seq: u64) -> Option<&Lifecycle> {
+        self.list.get(self.index(seq)?).map(|(_, l)| l)
+    }
+
+    fn at_mut(&mut self, seq: u64) -> Option<&mut Lifecycle> {
+        let i = self.index(seq)?;
+        self.list.get_mut(i).map(|(_, l)| l)
+    }
+
+    fn by_sock_mut(&mut self, sock: u64) -> Option<&mut Lifecycle> {
+        let seq = *self.by_sock.get(&sock)?;
+        self.at_mut(seq)
+    }
+
+    /// The finished lifecycle a late event belongs to: by socket, or by endpoints when the
+    /// event has no socket.
+    fn late_event(&mut self, ev: &Event) -> Option<&mut Lifecycle> {
+        match ev.sock {
+            0 => {
+                let seq = *self.by_tuple.get(&Tuple::of(ev))?;
+                self.at_mut(seq)
+            }
+            s => self.by_sock_mut(s),
+        }
+    }
+}
 
 /// Keys below this are seeds (kernel addresses are far above it).
 const SEED_KEY_LIMIT: u64 = 1 << 40;
@@ -458,10 +520,7 @@ impl Engine {
         Self {
             socks: Table::new(max_sockets),
             next_seed_key: 1,
-            graveyard: VecDeque::new(),
-            grave_base: 0,
-            grave_by_sock: HashMap::new(),
-            grave_by_tuple: HashMap::new(),
+            graveyard: Graveyard::default(),
             keep_finished,
             halfopen: Tracker::default(),
             notices: Vec::new(),
@@ -483,7 +542,7 @@ impl Engine {
 
     /// The lifecycle that finished most recently (still kept for late events).
     pub fn last_finished(&self) -> Option<&Lifecycle> {
-        self.graveyard.back().map(|(_, l)| l)
+        self.graveyard.list.back().map(|(_, l)| l)
     }
 
     /// Lifecycles that finished at or before `until_ns` (close time), oldest first. Waiting a
@@ -492,52 +551,22 @@ impl Engine {
         let mut out = Vec::new();
         while self
             .graveyard
+            .list
             .front()
             .is_some_and(|(closed, _)| *closed <= until_ns)
         {
-            if let Some(l) = self.pop_grave() {
+            if let Some(l) = self.graveyard.pop() {
                 out.push(l);
             }
         }
         out
     }
 
-    fn pop_grave(&mut self) -> Option<Lifecycle> {
-        let (_, l) = self.graveyard.pop_front()?;
-        let seq = self.grave_base;
-        self.grave_base += 1;
-        if self.grave_by_sock.get(&l.sock) == Some(&seq) {
-            self.grave_by_sock.remove(&l.sock);
-        }
-        if self.grave_by_tuple.get(&l.tuple) == Some(&seq) {
-            self.grave_by_tuple.remove(&l.tuple);
-        }
-        Some(l)
-    }
-
     fn bury(&mut self, l: Lifecycle) {
-        let closed = l.last_seen_ns;
-        let seq = self.grave_base + self.graveyard.len() as u64;
-        if l.sock != 0 {
-            self.grave_by_sock.insert(l.sock, seq);
+        self.graveyard.push(l);
+        if !self.keep_finished && self.graveyard.list.len() > GRAVEYARD_MIN {
+            self.graveyard.pop();
         }
-        if l.tuple.is_connected() {
-            self.grave_by_tuple.insert(l.tuple, seq);
-        }
-        self.graveyard.push_back((closed, l));
-        if !self.keep_finished && self.graveyard.len() > GRAVEYARD_MIN {
-            self.pop_grave();
-        }
-    }
-
-    /// A recently finished lifecycle a late event belongs to.
-    fn grave_mut(&mut self, ev: &Event) -> Option<&mut Lifecycle> {
-        let seq = match ev.sock {
-            0 => self.grave_by_tuple.get(&Tuple::of(ev))?,
-            s => self.grave_by_sock.get(&s)?,
-        };
-        let idx = usize::try_from(seq.checked_sub(self.grave_base)?).ok()?;
-        self.graveyard.get_mut(idx).map(|(_, l)| l)
     }
 
     /// Sockets tracked now.
@@ -563,9 +592,8 @@ impl Engine {
     /// A recently finished lifecycle with these endpoints (e.g. a FIN_WAIT2 socket the
     /// application closed, which lives on in the kernel as a timewait orphan).
     pub fn finished_by_tuple(&self, t: &Tuple) -> Option<&Lifecycle> {
-        let seq = self.grave_by_tuple.get(t)?;
-        let idx = usize::try_from(seq.checked_sub(self.grave_base)?).ok()?;
-        self.graveyard.get(idx).map(|(_, l)| l)
+        let seq = *self.graveyard.by_tuple.get(t)?;
+        self.graveyard.at(seq)
     }
 
     /// Adds a socket from a snapshot. Events older than `seed.at_ns` will not move its state.
@@ -647,12 +675,7 @@ impl Engine {
             let (Notice::Began(ep) | Notice::Ended(ep)) = &mut n;
             let l = match self.socks.map.get_mut(&ep.sock) {
                 Some(l) => Some(l),
-                None => self
-                    .grave_by_sock
-                    .get(&ep.sock)
-                    .and_then(|seq| usize::try_from(seq.checked_sub(self.grave_base)?).ok())
-                    .and_then(|i| self.graveyard.get_mut(i))
-                    .map(|(_, l)| l),
+                None => self.graveyard.by_sock_mut(ep.sock),
             };
             if let Some(l) = l {
                 ep.place = self.places.get(l.place);
@@ -675,11 +698,9 @@ impl Engine {
             return self.apply_state(ev, old, new);
         }
         let key = self.locate(ev);
-        // The graveyard lookup borrows the whole engine: lend the place table out meanwhile.
-        let mut places = std::mem::take(&mut self.places);
         let l = match key {
             Some(k) => self.socks.map.get_mut(&k),
-            None => self.grave_mut(ev),
+            None => self.graveyard.late_event(ev),
         };
         let mut out = Applied {
             place: Place::of(ev),
@@ -697,8 +718,8 @@ impl Engine {
                 EventKind::State { .. } => {}
             }
             l.last_seen_ns = l.last_seen_ns.max(ev.ts_ns);
-            l.place = places.learn(l.place, ev);
-            out.place = places.get(l.place);
+            l.place = self.places.learn(l.place, ev);
+            out.place = self.places.get(l.place);
             out.owner = l.owner;
             out.sock = (l.sock != 0).then_some(l.sock);
             state = Some(l.state());
@@ -707,7 +728,6 @@ impl Engine {
                 l.exact_start,
             ));
         }
-        self.places = places;
         let tuple = Tuple::of(ev);
         match ev.kind {
             EventKind::Retransmit { state: st, .. } => self
@@ -1126,8 +1146,8 @@ mod tests {
             e.apply(&st(i, s, 0, 9, T::CLOSE, T::SYN_SENT, a));
             e.apply(&st(i, s, 1, 9, T::SYN_SENT, T::CLOSE, a));
         }
-        assert_eq!(e.graveyard.len(), GRAVEYARD_MIN);
-        assert!(e.grave_by_sock.len() <= GRAVEYARD_MIN);
+        assert_eq!(e.graveyard.list.len(), GRAVEYARD_MIN);
+        assert!(e.graveyard.by_sock.len() <= GRAVEYARD_MIN);
         assert_eq!(e.counters.finished, GRAVEYARD_MIN as u64 + 100);
     }
 
