@@ -68,9 +68,11 @@ pub struct Stuck {
     pub reap_in: Option<Duration>,
     /// States before this one, with time spent in each (exact lifecycles only).
     pub history: Vec<(TcpState, Duration)>,
-    /// Its network namespace and cgroup id (from its events, else from sock_diag).
+    /// Its network namespace and cgroup id (from its events, else from sock_diag; the caller
+    /// falls back to its first holder's namespace).
     pub place: crate::engine::Place,
-    /// That cgroup's path (filled in by the caller, which can resolve it).
+    /// That cgroup's path, or its first holder's (filled in by the caller, which can resolve
+    /// ids).
     pub cgroup: Option<String>,
     /// One-line explanation.
     pub diagnosis: String,

@@ -301,7 +301,15 @@ impl<W: Write> StuckCmd<W> {
             let Some(mut s) = assess(&self.engine, d, &cx) else {
                 continue;
             };
-            s.cgroup = env.cgroup_path(s.place.cgroup).map(str::to_string);
+            // The socket's own namespace and cgroup; where unknown, its first holder's.
+            let holder = s.holders.first();
+            s.cgroup = env
+                .cgroup_path(s.place.cgroup)
+                .map(str::to_string)
+                .or_else(|| holder.and_then(|h| h.cgroup.clone()));
+            if s.place.netns == 0 {
+                s.place.netns = holder.and_then(|h| h.netns).map_or(0, |n| n as u32);
+            }
             if !self
                 .set
                 .filter

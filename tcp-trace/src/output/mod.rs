@@ -64,17 +64,6 @@ impl JsonConn {
         self.cgroup = cgroup.map(str::to_string);
         self
     }
-
-    /// Where the socket's own place is unknown, its owner's (from `/proc`).
-    pub fn or_owner(mut self, netns: Option<u64>, cgroup: Option<&str>) -> Self {
-        if self.netns.is_none() {
-            self.netns = netns.and_then(|n| u32::try_from(n).ok());
-        }
-        if self.cgroup.is_none() {
-            self.cgroup = cgroup.map(str::to_string);
-        }
-        self
-    }
 }
 
 /// `addr:port`, with IPv6 in brackets.

@@ -133,11 +133,7 @@ impl<W: Write> StuckWriter<W> {
                 age_exact: s.age_exact,
                 since: self.clock.rfc3339(s.since_ns),
                 conn: JsonConn::new(s.sock, &s.tuple, pid, comm)
-                    .placed(s.place, s.cgroup.as_deref())
-                    .or_owner(
-                        s.holders.first().and_then(|h| h.netns),
-                        s.holders.first().and_then(|h| h.cgroup.as_deref()),
-                    ),
+                    .placed(s.place, s.cgroup.as_deref()),
                 fd,
                 owners: s
                     .holders
@@ -189,17 +185,9 @@ impl<W: Write> StuckWriter<W> {
         )?;
         writeln!(self.out, "           {}", s.diagnosis)?;
         if self.wide {
-            // The socket's own namespace and cgroup; where unknown, its holder's.
-            let h = s.holders.first();
-            let cgroup = s
-                .cgroup
-                .as_deref()
-                .or(h.and_then(|h| h.cgroup.as_deref()))
-                .unwrap_or("?");
+            let cgroup = s.cgroup.as_deref().unwrap_or("?");
             let netns = match s.place.netns {
-                0 => h
-                    .and_then(|h| h.netns)
-                    .map_or("?".into(), |n| n.to_string()),
+                0 => "?".to_string(),
                 n => n.to_string(),
             };
             writeln!(self.out, "           cgroup {cgroup}  netns {netns}")?;
