@@ -879,18 +879,15 @@ mod tests {
         new: TcpState,
         t: Task,
     ) -> Event {
-        Event {
-            ts_ns: ts_ms * 1_000_000,
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        Event::new(
+            ts_ms * 1_000_000,
             sock,
-            task: t,
-            saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            sport,
-            daddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            dport,
-            netns: 0,
-            cgroup: 0,
-            kind: EventKind::State { old, new },
-        }
+            t,
+            (lo, sport),
+            (lo, dport),
+            EventKind::State { old, new },
+        )
     }
 
     fn states(l: &Lifecycle) -> Vec<String> {

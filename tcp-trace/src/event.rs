@@ -356,6 +356,32 @@ pub struct Event {
     pub kind: EventKind,
 }
 
+impl Event {
+    /// An event between `local` and `remote` (address, port), with no namespace or cgroup
+    /// known (set `netns`/`cgroup` afterwards when there are).
+    pub fn new(
+        ts_ns: u64,
+        sock: u64,
+        task: Task,
+        local: (IpAddr, u16),
+        remote: (IpAddr, u16),
+        kind: EventKind,
+    ) -> Self {
+        Self {
+            ts_ns,
+            sock,
+            task,
+            saddr: local.0,
+            sport: local.1,
+            daddr: remote.0,
+            dport: remote.1,
+            netns: 0,
+            cgroup: 0,
+            kind,
+        }
+    }
+}
+
 /// Why a record could not be decoded.
 #[derive(Debug, PartialEq, Eq)]
 pub enum DecodeError {

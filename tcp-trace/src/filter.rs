@@ -120,25 +120,16 @@ mod tests {
         } else {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
         };
-        Event {
-            ts_ns: 0,
-            sock: 1,
-            task: Task {
-                pid: 1,
-                tid: 1,
-                comm: Comm::default(),
-            },
-            saddr: a,
-            sport,
-            daddr: a,
-            dport,
-            netns: 0,
-            cgroup: 0,
-            kind: EventKind::State {
-                old: TcpState::CLOSE,
-                new: TcpState::SYN_SENT,
-            },
-        }
+        let task = Task {
+            pid: 1,
+            tid: 1,
+            comm: Comm::default(),
+        };
+        let kind = EventKind::State {
+            old: TcpState::CLOSE,
+            new: TcpState::SYN_SENT,
+        };
+        Event::new(0, 1, task, (a, sport), (a, dport), kind)
     }
 
     #[test]

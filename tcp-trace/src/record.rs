@@ -389,24 +389,20 @@ mod tests {
 
     fn sample_event() -> crate::event::Event {
         use crate::event::{Comm, EventKind, Task, TcpState};
+        let task = Task {
+            pid: 3,
+            tid: 3,
+            comm: Comm::from_bytes(b"curl"),
+        };
+        let lo = "127.0.0.1".parse().unwrap();
+        let kind = EventKind::State {
+            old: TcpState::CLOSE_WAIT,
+            new: TcpState::LAST_ACK,
+        };
         crate::event::Event {
-            ts_ns: 5,
-            sock: 0xffff_0001,
-            task: Task {
-                pid: 3,
-                tid: 3,
-                comm: Comm::from_bytes(b"curl"),
-            },
-            saddr: "127.0.0.1".parse().unwrap(),
-            sport: 4000,
-            daddr: "127.0.0.1".parse().unwrap(),
-            dport: 80,
             netns: 4026531840,
             cgroup: 9,
-            kind: EventKind::State {
-                old: TcpState::CLOSE_WAIT,
-                new: TcpState::LAST_ACK,
-            },
+            ..crate::event::Event::new(5, 0xffff_0001, task, (lo, 4000), (lo, 80), kind)
         }
     }
 

@@ -304,22 +304,19 @@ mod tests {
     }
 
     fn ev(ts: u64, sock: u64, t: Tuple, old: TcpState, new: TcpState, pid: u32) -> Event {
-        Event {
-            ts_ns: ts,
+        let task = Task {
+            pid,
+            tid: pid,
+            comm: Comm::from_bytes(if pid == 0 { b"swapper/0" } else { b"java" }),
+        };
+        Event::new(
+            ts,
             sock,
-            task: Task {
-                pid,
-                tid: pid,
-                comm: Comm::from_bytes(if pid == 0 { b"swapper/0" } else { b"java" }),
-            },
-            saddr: t.saddr,
-            sport: t.sport,
-            daddr: t.daddr,
-            dport: t.dport,
-            netns: 0,
-            cgroup: 0,
-            kind: EventKind::State { old, new },
-        }
+            task,
+            (t.saddr, t.sport),
+            (t.daddr, t.dport),
+            EventKind::State { old, new },
+        )
     }
 
     fn holders() -> HashMap<u32, Vec<Holder>> {

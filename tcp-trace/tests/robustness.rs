@@ -45,30 +45,27 @@ fn event() -> impl Strategy<Value = Event> {
         0u16..4,
         0u16..4,
         kind(),
+        (prop_oneof![Just(0u32), any::<u32>()], any::<u64>()),
     )
-        .prop_map(|(ts, sock, pid, name, v6, sport, dport, kind)| {
-            let a = if v6 {
-                IpAddr::V6(Ipv6Addr::LOCALHOST)
-            } else {
-                IpAddr::V4(Ipv4Addr::LOCALHOST)
-            };
-            Event {
-                ts_ns: ts,
-                sock,
-                task: Task {
+        .prop_map(
+            |(ts, sock, pid, name, v6, sport, dport, kind, (netns, cgroup))| {
+                let a = if v6 {
+                    IpAddr::V6(Ipv6Addr::LOCALHOST)
+                } else {
+                    IpAddr::V4(Ipv4Addr::LOCALHOST)
+                };
+                let task = Task {
                     pid,
                     tid: pid,
                     comm: Comm::from_bytes(&name),
-                },
-                saddr: a,
-                sport,
-                daddr: a,
-                dport,
-                netns: 0,
-                cgroup: 0,
-                kind,
-            }
-        })
+                };
+                Event {
+                    netns,
+                    cgroup,
+                    ..Event::new(ts, sock, task, (a, sport), (a, dport), kind)
+                }
+            },
+        )
 }
 
 proptest! {

@@ -404,22 +404,20 @@ mod tests {
     use std::net::Ipv6Addr;
 
     fn ev(kind: EventKind) -> Event {
-        Event {
-            ts_ns: 1_500_000_001,
-            sock: 0xffff_8880_0000_1000,
-            task: Task {
-                pid: 0,
-                tid: 0,
-                comm: Comm::from_bytes(b"swapper/0"),
-            },
-            saddr: IpAddr::V6(Ipv6Addr::LOCALHOST),
-            sport: 8080,
-            daddr: IpAddr::V6(Ipv6Addr::LOCALHOST),
-            dport: 40000,
-            netns: 0,
-            cgroup: 0,
+        let task = Task {
+            pid: 0,
+            tid: 0,
+            comm: Comm::from_bytes(b"swapper/0"),
+        };
+        let lo = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        Event::new(
+            1_500_000_001,
+            0xffff_8880_0000_1000,
+            task,
+            (lo, 8080),
+            (lo, 40000),
             kind,
-        }
+        )
     }
 
     fn line(a: &Annotated<'_>, json: bool) -> String {
