@@ -83,7 +83,8 @@ impl<W: Write> Recorder<W> {
             w: Some(w),
             filter,
             every,
-            next_snapshot_ns: now + every.as_nanos() as u64,
+            next_snapshot_ns: now
+                .saturating_add(u64::try_from(every.as_nanos()).unwrap_or(u64::MAX)),
             named: HashSet::new(),
             events: 0,
         };
@@ -139,7 +140,8 @@ impl<W: Write> Sink for Recorder<W> {
         if now >= self.next_snapshot_ns {
             let snap = snapshot(env, &REPORTABLE, &self.filter)?;
             self.write_snapshot(snap, env)?;
-            self.next_snapshot_ns = now + self.every.as_nanos() as u64;
+            self.next_snapshot_ns =
+                now.saturating_add(u64::try_from(self.every.as_nanos()).unwrap_or(u64::MAX));
         }
         Ok(Flow::Continue)
     }
@@ -156,5 +158,70 @@ impl<W: Write> Sink for Recorder<W> {
         }
         log::info!("recorded {} events", self.events);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{engine::Tuple, enrich::DiagSocket, env::Replay, event::TcpState, record::Reader};
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn socket(port: u16, cgroup: u64) -> DiagSocket {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        DiagSocket {
+            tuple: Tuple {
+                saddr: lo,
+                sport: port,
+                daddr: lo,
+                dport: 50000,
+            },
+            state: TcpState::CLOSE_WAIT,
+            inode: 0,
+            uid: 0,
+            recv_q: 0,
+            send_q: 0,
+            keepalive: false,
+            last_recv_ms: None,
+            rto_us: None,
+            backoff: None,
+            idle_ms: None,
+            netns: 4026531840,
+            cgroup,
+        }
+    }
+
+    #[test]
+    fn snapshots_keep_the_filtered_sockets_and_name_their_cgroups() {
+        let snap = Snapshot {
+            ts_ns: 1,
+            sockets: vec![socket(80, 7), socket(443, 8)],
+            holders: Vec::new(),
+        };
+        let mut env = Replay::new(snap, Duration::from_secs(60));
+        env.learn_cgroup(7, "/web".into());
+        env.learn_cgroup(8, "/tls".into());
+        let filter = Filter {
+            port: Some(80),
+            ..Filter::default()
+        };
+        let clock = Clock::fixed(0);
+        let mut rec = Recorder::new(Vec::new(), &clock, filter, Duration::MAX, &mut env).unwrap();
+        let bytes = rec.w.take().unwrap().into_inner().unwrap();
+        let mut r = Reader::open(&bytes[..]).unwrap();
+        let named = r.next_item().unwrap();
+        assert_eq!(
+            named,
+            Some(Item::Cgroup {
+                id: 7,
+                path: "/web".into()
+            })
+        );
+        let Some(Item::Snapshot(s)) = r.next_item().unwrap() else {
+            panic!("no snapshot");
+        };
+        let ports: Vec<u16> = s.sockets.iter().map(|d| d.tuple.sport).collect();
+        assert_eq!(ports, [80], "only what --port 80 keeps");
+        assert_eq!(r.next_item().unwrap(), None);
     }
 }
