@@ -5,7 +5,7 @@ mod common;
 
 use std::{
     io::Write,
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{TcpListener, TcpStream},
     time::Duration,
 };
 
@@ -130,15 +130,11 @@ fn connect_into_a_black_hole() {
     let port = free_port();
     let ps = port.to_string();
     let tracer = stuck_tracer(&ps, "2");
-    let b_addr = net.b_addr.clone();
-    let _listener = in_netns(&net.b, move || {
-        TcpListener::bind((b_addr.as_str(), port)).unwrap()
-    });
+    let _listener = net.listen_in_b(port);
     net.blackhole(&net.b, &net.a_addr); // the SYN arrives, nothing comes back
-    let target: SocketAddr = format!("{}:{port}", net.b_addr).parse().unwrap();
-    let err = in_netns(&net.a, move || {
-        TcpStream::connect_timeout(&target, Duration::from_millis(4500)).unwrap_err()
-    });
+    let err = net
+        .connect_from_a(port, Duration::from_millis(4500))
+        .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
     let ev = tracer.wait_for("connect_blackhole and its end", WAIT, |ev| {
         half_open(ev, "connect_blackhole").len() >= 2
@@ -158,16 +154,10 @@ fn listener_whose_handshakes_never_complete_is_embryonic() {
     let port = free_port();
     let ps = port.to_string();
     let tracer = stuck_tracer(&ps, "2");
-    let b_addr = net.b_addr.clone();
-    let _listener = in_netns(&net.b, move || {
-        TcpListener::bind((b_addr.as_str(), port)).unwrap()
-    });
+    let _listener = net.listen_in_b(port);
     // The listener's SYN-ACKs leave its socket layer but are lost on the wire.
     net.silent_gateway(&net.b, &net.a_addr);
-    let target: SocketAddr = format!("{}:{port}", net.b_addr).parse().unwrap();
-    let _ = in_netns(&net.a, move || {
-        TcpStream::connect_timeout(&target, Duration::from_secs(4))
-    });
+    let _ = net.connect_from_a(port, Duration::from_secs(4));
     let ev = tracer.wait_for("embryonic", WAIT, |ev| {
         !half_open(ev, "embryonic").is_empty()
     });

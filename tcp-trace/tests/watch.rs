@@ -193,16 +193,7 @@ fn retransmits_when_the_peer_namespace_drops_everything() {
     let net = NetnsPair::new("rtx");
     let port = free_port();
     let tracer = Tracer::start(&["watch", "--json", "--port", &port.to_string()]);
-    let b_addr = net.b_addr.clone();
-    let listener = in_netns(&net.b, move || {
-        TcpListener::bind((b_addr.as_str(), port)).unwrap()
-    });
-    let target = format!("{}:{port}", net.b_addr);
-    let mut client = in_netns(&net.a, move || {
-        TcpStream::connect_timeout(&target.parse().unwrap(), Duration::from_secs(5)).unwrap()
-    });
-    let (_server, _) = listener.accept().unwrap();
-    client.write_all(b"before").unwrap();
+    let (mut client, _server) = connected(&net, port);
     tracer.wait_for("the connection", WAIT, |ev| {
         ev.iter().any(|e| e["new"] == "ESTABLISHED")
     });

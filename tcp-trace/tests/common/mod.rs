@@ -316,6 +316,22 @@ impl NetnsPair {
         ip(&["-n", ns, "route", "add", &format!("{to}/32"), "via", &gw]);
     }
 
+    /// A listener on `b`'s address and `port`, inside `b`.
+    pub fn listen_in_b(&self, port: u16) -> TcpListener {
+        let b_addr = self.b_addr.clone();
+        in_netns(&self.b, move || {
+            TcpListener::bind((b_addr.as_str(), port)).unwrap()
+        })
+    }
+
+    /// A connection from inside `a` to `b`'s address and `port`, given up after `timeout`.
+    pub fn connect_from_a(&self, port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
+        let target: SocketAddr = format!("{}:{port}", self.b_addr).parse().unwrap();
+        in_netns(&self.a, move || {
+            TcpStream::connect_timeout(&target, timeout)
+        })
+    }
+
     /// Lifts [`Self::blackhole`].
     pub fn unblackhole(&self, ns: &str, to: &str) {
         ip(&["-n", ns, "route", "del", "blackhole", &format!("{to}/32")]);
@@ -445,14 +461,8 @@ pub fn abort_on_close(s: &impl AsRawFd) {
 
 /// Client in `a`, server in `b`, connected, with some data exchanged.
 pub fn connected(net: &NetnsPair, port: u16) -> (TcpStream, TcpStream) {
-    let b_addr = net.b_addr.clone();
-    let listener = in_netns(&net.b, move || {
-        TcpListener::bind((b_addr.as_str(), port)).unwrap()
-    });
-    let target: SocketAddr = format!("{}:{port}", net.b_addr).parse().unwrap();
-    let mut client = in_netns(&net.a, move || {
-        TcpStream::connect_timeout(&target, Duration::from_secs(5)).unwrap()
-    });
+    let listener = net.listen_in_b(port);
+    let mut client = net.connect_from_a(port, Duration::from_secs(5)).unwrap();
     let (mut server, _) = listener.accept().unwrap();
     client.write_all(b"hello").unwrap();
     let mut buf = [0u8; 5];
