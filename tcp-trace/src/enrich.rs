@@ -59,6 +59,25 @@ pub struct DiagSocket {
 }
 
 impl DiagSocket {
+    /// A socket with these endpoints, state and inode; empty queues, nothing else known.
+    pub fn new(tuple: Tuple, state: TcpState, inode: u32) -> Self {
+        Self {
+            tuple,
+            state,
+            inode,
+            uid: 0,
+            recv_q: 0,
+            send_q: 0,
+            keepalive: false,
+            last_recv_ms: None,
+            rto_us: None,
+            backoff: None,
+            idle_ms: None,
+            netns: 0,
+            cgroup: 0,
+        }
+    }
+
     /// No process has it open any more (the kernel owns it until it is reaped).
     pub fn is_orphan(&self) -> bool {
         self.inode == 0
@@ -213,25 +232,18 @@ fn query(
             match msg.payload {
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                     let h = &r.header;
+                    let tuple = Tuple {
+                        saddr: h.socket_id.source_address,
+                        sport: h.socket_id.source_port,
+                        daddr: h.socket_id.destination_address,
+                        dport: h.socket_id.destination_port,
+                    };
                     let mut d = DiagSocket {
-                        tuple: Tuple {
-                            saddr: h.socket_id.source_address,
-                            sport: h.socket_id.source_port,
-                            daddr: h.socket_id.destination_address,
-                            dport: h.socket_id.destination_port,
-                        },
-                        state: TcpState(i32::from(h.state)),
-                        inode: h.inode,
                         uid: h.uid,
                         recv_q: h.recv_queue,
                         send_q: h.send_queue,
                         keepalive: matches!(h.timer, Some(Timer::KeepAlive(_))),
-                        last_recv_ms: None,
-                        rto_us: None,
-                        backoff: None,
-                        idle_ms: None,
-                        netns: 0,
-                        cgroup: 0,
+                        ..DiagSocket::new(tuple, TcpState(i32::from(h.state)), h.inode)
                     };
                     for nla in &r.nlas {
                         if let Nla::Other(o) = nla {

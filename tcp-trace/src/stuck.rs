@@ -287,19 +287,9 @@ mod tests {
 
     fn diag(t: Tuple, state: TcpState, inode: u32) -> DiagSocket {
         DiagSocket {
-            tuple: t,
-            state,
-            inode,
-            uid: 0,
             recv_q: 12,
-            send_q: 0,
-            keepalive: false,
             last_recv_ms: Some(41_000),
-            rto_us: None,
-            backoff: None,
-            idle_ms: None,
-            netns: 0,
-            cgroup: 0,
+            ..DiagSocket::new(t, state, inode)
         }
     }
 

@@ -169,25 +169,16 @@ mod tests {
 
     fn socket(port: u16, cgroup: u64) -> DiagSocket {
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let t = Tuple {
+            saddr: lo,
+            sport: port,
+            daddr: lo,
+            dport: 50000,
+        };
         DiagSocket {
-            tuple: Tuple {
-                saddr: lo,
-                sport: port,
-                daddr: lo,
-                dport: 50000,
-            },
-            state: TcpState::CLOSE_WAIT,
-            inode: 0,
-            uid: 0,
-            recv_q: 0,
-            send_q: 0,
-            keepalive: false,
-            last_recv_ms: None,
-            rto_us: None,
-            backoff: None,
-            idle_ms: None,
             netns: 4026531840,
             cgroup,
+            ..DiagSocket::new(t, TcpState::CLOSE_WAIT, 0)
         }
     }
 

@@ -441,25 +441,15 @@ mod tests {
     #[test]
     fn a_one_shot_evaluation_reports_once_however_the_sink_is_driven_after() {
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let t = Tuple {
+            saddr: lo,
+            sport: 80,
+            daddr: lo,
+            dport: 4000,
+        };
         let close_wait = DiagSocket {
-            tuple: Tuple {
-                saddr: lo,
-                sport: 80,
-                daddr: lo,
-                dport: 4000,
-            },
-            state: TcpState::CLOSE_WAIT,
-            inode: 0,
-            uid: 0,
-            recv_q: 0,
-            send_q: 0,
-            keepalive: false,
             last_recv_ms: Some(60_000),
-            rto_us: None,
-            backoff: None,
-            idle_ms: None,
-            netns: 0,
-            cgroup: 0,
+            ..DiagSocket::new(t, TcpState::CLOSE_WAIT, 0)
         };
         let snap = Snapshot {
             ts_ns: 100_000_000_000,

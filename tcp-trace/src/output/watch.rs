@@ -202,6 +202,12 @@ impl<W: Write> WatchWriter<W> {
     }
 }
 
+/// Appends `,"key":`: every key but the first.
+fn next_key(out: &mut Vec<u8>, k: &str) {
+    out.push(b',');
+    key(out, k);
+}
+
 /// Appends `"key":` (keys are constants: nothing to escape).
 fn key(out: &mut Vec<u8>, k: &str) {
     out.push(b'"');
@@ -269,45 +275,36 @@ fn common(
 ) {
     out.extend_from_slice(b"{\"type\":");
     plain(out, kind);
-    out.push(b',');
-    key(out, "ts");
+    next_key(out, "ts");
     plain(out, ts);
-    out.push(b',');
-    key(out, "sock");
+    next_key(out, "sock");
     match sock {
         Some(s) => hex(out, s),
         None => null(out),
     }
     match ev {
         Some(ev) => {
-            out.push(b',');
-            key(out, "family");
+            next_key(out, "family");
             plain(out, family_name(&ev.saddr));
-            out.push(b',');
-            key(out, "saddr");
+            next_key(out, "saddr");
             ip(out, &ev.saddr);
-            out.push(b',');
-            key(out, "sport");
+            next_key(out, "sport");
             int(out, ev.sport);
-            out.push(b',');
-            key(out, "daddr");
+            next_key(out, "daddr");
             ip(out, &ev.daddr);
-            out.push(b',');
-            key(out, "dport");
+            next_key(out, "dport");
             int(out, ev.dport);
         }
         None => out.extend_from_slice(
             b",\"family\":null,\"saddr\":null,\"sport\":null,\"daddr\":null,\"dport\":null",
         ),
     }
-    out.push(b',');
-    key(out, "pid");
+    next_key(out, "pid");
     match owner {
         Some(o) => int(out, o.pid),
         None => null(out),
     }
-    out.push(b',');
-    key(out, "comm");
+    next_key(out, "comm");
     match owner {
         Some(o) => text(out, &o.comm.escaped_cow()),
         None => null(out),
@@ -326,34 +323,28 @@ pub fn json_event(out: &mut Vec<u8>, a: &Annotated<'_>, ts: &str) {
         Some(ev),
         a.owner.as_ref(),
     );
-    out.push(b',');
-    key(out, "netns");
+    next_key(out, "netns");
     match a.place.netns {
         0 => null(out),
         n => int(out, n),
     }
-    out.push(b',');
-    key(out, "cgroup");
+    next_key(out, "cgroup");
     match a.cgroup {
         Some(p) => text(out, p),
         None => null(out),
     }
-    out.push(b',');
-    key(out, "cgroup_id");
+    next_key(out, "cgroup_id");
     match a.place.cgroup {
         0 => null(out),
         id => int(out, id),
     }
     match ev.kind {
         EventKind::State { old, new } => {
-            out.push(b',');
-            key(out, "old");
+            next_key(out, "old");
             plain(out, &old.name());
-            out.push(b',');
-            key(out, "new");
+            next_key(out, "new");
             plain(out, &new.name());
-            out.push(b',');
-            key(out, "ms_in_old");
+            next_key(out, "ms_in_old");
             match a.ns_in_old {
                 // µs precision, as a decimal number of ms
                 Some(ns) => {
@@ -371,24 +362,20 @@ pub fn json_event(out: &mut Vec<u8>, a: &Annotated<'_>, ts: &str) {
             }
         }
         EventKind::Retransmit { state, .. } => {
-            out.push(b',');
-            key(out, "state");
+            next_key(out, "state");
             plain(out, &state.name());
         }
         EventKind::ResetSent { state, reason } => {
-            out.push(b',');
-            key(out, "state");
+            next_key(out, "state");
             match state {
                 Some(st) => plain(out, &st.name()),
                 None => null(out),
             }
-            out.push(b',');
-            key(out, "reason");
+            next_key(out, "reason");
             int(out, reason);
         }
         EventKind::Error { errno } => {
-            out.push(b',');
-            key(out, "error");
+            next_key(out, "error");
             plain(out, &errno_name(errno));
         }
         EventKind::SynackRetransmit { .. } | EventKind::ResetReceived { .. } => {}
