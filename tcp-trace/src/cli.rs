@@ -319,10 +319,8 @@ fn parse_netns(s: &str) -> Result<u32, String> {
     if let Ok(n) = digits.parse::<u32>() {
         return Ok(n);
     }
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(s)
-        .map_err(|e| format!("`{s}` is neither a namespace inode nor a readable file: {e}"))?;
-    u32::try_from(meta.ino()).map_err(|_| format!("`{s}`: inode out of range"))
+    crate::enrich::netns_inode(s)
+        .ok_or_else(|| format!("`{s}` is neither a namespace inode nor a readable file"))
 }
 
 fn parse_kind(s: &str) -> Result<Kind, String> {

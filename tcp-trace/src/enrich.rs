@@ -94,17 +94,22 @@ pub fn state_flags(states: &[TcpState]) -> StateFlags {
 /// `INET_DIAG_CGROUP_ID` (Linux 5.7+): the socket's cgroup v2 id, a `u64`.
 const INET_DIAG_CGROUP_ID: u16 = 21;
 
+/// The inode of the network namespace a namespace file (`/proc/PID/ns/net`, `/run/netns/NAME`)
+/// names: the number `/proc/PID/ns/net` shows as `net:[N]`.
+pub fn netns_inode(file: impl AsRef<std::path::Path>) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    u32::try_from(std::fs::metadata(file).ok()?.ino()).ok()
+}
+
 /// The inode of this process's network namespace.
 pub fn own_netns() -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino() as u32)
+    netns_inode("/proc/self/ns/net").unwrap_or(0)
 }
 
 /// A file that names network namespace `inode`: a bind mount under `/run/netns` (`ip netns`),
 /// or some process's `/proc/PID/ns/net`.
 fn netns_file(inode: u32) -> Option<std::path::PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let is = |p: &std::path::Path| std::fs::metadata(p).is_ok_and(|m| m.ino() == u64::from(inode));
+    let is = |p: &std::path::Path| netns_inode(p) == Some(inode);
     let named = std::fs::read_dir("/run/netns")
         .into_iter()
         .flatten()
@@ -310,9 +315,7 @@ pub fn cgroup_of(pid: i32) -> Option<String> {
 
 /// A process's network namespace inode.
 pub fn netns_of(pid: i32) -> Option<u64> {
-    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
-    let s = link.to_string_lossy();
-    s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+    netns_inode(format!("/proc/{pid}/ns/net")).map(u64::from)
 }
 
 /// For each wanted inode, every (pid, comm, fd) that has it open. Processes that vanish or

@@ -164,15 +164,8 @@ struct TestCgroup {
 
 impl TestCgroup {
     fn new(tag: &str) -> Self {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let root = mountinfo
-            .lines()
-            .find_map(|l| {
-                let (pre, post) = l.split_once(" - ")?;
-                post.starts_with("cgroup2 ")
-                    .then(|| PathBuf::from(pre.split_whitespace().nth(4).unwrap()))
-            })
-            .expect("the cgroup filter tests need a cgroup2 mount");
+        let root =
+            tcp_trace::cgroup::mount().expect("the cgroup filter tests need a cgroup2 mount");
         let rel = format!("/tt-{tag}-{}", std::process::id());
         std::fs::create_dir_all(root.join(&rel[1..]).join("inner")).unwrap();
         Self { root, rel }
