@@ -85,7 +85,8 @@ pub fn within(path: &str, top: &str) -> bool {
 #[derive(Default)]
 pub struct Resolver {
     root: Option<PathBuf>,
-    paths: HashMap<u64, String>,
+    /// Looked up once per event shown: a fast hasher for integer keys.
+    paths: HashMap<u64, String, rustc_hash::FxBuildHasher>,
     scanned: Option<Instant>,
     largest: u64,
 }
