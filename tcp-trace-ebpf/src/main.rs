@@ -127,8 +127,9 @@ mod programs {
     }
 
     /// Reads where socket `sk` lives and applies the namespace and cgroup filters (`None`:
-    /// filtered out). The five reads cost ~100 ns, so without those filters they are made
-    /// only when `needed` (a socket's birth, and the rarer non-state events) and the output
+    /// filtered out). The reads are dear (on the benchmark's churn, reading them on every
+    /// event cost ~120 ns/event more than at births only), so without those filters they are
+    /// made only when `needed` (a socket's birth, and the rarer non-state events) and the output
     /// shows them (`READ_PLACE`); userspace gives a socket's other events what its birth said.
     /// An event without a socket passes: userspace filters it by the connection it belongs to.
     #[inline(always)]
@@ -313,7 +314,8 @@ mod programs {
         let old: i32 = field(&ctx, ss::OLDSTATE);
         let new: i32 = field(&ctx, ss::NEWSTATE);
         // Born: CLOSE → SYN_SENT/LISTEN (connect, listen) or LISTEN → SYN_RECV (a child).
-        let born = old == tcp_state::CLOSE || old == tcp_state::LISTEN;
+        let born =
+            old == tcp_state::CLOSE || (old == tcp_state::LISTEN && new == tcp_state::SYN_RECV);
         let Some(at) = place(sk, born) else {
             return 0;
         };
