@@ -75,6 +75,7 @@ fn netns_filter_keeps_one_namespace_and_every_event_names_its_own() {
         &ns_a.to_string(),
     ]);
     let all = Tracer::start(&["watch", "--json", "--port", &ps]);
+    let wide = Tracer::start(&["watch", "--wide", "--port", &ps]);
 
     // The same connection (same addresses and port) in the root namespace and in `a`.
     loopback_connection(port);
@@ -107,6 +108,15 @@ fn netns_filter_keeps_one_namespace_and_every_event_names_its_own() {
         assert!(states >= 8, "{states} state events: {ev:#?}");
     }
     all.stop();
+    // Human output reads them too when asked (`--wide`): both namespaces in the NETNS column.
+    let (_, lines, _) = wide.stop();
+    for ns in [ns_a, ns_root] {
+        let with = lines
+            .iter()
+            .filter(|l| l.contains(&format!(" {ns} ")))
+            .count();
+        assert!(with >= 5, "{with} lines in namespace {ns}: {lines:#?}");
+    }
     for t in [only_a, by_number] {
         stop_filtered_in_kernel(t);
     }
