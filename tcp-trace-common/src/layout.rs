@@ -1,16 +1,22 @@
-//! Tracepoint record layouts the kernel programs are compiled against.
+//! Tracepoint record layouts the kernel programs are compiled against, and how userspace fits
+//! them to the running kernel.
 //!
-//! These constants are the only place the offsets live: the kernel programs read
-//! `ctx + FIELD.offset`, and userspace compares every [`Field`] with the running kernel's
-//! `/sys/kernel/tracing/events/<category>/<name>/format` before attaching, refusing a program
-//! whose layout differs (naming the field) instead of reading the wrong bytes.
+//! The offsets below are those of a kernel whose common trace header is 8 bytes. Kernels move
+//! whole records: PREEMPT_RT kernels add `common_preempt_lazy_count` to the header, shifting every
+//! field by 8. So a program never reads its record at fixed offsets: it copies one [`Window`] of
+//! the record, starting `shift` bytes later than compiled (byte `slot` of the load-time global
+//! `SHIFTS`), and reads its fields from that copy. Userspace measures `shift` from the
+//! running kernel's `format` file and accepts a program only if *every* field it reads sits at
+//! its compiled offset plus that shift with the same size; otherwise it names the field. A
+//! tracepoint whose fields changed (not moved) gets one program per layout; userspace attaches
+//! the one the format file matches.
 
 /// One field of a tracepoint record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Field {
     /// Name as in the `format` file.
     pub name: &'static str,
-    /// Byte offset in the record.
+    /// Byte offset in the record (with an 8-byte common header).
     pub offset: usize,
     /// Size in bytes.
     pub size: usize,
@@ -22,22 +28,67 @@ impl Field {
     }
 }
 
-/// A tracepoint, the program attached to it and the fields that program reads.
+/// The bytes of a record a program copies: every field it reads, from an 8-aligned start, in
+/// whole 8-byte words (so fields keep their natural alignment in the copy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// First byte copied (compiled offset).
+    pub start: usize,
+    /// 8-byte words copied.
+    pub words: usize,
+}
+
+impl Window {
+    /// The smallest window holding `fields`.
+    pub const fn of(fields: &[Field]) -> Self {
+        let (mut lo, mut hi, mut i) = (usize::MAX, 0, 0);
+        while i < fields.len() {
+            let f = fields[i];
+            if f.offset < lo {
+                lo = f.offset;
+            }
+            if f.offset + f.size > hi {
+                hi = f.offset + f.size;
+            }
+            i += 1;
+        }
+        let start = lo / 8 * 8;
+        Self {
+            start,
+            words: (hi - start).div_ceil(8),
+        }
+    }
+}
+
+/// The largest `shift` a program accepts (the kernel masks it to this, for the verifier).
+pub const MAX_SHIFT: usize = 0xf8;
+
+/// A program, the tracepoint it attaches to and the fields it reads.
 #[derive(Clone, Copy, Debug)]
 pub struct Tracepoint {
     /// Category (directory under `events/`).
     pub category: &'static str,
     /// Tracepoint name.
     pub name: &'static str,
+    /// The program's name in the eBPF object.
+    pub program: &'static str,
+    /// Its entry in the `SHIFTS` global.
+    pub slot: usize,
     /// Fields the program reads unconditionally.
     pub fields: &'static [Field],
     /// A field read only when the kernel has it (userspace tells the program via a global).
     pub optional: Option<(Field, &'static str)>,
+    /// What the user loses when this tracepoint cannot be attached (said once at start).
+    pub loses: &'static str,
 }
 
 /// Fields of `sock/inet_sock_set_state`.
 pub mod set_state {
-    use super::Field;
+    use super::{Field, Window};
+    /// Entry in `SHIFTS`.
+    pub const SLOT: usize = 0;
+    /// What the program copies.
+    pub const WINDOW: Window = Window::of(ALL);
     /// `const void *skaddr`
     pub const SKADDR: Field = Field::new("skaddr", 8, 8);
     /// `int oldstate`
@@ -69,7 +120,11 @@ pub mod set_state {
 
 /// Fields of `tcp/tcp_retransmit_skb`.
 pub mod retransmit_skb {
-    use super::Field;
+    use super::{Field, Window};
+    /// Entry in `SHIFTS`.
+    pub const SLOT: usize = 1;
+    /// What the program copies.
+    pub const WINDOW: Window = Window::of(&[SKADDR, DADDR_V6, ERR]);
     /// `const void *skaddr`
     pub const SKADDR: Field = Field::new("skaddr", 16, 8);
     /// `int state`
@@ -98,7 +153,11 @@ pub mod retransmit_skb {
 
 /// Fields of `tcp/tcp_retransmit_synack`.
 pub mod retransmit_synack {
-    use super::Field;
+    use super::{Field, Window};
+    /// Entry in `SHIFTS`.
+    pub const SLOT: usize = 2;
+    /// What the program copies.
+    pub const WINDOW: Window = Window::of(ALL);
     /// `const void *skaddr` (the listener)
     pub const SKADDR: Field = Field::new("skaddr", 8, 8);
     /// `const void *req`
@@ -125,7 +184,11 @@ pub mod retransmit_synack {
 
 /// Fields of `tcp/tcp_send_reset` (the 6.x layout with `sockaddr` images).
 pub mod send_reset {
-    use super::Field;
+    use super::{Field, Window};
+    /// Entry in `SHIFTS`.
+    pub const SLOT: usize = 3;
+    /// What the program copies.
+    pub const WINDOW: Window = Window::of(ALL);
     /// `const void *skaddr` (may be NULL)
     pub const SKADDR: Field = Field::new("skaddr", 16, 8);
     /// `int state`
@@ -140,9 +203,45 @@ pub mod send_reset {
     pub const ALL: &[Field] = &[SKADDR, STATE, REASON, SADDR, DADDR];
 }
 
+/// Fields of `tcp/tcp_send_reset` before the kernel stored `sockaddr` images and a `reason`
+/// (Linux 6.1, for one): the same as `tcp_retransmit_skb` without `err`.
+pub mod send_reset_v1 {
+    use super::{Field, Window};
+    /// Entry in `SHIFTS`.
+    pub const SLOT: usize = 6;
+    /// What the program copies.
+    pub const WINDOW: Window = Window::of(ALL);
+    /// `const void *skaddr` (may be NULL)
+    pub const SKADDR: Field = Field::new("skaddr", 16, 8);
+    /// `int state`
+    pub const STATE: Field = Field::new("state", 24, 4);
+    /// `__u16 sport`
+    pub const SPORT: Field = Field::new("sport", 28, 2);
+    /// `__u16 dport`
+    pub const DPORT: Field = Field::new("dport", 30, 2);
+    /// `__u16 family`
+    pub const FAMILY: Field = Field::new("family", 32, 2);
+    /// `__u8 saddr[4]`
+    pub const SADDR: Field = Field::new("saddr", 34, 4);
+    /// `__u8 daddr[4]`
+    pub const DADDR: Field = Field::new("daddr", 38, 4);
+    /// `__u8 saddr_v6[16]`
+    pub const SADDR_V6: Field = Field::new("saddr_v6", 42, 16);
+    /// `__u8 daddr_v6[16]`
+    pub const DADDR_V6: Field = Field::new("daddr_v6", 58, 16);
+    /// All of them.
+    pub const ALL: &[Field] = &[
+        SKADDR, STATE, SPORT, DPORT, FAMILY, SADDR, DADDR, SADDR_V6, DADDR_V6,
+    ];
+}
+
 /// Fields of `tcp/tcp_receive_reset`.
 pub mod receive_reset {
-    use super::Field;
+    use super::{Field, Window};
+    /// Entry in `SHIFTS`.
+    pub const SLOT: usize = 4;
+    /// What the program copies.
+    pub const WINDOW: Window = Window::of(ALL);
     /// `const void *skaddr`
     pub const SKADDR: Field = Field::new("skaddr", 8, 8);
     /// `__u16 sport`
@@ -169,7 +268,11 @@ pub mod receive_reset {
 
 /// Fields of `sock/inet_sk_error_report`.
 pub mod error_report {
-    use super::Field;
+    use super::{Field, Window};
+    /// Entry in `SHIFTS`.
+    pub const SLOT: usize = 5;
+    /// What the program copies.
+    pub const WINDOW: Window = Window::of(ALL);
     /// `int error`
     pub const ERROR: Field = Field::new("error", 8, 4);
     /// `__u16 sport`
@@ -197,43 +300,93 @@ pub mod error_report {
 /// Global (`u8`) telling `tcp_retransmit_skb` whether the kernel has the `err` field.
 pub const RETRANSMIT_HAS_ERR: &str = "RETRANSMIT_HAS_ERR";
 
-/// Every tracepoint tcp-trace attaches to; the program for each is named like the tracepoint.
-/// The first is required; a missing or different one of the others only disables that program.
+/// Global `u64`: byte `slot` is that program's `shift` (see the module documentation); one load
+/// gives a program its shift.
+pub const SHIFTS: &str = "SHIFTS";
+
+/// Entries in `SHIFTS`.
+pub const SLOTS: usize = 8;
+
+/// `reason` of a reset sent on a kernel whose tracepoint has none.
+pub const NO_REASON: u32 = u32::MAX;
+
+/// Every program tcp-trace attaches. The first is required; a missing or different one of the
+/// others only disables that program. Programs for the same tracepoint are alternatives, tried
+/// in order: the first whose layout the kernel has is attached.
 pub const TRACEPOINTS: &[Tracepoint] = &[
     Tracepoint {
         category: "sock",
         name: "inet_sock_set_state",
+        program: "inet_sock_set_state",
+        slot: set_state::SLOT,
         fields: set_state::ALL,
         optional: None,
+        loses: "",
     },
     Tracepoint {
         category: "tcp",
         name: "tcp_retransmit_skb",
+        program: "tcp_retransmit_skb",
+        slot: retransmit_skb::SLOT,
         fields: retransmit_skb::ALL,
         optional: Some((retransmit_skb::ERR, RETRANSMIT_HAS_ERR)),
+        loses: "retransmissions are not seen, so connections retransmitting into the void \
+                (peer gone, half-open) are not reported",
     },
     Tracepoint {
         category: "tcp",
         name: "tcp_retransmit_synack",
+        program: "tcp_retransmit_synack",
+        slot: retransmit_synack::SLOT,
         fields: retransmit_synack::ALL,
         optional: None,
+        loses: "SYN-ACK retransmissions are not seen, so handshakes a client never completes \
+                are not reported",
     },
     Tracepoint {
         category: "tcp",
         name: "tcp_send_reset",
+        program: "tcp_send_reset",
+        slot: send_reset::SLOT,
         fields: send_reset::ALL,
         optional: None,
+        loses: "resets this host sends are not reported",
+    },
+    Tracepoint {
+        category: "tcp",
+        name: "tcp_send_reset",
+        program: "tcp_send_reset_v1",
+        slot: send_reset_v1::SLOT,
+        fields: send_reset_v1::ALL,
+        optional: None,
+        loses: "resets this host sends are not reported",
     },
     Tracepoint {
         category: "tcp",
         name: "tcp_receive_reset",
+        program: "tcp_receive_reset",
+        slot: receive_reset::SLOT,
         fields: receive_reset::ALL,
         optional: None,
+        loses: "resets received are not reported (a reset still shows as the ECONNRESET it \
+                causes)",
     },
     Tracepoint {
         category: "sock",
         name: "inet_sk_error_report",
+        program: "inet_sk_error_report",
+        slot: error_report::SLOT,
         fields: error_report::ALL,
         optional: None,
+        loses: "socket errors (ECONNREFUSED, ETIMEDOUT, ECONNRESET) are not reported",
     },
 ];
+
+// Every window fits the kernel's copy and every slot is in range.
+const _: () = {
+    let mut i = 0;
+    while i < TRACEPOINTS.len() {
+        assert!(TRACEPOINTS[i].slot < SLOTS);
+        i += 1;
+    }
+};

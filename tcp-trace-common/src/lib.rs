@@ -37,6 +37,13 @@ pub mod tcp_state {
     pub const NEW_SYN_RECV: i32 = 12;
 }
 
+/// A socket's first transition: `CLOSE → *` (connect, listen) or `LISTEN → SYN_RECV` (a
+/// listener's new child). A listener's own `LISTEN → CLOSE` is not one. The kernel reads a
+/// socket's namespace and cgroup at its birth; the engine starts a lifecycle there.
+pub const fn is_birth(old: i32, new: i32) -> bool {
+    old == tcp_state::CLOSE || (old == tcp_state::LISTEN && new == tcp_state::SYN_RECV)
+}
+
 /// `AF_INET`.
 pub const AF_INET: u16 = 2;
 /// `AF_INET6`.

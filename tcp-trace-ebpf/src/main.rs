@@ -16,7 +16,7 @@ mod programs {
         bindings::BPF_RB_NO_WAKEUP,
         helpers::{
             bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel as read_kernel,
-            generated::{bpf_get_current_comm, bpf_probe_read_kernel},
+            generated::bpf_get_current_comm,
         },
         macros::{map, tracepoint},
         maps::{PerCpuArray, RingBuf},
@@ -25,11 +25,13 @@ mod programs {
     };
     use aya_log_ebpf::debug;
     use tcp_trace_common::{
+        is_birth,
         layout::{
             error_report as er, receive_reset as rr, retransmit_skb as rs, retransmit_synack as ra,
-            send_reset as sr, set_state as ss, Field,
+            send_reset as sr, send_reset_v1 as sr1, set_state as ss, Field, Window, MAX_SHIFT,
+            NO_REASON,
         },
-        tcp_state, ErrorEvent, Header, KernelOffsets, Kind, ResetReceivedEvent, ResetSentEvent,
+        ErrorEvent, Header, KernelOffsets, Kind, ResetReceivedEvent, ResetSentEvent,
         RetransmitEvent, StateEvent, SynackRetransmitEvent, AF_INET6, IPPROTO_TCP,
     };
 
@@ -187,28 +189,46 @@ mod programs {
     #[unsafe(no_mangle)]
     static RETRANSMIT_HAS_ERR: Global<u8> = Global::new(1);
 
-    /// Reads a scalar field straight from the tracepoint record. `volatile` keeps LLVM from
-    /// merging neighbouring loads into one the verifier would reject as misaligned.
-    #[inline(always)]
-    fn field<T: Copy>(ctx: &TracePointContext, f: Field) -> T {
-        unsafe { ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(f.offset).cast::<T>()) }
+    /// Byte `slot`: how much later than compiled this kernel puts that program's record
+    /// fields (userspace measures it from the `format` file; 8 on PREEMPT_RT kernels).
+    #[unsafe(no_mangle)]
+    static SHIFTS: Global<u64> = Global::new(0);
+
+    /// A program's window of its tracepoint record, copied with one read. Fields are read from
+    /// the copy at constant offsets: the verifier allows ctx reads only at constant offsets,
+    /// and the record's offsets are known only at load time.
+    struct Rec<const W: usize> {
+        buf: [u64; W],
+        start: usize,
     }
 
-    /// Copies a byte-array field. 4-aligned arrays are read straight from the record; others
-    /// go through `bpf_probe_read_kernel`, because LLVM folds a loop of narrower loads into
-    /// ctx-pointer arithmetic, which the verifier rejects ("modified ctx ptr").
     #[inline(always)]
-    fn copy(ctx: &TracePointContext, f: Field, dst: *mut u8) {
-        let src = unsafe { ctx.as_ptr().cast::<u8>().add(f.offset) };
-        unsafe {
-            if f.offset.is_multiple_of(4) && f.size.is_multiple_of(4) {
-                for i in 0..f.size / 4 {
-                    let v = ptr::read_volatile(src.add(i * 4).cast::<u32>());
-                    dst.add(i * 4).cast::<u32>().write(v);
-                }
-            } else {
-                bpf_probe_read_kernel(dst.cast::<c_void>(), f.size as u32, src.cast::<c_void>());
-            }
+    fn record<const W: usize>(ctx: &TracePointContext, slot: usize, win: Window) -> Option<Rec<W>> {
+        let shift = (SHIFTS.load() >> (8 * slot)) & MAX_SHIFT as u64;
+        let src = ctx.as_ptr() as u64 + win.start as u64 + shift;
+        let buf = unsafe { read_kernel(src as *const [u64; W]) }.ok()?;
+        Some(Rec {
+            buf,
+            start: win.start,
+        })
+    }
+
+    impl<const W: usize> Rec<W> {
+        /// A scalar field (naturally aligned in the record, so in the 8-aligned copy too).
+        #[inline(always)]
+        fn get<T: Copy>(&self, f: Field) -> T {
+            unsafe { ptr::read(self.at(f).cast::<T>()) }
+        }
+
+        /// Copies a byte-array field.
+        #[inline(always)]
+        fn copy(&self, f: Field, dst: *mut u8) {
+            unsafe { ptr::copy_nonoverlapping(self.at(f), dst, f.size) }
+        }
+
+        #[inline(always)]
+        fn at(&self, f: Field) -> *const u8 {
+            unsafe { self.buf.as_ptr().cast::<u8>().add(f.offset - self.start) }
         }
     }
 
@@ -251,31 +271,30 @@ mod programs {
     }
 
     #[inline(always)]
-    fn ends(ctx: &TracePointContext, [family, sport, dport]: [Field; 3]) -> Ends {
+    fn ends<const W: usize>(r: &Rec<W>, [family, sport, dport]: [Field; 3]) -> Ends {
         Ends {
-            family: field(ctx, family),
-            sport: field(ctx, sport),
-            dport: field(ctx, dport),
+            family: r.get(family),
+            sport: r.get(sport),
+            dport: r.get(dport),
         }
     }
 
     /// Stores family and ports, and copies the v4 or v6 address pair.
     #[inline(always)]
-    fn endpoints(ctx: &TracePointContext, h: *mut Header, e: Ends, f: [Field; 4]) {
+    fn endpoints<const W: usize>(r: &Rec<W>, h: *mut Header, e: Ends, f: [Field; 4]) {
         let [saddr, daddr, saddr6, daddr6] = f;
-        let fam = e.family;
         unsafe {
-            (*h).family = fam;
+            (*h).family = e.family;
             (*h).sport = e.sport;
             (*h).dport = e.dport;
-            if fam == AF_INET6 {
-                copy(ctx, saddr6, (*h).saddr.as_mut_ptr());
-                copy(ctx, daddr6, (*h).daddr.as_mut_ptr());
+            if e.family == AF_INET6 {
+                r.copy(saddr6, (*h).saddr.as_mut_ptr());
+                r.copy(daddr6, (*h).daddr.as_mut_ptr());
             } else {
                 (*h).saddr = [0; 16];
                 (*h).daddr = [0; 16];
-                copy(ctx, saddr, (*h).saddr.as_mut_ptr());
-                copy(ctx, daddr, (*h).daddr.as_mut_ptr());
+                r.copy(saddr, (*h).saddr.as_mut_ptr());
+                r.copy(daddr, (*h).daddr.as_mut_ptr());
             }
         }
     }
@@ -303,20 +322,17 @@ mod programs {
 
     #[tracepoint(category = "sock", name = "inet_sock_set_state")]
     pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-        let end = ends(&ctx, [ss::FAMILY, ss::SPORT, ss::DPORT]);
-        if !wanted(end.family, end.sport, end.dport) {
+        let Some(r) = record::<{ ss::WINDOW.words }>(&ctx, ss::SLOT, ss::WINDOW) else {
+            return 0;
+        };
+        let end = ends(&r, [ss::FAMILY, ss::SPORT, ss::DPORT]);
+        if !wanted(end.family, end.sport, end.dport) || r.get::<u16>(ss::PROTOCOL) != IPPROTO_TCP {
             return 0;
         }
-        if field::<u16>(&ctx, ss::PROTOCOL) != IPPROTO_TCP {
-            return 0;
-        }
-        let sk: u64 = field(&ctx, ss::SKADDR);
-        let old: i32 = field(&ctx, ss::OLDSTATE);
-        let new: i32 = field(&ctx, ss::NEWSTATE);
-        // Born: CLOSE → SYN_SENT/LISTEN (connect, listen) or LISTEN → SYN_RECV (a child).
-        let born =
-            old == tcp_state::CLOSE || (old == tcp_state::LISTEN && new == tcp_state::SYN_RECV);
-        let Some(at) = place(sk, born) else {
+        let sk: u64 = r.get(ss::SKADDR);
+        let old: i32 = r.get(ss::OLDSTATE);
+        let new: i32 = r.get(ss::NEWSTATE);
+        let Some(at) = place(sk, is_birth(old, new)) else {
             return 0;
         };
         let Some(mut e) = reserve::<StateEvent>(&ctx) else {
@@ -325,12 +341,8 @@ mod programs {
         let p = e.as_mut_ptr();
         unsafe {
             header(&raw mut (*p).hdr, Kind::State, sk, at, wants_comm(old, new));
-            endpoints(
-                &ctx,
-                &raw mut (*p).hdr,
-                end,
-                [ss::SADDR, ss::DADDR, ss::SADDR_V6, ss::DADDR_V6],
-            );
+            let addrs = [ss::SADDR, ss::DADDR, ss::SADDR_V6, ss::DADDR_V6];
+            endpoints(&r, &raw mut (*p).hdr, end, addrs);
             (*p).oldstate = old;
             (*p).newstate = new;
         }
@@ -340,11 +352,14 @@ mod programs {
 
     #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
     pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
-        let end = ends(&ctx, [rs::FAMILY, rs::SPORT, rs::DPORT]);
+        let Some(r) = record::<{ rs::WINDOW.words }>(&ctx, rs::SLOT, rs::WINDOW) else {
+            return 0;
+        };
+        let end = ends(&r, [rs::FAMILY, rs::SPORT, rs::DPORT]);
         if !wanted(end.family, end.sport, end.dport) {
             return 0;
         }
-        let sk: u64 = field(&ctx, rs::SKADDR);
+        let sk: u64 = r.get(rs::SKADDR);
         let Some(at) = place(sk, true) else {
             return 0;
         };
@@ -354,15 +369,11 @@ mod programs {
         let p = e.as_mut_ptr();
         unsafe {
             header(&raw mut (*p).hdr, Kind::Retransmit, sk, at, false);
-            endpoints(
-                &ctx,
-                &raw mut (*p).hdr,
-                end,
-                [rs::SADDR, rs::DADDR, rs::SADDR_V6, rs::DADDR_V6],
-            );
-            (*p).state = field(&ctx, rs::STATE);
+            let addrs = [rs::SADDR, rs::DADDR, rs::SADDR_V6, rs::DADDR_V6];
+            endpoints(&r, &raw mut (*p).hdr, end, addrs);
+            (*p).state = r.get(rs::STATE);
             (*p).err = if RETRANSMIT_HAS_ERR.load() != 0 {
-                field(&ctx, rs::ERR)
+                r.get(rs::ERR)
             } else {
                 0
             };
@@ -373,11 +384,14 @@ mod programs {
 
     #[tracepoint(category = "tcp", name = "tcp_retransmit_synack")]
     pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
-        let end = ends(&ctx, [ra::FAMILY, ra::SPORT, ra::DPORT]);
+        let Some(r) = record::<{ ra::WINDOW.words }>(&ctx, ra::SLOT, ra::WINDOW) else {
+            return 0;
+        };
+        let end = ends(&r, [ra::FAMILY, ra::SPORT, ra::DPORT]);
         if !wanted(end.family, end.sport, end.dport) {
             return 0;
         }
-        let sk: u64 = field(&ctx, ra::SKADDR);
+        let sk: u64 = r.get(ra::SKADDR);
         let Some(at) = place(sk, true) else {
             return 0;
         };
@@ -387,41 +401,32 @@ mod programs {
         let p = e.as_mut_ptr();
         unsafe {
             header(&raw mut (*p).hdr, Kind::SynackRetransmit, sk, at, false);
-            endpoints(
-                &ctx,
-                &raw mut (*p).hdr,
-                end,
-                [ra::SADDR, ra::DADDR, ra::SADDR_V6, ra::DADDR_V6],
-            );
-            (*p).req = field(&ctx, ra::REQ);
+            let addrs = [ra::SADDR, ra::DADDR, ra::SADDR_V6, ra::DADDR_V6];
+            endpoints(&r, &raw mut (*p).hdr, end, addrs);
+            (*p).req = r.get(ra::REQ);
         }
         submit(e);
         0
     }
 
+    /// The layout with `sockaddr` images and a reset reason.
     #[tracepoint(category = "tcp", name = "tcp_send_reset")]
     pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-        // The endpoints are sockaddr images: family (host order) at 0, port (network order)
-        // at 2 of each.
-        let fam: u16 = field(&ctx, sr::SADDR);
-        let sport = u16::from_be(field(
-            &ctx,
-            Field {
-                offset: sr::SADDR.offset + 2,
-                ..sr::SADDR
-            },
-        ));
-        let dport = u16::from_be(field(
-            &ctx,
-            Field {
-                offset: sr::DADDR.offset + 2,
-                ..sr::DADDR
-            },
-        ));
-        if !wanted(fam, sport, dport) {
+        let Some(r) = record::<{ sr::WINDOW.words }>(&ctx, sr::SLOT, sr::WINDOW) else {
+            return 0;
+        };
+        // Each image: family (host order) at 0, port (network order) at 2.
+        let port = |f: Field| {
+            u16::from_be(r.get(Field {
+                offset: f.offset + 2,
+                ..f
+            }))
+        };
+        let (sport, dport) = (port(sr::SADDR), port(sr::DADDR));
+        if !wanted(r.get(sr::SADDR), sport, dport) {
             return 0;
         }
-        let sk: u64 = field(&ctx, sr::SKADDR);
+        let sk: u64 = r.get(sr::SKADDR);
         let Some(at) = place(sk, true) else {
             return 0;
         };
@@ -431,15 +436,48 @@ mod programs {
         let p = e.as_mut_ptr();
         unsafe {
             header(&raw mut (*p).hdr, Kind::ResetSent, sk, at, false);
+            // Userspace fills the header's endpoints from the images.
             (*p).hdr.family = 0;
             (*p).hdr.sport = 0;
             (*p).hdr.dport = 0;
             (*p).hdr.saddr = [0; 16];
             (*p).hdr.daddr = [0; 16];
-            (*p).state = field(&ctx, sr::STATE);
-            (*p).reason = field(&ctx, sr::REASON);
-            copy(&ctx, sr::SADDR, (*p).saddr_raw.as_mut_ptr());
-            copy(&ctx, sr::DADDR, (*p).daddr_raw.as_mut_ptr());
+            (*p).state = r.get(sr::STATE);
+            (*p).reason = r.get(sr::REASON);
+            r.copy(sr::SADDR, (*p).saddr_raw.as_mut_ptr());
+            r.copy(sr::DADDR, (*p).daddr_raw.as_mut_ptr());
+        }
+        submit(e);
+        0
+    }
+
+    /// The older layout (plain endpoints, no reason): the header carries the endpoints and the
+    /// images stay zero, which tells userspace so.
+    #[tracepoint(category = "tcp", name = "tcp_send_reset")]
+    pub fn tcp_send_reset_v1(ctx: TracePointContext) -> u32 {
+        let Some(r) = record::<{ sr1::WINDOW.words }>(&ctx, sr1::SLOT, sr1::WINDOW) else {
+            return 0;
+        };
+        let end = ends(&r, [sr1::FAMILY, sr1::SPORT, sr1::DPORT]);
+        if !wanted(end.family, end.sport, end.dport) {
+            return 0;
+        }
+        let sk: u64 = r.get(sr1::SKADDR);
+        let Some(at) = place(sk, true) else {
+            return 0;
+        };
+        let Some(mut e) = reserve::<ResetSentEvent>(&ctx) else {
+            return 0;
+        };
+        let p = e.as_mut_ptr();
+        unsafe {
+            header(&raw mut (*p).hdr, Kind::ResetSent, sk, at, false);
+            let addrs = [sr1::SADDR, sr1::DADDR, sr1::SADDR_V6, sr1::DADDR_V6];
+            endpoints(&r, &raw mut (*p).hdr, end, addrs);
+            (*p).state = r.get(sr1::STATE);
+            (*p).reason = NO_REASON;
+            (*p).saddr_raw = [0; 28];
+            (*p).daddr_raw = [0; 28];
         }
         submit(e);
         0
@@ -447,11 +485,14 @@ mod programs {
 
     #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
     pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-        let end = ends(&ctx, [rr::FAMILY, rr::SPORT, rr::DPORT]);
+        let Some(r) = record::<{ rr::WINDOW.words }>(&ctx, rr::SLOT, rr::WINDOW) else {
+            return 0;
+        };
+        let end = ends(&r, [rr::FAMILY, rr::SPORT, rr::DPORT]);
         if !wanted(end.family, end.sport, end.dport) {
             return 0;
         }
-        let sk: u64 = field(&ctx, rr::SKADDR);
+        let sk: u64 = r.get(rr::SKADDR);
         let Some(at) = place(sk, true) else {
             return 0;
         };
@@ -461,13 +502,9 @@ mod programs {
         let p = e.as_mut_ptr();
         unsafe {
             header(&raw mut (*p).hdr, Kind::ResetReceived, sk, at, false);
-            endpoints(
-                &ctx,
-                &raw mut (*p).hdr,
-                end,
-                [rr::SADDR, rr::DADDR, rr::SADDR_V6, rr::DADDR_V6],
-            );
-            (*p).cookie = field(&ctx, rr::COOKIE);
+            let addrs = [rr::SADDR, rr::DADDR, rr::SADDR_V6, rr::DADDR_V6];
+            endpoints(&r, &raw mut (*p).hdr, end, addrs);
+            (*p).cookie = r.get(rr::COOKIE);
         }
         submit(e);
         0
@@ -475,11 +512,18 @@ mod programs {
 
     #[tracepoint(category = "sock", name = "inet_sk_error_report")]
     pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
-        let end = ends(&ctx, [er::FAMILY, er::SPORT, er::DPORT]);
-        if !wanted(end.family, end.sport, end.dport) {
+        let Some(r) = record::<{ er::WINDOW.words }>(&ctx, er::SLOT, er::WINDOW) else {
+            return 0;
+        };
+        let end = ends(&r, [er::FAMILY, er::SPORT, er::DPORT]);
+        if !wanted(end.family, end.sport, end.dport) || r.get::<u16>(er::PROTOCOL) != IPPROTO_TCP {
             return 0;
         }
-        if field::<u16>(&ctx, er::PROTOCOL) != IPPROTO_TCP {
+        // Error 0 is no error: after a failed connect, connect() disconnects the socket
+        // (tcp_disconnect), which wakes waiters through the error-report hook with `sk_err`
+        // already consumed and the remote port cleared. It says nothing about the connection.
+        let error: i32 = r.get(er::ERROR);
+        if error == 0 {
             return 0;
         }
         let Some(mut e) = reserve::<ErrorEvent>(&ctx) else {
@@ -493,13 +537,9 @@ mod programs {
                 cgroup: 0,
             };
             header(&raw mut (*p).hdr, Kind::Error, 0, none, false);
-            endpoints(
-                &ctx,
-                &raw mut (*p).hdr,
-                end,
-                [er::SADDR, er::DADDR, er::SADDR_V6, er::DADDR_V6],
-            );
-            (*p).error = field(&ctx, er::ERROR);
+            let addrs = [er::SADDR, er::DADDR, er::SADDR_V6, er::DADDR_V6];
+            endpoints(&r, &raw mut (*p).hdr, end, addrs);
+            (*p).error = error;
             (*p)._pad = 0;
         }
         submit(e);

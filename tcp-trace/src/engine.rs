@@ -505,10 +505,7 @@ impl Graveyard {
 const SEED_KEY_LIMIT: u64 = 1 << 40;
 
 fn is_birth(old: TcpState, new: TcpState) -> bool {
-    matches!(
-        (old, new),
-        (TcpState::CLOSE, _) | (TcpState::LISTEN, TcpState::SYN_RECV)
-    )
+    tcp_trace_common::is_birth(old.0, new.0)
 }
 
 impl Engine {

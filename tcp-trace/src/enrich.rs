@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
 };
@@ -154,9 +154,57 @@ fn diag_socket(netns: Option<u32>) -> Result<Socket> {
     })
 }
 
+/// The kernel refused a sock_diag request (positive errno).
+#[derive(Debug)]
+struct DiagError(i32);
+
+impl std::fmt::Display for DiagError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            libc::ENOENT => f.write_str(
+                "sock_diag has no TCP support loaded: load the tcp_diag module \
+                 (`modprobe tcp_diag`) and try again",
+            ),
+            e => write!(f, "sock_diag: {}", std::io::Error::from_raw_os_error(e)),
+        }
+    }
+}
+
+impl std::error::Error for DiagError {}
+
+/// Distributions build sock_diag's TCP part as modules (`inet_diag`, `tcp_diag`); a host
+/// usually loads them on the first request, a minimal one may not. Asked once per process.
+fn load_tcp_diag() -> bool {
+    static TRIED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRIED.get_or_init(|| {
+        let ok = std::process::Command::new("modprobe")
+            .args(["-q", "tcp_diag"])
+            .status()
+            .is_ok_and(|s| s.success());
+        log::info!(
+            "sock_diag had no TCP support: modprobe tcp_diag {}",
+            if ok { "loaded it" } else { "failed" }
+        );
+        ok
+    })
+}
+
 /// Every TCP socket (IPv4 and IPv6) of network namespace `netns` (`None`: this process's) in
-/// one of `states`.
+/// one of `states`. Without the `tcp_diag` module, loads it once and retries.
 pub fn snapshot(states: StateFlags, netns: Option<u32>) -> Result<Vec<DiagSocket>> {
+    match snapshot_once(states.clone(), netns) {
+        Err(e)
+            if e.downcast_ref::<DiagError>()
+                .is_some_and(|d| d.0 == libc::ENOENT)
+                && load_tcp_diag() =>
+        {
+            snapshot_once(states, netns)
+        }
+        r => r,
+    }
+}
+
+fn snapshot_once(states: StateFlags, netns: Option<u32>) -> Result<Vec<DiagSocket>> {
     let mut socket = diag_socket(netns)?;
     let ns = netns.unwrap_or_else(own_netns);
     let mut out = Vec::new();
@@ -166,8 +214,7 @@ pub fn snapshot(states: StateFlags, netns: Option<u32>) -> Result<Vec<DiagSocket
         } else {
             SocketId::new_v6()
         };
-        query(&mut socket, family, states.clone(), id, true, &mut out)
-            .with_context(|| format!("sock_diag dump (family {family})"))?;
+        query(&mut socket, family, states.clone(), id, true, &mut out)?;
     }
     for d in &mut out {
         d.netns = ns;
@@ -276,8 +323,10 @@ fn query(
                     }
                 }
                 NetlinkPayload::Done(_) => return Ok(()),
-                NetlinkPayload::Error(e) if !dump => bail!("not found: {e:?}"),
-                NetlinkPayload::Error(e) => bail!("sock_diag error: {e:?}"),
+                NetlinkPayload::Error(e) => {
+                    let errno = e.code.map_or(0, |c| -c.get());
+                    return Err(DiagError(errno).into());
+                }
                 _ => {}
             }
             if len == 0 {

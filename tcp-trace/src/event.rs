@@ -10,8 +10,8 @@ use std::{
 };
 
 use tcp_trace_common::{
-    tcp_state as ts, ErrorEvent, Header, Kind, ResetReceivedEvent, ResetSentEvent, RetransmitEvent,
-    StateEvent, SynackRetransmitEvent, AF_INET, AF_INET6,
+    layout::NO_REASON, tcp_state as ts, ErrorEvent, Header, Kind, ResetReceivedEvent,
+    ResetSentEvent, RetransmitEvent, StateEvent, SynackRetransmitEvent, AF_INET, AF_INET6,
 };
 
 /// A kernel TCP state number with its kernel name (without `TCP_`).
@@ -267,8 +267,8 @@ pub enum EventKind {
     ResetSent {
         /// The socket's state, when there is a socket.
         state: Option<TcpState>,
-        /// `enum sk_rst_reason`.
-        reason: u32,
+        /// `enum sk_rst_reason` (`None`: this kernel's tracepoint has no reason).
+        reason: Option<u32>,
     },
     /// `tcp_receive_reset`.
     ResetReceived {
@@ -487,11 +487,15 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
         }
         Kind::ResetSent => {
             let e: ResetSentEvent = read(buf)?;
-            (ev.saddr, ev.sport) = sockaddr(&e.saddr_raw);
-            (ev.daddr, ev.dport) = sockaddr(&e.daddr_raw);
+            // Kernels whose tracepoint stores `sockaddr` images leave the header's endpoints
+            // to us; older ones fill the header and leave the images zero (family 0).
+            if e.saddr_raw[..2] != [0, 0] {
+                (ev.saddr, ev.sport) = sockaddr(&e.saddr_raw);
+                (ev.daddr, ev.dport) = sockaddr(&e.daddr_raw);
+            }
             EventKind::ResetSent {
                 state: (h.skaddr != 0).then_some(TcpState(e.state)),
-                reason: e.reason,
+                reason: (e.reason != NO_REASON).then_some(e.reason),
             }
         }
         Kind::ResetReceived => {
@@ -582,7 +586,7 @@ pub fn encode(ev: &Event) -> Vec<u8> {
                 ..hdr
             },
             state: state.map_or(0, |s| s.0),
-            reason,
+            reason: reason.unwrap_or(NO_REASON),
             saddr_raw: raw_sockaddr(&ev.saddr, ev.sport),
             daddr_raw: raw_sockaddr(&ev.daddr, ev.dport),
         }),
@@ -764,7 +768,7 @@ pub(crate) mod tests {
             ev.kind,
             EventKind::ResetSent {
                 state: Some(TcpState::CLOSE),
-                reason: 2
+                reason: Some(2)
             }
         );
         e.hdr.skaddr = 0;
@@ -772,9 +776,36 @@ pub(crate) mod tests {
             decode(&bytes_of(&e)).unwrap().kind,
             EventKind::ResetSent {
                 state: None,
-                reason: 2
+                reason: Some(2)
             }
         );
+    }
+
+    /// The older tracepoint layout: endpoints in the header, no images, no reason.
+    #[test]
+    fn reset_sent_from_an_older_kernel_keeps_the_header_endpoints() {
+        let mut hdr = header(Kind::ResetSent, AF_INET);
+        hdr.skaddr = 0xffff_8880_0000_1000;
+        (hdr.sport, hdr.dport) = (8080, 51000);
+        hdr.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        hdr.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        let e = ResetSentEvent {
+            hdr,
+            state: 1,
+            reason: NO_REASON,
+            saddr_raw: [0; 28],
+            daddr_raw: [0; 28],
+        };
+        let ev = decode(&bytes_of(&e)).unwrap();
+        assert_eq!((ev.saddr.to_string(), ev.sport), ("10.0.0.1".into(), 8080));
+        assert_eq!((ev.daddr.to_string(), ev.dport), ("10.0.0.2".into(), 51000));
+        let kind = EventKind::ResetSent {
+            state: Some(TcpState::ESTABLISHED),
+            reason: None,
+        };
+        assert_eq!(ev.kind, kind);
+        // A recording keeps it as it was.
+        assert_eq!(decode(&encode(&ev)).unwrap(), ev);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tcp_trace_common::{
-    layout::{Tracepoint, TRACEPOINTS},
+    layout::{self, Tracepoint, TRACEPOINTS},
     names, KernelOffsets,
 };
 
@@ -186,6 +186,58 @@ fn kernel_offsets(opts: &Options) -> Result<KernelOffsets> {
     Ok(offsets)
 }
 
+/// A program to attach, fitted to this kernel's record layout.
+struct Planned {
+    tp: &'static Tracepoint,
+    shift: u8,
+    optional: bool,
+}
+
+/// For each tracepoint, the first of its programs whose fields this kernel's `format` file
+/// has. The first tracepoint is required; without one of the others, one warning says what
+/// the user loses and the rest runs.
+fn plan(root: &str) -> Result<Vec<Planned>> {
+    let mut plan = Vec::new();
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for tp in TRACEPOINTS {
+        if seen.contains(&(tp.category, tp.name)) {
+            continue;
+        }
+        seen.push((tp.category, tp.name));
+        let mut why = None;
+        let alternatives = TRACEPOINTS
+            .iter()
+            .filter(|t| (t.category, t.name) == (tp.category, tp.name));
+        for alt in alternatives {
+            match tracefs::check(root, alt) {
+                Check::Ok { shift, optional } => {
+                    plan.push(Planned {
+                        tp: alt,
+                        shift,
+                        optional,
+                    });
+                    why = None;
+                    break;
+                }
+                Check::Missing => {
+                    why = Some(format!(
+                        "tracepoint {}/{} does not exist on this kernel",
+                        tp.category, tp.name
+                    ))
+                }
+                // The first mismatch names the newest layout's field: the most useful.
+                Check::Differs(m) => why = why.or(Some(format!("unknown layout: {m}"))),
+            }
+        }
+        match why {
+            None => {}
+            Some(why) if tp.loses.is_empty() => bail!("unsupported kernel: {why}"),
+            Some(why) => log::warn!("{why}: {}", tp.loses),
+        }
+    }
+    Ok(plan)
+}
+
 /// The eBPF object built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcp-trace"));
 
@@ -203,32 +255,14 @@ impl KernelSource {
     pub fn open(opts: Options) -> Result<Self> {
         check_privileges()?;
         let root = tracefs::ensure_mounted()?;
-        let mut plan: Vec<(&'static Tracepoint, bool)> = Vec::new();
-        for (i, tp) in TRACEPOINTS.iter().enumerate() {
-            match tracefs::check(root, tp) {
-                Check::Ok { optional } => plan.push((tp, optional)),
-                Check::Missing if i == 0 => {
-                    bail!(
-                        "tracepoint {}/{} does not exist on this kernel",
-                        tp.category,
-                        tp.name
-                    )
-                }
-                Check::Differs(why) if i == 0 => bail!("unsupported kernel: {why}"),
-                Check::Missing => log::warn!(
-                    "tracepoint {}/{} not found on this kernel: its events are disabled",
-                    tp.category,
-                    tp.name
-                ),
-                Check::Differs(why) => {
-                    log::warn!("{why}: its events are disabled")
-                }
-            }
+        if let Ok(false) = aya::sys::is_map_supported(aya::maps::MapType::RingBuf) {
+            bail!("this kernel has no BPF ring buffer: tcp-trace needs Linux 5.8 or later");
         }
-        let has_err = plan
+        let plan = plan(root)?;
+        let shifts = plan
             .iter()
-            .find(|(tp, _)| tp.optional.is_some())
-            .is_some_and(|(_, o)| *o);
+            .fold(0u64, |acc, p| acc | u64::from(p.shift) << (8 * p.tp.slot));
+        let has_err = plan.iter().any(|p| p.tp.optional.is_some() && p.optional);
         let page = 4096u32;
         let size = opts.ringbuf_bytes.max(page).next_power_of_two();
         let level = aya_log_level();
@@ -247,11 +281,8 @@ impl KernelSource {
             .override_global(names::FILTER_NETNS, &opts.netns.unwrap_or(0), true)
             .override_global(names::FILTER_CGROUP, &cg_id, true)
             .override_global(names::FILTER_CGROUP_LEVEL, &cg_level, true)
-            .override_global(
-                tcp_trace_common::layout::RETRANSMIT_HAS_ERR,
-                &u8::from(has_err),
-                true,
-            )
+            .override_global(layout::RETRANSMIT_HAS_ERR, &u8::from(has_err), true)
+            .override_global(layout::SHIFTS, &shifts, true)
             .override_global("AYA_LOG_LEVEL", &level, false)
             .load(OBJECT)
             .context("loading the eBPF object")?;
@@ -270,25 +301,26 @@ impl KernelSource {
             }
         };
         let mut attached = Vec::new();
-        for (tp, _) in plan {
+        for Planned { tp, .. } in plan {
             let prog: &mut TracePoint = ebpf
-                .program_mut(tp.name)
-                .with_context(|| format!("program {} missing from the eBPF object", tp.name))?
+                .program_mut(tp.program)
+                .with_context(|| format!("program {} missing from the eBPF object", tp.program))?
                 .try_into()?;
             let res = prog
                 .load()
                 .and_then(|()| prog.attach(tp.category, tp.name).map(|_| ()));
             match res {
                 Ok(()) => attached.push(tp.name),
-                Err(e) if tp.name == TRACEPOINTS[0].name => {
+                Err(e) if tp.loses.is_empty() => {
                     return Err(anyhow::Error::new(e)
                         .context(format!("attaching {}/{}", tp.category, tp.name)))
                 }
                 Err(e) => log::warn!(
-                    "could not attach {}/{} ({}): its events are disabled",
+                    "could not attach {}/{} ({}): {}",
                     tp.category,
                     tp.name,
-                    short_error(&e)
+                    short_error(&e),
+                    tp.loses
                 ),
             }
         }

@@ -25,7 +25,10 @@ fn kind() -> impl Strategy<Value = EventKind> {
         (st(), st()).prop_map(|(old, new)| EventKind::State { old, new }),
         (st(), any::<i32>()).prop_map(|(state, err)| EventKind::Retransmit { state, err }),
         any::<u64>().prop_map(|req| EventKind::SynackRetransmit { req }),
-        (proptest::option::of(st()), any::<u32>())
+        (
+            proptest::option::of(st()),
+            proptest::option::of(0..u32::MAX)
+        )
             .prop_map(|(state, reason)| EventKind::ResetSent { state, reason }),
         any::<u64>().prop_map(|cookie| EventKind::ResetReceived { cookie }),
         any::<i32>().prop_map(|errno| EventKind::Error { errno }),

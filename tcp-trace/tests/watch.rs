@@ -418,3 +418,139 @@ fn filters_show_only_matching_connections() {
         t.stop();
     }
 }
+
+/// Every event kind, from real traffic between two namespaces, on whatever kernel this runs:
+/// no tracepoint is turned off (no warning at all), each event names the right socket and
+/// endpoints, and a failed connect reports exactly one error (no report of error 0).
+#[test]
+fn every_event_kind_appears_with_nothing_disabled() {
+    let net = NetnsPair::new("kinds");
+    let (refused, open, silent) = (free_port(), free_port(), free_port());
+    // No filter: the tracer sees all traffic; the checks pick this test's ports.
+    let tracer = Tracer::start(&["watch", "--json"]);
+    let of = |ev: &[Value], kind: &str, port: u16| -> Vec<Value> {
+        ev.iter()
+            .filter(|e| e["type"] == kind && (e["sport"] == port || e["dport"] == port))
+            .cloned()
+            .collect()
+    };
+
+    // Refused: the reset comes from no socket in b; a's socket receives it and reports it.
+    let err = net
+        .connect_from_a(refused, Duration::from_secs(5))
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    // Reset on close with data unread (SO_LINGER 0): b's server socket sends it.
+    let (client, server) = connected(&net, open);
+    let cport = client.local_addr().unwrap().port();
+    abort_on_close(&server);
+    drop(server);
+    // SYN-ACKs and data lost on the wire: both sides retransmit.
+    let _listener = net.listen_in_b(silent);
+    net.silent_gateway(&net.b, &net.a_addr);
+    let _ = net.connect_from_a(silent, Duration::from_millis(2500));
+
+    let ev = tracer.wait_for("all six kinds", WAIT, |ev| {
+        [(refused, "error"), (open, "reset_received")]
+            .iter()
+            .chain(&[(silent, "retransmit"), (silent, "synack_retransmit")])
+            .all(|(port, kind)| !of(ev, kind, *port).is_empty())
+    });
+    let (st, _, stderr) = tracer.stop();
+    assert!(st.success());
+    let warnings: Vec<_> = stderr.iter().filter(|l| l.contains("WARN")).collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
+
+    // The refused connect: reset sent for no socket, from b's address and the closed port.
+    let rst = of(&ev, "reset_sent", refused);
+    assert_eq!(rst.len(), 1, "{rst:#?}");
+    assert!(rst[0]["sock"].is_null() && rst[0]["state"].is_null());
+    assert_eq!(
+        (&rst[0]["saddr"], &rst[0]["sport"], &rst[0]["daddr"]),
+        (
+            &net.b_addr.as_str().into(),
+            &refused.into(),
+            &net.a_addr.as_str().into()
+        )
+    );
+    assert_eq!(of(&ev, "reset_received", refused).len(), 1);
+    let errors = of(&ev, "error", refused);
+    assert_eq!(
+        errors.len(),
+        1,
+        "one error for one failed connect: {errors:#?}"
+    );
+    assert_eq!(errors[0]["error"], "ECONNREFUSED");
+    assert!(ev.iter().all(|e| e["error"] != "UNKNOWN(0)"), "{ev:#?}");
+
+    // The abortive close: b's established socket sent the reset, to a's port.
+    let rst = of(&ev, "reset_sent", open);
+    assert_eq!(rst.len(), 1, "{rst:#?}");
+    let server_sock = sock_of(&ev, |e| {
+        e["old"] == "LISTEN" && e["new"] == "SYN_RECV" && e["sport"] == open
+    })
+    .unwrap();
+    assert_eq!(rst[0]["sock"], server_sock.as_str());
+    // tcp_disconnect moves the socket to CLOSE before it sends the reset.
+    assert_eq!(rst[0]["state"], "CLOSE");
+    assert_eq!(
+        (
+            &rst[0]["saddr"],
+            &rst[0]["sport"],
+            &rst[0]["daddr"],
+            &rst[0]["dport"]
+        ),
+        (
+            &net.b_addr.as_str().into(),
+            &open.into(),
+            &net.a_addr.as_str().into(),
+            &cport.into()
+        )
+    );
+    let got = of(&ev, "reset_received", open);
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0]["sport"], cport);
+
+    // Lost handshake replies: the listener retransmits its SYN-ACK, the client its SYN.
+    let synack = of(&ev, "synack_retransmit", silent);
+    assert!(!synack.is_empty());
+    assert_eq!(synack[0]["saddr"], net.b_addr.as_str());
+    assert_eq!(synack[0]["daddr"], net.a_addr.as_str());
+    let rtx = of(&ev, "retransmit", silent);
+    assert!(rtx.iter().all(|r| r["state"] == "SYN_SENT"), "{rtx:#?}");
+    drop(client);
+}
+
+/// The owner rule on any kernel (PREEMPT_RT runs softirq work in threads, so the task on the
+/// CPU during a packet-driven transition is some other thread): with the client and the server
+/// in two processes, every event names either the process that made that transition itself
+/// or nobody, never the other process or a kernel thread.
+#[test]
+fn owners_come_only_from_transitions_a_process_makes_itself() {
+    let port = free_port();
+    let tracer = Tracer::start(&["watch", "--json", "--port", &port.to_string()]);
+    let peer = Peer::halfclose("127.0.0.1", port);
+    Peer::close(peer.server_pid); // CLOSE_WAIT → LAST_ACK by the server process
+    let ev = tracer.wait_for("the server's close", WAIT, |ev| {
+        ev.iter().any(|e| e["new"] == "LAST_ACK")
+    });
+    tracer.stop();
+    let client = sock_of(&ev, |e| is_client(e, port)).unwrap();
+    let mut named = 0;
+    for e in &ev {
+        let owner = if e["sock"] == client.as_str() {
+            peer.client_pid
+        } else {
+            peer.server_pid // the listener and the accepted socket
+        };
+        match e["pid"].as_u64() {
+            None => assert!(e["comm"].is_null(), "{e}"),
+            Some(pid) => {
+                assert_eq!(pid, u64::from(owner), "a bystander named as owner: {e}");
+                named += 1;
+            }
+        }
+    }
+    // connect, listen, shutdown and close were each seen with their process.
+    assert!(named >= 4, "{ev:#?}");
+}

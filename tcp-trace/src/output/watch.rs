@@ -81,10 +81,13 @@ impl<W: Write> WatchWriter<W> {
             },
             EventKind::Retransmit { state, .. } => format!("RETRANSMIT in {state}"),
             EventKind::SynackRetransmit { .. } => "SYNACK-RETRANSMIT".to_string(),
-            EventKind::ResetSent { state, reason } => match state {
-                Some(s) => format!("RESET-SENT in {s} (reason {reason})"),
-                None => format!("RESET-SENT no socket (reason {reason})"),
-            },
+            EventKind::ResetSent { state, reason } => {
+                let reason = reason.map(|r| format!(" (reason {r})")).unwrap_or_default();
+                match state {
+                    Some(s) => format!("RESET-SENT in {s}{reason}"),
+                    None => format!("RESET-SENT no socket{reason}"),
+                }
+            }
             EventKind::ResetReceived { .. } => "RESET-RECEIVED".to_string(),
             EventKind::Error { errno } => format!("ERROR {}", errno_name(errno)),
         };
@@ -372,7 +375,10 @@ pub fn json_event(out: &mut Vec<u8>, a: &Annotated<'_>, ts: &str) {
                 None => null(out),
             }
             next_key(out, "reason");
-            int(out, reason);
+            match reason {
+                Some(r) => int(out, r),
+                None => null(out),
+            }
         }
         EventKind::Error { errno } => {
             next_key(out, "error");
@@ -523,7 +529,7 @@ mod tests {
     fn json_stays_valid_for_any_name_and_number() {
         let e = ev(EventKind::ResetSent {
             state: None,
-            reason: u32::MAX,
+            reason: Some(u32::MAX - 1),
         });
         for name in [
             &b"a\"b\\c"[..],
@@ -550,7 +556,7 @@ mod tests {
             assert_eq!(v["sock"], "0xffffffffffffffff");
             assert_eq!(v["pid"], u32::MAX);
             assert!(v["state"].is_null());
-            assert_eq!(v["reason"], u32::MAX);
+            assert_eq!(v["reason"], u32::MAX - 1);
             assert!(!l.trim_end().contains('\n'), "one line: {l:?}");
         }
     }
