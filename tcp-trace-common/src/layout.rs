@@ -189,6 +189,8 @@ pub mod send_reset {
     pub const SLOT: usize = 3;
     /// What the program copies.
     pub const WINDOW: Window = Window::of(ALL);
+    /// `const void *skbaddr` (the packet answered; may be NULL)
+    pub const SKBADDR: Field = Field::new("skbaddr", 8, 8);
     /// `const void *skaddr` (may be NULL)
     pub const SKADDR: Field = Field::new("skaddr", 16, 8);
     /// `int state`
@@ -200,7 +202,7 @@ pub mod send_reset {
     /// `__u8 daddr[28]`
     pub const DADDR: Field = Field::new("daddr", 60, 28);
     /// All of them.
-    pub const ALL: &[Field] = &[SKADDR, STATE, REASON, SADDR, DADDR];
+    pub const ALL: &[Field] = &[SKBADDR, SKADDR, STATE, REASON, SADDR, DADDR];
 }
 
 /// Fields of `tcp/tcp_send_reset` before the kernel stored `sockaddr` images and a `reason`
@@ -211,6 +213,8 @@ pub mod send_reset_v1 {
     pub const SLOT: usize = 6;
     /// What the program copies.
     pub const WINDOW: Window = Window::of(ALL);
+    /// `const void *skbaddr` (the packet answered; may be NULL)
+    pub const SKBADDR: Field = Field::new("skbaddr", 8, 8);
     /// `const void *skaddr` (may be NULL)
     pub const SKADDR: Field = Field::new("skaddr", 16, 8);
     /// `int state`
@@ -231,7 +235,7 @@ pub mod send_reset_v1 {
     pub const DADDR_V6: Field = Field::new("daddr_v6", 58, 16);
     /// All of them.
     pub const ALL: &[Field] = &[
-        SKADDR, STATE, SPORT, DPORT, FAMILY, SADDR, DADDR, SADDR_V6, DADDR_V6,
+        SKBADDR, SKADDR, STATE, SPORT, DPORT, FAMILY, SADDR, DADDR, SADDR_V6, DADDR_V6,
     ];
 }
 

@@ -124,7 +124,8 @@ pub struct Header {
 /// Where the kernel programs find a socket's network namespace and cgroup: byte offsets in
 /// kernel structures, looked up by userspace in the running kernel's BTF and set at load time
 /// (these programs have no CO-RE relocations). `sock_net == 0` turns the namespace read off,
-/// `sock_cgroup == 0` the cgroup read (a kernel without the field).
+/// `sock_cgroup == 0` the cgroup read, `skb_head == 0` the packet read (a kernel without the
+/// field).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
@@ -142,8 +143,12 @@ pub struct KernelOffsets {
     pub cgroup_level: u32,
     /// `struct cgroup`: `ancestors` (`struct cgroup *[level + 1]`, the root first).
     pub cgroup_ancestors: u32,
-    /// Explicit padding; always zero.
-    pub _pad: u32,
+    /// `struct sk_buff`: `head` (0: packets are not read).
+    pub skb_head: u32,
+    /// `struct sk_buff`: `network_header` (`u16`, from `head`).
+    pub skb_network_header: u32,
+    /// `struct sk_buff`: `transport_header` (`u16`, from `head`).
+    pub skb_transport_header: u32,
 }
 
 /// A TCP state change.
@@ -268,7 +273,7 @@ mod pod {
 const _: () = {
     use core::mem::size_of;
     assert!(size_of::<Header>() == 8 + 8 + 8 + 16 + 1 + 1 + 2 + 2 + 2 + 16 + 16 + 4 + 4 + 8);
-    assert!(size_of::<KernelOffsets>() == 8 * 4);
+    assert!(size_of::<KernelOffsets>() == 10 * 4);
     assert!(size_of::<StateEvent>() == size_of::<Header>() + 8);
     assert!(size_of::<RetransmitEvent>() == size_of::<Header>() + 8);
     assert!(size_of::<SynackRetransmitEvent>() == size_of::<Header>() + 8);

@@ -31,8 +31,8 @@ mod programs {
             send_reset as sr, send_reset_v1 as sr1, set_state as ss, Field, Window, MAX_SHIFT,
             NO_REASON,
         },
-        ErrorEvent, Header, KernelOffsets, Kind, ResetReceivedEvent, ResetSentEvent,
-        RetransmitEvent, StateEvent, SynackRetransmitEvent, AF_INET6, IPPROTO_TCP,
+        tcp_state, ErrorEvent, Header, KernelOffsets, Kind, ResetReceivedEvent, ResetSentEvent,
+        RetransmitEvent, StateEvent, SynackRetransmitEvent, AF_INET, AF_INET6, IPPROTO_TCP,
     };
 
     /// Default 4 MiB; userspace may resize it at load time (`--ringbuf-size`).
@@ -68,7 +68,9 @@ mod programs {
         kn_id: 0,
         cgroup_level: 0,
         cgroup_ancestors: 0,
-        _pad: 0,
+        skb_head: 0,
+        skb_network_header: 0,
+        skb_transport_header: 0,
     });
 
     /// 1: read the namespace and cgroup where `place` is asked to (the output shows them);
@@ -126,6 +128,58 @@ mod programs {
             return 0;
         }
         read_u64(kn + o.kn_id as u64)
+    }
+
+    /// Endpoints read from a packet: ours first.
+    #[derive(Clone, Copy)]
+    struct Reply {
+        ends: Ends,
+        ours: [u8; 16],
+        theirs: [u8; 16],
+    }
+
+    /// The endpoints of the reply to packet `skb`, from its IP and TCP headers (our side is the
+    /// packet's destination). A listener answering a segment for a connection it does not have
+    /// sends a reset whose tracepoint names the listener (remote `0.0.0.0:0`); the packet names
+    /// the peer the reset goes to.
+    #[inline(always)]
+    fn reply_to(skb: u64) -> Option<Reply> {
+        let o = OFFSETS.load();
+        if skb == 0 || o.skb_head == 0 {
+            return None;
+        }
+        let head = read_u64(skb + o.skb_head as u64);
+        let nh: u16 =
+            unsafe { read_kernel((skb + o.skb_network_header as u64) as *const u16) }.ok()?;
+        let th: u16 =
+            unsafe { read_kernel((skb + o.skb_transport_header as u64) as *const u16) }.ok()?;
+        if head == 0 || nh == u16::MAX || th == u16::MAX {
+            return None; // headers not set
+        }
+        let ip = head + nh as u64;
+        let ports: [u16; 2] = unsafe { read_kernel((head + th as u64) as *const [u16; 2]) }.ok()?;
+        let version = unsafe { read_kernel(ip as *const u8) }.ok()? >> 4;
+        let mut r = Reply {
+            ends: Ends {
+                family: AF_INET,
+                sport: u16::from_be(ports[1]),
+                dport: u16::from_be(ports[0]),
+            },
+            ours: [0; 16],
+            theirs: [0; 16],
+        };
+        if version == 4 {
+            let a: [u8; 8] = unsafe { read_kernel((ip + 12) as *const [u8; 8]) }.ok()?;
+            r.theirs[..4].copy_from_slice(&a[..4]);
+            r.ours[..4].copy_from_slice(&a[4..]);
+        } else if version == 6 {
+            r.ends.family = AF_INET6;
+            r.theirs = unsafe { read_kernel((ip + 8) as *const [u8; 16]) }.ok()?;
+            r.ours = unsafe { read_kernel((ip + 24) as *const [u8; 16]) }.ok()?;
+        } else {
+            return None;
+        }
+        Some(r)
     }
 
     /// Reads where socket `sk` lives and applies the namespace and cgroup filters (`None`:
@@ -409,12 +463,37 @@ mod programs {
         0
     }
 
+    /// A listener's reset goes to the sender of the packet it answers (see [`reply_to`]).
+    #[inline(always)]
+    fn listener_reply(sk: u64, state: i32, skb: u64) -> Option<Reply> {
+        if sk != 0 && state == tcp_state::LISTEN {
+            reply_to(skb)
+        } else {
+            None
+        }
+    }
+
+    /// Fills the header's endpoints from a packet read by [`reply_to`].
+    #[inline(always)]
+    fn reply_endpoints(h: *mut Header, r: &Reply) {
+        unsafe {
+            (*h).family = r.ends.family;
+            (*h).sport = r.ends.sport;
+            (*h).dport = r.ends.dport;
+            (*h).saddr = r.ours;
+            (*h).daddr = r.theirs;
+        }
+    }
+
     /// The layout with `sockaddr` images and a reset reason.
     #[tracepoint(category = "tcp", name = "tcp_send_reset")]
     pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
         let Some(r) = record::<{ sr::WINDOW.words }>(&ctx, sr::SLOT, sr::WINDOW) else {
             return 0;
         };
+        let sk: u64 = r.get(sr::SKADDR);
+        let state: i32 = r.get(sr::STATE);
+        let reply = listener_reply(sk, state, r.get(sr::SKBADDR));
         // Each image: family (host order) at 0, port (network order) at 2.
         let port = |f: Field| {
             u16::from_be(r.get(Field {
@@ -422,11 +501,17 @@ mod programs {
                 ..f
             }))
         };
-        let (sport, dport) = (port(sr::SADDR), port(sr::DADDR));
-        if !wanted(r.get(sr::SADDR), sport, dport) {
+        let end = match reply {
+            Some(p) => p.ends,
+            None => Ends {
+                family: r.get(sr::SADDR),
+                sport: port(sr::SADDR),
+                dport: port(sr::DADDR),
+            },
+        };
+        if !wanted(end.family, end.sport, end.dport) {
             return 0;
         }
-        let sk: u64 = r.get(sr::SKADDR);
         let Some(at) = place(sk, true) else {
             return 0;
         };
@@ -436,16 +521,26 @@ mod programs {
         let p = e.as_mut_ptr();
         unsafe {
             header(&raw mut (*p).hdr, Kind::ResetSent, sk, at, false);
-            // Userspace fills the header's endpoints from the images.
-            (*p).hdr.family = 0;
-            (*p).hdr.sport = 0;
-            (*p).hdr.dport = 0;
-            (*p).hdr.saddr = [0; 16];
-            (*p).hdr.daddr = [0; 16];
-            (*p).state = r.get(sr::STATE);
+            (*p).state = state;
             (*p).reason = r.get(sr::REASON);
-            r.copy(sr::SADDR, (*p).saddr_raw.as_mut_ptr());
-            r.copy(sr::DADDR, (*p).daddr_raw.as_mut_ptr());
+            match reply {
+                // Header endpoints, images zero: userspace keeps the header's.
+                Some(reply) => {
+                    reply_endpoints(&raw mut (*p).hdr, &reply);
+                    (*p).saddr_raw = [0; 28];
+                    (*p).daddr_raw = [0; 28];
+                }
+                // Userspace fills the header's endpoints from the images.
+                None => {
+                    (*p).hdr.family = 0;
+                    (*p).hdr.sport = 0;
+                    (*p).hdr.dport = 0;
+                    (*p).hdr.saddr = [0; 16];
+                    (*p).hdr.daddr = [0; 16];
+                    r.copy(sr::SADDR, (*p).saddr_raw.as_mut_ptr());
+                    r.copy(sr::DADDR, (*p).daddr_raw.as_mut_ptr());
+                }
+            }
         }
         submit(e);
         0
@@ -458,11 +553,16 @@ mod programs {
         let Some(r) = record::<{ sr1::WINDOW.words }>(&ctx, sr1::SLOT, sr1::WINDOW) else {
             return 0;
         };
-        let end = ends(&r, [sr1::FAMILY, sr1::SPORT, sr1::DPORT]);
+        let sk: u64 = r.get(sr1::SKADDR);
+        let state: i32 = r.get(sr1::STATE);
+        let reply = listener_reply(sk, state, r.get(sr1::SKBADDR));
+        let end = match reply {
+            Some(p) => p.ends,
+            None => ends(&r, [sr1::FAMILY, sr1::SPORT, sr1::DPORT]),
+        };
         if !wanted(end.family, end.sport, end.dport) {
             return 0;
         }
-        let sk: u64 = r.get(sr1::SKADDR);
         let Some(at) = place(sk, true) else {
             return 0;
         };
@@ -472,9 +572,14 @@ mod programs {
         let p = e.as_mut_ptr();
         unsafe {
             header(&raw mut (*p).hdr, Kind::ResetSent, sk, at, false);
-            let addrs = [sr1::SADDR, sr1::DADDR, sr1::SADDR_V6, sr1::DADDR_V6];
-            endpoints(&r, &raw mut (*p).hdr, end, addrs);
-            (*p).state = r.get(sr1::STATE);
+            match reply {
+                Some(reply) => reply_endpoints(&raw mut (*p).hdr, &reply),
+                None => {
+                    let addrs = [sr1::SADDR, sr1::DADDR, sr1::SADDR_V6, sr1::DADDR_V6];
+                    endpoints(&r, &raw mut (*p).hdr, end, addrs);
+                }
+            }
+            (*p).state = state;
             (*p).reason = NO_REASON;
             (*p).saddr_raw = [0; 28];
             (*p).daddr_raw = [0; 28];

@@ -183,6 +183,13 @@ impl Btf {
             (o.sock_cgroup, o.cgroup_kn, o.kn_id) = (sc, kn, id);
             (o.cgroup_level, o.cgroup_ancestors) = (lv, an);
         }
+        if let (Some(h), Some(nh), Some(th)) = (
+            self.offset("sk_buff", &["head"]),
+            self.offset("sk_buff", &["network_header"]),
+            self.offset("sk_buff", &["transport_header"]),
+        ) {
+            (o.skb_head, o.skb_network_header, o.skb_transport_header) = (h, nh, th);
+        }
         o
     }
 }
