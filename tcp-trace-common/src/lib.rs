@@ -151,6 +151,35 @@ pub struct KernelOffsets {
     pub skb_transport_header: u32,
 }
 
+/// Where a `struct sock` keeps what an error report needs, from the kernel's BTF, for the
+/// BTF-typed `inet_sk_error_report` program (the classic tracepoint has no socket pointer, so
+/// its reports cannot be joined to a socket whose remote port the kernel already cleared).
+/// `family == 0`: unknown, the classic tracepoint is used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `__sk_common.skc_family` (`u16`).
+    pub family: u32,
+    /// `inet_sock.inet_sport` (`__be16`; a `struct inet_sock` starts with its `struct sock`).
+    pub sport: u32,
+    /// `__sk_common.skc_dport` (`__be16`).
+    pub dport: u32,
+    /// `__sk_common.skc_rcv_saddr` (`__be32`).
+    pub rcv_saddr: u32,
+    /// `__sk_common.skc_daddr` (`__be32`).
+    pub daddr: u32,
+    /// `__sk_common.skc_v6_rcv_saddr` (`struct in6_addr`; 0 without IPv6).
+    pub v6_rcv_saddr: u32,
+    /// `__sk_common.skc_v6_daddr`.
+    pub v6_daddr: u32,
+    /// `sk_protocol` (`u16`).
+    pub protocol: u32,
+    /// `sk_err` (`int`).
+    pub err: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+}
+
 /// A TCP state change.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -244,6 +273,10 @@ pub mod names {
     pub const COMM_TRANSITIONS: &str = "COMM_TRANSITIONS";
     /// Global [`super::KernelOffsets`].
     pub const OFFSETS: &str = "OFFSETS";
+    /// Global [`super::SockOffsets`].
+    pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
+    /// The BTF-typed program for `inet_sk_error_report` (preferred to the classic one).
+    pub const ERROR_REPORT_BTF: &str = "inet_sk_error_report_btf";
     /// Global `u8`: read sockets' namespaces and cgroups for the output (0: only to filter).
     pub const READ_PLACE: &str = "READ_PLACE";
     /// Global `u32`: only sockets in the network namespace with this inode (0: all).
@@ -267,6 +300,7 @@ mod pod {
     unsafe impl aya::Pod for ResetReceivedEvent {}
     unsafe impl aya::Pod for ErrorEvent {}
     unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for SockOffsets {}
 }
 
 // No implicit padding: each size equals the sum of its fields.
@@ -274,6 +308,7 @@ const _: () = {
     use core::mem::size_of;
     assert!(size_of::<Header>() == 8 + 8 + 8 + 16 + 1 + 1 + 2 + 2 + 2 + 16 + 16 + 4 + 4 + 8);
     assert!(size_of::<KernelOffsets>() == 10 * 4);
+    assert!(size_of::<SockOffsets>() == 10 * 4);
     assert!(size_of::<StateEvent>() == size_of::<Header>() + 8);
     assert!(size_of::<RetransmitEvent>() == size_of::<Header>() + 8);
     assert!(size_of::<SynackRetransmitEvent>() == size_of::<Header>() + 8);

@@ -18,9 +18,9 @@ mod programs {
             bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel as read_kernel,
             generated::bpf_get_current_comm,
         },
-        macros::{map, tracepoint},
+        macros::{btf_tracepoint, map, tracepoint},
         maps::{PerCpuArray, RingBuf},
-        programs::TracePointContext,
+        programs::{BtfTracePointContext, TracePointContext},
         EbpfContext, Global,
     };
     use aya_log_ebpf::debug;
@@ -32,7 +32,8 @@ mod programs {
             NO_REASON,
         },
         tcp_state, ErrorEvent, Header, KernelOffsets, Kind, ResetReceivedEvent, ResetSentEvent,
-        RetransmitEvent, StateEvent, SynackRetransmitEvent, AF_INET, AF_INET6, IPPROTO_TCP,
+        RetransmitEvent, SockOffsets, StateEvent, SynackRetransmitEvent, AF_INET, AF_INET6,
+        IPPROTO_TCP,
     };
 
     /// Default 4 MiB; userspace may resize it at load time (`--ringbuf-size`).
@@ -71,6 +72,21 @@ mod programs {
         skb_head: 0,
         skb_network_header: 0,
         skb_transport_header: 0,
+    });
+
+    /// Where a socket keeps its endpoints, error and protocol, from the kernel's BTF.
+    #[unsafe(no_mangle)]
+    static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets {
+        family: 0,
+        sport: 0,
+        dport: 0,
+        rcv_saddr: 0,
+        daddr: 0,
+        v6_rcv_saddr: 0,
+        v6_daddr: 0,
+        protocol: 0,
+        err: 0,
+        _pad: 0,
     });
 
     /// 1: read the namespace and cgroup where `place` is asked to (the output shows them);
@@ -355,8 +371,8 @@ mod programs {
 
     /// Reserves room for one `T`, or counts the loss.
     #[inline(always)]
-    fn reserve<T: 'static>(
-        ctx: &TracePointContext,
+    fn reserve<T: 'static, C: EbpfContext>(
+        ctx: &C,
     ) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<T>> {
         let e = EVENTS.reserve::<T>(0);
         if e.is_none() {
@@ -389,7 +405,7 @@ mod programs {
         let Some(at) = place(sk, is_birth(old, new)) else {
             return 0;
         };
-        let Some(mut e) = reserve::<StateEvent>(&ctx) else {
+        let Some(mut e) = reserve::<StateEvent, _>(&ctx) else {
             return 0;
         };
         let p = e.as_mut_ptr();
@@ -417,7 +433,7 @@ mod programs {
         let Some(at) = place(sk, true) else {
             return 0;
         };
-        let Some(mut e) = reserve::<RetransmitEvent>(&ctx) else {
+        let Some(mut e) = reserve::<RetransmitEvent, _>(&ctx) else {
             return 0;
         };
         let p = e.as_mut_ptr();
@@ -449,7 +465,7 @@ mod programs {
         let Some(at) = place(sk, true) else {
             return 0;
         };
-        let Some(mut e) = reserve::<SynackRetransmitEvent>(&ctx) else {
+        let Some(mut e) = reserve::<SynackRetransmitEvent, _>(&ctx) else {
             return 0;
         };
         let p = e.as_mut_ptr();
@@ -515,7 +531,7 @@ mod programs {
         let Some(at) = place(sk, true) else {
             return 0;
         };
-        let Some(mut e) = reserve::<ResetSentEvent>(&ctx) else {
+        let Some(mut e) = reserve::<ResetSentEvent, _>(&ctx) else {
             return 0;
         };
         let p = e.as_mut_ptr();
@@ -566,7 +582,7 @@ mod programs {
         let Some(at) = place(sk, true) else {
             return 0;
         };
-        let Some(mut e) = reserve::<ResetSentEvent>(&ctx) else {
+        let Some(mut e) = reserve::<ResetSentEvent, _>(&ctx) else {
             return 0;
         };
         let p = e.as_mut_ptr();
@@ -601,7 +617,7 @@ mod programs {
         let Some(at) = place(sk, true) else {
             return 0;
         };
-        let Some(mut e) = reserve::<ResetReceivedEvent>(&ctx) else {
+        let Some(mut e) = reserve::<ResetReceivedEvent, _>(&ctx) else {
             return 0;
         };
         let p = e.as_mut_ptr();
@@ -631,7 +647,7 @@ mod programs {
         if error == 0 {
             return 0;
         }
-        let Some(mut e) = reserve::<ErrorEvent>(&ctx) else {
+        let Some(mut e) = reserve::<ErrorEvent, _>(&ctx) else {
             return 0;
         };
         let p = e.as_mut_ptr();
@@ -644,6 +660,63 @@ mod programs {
             header(&raw mut (*p).hdr, Kind::Error, 0, none, false);
             let addrs = [er::SADDR, er::DADDR, er::SADDR_V6, er::DADDR_V6];
             endpoints(&r, &raw mut (*p).hdr, end, addrs);
+            (*p).error = error;
+            (*p)._pad = 0;
+        }
+        submit(e);
+        0
+    }
+
+    /// The same report, from the BTF-typed tracepoint, which hands over the socket itself: the
+    /// error joins its socket even when the kernel has already cleared the remote port (a
+    /// disconnect reports after clearing it: children reset by their listener's close, an
+    /// abortive close). Endpoints come from the socket, as the classic tracepoint takes them.
+    #[btf_tracepoint(function = "inet_sk_error_report")]
+    pub fn inet_sk_error_report_btf(ctx: BtfTracePointContext) -> u32 {
+        let sk: u64 = ctx.arg(0);
+        let o = SOCK_OFFSETS.load();
+        let at = |off: u32| sk + off as u64;
+        let read_u16 = |off: u32| unsafe { read_kernel(at(off) as *const u16) }.unwrap_or(0);
+        if sk == 0 || read_u16(o.protocol) != IPPROTO_TCP {
+            return 0;
+        }
+        let end = Ends {
+            family: read_u16(o.family),
+            sport: u16::from_be(read_u16(o.sport)),
+            dport: u16::from_be(read_u16(o.dport)),
+        };
+        if !wanted(end.family, end.sport, end.dport) {
+            return 0;
+        }
+        let error = unsafe { read_kernel(at(o.err) as *const i32) }.unwrap_or(0);
+        if error == 0 {
+            return 0; // see inet_sk_error_report
+        }
+        let Some(place) = place(sk, true) else {
+            return 0;
+        };
+        let Some(mut e) = reserve::<ErrorEvent, _>(&ctx) else {
+            return 0;
+        };
+        let p = e.as_mut_ptr();
+        unsafe {
+            let h = &raw mut (*p).hdr;
+            header(h, Kind::Error, sk, place, false);
+            (*h).family = end.family;
+            (*h).sport = end.sport;
+            (*h).dport = end.dport;
+            let (mut saddr, mut daddr) = ([0u8; 16], [0u8; 16]);
+            if end.family == AF_INET6 && o.v6_daddr != 0 {
+                saddr = read_kernel(at(o.v6_rcv_saddr) as *const [u8; 16]).unwrap_or(saddr);
+                daddr = read_kernel(at(o.v6_daddr) as *const [u8; 16]).unwrap_or(daddr);
+            } else {
+                let s: [u8; 4] = read_kernel(at(o.rcv_saddr) as *const [u8; 4]).unwrap_or([0; 4]);
+                let d: [u8; 4] = read_kernel(at(o.daddr) as *const [u8; 4]).unwrap_or([0; 4]);
+                saddr[..4].copy_from_slice(&s);
+                daddr[..4].copy_from_slice(&d);
+            }
+            (*h).saddr = saddr;
+            (*h).daddr = daddr;
             (*p).error = error;
             (*p)._pad = 0;
         }

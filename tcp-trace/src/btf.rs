@@ -8,7 +8,7 @@
 //! members). aya-obj keeps its BTF type lookup private; the BTF crates on crates.io are LGPL.
 
 use anyhow::{bail, Context, Result};
-use tcp_trace_common::KernelOffsets;
+use tcp_trace_common::{KernelOffsets, SockOffsets};
 
 const MAGIC: u16 = 0xeb9f;
 const KIND_INT: u32 = 1;
@@ -191,6 +191,47 @@ impl Btf {
             (o.skb_head, o.skb_network_header, o.skb_transport_header) = (h, nh, th);
         }
         o
+    }
+
+    /// Where a socket keeps its endpoints, protocol and error; all 0 when any is missing.
+    pub fn sock_offsets(&self) -> SockOffsets {
+        let common = |f: &str| self.offset("sock", &["__sk_common", f]);
+        let sock = |f: &str| self.offset("sock", &[f]);
+        let found = (
+            common("skc_family"),
+            // The bound port (`skc_num`) is cleared when the port is released, before some
+            // reports; the classic tracepoint reports `inet_sport`, as this does.
+            self.offset("inet_sock", &["inet_sport"]),
+            common("skc_dport"),
+            common("skc_rcv_saddr"),
+            common("skc_daddr"),
+            sock("sk_protocol"),
+            sock("sk_err"),
+        );
+        let (
+            Some(family),
+            Some(sport),
+            Some(dport),
+            Some(rcv_saddr),
+            Some(daddr),
+            Some(protocol),
+            Some(err),
+        ) = found
+        else {
+            return SockOffsets::default();
+        };
+        SockOffsets {
+            family,
+            sport,
+            dport,
+            rcv_saddr,
+            daddr,
+            v6_rcv_saddr: common("skc_v6_rcv_saddr").unwrap_or(0),
+            v6_daddr: common("skc_v6_daddr").unwrap_or(0),
+            protocol,
+            err,
+            _pad: 0,
+        }
     }
 }
 

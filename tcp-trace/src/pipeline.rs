@@ -8,6 +8,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::{
     env::{self, Env},
+    event::EventKind,
     record::{Item, Reader},
     source::{KernelSource, Record},
 };
@@ -77,6 +78,46 @@ impl Stop {
     }
 }
 
+/// The kernel aborts a socket that receives data after its application closed it (FIN_WAIT1 or
+/// FIN_WAIT2, counted as `TCPAbortOnData`) by running its receive-reset path (`tcp_reset`),
+/// though no reset arrived, and then sends a reset on that socket. A received reset is never
+/// answered with one (RFC 793), so a reset received followed at once by a reset sent on the
+/// same socket is that abort: the false "received" is dropped, and the reset sent (reason
+/// `TCP_ABORT_ON_DATA` where the kernel gives reasons) tells what happened. Both come from one
+/// call on one CPU; a batch boundary falling between them keeps the false one (rare).
+pub fn drop_abort_resets(batch: &mut Vec<Record>) {
+    const AT_ONCE_NS: u64 = 1_000_000;
+    let received = |r: &Record| match r {
+        Record::Event(e) if matches!(e.kind, EventKind::ResetReceived { .. }) && e.sock != 0 => {
+            Some((e.sock, e.ts_ns))
+        }
+        _ => None,
+    };
+    if !batch.iter().any(|r| received(r).is_some()) {
+        return;
+    }
+    let mut aborts = Vec::new();
+    for (i, r) in batch.iter().enumerate() {
+        let Some((sock, ts)) = received(r) else {
+            continue;
+        };
+        let answered = batch[i + 1..].iter().find_map(|later| match later {
+            Record::Event(e) if e.sock == sock => match e.kind {
+                EventKind::ResetSent { .. } => Some(e.ts_ns.saturating_sub(ts) < AT_ONCE_NS),
+                EventKind::ResetReceived { .. } => Some(false),
+                _ => None,
+            },
+            _ => None,
+        });
+        if answered == Some(true) {
+            aborts.push(i);
+        }
+    }
+    for i in aborts.into_iter().rev() {
+        batch.remove(i);
+    }
+}
+
 /// Runs until stopped; drains what is queued once more at the end, then calls `finish`.
 pub async fn run(
     src: &mut KernelSource,
@@ -90,6 +131,7 @@ pub async fn run(
             r = src.fill(&mut batch) => r?,
             why = stop.wait() => break why,
         }
+        drop_abort_resets(&mut batch);
         let flow = sink.batch(&batch, env)?;
         batch.clear();
         if flow == Flow::Stop {
@@ -98,6 +140,7 @@ pub async fn run(
     };
     if ended != Ended::Sink {
         src.drain(&mut batch);
+        drop_abort_resets(&mut batch);
         sink.batch(&batch, env)?;
     }
     sink.finish(env)?;
@@ -126,6 +169,7 @@ pub fn replay<R: std::io::Read>(
     let mut batch_end: Option<u64> = None;
     let flush = |batch: &mut Vec<Record>, env: &mut env::Replay, sink: &mut dyn Sink, at: u64| {
         env.advance(at);
+        drop_abort_resets(batch);
         let flow = sink.batch(batch, env);
         batch.clear();
         flow
@@ -188,5 +232,58 @@ fn finish(
     match fault {
         Some(e) => Err(anyhow::Error::new(e).context("replay")),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Comm, Event, Task, TcpState};
+
+    fn ev(ts_ns: u64, sock: u64, kind: EventKind) -> Record {
+        let task = Task {
+            pid: 0,
+            tid: 0,
+            comm: Comm::from_bytes(b""),
+        };
+        let a = ("10.0.0.1".parse().unwrap(), 80);
+        let b = ("10.0.0.2".parse().unwrap(), 5000);
+        Record::Event(Event::new(ts_ns, sock, task, a, b, kind))
+    }
+
+    const RECEIVED: EventKind = EventKind::ResetReceived { cookie: 0 };
+    const SENT: EventKind = EventKind::ResetSent {
+        state: Some(TcpState::CLOSE),
+        reason: Some(8),
+    };
+
+    #[test]
+    fn a_reset_received_answered_at_once_on_its_socket_is_the_kernels_abort() {
+        let error = EventKind::Error { errno: 104 };
+        let mut b = vec![
+            ev(1_000, 7, RECEIVED),
+            ev(1_100, 7, error),
+            ev(1_200, 9, RECEIVED), // another socket: a real reset
+            ev(1_300, 7, SENT),
+        ];
+        drop_abort_resets(&mut b);
+        assert_eq!(b.len(), 3);
+        assert!(matches!(&b[0], Record::Event(e) if e.kind == error));
+        assert!(matches!(&b[1], Record::Event(e) if e.sock == 9 && e.kind == RECEIVED));
+    }
+
+    #[test]
+    fn real_resets_stay() {
+        // Answered much later, or by a reset on another socket, or never.
+        let mut b = vec![
+            ev(1_000, 7, RECEIVED),
+            ev(5_000_000, 7, SENT),
+            ev(6_000_000, 8, RECEIVED),
+            ev(6_000_100, 9, SENT),
+            ev(7_000_000, 10, RECEIVED),
+        ];
+        let before = b.clone();
+        drop_abort_resets(&mut b);
+        assert_eq!(b, before);
     }
 }

@@ -9,12 +9,12 @@ use std::{os::fd::AsRawFd, time::Duration};
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{BtfTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use tcp_trace_common::{
     layout::{self, Tracepoint, TRACEPOINTS},
-    names, KernelOffsets,
+    names, KernelOffsets, SockOffsets,
 };
 
 use crate::{
@@ -169,12 +169,15 @@ fn short_error(e: &dyn std::error::Error) -> String {
 
 /// Where the kernel programs find a socket's namespace and cgroup. Without kernel BTF, events
 /// carry neither (a warning), and `--netns`/`--cgroup` cannot run.
-fn kernel_offsets(opts: &Options) -> Result<KernelOffsets> {
-    let offsets = match crate::btf::Btf::kernel() {
-        Ok(btf) => btf.kernel_offsets(),
+fn kernel_offsets(opts: &Options) -> Result<(KernelOffsets, SockOffsets)> {
+    let (offsets, sock) = match crate::btf::Btf::kernel() {
+        Ok(btf) => (btf.kernel_offsets(), btf.sock_offsets()),
         Err(e) => {
-            log::warn!("{e:#}: events carry no network namespace or cgroup");
-            KernelOffsets::default()
+            log::warn!(
+                "{e:#}: events carry no network namespace or cgroup, resets sent by listeners \
+                 name no peer, and errors reported after a disconnect join no socket"
+            );
+            Default::default()
         }
     };
     if opts.netns.is_some() && offsets.sock_net == 0 {
@@ -183,7 +186,20 @@ fn kernel_offsets(opts: &Options) -> Result<KernelOffsets> {
     if opts.cgroup.is_some() && offsets.sock_cgroup == 0 {
         bail!("--cgroup: this kernel's BTF does not show a socket's cgroup");
     }
-    Ok(offsets)
+    Ok((offsets, sock))
+}
+
+/// Loads and attaches a BTF-typed tracepoint program.
+fn attach_btf(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<()> {
+    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(program)
+        .with_context(|| format!("program {program} missing from the eBPF object"))?
+        .try_into()?;
+    prog.load(tracepoint, &btf)
+        .map_err(|e| anyhow::anyhow!("{}", short_error(&e)))?;
+    prog.attach()?;
+    Ok(())
 }
 
 /// A program to attach, fitted to this kernel's record layout.
@@ -267,7 +283,7 @@ impl KernelSource {
         let size = opts.ringbuf_bytes.max(page).next_power_of_two();
         let level = aya_log_level();
         let comm = crate::event::comm_transitions();
-        let offsets = kernel_offsets(&opts)?;
+        let (offsets, sock) = kernel_offsets(&opts)?;
         let (cg_id, cg_level) = opts.cgroup.unwrap_or((0, 0));
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS, size)
@@ -277,6 +293,7 @@ impl KernelSource {
             .override_global(names::FILTER_DPORT, &opts.dport.unwrap_or(0), true)
             .override_global(names::FILTER_FAMILY, &opts.family.unwrap_or(0), true)
             .override_global(names::OFFSETS, &offsets, true)
+            .override_global(names::SOCK_OFFSETS, &sock, true)
             .override_global(names::READ_PLACE, &u8::from(opts.place), true)
             .override_global(names::FILTER_NETNS, &opts.netns.unwrap_or(0), true)
             .override_global(names::FILTER_CGROUP, &cg_id, true)
@@ -302,6 +319,16 @@ impl KernelSource {
         };
         let mut attached = Vec::new();
         for Planned { tp, .. } in plan {
+            if tp.name == "inet_sk_error_report" && sock.family != 0 {
+                match attach_btf(&mut ebpf, names::ERROR_REPORT_BTF, tp.name) {
+                    Ok(()) => {
+                        attached.push(tp.name);
+                        continue;
+                    }
+                    // The classic tracepoint still reports every error, only not its socket.
+                    Err(e) => log::debug!("{}: {e:#}", names::ERROR_REPORT_BTF),
+                }
+            }
             let prog: &mut TracePoint = ebpf
                 .program_mut(tp.program)
                 .with_context(|| format!("program {} missing from the eBPF object", tp.program))?

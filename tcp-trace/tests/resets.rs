@@ -103,3 +103,142 @@ fn a_reset_sent_by_a_listener_names_the_peer_it_went_to() {
         .iter()
         .all(|e| e["dport"] == cport || e["sport"] == cport));
 }
+
+/// A `TcpExt:` counter of network namespace `ns` (`/proc/net/netstat` as seen inside it).
+fn tcp_ext_counter(ns: &str, name: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/netstat"])
+        .output()
+        .expect("ip netns exec");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut ext = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (ext.next().unwrap(), ext.next().unwrap());
+    let i = names.split_whitespace().position(|n| n == name).unwrap();
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// Data arriving for a socket its application already closed (FIN_WAIT1: the peer never got
+/// the FIN) makes the kernel abort it and send a reset. No reset arrived: tcp-trace reports the
+/// reset sent, no reset received, and `life` counts it so.
+#[test]
+fn the_kernels_abort_on_data_is_a_reset_sent_not_received() {
+    let net = NetnsPair::new("abrt");
+    let port = free_port();
+    let ps = port.to_string();
+    let tracer = Tracer::start(&["watch", "--json", "--port", &ps]);
+    let life = Tracer::start(&["life", "--json", "--port", &ps]);
+    let (mut client, server) = connected(&net, port);
+    let aborts_before = tcp_ext_counter(&net.b, "TCPAbortOnData");
+    let rsts_before = tcp_counter(&net.b, "OutRsts");
+    // b closes, but nothing b sends reaches a: its FIN (and later its reset) are lost.
+    net.blackhole(&net.b, &net.a_addr);
+    drop(server);
+    std::thread::sleep(Duration::from_millis(100));
+    client.write_all(b"too late").unwrap();
+    let ev = tracer.wait_for("the abort", WAIT, |ev| {
+        ev.iter()
+            .any(|e| e["type"] == "reset_sent" && e["sport"] == port)
+    });
+    std::thread::sleep(Duration::from_millis(200)); // anything that would follow
+    let ev2 = tracer.json();
+    let aborts = tcp_ext_counter(&net.b, "TCPAbortOnData") - aborts_before;
+    let rsts = tcp_counter(&net.b, "OutRsts") - rsts_before;
+    tracer.stop();
+    assert_eq!(aborts, 1, "the kernel aborted once");
+    let server_sock = sock_of(&ev, |e| e["old"] == "LISTEN" && e["new"] == "SYN_RECV").unwrap();
+    let of_server: Vec<&Value> = ev2
+        .iter()
+        .filter(|e| e["sock"] == server_sock.as_str())
+        .collect();
+    assert!(
+        of_server.iter().all(|e| e["type"] != "reset_received"),
+        "no reset arrived at b: {of_server:#?}"
+    );
+    let sent: Vec<&&Value> = of_server
+        .iter()
+        .filter(|e| e["type"] == "reset_sent")
+        .collect();
+    assert_eq!(
+        sent.len() as u64,
+        rsts,
+        "OutRsts in b moved by {rsts}: {of_server:#?}"
+    );
+    assert_eq!(sent[0]["daddr"], net.a_addr.as_str());
+    assert_eq!(sent[0]["dport"], client.local_addr().unwrap().port());
+    if !sent[0]["reason"].is_null() {
+        assert_eq!(sent[0]["reason"], 8, "TCP_ABORT_ON_DATA");
+    }
+    let (_, out, _) = life.stop();
+    let lives: Vec<Value> = out
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let l = lives
+        .iter()
+        .find(|l| l["sock"] == server_sock.as_str())
+        .unwrap_or_else(|| panic!("{lives:#?}"));
+    assert_eq!(l["resets_received"], 0, "{l}");
+    // The abort's, and any answering the peer's retransmissions after the socket was gone.
+    assert_eq!(l["resets_sent"], rsts, "{l}");
+    net.unblackhole(&net.b, &net.a_addr);
+}
+
+/// A listener closed with connections it never accepted resets each of them; each child's
+/// ECONNRESET (reported after the kernel cleared its remote port) joins that child.
+#[test]
+fn a_closed_listeners_children_get_their_own_error() {
+    let net = NetnsPair::new("lchd");
+    let port = free_port();
+    let ps = port.to_string();
+    let tracer = Tracer::start(&["watch", "--json", "--port", &ps]);
+    let life = Tracer::start(&["life", "--json", "--port", &ps]);
+    let listener = net.listen_in_b(port);
+    let clients: Vec<_> = (0..2)
+        .map(|_| net.connect_from_a(port, Duration::from_secs(5)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(listener);
+    let children = |ev: &[Value]| -> Vec<String> {
+        ev.iter()
+            .filter(|e| e["old"] == "LISTEN" && e["new"] == "SYN_RECV")
+            .map(|e| e["sock"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let ev = tracer.wait_for("each child's error", WAIT, |ev| {
+        let kids = children(ev);
+        kids.len() == 2
+            && kids.iter().all(|k| {
+                ev.iter()
+                    .any(|e| e["type"] == "error" && e["sock"] == k.as_str())
+            })
+    });
+    tracer.stop();
+    for k in children(&ev) {
+        let err = ev
+            .iter()
+            .find(|e| e["type"] == "error" && e["sock"] == k.as_str())
+            .unwrap();
+        assert_eq!(err["error"], "ECONNRESET", "{err}");
+        assert_eq!(err["sport"], port);
+        assert_eq!(err["daddr"], net.a_addr.as_str());
+    }
+    // No error is left without its socket.
+    let orphans: Vec<_> = ev
+        .iter()
+        .filter(|e| e["type"] == "error" && e["sock"].is_null())
+        .collect();
+    assert!(orphans.is_empty(), "{orphans:#?}");
+    let (_, out, _) = life.stop();
+    let lives: Vec<Value> = out
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for k in children(&ev) {
+        let l = lives
+            .iter()
+            .find(|l| l["sock"] == k.as_str())
+            .unwrap_or_else(|| panic!("{lives:#?}"));
+        assert_eq!(l["error"], "ECONNRESET", "{l}");
+    }
+    drop(clients);
+}
