@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask run -- ARGS`, `cargo xtask test`, `cargo xtask setup`,
-//! `cargo xtask bench`, `cargo xtask stress`, `cargo xtask fixtures`.
+//! `cargo xtask bench`, `cargo xtask stress`, `cargo xtask fixtures`, `cargo xtask vm`,
+//! `cargo xtask test --kernel K`.
 //!
 //! Every task first makes sure the machine can build and load the kernel programs, installing
 //! what is missing (and saying so): nightly's `rust-src`, a `bpf-linker` built against the
@@ -8,6 +9,7 @@
 mod bench;
 mod setup;
 mod stress;
+mod vm;
 
 use std::process::{Command, ExitCode};
 
@@ -59,11 +61,40 @@ enum Task {
     },
     /// Record the replay fixtures (`tcp-trace/tests/fixtures/*.ttr`) anew from real traffic.
     Fixtures,
-    /// Run the whole test suite (unit and kernel integration tests; needs root).
+    /// Run the whole test suite (unit and kernel integration tests; needs root). With
+    /// `--kernel`, tcp-trace's tests run in a VM of each kernel instead of on the host's.
     Test {
-        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        /// Boot this kernel and run tcp-trace's test binaries in it (repeatable).
+        #[arg(long, value_parser = vm::KERNELS)]
+        kernel: Vec<String>,
+        /// libtest's --test-threads in the VM.
+        #[arg(long, default_value_t = 2)]
+        test_threads: usize,
+        /// The tests' time limits are multiplied by this in the VM (TCP_TRACE_TEST_SLOWDOWN).
+        #[arg(long, default_value_t = 5)]
+        slowdown: u32,
+        /// Limit of one VM run (boot to power-off).
+        #[arg(long, value_parser = parse_secs, default_value = "40m")]
+        timeout: std::time::Duration,
+        /// Extra arguments for `cargo test` (e.g. a test name filter); with `--kernel`, test
+        /// name filters for every test binary.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Boot a kernel under qemu (the host's files, read-only; the workspace, writable) and run
+    /// a command in it, e.g. `vm --kernel debian-6.1-cloud -- uname -r`; exits with its status.
+    Vm {
+        #[arg(long, value_parser = vm::KERNELS)]
+        kernel: String,
+        /// The tests' time limits are multiplied by this in the VM (TCP_TRACE_TEST_SLOWDOWN).
+        #[arg(long, default_value_t = 5)]
+        slowdown: u32,
+        /// Limit of the VM run (boot to power-off).
+        #[arg(long, value_parser = parse_secs, default_value = "30m")]
+        timeout: std::time::Duration,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<String>,
     },
 }
 
@@ -100,6 +131,15 @@ fn build_release(root: &std::path::Path) -> Result<()> {
             .args(["build", "--release", "--quiet", "-p", "tcp-trace"])
             .env("PATH", setup::path_with_cargo_bin()),
     )
+}
+
+/// The VM runs' options: tests' time limits stretched, the console echoed.
+fn vm_options(slowdown: u32, timeout: std::time::Duration) -> vm::Options {
+    vm::Options {
+        timeout,
+        env: vec![("TCP_TRACE_TEST_SLOWDOWN".into(), slowdown.to_string())],
+        echo: true,
+    }
 }
 
 fn main() -> ExitCode {
@@ -206,7 +246,72 @@ fn run(cli: Cli) -> Result<()> {
                     .env("PATH", setup::path_with_cargo_bin()),
             )
         }
-        Task::Test { args } => {
+        Task::Vm {
+            kernel,
+            slowdown,
+            timeout,
+            cmd,
+        } => {
+            vm::ensure_host_tools()?;
+            let kernel = vm::kernel(&root, &kernel)?;
+            let cwd = std::env::current_dir()?;
+            let quoted: Vec<String> = cmd.iter().map(|a| vm::quote(a)).collect();
+            let script = format!(
+                "cd {} 2>/dev/null || cd /\nexec {}\n",
+                vm::quote(&cwd.to_string_lossy()),
+                quoted.join(" ")
+            );
+            let (code, wall) = vm::run(&root, &kernel, &script, &vm_options(slowdown, timeout))?;
+            let code = code.context("the guest gave no exit status")?;
+            eprintln!(
+                "xtask: {} ({}) ran {:?}: exit {code}, VM wall time {:.0} s",
+                kernel.name,
+                kernel.release,
+                cmd,
+                wall.as_secs_f64()
+            );
+            std::process::exit(code.clamp(0, 255));
+        }
+        Task::Test {
+            kernel,
+            test_threads,
+            slowdown,
+            timeout,
+            args,
+        } if !kernel.is_empty() => {
+            setup::ensure_all()?;
+            vm::ensure_host_tools()?;
+            let bins = vm::build_tests(&root)?;
+            let plan = vm::TestPlan {
+                threads: test_threads,
+                filters: args,
+                per_binary: std::time::Duration::from_secs(15 * 60),
+            };
+            let mut totals = Vec::new();
+            for name in &kernel {
+                let k = vm::kernel(&root, name)?;
+                totals.push((
+                    name,
+                    vm::test_on(&root, &k, &bins, &plan, &vm_options(slowdown, timeout))?,
+                ));
+            }
+            if totals.len() > 1 {
+                println!();
+                for (name, (p, f)) in &totals {
+                    println!("  {name}: {p} passed, {f} failed");
+                }
+                let (p, f) = totals
+                    .iter()
+                    .fold((0, 0), |(p, f), (_, t)| (p + t.0, f + t.1));
+                println!("total: {p} passed, {f} failed");
+            }
+            let failed: usize = totals.iter().map(|(_, t)| t.1).sum();
+            if failed > 0 {
+                bail!("{failed} tests failed in the VMs");
+            }
+            Ok(())
+        }
+        Task::Test { args, .. } => {
             setup::ensure_all()?;
             status(
                 cargo()

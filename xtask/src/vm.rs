@@ -1,0 +1,882 @@
+//! `cargo xtask vm` and `cargo xtask test --kernel`: commands and the kernel integration tests
+//! on other kernels (Debian 12's 6.1 flavours), each booted under qemu with an emulated CPU.
+//!
+//! The guest runs the host's own files: the host's root filesystem is shared read-only and the
+//! workspace read-write at the same path, so the test binaries, the tracer, python3, iproute2
+//! and their libraries are exactly the host's. The shares are virtiofs, not 9p: Debian's cloud
+//! kernel has no 9p, and QEMU 7.2's virtiofsd comes with qemu-system-x86. A small initramfs
+//! (busybox and the modules virtiofs needs) mounts the shares, gives the guest its own empty
+//! /tmp, /var/tmp, /run and /root, puts the guest kernel's modules at /lib/modules/RELEASE and
+//! runs a script from the workspace chrooted into the host's root. The script's exit status
+//! comes back in a file of the workspace share (and as a `TT-EXIT=` line on the console).
+
+use std::{
+    collections::HashMap,
+    ffi::CString,
+    fmt::Write as _,
+    fs,
+    io::{Read, Write},
+    os::unix::{ffi::OsStrExt, fs::PermissionsExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+
+/// `--kernel` names; each is the newest Debian package of that flavour at run time.
+pub const KERNELS: [&str; 2] = ["debian-6.1-cloud", "debian-6.1-rt"];
+
+/// Debian packages the runner needs on the host (virtiofsd comes with qemu-system-common).
+const HOST_PACKAGES: [&str; 4] = ["qemu-system-x86", "busybox-static", "cpio", "kmod"];
+const VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";
+/// What the initramfs loads to mount the shares (with their dependencies, from modules.dep).
+const BOOT_MODULES: [&str; 2] = ["virtio_pci", "virtiofs"];
+/// The guest's PATH: the host's system directories (not the host user's, e.g. pyenv shims).
+const GUEST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How a guest runs.
+pub struct Options {
+    /// The whole VM, boot to power-off; a guest still running then is killed.
+    pub timeout: Duration,
+    /// Environment of the guest's command besides PATH, HOME, RUST_BACKTRACE and CI.
+    pub env: Vec<(String, String)>,
+    /// Copy the guest's console to stdout as it comes.
+    pub echo: bool,
+}
+
+/// A kernel ready to boot: its image and its modules (with modules.dep).
+pub struct Kernel {
+    pub name: String,
+    pub release: String,
+    vmlinuz: PathBuf,
+    /// The unpacked package: `boot/`, `lib/modules/RELEASE/`.
+    tree: PathBuf,
+}
+
+/// Installs the Debian packages the runner needs when one is missing.
+pub fn ensure_host_tools() -> Result<()> {
+    let missing: Vec<&str> = HOST_PACKAGES
+        .into_iter()
+        .filter(|p| {
+            Command::new("dpkg-query")
+                .args(["-W", "-f=${db:Status-Status}", p])
+                .output()
+                .map_or(true, |o| o.stdout != b"installed")
+        })
+        .collect();
+    if !missing.is_empty() {
+        println!(
+            "xtask: installing {} (to boot test kernels)",
+            missing.join(" ")
+        );
+        let install = || {
+            Command::new("apt-get")
+                .args(["install", "-y", "-q"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        // A fresh machine may have no package lists yet.
+        if !install() {
+            crate::status(Command::new("apt-get").args(["update", "-q"]))?;
+            ensure!(install(), "apt-get install {} failed", missing.join(" "));
+        }
+    }
+    ensure!(
+        Path::new(VIRTIOFSD).exists(),
+        "{VIRTIOFSD} is missing (it comes with qemu-system-common)"
+    );
+    Ok(())
+}
+
+/// The package names matching `pattern` in apt's lists.
+fn apt_search(pattern: &str) -> Result<Vec<String>> {
+    let out = Command::new("apt-cache")
+        .args(["search", "--names-only", pattern])
+        .output()
+        .context("running apt-cache")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .collect())
+}
+
+/// The ABI number of a release like `6.1.0-57-cloud-amd64`, to order releases.
+fn abi(release: &str) -> u32 {
+    release
+        .split('-')
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resolves `name` (one of [`KERNELS`]) to the newest package of its flavour, downloading and
+/// unpacking it under `target/vm/NAME/RELEASE/` unless that is already there.
+pub fn kernel(root: &Path, name: &str) -> Result<Kernel> {
+    let flavour = name.rsplit('-').next().unwrap_or_default();
+    let pattern = format!("^linux-image-6\\.1\\.0-[0-9]+-{flavour}-amd64$");
+    let mut found = apt_search(&pattern)?;
+    if found.is_empty() {
+        crate::status(Command::new("apt-get").args(["update", "-q"]))?;
+        found = apt_search(&pattern)?;
+    }
+    let dir = root.join("target/vm").join(name);
+    let release = match found
+        .iter()
+        .filter_map(|p| p.strip_prefix("linux-image-"))
+        .max_by_key(|r| abi(r))
+    {
+        Some(r) => r.to_string(),
+        // No package list (offline?): the newest kernel unpacked before, if any.
+        None => fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().join(".ready").exists())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .max_by_key(|r| abi(r))
+            .with_context(|| format!("no package matches {pattern} and none is cached"))?,
+    };
+    let tree = dir.join(&release);
+    if !tree.join(".ready").exists() {
+        unpack(&dir, &release)?;
+    }
+    Ok(Kernel {
+        name: name.to_string(),
+        vmlinuz: tree.join("boot").join(format!("vmlinuz-{release}")),
+        release,
+        tree,
+    })
+}
+
+/// `apt-get download`, `dpkg-deb -x` and `depmod` (the package has no modules.dep).
+fn unpack(dir: &Path, release: &str) -> Result<()> {
+    let pkg = format!("linux-image-{release}");
+    println!("xtask: downloading {pkg}");
+    let partial = dir.join(format!("{release}.partial"));
+    let _ = fs::remove_dir_all(&partial);
+    fs::create_dir_all(&partial)?;
+    let out = Command::new("apt-get")
+        .args(["download", "-q", &pkg])
+        .current_dir(dir)
+        .output()
+        .context("running apt-get download")?;
+    ensure!(
+        out.status.success(),
+        "apt-get download {pkg} failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let deb = fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
+        })
+        .with_context(|| format!("apt-get download left no {pkg}_*.deb"))?;
+    crate::status(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial))?;
+    fs::remove_file(&deb)?;
+    ensure!(
+        partial.join("lib/modules").join(release).is_dir(),
+        "{pkg} has no lib/modules/{release}"
+    );
+    crate::status(Command::new("depmod").arg("-b").arg(&partial).arg(release))?;
+    let tree = dir.join(release);
+    let _ = fs::remove_dir_all(&tree);
+    fs::rename(&partial, &tree)?;
+    fs::write(tree.join(".ready"), "")?;
+    Ok(())
+}
+
+/// The module files that load `roots`, dependencies first (modules.dep lists each module's
+/// dependencies, the one to load first last).
+fn module_closure(modules: &Path, roots: &[&str]) -> Result<Vec<PathBuf>> {
+    let dep = fs::read_to_string(modules.join("modules.dep"))?;
+    let builtin = fs::read_to_string(modules.join("modules.builtin")).unwrap_or_default();
+    let stem = |p: &str| {
+        let file = p.rsplit('/').next().unwrap_or(p);
+        file.split('.').next().unwrap_or(file).replace('-', "_")
+    };
+    let mut deps = HashMap::new();
+    for line in dep.lines() {
+        if let Some((m, d)) = line.split_once(':') {
+            deps.insert(stem(m), (m, d.split_whitespace().collect::<Vec<_>>()));
+        }
+    }
+    fn visit(
+        name: &str,
+        deps: &HashMap<String, (&str, Vec<&str>)>,
+        stem: &dyn Fn(&str) -> String,
+        out: &mut Vec<String>,
+    ) {
+        if out.iter().any(|p| stem(p) == name) {
+            return;
+        }
+        if let Some((path, ds)) = deps.get(name) {
+            for d in ds.iter().rev() {
+                visit(&stem(d), deps, stem, out);
+            }
+            out.push(path.to_string());
+        }
+    }
+    let mut out = Vec::new();
+    for r in roots {
+        let built_in = builtin.lines().any(|l| stem(l) == *r);
+        ensure!(
+            deps.contains_key(*r) || built_in,
+            "the guest kernel has no module {r}"
+        );
+        visit(r, &deps, &stem, &mut out);
+    }
+    for p in &out {
+        ensure!(
+            p.ends_with(".ko"),
+            "{p}: compressed modules are not handled"
+        );
+    }
+    Ok(out.iter().map(|p| modules.join(p)).collect())
+}
+
+/// Single quotes for sh.
+pub fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    let s = p.to_str().context("non-UTF-8 path")?;
+    ensure!(!s.contains(char::is_whitespace), "{s}: whitespace in path");
+    Ok(s)
+}
+
+/// The initramfs' /init: mounts, then the command chrooted, then the status, then power off.
+fn init_script(modules: &[String], ws: &str, run: &str, tree: &str, release: &str) -> String {
+    let loads: String = modules
+        .iter()
+        .map(|m| format!("insmod /mods/{m} || fail insmod {m}\n"))
+        .collect();
+    let (ws, run, tree) = (quote(ws), quote(run), quote(tree));
+    format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+fail() {{ echo "xtask-vm: guest setup failed: $*"; poweroff -f; }}
+mount -t proc proc /proc && mount -t sysfs sys /sys && mount -t devtmpfs dev /dev || fail early mounts
+{loads}R=/newroot
+mount -t virtiofs -o ro hostroot $R || fail mount hostroot
+# Writable places of the guest's own; the workspace next (it may lie under one of them).
+mount -t tmpfs -o mode=1777 tmpfs $R/tmp && mount -t tmpfs -o mode=1777 tmpfs $R/var/tmp &&
+  mount -t tmpfs -o mode=755 tmpfs $R/run && mount -t tmpfs -o mode=700 tmpfs $R/root || fail tmpfs
+mkdir -p $R{ws} && mount -t virtiofs workspace $R{ws} || fail mount workspace
+# The kernel's module requests (tcp_diag, veth, ...) run /modprobe: the host's modprobe in the
+# new root, reading the guest kernel's modules where they were unpacked. Userland finds them at
+# /lib/modules/RELEASE too when the host has a /lib/modules to mount over.
+printf '#!/bin/sh\nexec chroot /newroot /sbin/modprobe -d %s "$@"\n' {tree} > /modprobe &&
+  chmod 755 /modprobe && echo /modprobe > /proc/sys/kernel/modprobe || fail modprobe
+if [ -d $R/lib/modules ]; then
+  mount -t tmpfs tmpfs $R/lib/modules && mkdir $R/lib/modules/{release} &&
+    mount --bind $R{tree}/lib/modules/{release} $R/lib/modules/{release} || fail modules
+fi
+mount -t proc proc $R/proc && mount -t sysfs sys $R/sys && mount -t devtmpfs dev $R/dev &&
+  mkdir -p $R/dev/pts $R/dev/shm && mount -t devpts devpts $R/dev/pts &&
+  mount -t tmpfs -o mode=1777 tmpfs $R/dev/shm || fail proc sys dev
+for f in fd:/proc/self/fd stdin:/proc/self/fd/0 stdout:/proc/self/fd/1 stderr:/proc/self/fd/2; do
+  ln -sf ${{f#*:}} $R/dev/${{f%%:*}}
+done
+mount -t tracefs tracefs $R/sys/kernel/tracing && mount -t debugfs debugfs $R/sys/kernel/debug &&
+  mount -t cgroup2 cgroup2 $R/sys/fs/cgroup && mount -t bpf bpf $R/sys/fs/bpf || fail sysfs mounts
+hostname tt-vm
+ip link set lo up || fail lo
+chroot $R /usr/bin/env -i /bin/bash {run}/cmd.sh < /dev/null
+rc=$?
+echo $rc > $R{run}/status
+sync
+echo "TT-EXIT=$rc"
+poweroff -f
+"#
+    )
+}
+
+/// Runs `script` (bash) in a guest of `kernel`: its exit status (None, said on stderr, when the
+/// guest timed out or died without one) and the VM's wall time. The console goes to
+/// `target/vm/NAME/logs/console.log`.
+pub fn run(
+    root: &Path,
+    kernel: &Kernel,
+    script: &str,
+    opts: &Options,
+) -> Result<(Option<i32>, Duration)> {
+    let vm_dir = root.join("target/vm").join(&kernel.name);
+    let logs = vm_dir.join("logs");
+    fs::create_dir_all(&logs)?;
+    let run_dir = vm_dir.join(format!("run-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&run_dir);
+    fs::create_dir_all(&run_dir)?;
+    let result = boot(root, kernel, script, opts, &run_dir, &logs);
+    let _ = fs::remove_dir_all(&run_dir);
+    result
+}
+
+fn boot(
+    root: &Path,
+    kernel: &Kernel,
+    script: &str,
+    opts: &Options,
+    run_dir: &Path,
+    logs: &Path,
+) -> Result<(Option<i32>, Duration)> {
+    // The initramfs: busybox, the modules for virtiofs, /init.
+    let stage = run_dir.join("initramfs");
+    for d in ["bin", "mods", "newroot", "proc", "sys", "dev"] {
+        fs::create_dir_all(stage.join(d))?;
+    }
+    fs::copy("/bin/busybox", stage.join("bin/busybox")).context("copying busybox")?;
+    let mut names = Vec::new();
+    for m in module_closure(
+        &kernel.tree.join("lib/modules").join(&kernel.release),
+        &BOOT_MODULES,
+    )? {
+        let name = m.file_name().unwrap().to_string_lossy().into_owned();
+        fs::copy(&m, stage.join("mods").join(&name))?;
+        names.push(name);
+    }
+    let init = init_script(
+        &names,
+        path_str(root)?,
+        path_str(run_dir)?,
+        path_str(&kernel.tree)?,
+        &kernel.release,
+    );
+    fs::write(stage.join("init"), init)?;
+    fs::set_permissions(stage.join("init"), fs::Permissions::from_mode(0o755))?;
+    let cpio = run_dir.join("initramfs.cpio");
+    let st = Command::new("sh")
+        .args(["-c", "find . | cpio -o -H newc --quiet"])
+        .current_dir(&stage)
+        .stdout(fs::File::create(&cpio)?)
+        .status()?;
+    ensure!(st.success(), "cpio failed");
+
+    // The guest's command: a sane environment, then the script.
+    let mut cmd = format!("export PATH={GUEST_PATH} HOME=/root RUST_BACKTRACE=1\n");
+    let ci = std::env::var("CI").ok().map(|v| ("CI".to_string(), v));
+    for (k, v) in opts.env.iter().chain(&ci) {
+        writeln!(cmd, "export {k}={}", quote(v))?;
+    }
+    cmd.push_str(script);
+    fs::write(run_dir.join("cmd.sh"), cmd)?;
+
+    let root_src = run_dir.join("rootfs");
+    fs::create_dir_all(&root_src)?;
+    let mut daemons = Daemons(vec![
+        virtiofsd(run_dir, "hostroot", &root_src, true)?,
+        virtiofsd(run_dir, "workspace", root, false)?,
+    ]);
+    for tag in ["hostroot", "workspace"] {
+        let sock = run_dir.join(format!("{tag}.sock"));
+        let start = Instant::now();
+        while !sock.exists() {
+            ensure!(
+                start.elapsed() < Duration::from_secs(10),
+                "virtiofsd made no {}",
+                sock.display()
+            );
+            if let Some(st) = daemons
+                .0
+                .iter_mut()
+                .find_map(|c| c.try_wait().ok().flatten())
+            {
+                let log = fs::read_to_string(run_dir.join(format!("virtiofsd-{tag}.log")));
+                bail!(
+                    "virtiofsd exited ({st}): {}",
+                    log.unwrap_or_default().trim()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    let mem = "3072";
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-nographic", "-no-reboot", "-m", mem, "-smp", "2"])
+        .args(["-accel", "tcg,thread=multi", "-nic", "none"])
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(&cpio)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        // vhost-user devices need the guest's memory shared with virtiofsd.
+        .args([
+            "-object",
+            &format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+        ])
+        .args(["-numa", "node,memdev=mem"]);
+    for tag in ["hostroot", "workspace"] {
+        let sock = run_dir.join(format!("{tag}.sock"));
+        qemu.args([
+            "-chardev",
+            &format!("socket,id={tag},path={}", path_str(&sock)?),
+        ])
+        .args([
+            "-device",
+            &format!("vhost-user-fs-pci,chardev={tag},tag={tag}"),
+        ]);
+    }
+    let started = Instant::now();
+    let mut child = qemu
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let console = logs.join("console.log");
+    let reader = {
+        let out = child.stdout.take().unwrap();
+        let file = fs::File::create(&console)?;
+        let echo = opts.echo;
+        thread::spawn(move || copy_console(out, file, echo))
+    };
+    let deadline = started + opts.timeout;
+    let exited = loop {
+        if let Some(st) = child.try_wait()? {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let wall = started.elapsed();
+    let marker = reader.join().unwrap_or_default();
+    drop(daemons);
+    // The status file first; the console line when the workspace share failed.
+    let code = fs::read_to_string(run_dir.join("status"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .or(marker);
+    match (exited, code) {
+        (Some(_), Some(code)) => return Ok((Some(code), wall)),
+        (None, _) => eprintln!(
+            "xtask: the {} guest did not finish within {} s: killed",
+            kernel.name,
+            opts.timeout.as_secs()
+        ),
+        (Some(st), None) => eprintln!(
+            "xtask: the {} guest ended ({st}) without the command's status",
+            kernel.name
+        ),
+    }
+    eprintln!("xtask: the guest's console is in {}", console.display());
+    Ok((None, wall))
+}
+
+/// virtiofsd processes, killed when dropped (they also end when qemu disconnects).
+struct Daemons(Vec<Child>);
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts virtiofsd sharing `source` as `tag`. A read-only share is of the host's root
+/// filesystem: QEMU 7.2's virtiofsd has no read-only mode, so it runs in a mount namespace of
+/// its own where `source` is a read-only bind of `/` (not recursive: the root filesystem alone,
+/// none of the host's /proc, /sys or other mounts).
+fn virtiofsd(run_dir: &Path, tag: &str, source: &Path, read_only: bool) -> Result<Child> {
+    let mut cmd = Command::new(VIRTIOFSD);
+    cmd.arg(format!(
+        "--socket-path={}",
+        path_str(&run_dir.join(format!("{tag}.sock")))?
+    ))
+    .args([
+        "-o",
+        &format!("source={}", path_str(source)?),
+        "-o",
+        "cache=auto",
+    ])
+    .stdout(Stdio::null())
+    .stderr(fs::File::create(
+        run_dir.join(format!("virtiofsd-{tag}.log")),
+    )?);
+    if read_only {
+        let slash = CString::new("/")?;
+        let target = CString::new(source.as_os_str().as_bytes())?;
+        let check = |r: i32| {
+            if r == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        };
+        // SAFETY: between fork and exec only syscalls on memory prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let none = std::ptr::null::<libc::c_char>();
+                check(libc::unshare(libc::CLONE_NEWNS))?;
+                check(libc::mount(
+                    none,
+                    slash.as_ptr(),
+                    none,
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))?;
+                check(libc::mount(
+                    slash.as_ptr(),
+                    target.as_ptr(),
+                    none,
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ))?;
+                let ro = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY;
+                check(libc::mount(
+                    none,
+                    target.as_ptr(),
+                    none,
+                    ro,
+                    std::ptr::null(),
+                ))
+            });
+        }
+    }
+    cmd.spawn().context("starting virtiofsd")
+}
+
+/// Copies the console to `file` (and stdout), without the firmware's terminal escapes; the
+/// status from a `TT-EXIT=` line, if one came.
+fn copy_console(mut out: impl Read, mut file: fs::File, echo: bool) -> Option<i32> {
+    let mut buf = [0u8; 8192];
+    let mut line = Vec::new();
+    let mut marker = None;
+    let mut esc = false;
+    loop {
+        let n = match out.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for &b in &buf[..n] {
+            // ESC c, ESC [ ... letter: SeaBIOS' screen resets.
+            if esc {
+                esc = !(b.is_ascii_alphabetic());
+                continue;
+            }
+            match b {
+                0x1b => esc = true,
+                b'\r' => {}
+                b'\n' => {
+                    line.push(b'\n');
+                    let _ = file.write_all(&line);
+                    if echo {
+                        let _ = std::io::stdout().write_all(&line);
+                    }
+                    let text = String::from_utf8_lossy(&line);
+                    if let Some(code) = text.trim().strip_prefix("TT-EXIT=") {
+                        marker = code.parse().ok();
+                    }
+                    line.clear();
+                }
+                _ => line.push(b),
+            }
+        }
+    }
+    let _ = file.write_all(&line);
+    marker
+}
+
+/// One test executable of the tcp-trace package (`lib-tcp_trace`, `test-watch`, ...).
+pub struct TestBinary {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// The string value (or first array element) of the first `"key":` in a line of cargo's JSON
+/// (xtask has no JSON parser; cargo writes the target's `kind` and `name` before any other
+/// such key). None for `null`.
+fn json_str(line: &str, key: &str) -> Option<String> {
+    let rest = &line[line.find(&format!("\"{key}\":"))? + key.len() + 3..];
+    let rest = rest.strip_prefix('[').unwrap_or(rest).strip_prefix('"')?;
+    let mut out = String::new();
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(out),
+            '\\' => out.push(chars.next()?),
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+/// Builds the tcp-trace test executables on the host (`cargo test --no-run`).
+pub fn build_tests(root: &Path) -> Result<Vec<TestBinary>> {
+    let out = crate::cargo()
+        .current_dir(root)
+        .args([
+            "test",
+            "-p",
+            "tcp-trace",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .env("PATH", crate::setup::path_with_cargo_bin())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo test --no-run")?;
+    ensure!(out.status.success(), "building the tests failed");
+    let mut bins = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let profile_test = line
+            .split_once("\"profile\":{")
+            .and_then(|(_, p)| p.split('}').next())
+            .is_some_and(|p| p.contains("\"test\":true"));
+        if !line.contains("\"reason\":\"compiler-artifact\"") || !profile_test {
+            continue;
+        }
+        let (Some(kind), Some(name), Some(exe)) = (
+            json_str(line, "kind"),
+            json_str(line, "name"),
+            json_str(line, "executable"),
+        ) else {
+            continue;
+        };
+        bins.push(TestBinary {
+            name: format!("{kind}-{name}"),
+            path: exe.into(),
+        });
+    }
+    ensure!(!bins.is_empty(), "cargo built no test executable");
+    bins.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(bins)
+}
+
+/// What a test run inside a guest does.
+pub struct TestPlan {
+    pub threads: usize,
+    /// Test name filters for every binary.
+    pub filters: Vec<String>,
+    /// One binary's limit, so that a hung one does not take the others' time.
+    pub per_binary: Duration,
+}
+
+/// The outcome of one test binary, from its libtest output.
+#[derive(Default)]
+struct Outcome {
+    passed: usize,
+    ignored: usize,
+    failed: Vec<String>,
+    /// Tests that started (`running N tests`) without a result line.
+    missing: usize,
+    exit: Option<i32>,
+}
+
+impl Outcome {
+    fn parse(log: &str, exit: Option<i32>) -> Self {
+        let mut o = Self {
+            exit,
+            ..Self::default()
+        };
+        let mut expected = 0;
+        for line in log.lines() {
+            if let Some(n) = line
+                .strip_prefix("running ")
+                .and_then(|r| r.strip_suffix(" tests").or(r.strip_suffix(" test")))
+            {
+                expected += n.parse::<usize>().unwrap_or(0);
+            }
+            let Some((name, result)) = line
+                .strip_prefix("test ")
+                .and_then(|r| r.split_once(" ... "))
+            else {
+                continue;
+            };
+            if result.starts_with("ok") {
+                o.passed += 1;
+            } else if result.starts_with("FAILED") {
+                o.failed.push(name.to_string());
+            } else if result.starts_with("ignored") {
+                o.ignored += 1;
+            }
+        }
+        o.missing = expected.saturating_sub(o.passed + o.ignored + o.failed.len());
+        o
+    }
+
+    /// Failed tests, counting a binary that failed without naming a test as one.
+    fn failures(&self) -> usize {
+        let unexplained = self.exit != Some(0) && self.failed.is_empty() && self.missing == 0;
+        self.failed.len() + self.missing + usize::from(unexplained)
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = self.failed.clone();
+        match self.exit {
+            None => parts.push("(did not finish)".into()),
+            Some(124 | 137) => parts.push("(timed out)".into()),
+            Some(0) => {}
+            Some(c) if self.failed.is_empty() => parts.push(format!("(exit {c})")),
+            Some(_) => {}
+        }
+        if self.missing > 0 {
+            parts.push(format!("({} without a result)", self.missing));
+        }
+        parts.join(", ")
+    }
+}
+
+/// A failed test's captured output (`---- NAME stdout ----` up to the next such header).
+fn failure_output(log: &str, test: &str) -> Option<String> {
+    let header = format!("---- {test} stdout ----");
+    let rest = &log[log.find(&header)? + header.len()..];
+    let end = [rest.find("\n---- "), rest.find("\nfailures:\n")]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(rest.len());
+    Some(format!("{header}{}", &rest[..end]))
+}
+
+/// Runs every test binary in a guest of `kernel`; prints the failures' output, the per-binary
+/// table and the totals, and returns the totals (passed, failed).
+pub fn test_on(
+    root: &Path,
+    kernel: &Kernel,
+    bins: &[TestBinary],
+    plan: &TestPlan,
+    opts: &Options,
+) -> Result<(usize, usize)> {
+    let logs = root.join("target/vm").join(&kernel.name).join("logs");
+    let _ = fs::remove_dir_all(&logs);
+    fs::create_dir_all(&logs)?;
+    let manifest = root.join("tcp-trace");
+    let filters: String = plan
+        .filters
+        .iter()
+        .map(|f| format!(" {}", quote(f)))
+        .collect();
+    let mut script = format!(
+        "export CARGO_MANIFEST_DIR={m}\ncd {m} || exit 125\nlogs={l}\n",
+        m = quote(path_str(&manifest)?),
+        l = quote(path_str(&logs)?)
+    );
+    writeln!(
+        script,
+        r#"run() {{
+  local name=$1 t0=$SECONDS rc; shift
+  echo "xtask-vm: $name ..."
+  timeout -k 10 {secs} "$@" > "$logs/$name.log" 2>&1
+  rc=$?
+  echo "$name $rc" >> "$logs/status"
+  echo "xtask-vm: $name: exit $rc after $((SECONDS - t0)) s"
+}}"#,
+        secs = plan.per_binary.as_secs()
+    )?;
+    for b in bins {
+        writeln!(
+            script,
+            "run {} {} --test-threads={}{filters}",
+            b.name,
+            quote(path_str(&b.path)?),
+            plan.threads
+        )?;
+    }
+    println!(
+        "xtask: running {} test binaries on {} ({})",
+        bins.len(),
+        kernel.name,
+        kernel.release
+    );
+    let (guest, wall) = run(root, kernel, &script, opts)?;
+    let status = fs::read_to_string(logs.join("status")).unwrap_or_default();
+    let exits: HashMap<&str, i32> = status
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter_map(|(n, c)| Some((n, c.parse().ok()?)))
+        .collect();
+
+    let mut table = vec![[
+        "binary".to_string(),
+        "passed".into(),
+        "failed".into(),
+        "ignored".into(),
+        "failures".into(),
+    ]];
+    let (mut passed, mut failed) = (0, 0);
+    let mut details = String::new();
+    for b in bins {
+        let path = logs.join(format!("{}.log", b.name));
+        let log = fs::read_to_string(&path).unwrap_or_default();
+        let o = Outcome::parse(&log, exits.get(b.name.as_str()).copied());
+        passed += o.passed;
+        failed += o.failures();
+        table.push([
+            b.name.clone(),
+            o.passed.to_string(),
+            o.failures().to_string(),
+            o.ignored.to_string(),
+            o.describe(),
+        ]);
+        if o.failures() == 0 {
+            continue;
+        }
+        writeln!(
+            details,
+            "\n==== {} on {}: {}",
+            b.name,
+            kernel.name,
+            path.display()
+        )?;
+        for t in &o.failed {
+            if let Some(out) = failure_output(&log, t) {
+                details.push_str(&out);
+                details.push('\n');
+            }
+        }
+        if o.failed.is_empty() {
+            // Crashed or timed out: the end of its output says the most.
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            details.push_str(&tail.join("\n"));
+            details.push('\n');
+        }
+    }
+    print!("{details}");
+    let widths: Vec<usize> = (0..5)
+        .map(|i| table.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    println!(
+        "\n{} ({}), VM wall time {:.0} s, logs in {}",
+        kernel.name,
+        kernel.release,
+        wall.as_secs_f64(),
+        logs.display()
+    );
+    for r in &table {
+        println!(
+            "  {:<w0$}  {:>w1$}  {:>w2$}  {:>w3$}  {}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3]
+        );
+    }
+    if guest.is_none() {
+        // Binaries that did not finish count as failed above; a guest that hung after the
+        // last one still fails the run.
+        println!("the VM did not finish (see above)");
+        failed = failed.max(1);
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok((passed, failed))
+}
