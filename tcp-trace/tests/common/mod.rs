@@ -8,7 +8,7 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     thread,
     time::{Duration, Instant},
 };
@@ -16,6 +16,20 @@ use std::{
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tcp-trace");
+
+/// `d` times `TCP_TRACE_TEST_SLOWDOWN` (default 1): the VM runner (`cargo xtask test
+/// --kernel`) sets it because its emulated CPU makes everything several times slower.
+pub fn slow(d: Duration) -> Duration {
+    static FACTOR: OnceLock<f64> = OnceLock::new();
+    let f = *FACTOR.get_or_init(|| {
+        std::env::var("TCP_TRACE_TEST_SLOWDOWN")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .filter(|f: &f64| *f >= 1.0)
+            .unwrap_or(1.0)
+    });
+    d.mul_f64(f)
+}
 
 /// Fails (never skips) when the tests cannot load BPF.
 pub fn require_root() {
@@ -98,7 +112,7 @@ impl Tracer {
                 );
             }
             assert!(
-                start.elapsed() < Duration::from_secs(20),
+                start.elapsed() < slow(Duration::from_secs(20)),
                 "tcp-trace did not attach: {:?}",
                 t.stderr.lock().unwrap()
             );
@@ -116,7 +130,8 @@ impl Tracer {
             .collect()
     }
 
-    /// Waits until `pred` holds for the parsed output, or panics with the output.
+    /// Waits until `pred` holds for the parsed output, or panics with the output (after
+    /// `slow(timeout)`).
     pub fn wait_for(
         &self,
         what: &str,
@@ -129,7 +144,7 @@ impl Tracer {
             if pred(&v) {
                 return v;
             }
-            if start.elapsed() > timeout {
+            if start.elapsed() > slow(timeout) {
                 panic!(
                     "timed out waiting for {what}; output:\n{}\nstderr: {:?}",
                     self.lines.lock().unwrap().join("\n"),
@@ -145,7 +160,7 @@ impl Tracer {
         let start = Instant::now();
         while !self.stderr.lock().unwrap().iter().any(|l| l.contains(what)) {
             assert!(
-                start.elapsed() < Duration::from_secs(20),
+                start.elapsed() < slow(Duration::from_secs(20)),
                 "no {what:?} on stderr: {:?}",
                 self.stderr.lock().unwrap()
             );
@@ -153,7 +168,8 @@ impl Tracer {
         }
     }
 
-    /// Waits for the process to exit by itself; its status, stdout and stderr lines.
+    /// Waits (`slow(timeout)`) for the process to exit by itself; its status, stdout and
+    /// stderr lines.
     pub fn wait_exit(
         mut self,
         timeout: Duration,
@@ -164,18 +180,18 @@ impl Tracer {
                 break st;
             }
             assert!(
-                start.elapsed() < timeout,
+                start.elapsed() < slow(timeout),
                 "tcp-trace did not exit by itself"
             );
             thread::sleep(Duration::from_millis(20));
         };
-        thread::sleep(Duration::from_millis(50));
+        thread::sleep(slow(Duration::from_millis(50)));
         let out = self.lines.lock().unwrap().clone();
         let err = self.stderr.lock().unwrap().clone();
         (st, out, err)
     }
 
-    /// SIGINT, then the exit status (must come within 5 s).
+    /// SIGINT, then the exit status (must come within `slow(5 s)`).
     pub fn stop(mut self) -> (std::process::ExitStatus, Vec<String>, Vec<String>) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
@@ -185,12 +201,12 @@ impl Tracer {
                 break st;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(5),
+                start.elapsed() < slow(Duration::from_secs(5)),
                 "tcp-trace did not exit on SIGINT"
             );
             thread::sleep(Duration::from_millis(10));
         };
-        thread::sleep(Duration::from_millis(50)); // let the reader threads finish
+        thread::sleep(slow(Duration::from_millis(50))); // let the reader threads finish
         let out = self.lines.lock().unwrap().clone();
         let err = self.stderr.lock().unwrap().clone();
         (st, out, err)
@@ -462,7 +478,9 @@ pub fn abort_on_close(s: &impl AsRawFd) {
 /// Client in `a`, server in `b`, connected, with some data exchanged.
 pub fn connected(net: &NetnsPair, port: u16) -> (TcpStream, TcpStream) {
     let listener = net.listen_in_b(port);
-    let mut client = net.connect_from_a(port, Duration::from_secs(5)).unwrap();
+    let mut client = net
+        .connect_from_a(port, slow(Duration::from_secs(5)))
+        .unwrap();
     let (mut server, _) = listener.accept().unwrap();
     client.write_all(b"hello").unwrap();
     let mut buf = [0u8; 5];
