@@ -80,6 +80,9 @@ pub struct Tracepoint {
     pub optional: Option<(Field, &'static str)>,
     /// What the user loses when this tracepoint cannot be attached (said once at start).
     pub loses: &'static str,
+    /// What the user loses when this program is the one attached (an older layout), if
+    /// anything (said once at start).
+    pub partial: &'static str,
 }
 
 /// Fields of `sock/inet_sock_set_state`.
@@ -326,6 +329,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         fields: set_state::ALL,
         optional: None,
         loses: "",
+        partial: "",
     },
     Tracepoint {
         category: "tcp",
@@ -336,6 +340,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         optional: Some((retransmit_skb::ERR, RETRANSMIT_HAS_ERR)),
         loses: "retransmissions are not seen, so connections retransmitting into the void \
                 (peer gone, half-open) are not reported",
+        partial: "",
     },
     Tracepoint {
         category: "tcp",
@@ -346,6 +351,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         optional: None,
         loses: "SYN-ACK retransmissions are not seen, so handshakes a client never completes \
                 are not reported",
+        partial: "",
     },
     Tracepoint {
         category: "tcp",
@@ -355,6 +361,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         fields: send_reset::ALL,
         optional: None,
         loses: "resets this host sends are not reported",
+        partial: "",
     },
     Tracepoint {
         category: "tcp",
@@ -364,6 +371,9 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         fields: send_reset_v1::ALL,
         optional: None,
         loses: "resets this host sends are not reported",
+        partial: "this kernel's tcp/tcp_send_reset (no `reason` field) fires only for resets a \
+                  socket sends: resets for no socket (refused connects, segments for connections \
+                  the host does not have) are not reported, and no reset has a reason",
     },
     Tracepoint {
         category: "tcp",
@@ -374,6 +384,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         optional: None,
         loses: "resets received are not reported (a reset still shows as the ECONNRESET it \
                 causes)",
+        partial: "",
     },
     Tracepoint {
         category: "sock",
@@ -383,6 +394,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         fields: error_report::ALL,
         optional: None,
         loses: "socket errors (ECONNREFUSED, ETIMEDOUT, ECONNRESET) are not reported",
+        partial: "",
     },
 ];
 

@@ -109,49 +109,48 @@ pub fn own_netns() -> u32 {
 /// A file that names network namespace `inode`: a bind mount under `/run/netns` (`ip netns`),
 /// or some process's `/proc/PID/ns/net`.
 fn netns_file(inode: u32) -> Option<std::path::PathBuf> {
-    let is = |p: &std::path::Path| netns_inode(p) == Some(inode);
-    let named = std::fs::read_dir("/run/netns")
+    namespaces()
         .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path());
-    let procs = procfs::process::all_processes()
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|p| std::path::PathBuf::from(format!("/proc/{}/ns/net", p.pid())));
-    named.chain(procs).find(|p| is(p))
+        .find_map(|(ns, path)| (ns == inode).then_some(path))
 }
 
-/// A sock_diag socket opened in network namespace `netns` (`None`: this process's): a socket
-/// stays in the namespace it was created in, so a short-lived thread joins that namespace
-/// (`setns`, which needs CAP_SYS_ADMIN) just to create it.
-fn diag_socket(netns: Option<u32>) -> Result<Socket> {
+/// A sock_diag socket in this process's network namespace, or, with `ns` (a namespace file),
+/// in that one: a socket stays in the namespace it was created in, so a short-lived thread
+/// joins the namespace (`setns`, which needs CAP_SYS_ADMIN) just to create it.
+fn open_diag(ns: Option<&std::path::Path>) -> Result<Socket> {
     let open = || -> Result<Socket> {
         let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag socket")?;
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
         Ok(socket)
     };
-    let Some(ns) = netns.filter(|n| *n != own_netns()) else {
+    let Some(path) = ns else {
         return open();
     };
-    let path = netns_file(ns)
-        .with_context(|| format!("network namespace {ns}: no process or /run/netns entry in it"))?;
-    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     std::thread::scope(|s| {
         s.spawn(|| {
             use std::os::fd::AsRawFd;
             // SAFETY: setns on a valid namespace fd affects only this short-lived thread.
             if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(anyhow::Error::new(std::io::Error::last_os_error())
-                    .context(format!("joining network namespace {ns}")));
+                    .context(format!("joining network namespace {}", path.display())));
             }
             open()
         })
         .join()
         .map_err(|_| anyhow::anyhow!("sock_diag thread panicked"))?
     })
+}
+
+/// A sock_diag socket in network namespace `netns` (`None`: this process's).
+fn diag_socket(netns: Option<u32>) -> Result<Socket> {
+    let Some(ns) = netns.filter(|n| *n != own_netns()) else {
+        return open_diag(None);
+    };
+    let path = netns_file(ns)
+        .with_context(|| format!("network namespace {ns}: no process or /run/netns entry in it"))?;
+    open_diag(Some(&path))
 }
 
 /// The kernel refused a sock_diag request (positive errno).
@@ -171,6 +170,11 @@ impl std::fmt::Display for DiagError {
 }
 
 impl std::error::Error for DiagError {}
+
+fn is_enoent(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<DiagError>()
+        .is_some_and(|d| d.0 == libc::ENOENT)
+}
 
 /// Distributions build sock_diag's TCP part as modules (`inet_diag`, `tcp_diag`); a host
 /// usually loads them on the first request, a minimal one may not. Asked once per process.
@@ -192,21 +196,16 @@ fn load_tcp_diag() -> bool {
 /// Every TCP socket (IPv4 and IPv6) of network namespace `netns` (`None`: this process's) in
 /// one of `states`. Without the `tcp_diag` module, loads it once and retries.
 pub fn snapshot(states: StateFlags, netns: Option<u32>) -> Result<Vec<DiagSocket>> {
-    match snapshot_once(states.clone(), netns) {
-        Err(e)
-            if e.downcast_ref::<DiagError>()
-                .is_some_and(|d| d.0 == libc::ENOENT)
-                && load_tcp_diag() =>
-        {
-            snapshot_once(states, netns)
-        }
+    let ns = netns.unwrap_or_else(own_netns);
+    let attempt = |states: StateFlags| dump(&mut diag_socket(netns)?, states, ns);
+    match attempt(states.clone()) {
+        Err(e) if is_enoent(&e) && load_tcp_diag() => attempt(states),
         r => r,
     }
 }
 
-fn snapshot_once(states: StateFlags, netns: Option<u32>) -> Result<Vec<DiagSocket>> {
-    let mut socket = diag_socket(netns)?;
-    let ns = netns.unwrap_or_else(own_netns);
+/// Both families' sockets in `states`, from `socket` (in namespace `ns`).
+fn dump(socket: &mut Socket, states: StateFlags, ns: u32) -> Result<Vec<DiagSocket>> {
     let mut out = Vec::new();
     for family in [AF_INET, AF_INET6] {
         let id = if family == AF_INET {
@@ -214,12 +213,97 @@ fn snapshot_once(states: StateFlags, netns: Option<u32>) -> Result<Vec<DiagSocke
         } else {
             SocketId::new_v6()
         };
-        query(&mut socket, family, states.clone(), id, true, &mut out)?;
+        query(socket, family, states.clone(), id, true, &mut out)?;
     }
     for d in &mut out {
         d.netns = ns;
     }
     Ok(out)
+}
+
+/// Every network namespace on the host, once each with a file naming it: the named ones
+/// (`/run/netns`, which may have no process in them) and those of processes.
+pub fn namespaces() -> Vec<(u32, std::path::PathBuf)> {
+    let named = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path());
+    let procs = procfs::process::all_processes()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|p| std::path::PathBuf::from(format!("/proc/{}/ns/net", p.pid())));
+    let mut seen = HashSet::new();
+    named
+        .chain(procs)
+        .filter_map(|p| Some((netns_inode(&p)?, p)))
+        .filter(|(ns, _)| seen.insert(*ns))
+        .collect()
+}
+
+/// sock_diag across every network namespace of the host. One socket per namespace is opened
+/// once and kept (entering a namespace costs a thread and a `setns`); it is dropped as soon as
+/// its namespace has no process and no name left, so tcp-trace never keeps a namespace alive.
+#[derive(Default)]
+pub struct AllNamespaces {
+    open: HashMap<u32, Socket>,
+    refused: bool,
+}
+
+impl AllNamespaces {
+    /// Every TCP socket in `states` in every namespace. A namespace that cannot be entered
+    /// (no CAP_SYS_ADMIN: one warning) or that vanishes meanwhile is skipped; this process's
+    /// own namespace is always listed, and its failures are errors.
+    pub fn snapshot(&mut self, states: StateFlags) -> Result<Vec<DiagSocket>> {
+        let own = own_netns();
+        let mut out = snapshot(states.clone(), None)?;
+        let list = namespaces();
+        self.open.retain(|ns, _| list.iter().any(|(n, _)| n == ns));
+        for (ns, path) in list.iter().filter(|(ns, _)| *ns != own) {
+            let socket = match self.open.entry(*ns) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => match open_diag(Some(path)) {
+                    Ok(s) => v.insert(s),
+                    Err(e) => {
+                        self.cannot_enter(&e);
+                        continue;
+                    }
+                },
+            };
+            match dump(socket, states.clone(), *ns) {
+                Ok(mut v) => out.append(&mut v),
+                // Gone meanwhile (or its sock_diag failed): its sockets are simply not listed.
+                Err(e) => {
+                    log::debug!("network namespace {ns}: {e:#}");
+                    self.open.remove(ns);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Namespaces this process could not enter (a vanished one is only a debug line).
+    fn cannot_enter(&mut self, e: &anyhow::Error) {
+        let denied = e
+            .chain()
+            .filter_map(|c| c.downcast_ref::<std::io::Error>())
+            .any(|io| io.raw_os_error() == Some(libc::EPERM));
+        if denied && !self.refused {
+            self.refused = true;
+            log::warn!(
+                "cannot enter other network namespaces (setns needs CAP_SYS_ADMIN): only this \
+                 namespace's sockets are listed; sockets in containers' namespaces are not"
+            );
+        } else if !denied {
+            log::debug!("{e:#}");
+        }
+    }
+
+    /// The socket with these endpoints in namespace `netns` (0: this process's).
+    pub fn lookup(&mut self, t: &Tuple, netns: u32) -> Option<DiagSocket> {
+        lookup(t, (netns != 0).then_some(netns))
+    }
 }
 
 /// The one socket with these endpoints in network namespace `netns` (`None`: this

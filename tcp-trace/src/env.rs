@@ -26,8 +26,8 @@ pub trait Env {
     fn sockets(&mut self, states: &[TcpState]) -> Result<Vec<DiagSocket>>;
     /// Holders of these inodes.
     fn holders(&mut self, inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>>;
-    /// The socket with these endpoints, if visible.
-    fn lookup(&mut self, t: &Tuple) -> Option<DiagSocket>;
+    /// The socket with these endpoints in network namespace `netns` (0: unknown), if visible.
+    fn lookup(&mut self, t: &Tuple, netns: u32) -> Option<DiagSocket>;
     /// `net.ipv4.tcp_fin_timeout`.
     fn fin_timeout(&self) -> Duration;
     /// The path of cgroup `id` (0: unknown), as `/proc/PID/cgroup` writes it.
@@ -42,15 +42,17 @@ fn in_states(d: &DiagSocket, states: &[TcpState]) -> bool {
 pub struct Live {
     cgroups: Resolver,
     netns: Option<u32>,
+    all: enrich::AllNamespaces,
 }
 
 impl Live {
     /// The host's processes and cgroup tree, and the sockets of network namespace `netns`
-    /// (`None`: the tracer's own).
+    /// (`None`: of every namespace).
     pub fn new(netns: Option<u32>) -> Self {
         Self {
             cgroups: Resolver::live(),
             netns,
+            all: enrich::AllNamespaces::default(),
         }
     }
 }
@@ -66,7 +68,11 @@ impl Env for Live {
         } else {
             enrich::state_flags(states)
         };
-        Ok(enrich::snapshot(flags, self.netns)?
+        let listed = match self.netns {
+            Some(ns) => enrich::snapshot(flags, Some(ns))?,
+            None => self.all.snapshot(flags)?,
+        };
+        Ok(listed
             .into_iter()
             .filter(|d| in_states(d, states))
             .collect())
@@ -76,8 +82,11 @@ impl Env for Live {
         enrich::holders(inodes)
     }
 
-    fn lookup(&mut self, t: &Tuple) -> Option<DiagSocket> {
-        enrich::lookup(t, self.netns)
+    fn lookup(&mut self, t: &Tuple, netns: u32) -> Option<DiagSocket> {
+        match self.netns {
+            Some(ns) => enrich::lookup(t, Some(ns)),
+            None => self.all.lookup(t, netns),
+        }
     }
 
     fn fin_timeout(&self) -> Duration {
@@ -151,8 +160,10 @@ impl Env for Replay {
             .collect()
     }
 
-    fn lookup(&mut self, t: &Tuple) -> Option<DiagSocket> {
-        self.snap.sockets.iter().find(|d| d.tuple == *t).cloned()
+    fn lookup(&mut self, t: &Tuple, netns: u32) -> Option<DiagSocket> {
+        let here =
+            |d: &&DiagSocket| d.tuple == *t && (netns == 0 || d.netns == 0 || d.netns == netns);
+        self.snap.sockets.iter().find(here).cloned()
     }
 
     fn fin_timeout(&self) -> Duration {

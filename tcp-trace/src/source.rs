@@ -227,6 +227,9 @@ fn plan(root: &str) -> Result<Vec<Planned>> {
         for alt in alternatives {
             match tracefs::check(root, alt) {
                 Check::Ok { shift, optional } => {
+                    if !alt.partial.is_empty() {
+                        log::warn!("{}", alt.partial);
+                    }
                     plan.push(Planned {
                         tp: alt,
                         shift,

@@ -90,19 +90,37 @@ pub struct Context<'a> {
     pub holders: &'a HashMap<u32, Vec<Holder>>,
     /// When this run first saw each socket in its current state (for sockets the engine does
     /// not know), monotonic ns.
-    pub first_seen: &'a HashMap<Tuple, (TcpState, u64)>,
+    pub first_seen: &'a HashMap<SockKey, (TcpState, u64)>,
+}
+
+/// A socket across namespaces: the same endpoints can exist in two of them (two pods).
+pub type SockKey = (u32, Tuple);
+
+/// The key of a snapshot socket.
+pub fn key(d: &DiagSocket) -> SockKey {
+    (d.netns, d.tuple)
 }
 
 /// The lifecycle a snapshot socket belongs to, and whether it is the current one.
 fn lifecycle<'e>(engine: &'e Engine, d: &DiagSocket) -> Option<&'e Lifecycle> {
-    if let Some(l) = engine.by_tuple(&d.tuple).filter(|l| l.state() == d.state) {
+    // Same endpoints in another namespace are another socket (where both namespaces are known).
+    let here = |l: &&Lifecycle| {
+        let ns = engine.place(l).netns;
+        ns == 0 || d.netns == 0 || ns == d.netns
+    };
+    if let Some(l) = engine
+        .by_tuple(&d.tuple)
+        .filter(|l| l.state() == d.state)
+        .filter(here)
+    {
         return Some(l);
     }
     // An orphaned FIN_WAIT2: its full socket reached CLOSE when the timewait socket took over.
     if d.state == TcpState::FIN_WAIT2 && d.is_orphan() {
         return engine
             .finished_by_tuple(&d.tuple)
-            .filter(|l| l.orphaned_ns.is_some());
+            .filter(|l| l.orphaned_ns.is_some())
+            .filter(here);
     }
     None
 }
@@ -138,7 +156,7 @@ pub fn assess(engine: &Engine, d: &DiagSocket, cx: &Context<'_>) -> Option<Stuck
         .and_then(|l| entered(l, d.state))
         .or_else(|| {
             cx.first_seen
-                .get(&d.tuple)
+                .get(&key(d))
                 .filter(|(s, _)| *s == d.state)
                 .map(|(_, at)| (*at, false))
         })
@@ -497,7 +515,7 @@ mod tests {
         let t = tuple(1, 2);
         let e = Engine::new(10, false);
         let h = HashMap::new();
-        let fs = HashMap::from([(t, (TcpState::LAST_ACK, 5 * SEC))]);
+        let fs = HashMap::from([((0, t), (TcpState::LAST_ACK, 5 * SEC))]);
         let cx = Context {
             now_ns: 50 * SEC,
             threshold: Duration::from_secs(30),

@@ -159,10 +159,10 @@ fn stuck_with_netns_lists_that_namespace_s_sockets() {
     assert_eq!(cw["comm"], "tt-server", "{cw}");
     assert_eq!(cw["pid"], peer.server_pid, "{cw}");
     assert!(stuck.iter().all(|e| e["netns"] == ns_a), "{stuck:#?}");
-    // From the root namespace, without --netns, those sockets are not listed.
-    let (code, outside) = once(&[]);
-    assert_eq!(code, Some(0), "{outside:#?}");
-    assert!(outside.iter().all(|e| e["type"] != "stuck"), "{outside:#?}");
+    // --netns narrows: namespace b has none of them.
+    let (code, in_b) = once(&["--netns", &format!("/run/netns/{}", net.b)]);
+    assert_eq!(code, Some(0), "{in_b:#?}");
+    assert!(in_b.iter().all(|e| e["type"] != "stuck"), "{in_b:#?}");
     drop(peer);
 }
 

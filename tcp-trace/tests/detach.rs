@@ -22,6 +22,7 @@ fn ours_loaded() -> usize {
                     "inet_sock_set_s",
                     "tcp_retransmit_",
                     "tcp_send_reset",
+                    "tcp_send_reset_", // the older layout's program, cut
                     "tcp_receive_res",
                     "inet_sk_error_r",
                 ]

@@ -10,9 +10,11 @@ use common::*;
 
 const CAPS: &str = "+bpf,+perfmon,+dac_read_search,+sys_ptrace";
 
-/// A copy of the binary that user `nobody` can execute.
+/// A copy of the binary that user `nobody` can execute (one per call: tests run in parallel).
 fn binary() -> String {
-    let path = std::env::temp_dir().join(format!("tcp-trace-priv-{}", std::process::id()));
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("tcp-trace-priv-{}-{n}", std::process::id()));
     fs::copy(BIN, &path).unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
     path.to_string_lossy().into_owned()
@@ -82,4 +84,42 @@ fn a_missing_capability_is_named_on_one_line() {
         assert_eq!(err.lines().count(), 1, "{caps}: {err}");
         assert!(err.contains(missing), "{caps}: {err}");
     }
+}
+
+/// Entering other network namespaces needs CAP_SYS_ADMIN: without it `stuck` lists its own
+/// namespace and says once what it cannot see; with it, the leak in the other namespace shows.
+#[test]
+fn other_namespaces_need_cap_sys_admin() {
+    let net = NetnsPair::new("priv");
+    let port = free_port();
+    let peer = Peer::halfclose_in(&net.a, "127.0.0.1", port);
+    std::thread::sleep(Duration::from_millis(1200));
+    let args = [
+        "stuck",
+        "--once",
+        "--json",
+        "--threshold",
+        "1s",
+        "--port",
+        &port.to_string(),
+    ];
+    let out = as_nobody(CAPS, &args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "nothing visible is stuck: {err}"
+    );
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("CAP_SYS_ADMIN"), "{err}");
+    let out = as_nobody(&format!("{CAPS},+sys_admin"), &args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let cw = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["state"] == "CLOSE_WAIT")
+        .expect("CLOSE_WAIT reported");
+    assert_eq!(cw["pid"], peer.server_pid, "{cw}");
 }

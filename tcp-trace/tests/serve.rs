@@ -209,7 +209,16 @@ fn deploy_files_parse() {
         .iter()
         .filter_map(|v| v.as_str())
         .collect();
-    assert_eq!(caps, ["BPF", "PERFMON", "DAC_READ_SEARCH", "SYS_PTRACE"]);
+    assert_eq!(
+        caps,
+        [
+            "BPF",
+            "PERFMON",
+            "DAC_READ_SEARCH",
+            "SYS_PTRACE",
+            "SYS_ADMIN"
+        ]
+    );
     assert_eq!(
         c["readinessProbe"]["httpGet"]["path"].as_str(),
         Some("/healthz")
@@ -224,12 +233,42 @@ fn deploy_files_parse() {
         Some("127.0.0.1:9464")
     );
     let unit = std::fs::read_to_string(format!("{root}/tcp-trace.service")).unwrap();
-    assert!(
-        unit.lines()
-            .any(|l| l
-                == "AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_DAC_READ_SEARCH CAP_SYS_PTRACE")
-    );
+    assert!(unit.lines().any(|l| l
+        == "AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_DAC_READ_SEARCH CAP_SYS_PTRACE \
+                    CAP_SYS_ADMIN"));
     assert!(unit
         .lines()
         .any(|l| l.starts_with("ExecStart=/usr/local/bin/tcp-trace serve ")));
+}
+
+/// `serve`'s stuck gauges count leaks in every network namespace, not just its own.
+#[test]
+fn stuck_gauges_count_other_namespaces() {
+    let net = NetnsPair::new("srv");
+    let port = free_port();
+    let http = free_port();
+    let _peer = Peer::halfclose_in(&net.a, "127.0.0.1", port);
+    let _tracer = Tracer::start(&[
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{http}"),
+        "--port",
+        &port.to_string(),
+        "--threshold",
+        "1s",
+        "--interval",
+        "300ms",
+    ]);
+    let start = Instant::now();
+    let series = r#"tcp_trace_stuck_sockets{state="CLOSE_WAIT"}"#;
+    loop {
+        let (_, body, _) = get(http, "/metrics");
+        if sample(&body, series) == 1.0
+            && sample(&body, r#"tcp_trace_stuck_sockets{state="FIN_WAIT2"}"#) == 1.0
+        {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

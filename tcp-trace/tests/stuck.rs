@@ -264,3 +264,103 @@ fn life_reports_a_clean_close_with_its_whole_story() {
     );
     tracer.stop();
 }
+
+/// The leaks of one `Peer` as `stuck` reported them: (CLOSE_WAIT, FIN_WAIT2).
+fn leak_of<'a>(ev: &'a [Value], peer: &Peer, port: u16) -> (Option<&'a Value>, Option<&'a Value>) {
+    let item = |state: &str, pid: u32| {
+        ev.iter().find(|e| {
+            e["type"] == "stuck"
+                && e["state"] == state
+                && e["pid"] == pid
+                && (e["sport"] == port || e["dport"] == port)
+        })
+    };
+    (
+        item("CLOSE_WAIT", peer.server_pid),
+        item("FIN_WAIT2", peer.client_pid),
+    )
+}
+
+fn netns_of(ns: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/run/netns/{ns}")).unwrap().ino()
+}
+
+/// Leaks in three namespaces (two the test creates, and this one), made before the tracer:
+/// a plain `stuck --once` lists all of them with their owners and namespaces, and exits 1.
+#[test]
+fn once_lists_every_namespace_by_default() {
+    let net = NetnsPair::new("all");
+    let port = free_port();
+    let peers = [
+        (
+            Peer::halfclose_in(&net.a, "127.0.0.1", port),
+            netns_of(&net.a),
+        ),
+        (
+            Peer::halfclose_in(&net.b, "127.0.0.1", port),
+            netns_of(&net.b),
+        ),
+        (Peer::halfclose("127.0.0.1", port), {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata("/proc/self/ns/net").unwrap().ino()
+        }),
+    ];
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, ev) = once(port, &[]);
+    assert_eq!(code, 1, "{ev:#?}");
+    for (peer, ns) in &peers {
+        let (cw, fw2) = leak_of(&ev, peer, port);
+        let (cw, fw2) = (cw.expect("CLOSE_WAIT"), fw2.expect("FIN_WAIT2"));
+        assert_eq!(cw["comm"], "tt-server", "{cw}");
+        assert_eq!(cw["netns"], *ns, "{cw}");
+        assert_eq!(fw2["comm"], "tt-client", "{fw2}");
+        assert_eq!(fw2["netns"], *ns, "{fw2}");
+    }
+}
+
+/// Live `stuck` started first sees a leak born in another namespace, with exact age; when that
+/// namespace is deleted (its processes gone), its sockets end as recovered and the tracer runs
+/// on; `serve` counts leaks in other namespaces too.
+#[test]
+fn live_stuck_follows_other_namespaces_and_their_deletion() {
+    let net = NetnsPair::new("liv");
+    let port = free_port();
+    let ps = port.to_string();
+    let tracer = Tracer::start(&[
+        "stuck",
+        "--json",
+        "--threshold",
+        "1s",
+        "--interval",
+        "1s",
+        "--port",
+        &ps,
+    ]);
+    tracer.wait_for_stderr("seeded");
+    let peer = Peer::halfclose_in(&net.a, "127.0.0.1", port);
+    let ns = netns_of(&net.a);
+    let ev = tracer.wait_for("the leak in a", Duration::from_secs(10), |ev| {
+        let (cw, fw2) = leak_of(ev, &peer, port);
+        cw.is_some() && fw2.is_some()
+    });
+    let (cw, _) = leak_of(&ev, &peer, port);
+    let cw = cw.unwrap();
+    assert_eq!(cw["netns"], ns, "{cw}");
+    assert_eq!(cw["age_exact"], true, "born under the tracer: {cw}");
+    // The namespace goes: its processes end, its name is removed.
+    drop(peer);
+    drop(net);
+    let ev = tracer.wait_for("both recovered", Duration::from_secs(10), |ev| {
+        ev.iter().filter(|e| e["type"] == "recovered").count() >= 2
+    });
+    let rec: Vec<&Value> = ev.iter().filter(|e| e["type"] == "recovered").collect();
+    assert!(rec.iter().all(|e| e["netns"] == ns), "{rec:#?}");
+    let (st, _, err) = tracer.stop();
+    assert!(st.success(), "{err:?}");
+    assert!(
+        err.iter()
+            .all(|l| !l.contains("ERROR") && !l.contains("WARN")),
+        "{err:?}"
+    );
+}

@@ -26,7 +26,7 @@ use crate::{
     },
     pipeline::{Flow, Sink},
     source::Record,
-    stuck::{age_lower_bound_ns, assess, Context, Stuck},
+    stuck::{age_lower_bound_ns, assess, key, Context, SockKey, Stuck},
 };
 
 /// Settings of a `stuck` run.
@@ -55,8 +55,8 @@ pub struct StuckCmd<W: Write> {
     engine: Engine,
     set: Settings,
     out: StuckWriter<W>,
-    first_seen: HashMap<Tuple, (TcpState, u64)>,
-    reported: HashMap<Tuple, Stuck>,
+    first_seen: HashMap<SockKey, (TcpState, u64)>,
+    reported: HashMap<SockKey, Stuck>,
     half_open: HashMap<(Kind, u64), Episode>,
     idle: HashSet<Tuple>,
     resets: u64,
@@ -176,7 +176,7 @@ impl<W: Write> StuckCmd<W> {
                 Notice::Began(ep) if self.wanted(&ep, env) => {
                     let mut extra = match ep.kind {
                         Kind::PeerUnreachable | Kind::ConnectBlackhole => env
-                            .lookup(&ep.tuple)
+                            .lookup(&ep.tuple, ep.place.netns)
                             .map(|d| Extra {
                                 rto: d.rto_us.map(|us| Duration::from_micros(u64::from(us))),
                                 backoff: d.backoff,
@@ -267,11 +267,11 @@ impl<W: Write> StuckCmd<W> {
             .collect();
         // Sockets this run did not see enter their state age from first sight (or the tcp_info
         // lower bound, when larger).
-        let present: HashSet<Tuple> = diag.iter().map(|d| d.tuple).collect();
-        self.first_seen.retain(|t, _| present.contains(t));
+        let present: HashSet<SockKey> = diag.iter().map(key).collect();
+        self.first_seen.retain(|k, _| present.contains(k));
         for d in &diag {
             let since = now_ns.saturating_sub(age_lower_bound_ns(d));
-            let e = self.first_seen.entry(d.tuple).or_insert((d.state, since));
+            let e = self.first_seen.entry(key(d)).or_insert((d.state, since));
             if e.0 != d.state {
                 *e = (d.state, now_ns);
             }
@@ -334,12 +334,15 @@ impl<W: Write> StuckCmd<W> {
                 true
             };
             if wanted {
-                now_stuck.insert(s.tuple, s);
+                now_stuck.insert(key(d), s);
             }
         }
+        // Name each socket's namespace once the report spans more than one.
+        let spaces: HashSet<u32> = now_stuck.keys().map(|k| k.0).filter(|n| *n != 0).collect();
+        self.out.show_netns |= spaces.len() > 1;
         // Report what recovered, then what is newly stuck (or everything, for --once).
-        let states: HashMap<Tuple, TcpState> = diag.iter().map(|d| (d.tuple, d.state)).collect();
-        let gone: Vec<Tuple> = self
+        let states: HashMap<SockKey, TcpState> = diag.iter().map(|d| (key(d), d.state)).collect();
+        let gone: Vec<SockKey> = self
             .reported
             .iter()
             .filter(|(t, s)| now_stuck.get(*t).is_none_or(|n| n.state != s.state))
@@ -347,7 +350,7 @@ impl<W: Write> StuckCmd<W> {
             .collect();
         for t in gone {
             if let Some(s) = self.reported.remove(&t) {
-                let now = self.engine.by_tuple(&t).map_or_else(
+                let now = self.engine.by_tuple(&t.1).map_or_else(
                     || {
                         states
                             .get(&t)

@@ -96,6 +96,8 @@ pub struct StuckWriter<W: Write> {
     clock: Clock,
     /// Human output: also the owner's cgroup and network namespace.
     pub wide: bool,
+    /// Human output: each socket's network namespace (the report spans more than one).
+    pub show_netns: bool,
 }
 
 fn secs(d: std::time::Duration) -> f64 {
@@ -118,6 +120,7 @@ impl<W: Write> StuckWriter<W> {
             json,
             clock,
             wide: false,
+            show_netns: false,
         }
     }
 
@@ -168,12 +171,15 @@ impl<W: Write> StuckWriter<W> {
             (Some(p), Some(c), None) => format!("pid {p} ({c})"),
             _ => "owner unknown".to_string(),
         };
-        let extra = match (s.state, s.held, s.recv_q) {
+        let mut extra = match (s.state, s.held, s.recv_q) {
             (TcpState::FIN_WAIT2, Some(true), _) => "  held".to_string(),
             (TcpState::FIN_WAIT2, Some(false), _) => "  orphan".to_string(),
             (_, _, Some(q)) => format!("  recv-q {q}"),
             _ => String::new(),
         };
+        if self.show_netns && !self.wide && s.place.netns != 0 {
+            extra.push_str(&format!("  netns {}", s.place.netns));
+        }
         writeln!(
             self.out,
             "STUCK      {:<11} {:<9} {:<28} {} -> {}{extra}",

@@ -516,3 +516,11 @@ pub fn states_ms(l: &Value) -> f64 {
         .map(|s| s["ms"].as_f64().unwrap())
         .sum()
 }
+
+/// Whether this kernel traces resets sent for no socket: its `tcp_send_reset` has the layout
+/// with a `reason` (older kernels fire it only for resets a socket sends; tcp-trace says so).
+pub fn socketless_resets_traced() -> bool {
+    let format = std::fs::read_to_string("/sys/kernel/tracing/events/tcp/tcp_send_reset/format")
+        .expect("tcp_send_reset format");
+    format.contains(" reason;")
+}
