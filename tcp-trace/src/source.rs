@@ -129,6 +129,28 @@ pub fn check_privileges() -> Result<()> {
     .into())
 }
 
+/// Debian's kernels add `perf_event_paranoid` 3 (their default): no perf event, tracepoints
+/// included, without CAP_SYS_ADMIN, whatever CAP_PERFMON says. An attach refused for lack of
+/// permission there is that.
+fn refused_by_paranoia(e: &anyhow::Error) -> Option<NotPermitted> {
+    let denied = e
+        .chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| matches!(io.raw_os_error(), Some(libc::EACCES | libc::EPERM)));
+    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()?
+        .trim()
+        .parse::<i32>()
+        .ok()?;
+    let admin = effective_caps() & (1 << CAP_SYS_ADMIN) != 0;
+    (denied && paranoid > 2 && !admin).then(|| {
+        NotPermitted(format!(
+            "this kernel's perf_event_paranoid is {paranoid}: attaching tracepoints needs \
+             CAP_SYS_ADMIN here (or `sysctl kernel.perf_event_paranoid=2`)"
+        ))
+    })
+}
+
 /// The loaded and attached kernel programs and their ring buffer.
 pub struct KernelSource {
     ring: RingBuf<MapData>,
@@ -342,8 +364,11 @@ impl KernelSource {
             match res {
                 Ok(()) => attached.push(tp.name),
                 Err(e) if tp.loses.is_empty() => {
-                    return Err(anyhow::Error::new(e)
-                        .context(format!("attaching {}/{}", tp.category, tp.name)))
+                    let e = anyhow::Error::new(e);
+                    return Err(refused_by_paranoia(&e).map_or_else(
+                        || e.context(format!("attaching {}/{}", tp.category, tp.name)),
+                        anyhow::Error::new,
+                    ));
                 }
                 Err(e) => log::warn!(
                     "could not attach {}/{} ({}): {}",

@@ -16,6 +16,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+mod netns;
+
 /// What runs beside the load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Tool {
@@ -100,7 +102,7 @@ fn bpf_stats(pid: u32) -> (u64, u64) {
     t
 }
 
-fn cpu_seconds(pid: u32) -> f64 {
+pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may contain spaces): utime is the 12th, stime 13th.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -314,7 +316,7 @@ fn ensure_tcpstates() -> bool {
     have()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
         0.0
@@ -445,12 +447,14 @@ pub fn run(root: &Path, duration: Duration, rounds: usize) -> Result<()> {
             rs.iter().map(|r| format!("{:.1}", r.conns_per_s)).collect::<Vec<_>>().join(",")
         ));
     }
+    println!("xtask: stuck across network namespaces");
+    let namespaces = netns::run(&bin, 200, rounds)?;
     println!("engine only: {engine_json}");
     for n in &notes {
         println!("note: {n}");
     }
     let json = format!(
-        "{{\"date\":\"{date}\",\"cores\":{cores},\"kernel\":\"{}\",\"run_seconds\":{},\"rounds\":{rounds},\"load\":\"one thread, loopback connect/accept/close, alternating full close and half-close\",\"results\":[{}],\"engine\":{engine_json},\"notes\":[{}]}}",
+        "{{\"date\":\"{date}\",\"cores\":{cores},\"kernel\":\"{}\",\"run_seconds\":{},\"rounds\":{rounds},\"load\":\"one thread, loopback connect/accept/close, alternating full close and half-close\",\"results\":[{}],\"engine\":{engine_json},\"stuck_namespaces\":{namespaces},\"notes\":[{}]}}",
         kernel.trim(),
         duration.as_secs(),
         rows.join(","),
