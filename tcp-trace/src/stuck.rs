@@ -125,6 +125,15 @@ fn lifecycle<'e>(engine: &'e Engine, d: &DiagSocket) -> Option<&'e Lifecycle> {
     None
 }
 
+/// sock_diag can list an orphaned FIN_WAIT2 before the tracer has drained the `close()` that
+/// made it one: the socket's lifecycle is then still open in FIN_WAIT2. Reporting it now would
+/// lose its closer, history and reap time; the caller waits an evaluation or two for the event.
+pub fn close_in_flight(engine: &Engine, d: &DiagSocket) -> bool {
+    d.state == TcpState::FIN_WAIT2
+        && d.is_orphan()
+        && lifecycle(engine, d).is_some_and(|l| l.orphaned_ns.is_none())
+}
+
 /// When a lifecycle entered `state` the last time.
 fn entered(l: &Lifecycle, state: TcpState) -> Option<(u64, bool)> {
     let i = l.states.iter().rposition(|t| t.state == state)?;

@@ -260,8 +260,10 @@ fn json_piped_into_head_exits_zero_quietly() {
     let err = std::fs::read_to_string(format!("/tmp/tt-head-{port}.err")).unwrap_or_default();
     let _ = std::fs::remove_file(format!("/tmp/tt-head-{port}.err"));
     assert_eq!(out.trim(), "0", "tracer exit status; stderr: {err}");
+    // Nothing about the closed pipe (a kernel's one note on what it cannot trace may be there).
     assert!(
-        err.lines().all(|l| l.contains("INFO")),
+        err.lines()
+            .all(|l| l.contains("INFO") || l.contains("this kernel's")),
         "no error text expected: {err}"
     );
 }
@@ -277,7 +279,7 @@ fn duration_stops_by_itself() {
     assert!(out.status.success(), "{out:?}");
     let took = start.elapsed();
     assert!(
-        took >= Duration::from_secs(1) && took < Duration::from_secs(8),
+        took >= Duration::from_secs(1) && took < slow(Duration::from_secs(8)),
         "{took:?}"
     );
 }

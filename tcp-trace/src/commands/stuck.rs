@@ -26,7 +26,7 @@ use crate::{
     },
     pipeline::{Flow, Sink},
     source::Record,
-    stuck::{age_lower_bound_ns, assess, key, Context, SockKey, Stuck},
+    stuck::{age_lower_bound_ns, assess, close_in_flight, key, Context, SockKey, Stuck},
 };
 
 /// Settings of a `stuck` run.
@@ -57,6 +57,7 @@ pub struct StuckCmd<W: Write> {
     out: StuckWriter<W>,
     first_seen: HashMap<SockKey, (TcpState, u64)>,
     reported: HashMap<SockKey, Stuck>,
+    waiting: HashMap<SockKey, u32>,
     half_open: HashMap<(Kind, u64), Episode>,
     idle: HashSet<Tuple>,
     resets: u64,
@@ -109,6 +110,7 @@ impl<W: Write> StuckCmd<W> {
             out: StuckWriter::new(out, json, clock),
             first_seen: HashMap::new(),
             reported: HashMap::new(),
+            waiting: HashMap::new(),
             half_open: HashMap::new(),
             idle: HashSet::new(),
             resets: 0,
@@ -285,9 +287,17 @@ impl<W: Write> StuckCmd<W> {
             holders: &no_holders,
             first_seen: &self.first_seen,
         };
+        // An orphan whose close() the tracer has not drained yet waits (at most two rounds).
+        let waiting: HashMap<SockKey, u32> = diag
+            .iter()
+            .filter(|d| close_in_flight(&self.engine, d))
+            .map(|d| (key(d), self.waiting.get(&key(d)).map_or(1, |n| n + 1)))
+            .collect();
+        self.waiting = waiting;
+        let waits = |d: &DiagSocket| self.waiting.get(&key(d)).is_some_and(|n| *n <= 2);
         let candidates: Vec<&DiagSocket> = diag
             .iter()
-            .filter(|d| assess(&self.engine, d, &cx).is_some())
+            .filter(|d| !waits(d) && assess(&self.engine, d, &cx).is_some())
             .collect();
         let inodes: HashSet<u32> = candidates
             .iter()
