@@ -74,7 +74,7 @@ enum Task {
         #[arg(long, default_value_t = 5)]
         slowdown: u32,
         /// Limit of one VM run (boot to power-off).
-        #[arg(long, value_parser = parse_secs, default_value = "40m")]
+        #[arg(long, value_parser = parse_secs, default_value = "20m")]
         timeout: std::time::Duration,
         /// Extra arguments for `cargo test` (e.g. a test name filter); with `--kernel`, test
         /// name filters for every test binary.
@@ -285,7 +285,8 @@ fn run(cli: Cli) -> Result<()> {
             let plan = vm::TestPlan {
                 threads: test_threads,
                 filters: args,
-                per_binary: std::time::Duration::from_secs(15 * 60),
+                // The slowest binary takes about 2 minutes in a VM.
+                per_binary: std::time::Duration::from_secs(8 * 60),
             };
             let mut totals = Vec::new();
             for name in &kernel {
@@ -307,7 +308,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let failed: usize = totals.iter().map(|(_, t)| t.1).sum();
             if failed > 0 {
-                bail!("{failed} tests failed in the VMs");
+                bail!("{failed} test failures in the VMs");
             }
             Ok(())
         }

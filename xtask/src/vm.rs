@@ -730,6 +730,9 @@ impl Outcome {
     }
 }
 
+/// Lines of a failed test's output printed (the log has them all).
+const FAILURE_LINES: usize = 60;
+
 /// A failed test's captured output (`---- NAME stdout ----` up to the next such header).
 fn failure_output(log: &str, test: &str) -> Option<String> {
     let header = format!("---- {test} stdout ----");
@@ -834,11 +837,22 @@ pub fn test_on(
         )?;
         for t in &o.failed {
             if let Some(out) = failure_output(&log, t) {
-                details.push_str(&out);
+                // The head says why; a tracer's whole output can be thousands of lines.
+                let lines: Vec<&str> = out.lines().collect();
+                details.push_str(&lines[..lines.len().min(FAILURE_LINES)].join("\n"));
+                if lines.len() > FAILURE_LINES {
+                    write!(
+                        details,
+                        "\n... {} more lines in the log",
+                        lines.len() - FAILURE_LINES
+                    )?;
+                }
                 details.push('\n');
             }
         }
-        if o.failed.is_empty() {
+        if log.is_empty() {
+            details.push_str("(no output: it did not run)\n");
+        } else if o.failed.is_empty() {
             // Crashed or timed out: the end of its output says the most.
             let lines: Vec<&str> = log.lines().collect();
             let tail = &lines[lines.len().saturating_sub(40)..];
