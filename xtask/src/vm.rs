@@ -6,9 +6,10 @@
 //! and their libraries are exactly the host's. The shares are virtiofs, not 9p: Debian's cloud
 //! kernel has no 9p, and QEMU 7.2's virtiofsd comes with qemu-system-x86. A small initramfs
 //! (busybox and the modules virtiofs needs) mounts the shares, gives the guest its own empty
-//! /tmp, /var/tmp, /run and /root, puts the guest kernel's modules at /lib/modules/RELEASE and
-//! runs a script from the workspace chrooted into the host's root. The script's exit status
-//! comes back in a file of the workspace share (and as a `TT-EXIT=` line on the console).
+//! /tmp, /var/tmp, /run and /root, has the kernel's module requests served from the guest
+//! kernel's unpacked modules and runs a script from the workspace chrooted into the host's
+//! root. The script's exit status comes back in a file of the workspace share (and as a
+//! `TT-EXIT=` line on the console, which is copied to stdout and to a log).
 
 use std::{
     collections::HashMap,
@@ -42,8 +43,6 @@ pub struct Options {
     pub timeout: Duration,
     /// Environment of the guest's command besides PATH, HOME, RUST_BACKTRACE and CI.
     pub env: Vec<(String, String)>,
-    /// Copy the guest's console to stdout as it comes.
-    pub echo: bool,
 }
 
 /// A kernel ready to boot: its image and its modules (with modules.dep).
@@ -435,8 +434,7 @@ fn boot(
     let reader = {
         let out = child.stdout.take().unwrap();
         let file = fs::File::create(&console)?;
-        let echo = opts.echo;
-        thread::spawn(move || copy_console(out, file, echo))
+        thread::spawn(move || copy_console(out, file))
     };
     let deadline = started + opts.timeout;
     let exited = loop {
@@ -549,9 +547,9 @@ fn virtiofsd(run_dir: &Path, tag: &str, source: &Path, read_only: bool) -> Resul
     cmd.spawn().context("starting virtiofsd")
 }
 
-/// Copies the console to `file` (and stdout), without the firmware's terminal escapes; the
+/// Copies the console to `file` and stdout, without the firmware's terminal escapes; the
 /// status from a `TT-EXIT=` line, if one came.
-fn copy_console(mut out: impl Read, mut file: fs::File, echo: bool) -> Option<i32> {
+fn copy_console(mut out: impl Read, mut file: fs::File) -> Option<i32> {
     let mut buf = [0u8; 8192];
     let mut line = Vec::new();
     let mut marker = None;
@@ -573,9 +571,7 @@ fn copy_console(mut out: impl Read, mut file: fs::File, echo: bool) -> Option<i3
                 b'\n' => {
                     line.push(b'\n');
                     let _ = file.write_all(&line);
-                    if echo {
-                        let _ = std::io::stdout().write_all(&line);
-                    }
+                    let _ = std::io::stdout().write_all(&line);
                     let text = String::from_utf8_lossy(&line);
                     if let Some(code) = text.trim().strip_prefix("TT-EXIT=") {
                         marker = code.parse().ok();
