@@ -232,9 +232,10 @@ struct Planned {
 }
 
 /// For each tracepoint, the first of its programs whose fields this kernel's `format` file
-/// has. The first tracepoint is required; without one of the others, one warning says what
-/// the user loses and the rest runs.
-fn plan(root: &str) -> Result<Vec<Planned>> {
+/// has, and what the user loses where there is none or only an older one. The first tracepoint
+/// is required; without one of the others the rest runs.
+fn plan(root: &str) -> Result<(Vec<Planned>, Vec<String>)> {
+    let mut notes = Vec::new();
     let mut plan = Vec::new();
     let mut seen: Vec<(&str, &str)> = Vec::new();
     for tp in TRACEPOINTS {
@@ -250,7 +251,7 @@ fn plan(root: &str) -> Result<Vec<Planned>> {
             match tracefs::check(root, alt) {
                 Check::Ok { shift, optional } => {
                     if !alt.partial.is_empty() {
-                        log::warn!("{}", alt.partial);
+                        notes.push(alt.partial.to_string());
                     }
                     plan.push(Planned {
                         tp: alt,
@@ -273,10 +274,10 @@ fn plan(root: &str) -> Result<Vec<Planned>> {
         match why {
             None => {}
             Some(why) if tp.loses.is_empty() => bail!("unsupported kernel: {why}"),
-            Some(why) => log::warn!("{why}: {}", tp.loses),
+            Some(why) => notes.push(format!("{why}: {}", tp.loses)),
         }
     }
-    Ok(plan)
+    Ok((plan, notes))
 }
 
 /// The eBPF object built by build.rs.
@@ -299,7 +300,9 @@ impl KernelSource {
         if let Ok(false) = aya::sys::is_map_supported(aya::maps::MapType::RingBuf) {
             bail!("this kernel has no BPF ring buffer: tcp-trace needs Linux 5.8 or later");
         }
-        let plan = plan(root)?;
+        // What this kernel cannot give is said once the programs are running (a refusal to
+        // start stays one line).
+        let (plan, notes) = plan(root)?;
         let shifts = plan
             .iter()
             .fold(0u64, |acc, p| acc | u64::from(p.shift) << (8 * p.tp.slot));
@@ -378,6 +381,9 @@ impl KernelSource {
                     tp.loses
                 ),
             }
+        }
+        for note in notes {
+            log::warn!("{note}");
         }
         let ring = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("EVENTS map")?)?;
         let lost = PerCpuArray::try_from(ebpf.take_map(names::LOST).context("LOST map")?)?;
