@@ -3,7 +3,7 @@
 //!
 //! The offsets below are those of a kernel whose common trace header is 8 bytes. Kernels move
 //! whole records: PREEMPT_RT kernels add `common_preempt_lazy_count` to the header, shifting every
-//! field by 8. So a program never reads its record at fixed offsets: it copies one [`Window`] of
+//! field by 8, or by 4 where the first field is an `int`. So a program never reads its record at fixed offsets: it copies one [`Window`] of
 //! the record, starting `shift` bytes later than compiled (byte `slot` of the load-time global
 //! `SHIFTS`), and reads its fields from that copy. Userspace measures `shift` from the
 //! running kernel's `format` file and accepts a program only if *every* field it reads sits at
@@ -28,8 +28,9 @@ impl Field {
     }
 }
 
-/// The bytes of a record a program copies: every field it reads, from an 8-aligned start, in
-/// whole 8-byte words (so fields keep their natural alignment in the copy).
+/// The bytes of a record a program copies: every field it reads, from an 8-aligned compiled
+/// start, in whole 8-byte words, so each field sits in the copy at its natural alignment
+/// whatever the shift.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
     /// First byte copied (compiled offset).
@@ -61,7 +62,7 @@ impl Window {
 }
 
 /// The largest `shift` a program accepts (the kernel masks it to this, for the verifier).
-pub const MAX_SHIFT: usize = 0xf8;
+pub const MAX_SHIFT: usize = 0xff;
 
 /// A program, the tracepoint it attaches to and the fields it reads.
 #[derive(Clone, Copy, Debug)]

@@ -96,7 +96,7 @@ pub enum Check {
 }
 
 /// Fits a program's fields to the parsed format: one shift for all of them (the first field
-/// gives it; a multiple of 8 so every field keeps its alignment in the program's copy).
+/// gives it).
 pub fn compare(tp: &Tracepoint, fields: &[FormatField]) -> Check {
     let find = |f: &Field| fields.iter().find(|x| x.name == f.name);
     let name = format!("{}/{}", tp.category, tp.name);
@@ -104,10 +104,13 @@ pub fn compare(tp: &Tracepoint, fields: &[FormatField]) -> Check {
         return Check::Differs(format!("{name}: field `{}` is missing", tp.fields[0].name));
     };
     let shift = first.1.offset.wrapping_sub(first.0.offset);
-    if first.1.offset < first.0.offset || shift % 8 != 0 || shift > MAX_SHIFT {
+    if first.1.offset < first.0.offset || shift > MAX_SHIFT {
         return Check::Differs(format!(
-            "{name}: field `{}` is at offset {}, tcp-trace reads it at {} plus a multiple of 8",
-            first.0.name, first.1.offset, first.0.offset
+            "{name}: field `{}` is at offset {}, tcp-trace reads it at {} to {}",
+            first.0.name,
+            first.1.offset,
+            first.0.offset,
+            first.0.offset + MAX_SHIFT
         ));
     }
     let fits = |f: &Field, x: &FormatField| x.offset == f.offset + shift && x.size == f.size;
@@ -230,6 +233,34 @@ print fmt: \"...\"
             Check::Differs(m) => assert!(m.contains("`sport`"), "{m}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// On a PREEMPT_RT kernel a record whose first field is an `int` moves by 4, not 8.
+    #[test]
+    fn a_record_may_move_by_four() {
+        let rt = "format:
+\tfield:unsigned char common_preempt_lazy_count;\toffset:8;\tsize:1;\tsigned:0;
+\tfield:int error;\toffset:12;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:16;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:18;\tsize:2;\tsigned:0;
+\tfield:__u16 family;\toffset:20;\tsize:2;\tsigned:0;
+\tfield:__u16 protocol;\toffset:22;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:24;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:28;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:32;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:48;\tsize:16;\tsigned:0;
+";
+        let tp = TRACEPOINTS
+            .iter()
+            .find(|t| t.name == "inet_sk_error_report")
+            .unwrap();
+        assert_eq!(
+            compare(tp, &parse_format(rt)),
+            Check::Ok {
+                shift: 4,
+                optional: false
+            }
+        );
     }
 
     /// `tcp_send_reset` as Linux 6.1 has it (no `reason`, plain endpoints) and as 6.18 has it.

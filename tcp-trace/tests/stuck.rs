@@ -89,13 +89,13 @@ fn once_reports_half_close_on_both_sides_with_exact_owners() {
         "--threshold",
         "1s",
         "--settle",
-        "3s",
+        &format!("{}ms", slow(Duration::from_secs(3)).as_millis()),
         "--port",
         &ps,
     ]);
     tracer.wait_for_stderr("seeded");
     let peer = Peer::halfclose("127.0.0.1", port);
-    let (st, out, err) = tracer.wait_exit(Duration::from_secs(10));
+    let (st, out, err) = tracer.wait_exit(slow(Duration::from_secs(10)));
     assert_eq!(
         st.code(),
         Some(1),
