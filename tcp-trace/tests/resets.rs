@@ -255,3 +255,35 @@ fn a_closed_listeners_children_get_their_own_error() {
     }
     drop(clients);
 }
+
+/// A connect the kernel gives up on (its SYNs lost, `tcp_syn_retries` 1 in the client's
+/// namespace) reports ETIMEDOUT once, on its socket, and no error 0 after it.
+#[test]
+fn a_connect_timeout_reports_one_etimedout() {
+    let net = NetnsPair::new("ctmo");
+    let port = free_port();
+    let tracer = Tracer::start(&["watch", "--json", "--port", &port.to_string()]);
+    let st = Command::new("ip")
+        .args(["netns", "exec", &net.a, "sysctl", "-q", "-w"])
+        .arg("net.ipv4.tcp_syn_retries=1")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    net.silent_gateway(&net.a, &net.b_addr); // a's SYNs leave and are lost on the wire
+    let err = net
+        .connect_from_a(port, Duration::from_secs(30))
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
+    let ev = tracer.wait_for("the error", WAIT, |ev| {
+        ev.iter().any(|e| e["type"] == "error")
+    });
+    std::thread::sleep(Duration::from_millis(300)); // a second report would come now
+    let ev2 = tracer.json();
+    tracer.stop();
+    let client = sock_of(&ev, |e| e["old"] == "CLOSE" && e["new"] == "SYN_SENT").unwrap();
+    let errors: Vec<&Value> = ev2.iter().filter(|e| e["type"] == "error").collect();
+    assert_eq!(errors.len(), 1, "{ev2:#?}");
+    assert_eq!(errors[0]["sock"], client.as_str());
+    assert_eq!(errors[0]["error"], "ETIMEDOUT");
+    assert!(ev2.iter().all(|e| e["error"] != "UNKNOWN(0)"));
+}
