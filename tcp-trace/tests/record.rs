@@ -146,8 +146,9 @@ fn replayed_life_and_stuck_equal_the_live_ones() {
         .zip(&live)
         .filter(|(r, _)| r["type"] == "life")
     {
-        // Wall-clock offsets are measured once per process; an emulated guest's jitter more.
-        let tolerance = 0.011 * slow(Duration::from_secs(1)).as_secs_f64();
+        // The recorder and the live tracer each stamp an event in their own program, one after
+        // the other on the same tracepoint: a few µs apart (more on an emulated CPU).
+        let tolerance = 0.05 * slow(Duration::from_secs(1)).as_secs_f64();
         let close =
             |a: &Value, b: &Value| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < tolerance;
         assert!(close(&r["duration_ms"], &l["duration_ms"]), "{r} vs {l}");
