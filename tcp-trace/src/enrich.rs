@@ -109,9 +109,22 @@ pub fn own_netns() -> u32 {
 /// A file that names network namespace `inode`: a bind mount under `/run/netns` (`ip netns`),
 /// or some process's `/proc/PID/ns/net`.
 fn netns_file(inode: u32) -> Option<std::path::PathBuf> {
-    namespaces()
+    namespace_files().find(|p| netns_inode(p) == Some(inode))
+}
+
+/// Files naming network namespaces: `/run/netns` entries, then each process's.
+fn namespace_files() -> impl Iterator<Item = std::path::PathBuf> {
+    let named = std::fs::read_dir("/run/netns")
         .into_iter()
-        .find_map(|(ns, path)| (ns == inode).then_some(path))
+        .flatten()
+        .flatten()
+        .map(|e| e.path());
+    let procs = procfs::process::all_processes()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|p| std::path::PathBuf::from(format!("/proc/{}/ns/net", p.pid())));
+    named.chain(procs)
 }
 
 /// A sock_diag socket in this process's network namespace, or, with `ns` (a namespace file),
@@ -224,19 +237,8 @@ fn dump(socket: &mut Socket, states: StateFlags, ns: u32) -> Result<Vec<DiagSock
 /// Every network namespace on the host, once each with a file naming it: the named ones
 /// (`/run/netns`, which may have no process in them) and those of processes.
 pub fn namespaces() -> Vec<(u32, std::path::PathBuf)> {
-    let named = std::fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path());
-    let procs = procfs::process::all_processes()
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|p| std::path::PathBuf::from(format!("/proc/{}/ns/net", p.pid())));
     let mut seen = HashSet::new();
-    named
-        .chain(procs)
+    namespace_files()
         .filter_map(|p| Some((netns_inode(&p)?, p)))
         .filter(|(ns, _)| seen.insert(*ns))
         .collect()
@@ -249,6 +251,7 @@ pub fn namespaces() -> Vec<(u32, std::path::PathBuf)> {
 pub struct AllNamespaces {
     open: HashMap<u32, Socket>,
     refused: bool,
+    failed: HashSet<u32>,
 }
 
 impl AllNamespaces {
@@ -273,9 +276,12 @@ impl AllNamespaces {
             };
             match dump(socket, states.clone(), *ns) {
                 Ok(mut v) => out.append(&mut v),
-                // Gone meanwhile (or its sock_diag failed): its sockets are simply not listed.
+                // The socket keeps its namespace alive, so this is sock_diag failing there:
+                // said once per namespace; the socket is opened anew next time.
                 Err(e) => {
-                    log::debug!("network namespace {ns}: {e:#}");
+                    if self.failed.insert(*ns) {
+                        log::warn!("network namespace {ns}: {e:#}: its sockets are not listed");
+                    }
                     self.open.remove(ns);
                 }
             }
@@ -300,9 +306,13 @@ impl AllNamespaces {
         }
     }
 
-    /// The socket with these endpoints in namespace `netns` (0: this process's).
+    /// The socket with these endpoints in namespace `netns` (0: this process's), through the
+    /// socket already open there when there is one.
     pub fn lookup(&mut self, t: &Tuple, netns: u32) -> Option<DiagSocket> {
-        lookup(t, (netns != 0).then_some(netns))
+        match self.open.get_mut(&netns) {
+            Some(socket) => lookup_with(socket, t, netns),
+            None => lookup(t, (netns != 0).then_some(netns)),
+        }
     }
 }
 
@@ -310,6 +320,10 @@ impl AllNamespaces {
 /// process's), if any.
 pub fn lookup(t: &Tuple, netns: Option<u32>) -> Option<DiagSocket> {
     let mut socket = diag_socket(netns).ok()?;
+    lookup_with(&mut socket, t, netns.unwrap_or_else(own_netns))
+}
+
+fn lookup_with(socket: &mut Socket, t: &Tuple, ns: u32) -> Option<DiagSocket> {
     let id = SocketId {
         source_port: t.sport,
         destination_port: t.dport,
@@ -320,11 +334,10 @@ pub fn lookup(t: &Tuple, netns: Option<u32>) -> Option<DiagSocket> {
     };
     let family = if t.saddr.is_ipv4() { AF_INET } else { AF_INET6 };
     let mut out = Vec::new();
-    query(&mut socket, family, StateFlags::all(), id, false, &mut out).ok()?;
-    out.into_iter().next().map(|d| DiagSocket {
-        netns: netns.unwrap_or_else(own_netns),
-        ..d
-    })
+    query(socket, family, StateFlags::all(), id, false, &mut out).ok()?;
+    out.into_iter()
+        .next()
+        .map(|d| DiagSocket { netns: ns, ..d })
 }
 
 fn query(

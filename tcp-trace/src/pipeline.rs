@@ -102,10 +102,15 @@ pub fn drop_abort_resets(batch: &mut Vec<Record>) {
         let Some((sock, ts)) = received(r) else {
             continue;
         };
+        // Only the events just after it are looked at, and only until its socket is reused.
         let answered = batch[i + 1..].iter().find_map(|later| match later {
+            Record::Event(e) if e.ts_ns.saturating_sub(ts) >= AT_ONCE_NS => Some(false),
             Record::Event(e) if e.sock == sock => match e.kind {
-                EventKind::ResetSent { .. } => Some(e.ts_ns.saturating_sub(ts) < AT_ONCE_NS),
+                EventKind::ResetSent { .. } => Some(true),
                 EventKind::ResetReceived { .. } => Some(false),
+                EventKind::State { old, new } if tcp_trace_common::is_birth(old.0, new.0) => {
+                    Some(false)
+                }
                 _ => None,
             },
             _ => None,
@@ -114,8 +119,12 @@ pub fn drop_abort_resets(batch: &mut Vec<Record>) {
             aborts.push(i);
         }
     }
-    for i in aborts.into_iter().rev() {
-        batch.remove(i);
+    if !aborts.is_empty() {
+        let mut i = 0;
+        batch.retain(|_| {
+            i += 1;
+            aborts.binary_search(&(i - 1)).is_err()
+        });
     }
 }
 

@@ -354,26 +354,33 @@ impl KernelSource {
                         continue;
                     }
                     // The classic tracepoint still reports every error, only not its socket.
-                    Err(e) => log::debug!("{}: {e:#}", names::ERROR_REPORT_BTF),
+                    Err(e) => log::warn!(
+                        "{}: {e:#}: errors reported after a disconnect join no socket",
+                        names::ERROR_REPORT_BTF
+                    ),
                 }
             }
             let prog: &mut TracePoint = ebpf
                 .program_mut(tp.program)
                 .with_context(|| format!("program {} missing from the eBPF object", tp.program))?
                 .try_into()?;
-            let res = prog
-                .load()
-                .and_then(|()| prog.attach(tp.category, tp.name).map(|_| ()));
+            // (A refused attach, not a refused load, may be Debian's perf_event_paranoid.)
+            let res = prog.load().map_err(|e| (e, false)).and_then(|()| {
+                prog.attach(tp.category, tp.name)
+                    .map(|_| ())
+                    .map_err(|e| (e, true))
+            });
             match res {
                 Ok(()) => attached.push(tp.name),
-                Err(e) if tp.loses.is_empty() => {
+                Err((e, attaching)) if tp.loses.is_empty() => {
                     let e = anyhow::Error::new(e);
-                    return Err(refused_by_paranoia(&e).map_or_else(
+                    let paranoia = attaching.then(|| refused_by_paranoia(&e)).flatten();
+                    return Err(paranoia.map_or_else(
                         || e.context(format!("attaching {}/{}", tp.category, tp.name)),
                         anyhow::Error::new,
                     ));
                 }
-                Err(e) => log::warn!(
+                Err((e, _)) => log::warn!(
                     "could not attach {}/{} ({}): {}",
                     tp.category,
                     tp.name,

@@ -287,14 +287,16 @@ impl<W: Write> StuckCmd<W> {
             holders: &no_holders,
             first_seen: &self.first_seen,
         };
-        // An orphan whose close() the tracer has not drained yet waits (at most two rounds).
+        // An orphan whose close() the tracer has not drained yet waits (at most two rounds;
+        // never in a one-shot report, which has no next round).
         let waiting: HashMap<SockKey, u32> = diag
             .iter()
             .filter(|d| close_in_flight(&self.engine, d))
             .map(|d| (key(d), self.waiting.get(&key(d)).map_or(1, |n| n + 1)))
             .collect();
         self.waiting = waiting;
-        let waits = |d: &DiagSocket| self.waiting.get(&key(d)).is_some_and(|n| *n <= 2);
+        let once = self.set.once.is_some();
+        let waits = |d: &DiagSocket| !once && self.waiting.get(&key(d)).is_some_and(|n| *n <= 2);
         let candidates: Vec<&DiagSocket> = diag
             .iter()
             .filter(|d| !waits(d) && assess(&self.engine, d, &cx).is_some())
