@@ -339,7 +339,7 @@ fn stdout() -> io::BufWriter<io::StdoutLock<'static>> {
 /// Where the events come from.
 enum Input {
     /// The kernel, now.
-    Live(Box<KernelSource>, Stop, env::Live),
+    Live(Box<KernelSource>, Stop, Box<env::Live>),
     /// A recording.
     Replay(Box<Reader<BufReader<File>>>, Box<env::Replay>),
 }
@@ -353,7 +353,7 @@ impl Input {
                 let stop = Stop::new(c.duration)?;
                 let src = KernelSource::open(c.source_options(place)?)?;
                 Ok((
-                    Self::Live(Box::new(src), stop, env::Live::new(c.netns)),
+                    Self::Live(Box::new(src), stop, Box::new(env::Live::new(c.netns))),
                     Clock::measure(),
                 ))
             }
@@ -395,7 +395,7 @@ impl Input {
     /// The environment sinks are built with.
     fn env(&mut self) -> &mut dyn Env {
         match self {
-            Self::Live(_, _, e) => e,
+            Self::Live(_, _, e) => e.as_mut(),
             Self::Replay(_, e) => e.as_mut(),
         }
     }

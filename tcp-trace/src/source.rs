@@ -331,13 +331,6 @@ impl KernelSource {
             .override_global("AYA_LOG_LEVEL", &level, false)
             .load(OBJECT)
             .context("loading the eBPF object")?;
-        // Parsing the kernel's BTF (ours for the offsets, aya's for the programs) leaves ~12 MiB
-        // of freed heap resident; give it back once, now that start-up is over.
-        #[cfg(target_env = "gnu")]
-        // SAFETY: malloc_trim only releases free memory; no allocation is touched.
-        unsafe {
-            libc::malloc_trim(0);
-        }
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -391,6 +384,14 @@ impl KernelSource {
         }
         for note in notes {
             log::warn!("{note}");
+        }
+        // Parsing the kernel's BTF (ours for the offsets, aya's for the programs and for the
+        // BTF-typed program's attach) leaves freed heap resident; give it back once, now that
+        // start-up is over.
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only releases free memory; no allocation is touched.
+        unsafe {
+            libc::malloc_trim(0);
         }
         let ring = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("EVENTS map")?)?;
         let lost = PerCpuArray::try_from(ebpf.take_map(names::LOST).context("LOST map")?)?;

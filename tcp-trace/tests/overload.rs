@@ -109,8 +109,9 @@ fn tiny_ring_buffer_under_a_storm_reports_exact_losses() {
 fn kernel_port_filter_costs_no_ring_space() {
     // A one-page ring buffer, a storm on another port, one connection on ours: the storm is
     // dropped in the kernel before it takes ring space, so nothing is lost.
-    let port = free_port();
-    let ours = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    // The port the kernel gives this listener: no window for anyone else to take it.
+    let ours = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = ours.local_addr().unwrap().port();
     let tracer = Tracer::start(&[
         "watch",
         "--json",

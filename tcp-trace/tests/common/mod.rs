@@ -42,26 +42,15 @@ pub fn require_root() {
 }
 
 /// A free port, never the same twice in this test process (tests run in parallel and each
-/// filters on its own port), and below the ephemeral range, so another test's outgoing
-/// connection cannot take it between this call and the test's bind.
+/// filters on its own port).
 pub fn free_port() -> u16 {
-    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
-    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32768);
-    let mut next = NEXT.lock().unwrap();
-    // Each test binary starts at its own place in the 8,000 ports below the range.
-    let mut port = next.unwrap_or_else(|| low - 8000 + (std::process::id() % 4000) as u16);
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     loop {
-        port = if port + 1 >= low {
-            low - 8000
-        } else {
-            port + 1
-        };
-        let v4 = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
-        if v4 && std::net::TcpListener::bind(("::1", port)).is_ok() {
-            *next = Some(port);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
             return port;
         }
     }
