@@ -441,7 +441,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Stuck(a) => {
             let c = &a.common;
             // Attach first, then snapshot (in StuckCmd::new): nothing in between is missed.
-            let (mut input, clock) = Input::open(c, a.json || a.wide)?;
+            // Always the sockets' namespaces: they say where sock_diag must look.
+            let (mut input, clock) = Input::open(c, true)?;
             if matches!(input, Input::Live(..)) && !crate::source::can_read_all_fds() {
                 log::warn!("without CAP_SYS_PTRACE the owners of other users' sockets are unknown");
             }
@@ -477,7 +478,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(a.listen)
                 .await
                 .with_context(|| format!("listening on {}", a.listen))?;
-            let (mut input, clock) = Input::open(c, a.events_json.is_some())?;
+            // The sockets' namespaces always: they say where sock_diag must look.
+            let (mut input, clock) = Input::open(c, true)?;
             let out: Box<dyn io::Write> = match a.events_json.as_deref() {
                 None => Box::new(io::sink()),
                 Some("-") => Box::new(stdout()),

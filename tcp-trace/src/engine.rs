@@ -10,7 +10,7 @@
 //! when the first event for them arrives.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     hash::{BuildHasher, Hash},
     net::IpAddr,
 };
@@ -584,6 +584,26 @@ impl Engine {
     /// The lifecycle with these endpoints.
     pub fn by_tuple(&self, t: &Tuple) -> Option<&Lifecycle> {
         self.socks.key_of(t).and_then(|k| self.socks.map.get(&k))
+    }
+
+    /// The network namespaces (where known) of the sockets now in one of `states`, and of the
+    /// orphans the graveyard still holds: where sock_diag has something to confirm.
+    pub fn namespaces_in(&self, states: &[TcpState]) -> HashSet<u32> {
+        let live = self
+            .socks
+            .map
+            .values()
+            .filter(|l| states.contains(&l.state()));
+        let orphans = self
+            .graveyard
+            .list
+            .iter()
+            .map(|(_, l)| l)
+            .filter(|l| l.orphaned_ns.is_some());
+        live.chain(orphans)
+            .map(|l| self.places.get(l.place).netns)
+            .filter(|ns| *ns != 0)
+            .collect()
     }
 
     /// A recently finished lifecycle with these endpoints (e.g. a FIN_WAIT2 socket the

@@ -244,14 +244,27 @@ pub fn namespaces() -> Vec<(u32, std::path::PathBuf)> {
         .collect()
 }
 
+/// How often every namespace is dumped; in between, only those with something to confirm.
+const SWEEP_EVERY: Duration = Duration::from_secs(120);
+
 /// sock_diag across every network namespace of the host. One socket per namespace is opened
 /// once and kept (entering a namespace costs a thread and a `setns`); it is dropped as soon as
 /// its namespace has no process and no name left, so tcp-trace never keeps a namespace alive.
+///
+/// A dump walks the kernel's whole TCP hash table, which all namespaces share unless
+/// `tcp_child_ehash_entries` gave them their own: its cost does not shrink with an empty
+/// namespace. So every namespace is dumped at the first call and then every [`SWEEP_EVERY`]
+/// (sockets older than the tracer, or whose namespace the events did not name); in between,
+/// only this process's namespace, the ones the caller says have candidates
+/// ([`AllNamespaces::focus`]) and the ones whose last dump listed something.
 #[derive(Default)]
 pub struct AllNamespaces {
     open: HashMap<u32, Socket>,
     refused: bool,
     failed: HashSet<u32>,
+    last_sweep: Option<std::time::Instant>,
+    listed: HashSet<u32>,
+    focus: HashSet<u32>,
 }
 
 impl AllNamespaces {
@@ -263,7 +276,16 @@ impl AllNamespaces {
         let mut out = snapshot(states.clone(), None)?;
         let list = namespaces();
         self.open.retain(|ns, _| list.iter().any(|(n, _)| n == ns));
-        for (ns, path) in list.iter().filter(|(ns, _)| *ns != own) {
+        let sweep = self.last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY);
+        if sweep {
+            self.last_sweep = Some(std::time::Instant::now());
+        }
+        let wanted = |ns: &u32| sweep || self.listed.contains(ns) || self.focus.contains(ns);
+        let chosen: Vec<_> = list
+            .iter()
+            .filter(|(ns, _)| *ns != own && wanted(ns))
+            .collect();
+        for (ns, path) in chosen {
             let socket = match self.open.entry(*ns) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => match open_diag(Some(path)) {
@@ -275,7 +297,13 @@ impl AllNamespaces {
                 },
             };
             match dump(socket, states.clone(), *ns) {
-                Ok(mut v) => out.append(&mut v),
+                Ok(mut v) => {
+                    match v.is_empty() {
+                        true => self.listed.remove(ns),
+                        false => self.listed.insert(*ns),
+                    };
+                    out.append(&mut v);
+                }
                 // The socket keeps its namespace alive, so this is sock_diag failing there:
                 // said once per namespace; the socket is opened anew next time.
                 Err(e) => {
@@ -287,6 +315,12 @@ impl AllNamespaces {
             }
         }
         Ok(out)
+    }
+
+    /// Namespaces that have something to confirm (e.g. sockets the events saw enter a
+    /// reported state): dumped at every call, not only at sweeps.
+    pub fn focus(&mut self, namespaces: HashSet<u32>) {
+        self.focus = namespaces;
     }
 
     /// Namespaces this process could not enter (a vanished one is only a debug line).

@@ -32,6 +32,9 @@ pub trait Env {
     fn fin_timeout(&self) -> Duration;
     /// The path of cgroup `id` (0: unknown), as `/proc/PID/cgroup` writes it.
     fn cgroup_path(&mut self, id: u64) -> Option<&str>;
+    /// Network namespaces whose sockets the next [`Env::sockets`] must list (the others may
+    /// be listed less often).
+    fn focus(&mut self, _netns: HashSet<u32>) {}
 }
 
 fn in_states(d: &DiagSocket, states: &[TcpState]) -> bool {
@@ -95,6 +98,10 @@ impl Env for Live {
 
     fn cgroup_path(&mut self, id: u64) -> Option<&str> {
         self.cgroups.path(id)
+    }
+
+    fn focus(&mut self, netns: HashSet<u32>) {
+        self.all.focus(netns);
     }
 }
 

@@ -261,6 +261,11 @@ impl<W: Write> StuckCmd<W> {
     }
 
     fn evaluate(&mut self, now_ns: u64, env: &mut dyn Env) -> Result<()> {
+        // Where sock_diag has something to confirm: sockets the events saw in a reported
+        // state, and those reported stuck now (to see them recover).
+        let mut focus = self.engine.namespaces_in(&self.set.states);
+        focus.extend(self.reported.keys().map(|k| k.0));
+        env.focus(focus);
         let diag: Vec<DiagSocket> = env
             .sockets(&self.set.states)?
             .into_iter()
