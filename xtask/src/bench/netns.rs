@@ -95,7 +95,7 @@ fn cpu_per_tick(
 pub fn run(bin: &Path, namespaces: usize, rounds: usize) -> Result<String> {
     let (interval, warm, run) = (
         Duration::from_millis(500),
-        Duration::from_secs(2),
+        Duration::from_secs(5),
         Duration::from_secs(10),
     );
     let (mut with, mut without) = (Vec::new(), Vec::new());
