@@ -210,33 +210,18 @@ pub mod send_reset {
 }
 
 /// Fields of `tcp/tcp_send_reset` before the kernel stored `sockaddr` images and a `reason`
-/// (Linux 6.1, for one): the same as `tcp_retransmit_skb` without `err`.
+/// (Linux 6.1, for one): the packet, then the same fields at the same offsets as
+/// `tcp_retransmit_skb` without `err`.
 pub mod send_reset_v1 {
+    pub use super::retransmit_skb::{
+        DADDR, DADDR_V6, DPORT, FAMILY, SADDR, SADDR_V6, SKADDR, SPORT, STATE,
+    };
+    pub use super::send_reset::SKBADDR;
     use super::{Field, Window};
     /// Entry in `SHIFTS`.
     pub const SLOT: usize = 6;
     /// What the program copies.
     pub const WINDOW: Window = Window::of(ALL);
-    /// `const void *skbaddr` (the packet answered; may be NULL)
-    pub const SKBADDR: Field = Field::new("skbaddr", 8, 8);
-    /// `const void *skaddr` (may be NULL)
-    pub const SKADDR: Field = Field::new("skaddr", 16, 8);
-    /// `int state`
-    pub const STATE: Field = Field::new("state", 24, 4);
-    /// `__u16 sport`
-    pub const SPORT: Field = Field::new("sport", 28, 2);
-    /// `__u16 dport`
-    pub const DPORT: Field = Field::new("dport", 30, 2);
-    /// `__u16 family`
-    pub const FAMILY: Field = Field::new("family", 32, 2);
-    /// `__u8 saddr[4]`
-    pub const SADDR: Field = Field::new("saddr", 34, 4);
-    /// `__u8 daddr[4]`
-    pub const DADDR: Field = Field::new("daddr", 38, 4);
-    /// `__u8 saddr_v6[16]`
-    pub const SADDR_V6: Field = Field::new("saddr_v6", 42, 16);
-    /// `__u8 daddr_v6[16]`
-    pub const DADDR_V6: Field = Field::new("daddr_v6", 58, 16);
     /// All of them.
     pub const ALL: &[Field] = &[
         SKBADDR, SKADDR, STATE, SPORT, DPORT, FAMILY, SADDR, DADDR, SADDR_V6, DADDR_V6,

@@ -16,21 +16,26 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// A `Tcp:` counter of network namespace `ns` (`/proc/net/snmp` as seen inside it).
 fn tcp_counter(ns: &str, name: &str) -> u64 {
+    counter(ns, "/proc/net/snmp", "Tcp:", name)
+}
+
+/// A `TcpExt:` counter of network namespace `ns` (`/proc/net/netstat` as seen inside it).
+fn tcp_ext_counter(ns: &str, name: &str) -> u64 {
+    counter(ns, "/proc/net/netstat", "TcpExt:", name)
+}
+
+/// Counter `name` of the `prefix` lines (a line of names, then one of values) of `file` as
+/// network namespace `ns` sees it.
+fn counter(ns: &str, file: &str, prefix: &str, name: &str) -> u64 {
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .args(["netns", "exec", ns, "cat", file])
         .output()
         .expect("ip netns exec");
     let text = String::from_utf8(out.stdout).unwrap();
-    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
-    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
     let i = names.split_whitespace().position(|n| n == name).unwrap();
     values.split_whitespace().nth(i).unwrap().parse().unwrap()
-}
-
-/// The inode of named namespace `ns`.
-fn netns_inode(ns: &str) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(format!("/run/netns/{ns}")).unwrap().ino()
 }
 
 /// A connection whose server side is gone without the client knowing (the server's reset was
@@ -85,11 +90,11 @@ fn a_reset_sent_by_a_listener_names_the_peer_it_went_to() {
         ),
         "{r}"
     );
-    assert_eq!(r["netns"], netns_inode(&net.b));
+    assert_eq!(r["netns"], netns_of(&net.b));
     // Every reset b sent (the lost abort and the listener's) is one event, as the kernel counts.
     let sent_in_b = ev
         .iter()
-        .filter(|e| e["type"] == "reset_sent" && e["netns"] == netns_inode(&net.b))
+        .filter(|e| e["type"] == "reset_sent" && e["netns"] == netns_of(&net.b))
         .count() as u64;
     assert_eq!(sent_in_b, rsts, "OutRsts in b moved by {rsts}: {ev:#?}");
 
@@ -102,19 +107,6 @@ fn a_reset_sent_by_a_listener_names_the_peer_it_went_to() {
     assert!(ev
         .iter()
         .all(|e| e["dport"] == cport || e["sport"] == cport));
-}
-
-/// A `TcpExt:` counter of network namespace `ns` (`/proc/net/netstat` as seen inside it).
-fn tcp_ext_counter(ns: &str, name: &str) -> u64 {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "cat", "/proc/net/netstat"])
-        .output()
-        .expect("ip netns exec");
-    let text = String::from_utf8(out.stdout).unwrap();
-    let mut ext = text.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (names, values) = (ext.next().unwrap(), ext.next().unwrap());
-    let i = names.split_whitespace().position(|n| n == name).unwrap();
-    values.split_whitespace().nth(i).unwrap().parse().unwrap()
 }
 
 /// Data arriving for a socket its application already closed (FIN_WAIT1: the peer never got

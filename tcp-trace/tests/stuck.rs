@@ -281,11 +281,6 @@ fn leak_of<'a>(ev: &'a [Value], peer: &Peer, port: u16) -> (Option<&'a Value>, O
     )
 }
 
-fn netns_of(ns: &str) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(format!("/run/netns/{ns}")).unwrap().ino()
-}
-
 /// Leaks in three namespaces (two the test creates, and this one), made before the tracer:
 /// a plain `stuck --once` lists all of them with their owners and namespaces, and exits 1.
 #[test]

@@ -524,3 +524,9 @@ pub fn socketless_resets_traced() -> bool {
         .expect("tcp_send_reset format");
     format.contains(" reason;")
 }
+
+/// The inode of named network namespace `ns` (what events and reports call its `netns`).
+pub fn netns_of(ns: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/run/netns/{ns}")).unwrap().ino()
+}
