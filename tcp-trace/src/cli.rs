@@ -25,6 +25,7 @@ use crate::{
         watch::Watch,
     },
     engine::Engine,
+    enrich::SWEEP_EVERY,
     env::{self, Env},
     event::TcpState,
     filter::{Family, Filter},
@@ -218,6 +219,10 @@ pub struct StuckOpts {
     /// Report ESTABLISHED sockets idle this long without a keepalive timer.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub idle_after: Option<Duration>,
+    /// How often every network namespace is listed in full (for sockets older than the tracer
+    /// or whose events were lost); in between, only namespaces with something to confirm.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub sweep: Duration,
 }
 
 impl StuckOpts {
@@ -347,13 +352,18 @@ enum Input {
 impl Input {
     /// Opens the kernel (attach first: callers snapshot after) or the recording; the clock to
     /// print times with. `place`: the output shows sockets' namespaces and cgroups.
-    fn open(c: &Common, place: bool) -> Result<(Self, Clock)> {
+    /// `sweep`: how often every network namespace is listed in full.
+    fn open(c: &Common, place: bool, sweep: Duration) -> Result<(Self, Clock)> {
         match &c.replay {
             None => {
                 let stop = Stop::new(c.duration)?;
                 let src = KernelSource::open(c.source_options(place)?)?;
                 Ok((
-                    Self::Live(Box::new(src), stop, Box::new(env::Live::new(c.netns))),
+                    Self::Live(
+                        Box::new(src),
+                        stop,
+                        Box::new(env::Live::new(c.netns, sweep)),
+                    ),
                     Clock::measure(),
                 ))
             }
@@ -432,7 +442,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Watch(a) => {
             let c = &a.common;
-            let (input, clock) = Input::open(c, a.json || a.wide)?;
+            let (input, clock) = Input::open(c, a.json || a.wide, SWEEP_EVERY)?;
             let mut sink = Watch::new(stdout(), a.json, clock, c.filter(), c.engine(false));
             sink.set_wide(a.wide);
             input.run(&mut sink).await?;
@@ -442,7 +452,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let c = &a.common;
             // Attach first, then snapshot (in StuckCmd::new): nothing in between is missed.
             // Always the sockets' namespaces: they say where sock_diag must look.
-            let (mut input, clock) = Input::open(c, true)?;
+            let (mut input, clock) = Input::open(c, true, a.opts.sweep)?;
             if matches!(input, Input::Live(..)) && !crate::source::can_read_all_fds() {
                 log::warn!("without CAP_SYS_PTRACE the owners of other users' sockets are unknown");
             }
@@ -466,7 +476,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Life(a) => {
             let c = &a.common;
-            let (input, clock) = Input::open(c, a.json || a.wide)?;
+            let (input, clock) = Input::open(c, a.json || a.wide, SWEEP_EVERY)?;
             let mut sink = Life::new(stdout(), a.json, clock, c.filter(), c.engine(true));
             sink.set_wide(a.wide);
             input.run(&mut sink).await?;
@@ -479,7 +489,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 .await
                 .with_context(|| format!("listening on {}", a.listen))?;
             // The sockets' namespaces always: they say where sock_diag must look.
-            let (mut input, clock) = Input::open(c, true)?;
+            let (mut input, clock) = Input::open(c, true, a.opts.sweep)?;
             let out: Box<dyn io::Write> = match a.events_json.as_deref() {
                 None => Box::new(io::sink()),
                 Some("-") => Box::new(stdout()),
@@ -508,7 +518,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 c.replay.is_none(),
                 "record reads the kernel, not a recording"
             );
-            let (mut input, clock) = Input::open(c, true)?;
+            let (mut input, clock) = Input::open(c, true, SWEEP_EVERY)?;
             let file = File::create(&a.output)
                 .with_context(|| format!("creating {}", a.output.display()))?;
             let out = io::BufWriter::with_capacity(1 << 20, file);

@@ -94,6 +94,11 @@ pub fn state_flags(states: &[TcpState]) -> StateFlags {
 /// `INET_DIAG_CGROUP_ID` (Linux 5.7+): the socket's cgroup v2 id, a `u64`.
 const INET_DIAG_CGROUP_ID: u16 = 21;
 
+/// inet_diag's original TCP request (both families), and sock_diag's, whose replies the parser
+/// knows.
+const TCPDIAG_GETSOCK: u16 = 18;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+
 /// The inode of the network namespace a namespace file (`/proc/PID/ns/net`, `/run/netns/NAME`)
 /// names: the number `/proc/PID/ns/net` shows as `net:[N]`.
 pub fn netns_inode(file: impl AsRef<std::path::Path>) -> Option<u32> {
@@ -173,7 +178,7 @@ struct DiagError(i32);
 impl std::fmt::Display for DiagError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
-            libc::ENOENT => f.write_str(
+            libc::ENOENT | libc::EOPNOTSUPP => f.write_str(
                 "sock_diag has no TCP support loaded: load the tcp_diag module \
                  (`modprobe tcp_diag`) and try again",
             ),
@@ -184,9 +189,11 @@ impl std::fmt::Display for DiagError {
 
 impl std::error::Error for DiagError {}
 
-fn is_enoent(e: &anyhow::Error) -> bool {
+/// sock_diag has no TCP part: no `tcp_diag` (ENOENT), or not even `inet_diag` (EOPNOTSUPP, for
+/// the `TCPDIAG_GETSOCK` request).
+fn lacks_tcp_diag(e: &anyhow::Error) -> bool {
     e.downcast_ref::<DiagError>()
-        .is_some_and(|d| d.0 == libc::ENOENT)
+        .is_some_and(|d| matches!(d.0, libc::ENOENT | libc::EOPNOTSUPP))
 }
 
 /// Distributions build sock_diag's TCP part as modules (`inet_diag`, `tcp_diag`); a host
@@ -212,22 +219,34 @@ pub fn snapshot(states: StateFlags, netns: Option<u32>) -> Result<Vec<DiagSocket
     let ns = netns.unwrap_or_else(own_netns);
     let attempt = |states: StateFlags| dump(&mut diag_socket(netns)?, states, ns);
     match attempt(states.clone()) {
-        Err(e) if is_enoent(&e) && load_tcp_diag() => attempt(states),
+        Err(e) if lacks_tcp_diag(&e) && load_tcp_diag() => attempt(states),
         r => r,
     }
 }
 
 /// Both families' sockets in `states`, from `socket` (in namespace `ns`).
+///
+/// Asked with inet_diag's original request (`TCPDIAG_GETSOCK`), which lists both families in
+/// one walk of the kernel's TCP hash table; `SOCK_DIAG_BY_FAMILY` walks it once per family. The
+/// walk, not the sockets found, is what a dump costs, and the table is shared by every
+/// namespace: so this halves the price of listing a namespace, which a sweep pays per namespace.
 fn dump(socket: &mut Socket, states: StateFlags, ns: u32) -> Result<Vec<DiagSocket>> {
+    // struct inet_diag_req: family (ignored: the kernel lists both), src_len, dst_len,
+    // extensions; inet_diag_sockid (48 bytes, zero: every socket); states; dbs.
+    let mut body = [0u8; 60];
+    body[3] = ExtensionFlags::INFO.bits();
+    body[52..56].copy_from_slice(&states.bits().to_ne_bytes());
+    use netlink_packet_core::Emitable;
+    let mut hdr = NetlinkHeader::default();
+    hdr.message_type = TCPDIAG_GETSOCK;
+    hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    hdr.length = (hdr.buffer_len() + body.len()) as u32;
+    let mut req = vec![0u8; hdr.length as usize];
+    hdr.emit(&mut req[..hdr.buffer_len()]);
+    req[hdr.buffer_len()..].copy_from_slice(&body);
+    socket.send(&req, 0)?;
     let mut out = Vec::new();
-    for family in [AF_INET, AF_INET6] {
-        let id = if family == AF_INET {
-            SocketId::new_v4()
-        } else {
-            SocketId::new_v6()
-        };
-        query(socket, family, states.clone(), id, true, &mut out)?;
-    }
+    receive(socket, true, &mut out)?;
     for d in &mut out {
         d.netns = ns;
     }
@@ -244,8 +263,9 @@ pub fn namespaces() -> Vec<(u32, std::path::PathBuf)> {
         .collect()
 }
 
-/// How often every namespace is dumped; in between, only those with something to confirm.
-const SWEEP_EVERY: Duration = Duration::from_secs(120);
+/// How often every namespace is dumped by default; in between, only those with something to
+/// confirm.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(120);
 
 /// sock_diag across every network namespace of the host. One socket per namespace is opened
 /// once and kept (entering a namespace costs a thread and a `setns`); it is dropped as soon as
@@ -253,12 +273,13 @@ const SWEEP_EVERY: Duration = Duration::from_secs(120);
 ///
 /// A dump walks the kernel's whole TCP hash table, which all namespaces share unless
 /// `tcp_child_ehash_entries` gave them their own: its cost does not shrink with an empty
-/// namespace. So every namespace is dumped at the first call and then every [`SWEEP_EVERY`]
-/// (sockets older than the tracer, or whose namespace the events did not name); in between,
+/// namespace. So every namespace is dumped at the first call and then every `sweep` (sockets
+/// older than the tracer, or whose events were lost); in between,
 /// only this process's namespace, the ones the caller says have candidates
 /// ([`AllNamespaces::focus`]) and the ones whose last dump listed something.
 #[derive(Default)]
 pub struct AllNamespaces {
+    sweep: Duration,
     open: HashMap<u32, Socket>,
     refused: bool,
     failed: HashSet<u32>,
@@ -268,6 +289,14 @@ pub struct AllNamespaces {
 }
 
 impl AllNamespaces {
+    /// Every namespace dumped every `sweep`.
+    pub fn new(sweep: Duration) -> Self {
+        Self {
+            sweep,
+            ..Self::default()
+        }
+    }
+
     /// Every TCP socket in `states` in every namespace. A namespace that cannot be entered
     /// (no CAP_SYS_ADMIN: one warning) or that vanishes meanwhile is skipped; this process's
     /// own namespace is always listed, and its failures are errors.
@@ -276,7 +305,7 @@ impl AllNamespaces {
         let mut out = snapshot(states.clone(), None)?;
         let list = namespaces();
         self.open.retain(|ns, _| list.iter().any(|(n, _)| n == ns));
-        let sweep = self.last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY);
+        let sweep = self.last_sweep.is_none_or(|at| at.elapsed() >= self.sweep);
         if sweep {
             self.last_sweep = Some(std::time::Instant::now());
         }
@@ -368,33 +397,28 @@ fn lookup_with(socket: &mut Socket, t: &Tuple, ns: u32) -> Option<DiagSocket> {
     };
     let family = if t.saddr.is_ipv4() { AF_INET } else { AF_INET6 };
     let mut out = Vec::new();
-    query(socket, family, StateFlags::all(), id, false, &mut out).ok()?;
+    query(socket, family, id, &mut out).ok()?;
     out.into_iter()
         .next()
         .map(|d| DiagSocket { netns: ns, ..d })
 }
 
+/// The one socket `socket_id` names (by endpoints, in any state).
 fn query(
     socket: &mut Socket,
     family: u8,
-    states: StateFlags,
     socket_id: SocketId,
-    dump: bool,
     out: &mut Vec<DiagSocket>,
 ) -> Result<()> {
     let mut hdr = NetlinkHeader::default();
-    hdr.flags = if dump {
-        NLM_F_REQUEST | NLM_F_DUMP
-    } else {
-        NLM_F_REQUEST
-    };
+    hdr.flags = NLM_F_REQUEST;
     let mut req = NetlinkMessage::new(
         hdr,
         SockDiagMessage::InetRequest(InetRequest {
             family,
             protocol: IPPROTO_TCP,
             extensions: ExtensionFlags::INFO,
-            states,
+            states: StateFlags::all(),
             socket_id,
         })
         .into(),
@@ -404,11 +428,20 @@ fn query(
     req.serialize(&mut buf);
     socket.send(&buf, 0)?;
 
+    receive(socket, false, out)
+}
+
+/// The replies to one request, until the dump's end (or the first socket, when not a dump).
+/// A `TCPDIAG_GETSOCK` reply has the same layout as a `SOCK_DIAG_BY_FAMILY` one.
+fn receive(socket: &mut Socket, dump: bool, out: &mut Vec<DiagSocket>) -> Result<()> {
     let mut rx = vec![0u8; 64 << 10];
     loop {
         let n = socket.recv(&mut &mut rx[..], 0)?;
         let mut off = 0;
-        while off < n {
+        while off + 6 <= n {
+            if rx[off + 4..off + 6] == TCPDIAG_GETSOCK.to_ne_bytes() {
+                rx[off + 4..off + 6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+            }
             let msg = <NetlinkMessage<SockDiagMessage>>::deserialize(&rx[off..n])
                 .map_err(|e| anyhow::anyhow!("malformed sock_diag reply: {e}"))?;
             let len = msg.header.length as usize;

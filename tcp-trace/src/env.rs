@@ -50,12 +50,12 @@ pub struct Live {
 
 impl Live {
     /// The host's processes and cgroup tree, and the sockets of network namespace `netns`
-    /// (`None`: of every namespace).
-    pub fn new(netns: Option<u32>) -> Self {
+    /// (`None`: of every namespace, each listed in full at least every `sweep`).
+    pub fn new(netns: Option<u32>, sweep: Duration) -> Self {
         Self {
             cgroups: Resolver::live(),
             netns,
-            all: enrich::AllNamespaces::default(),
+            all: enrich::AllNamespaces::new(sweep),
         }
     }
 }

@@ -330,6 +330,17 @@ fn json_num(v: Option<f64>) -> String {
 }
 
 /// Runs the whole benchmark.
+/// Only the namespace part, to `target/bench/namespaces.json`.
+pub fn namespaces(root: &Path, rounds: usize) -> Result<()> {
+    let json = netns::run(&root.join("target/release/tcp-trace"), 200, rounds)?;
+    let dir = root.join("target/bench");
+    fs::create_dir_all(&dir)?;
+    let path = dir.join("namespaces.json");
+    fs::write(&path, json)?;
+    println!("xtask: wrote {}", path.display());
+    Ok(())
+}
+
 pub fn run(root: &Path, duration: Duration, rounds: usize) -> Result<()> {
     let bin = root.join("target/release/tcp-trace");
     let stats_path = "/proc/sys/kernel/bpf_stats_enabled";

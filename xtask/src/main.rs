@@ -43,6 +43,9 @@ enum Task {
         /// Rounds (each runs every configuration once, alternating).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Only the cost of `stuck` across 200 network namespaces.
+        #[arg(long)]
+        namespaces_only: bool,
     },
     /// Bounded memory under a connection churn (and a `--soak`), with evictions forced.
     Stress {
@@ -213,10 +216,17 @@ fn run(cli: Cli) -> Result<()> {
                     .env("PATH", &path),
             )
         }
-        Task::Bench { seconds, rounds } => {
+        Task::Bench {
+            seconds,
+            rounds,
+            namespaces_only,
+        } => {
             setup::ensure_all()?;
             build_release(&root)?;
-            bench::run(&root, std::time::Duration::from_secs(seconds), rounds)
+            match namespaces_only {
+                true => bench::namespaces(&root, rounds),
+                false => bench::run(&root, std::time::Duration::from_secs(seconds), rounds),
+            }
         }
         Task::Stress {
             connections,
