@@ -11,21 +11,12 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
-pub mod btf;
-pub mod cgroup;
 pub mod cli;
-pub mod clock;
 pub mod commands;
 pub mod engine;
-pub mod enrich;
-pub mod env;
 pub mod event;
-pub mod filter;
-pub mod halfopen;
-pub mod metrics;
+pub mod host;
+pub mod kernel;
 pub mod output;
-pub mod pipeline;
-pub mod record;
-pub mod source;
+pub mod recording;
 pub mod stuck;
-pub mod tracefs;

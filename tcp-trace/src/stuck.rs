@@ -7,10 +7,10 @@
 use std::{collections::HashMap, time::Duration};
 
 use crate::{
-    engine::{Engine, Lifecycle, Owner, Tuple},
-    enrich::{DiagSocket, Holder},
+    engine::{Engine, Lifecycle},
     event::TcpState,
-    output::endpoint,
+    event::{Owner, Tuple},
+    host::{owners::Holder, sockdiag::DiagSocket},
 };
 
 /// States `stuck` can report.
@@ -70,7 +70,7 @@ pub struct Stuck {
     pub history: Vec<(TcpState, Duration)>,
     /// Its network namespace and cgroup id (from its events, else from sock_diag; the caller
     /// falls back to its first holder's namespace).
-    pub place: crate::engine::Place,
+    pub place: crate::event::Place,
     /// That cgroup's path, or its first holder's (filled in by the caller, which can resolve
     /// ids).
     pub cgroup: Option<String>,
@@ -220,7 +220,7 @@ pub fn assess(engine: &Engine, d: &DiagSocket, cx: &Context<'_>) -> Option<Stuck
         history,
         place: {
             let from_events = l.map(|l| engine.place(l)).unwrap_or_default();
-            crate::engine::Place {
+            crate::event::Place {
                 netns: Some(from_events.netns)
                     .filter(|n| *n != 0)
                     .unwrap_or(d.netns),
@@ -253,7 +253,7 @@ fn who(s: &Stuck) -> String {
 /// The one-line explanation of a stuck socket.
 pub fn diagnose(s: &Stuck, fin_timeout: Duration) -> String {
     let age = age_text(s.age, s.age_exact);
-    let peer = endpoint(&s.tuple.daddr, s.tuple.dport);
+    let peer = s.tuple.remote();
     match s.state {
         TcpState::CLOSE_WAIT => {
             let mut d = match s.holders.first() {
@@ -413,7 +413,7 @@ mod tests {
             state: d.state,
             since_ns: snap - age_lower_bound_ns(&d),
             snapshot_ns: snap,
-            place: crate::engine::Place::default(),
+            place: crate::event::Place::default(),
         });
         let h = holders();
         let fs = HashMap::new();

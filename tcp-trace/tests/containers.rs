@@ -175,7 +175,7 @@ struct TestCgroup {
 impl TestCgroup {
     fn new(tag: &str) -> Self {
         let root =
-            tcp_trace::cgroup::mount().expect("the cgroup filter tests need a cgroup2 mount");
+            tcp_trace::host::cgroup::mount().expect("the cgroup filter tests need a cgroup2 mount");
         let rel = format!("/tt-{tag}-{}", std::process::id());
         std::fs::create_dir_all(root.join(&rel[1..]).join("inner")).unwrap();
         Self { root, rel }

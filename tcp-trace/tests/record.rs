@@ -255,10 +255,10 @@ fn sighup_does_not_end_a_recording() {
     std::thread::sleep(Duration::from_millis(200));
     let (st, _, err) = rec.stop();
     assert!(st.success(), "{err:?}");
-    let mut r = tcp_trace::record::Reader::open(std::fs::File::open(&file).unwrap()).unwrap();
+    let mut r = tcp_trace::recording::Reader::open(std::fs::File::open(&file).unwrap()).unwrap();
     let mut events = 0;
     while let Some(item) = r.next_item().unwrap() {
-        if matches!(item, tcp_trace::record::Item::Event(_)) {
+        if matches!(item, tcp_trace::recording::Item::Event(_)) {
             events += 1;
         }
     }

@@ -5,11 +5,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use proptest::prelude::*;
 use tcp_trace::{
-    clock::Clock,
-    engine::{Engine, Owner},
+    engine::Engine,
+    event::Owner,
     event::{decode, encode, Comm, Event, EventKind, Task, TcpState},
+    host::clock::Clock,
     output::watch::{Annotated, WatchWriter},
-    record,
+    recording,
 };
 
 fn cfg() -> ProptestConfig {
@@ -91,8 +92,8 @@ proptest! {
     #[test]
     fn recording_reader_never_panics(tail in proptest::collection::vec(any::<u8>(), 0..512), cut in any::<prop::sample::Index>()) {
         // A valid header and a few frames, then arbitrary bytes; and every truncation of it.
-        let header = record::FileHeader {
-            version: record::VERSION,
+        let header = recording::FileHeader {
+            version: recording::VERSION,
             host: "h".into(),
             kernel: "k".into(),
             start: "2026-11-23T00:00:00Z".into(),
@@ -100,13 +101,13 @@ proptest! {
             fin_timeout_s: 60,
             tool: "t".into(),
         };
-        let mut w = record::Writer::new(Vec::new(), &header).unwrap();
-        w.item(&record::Item::Lost { ts_ns: 1, count: 2 }).unwrap();
-        w.item(&record::Item::Snapshot(Box::default())).unwrap();
+        let mut w = recording::Writer::new(Vec::new(), &header).unwrap();
+        w.item(&recording::Item::Lost { ts_ns: 1, count: 2 }).unwrap();
+        w.item(&recording::Item::Snapshot(Box::default())).unwrap();
         let mut bytes = w.into_inner().unwrap();
         bytes.extend_from_slice(&tail);
         for data in [&bytes[..], &bytes[..cut.index(bytes.len() + 1)]] {
-            if let Ok(mut r) = record::Reader::open(data) {
+            if let Ok(mut r) = recording::Reader::open(data) {
                 for _ in 0..10_000 {
                     match r.next_item() {
                         Ok(Some(_)) => {}
@@ -146,7 +147,7 @@ proptest! {
             sock: None,
             owner: Some(owner),
             ns_in_old: ns,
-            place: tcp_trace::engine::Place::default(),
+            place: tcp_trace::event::Place::default(),
             cgroup: None,
         })
         .unwrap();

@@ -5,13 +5,13 @@ use std::io::Write;
 use anyhow::Result;
 
 use crate::{
-    clock::Clock,
+    commands::pipeline::{Flow, Sink},
+    engine::filter::Filter,
     engine::Engine,
-    env::Env,
-    filter::Filter,
-    output::life::{is_listener, LifeWriter},
-    pipeline::{Flow, Sink},
-    source::Record,
+    event::Delivery,
+    host::clock::Clock,
+    host::Env,
+    output::life::LifeWriter,
 };
 
 /// How long after a close to wait for late events (errors, resets) before printing.
@@ -49,7 +49,7 @@ impl<W: Write> Life<W> {
 
     fn emit(&mut self, until_ns: u64, env: &mut dyn Env) -> Result<()> {
         for l in self.engine.take_finished(until_ns) {
-            if is_listener(&l) {
+            if l.is_listener() {
                 continue;
             }
             let t = &l.tuple;
@@ -67,14 +67,14 @@ impl<W: Write> Life<W> {
 }
 
 impl<W: Write> Sink for Life<W> {
-    fn batch(&mut self, records: &[Record], env: &mut dyn Env) -> Result<Flow> {
+    fn batch(&mut self, records: &[Delivery], env: &mut dyn Env) -> Result<Flow> {
         for r in records {
             match r {
-                Record::Event(ev) => {
+                Delivery::Event(ev) => {
                     self.latest_ns = self.latest_ns.max(ev.ts_ns);
                     self.engine.apply(ev);
                 }
-                Record::Lost { count, .. } => {
+                Delivery::Lost { count, .. } => {
                     self.lost += count;
                     self.engine.mark_all_incomplete();
                 }

@@ -1,6 +1,7 @@
-//! One module per subcommand; each builds a [`crate::pipeline::Sink`].
+//! One module per subcommand; each builds a [`crate::commands::pipeline::Sink`].
 
 pub mod life;
+pub mod pipeline;
 pub mod record;
 pub mod serve;
 pub mod stuck;

@@ -9,12 +9,12 @@ use std::{collections::HashSet, io::Write, time::Duration};
 use anyhow::Result;
 
 use crate::{
-    clock::Clock,
-    env::Env,
-    filter::Filter,
-    pipeline::{Flow, Sink},
-    record::{FileHeader, Item, Snapshot, Writer, VERSION},
-    source::Record,
+    commands::pipeline::{Flow, Sink},
+    engine::filter::Filter,
+    event::Delivery,
+    host::clock::Clock,
+    host::Env,
+    recording::{FileHeader, Item, Snapshot, Writer, VERSION},
     stuck::REPORTABLE,
 };
 
@@ -120,17 +120,17 @@ impl<W: Write> Recorder<W> {
 }
 
 impl<W: Write> Sink for Recorder<W> {
-    fn batch(&mut self, records: &[Record], env: &mut dyn Env) -> Result<Flow> {
+    fn batch(&mut self, records: &[Delivery], env: &mut dyn Env) -> Result<Flow> {
         for r in records {
             match r {
-                Record::Event(ev) => {
-                    if self.filter.matches_tuple(&crate::engine::Tuple::of(ev)) {
+                Delivery::Event(ev) => {
+                    if self.filter.matches_tuple(&crate::event::Tuple::of(ev)) {
                         self.name_cgroup(ev.cgroup, env)?;
                         self.writer()?.item(&Item::Event(*ev))?;
                         self.events += 1;
                     }
                 }
-                Record::Lost { ts_ns, count } => self.writer()?.item(&Item::Lost {
+                Delivery::Lost { ts_ns, count } => self.writer()?.item(&Item::Lost {
                     ts_ns: *ts_ns,
                     count: *count,
                 })?,
@@ -164,7 +164,12 @@ impl<W: Write> Sink for Recorder<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{engine::Tuple, enrich::DiagSocket, env::Replay, event::TcpState, record::Reader};
+    use crate::{
+        event::TcpState,
+        event::Tuple,
+        host::sockdiag::DiagSocket,
+        recording::{Reader, Replay},
+    };
     use std::net::{IpAddr, Ipv4Addr};
 
     fn socket(port: u16, cgroup: u64) -> DiagSocket {

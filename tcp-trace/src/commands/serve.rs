@@ -22,11 +22,11 @@ use axum::{
 
 use super::{stuck::StuckCmd, watch::Watch};
 use crate::{
-    clock::monotonic_ns,
-    env::Env,
-    metrics::Metrics,
-    pipeline::{Flow, Sink},
-    source::Record,
+    commands::pipeline::{Flow, Sink},
+    event::Delivery,
+    host::clock::monotonic_ns,
+    host::Env,
+    output::metrics::Metrics,
 };
 
 /// `/healthz` fails when the ring buffer has not been drained for this long.
@@ -146,7 +146,7 @@ pub struct Serve {
 }
 
 impl Sink for Serve {
-    fn batch(&mut self, records: &[Record], env: &mut dyn Env) -> Result<Flow> {
+    fn batch(&mut self, records: &[Delivery], env: &mut dyn Env) -> Result<Flow> {
         if let Some(w) = self.watch.as_mut() {
             w.batch(records, env)?;
         }

@@ -12,20 +12,21 @@ use anyhow::Result;
 use std::sync::Arc;
 
 use crate::{
-    clock::Clock,
-    engine::{Engine, Owner, Tuple},
-    enrich::DiagSocket,
-    env::Env,
+    commands::pipeline::{Flow, Sink},
+    engine::filter::Filter,
+    engine::halfopen::{Episode, Kind, Notice, Thresholds},
+    engine::Engine,
+    event::Delivery,
     event::TcpState,
-    filter::Filter,
-    halfopen::{Episode, Kind, Notice, Thresholds},
-    metrics::Metrics,
+    event::{Owner, Tuple},
+    host::clock::Clock,
+    host::sockdiag::DiagSocket,
+    host::Env,
+    output::metrics::Metrics,
     output::{
         halfopen::Extra,
         stuck::{StuckWriter, Summary},
     },
-    pipeline::{Flow, Sink},
-    source::Record,
     stuck::{age_lower_bound_ns, assess, close_in_flight, key, Context, SockKey, Stuck},
 };
 
@@ -81,7 +82,7 @@ pub fn seed_from_snapshot(engine: &mut Engine, env: &mut dyn Env) -> Result<usiz
             state: d.state,
             since_ns: now.saturating_sub(age_lower_bound_ns(d)),
             snapshot_ns: now,
-            place: crate::engine::Place {
+            place: crate::event::Place {
                 netns: d.netns,
                 cgroup: d.cgroup,
             },
@@ -397,16 +398,16 @@ impl<W: Write> StuckCmd<W> {
 }
 
 impl<W: Write> Sink for StuckCmd<W> {
-    fn batch(&mut self, records: &[Record], env: &mut dyn Env) -> Result<Flow> {
+    fn batch(&mut self, records: &[Delivery], env: &mut dyn Env) -> Result<Flow> {
         for r in records {
             match r {
-                Record::Event(ev) => {
+                Delivery::Event(ev) => {
                     let applied = self.engine.apply(ev);
                     if let Some(m) = &self.metrics {
                         m.event(ev, &applied, &self.engine);
                     }
                 }
-                Record::Lost { count, .. } => {
+                Delivery::Lost { count, .. } => {
                     self.sum.lost += count;
                     if let Some(m) = &self.metrics {
                         m.lost(*count);
@@ -455,7 +456,10 @@ impl<W: Write> Sink for StuckCmd<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{engine::Tuple, env::Replay, record::Snapshot};
+    use crate::{
+        event::Tuple,
+        recording::{Replay, Snapshot},
+    };
     use std::net::{IpAddr, Ipv4Addr};
 
     #[test]

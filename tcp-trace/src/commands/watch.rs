@@ -5,14 +5,14 @@ use std::io::Write;
 use anyhow::Result;
 
 use crate::{
-    clock::Clock,
+    commands::pipeline::{Flow, Sink},
+    engine::filter::Filter,
+    engine::halfopen::Notice,
     engine::Engine,
-    env::Env,
-    filter::Filter,
-    halfopen::Notice,
+    event::Delivery,
+    host::clock::Clock,
+    host::Env,
     output::watch::{Annotated, WatchWriter},
-    pipeline::{Flow, Sink},
-    source::Record,
 };
 
 /// The `watch` sink: engine (for owners and time in state) → filter → writer.
@@ -39,10 +39,10 @@ impl<W: Write> Watch<W> {
 }
 
 impl<W: Write> Sink for Watch<W> {
-    fn batch(&mut self, records: &[Record], env: &mut dyn Env) -> Result<Flow> {
+    fn batch(&mut self, records: &[Delivery], env: &mut dyn Env) -> Result<Flow> {
         for r in records {
             match r {
-                Record::Event(ev) => {
+                Delivery::Event(ev) => {
                     let applied = self.engine.apply(ev);
                     if !self.filter.matches(ev, applied.owner.as_ref()) {
                         continue;
@@ -61,7 +61,7 @@ impl<W: Write> Sink for Watch<W> {
                         cgroup,
                     })?;
                 }
-                Record::Lost { ts_ns, count } => {
+                Delivery::Lost { ts_ns, count } => {
                     self.engine.mark_all_incomplete();
                     self.out.lost(*ts_ns, *count)?;
                 }

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{endpoint, JsonConn};
+use super::JsonConn;
 use crate::{
-    clock::Clock,
+    engine::halfopen::{Episode, Kind, Outcome},
     event::errno_name,
-    halfopen::{Episode, Kind, Outcome},
+    host::clock::Clock,
     stuck::age_text,
 };
 
@@ -76,7 +76,7 @@ fn plural(n: u32, one: &str, many: &str) -> String {
 
 /// How an ended episode ended, in words.
 fn ending(ep: &Episode, outcome: Outcome, d: &str) -> String {
-    let peer = endpoint(&ep.tuple.daddr, ep.tuple.dport);
+    let peer = ep.tuple.remote();
     let rtx = plural(ep.retransmits, "retransmit", "retransmits");
     match (ep.kind, outcome) {
         (Kind::PeerUnreachable, Outcome::Recovered) => {
@@ -104,7 +104,7 @@ fn ending(ep: &Episode, outcome: Outcome, d: &str) -> String {
 
 /// The one-line explanation.
 pub fn diagnosis(ep: &Episode, now_ns: u64) -> String {
-    let peer = endpoint(&ep.tuple.daddr, ep.tuple.dport);
+    let peer = ep.tuple.remote();
     let d = age_text(span(ep, now_ns), true);
     if let Some((o, _)) = ep.outcome.filter(|_| ep.kind != Kind::PeerReset) {
         return ending(ep, o, &d);
@@ -204,8 +204,8 @@ pub fn human(ep: &Episode, now_ns: u64) -> String {
     let head = format!("{tag}  {:<18} {evidence:<22}", ep.kind.name());
     format!(
         "{head} {who:<28} {} -> {}\n           {}\n",
-        endpoint(&ep.tuple.saddr, ep.tuple.sport),
-        endpoint(&ep.tuple.daddr, ep.tuple.dport),
+        ep.tuple.local(),
+        ep.tuple.remote(),
         diagnosis(ep, now_ns)
     )
 }
@@ -214,8 +214,8 @@ pub fn human(ep: &Episode, now_ns: u64) -> String {
 mod tests {
     use super::*;
     use crate::{
-        engine::{Owner, Tuple},
         event::Comm,
+        event::{Owner, Tuple},
     };
     use std::net::{IpAddr, Ipv4Addr};
 

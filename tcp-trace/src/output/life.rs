@@ -4,11 +4,12 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::{endpoint, JsonConn};
+use super::JsonConn;
 use crate::{
-    clock::Clock,
-    engine::{Lifecycle, Place},
+    engine::Lifecycle,
+    event::Place,
     event::{errno_name, TcpState},
+    host::clock::Clock,
 };
 
 /// The connection's states with the ms spent in each.
@@ -18,11 +19,6 @@ fn story(l: &Lifecycle) -> Vec<(TcpState, f64)> {
         .into_iter()
         .map(|(s, ns)| (s, (ns / 1000) as f64 / 1000.0))
         .collect()
-}
-
-/// A listener's own lifecycle (CLOSE → LISTEN → CLOSE) is not a connection.
-pub fn is_listener(l: &Lifecycle) -> bool {
-    l.states.get(1).is_some_and(|t| t.state == TcpState::LISTEN)
 }
 
 #[derive(Serialize)]
@@ -188,8 +184,8 @@ impl<W: Write> LifeWriter<W> {
             self.clock.hms(end),
             pid,
             comm,
-            endpoint(&t.saddr, t.sport),
-            endpoint(&t.daddr, t.dport),
+            t.local(),
+            t.remote(),
             dur,
             l.closer.map_or("-", |c| c.name()),
             path.join(" > "),

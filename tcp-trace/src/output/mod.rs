@@ -5,14 +5,15 @@
 
 pub mod halfopen;
 pub mod life;
+pub mod metrics;
 pub mod stuck;
 pub mod watch;
 
-use std::{io, net::IpAddr};
+use std::io;
 
 use serde::Serialize;
 
-use crate::engine::{Place, Tuple};
+use crate::event::{Place, Tuple};
 
 /// True when an error (anywhere in its chain) is EPIPE.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -63,14 +64,6 @@ impl JsonConn {
         self.cgroup_id = (place.cgroup != 0).then_some(place.cgroup);
         self.cgroup = cgroup.map(str::to_string);
         self
-    }
-}
-
-/// `addr:port`, with IPv6 in brackets.
-pub fn endpoint(a: &IpAddr, port: u16) -> String {
-    match a {
-        IpAddr::V4(v4) => format!("{v4}:{port}"),
-        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
     }
 }
 

@@ -4,10 +4,10 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::{endpoint, JsonConn};
+use super::JsonConn;
 use crate::{
-    clock::Clock,
     event::TcpState,
+    host::clock::Clock,
     stuck::{age_text, Stuck},
 };
 
@@ -186,8 +186,8 @@ impl<W: Write> StuckWriter<W> {
             s.state.to_string(),
             age_text(s.age, s.age_exact),
             who,
-            endpoint(&s.tuple.saddr, s.tuple.sport),
-            endpoint(&s.tuple.daddr, s.tuple.dport),
+            s.tuple.local(),
+            s.tuple.remote(),
         )?;
         writeln!(self.out, "           {}", s.diagnosis)?;
         if self.wide {
@@ -232,15 +232,15 @@ impl<W: Write> StuckWriter<W> {
             "RECOVERED  {:<11} {:<9} {} -> {}  now {now}",
             s.state.to_string(),
             age_text(stuck_for, s.age_exact),
-            endpoint(&s.tuple.saddr, s.tuple.sport),
-            endpoint(&s.tuple.daddr, s.tuple.dport),
+            s.tuple.local(),
+            s.tuple.remote(),
         )
     }
 
     /// A half-open episode that began (or ended: `outcome` set).
     pub fn half_open(
         &mut self,
-        ep: &crate::halfopen::Episode,
+        ep: &crate::engine::halfopen::Episode,
         now_ns: u64,
         extra: super::halfopen::Extra,
     ) -> io::Result<()> {

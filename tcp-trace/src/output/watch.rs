@@ -4,11 +4,11 @@ use std::io::{self, Write};
 
 use std::net::IpAddr;
 
-use super::endpoint;
+use crate::event::endpoint;
 use crate::{
-    clock::{Clock, Rfc3339Cache},
-    engine::{Owner, Place},
     event::{errno_name, family_name, Event, EventKind},
+    event::{Owner, Place},
+    host::clock::{Clock, Rfc3339Cache},
 };
 
 /// An event with what the engine added to it.
@@ -107,7 +107,7 @@ impl<W: Write> WatchWriter<W> {
     /// A socket turning half-open, or its half-open episode ending.
     pub fn half_open(
         &mut self,
-        ep: &crate::halfopen::Episode,
+        ep: &crate::engine::halfopen::Episode,
         now_ns: u64,
         cgroup: Option<&str>,
     ) -> io::Result<()> {
@@ -127,7 +127,7 @@ impl<W: Write> WatchWriter<W> {
         };
         let at = ep.outcome.map_or(now_ns, |(_, t)| t);
         let what = match ep.outcome {
-            Some((o, _)) if ep.kind != crate::halfopen::Kind::PeerReset => {
+            Some((o, _)) if ep.kind != crate::engine::halfopen::Kind::PeerReset => {
                 format!("HALF-OPEN END {} -> {}", ep.kind.name(), o.name())
             }
             _ => format!(
@@ -143,8 +143,8 @@ impl<W: Write> WatchWriter<W> {
             self.clock.hms(at),
             pid,
             comm,
-            endpoint(&ep.tuple.saddr, ep.tuple.sport),
-            endpoint(&ep.tuple.daddr, ep.tuple.dport),
+            ep.tuple.local(),
+            ep.tuple.remote(),
             what
         )
     }

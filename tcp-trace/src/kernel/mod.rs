@@ -4,6 +4,10 @@
 //! ~25 ns of the kernel budget), so the reader drains everything queued on a short timer
 //! (`Options::poll`, 50 ms), one batch at a time.
 
+pub mod btf;
+pub mod privilege;
+pub mod tracefs;
+
 use std::{os::fd::AsRawFd, time::Duration};
 
 use anyhow::{bail, Context, Result};
@@ -17,24 +21,11 @@ use tcp_trace_common::{
     names, KernelOffsets, SockOffsets,
 };
 
-use crate::{
-    event::{decode, Event},
-    tracefs::{self, Check},
+use self::{
+    privilege::{check_privileges, refused_by_paranoia},
+    tracefs::Check,
 };
-
-/// One item from a source.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Record {
-    /// A decoded kernel event.
-    Event(Event),
-    /// Events the kernel could not queue since the last `Lost` (ring buffer full).
-    Lost {
-        /// Monotonic ns when the loss was noticed.
-        ts_ns: u64,
-        /// How many.
-        count: u64,
-    },
-}
+use crate::event::{decode, Delivery};
 
 /// Knobs for loading the kernel side.
 #[derive(Clone, Copy, Debug)]
@@ -74,81 +65,6 @@ impl Default for Options {
             place: true,
         }
     }
-}
-
-/// A privilege problem, reported as one line with exit status 2.
-#[derive(Debug)]
-pub struct NotPermitted(pub String);
-
-impl std::fmt::Display for NotPermitted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for NotPermitted {}
-
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
-/// The effective capability set of this process (from `/proc/self/status`).
-pub fn effective_caps() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0)
-}
-
-/// True when this process may read any process's `/proc/PID/fd` (owners of sockets).
-pub fn can_read_all_fds() -> bool {
-    const CAP_SYS_PTRACE: u32 = 19;
-    effective_caps() & (1 << CAP_SYS_PTRACE) != 0
-}
-
-/// Fails with [`NotPermitted`] unless the process may load and attach tracing programs.
-pub fn check_privileges() -> Result<()> {
-    let caps = effective_caps();
-    let has = |c: u32| caps & (1 << c) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
-        return Ok(());
-    }
-    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
-        .iter()
-        .filter(|(c, _)| !has(*c))
-        .map(|(_, n)| *n)
-        .collect();
-    Err(NotPermitted(format!(
-        "loading the kernel programs needs {}: run tcp-trace as root (or grant those capabilities)",
-        missing.join(" and ")
-    ))
-    .into())
-}
-
-/// Debian's kernels add `perf_event_paranoid` 3 (their default): no perf event, tracepoints
-/// included, without CAP_SYS_ADMIN, whatever CAP_PERFMON says. An attach refused for lack of
-/// permission there is that.
-fn refused_by_paranoia(e: &anyhow::Error) -> Option<NotPermitted> {
-    let denied = e
-        .chain()
-        .filter_map(|c| c.downcast_ref::<std::io::Error>())
-        .any(|io| matches!(io.raw_os_error(), Some(libc::EACCES | libc::EPERM)));
-    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
-        .ok()?
-        .trim()
-        .parse::<i32>()
-        .ok()?;
-    let admin = effective_caps() & (1 << CAP_SYS_ADMIN) != 0;
-    (denied && paranoid > 2 && !admin).then(|| {
-        NotPermitted(format!(
-            "this kernel's perf_event_paranoid is {paranoid}: attaching tracepoints needs \
-             CAP_SYS_ADMIN here (or `sysctl kernel.perf_event_paranoid=2`)"
-        ))
-    })
 }
 
 /// The loaded and attached kernel programs and their ring buffer.
@@ -192,7 +108,7 @@ fn short_error(e: &dyn std::error::Error) -> String {
 /// Where the kernel programs find a socket's namespace and cgroup. Without kernel BTF, events
 /// carry neither (a warning), and `--netns`/`--cgroup` cannot run.
 fn kernel_offsets(opts: &Options) -> Result<(KernelOffsets, SockOffsets)> {
-    let (offsets, sock) = match crate::btf::Btf::kernel() {
+    let (offsets, sock) = match crate::kernel::btf::Btf::kernel() {
         Ok(btf) => (btf.kernel_offsets(), btf.sock_offsets()),
         Err(e) => {
             log::warn!(
@@ -416,7 +332,7 @@ impl KernelSource {
         })
     }
 
-    /// Events lost that have been handed on as [`Record::Lost`].
+    /// Events lost that have been handed on as [`Delivery::Lost`].
     pub fn lost_reported(&self) -> u64 {
         self.lost_reported
     }
@@ -430,20 +346,20 @@ impl KernelSource {
     }
 
     /// Waits for the poll timer, then appends everything queued to `out` (and a
-    /// [`Record::Lost`] when the loss counter moved).
-    pub async fn fill(&mut self, out: &mut Vec<Record>) -> Result<()> {
+    /// [`Delivery::Lost`] when the loss counter moved).
+    pub async fn fill(&mut self, out: &mut Vec<Delivery>) -> Result<()> {
         self.tick.tick().await;
         self.drain(out);
         Ok(())
     }
 
     /// Appends whatever is queued now, without waiting.
-    pub fn drain(&mut self, out: &mut Vec<Record>) {
+    pub fn drain(&mut self, out: &mut Vec<Delivery>) {
         while let Some(item) = self.ring.next() {
             match decode(&item) {
                 Ok(ev) => {
                     self.delivered += 1;
-                    out.push(Record::Event(ev));
+                    out.push(Delivery::Event(ev));
                 }
                 Err(e) => {
                     self.undecodable += 1;
@@ -453,8 +369,8 @@ impl KernelSource {
         }
         let lost = self.lost_total();
         if lost > self.lost_reported {
-            out.push(Record::Lost {
-                ts_ns: crate::clock::monotonic_ns(),
+            out.push(Delivery::Lost {
+                ts_ns: crate::host::clock::monotonic_ns(),
                 count: lost - self.lost_reported,
             });
             self.lost_reported = lost;

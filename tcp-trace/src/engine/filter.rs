@@ -8,9 +8,8 @@
 use std::net::IpAddr;
 
 use crate::{
-    cgroup::within,
-    engine::{Owner, Tuple},
     event::Event,
+    event::{Owner, Tuple},
 };
 
 /// Address family restriction.
@@ -108,9 +107,26 @@ impl Filter {
     }
 }
 
+/// True when cgroup `path` is `top` or below it.
+pub fn within(path: &str, top: &str) -> bool {
+    top == "/"
+        || path
+            .strip_prefix(top)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn within_is_by_whole_components() {
+        assert!(within("/a/b", "/a"));
+        assert!(within("/a", "/a"));
+        assert!(within("/anything", "/"));
+        assert!(!within("/ab", "/a"));
+        assert!(!within("/", "/a"));
+    }
     use crate::event::{Comm, EventKind, Task, TcpState};
     use std::net::{Ipv4Addr, Ipv6Addr};
 

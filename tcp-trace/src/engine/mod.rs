@@ -9,279 +9,20 @@
 //! seeded from a sock_diag snapshot have no address yet; they are found by 4-tuple and re-keyed
 //! when the first event for them arrives.
 
-use std::{
-    collections::{HashMap, HashSet, VecDeque},
-    hash::{BuildHasher, Hash},
-    net::IpAddr,
+pub mod filter;
+pub mod halfopen;
+mod lifecycle;
+mod table;
+
+pub use lifecycle::{Closer, Lifecycle, PlaceId, Transition};
+
+use std::collections::HashSet;
+
+use self::{
+    halfopen::{Notice, Tracker},
+    table::{Graveyard, Places, Table, GRAVEYARD_MIN},
 };
-
-use indexmap::IndexMap;
-use rustc_hash::FxBuildHasher;
-use smallvec::{smallvec, SmallVec};
-
-use crate::{
-    event::{Comm, Event, EventKind, TcpState},
-    halfopen::{Episode, Notice, Tracker},
-};
-
-/// A connection's endpoints, local side first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct Tuple {
-    /// Local address.
-    pub saddr: IpAddr,
-    /// Local port.
-    pub sport: u16,
-    /// Remote address.
-    pub daddr: IpAddr,
-    /// Remote port.
-    pub dport: u16,
-}
-
-impl Tuple {
-    /// The endpoints of an event.
-    pub fn of(ev: &Event) -> Self {
-        Self {
-            saddr: ev.saddr,
-            sport: ev.sport,
-            daddr: ev.daddr,
-            dport: ev.dport,
-        }
-    }
-
-    /// Both ports known (not a half-bound socket in SYN_SENT or a listener).
-    fn is_connected(&self) -> bool {
-        self.sport != 0 && self.dport != 0
-    }
-}
-
-/// A process that owns a socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Owner {
-    /// Process id.
-    pub pid: u32,
-    /// Thread name at the time.
-    pub comm: Comm,
-}
-
-/// A state entered at a time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Transition {
-    /// Monotonic ns.
-    pub at_ns: u64,
-    /// The state entered.
-    pub state: TcpState,
-}
-
-/// Which side sent the first FIN.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Closer {
-    /// This host (ESTABLISHED→FIN_WAIT1).
-    Local,
-    /// The peer (ESTABLISHED→CLOSE_WAIT).
-    Remote,
-    /// Both at once (FIN_WAIT1→CLOSING).
-    Simultaneous,
-    /// No FIN: a reset or abort (ESTABLISHED→CLOSE).
-    Abort,
-}
-
-impl Closer {
-    /// Name used in output.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Local => "local",
-            Self::Remote => "remote",
-            Self::Simultaneous => "simultaneous",
-            Self::Abort => "abort",
-        }
-    }
-}
-
-/// Everything known about one socket's life.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Lifecycle {
-    /// Kernel socket address (0 for a seeded socket not yet seen in an event).
-    pub sock: u64,
-    /// Endpoints (latest known).
-    pub tuple: Tuple,
-    /// Owner learned from a transition made in the owner's own context.
-    pub owner: Option<Owner>,
-    /// States entered, in order; the first may be a seed (see `exact_start`). Three fit inline:
-    /// the whole history of an open connection, without a heap allocation.
-    pub states: SmallVec<[Transition; 3]>,
-    /// False when the first state's time is only when the tracer first saw the socket.
-    pub exact_start: bool,
-    /// Last event time.
-    pub last_seen_ns: u64,
-    /// `tcp_retransmit_skb` count.
-    pub retransmits: u32,
-    /// `tcp_retransmit_synack` count (listeners).
-    pub synack_retransmits: u32,
-    /// Resets this host sent on the socket.
-    pub resets_sent: u32,
-    /// Resets received.
-    pub resets_received: u32,
-    /// Last socket error (positive errno).
-    pub error: Option<std::num::NonZeroI32>,
-    /// Who closed first.
-    pub closer: Option<Closer>,
-    /// The application closed a FIN_WAIT2 socket: it became a kernel-owned timewait orphan at
-    /// this time (reaped after `tcp_fin_timeout`).
-    pub orphaned_ns: Option<std::num::NonZeroU64>,
-    /// The last half-open episode (retransmits into the void, a reset), if there was one.
-    pub half_open: Option<Box<Episode>>,
-    /// Events may be missing (lost events while it lived, or seen first mid-life).
-    pub incomplete: bool,
-    /// For a socket seeded from a snapshot: when the snapshot was taken (0 otherwise).
-    /// Events older than this describe a past the snapshot already shows.
-    pub snapshot_ns: u64,
-    /// Its network namespace and cgroup, from its events ([`Engine::place`] resolves it).
-    pub place: PlaceId,
-}
-
-/// Where a socket lives: network namespace inode and cgroup id (0: unknown).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Place {
-    /// Network namespace inode.
-    pub netns: u32,
-    /// cgroup v2 id.
-    pub cgroup: u64,
-}
-
-/// A [`Place`] interned by the engine: 4 bytes in each lifecycle instead of 16 (a million
-/// sockets share a handful of namespaces and cgroups); 0 is the unknown place.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PlaceId(u32);
-
-/// Every place seen, numbered.
-#[derive(Default)]
-struct Places {
-    list: Vec<Place>,
-    ids: HashMap<Place, u32, FxBuildHasher>,
-}
-
-impl Places {
-    fn id(&mut self, p: Place) -> PlaceId {
-        if p == Place::default() {
-            return PlaceId(0);
-        }
-        let next = self.list.len() as u32 + 1;
-        let id = *self.ids.entry(p).or_insert(next);
-        if id == next {
-            self.list.push(p);
-        }
-        PlaceId(id)
-    }
-
-    fn get(&self, id: PlaceId) -> Place {
-        id.0.checked_sub(1)
-            .and_then(|i| self.list.get(i as usize))
-            .copied()
-            .unwrap_or_default()
-    }
-
-    /// `id` updated with what `ev` knows.
-    fn learn(&mut self, id: PlaceId, ev: &Event) -> PlaceId {
-        if ev.netns == 0 && ev.cgroup == 0 {
-            return id;
-        }
-        let mut p = self.get(id);
-        p.learn(ev);
-        self.id(p)
-    }
-}
-
-impl Place {
-    /// What an event says (zeros when its tracepoint has no socket).
-    pub fn of(ev: &Event) -> Self {
-        Self {
-            netns: ev.netns,
-            cgroup: ev.cgroup,
-        }
-    }
-
-    /// Takes what an event knows; keeps what it does not.
-    fn learn(&mut self, ev: &Event) {
-        if ev.netns != 0 {
-            self.netns = ev.netns;
-        }
-        if ev.cgroup != 0 {
-            self.cgroup = ev.cgroup;
-        }
-    }
-}
-
-impl Lifecycle {
-    fn new(sock: u64, tuple: Tuple, first: Transition, exact_start: bool) -> Self {
-        Self {
-            sock,
-            tuple,
-            owner: None,
-            states: smallvec![first],
-            exact_start,
-            last_seen_ns: first.at_ns,
-            retransmits: 0,
-            synack_retransmits: 0,
-            resets_sent: 0,
-            resets_received: 0,
-            error: None,
-            closer: None,
-            orphaned_ns: None,
-            half_open: None,
-            incomplete: !exact_start,
-            snapshot_ns: 0,
-            place: PlaceId::default(),
-        }
-    }
-
-    /// The current state.
-    pub fn state(&self) -> TcpState {
-        self.states.last().map_or(TcpState::CLOSE, |t| t.state)
-    }
-
-    /// When the current state was entered (a lower bound when it is the seed).
-    pub fn state_since_ns(&self) -> u64 {
-        self.states.last().map_or(0, |t| t.at_ns)
-    }
-
-    /// Whether `state_since_ns` is exact.
-    pub fn state_since_exact(&self) -> bool {
-        self.exact_start || self.states.len() > 1
-    }
-
-    /// First time seen.
-    pub fn first_seen_ns(&self) -> u64 {
-        self.states.first().map_or(0, |t| t.at_ns)
-    }
-
-    /// The states the socket lived through, with ns spent in each (the last up to `end_ns`):
-    /// the pre-birth CLOSE or LISTEN of a socket born under the tracer and a final CLOSE carry
-    /// no time and are left out.
-    pub fn path(&self, end_ns: u64) -> Vec<(TcpState, u64)> {
-        let mut steps = self.durations(end_ns);
-        let pre_birth = |s: TcpState| matches!(s, TcpState::CLOSE | TcpState::LISTEN);
-        if self.exact_start && steps.len() > 1 && steps.first().is_some_and(|(s, _)| pre_birth(*s))
-        {
-            steps.remove(0);
-        }
-        if steps.len() > 1 && steps.last().is_some_and(|(s, _)| *s == TcpState::CLOSE) {
-            steps.pop();
-        }
-        steps
-    }
-
-    /// Time spent in each state, the last one up to `end_ns`.
-    pub fn durations(&self, end_ns: u64) -> Vec<(TcpState, u64)> {
-        self.states
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let until = self.states.get(i + 1).map_or(end_ns, |n| n.at_ns);
-                (t.state, until.saturating_sub(t.at_ns))
-            })
-            .collect()
-    }
-}
+use crate::event::{Event, EventKind, Owner, Place, TcpState, Tuple};
 
 /// What applying one event did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -325,98 +66,6 @@ pub struct Counters {
     pub finished: u64,
 }
 
-/// Tracked lifecycles, densely stored (a million sockets must fit in a few hundred MiB), with
-/// a 4-tuple index keyed by the tuple's 64-bit hash (checked against the lifecycle on lookup)
-/// and eviction of the least recently seen of a random sample when full (exact below 16).
-struct Table {
-    map: IndexMap<u64, Lifecycle, FxBuildHasher>,
-    by_tuple: HashMap<u64, u64, FxBuildHasher>,
-    cap: usize,
-    rng: u64,
-}
-
-/// Sockets sampled per eviction.
-const EVICTION_SAMPLE: usize = 16;
-
-impl Table {
-    fn new(cap: usize) -> Self {
-        Self {
-            map: IndexMap::default(),
-            by_tuple: HashMap::default(),
-            cap: cap.max(1),
-            rng: 0x9e37_79b9_7f4a_7c15,
-        }
-    }
-
-    fn tuple_hash(t: &Tuple) -> u64 {
-        FxBuildHasher.hash_one(t)
-    }
-
-    fn key_of(&self, t: &Tuple) -> Option<u64> {
-        let k = *self.by_tuple.get(&Self::tuple_hash(t))?;
-        self.map.get(&k).filter(|l| l.tuple == *t).map(|_| k)
-    }
-
-    fn index(&mut self, t: &Tuple, key: u64) {
-        self.by_tuple.insert(Self::tuple_hash(t), key);
-    }
-
-    fn unindex(&mut self, t: &Tuple, key: u64) {
-        let h = Self::tuple_hash(t);
-        if self.by_tuple.get(&h) == Some(&key) {
-            self.by_tuple.remove(&h);
-        }
-    }
-
-    fn next_random(&mut self) -> u64 {
-        // xorshift64*: plenty for picking eviction samples.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// The least recently seen of a sample (of everything, when small).
-    fn victim(&mut self) -> Option<u64> {
-        let n = self.map.len();
-        let pick = |m: &IndexMap<u64, Lifecycle, FxBuildHasher>, i: usize| {
-            m.get_index(i).map(|(k, l)| (l.last_seen_ns, *k))
-        };
-        let best = if n <= EVICTION_SAMPLE {
-            (0..n).filter_map(|i| pick(&self.map, i)).min()
-        } else {
-            (0..EVICTION_SAMPLE)
-                .map(|_| (self.next_random() % n as u64) as usize)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .filter_map(|i| pick(&self.map, i))
-                .min()
-        };
-        best.map(|(_, k)| k)
-    }
-
-    /// Inserts; returns an evicted lifecycle when the table was full.
-    fn insert(&mut self, key: u64, l: Lifecycle) -> Option<(u64, Lifecycle)> {
-        let mut evicted = None;
-        if !self.map.contains_key(&key) && self.map.len() >= self.cap {
-            if let Some(v) = self.victim() {
-                evicted = self.remove(v).map(|l| (v, l));
-            }
-        }
-        if l.tuple.is_connected() {
-            self.index(&l.tuple, key);
-        }
-        self.map.insert(key, l);
-        evicted
-    }
-
-    fn remove(&mut self, key: u64) -> Option<Lifecycle> {
-        let l = self.map.swap_remove(&key)?;
-        self.unindex(&l.tuple, key);
-        Some(l)
-    }
-}
-
 /// The engine.
 pub struct Engine {
     socks: Table,
@@ -429,76 +78,6 @@ pub struct Engine {
     places: Places,
     /// Totals.
     pub counters: Counters,
-}
-
-/// Finished lifecycles kept for late events when nobody takes them.
-const GRAVEYARD_MIN: usize = 4096;
-
-/// Finished lifecycles, oldest first (with their close times), kept so that late events (an
-/// error or reset the kernel reports just after CLOSE) still find them; entry `i` is number
-/// `base + i`, which the indexes refer to.
-#[derive(Default)]
-struct Graveyard {
-    list: VecDeque<(u64, Lifecycle)>,
-    base: u64,
-    by_sock: HashMap<u64, u64>,
-    by_tuple: HashMap<Tuple, u64>,
-}
-
-impl Graveyard {
-    fn push(&mut self, l: Lifecycle) {
-        let seq = self.base + self.list.len() as u64;
-        if l.sock != 0 {
-            self.by_sock.insert(l.sock, seq);
-        }
-        if l.tuple.is_connected() {
-            self.by_tuple.insert(l.tuple, seq);
-        }
-        self.list.push_back((l.last_seen_ns, l));
-    }
-
-    fn pop(&mut self) -> Option<Lifecycle> {
-        let (_, l) = self.list.pop_front()?;
-        let seq = self.base;
-        self.base += 1;
-        if self.by_sock.get(&l.sock) == Some(&seq) {
-            self.by_sock.remove(&l.sock);
-        }
-        if self.by_tuple.get(&l.tuple) == Some(&seq) {
-            self.by_tuple.remove(&l.tuple);
-        }
-        Some(l)
-    }
-
-    fn index(&self, seq: u64) -> Option<usize> {
-        usize::try_from(seq.checked_sub(self.base)?).ok()
-    }
-
-    fn at(&self, seq: u64) -> Option<&Lifecycle> {
-        self.list.get(self.index(seq)?).map(|(_, l)| l)
-    }
-
-    fn at_mut(&mut self, seq: u64) -> Option<&mut Lifecycle> {
-        let i = self.index(seq)?;
-        self.list.get_mut(i).map(|(_, l)| l)
-    }
-
-    fn by_sock_mut(&mut self, sock: u64) -> Option<&mut Lifecycle> {
-        let seq = *self.by_sock.get(&sock)?;
-        self.at_mut(seq)
-    }
-
-    /// The finished lifecycle a late event belongs to: by socket, or by endpoints when the
-    /// event has no socket.
-    fn late_event(&mut self, ev: &Event) -> Option<&mut Lifecycle> {
-        match ev.sock {
-            0 => {
-                let seq = *self.by_tuple.get(&Tuple::of(ev))?;
-                self.at_mut(seq)
-            }
-            s => self.by_sock_mut(s),
-        }
-    }
 }
 
 /// Keys below this are seeds (kernel addresses are far above it).
@@ -532,7 +111,7 @@ impl Engine {
     }
 
     /// The same engine with these half-open thresholds.
-    pub fn with_thresholds(mut self, t: crate::halfopen::Thresholds) -> Self {
+    pub fn with_thresholds(mut self, t: crate::engine::halfopen::Thresholds) -> Self {
         self.halfopen = Tracker::new(t);
         self
     }
@@ -696,7 +275,7 @@ impl Engine {
             };
             if let Some(l) = l {
                 ep.place = self.places.get(l.place);
-                if ep.kind != crate::halfopen::Kind::Embryonic {
+                if ep.kind != crate::engine::halfopen::Kind::Embryonic {
                     l.half_open = Some(Box::new(ep.clone()));
                 }
             }
@@ -872,7 +451,10 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
+    use crate::event::Comm;
     use crate::event::Task;
     use std::net::Ipv4Addr;
 

@@ -3,6 +3,10 @@
 //! Decoding never panics: a short record or an unknown kind is an error value, an unknown state
 //! or errno number decodes to `UNKNOWN(n)`.
 
+mod socket;
+
+pub use socket::{endpoint, Owner, Place, Tuple};
+
 use std::{
     borrow::Cow,
     fmt,
@@ -329,6 +333,20 @@ pub fn comm_transitions() -> [u32; 16] {
         }
     }
     table
+}
+
+/// What a source delivers: an event, or the count of events the kernel could not queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// A decoded kernel event.
+    Event(Event),
+    /// Events the kernel could not queue since the last `Lost` (ring buffer full).
+    Lost {
+        /// Monotonic ns when the loss was noticed.
+        ts_ns: u64,
+        /// How many.
+        count: u64,
+    },
 }
 
 /// One decoded kernel event.

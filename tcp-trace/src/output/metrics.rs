@@ -204,9 +204,8 @@ impl Metrics {
                     .inc();
                 }
                 if applied.finished {
-                    let connection = |l: &&crate::engine::Lifecycle| {
-                        l.exact_start && !crate::output::life::is_listener(l)
-                    };
+                    let connection =
+                        |l: &&crate::engine::Lifecycle| l.exact_start && !l.is_listener();
                     if let Some(l) = engine.last_finished().filter(connection) {
                         let end = l.states.last().map_or(l.last_seen_ns, |t| t.at_ns);
                         self.lifetime

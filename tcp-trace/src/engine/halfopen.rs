@@ -14,8 +14,8 @@ use std::{
 };
 
 use crate::{
-    engine::{Owner, Tuple},
     event::TcpState,
+    event::{Owner, Tuple},
 };
 
 /// What kind of half-open condition.
@@ -122,7 +122,7 @@ pub struct Episode {
     /// `IdleNoKeepalive`: how long it has been idle.
     pub idle: Option<Duration>,
     /// The socket's namespace and cgroup (filled in by the engine).
-    pub place: crate::engine::Place,
+    pub place: crate::event::Place,
 }
 
 impl Episode {
@@ -140,7 +140,7 @@ impl Episode {
             top_remotes: Vec::new(),
             handshakes: 0,
             idle: None,
-            place: crate::engine::Place::default(),
+            place: crate::event::Place::default(),
         }
     }
 }

@@ -7,10 +7,10 @@ use anyhow::Result;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::{
-    env::{self, Env},
-    event::EventKind,
-    record::{Item, Reader},
-    source::{KernelSource, Record},
+    event::{Delivery, EventKind},
+    host::{self, Env},
+    kernel::KernelSource,
+    recording::{Item, Reader, Replay},
 };
 
 /// What a sink wants after a batch.
@@ -25,7 +25,7 @@ pub enum Flow {
 /// Consumes batches of records.
 pub trait Sink {
     /// Handles one batch (possibly empty: called at least every poll interval).
-    fn batch(&mut self, records: &[Record], env: &mut dyn Env) -> Result<Flow>;
+    fn batch(&mut self, records: &[Delivery], env: &mut dyn Env) -> Result<Flow>;
     /// Called once at the end, after the last batch.
     fn finish(&mut self, env: &mut dyn Env) -> Result<()>;
     /// When the sink next wants to run even without events (monotonic ns); a replay moves
@@ -86,10 +86,10 @@ impl Stop {
 /// `TCP_ABORT_ON_DATA` where the kernel gives reasons) tells what happened. Both come from one
 /// call on one CPU ("at once" is generous for slow machines and emulators); a batch boundary
 /// falling between them keeps the false one (rare).
-pub fn drop_abort_resets(batch: &mut Vec<Record>) {
+pub fn drop_abort_resets(batch: &mut Vec<Delivery>) {
     const AT_ONCE_NS: u64 = 20_000_000;
-    let received = |r: &Record| match r {
-        Record::Event(e) if matches!(e.kind, EventKind::ResetReceived { .. }) && e.sock != 0 => {
+    let received = |r: &Delivery| match r {
+        Delivery::Event(e) if matches!(e.kind, EventKind::ResetReceived { .. }) && e.sock != 0 => {
             Some((e.sock, e.ts_ns))
         }
         _ => None,
@@ -104,8 +104,8 @@ pub fn drop_abort_resets(batch: &mut Vec<Record>) {
         };
         // Only the events just after it are looked at, and only until its socket is reused.
         let answered = batch[i + 1..].iter().find_map(|later| match later {
-            Record::Event(e) if e.ts_ns.saturating_sub(ts) >= AT_ONCE_NS => Some(false),
-            Record::Event(e) if e.sock == sock => match e.kind {
+            Delivery::Event(e) if e.ts_ns.saturating_sub(ts) >= AT_ONCE_NS => Some(false),
+            Delivery::Event(e) if e.sock == sock => match e.kind {
                 EventKind::ResetSent { .. } => Some(true),
                 EventKind::ResetReceived { .. } => Some(false),
                 EventKind::State { old, new } if tcp_trace_common::is_birth(old.0, new.0) => {
@@ -133,7 +133,7 @@ pub async fn run(
     src: &mut KernelSource,
     stop: &mut Stop,
     sink: &mut dyn Sink,
-    env: &mut env::Live,
+    env: &mut host::Live,
 ) -> Result<Ended> {
     let mut batch = Vec::with_capacity(4096);
     let ended = loop {
@@ -173,11 +173,11 @@ const REPLAY_BATCH_NS: u64 = 50_000_000;
 pub fn replay<R: std::io::Read>(
     reader: &mut Reader<R>,
     sink: &mut dyn Sink,
-    env: &mut env::Replay,
+    env: &mut Replay,
 ) -> Result<()> {
-    let mut batch: Vec<Record> = Vec::new();
+    let mut batch: Vec<Delivery> = Vec::new();
     let mut batch_end: Option<u64> = None;
-    let flush = |batch: &mut Vec<Record>, env: &mut env::Replay, sink: &mut dyn Sink, at: u64| {
+    let flush = |batch: &mut Vec<Delivery>, env: &mut Replay, sink: &mut dyn Sink, at: u64| {
         env.advance(at);
         drop_abort_resets(batch);
         let flow = sink.batch(batch, env);
@@ -213,8 +213,8 @@ pub fn replay<R: std::io::Read>(
             }
         }
         match item {
-            Item::Event(ev) => batch.push(Record::Event(ev)),
-            Item::Lost { ts_ns, count } => batch.push(Record::Lost { ts_ns, count }),
+            Item::Event(ev) => batch.push(Delivery::Event(ev)),
+            Item::Lost { ts_ns, count } => batch.push(Delivery::Lost { ts_ns, count }),
             Item::Snapshot(s) => env.observe(*s),
             Item::Cgroup { id, path } => env.learn_cgroup(id, path),
             Item::End { .. } => {}
@@ -235,8 +235,8 @@ pub fn replay<R: std::io::Read>(
 /// Finishes the sink, then reports a damaged recording (after everything before the damage).
 fn finish(
     sink: &mut dyn Sink,
-    env: &mut env::Replay,
-    fault: Option<crate::record::ReadError>,
+    env: &mut Replay,
+    fault: Option<crate::recording::ReadError>,
 ) -> Result<()> {
     sink.finish(env)?;
     match fault {
@@ -250,7 +250,7 @@ mod tests {
     use super::*;
     use crate::event::{Comm, Event, Task, TcpState};
 
-    fn ev(ts_ns: u64, sock: u64, kind: EventKind) -> Record {
+    fn ev(ts_ns: u64, sock: u64, kind: EventKind) -> Delivery {
         let task = Task {
             pid: 0,
             tid: 0,
@@ -258,7 +258,7 @@ mod tests {
         };
         let a = ("10.0.0.1".parse().unwrap(), 80);
         let b = ("10.0.0.2".parse().unwrap(), 5000);
-        Record::Event(Event::new(ts_ns, sock, task, a, b, kind))
+        Delivery::Event(Event::new(ts_ns, sock, task, a, b, kind))
     }
 
     const RECEIVED: EventKind = EventKind::ResetReceived { cookie: 0 };
@@ -278,8 +278,8 @@ mod tests {
         ];
         drop_abort_resets(&mut b);
         assert_eq!(b.len(), 3);
-        assert!(matches!(&b[0], Record::Event(e) if e.kind == error));
-        assert!(matches!(&b[1], Record::Event(e) if e.sock == 9 && e.kind == RECEIVED));
+        assert!(matches!(&b[0], Delivery::Event(e) if e.kind == error));
+        assert!(matches!(&b[1], Delivery::Event(e) if e.sock == 9 && e.kind == RECEIVED));
     }
 
     #[test]

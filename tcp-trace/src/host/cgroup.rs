@@ -71,14 +71,6 @@ pub fn target(arg: &str) -> Result<Target> {
     })
 }
 
-/// True when cgroup `path` is `top` or below it.
-pub fn within(path: &str, top: &str) -> bool {
-    top == "/"
-        || path
-            .strip_prefix(top)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-}
-
 /// Maps cgroup ids to paths: from a recording's table, or by walking this host's cgroup2 tree
 /// (again on a miss, at most once a second, since cgroups come and go). Ids only grow, so a
 /// miss at or below the largest id seen is a cgroup already gone: no walk for it.
@@ -170,15 +162,6 @@ mod tests {
             "/system.slice/x.service"
         );
         assert_eq!(normalize("system.slice", None), "/system.slice");
-    }
-
-    #[test]
-    fn within_is_by_whole_components() {
-        assert!(within("/a/b", "/a"));
-        assert!(within("/a", "/a"));
-        assert!(within("/anything", "/"));
-        assert!(!within("/ab", "/a"));
-        assert!(!within("/", "/a"));
     }
 
     #[test]

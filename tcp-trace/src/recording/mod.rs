@@ -17,13 +17,17 @@
 //! the ring buffer carried; snapshots are rare and JSON. Version 1 (before events carried the
 //! socket's network namespace and cgroup) is still read: its events get both as unknown.
 
+mod replay;
+
+pub use replay::Replay;
+
 use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    enrich::{DiagSocket, Holder},
     event::{decode, encode, Event},
+    host::{owners::Holder, sockdiag::DiagSocket},
 };
 
 /// The first bytes of every recording.

@@ -22,7 +22,7 @@ pub fn ensure_mounted() -> Result<&'static str> {
             .any(|l| l.split_whitespace().nth(1) == Some(r))
     };
     if let Some(r) = ROOTS.iter().find(|r| mounted(r)) {
-        return Err(crate::source::NotPermitted(format!(
+        return Err(super::privilege::NotPermitted(format!(
             "cannot read tracefs at {r}: tcp-trace needs CAP_DAC_READ_SEARCH (or root)"
         ))
         .into());

@@ -1,0 +1,237 @@
+//! The command line as parsed (clap): subcommands, their flags and the value parsers. What
+//! the flags build (filters, engine, kernel options) is in `settings`.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{engine::halfopen::Kind, event::TcpState, stuck::REPORTABLE};
+
+/// Trace TCP connections with eBPF: live state changes, stuck half-closed sockets and
+/// half-open connections, with who holds them.
+#[derive(Parser, Debug)]
+#[command(name = "tcp-trace", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print every TCP state change, retransmit, reset and socket error as it happens.
+    Watch(WatchArgs),
+    /// Report sockets stuck half-closed (CLOSE_WAIT, FIN_WAIT2, …): who holds them, since when.
+    Stuck(StuckArgs),
+    /// Print one line per finished connection: owner, duration, every state, who closed first.
+    Life(LifeArgs),
+    /// Record every event (and snapshots of the sockets) to a file, for `--replay` later.
+    Record(RecordArgs),
+    /// Run continuously: Prometheus `/metrics`, `/healthz`, and optionally an NDJSON stream.
+    Serve(ServeArgs),
+}
+
+/// `record` options.
+#[derive(Args, Debug)]
+pub struct RecordArgs {
+    /// The recording to write.
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+    /// How often to snapshot the stuck-prone sockets and their owners (for `stuck --replay`).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub snapshot_interval: Duration,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// Options every tracing command shares.
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Only connections with this local or remote port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Only connections with this local port.
+    #[arg(long)]
+    pub sport: Option<u16>,
+    /// Only connections with this remote port.
+    #[arg(long)]
+    pub dport: Option<u16>,
+    /// Only connections with either address in this IP or CIDR (e.g. `10.0.0.0/8`, `::1`).
+    #[arg(long, value_parser = parse_net)]
+    pub addr: Option<ipnet::IpNet>,
+    /// Only sockets owned by this process id.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Only sockets whose owner has this command name.
+    #[arg(long)]
+    pub comm: Option<String>,
+    /// Only sockets in this network namespace: its inode (`ls -L -i /proc/PID/ns/net`), as
+    /// `net:[4026531840]`, or a namespace file (`/proc/PID/ns/net`, `/run/netns/NAME`).
+    #[arg(long, value_name = "NS", value_parser = parse_netns)]
+    pub netns: Option<u32>,
+    /// Only sockets created in this cgroup v2 or below it (a container): a path as
+    /// `/proc/PID/cgroup` writes it, or its directory under the cgroup2 mount.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+    /// Only IPv4.
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Only IPv6.
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+    /// Stop after this long (e.g. `10s`, `2m`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Kernel ring buffer size in bytes (rounded up to a power of two).
+    #[arg(long, default_value_t = 4 << 20)]
+    pub ringbuf_size: u32,
+    /// Most sockets tracked at once; the least recently seen are evicted beyond it.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_sockets: usize,
+    /// Half-open: retransmits without progress needed (with --half-open-after, whichever
+    /// comes later).
+    #[arg(long, default_value_t = 3)]
+    pub half_open_retransmits: u32,
+    /// Read a recording (`tcp-trace record`) instead of the kernel; no privileges needed.
+    #[arg(long, value_name = "FILE")]
+    pub replay: Option<PathBuf>,
+    /// Half-open: time since the first unanswered retransmit needed.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub half_open_after: Duration,
+}
+
+/// `watch` options.
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// One JSON object per line (NDJSON) instead of aligned text.
+    #[arg(long)]
+    pub json: bool,
+    /// Human output: also each socket's network namespace and cgroup.
+    #[arg(long)]
+    pub wide: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// What `stuck` and `serve` evaluate.
+#[derive(Args, Debug, Clone)]
+pub struct StuckOpts {
+    /// States to report (comma-separated): FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING.
+    #[arg(long, value_delimiter = ',', value_parser = parse_state, default_value = "FIN_WAIT2,CLOSE_WAIT")]
+    pub states: Vec<TcpState>,
+    /// Report a socket once it has been in the state this long (e.g. `30s`, `5m`).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub threshold: Duration,
+    /// How often to re-evaluate in live mode.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Half-open kinds to report (comma-separated): peer_unreachable, connect_blackhole,
+    /// embryonic, peer_reset, idle_no_keepalive (the last only with --idle-after).
+    #[arg(long, value_delimiter = ',', value_parser = parse_kind, default_value = "peer_unreachable,connect_blackhole,embryonic,peer_reset,idle_no_keepalive")]
+    pub kinds: Vec<Kind>,
+    /// Report ESTABLISHED sockets idle this long without a keepalive timer.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub idle_after: Option<Duration>,
+    /// How often every network namespace is listed in full (for sockets older than the tracer
+    /// or whose events were lost); in between, only namespaces with something to confirm.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub sweep: Duration,
+}
+
+/// `stuck` options.
+#[derive(Args, Debug)]
+pub struct StuckArgs {
+    #[command(flatten)]
+    pub opts: StuckOpts,
+    /// Report once after a short settle window and exit: 1 if anything is stuck, 0 if not.
+    #[arg(long)]
+    pub once: bool,
+    /// With --replay: report what was stuck at this time (`14:32:05` on the recording's day,
+    /// UTC, or RFC 3339), then exit like --once.
+    #[arg(long)]
+    pub at: Option<String>,
+    /// With `--once`: how long to collect events before the report.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
+    /// One JSON object per line (`stuck`, `recovered`, `half_open`, `summary`).
+    #[arg(long)]
+    pub json: bool,
+    /// Human output: also each owner's cgroup (its container) and network namespace.
+    #[arg(long)]
+    pub wide: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `serve` options.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address for `/metrics` and `/healthz`.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub listen: std::net::SocketAddr,
+    /// Also write the NDJSON of `watch --json` and `stuck --json` here (`-`: stdout).
+    #[arg(long, value_name = "PATH|-")]
+    pub events_json: Option<String>,
+    /// Rotate the --events-json file (to PATH.1) past this many MiB.
+    #[arg(long, default_value_t = 100)]
+    pub events_json_max_mib: u64,
+    /// Count accepted connections by listening port (a label per listening port).
+    #[arg(long)]
+    pub label_ports: bool,
+    #[command(flatten)]
+    pub opts: StuckOpts,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `life` options.
+#[derive(Args, Debug)]
+pub struct LifeArgs {
+    /// One JSON object per line (`life`).
+    #[arg(long)]
+    pub json: bool,
+    /// Human output: also each connection's network namespace and cgroup.
+    #[arg(long)]
+    pub wide: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+fn parse_state(s: &str) -> Result<TcpState, String> {
+    match TcpState::from_name(s) {
+        Some(st) if REPORTABLE.contains(&st) => Ok(st),
+        _ => Err(format!(
+            "`{s}` is not one of {}",
+            REPORTABLE.map(|s| s.to_string()).join(", ")
+        )),
+    }
+}
+
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("`{s}` is not an IP address or CIDR network"))
+}
+
+/// A network namespace: an inode number, `net:[N]`, or a namespace file to stat.
+fn parse_netns(s: &str) -> Result<u32, String> {
+    let digits = s
+        .strip_prefix("net:[")
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(s);
+    if let Ok(n) = digits.parse::<u32>() {
+        return Ok(n);
+    }
+    crate::host::sockdiag::netns_inode(s)
+        .ok_or_else(|| format!("`{s}` is neither a namespace inode nor a readable file"))
+}
+
+fn parse_kind(s: &str) -> Result<Kind, String> {
+    Kind::from_name(s).ok_or_else(|| {
+        format!(
+            "`{s}` is not one of {}",
+            Kind::ALL.map(Kind::name).join(", ")
+        )
+    })
+}

@@ -1,0 +1,123 @@
+//! The command line: [`flags`] as parsed, the [`settings`] they build, the [`input`] they
+//! name; [`run`] builds the sink for the subcommand and runs it.
+
+mod flags;
+mod input;
+mod settings;
+
+pub use flags::Cli;
+use flags::Command;
+
+use std::{cell::RefCell, fs::File, io, process::ExitCode, rc::Rc, sync::Arc};
+
+use anyhow::{Context, Result};
+
+use self::input::{at_time, Input};
+use crate::{
+    commands::{
+        life::Life,
+        record::Recorder,
+        serve::{spawn_http, Rotating, Serve, Shared},
+        stuck::StuckCmd,
+        watch::Watch,
+    },
+    host::sockdiag::SWEEP_EVERY,
+    output::metrics::Metrics,
+};
+
+fn stdout() -> io::BufWriter<io::StdoutLock<'static>> {
+    io::BufWriter::with_capacity(64 << 10, io::stdout().lock())
+}
+
+/// Runs a parsed command line; the exit status for success paths.
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Watch(a) => {
+            let c = &a.common;
+            let (input, clock) = Input::open(c, a.json || a.wide, SWEEP_EVERY)?;
+            let mut sink = Watch::new(stdout(), a.json, clock, c.filter(), c.engine(false));
+            sink.set_wide(a.wide);
+            input.run(&mut sink).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stuck(a) => {
+            let c = &a.common;
+            // Attach first, then snapshot (in StuckCmd::new): nothing in between is missed.
+            // Always the sockets' namespaces: they say where sock_diag must look.
+            let (mut input, clock) = Input::open(c, true, a.opts.sweep)?;
+            if matches!(input, Input::Live(..)) && !crate::kernel::privilege::can_read_all_fds() {
+                log::warn!("without CAP_SYS_PTRACE the owners of other users' sockets are unknown");
+            }
+            let at = match (&a.at, &input) {
+                (Some(t), Input::Replay(r, _)) => Some(at_time(t, &r.header.start, &clock)?),
+                (Some(_), Input::Live(..)) => anyhow::bail!("--at needs --replay FILE"),
+                (None, _) => None,
+            };
+            let set = a.opts.settings(c, a.once.then_some(a.settle));
+            let mut sink = StuckCmd::new(stdout(), a.json, clock, set, c.max_sockets, input.env())?;
+            if let Some(at) = at {
+                sink.evaluate_at(at);
+            }
+            sink.set_wide(a.wide);
+            input.run(&mut sink).await?;
+            Ok(if (a.once || a.at.is_some()) && sink.stuck_now() > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Life(a) => {
+            let c = &a.common;
+            let (input, clock) = Input::open(c, a.json || a.wide, SWEEP_EVERY)?;
+            let mut sink = Life::new(stdout(), a.json, clock, c.filter(), c.engine(true));
+            sink.set_wide(a.wide);
+            input.run(&mut sink).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve(a) => {
+            let c = &a.common;
+            let metrics = Arc::new(Metrics::new(a.label_ports));
+            let listener = tokio::net::TcpListener::bind(a.listen)
+                .await
+                .with_context(|| format!("listening on {}", a.listen))?;
+            // The sockets' namespaces always: they say where sock_diag must look.
+            let (mut input, clock) = Input::open(c, true, a.opts.sweep)?;
+            let out: Box<dyn io::Write> = match a.events_json.as_deref() {
+                None => Box::new(io::sink()),
+                Some("-") => Box::new(stdout()),
+                Some(p) => Box::new(Rotating::open(p.into(), a.events_json_max_mib << 20)?),
+            };
+            let out = Shared(Rc::new(RefCell::new(out)));
+            let set = a.opts.settings(c, None);
+            let mut stuck =
+                StuckCmd::new(out.clone(), true, clock, set, c.max_sockets, input.env())?;
+            stuck.set_metrics(metrics.clone());
+            let watch = a
+                .events_json
+                .is_some()
+                .then(|| Watch::new(out, true, clock, c.filter(), c.engine(false)));
+            spawn_http(listener, metrics);
+            log::info!("serving /metrics and /healthz on http://{}", a.listen);
+            input.run(&mut Serve { stuck, watch }).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Record(a) => {
+            // A capture must survive its terminal going away.
+            // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+            unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+            let c = &a.common;
+            anyhow::ensure!(
+                c.replay.is_none(),
+                "record reads the kernel, not a recording"
+            );
+            let (mut input, clock) = Input::open(c, true, SWEEP_EVERY)?;
+            let file = File::create(&a.output)
+                .with_context(|| format!("creating {}", a.output.display()))?;
+            let out = io::BufWriter::with_capacity(1 << 20, file);
+            let mut sink =
+                Recorder::new(out, &clock, c.filter(), a.snapshot_interval, input.env())?;
+            input.run(&mut sink).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

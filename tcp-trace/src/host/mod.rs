@@ -1,0 +1,114 @@
+//! What the events cannot tell, from the host: the time, what sock_diag lists ([`sockdiag`]),
+//! who holds a socket ([`owners`]), which cgroup an id names ([`cgroup`]), sysctls. The commands
+//! see it through [`Env`]: live, the kernel and `/proc` ([`Live`]); in a replay, the recording's
+//! snapshots at the recording's time (`recording::Replay`), so both run the same code.
+
+pub mod cgroup;
+pub mod clock;
+pub mod owners;
+pub mod sockdiag;
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use anyhow::Result;
+
+use self::{cgroup::Resolver, clock::monotonic_ns, owners::Holder, sockdiag::DiagSocket};
+use crate::{event::TcpState, event::Tuple};
+
+/// Time, sockets and owners.
+pub trait Env {
+    /// Monotonic ns now.
+    fn now(&self) -> u64;
+    /// Sockets in `states` (every state when empty).
+    fn sockets(&mut self, states: &[TcpState]) -> Result<Vec<DiagSocket>>;
+    /// Holders of these inodes.
+    fn holders(&mut self, inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>>;
+    /// The socket with these endpoints in network namespace `netns` (0: unknown), if visible.
+    fn lookup(&mut self, t: &Tuple, netns: u32) -> Option<DiagSocket>;
+    /// `net.ipv4.tcp_fin_timeout`.
+    fn fin_timeout(&self) -> Duration;
+    /// The path of cgroup `id` (0: unknown), as `/proc/PID/cgroup` writes it.
+    fn cgroup_path(&mut self, id: u64) -> Option<&str>;
+    /// Network namespaces whose sockets the next [`Env::sockets`] must list (the others may
+    /// be listed less often).
+    fn focus(&mut self, _netns: HashSet<u32>) {}
+}
+
+pub(crate) fn in_states(d: &DiagSocket, states: &[TcpState]) -> bool {
+    states.is_empty() || states.contains(&d.state)
+}
+
+/// The live host.
+pub struct Live {
+    cgroups: Resolver,
+    netns: Option<u32>,
+    all: sockdiag::AllNamespaces,
+}
+
+impl Live {
+    /// The host's processes and cgroup tree, and the sockets of network namespace `netns`
+    /// (`None`: of every namespace, each listed in full at least every `sweep`).
+    pub fn new(netns: Option<u32>, sweep: Duration) -> Self {
+        Self {
+            cgroups: Resolver::live(),
+            netns,
+            all: sockdiag::AllNamespaces::new(sweep),
+        }
+    }
+}
+
+impl Env for Live {
+    fn now(&self) -> u64 {
+        monotonic_ns()
+    }
+
+    fn sockets(&mut self, states: &[TcpState]) -> Result<Vec<DiagSocket>> {
+        let flags = if states.is_empty() {
+            netlink_packet_sock_diag::inet::StateFlags::all()
+        } else {
+            sockdiag::state_flags(states)
+        };
+        let listed = match self.netns {
+            Some(ns) => sockdiag::snapshot(flags, Some(ns))?,
+            None => self.all.snapshot(flags)?,
+        };
+        Ok(listed
+            .into_iter()
+            .filter(|d| in_states(d, states))
+            .collect())
+    }
+
+    fn holders(&mut self, inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>> {
+        owners::holders(inodes)
+    }
+
+    fn lookup(&mut self, t: &Tuple, netns: u32) -> Option<DiagSocket> {
+        match self.netns {
+            Some(ns) => sockdiag::lookup(t, Some(ns)),
+            None => self.all.lookup(t, netns),
+        }
+    }
+
+    fn fin_timeout(&self) -> Duration {
+        fin_timeout()
+    }
+
+    fn cgroup_path(&mut self, id: u64) -> Option<&str> {
+        self.cgroups.path(id)
+    }
+
+    fn focus(&mut self, netns: HashSet<u32>) {
+        self.all.focus(netns);
+    }
+}
+
+/// `net.ipv4.tcp_fin_timeout`: how long an orphaned FIN_WAIT2 socket lives.
+pub fn fin_timeout() -> Duration {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_fin_timeout")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .map_or(Duration::from_secs(60), Duration::from_secs)
+}
