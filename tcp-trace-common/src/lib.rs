@@ -44,6 +44,24 @@ pub const fn is_birth(old: i32, new: i32) -> bool {
     old == tcp_state::CLOSE || (old == tcp_state::LISTEN && new == tcp_state::SYN_RECV)
 }
 
+/// A state change only the socket's owner can cause, in its own context: connect
+/// (`CLOSE → SYN_SENT`), listen (`CLOSE → LISTEN`) and its close (`LISTEN → CLOSE`), close or
+/// shutdown (`ESTABLISHED`/`SYN_RECV → FIN_WAIT1`, `CLOSE_WAIT → LAST_ACK`). Every other one
+/// may run in softirq, where the task on the CPU is a bystander: the kernel copies the task's
+/// name only for these, and the engine takes an owner only from them.
+pub const fn in_owner_context(old: i32, new: i32) -> bool {
+    use tcp_state::*;
+    matches!(
+        (old, new),
+        (CLOSE, SYN_SENT)
+            | (CLOSE, LISTEN)
+            | (LISTEN, CLOSE)
+            | (ESTABLISHED, FIN_WAIT1)
+            | (SYN_RECV, FIN_WAIT1)
+            | (CLOSE_WAIT, LAST_ACK)
+    )
+}
+
 /// `AF_INET`.
 pub const AF_INET: u16 = 2;
 /// `AF_INET6`.
@@ -269,8 +287,6 @@ pub mod names {
     pub const FILTER_DPORT: &str = "FILTER_DPORT";
     /// Global `u16`: only events of this address family (0: all).
     pub const FILTER_FAMILY: &str = "FILTER_FAMILY";
-    /// Global `[u32; 16]`: bit `new` of entry `old` asks for the task's comm on `old → new`.
-    pub const COMM_TRANSITIONS: &str = "COMM_TRANSITIONS";
     /// Global [`super::KernelOffsets`].
     pub const OFFSETS: &str = "OFFSETS";
     /// Global [`super::SockOffsets`].

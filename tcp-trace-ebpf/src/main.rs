@@ -25,7 +25,7 @@ mod programs {
     };
     use aya_log_ebpf::debug;
     use tcp_trace_common::{
-        is_birth,
+        in_owner_context, is_birth,
         layout::{
             error_report as er, receive_reset as rr, retransmit_skb as rs, retransmit_synack as ra,
             send_reset as sr, send_reset_v1 as sr1, set_state as ss, Field, Window, MAX_SHIFT,
@@ -250,12 +250,6 @@ mod programs {
         Some(p)
     }
 
-    /// Bit `new` of entry `old`: copy the task's comm for an `old → new` state change. Userspace
-    /// fills it from the transitions only a socket's owner makes (everything else may run in
-    /// softirq, where the task on the CPU is a bystander and its name is not worth ~60 ns).
-    #[unsafe(no_mangle)]
-    static COMM_TRANSITIONS: Global<[u32; 16]> = Global::new([0; 16]);
-
     #[unsafe(no_mangle)]
     static RETRANSMIT_HAS_ERR: Global<u8> = Global::new(1);
 
@@ -319,16 +313,6 @@ mod programs {
             }
             (*h).kind = kind as u8;
             (*h)._pad = 0;
-        }
-    }
-
-    /// Whether userspace asked for the comm of this transition.
-    #[inline(always)]
-    fn wants_comm(old: i32, new: i32) -> bool {
-        let table = COMM_TRANSITIONS.load();
-        match table.get(old as usize) {
-            Some(bits) => (new as u32) < 32 && bits & (1u32 << (new as u32 & 31)) != 0,
-            None => false,
         }
     }
 
@@ -410,7 +394,13 @@ mod programs {
         };
         let p = e.as_mut_ptr();
         unsafe {
-            header(&raw mut (*p).hdr, Kind::State, sk, at, wants_comm(old, new));
+            header(
+                &raw mut (*p).hdr,
+                Kind::State,
+                sk,
+                at,
+                in_owner_context(old, new),
+            );
             let addrs = [ss::SADDR, ss::DADDR, ss::SADDR_V6, ss::DADDR_V6];
             endpoints(&r, &raw mut (*p).hdr, end, addrs);
             (*p).oldstate = old;

@@ -226,12 +226,10 @@ impl KernelSource {
         let page = 4096u32;
         let size = opts.ringbuf_bytes.max(page).next_power_of_two();
         let level = aya_log_level();
-        let comm = crate::event::comm_transitions();
         let (offsets, sock) = kernel_offsets(&opts)?;
         let (cg_id, cg_level) = opts.cgroup.unwrap_or((0, 0));
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS, size)
-            .override_global(names::COMM_TRANSITIONS, &comm, true)
             .override_global(names::FILTER_PORT, &opts.port.unwrap_or(0), true)
             .override_global(names::FILTER_SPORT, &opts.sport.unwrap_or(0), true)
             .override_global(names::FILTER_DPORT, &opts.dport.unwrap_or(0), true)
