@@ -20,3 +20,5 @@ pub mod kernel;
 pub mod output;
 pub mod recording;
 pub mod stuck;
+#[cfg(test)]
+pub(crate) mod testkit;

@@ -294,22 +294,17 @@ pub fn diagnose(s: &Stuck, fin_timeout: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit;
     use crate::{
         engine::Seed,
-        event::{Comm, Event, EventKind, Task},
+        event::{Comm, Event},
     };
-    use std::net::{IpAddr, Ipv4Addr};
 
     const S: u64 = 0xffff_8880_0000_2000;
-    const SEC: u64 = 1_000_000_000;
+    use crate::testkit::SEC;
 
     fn tuple(sport: u16, dport: u16) -> Tuple {
-        Tuple {
-            saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            sport,
-            daddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)),
-            dport,
-        }
+        testkit::tuple("127.0.0.1", sport, "10.0.0.5", dport)
     }
 
     fn diag(t: Tuple, state: TcpState, inode: u32) -> DiagSocket {
@@ -321,19 +316,8 @@ mod tests {
     }
 
     fn ev(ts: u64, sock: u64, t: Tuple, old: TcpState, new: TcpState, pid: u32) -> Event {
-        let task = Task {
-            pid,
-            tid: pid,
-            comm: Comm::from_bytes(if pid == 0 { b"swapper/0" } else { b"java" }),
-        };
-        Event::new(
-            ts,
-            sock,
-            task,
-            (t.saddr, t.sport),
-            (t.daddr, t.dport),
-            EventKind::State { old, new },
-        )
+        let name = if pid == 0 { "swapper/0" } else { "java" };
+        testkit::state(ts, sock, testkit::task(pid, name), t, old, new)
     }
 
     fn holders() -> HashMap<u32, Vec<Holder>> {

@@ -248,17 +248,12 @@ fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Comm, Event, Task, TcpState};
+    use crate::event::TcpState;
+    use crate::testkit;
 
     fn ev(ts_ns: u64, sock: u64, kind: EventKind) -> Delivery {
-        let task = Task {
-            pid: 0,
-            tid: 0,
-            comm: Comm::from_bytes(b""),
-        };
-        let a = ("10.0.0.1".parse().unwrap(), 80);
-        let b = ("10.0.0.2".parse().unwrap(), 5000);
-        Delivery::Event(Event::new(ts_ns, sock, task, a, b, kind))
+        let t = testkit::tuple("10.0.0.1", 80, "10.0.0.2", 5000);
+        Delivery::Event(testkit::event(ts_ns, sock, testkit::task(0, ""), t, kind))
     }
 
     const RECEIVED: EventKind = EventKind::ResetReceived { cookie: 0 };

@@ -118,6 +118,7 @@ pub fn within(path: &str, top: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit;
 
     #[test]
     fn within_is_by_whole_components() {
@@ -127,25 +128,19 @@ mod tests {
         assert!(!within("/ab", "/a"));
         assert!(!within("/", "/a"));
     }
-    use crate::event::{Comm, EventKind, Task, TcpState};
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use crate::event::{Comm, TcpState};
 
     fn ev(v6: bool, sport: u16, dport: u16) -> Event {
-        let a = if v6 {
-            IpAddr::V6(Ipv6Addr::LOCALHOST)
-        } else {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        };
-        let task = Task {
-            pid: 1,
-            tid: 1,
-            comm: Comm::default(),
-        };
-        let kind = EventKind::State {
-            old: TcpState::CLOSE,
-            new: TcpState::SYN_SENT,
-        };
-        Event::new(0, 1, task, (a, sport), (a, dport), kind)
+        let a = if v6 { "::1" } else { "127.0.0.1" };
+        let t = testkit::tuple(a, sport, a, dport);
+        testkit::state(
+            0,
+            1,
+            testkit::task(1, ""),
+            t,
+            TcpState::CLOSE,
+            TcpState::SYN_SENT,
+        )
     }
 
     #[test]

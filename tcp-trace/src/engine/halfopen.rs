@@ -497,26 +497,19 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Comm;
+    use crate::testkit;
+
     use std::net::Ipv4Addr;
 
     const S: u64 = 0xffff_8880_0000_1000;
-    const SEC: u64 = 1_000_000_000;
+    use crate::testkit::SEC;
 
     fn tuple() -> Tuple {
-        Tuple {
-            saddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
-            sport: 40000,
-            daddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
-            dport: 80,
-        }
+        testkit::tuple("10.0.0.1", 40000, "10.0.0.2", 80)
     }
 
     fn owner() -> Option<Owner> {
-        Some(Owner {
-            pid: 42,
-            comm: Comm::from_bytes(b"app"),
-        })
+        Some(testkit::owner(42, "app"))
     }
 
     fn rtx_at(t: &mut Tracker, ms: &[u64]) {

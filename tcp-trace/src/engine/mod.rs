@@ -451,23 +451,16 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    use crate::testkit::{state, task, tuple};
     use std::net::IpAddr;
 
     use super::*;
-    use crate::event::Comm;
+
     use crate::event::Task;
     use std::net::Ipv4Addr;
 
     const C: u64 = 0xffff_8880_0000_1000;
     const S: u64 = 0xffff_8880_0000_2000;
-
-    fn task(pid: u32, name: &str) -> Task {
-        Task {
-            pid,
-            tid: pid,
-            comm: Comm::from_bytes(name.as_bytes()),
-        }
-    }
 
     fn st(
         ts_ms: u64,
@@ -478,15 +471,8 @@ mod tests {
         new: TcpState,
         t: Task,
     ) -> Event {
-        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        Event::new(
-            ts_ms * 1_000_000,
-            sock,
-            t,
-            (lo, sport),
-            (lo, dport),
-            EventKind::State { old, new },
-        )
+        let ends = tuple("127.0.0.1", sport, "127.0.0.1", dport);
+        state(ts_ms * 1_000_000, sock, t, ends, old, new)
     }
 
     fn states(l: &Lifecycle) -> Vec<String> {

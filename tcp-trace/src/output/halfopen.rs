@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::JsonConn;
+use super::json::JsonConn;
 use crate::{
     engine::halfopen::{Episode, Kind, Outcome},
     event::errno_name,

@@ -4,7 +4,7 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::JsonConn;
+use super::json::JsonConn;
 use crate::{
     engine::Lifecycle,
     event::Place,

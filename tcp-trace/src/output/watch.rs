@@ -2,12 +2,9 @@
 
 use std::io::{self, Write};
 
-use std::net::IpAddr;
-
-use crate::event::endpoint;
+use super::json::{common, int, next_key, null, plain, text};
 use crate::{
-    event::{errno_name, family_name, Event, EventKind},
-    event::{Owner, Place},
+    event::{endpoint, errno_name, Event, EventKind, Owner, Place},
     host::clock::{Clock, Rfc3339Cache},
 };
 
@@ -205,115 +202,6 @@ impl<W: Write> WatchWriter<W> {
     }
 }
 
-/// Appends `,"key":`: every key but the first.
-fn next_key(out: &mut Vec<u8>, k: &str) {
-    out.push(b',');
-    key(out, k);
-}
-
-/// Appends `"key":` (keys are constants: nothing to escape).
-fn key(out: &mut Vec<u8>, k: &str) {
-    out.push(b'"');
-    out.extend_from_slice(k.as_bytes());
-    out.extend_from_slice(b"\":");
-}
-
-fn int(out: &mut Vec<u8>, v: impl itoa::Integer) {
-    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
-}
-
-/// A string that needs JSON escaping (only free-form text: task names).
-fn text(out: &mut Vec<u8>, s: &str) {
-    // Writing into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
-}
-
-/// A string known to need no escaping (names, addresses, timestamps).
-fn plain(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    out.extend_from_slice(s.as_bytes());
-    out.push(b'"');
-}
-
-fn ip(out: &mut Vec<u8>, a: &IpAddr) {
-    match a {
-        IpAddr::V4(v4) => {
-            out.push(b'"');
-            for (i, o) in v4.octets().iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                int(out, *o);
-            }
-            out.push(b'"');
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "\"{v6}\"");
-        }
-    }
-}
-
-fn hex(out: &mut Vec<u8>, v: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    out.extend_from_slice(b"\"0x");
-    let nibbles = (16 - v.leading_zeros() as usize / 4).max(1);
-    for i in (0..nibbles).rev() {
-        out.push(DIGITS[((v >> (i * 4)) & 0xf) as usize]);
-    }
-    out.push(b'"');
-}
-
-fn null(out: &mut Vec<u8>) {
-    out.extend_from_slice(b"null");
-}
-
-/// The fields every `watch` object starts with; endpoints `null` when `ev` is `None`.
-fn common(
-    out: &mut Vec<u8>,
-    kind: &str,
-    ts: &str,
-    sock: Option<u64>,
-    ev: Option<&Event>,
-    owner: Option<&Owner>,
-) {
-    out.extend_from_slice(b"{\"type\":");
-    plain(out, kind);
-    next_key(out, "ts");
-    plain(out, ts);
-    next_key(out, "sock");
-    match sock {
-        Some(s) => hex(out, s),
-        None => null(out),
-    }
-    match ev {
-        Some(ev) => {
-            next_key(out, "family");
-            plain(out, family_name(&ev.saddr));
-            next_key(out, "saddr");
-            ip(out, &ev.saddr);
-            next_key(out, "sport");
-            int(out, ev.sport);
-            next_key(out, "daddr");
-            ip(out, &ev.daddr);
-            next_key(out, "dport");
-            int(out, ev.dport);
-        }
-        None => out.extend_from_slice(
-            b",\"family\":null,\"saddr\":null,\"sport\":null,\"daddr\":null,\"dport\":null",
-        ),
-    }
-    next_key(out, "pid");
-    match owner {
-        Some(o) => int(out, o.pid),
-        None => null(out),
-    }
-    next_key(out, "comm");
-    match owner {
-        Some(o) => text(out, &o.comm.escaped_cow()),
-        None => null(out),
-    }
-}
-
 /// Appends the JSON object (one line, with its newline) for one event.
 pub fn json_event(out: &mut Vec<u8>, a: &Annotated<'_>, ts: &str) {
     let ev = a.ev;
@@ -392,25 +280,14 @@ pub fn json_event(out: &mut Vec<u8>, a: &Annotated<'_>, ts: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Comm, Task, TcpState};
-    use std::net::IpAddr;
-    use std::net::Ipv6Addr;
+    use crate::event::{Comm, TcpState};
+    use crate::output::json::{keys_in_order, watch_keys};
+    use crate::testkit;
 
     fn ev(kind: EventKind) -> Event {
-        let task = Task {
-            pid: 0,
-            tid: 0,
-            comm: Comm::from_bytes(b"swapper/0"),
-        };
-        let lo = IpAddr::V6(Ipv6Addr::LOCALHOST);
-        Event::new(
-            1_500_000_001,
-            0xffff_8880_0000_1000,
-            task,
-            (lo, 8080),
-            (lo, 40000),
-            kind,
-        )
+        let t = testkit::tuple("::1", 8080, "::1", 40000);
+        let task = testkit::task(0, "swapper/0");
+        testkit::event(1_500_000_001, 0xffff_8880_0000_1000, task, t, kind)
     }
 
     fn line(a: &Annotated<'_>, json: bool) -> String {
@@ -581,5 +458,50 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&w.out).unwrap();
         assert_eq!(v["type"], "lost");
         assert_eq!(v["count"], 12);
+    }
+
+    /// The writer emits exactly the declared keys of each type, in order (the README is held
+    /// to the same declaration in `output::json`).
+    #[test]
+    fn json_objects_have_exactly_the_declared_keys() {
+        let kinds = [
+            EventKind::State {
+                old: TcpState::SYN_SENT,
+                new: TcpState::ESTABLISHED,
+            },
+            EventKind::Retransmit {
+                state: TcpState::ESTABLISHED,
+                err: 0,
+            },
+            EventKind::SynackRetransmit { req: 1 },
+            EventKind::ResetSent {
+                state: None,
+                reason: Some(1),
+            },
+            EventKind::ResetReceived { cookie: 0 },
+            EventKind::Error { errno: 104 },
+        ];
+        let mut w = WatchWriter::new(Vec::new(), true, Clock::fixed(0));
+        for kind in kinds {
+            let e = ev(kind);
+            w.event(&Annotated {
+                ev: &e,
+                sock: None,
+                owner: None,
+                ns_in_old: None,
+                place: Place::default(),
+                cgroup: None,
+            })
+            .unwrap();
+        }
+        w.lost(5, 3).unwrap();
+        let text = String::from_utf8(w.out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), kinds.len() + 1);
+        for line in lines {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let want = watch_keys(v["type"].as_str().unwrap()).unwrap();
+            assert_eq!(keys_in_order(line), want, "{line}");
+        }
     }
 }

@@ -1,0 +1,285 @@
+//! NDJSON, declared once: the keys every object about a connection carries ([`CONN_KEYS`],
+//! the [`JsonConn`] prefix serde writes for `stuck`, `life` and half-open objects), the keys of
+//! each `watch` type ([`WATCH_KEYS`]), and the small writer `watch` uses on its hot path, which
+//! appends an object to a buffer without building a value first. Unit tests hold the writers,
+//! these tables and the README's documented examples to the same keys.
+
+use std::{io::Write, net::IpAddr};
+
+use serde::Serialize;
+
+use crate::event::{family_name, Event, Owner, Place, Tuple};
+
+/// The keys of every object about one connection, in order, after `type` and `ts`.
+pub const CONN_KEYS: [&str; 11] = [
+    "sock",
+    "family",
+    "saddr",
+    "sport",
+    "daddr",
+    "dport",
+    "pid",
+    "comm",
+    "netns",
+    "cgroup",
+    "cgroup_id",
+];
+
+/// The keys `watch --json` adds after [`CONN_KEYS`], per `type`. A `lost` object has only the
+/// first eight connection keys (all `null`) and then `count`.
+pub const WATCH_KEYS: [(&str, &[&str]); 7] = [
+    ("state", &["old", "new", "ms_in_old"]),
+    ("retransmit", &["state"]),
+    ("synack_retransmit", &[]),
+    ("reset_sent", &["state", "reason"]),
+    ("reset_received", &[]),
+    ("error", &["error"]),
+    ("lost", &["count"]),
+];
+
+/// The fields every JSON object about one connection starts with (flattened into it): the
+/// same names and meanings as in `watch --json`.
+#[derive(Serialize)]
+pub struct JsonConn {
+    sock: Option<String>,
+    family: &'static str,
+    saddr: String,
+    sport: u16,
+    daddr: String,
+    dport: u16,
+    pid: Option<u32>,
+    comm: Option<String>,
+    netns: Option<u32>,
+    cgroup: Option<String>,
+    cgroup_id: Option<u64>,
+}
+
+impl JsonConn {
+    /// A connection's socket (0 or `None`: unknown), endpoints and owner.
+    pub fn new(sock: Option<u64>, t: &Tuple, pid: Option<u32>, comm: Option<String>) -> Self {
+        Self {
+            sock: sock.filter(|s| *s != 0).map(sock_hex),
+            family: family_name(&t.saddr),
+            saddr: t.saddr.to_string(),
+            sport: t.sport,
+            daddr: t.daddr.to_string(),
+            dport: t.dport,
+            pid,
+            comm,
+            netns: None,
+            cgroup: None,
+            cgroup_id: None,
+        }
+    }
+
+    /// Adds the socket's network namespace and cgroup (0 / `None`: unknown).
+    pub fn placed(mut self, place: Place, cgroup: Option<&str>) -> Self {
+        self.netns = (place.netns != 0).then_some(place.netns);
+        self.cgroup_id = (place.cgroup != 0).then_some(place.cgroup);
+        self.cgroup = cgroup.map(str::to_string);
+        self
+    }
+}
+
+/// The kernel socket id as printed (`0xffff…`).
+pub fn sock_hex(sock: u64) -> String {
+    format!("{sock:#x}")
+}
+
+/// Appends `,"key":`: every key but the first.
+pub(super) fn next_key(out: &mut Vec<u8>, k: &str) {
+    out.push(b',');
+    key(out, k);
+}
+
+/// Appends `"key":` (keys are constants: nothing to escape).
+pub(super) fn key(out: &mut Vec<u8>, k: &str) {
+    out.push(b'"');
+    out.extend_from_slice(k.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+pub(super) fn int(out: &mut Vec<u8>, v: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// A string that needs JSON escaping (only free-form text: task names).
+pub(super) fn text(out: &mut Vec<u8>, s: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// A string known to need no escaping (names, addresses, timestamps).
+pub(super) fn plain(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+}
+
+pub(super) fn ip(out: &mut Vec<u8>, a: &IpAddr) {
+    match a {
+        IpAddr::V4(v4) => {
+            out.push(b'"');
+            for (i, o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                int(out, *o);
+            }
+            out.push(b'"');
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "\"{v6}\"");
+        }
+    }
+}
+
+pub(super) fn hex(out: &mut Vec<u8>, v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.extend_from_slice(b"\"0x");
+    let nibbles = (16 - v.leading_zeros() as usize / 4).max(1);
+    for i in (0..nibbles).rev() {
+        out.push(DIGITS[((v >> (i * 4)) & 0xf) as usize]);
+    }
+    out.push(b'"');
+}
+
+pub(super) fn null(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"null");
+}
+
+/// The fields every `watch` object starts with; endpoints `null` when `ev` is `None`.
+pub(super) fn common(
+    out: &mut Vec<u8>,
+    kind: &str,
+    ts: &str,
+    sock: Option<u64>,
+    ev: Option<&Event>,
+    owner: Option<&Owner>,
+) {
+    out.extend_from_slice(b"{\"type\":");
+    plain(out, kind);
+    next_key(out, "ts");
+    plain(out, ts);
+    next_key(out, "sock");
+    match sock {
+        Some(s) => hex(out, s),
+        None => null(out),
+    }
+    match ev {
+        Some(ev) => {
+            next_key(out, "family");
+            plain(out, family_name(&ev.saddr));
+            next_key(out, "saddr");
+            ip(out, &ev.saddr);
+            next_key(out, "sport");
+            int(out, ev.sport);
+            next_key(out, "daddr");
+            ip(out, &ev.daddr);
+            next_key(out, "dport");
+            int(out, ev.dport);
+        }
+        None => out.extend_from_slice(
+            b",\"family\":null,\"saddr\":null,\"sport\":null,\"daddr\":null,\"dport\":null",
+        ),
+    }
+    next_key(out, "pid");
+    match owner {
+        Some(o) => int(out, o.pid),
+        None => null(out),
+    }
+    next_key(out, "comm");
+    match owner {
+        Some(o) => text(out, &o.comm.escaped_cow()),
+        None => null(out),
+    }
+}
+
+/// The keys of a `watch --json` object of type `kind`, in order.
+#[cfg(test)]
+pub(crate) fn watch_keys(kind: &str) -> Option<Vec<&'static str>> {
+    let (name, extra) = WATCH_KEYS.iter().find(|(k, _)| *k == kind)?;
+    let conn = if *name == "lost" {
+        &CONN_KEYS[..8]
+    } else {
+        &CONN_KEYS[..]
+    };
+    Some(
+        ["type", "ts"]
+            .iter()
+            .chain(conn)
+            .chain(extra.iter())
+            .copied()
+            .collect(),
+    )
+}
+
+/// The keys of one JSON object, in the order written.
+#[cfg(test)]
+pub(crate) fn keys_in_order(line: &str) -> Vec<String> {
+    struct Keys;
+    impl<'de> serde::de::Visitor<'de> for Keys {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut m: A,
+        ) -> Result<Vec<String>, A::Error> {
+            let mut keys = Vec::new();
+            while let Some(k) = m.next_key::<String>()? {
+                m.next_value::<serde::de::IgnoredAny>()?;
+                keys.push(k);
+            }
+            Ok(keys)
+        }
+    }
+    use serde::Deserializer as _;
+    serde_json::Deserializer::from_str(line)
+        .deserialize_map(Keys)
+        .unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit;
+
+    #[test]
+    fn the_connection_prefix_is_conn_keys() {
+        let t = testkit::tuple("10.0.0.1", 1, "10.0.0.2", 2);
+        let conn = JsonConn::new(Some(7), &t, Some(1), None).placed(Place::default(), None);
+        let line = serde_json::to_string(&conn).unwrap();
+        assert_eq!(keys_in_order(&line), CONN_KEYS);
+    }
+
+    /// Every example object in the README's `watch --json` schema has exactly the keys this
+    /// module declares for its type, in order; and every type has an example.
+    #[test]
+    fn the_readme_documents_exactly_these_keys() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("### JSON schema (`watch --json`)")
+            .expect("the section");
+        let section = &readme[start..];
+        let end = section[4..].find("\n#").map_or(section.len(), |e| e + 4);
+        let mut seen = Vec::new();
+        for line in section[..end].lines().map(str::trim) {
+            if !line.starts_with("{\"type\":") {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let kind = v["type"].as_str().unwrap().to_string();
+            let want = watch_keys(&kind).unwrap_or_else(|| panic!("undeclared type {kind}"));
+            assert_eq!(keys_in_order(line), want, "README example of {kind}");
+            seen.push(kind);
+        }
+        for (kind, _) in WATCH_KEYS {
+            assert!(
+                seen.iter().any(|s| s == kind),
+                "no README example of {kind}"
+            );
+        }
+    }
+}
