@@ -22,7 +22,7 @@ fn half_open<'a>(ev: &'a [Value], kind: &str) -> Vec<&'a Value> {
 
 /// `stuck --json` on `port`, flagging half-open after `rtx` retransmits and 1 s, ready.
 fn stuck_tracer(port: &str, rtx: &str) -> Tracer {
-    let t = Tracer::start(&[
+    Tracer::start(&[
         "stuck",
         "--json",
         "--interval",
@@ -33,9 +33,7 @@ fn stuck_tracer(port: &str, rtx: &str) -> Tracer {
         "1s",
         "--port",
         port,
-    ]);
-    t.wait_for_stderr("seeded");
-    t
+    ])
 }
 
 #[test]
@@ -184,7 +182,6 @@ fn peer_reset_of_an_established_connection() {
         "--port",
         &port.to_string(),
     ]);
-    tracer.wait_for_stderr("seeded");
     let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let (server, _) = listener.accept().unwrap();
     std::thread::sleep(Duration::from_millis(300));

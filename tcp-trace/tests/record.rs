@@ -91,7 +91,6 @@ fn replayed_life_and_stuck_equal_the_live_ones() {
         "--port",
         &stuck_port.to_string(),
     ]);
-    stuck.wait_for_stderr("seeded");
 
     let peer = Peer::halfclose("127.0.0.1", stuck_port);
     // The peer has accepted and closed its listener: clean connections on the same port.

@@ -93,7 +93,6 @@ fn once_reports_half_close_on_both_sides_with_exact_owners() {
         "--port",
         &ps,
     ]);
-    tracer.wait_for_stderr("seeded");
     let peer = Peer::halfclose("127.0.0.1", port);
     let (st, out, err) = tracer.wait_exit(slow(Duration::from_secs(10)));
     assert_eq!(
@@ -173,7 +172,6 @@ fn live_orphan_then_recovered() {
         "--port",
         &ps,
     ]);
-    tracer.wait_for_stderr("seeded");
     let peer = Peer::halfclose("127.0.0.1", port);
     tracer.wait_for("both sides stuck", WAIT, |ev| {
         stuck_items(ev, "CLOSE_WAIT").len() == 1 && stuck_items(ev, "FIN_WAIT2").len() == 1
@@ -332,7 +330,6 @@ fn live_stuck_follows_other_namespaces_and_their_deletion() {
         "--port",
         &ps,
     ]);
-    tracer.wait_for_stderr("seeded");
     let peer = Peer::halfclose_in(&net.a, "127.0.0.1", port);
     let ns = netns_of(&net.a);
     let ev = tracer.wait_for("the leak in a", Duration::from_secs(10), |ev| {

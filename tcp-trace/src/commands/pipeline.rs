@@ -128,7 +128,8 @@ pub fn drop_abort_resets(batch: &mut Vec<Delivery>) {
     }
 }
 
-/// Runs until stopped; drains what is queued once more at the end, then calls `finish`.
+/// Runs until stopped (having said it is ready, to whoever set `$NOTIFY_SOCKET`); drains what
+/// is queued once more at the end, then calls `finish`.
 pub async fn run(
     src: &mut KernelSource,
     stop: &mut Stop,
@@ -136,6 +137,7 @@ pub async fn run(
     env: &mut host::Live,
 ) -> Result<Ended> {
     let mut batch = Vec::with_capacity(4096);
+    host::notify::ready();
     let ended = loop {
         tokio::select! {
             r = src.fill(&mut batch) => r?,

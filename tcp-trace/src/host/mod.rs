@@ -5,6 +5,7 @@
 
 pub mod cgroup;
 pub mod clock;
+pub mod notify;
 pub mod owners;
 pub mod sockdiag;
 

@@ -31,6 +31,20 @@ pub fn slow(d: Duration) -> Duration {
     d.mul_f64(f)
 }
 
+/// An abstract unix datagram socket for `$NOTIFY_SOCKET` (nothing to clean up), unique in
+/// this host; reads time out so the caller can watch the child meanwhile.
+fn notify_socket() -> (std::os::unix::net::UnixDatagram, String) {
+    use std::os::linux::net::SocketAddrExt;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("tcp-trace-test-{}-{n}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap();
+    let sock = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    (sock, name)
+}
+
 /// Fails (never skips) when the tests cannot load BPF.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -64,12 +78,15 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// Starts `tcp-trace ARGS` and waits until its programs are attached.
+    /// Starts `tcp-trace ARGS` and waits until it says it is ready (systemd's `READY=1` on
+    /// `$NOTIFY_SOCKET`: programs attached, start-up snapshot taken).
     pub fn start(args: &[&str]) -> Self {
         require_root();
+        let (notify, name) = notify_socket();
         let mut child = Command::new(BIN)
             .args(args)
             .env("RUST_LOG", "info")
+            .env("NOTIFY_SOCKET", format!("@{name}"))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -96,13 +113,10 @@ impl Tracer {
             stderr,
         };
         let start = Instant::now();
+        let mut buf = [0u8; 64];
         loop {
-            if t.stderr
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|l| l.contains("attached"))
-            {
+            if let Ok(n) = notify.recv(&mut buf) {
+                assert_eq!(&buf[..n], b"READY=1", "tcp-trace said something else");
                 return t;
             }
             if let Ok(Some(st)) = t.child.try_wait() {
@@ -113,10 +127,9 @@ impl Tracer {
             }
             assert!(
                 start.elapsed() < slow(Duration::from_secs(20)),
-                "tcp-trace did not attach: {:?}",
+                "tcp-trace did not say it was ready: {:?}",
                 t.stderr.lock().unwrap()
             );
-            thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -152,19 +165,6 @@ impl Tracer {
                 );
             }
             thread::sleep(Duration::from_millis(25));
-        }
-    }
-
-    /// Waits until a stderr line contains `what`.
-    pub fn wait_for_stderr(&self, what: &str) {
-        let start = Instant::now();
-        while !self.stderr.lock().unwrap().iter().any(|l| l.contains(what)) {
-            assert!(
-                start.elapsed() < slow(Duration::from_secs(20)),
-                "no {what:?} on stderr: {:?}",
-                self.stderr.lock().unwrap()
-            );
-            thread::sleep(Duration::from_millis(20));
         }
     }
 
