@@ -72,7 +72,7 @@ pub const IPPROTO_TCP: u16 = 6;
 /// Which body follows a [`Header`].
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub enum Body {
     /// [`StateEvent`]: `sock/inet_sock_set_state`.
     State = 1,
     /// [`RetransmitEvent`]: `tcp/tcp_retransmit_skb`.
@@ -87,8 +87,8 @@ pub enum Kind {
     Error = 6,
 }
 
-impl Kind {
-    /// The kind for a header's `kind` byte, if it is one this build knows.
+impl Body {
+    /// The body a header's `kind` byte names, if it is one this build knows.
     pub fn from_u8(v: u8) -> Option<Self> {
         Some(match v {
             1 => Self::State,
@@ -117,7 +117,7 @@ pub struct Header {
     pub pid_tgid: u64,
     /// `bpf_get_current_comm()` of that task.
     pub comm: [u8; 16],
-    /// A [`Kind`] as `u8`.
+    /// A [`Body`] as `u8`.
     pub kind: u8,
     /// Explicit padding; always zero.
     pub _pad: u8,

@@ -31,7 +31,7 @@ mod programs {
             send_reset as sr, send_reset_v1 as sr1, set_state as ss, Field, Window, MAX_SHIFT,
             NO_REASON,
         },
-        tcp_state, ErrorEvent, Header, KernelOffsets, Kind, ResetReceivedEvent, ResetSentEvent,
+        tcp_state, Body, ErrorEvent, Header, KernelOffsets, ResetReceivedEvent, ResetSentEvent,
         RetransmitEvent, SockOffsets, StateEvent, SynackRetransmitEvent, AF_INET, AF_INET6,
         IPPROTO_TCP,
     };
@@ -199,8 +199,8 @@ mod programs {
     }
 
     /// Reads where socket `sk` lives and applies the namespace and cgroup filters (`None`:
-    /// filtered out). The reads are dear (on the benchmark's churn, reading them on every
-    /// event cost ~120 ns/event more than at births only), so without those filters they are
+    /// filtered out). The reads are dear (chains of dependent loads through the socket, its
+    /// namespace and its cgroup), so without those filters they are
     /// made only when `needed` (a socket's birth, and the rarer non-state events) and the output
     /// shows them (`READ_PLACE`); userspace gives a socket's other events what its birth said.
     /// An event without a socket passes: userspace filters it by the connection it belongs to.
@@ -298,7 +298,7 @@ mod programs {
 
     /// Fills the fields every event has; the task's comm only when `with_comm`.
     #[inline(always)]
-    fn header(h: *mut Header, kind: Kind, skaddr: u64, at: Place, with_comm: bool) {
+    fn header(h: *mut Header, kind: Body, skaddr: u64, at: Place, with_comm: bool) {
         unsafe {
             (*h).ts_ns = bpf_ktime_get_ns();
             (*h).skaddr = skaddr;
@@ -396,7 +396,7 @@ mod programs {
         unsafe {
             header(
                 &raw mut (*p).hdr,
-                Kind::State,
+                Body::State,
                 sk,
                 at,
                 in_owner_context(old, new),
@@ -428,7 +428,7 @@ mod programs {
         };
         let p = e.as_mut_ptr();
         unsafe {
-            header(&raw mut (*p).hdr, Kind::Retransmit, sk, at, false);
+            header(&raw mut (*p).hdr, Body::Retransmit, sk, at, false);
             let addrs = [rs::SADDR, rs::DADDR, rs::SADDR_V6, rs::DADDR_V6];
             endpoints(&r, &raw mut (*p).hdr, end, addrs);
             (*p).state = r.get(rs::STATE);
@@ -460,7 +460,7 @@ mod programs {
         };
         let p = e.as_mut_ptr();
         unsafe {
-            header(&raw mut (*p).hdr, Kind::SynackRetransmit, sk, at, false);
+            header(&raw mut (*p).hdr, Body::SynackRetransmit, sk, at, false);
             let addrs = [ra::SADDR, ra::DADDR, ra::SADDR_V6, ra::DADDR_V6];
             endpoints(&r, &raw mut (*p).hdr, end, addrs);
             (*p).req = r.get(ra::REQ);
@@ -526,7 +526,7 @@ mod programs {
         };
         let p = e.as_mut_ptr();
         unsafe {
-            header(&raw mut (*p).hdr, Kind::ResetSent, sk, at, false);
+            header(&raw mut (*p).hdr, Body::ResetSent, sk, at, false);
             (*p).state = state;
             (*p).reason = r.get(sr::REASON);
             match reply {
@@ -577,7 +577,7 @@ mod programs {
         };
         let p = e.as_mut_ptr();
         unsafe {
-            header(&raw mut (*p).hdr, Kind::ResetSent, sk, at, false);
+            header(&raw mut (*p).hdr, Body::ResetSent, sk, at, false);
             match reply {
                 Some(reply) => reply_endpoints(&raw mut (*p).hdr, &reply),
                 None => {
@@ -612,7 +612,7 @@ mod programs {
         };
         let p = e.as_mut_ptr();
         unsafe {
-            header(&raw mut (*p).hdr, Kind::ResetReceived, sk, at, false);
+            header(&raw mut (*p).hdr, Body::ResetReceived, sk, at, false);
             let addrs = [rr::SADDR, rr::DADDR, rr::SADDR_V6, rr::DADDR_V6];
             endpoints(&r, &raw mut (*p).hdr, end, addrs);
             (*p).cookie = r.get(rr::COOKIE);
@@ -647,7 +647,7 @@ mod programs {
                 netns: 0,
                 cgroup: 0,
             };
-            header(&raw mut (*p).hdr, Kind::Error, 0, none, false);
+            header(&raw mut (*p).hdr, Body::Error, 0, none, false);
             let addrs = [er::SADDR, er::DADDR, er::SADDR_V6, er::DADDR_V6];
             endpoints(&r, &raw mut (*p).hdr, end, addrs);
             (*p).error = error;
@@ -691,7 +691,7 @@ mod programs {
         let p = e.as_mut_ptr();
         unsafe {
             let h = &raw mut (*p).hdr;
-            header(h, Kind::Error, sk, place, false);
+            header(h, Body::Error, sk, place, false);
             (*h).family = end.family;
             (*h).sport = end.sport;
             (*h).dport = end.dport;

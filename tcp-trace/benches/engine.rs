@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use tcp_trace::{engine::Engine, event::decode};
-use tcp_trace_common::{tcp_state as ts, Header, Kind, StateEvent, AF_INET};
+use tcp_trace_common::{tcp_state as ts, Body, Header, StateEvent, AF_INET};
 
 fn record(
     out: &mut Vec<Vec<u8>>,
@@ -27,7 +27,7 @@ fn record(
             skaddr: sock,
             pid_tgid: (u64::from(pid) << 32) | u64::from(pid),
             comm: *b"bench\0\0\0\0\0\0\0\0\0\0\0",
-            kind: Kind::State as u8,
+            kind: Body::State as u8,
             _pad: 0,
             family: AF_INET,
             sport,

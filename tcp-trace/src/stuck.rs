@@ -8,8 +8,7 @@ use std::{collections::HashMap, time::Duration};
 
 use crate::{
     engine::{Engine, Lifecycle},
-    event::TcpState,
-    event::{Owner, Tuple},
+    event::{Owner, TcpState, Tuple},
     host::{owners::Holder, sockdiag::DiagSocket},
 };
 

@@ -6,11 +6,9 @@ use anyhow::Result;
 
 use crate::{
     commands::pipeline::{Flow, Sink},
-    engine::filter::Filter,
-    engine::Engine,
+    engine::{filter::Filter, Engine},
     event::Delivery,
-    host::clock::Clock,
-    host::Env,
+    host::{clock::Clock, Env},
     output::life::LifeWriter,
 };
 

@@ -12,8 +12,7 @@ use crate::{
     commands::pipeline::{Flow, Sink},
     engine::filter::Filter,
     event::Delivery,
-    host::clock::Clock,
-    host::Env,
+    host::{clock::Clock, Env},
     recording::{FileHeader, Item, Snapshot, Writer, VERSION},
     stuck::REPORTABLE,
 };
@@ -165,8 +164,7 @@ impl<W: Write> Sink for Recorder<W> {
 mod tests {
     use super::*;
     use crate::{
-        event::TcpState,
-        event::Tuple,
+        event::{TcpState, Tuple},
         host::sockdiag::DiagSocket,
         recording::{Reader, Replay},
     };

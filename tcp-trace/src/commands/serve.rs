@@ -24,8 +24,7 @@ use super::{stuck::StuckCmd, watch::Watch};
 use crate::{
     commands::pipeline::{Flow, Sink},
     event::Delivery,
-    host::clock::monotonic_ns,
-    host::Env,
+    host::{clock::monotonic_ns, Env},
     output::metrics::Metrics,
 };
 

@@ -13,18 +13,16 @@ use std::sync::Arc;
 
 use crate::{
     commands::pipeline::{Flow, Sink},
-    engine::filter::Filter,
-    engine::halfopen::{Episode, Kind, Notice, Thresholds},
-    engine::Engine,
-    event::Delivery,
-    event::TcpState,
-    event::{Owner, Tuple},
-    host::clock::Clock,
-    host::sockdiag::DiagSocket,
-    host::Env,
-    output::metrics::Metrics,
+    engine::{
+        filter::Filter,
+        halfopen::{Episode, Kind, Notice, Thresholds},
+        Engine,
+    },
+    event::{Delivery, TcpState, Tuple},
+    host::{clock::Clock, owners::Holder, sockdiag::DiagSocket, Env},
     output::{
         halfopen::Extra,
+        metrics::Metrics,
         stuck::{StuckWriter, Summary},
     },
     stuck::{age_lower_bound_ns, assess, close_in_flight, key, Context, SockKey, Stuck},
@@ -244,10 +242,7 @@ impl<W: Write> StuckCmd<W> {
             };
             if ep.owner.is_none() && d.inode != 0 {
                 let h = env.holders(&HashSet::from([d.inode]));
-                ep.owner = h.get(&d.inode).and_then(|v| v.first()).map(|h| Owner {
-                    pid: h.pid,
-                    comm: h.comm,
-                });
+                ep.owner = h.get(&d.inode).and_then(|v| v.first()).map(Holder::owner);
             }
             if !self.wanted(&ep, env) {
                 continue;
@@ -261,7 +256,18 @@ impl<W: Write> StuckCmd<W> {
         Ok(())
     }
 
+    /// One evaluation: list, assess, report what changed.
     fn evaluate(&mut self, now_ns: u64, env: &mut dyn Env) -> Result<()> {
+        let diag = self.listed(now_ns, env)?;
+        let now_stuck = self.find_stuck(&diag, now_ns, env);
+        self.report_changes(&diag, now_stuck, now_ns)?;
+        self.idle(now_ns, env)?;
+        self.out.flush()?;
+        Ok(())
+    }
+
+    /// The sockets sock_diag lists in the reported states, with their first sight updated.
+    fn listed(&mut self, now_ns: u64, env: &mut dyn Env) -> Result<Vec<DiagSocket>> {
         // Where sock_diag has something to confirm: sockets the events saw in a reported
         // state, and those reported stuck now (to see them recover).
         let mut focus = self.engine.namespaces_in(&self.set.states);
@@ -284,7 +290,17 @@ impl<W: Write> StuckCmd<W> {
                 *e = (d.state, now_ns);
             }
         }
-        // Two passes: find what is stuck, then look up the owners of just those in /proc.
+        Ok(diag)
+    }
+
+    /// What is stuck among `diag`, with owners, places, and the filters applied. Two passes:
+    /// find what is stuck, then look up the owners of just those in /proc.
+    fn find_stuck(
+        &mut self,
+        diag: &[DiagSocket],
+        now_ns: u64,
+        env: &mut dyn Env,
+    ) -> HashMap<SockKey, Stuck> {
         let no_holders = HashMap::new();
         let mut cx = Context {
             now_ns,
@@ -295,12 +311,11 @@ impl<W: Write> StuckCmd<W> {
         };
         // An orphan whose close() the tracer has not drained yet waits (at most two rounds;
         // never in a one-shot report, which has no next round).
-        let waiting: HashMap<SockKey, u32> = diag
+        self.waiting = diag
             .iter()
             .filter(|d| close_in_flight(&self.engine, d))
             .map(|d| (key(d), self.waiting.get(&key(d)).map_or(1, |n| n + 1)))
             .collect();
-        self.waiting = waiting;
         let once = self.set.once.is_some();
         let waits = |d: &DiagSocket| !once && self.waiting.get(&key(d)).is_some_and(|n| *n <= 2);
         let candidates: Vec<&DiagSocket> = diag
@@ -319,46 +334,39 @@ impl<W: Write> StuckCmd<W> {
             let Some(mut s) = assess(&self.engine, d, &cx) else {
                 continue;
             };
-            // The socket's own namespace and cgroup; where unknown, its first holder's.
-            let holder = s.holders.first();
-            s.cgroup = env
-                .cgroup_path(s.place.cgroup)
-                .map(str::to_string)
-                .or_else(|| holder.and_then(|h| h.cgroup.clone()));
-            if s.place.netns == 0 {
-                s.place.netns = holder.and_then(|h| h.netns).map_or(0, |n| n as u32);
-            }
-            if !self
+            place(&mut s, env);
+            if self
                 .set
                 .filter
                 .matches_place(s.place.netns, s.cgroup.as_deref())
+                && self.owner_wanted(&s)
             {
-                continue;
-            }
-            // Any holder (or the owner the tracer learned) may satisfy --pid / --comm.
-            let owners = s
-                .holders
-                .iter()
-                .map(|h| Owner {
-                    pid: h.pid,
-                    comm: h.comm,
-                })
-                .chain(s.owner);
-            let wanted = if self.set.filter.pid.is_some() || self.set.filter.comm.is_some() {
-                owners
-                    .into_iter()
-                    .any(|o| self.set.filter.matches_owner(Some(&o)))
-            } else {
-                true
-            };
-            if wanted {
                 now_stuck.insert(key(d), s);
             }
         }
+        now_stuck
+    }
+
+    /// `--pid` / `--comm`: any holder (or the owner the tracer learned) may satisfy them.
+    fn owner_wanted(&self, s: &Stuck) -> bool {
+        let f = &self.set.filter;
+        if f.pid.is_none() && f.comm.is_none() {
+            return true;
+        }
+        let mut owners = s.holders.iter().map(Holder::owner).chain(s.owner);
+        owners.any(|o| f.matches_owner(Some(&o)))
+    }
+
+    /// Reports what recovered, then what is newly stuck (or everything, for `--once`).
+    fn report_changes(
+        &mut self,
+        diag: &[DiagSocket],
+        now_stuck: HashMap<SockKey, Stuck>,
+        now_ns: u64,
+    ) -> Result<()> {
         // Name each socket's namespace once the report spans more than one.
         let spaces: HashSet<u32> = now_stuck.keys().map(|k| k.0).filter(|n| *n != 0).collect();
         self.out.show_netns |= spaces.len() > 1;
-        // Report what recovered, then what is newly stuck (or everything, for --once).
         let states: HashMap<SockKey, TcpState> = diag.iter().map(|d| (key(d), d.state)).collect();
         let gone: Vec<SockKey> = self
             .reported
@@ -391,9 +399,19 @@ impl<W: Write> StuckCmd<W> {
             }
             self.reported.insert(t, s);
         }
-        self.idle(now_ns, env)?;
-        self.out.flush()?;
         Ok(())
+    }
+}
+
+/// The socket's own namespace and cgroup; where unknown, its first holder's.
+fn place(s: &mut Stuck, env: &mut dyn Env) {
+    let holder = s.holders.first();
+    s.cgroup = env
+        .cgroup_path(s.place.cgroup)
+        .map(str::to_string)
+        .or_else(|| holder.and_then(|h| h.cgroup.clone()));
+    if s.place.netns == 0 {
+        s.place.netns = holder.and_then(|h| h.netns).map_or(0, |n| n as u32);
     }
 }
 

@@ -6,12 +6,9 @@ use anyhow::Result;
 
 use crate::{
     commands::pipeline::{Flow, Sink},
-    engine::filter::Filter,
-    engine::halfopen::Notice,
-    engine::Engine,
+    engine::{filter::Filter, halfopen::Notice, Engine},
     event::Delivery,
-    host::clock::Clock,
-    host::Env,
+    host::{clock::Clock, Env},
     output::watch::{Annotated, WatchWriter},
 };
 

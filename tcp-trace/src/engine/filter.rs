@@ -7,10 +7,7 @@
 
 use std::net::IpAddr;
 
-use crate::{
-    event::Event,
-    event::{Owner, Tuple},
-};
+use crate::event::{Event, Owner, Tuple};
 
 /// Address family restriction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

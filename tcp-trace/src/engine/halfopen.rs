@@ -13,10 +13,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{
-    event::TcpState,
-    event::{Owner, Tuple},
-};
+use crate::event::{Owner, TcpState, Tuple};
 
 /// What kind of half-open condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

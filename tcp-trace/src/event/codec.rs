@@ -10,7 +10,7 @@ use std::{
 };
 
 use tcp_trace_common::{
-    layout::NO_REASON, ErrorEvent, Header, Kind, ResetReceivedEvent, ResetSentEvent,
+    layout::NO_REASON, Body, ErrorEvent, Header, ResetReceivedEvent, ResetSentEvent,
     RetransmitEvent, StateEvent, SynackRetransmitEvent, AF_INET6,
 };
 
@@ -83,7 +83,7 @@ fn sockaddr(raw: &[u8; 28]) -> (IpAddr, u16) {
 /// Decodes one ring-buffer record.
 pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
     let h: Header = read(buf)?;
-    let kind = Kind::from_u8(h.kind).ok_or(DecodeError::UnknownKind(h.kind))?;
+    let kind = Body::from_u8(h.kind).ok_or(DecodeError::UnknownKind(h.kind))?;
     let mut ev = Event {
         ts_ns: h.ts_ns,
         sock: h.skaddr,
@@ -101,25 +101,25 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
         kind: EventKind::Error { errno: 0 },
     };
     ev.kind = match kind {
-        Kind::State => {
+        Body::State => {
             let e: StateEvent = read(buf)?;
             EventKind::State {
                 old: TcpState(e.oldstate),
                 new: TcpState(e.newstate),
             }
         }
-        Kind::Retransmit => {
+        Body::Retransmit => {
             let e: RetransmitEvent = read(buf)?;
             EventKind::Retransmit {
                 state: TcpState(e.state),
                 err: e.err,
             }
         }
-        Kind::SynackRetransmit => {
+        Body::SynackRetransmit => {
             let e: SynackRetransmitEvent = read(buf)?;
             EventKind::SynackRetransmit { req: e.req }
         }
-        Kind::ResetSent => {
+        Body::ResetSent => {
             let e: ResetSentEvent = read(buf)?;
             // Kernels whose tracepoint stores `sockaddr` images leave the header's endpoints
             // to us; older ones fill the header and leave the images zero (family 0).
@@ -132,11 +132,11 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 reason: (e.reason != NO_REASON).then_some(e.reason),
             }
         }
-        Kind::ResetReceived => {
+        Body::ResetReceived => {
             let e: ResetReceivedEvent = read(buf)?;
             EventKind::ResetReceived { cookie: e.cookie }
         }
-        Kind::Error => {
+        Body::Error => {
             let e: ErrorEvent = read(buf)?;
             EventKind::Error { errno: e.error }
         }
@@ -175,12 +175,12 @@ fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
 /// replay decodes them with [`decode`]).
 pub fn encode(ev: &Event) -> Vec<u8> {
     let kind = match ev.kind {
-        EventKind::State { .. } => Kind::State,
-        EventKind::Retransmit { .. } => Kind::Retransmit,
-        EventKind::SynackRetransmit { .. } => Kind::SynackRetransmit,
-        EventKind::ResetSent { .. } => Kind::ResetSent,
-        EventKind::ResetReceived { .. } => Kind::ResetReceived,
-        EventKind::Error { .. } => Kind::Error,
+        EventKind::State { .. } => Body::State,
+        EventKind::Retransmit { .. } => Body::Retransmit,
+        EventKind::SynackRetransmit { .. } => Body::SynackRetransmit,
+        EventKind::ResetSent { .. } => Body::ResetSent,
+        EventKind::ResetReceived { .. } => Body::ResetReceived,
+        EventKind::Error { .. } => Body::Error,
     };
     let hdr = Header {
         ts_ns: ev.ts_ns,
@@ -246,7 +246,7 @@ mod tests {
         unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
     }
 
-    pub(crate) fn header(kind: Kind, family: u16) -> Header {
+    pub(crate) fn header(kind: Body, family: u16) -> Header {
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"curl");
         let (saddr, daddr) = if family == AF_INET6 {
@@ -287,7 +287,7 @@ mod tests {
     #[test]
     fn state_v4() {
         let e = StateEvent {
-            hdr: header(Kind::State, AF_INET),
+            hdr: header(Body::State, AF_INET),
             oldstate: 2,
             newstate: 1,
         };
@@ -313,7 +313,7 @@ mod tests {
     #[test]
     fn state_v6_standard_form() {
         let e = StateEvent {
-            hdr: header(Kind::State, AF_INET6),
+            hdr: header(Body::State, AF_INET6),
             oldstate: 1,
             newstate: 8,
         };
@@ -327,7 +327,7 @@ mod tests {
     fn every_other_kind_v4_and_v6() {
         for fam in [AF_INET, AF_INET6] {
             let r = RetransmitEvent {
-                hdr: header(Kind::Retransmit, fam),
+                hdr: header(Body::Retransmit, fam),
                 state: 1,
                 err: -113,
             };
@@ -339,7 +339,7 @@ mod tests {
                 }
             );
             let s = SynackRetransmitEvent {
-                hdr: header(Kind::SynackRetransmit, fam),
+                hdr: header(Body::SynackRetransmit, fam),
                 req: 0xabc,
             };
             assert_eq!(
@@ -347,7 +347,7 @@ mod tests {
                 EventKind::SynackRetransmit { req: 0xabc }
             );
             let rr = ResetReceivedEvent {
-                hdr: header(Kind::ResetReceived, fam),
+                hdr: header(Body::ResetReceived, fam),
                 cookie: 77,
             };
             assert_eq!(
@@ -355,7 +355,7 @@ mod tests {
                 EventKind::ResetReceived { cookie: 77 }
             );
             let er = ErrorEvent {
-                hdr: header(Kind::Error, fam),
+                hdr: header(Body::Error, fam),
                 error: 110,
                 _pad: 0,
             };
@@ -376,7 +376,7 @@ mod tests {
         d6[2..4].copy_from_slice(&51000u16.to_be_bytes());
         d6[23] = 1;
         let mut e = ResetSentEvent {
-            hdr: header(Kind::ResetSent, 0),
+            hdr: header(Body::ResetSent, 0),
             state: 7,
             reason: 2,
             saddr_raw: s4,
@@ -405,7 +405,7 @@ mod tests {
     /// The older tracepoint layout: endpoints in the header, no images, no reason.
     #[test]
     fn reset_sent_from_an_older_kernel_keeps_the_header_endpoints() {
-        let mut hdr = header(Kind::ResetSent, AF_INET);
+        let mut hdr = header(Body::ResetSent, AF_INET);
         hdr.skaddr = 0xffff_8880_0000_1000;
         (hdr.sport, hdr.dport) = (8080, 51000);
         hdr.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
@@ -437,7 +437,7 @@ mod tests {
         assert_eq!(errno_name(4242), "UNKNOWN(4242)");
         assert_eq!(errno_name(110), "ETIMEDOUT");
         let mut e = StateEvent {
-            hdr: header(Kind::State, AF_INET),
+            hdr: header(Body::State, AF_INET),
             oldstate: 1234,
             newstate: -1,
         };
@@ -454,7 +454,7 @@ mod tests {
         let b = bytes_of(&e);
         assert!(matches!(decode(&b[..10]), Err(DecodeError::Short { .. })));
         let mut short = bytes_of(&StateEvent {
-            hdr: header(Kind::State, AF_INET),
+            hdr: header(Body::State, AF_INET),
             oldstate: 1,
             newstate: 2,
         });

@@ -17,7 +17,7 @@ use std::{
 use anyhow::Result;
 
 use self::{cgroup::Resolver, clock::monotonic_ns, owners::Holder, sockdiag::DiagSocket};
-use crate::{event::TcpState, event::Tuple};
+use crate::event::{TcpState, Tuple};
 
 /// Time, sockets and owners.
 pub trait Env {

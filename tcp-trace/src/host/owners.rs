@@ -3,7 +3,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::{event::Comm, host::sockdiag::netns_inode};
+use crate::{
+    event::{Comm, Owner},
+    host::sockdiag::netns_inode,
+};
 
 /// A process holding a socket.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -20,6 +23,16 @@ pub struct Holder {
     /// The process's network namespace inode (`/proc/PID/ns/net`).
     #[serde(default)]
     pub netns: Option<u64>,
+}
+
+impl Holder {
+    /// The holder as a socket's owner.
+    pub fn owner(&self) -> Owner {
+        Owner {
+            pid: self.pid,
+            comm: self.comm,
+        }
+    }
 }
 
 /// A process's cgroup v2 path.

@@ -19,7 +19,7 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
-use crate::{event::TcpState, event::Tuple};
+use crate::event::{TcpState, Tuple};
 
 /// One TCP socket as sock_diag reports it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -213,10 +213,7 @@ pub fn human(ep: &Episode, now_ns: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        event::Comm,
-        event::{Owner, Tuple},
-    };
+    use crate::event::{Comm, Owner, Tuple};
     use std::net::{IpAddr, Ipv4Addr};
 
     fn ep(kind: Kind) -> Episode {

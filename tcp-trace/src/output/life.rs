@@ -7,8 +7,7 @@ use serde::Serialize;
 use super::json::JsonConn;
 use crate::{
     engine::Lifecycle,
-    event::Place,
-    event::{errno_name, TcpState},
+    event::{errno_name, Place, TcpState},
     host::clock::Clock,
 };
 

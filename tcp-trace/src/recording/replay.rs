@@ -10,8 +10,7 @@ use anyhow::Result;
 
 use super::Snapshot;
 use crate::{
-    event::TcpState,
-    event::Tuple,
+    event::{TcpState, Tuple},
     host::{cgroup::Resolver, in_states, owners::Holder, sockdiag::DiagSocket, Env},
 };
 
