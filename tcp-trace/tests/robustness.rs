@@ -6,9 +6,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use proptest::prelude::*;
 use tcp_trace::{
     engine::Engine,
+    event::clock::Clock,
     event::Owner,
     event::{decode, encode, Comm, Event, EventKind, Task, TcpState},
-    host::clock::Clock,
     output::watch::{Annotated, WatchWriter},
     recording,
 };

@@ -25,6 +25,9 @@ enum Tool {
     Watch,
     Stuck,
     Tcpstates,
+    /// `--baseline`'s build of tcp-trace.
+    BaselineWatch,
+    BaselineStuck,
 }
 
 impl Tool {
@@ -34,8 +37,26 @@ impl Tool {
             Self::Watch => "tcp-trace watch --json",
             Self::Stuck => "tcp-trace stuck",
             Self::Tcpstates => "tcpstates (libbpf-tools)",
+            Self::BaselineWatch => "baseline watch --json",
+            Self::BaselineStuck => "baseline stuck",
         }
     }
+
+    /// The binary it runs: this build's, or the baseline's.
+    fn bin(self, bins: &Bins) -> &Path {
+        match self {
+            Self::BaselineWatch | Self::BaselineStuck => {
+                bins.baseline.as_deref().unwrap_or(&bins.this)
+            }
+            _ => &bins.this,
+        }
+    }
+}
+
+/// This build's tcp-trace and, with `--baseline`, another build to compare it with.
+pub struct Bins {
+    pub this: std::path::PathBuf,
+    pub baseline: Option<std::path::PathBuf>,
 }
 
 /// One measured run.
@@ -134,13 +155,13 @@ struct Traced {
 fn start(tool: Tool, bin: &Path) -> Result<Option<Traced>> {
     let mut cmd = match tool {
         Tool::None => return Ok(None),
-        Tool::Watch => {
+        Tool::Watch | Tool::BaselineWatch => {
             let mut c = Command::new(bin);
             c.args(["watch", "--json"])
                 .stdout(fs::File::create("/dev/null")?);
             c
         }
-        Tool::Stuck => {
+        Tool::Stuck | Tool::BaselineStuck => {
             let mut c = Command::new(bin);
             c.arg("stuck").stdout(fs::File::create("/dev/null")?);
             c
@@ -341,12 +362,20 @@ pub fn namespaces(root: &Path, rounds: usize) -> Result<()> {
     Ok(())
 }
 
-pub fn run(root: &Path, duration: Duration, rounds: usize) -> Result<()> {
-    let bin = root.join("target/release/tcp-trace");
+/// `baseline`: another build of tcp-trace, run alternately with this one (same rounds).
+pub fn run(root: &Path, duration: Duration, rounds: usize, baseline: Option<&Path>) -> Result<()> {
+    let bins = Bins {
+        this: root.join("target/release/tcp-trace"),
+        baseline: baseline.map(Path::to_path_buf),
+    };
+    let bin = bins.this.clone();
     let stats_path = "/proc/sys/kernel/bpf_stats_enabled";
     let stats_before = fs::read_to_string(stats_path).unwrap_or_default();
     fs::write(stats_path, "1").context("enabling kernel.bpf_stats_enabled (needs root)")?;
     let mut tools = vec![Tool::None, Tool::Watch, Tool::Stuck];
+    if bins.baseline.is_some() {
+        tools.extend([Tool::BaselineWatch, Tool::BaselineStuck]);
+    }
     let mut notes = Vec::new();
     if ensure_tcpstates() {
         tools.push(Tool::Tcpstates);
@@ -359,7 +388,7 @@ pub fn run(root: &Path, duration: Duration, rounds: usize) -> Result<()> {
     let result = (|| -> Result<()> {
         for round in 0..rounds {
             for &tool in &tools {
-                let r = measure(tool, &bin, duration)?;
+                let r = measure(tool, tool.bin(&bins), duration)?;
                 println!(
                     "  round {} {:<26} {:>8.0} conn/s{}",
                     round + 1,

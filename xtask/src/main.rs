@@ -7,11 +7,15 @@
 //! nightly toolchain's own libLLVM, and a mounted tracefs. No product logic lives here.
 
 mod bench;
+mod layers;
 mod setup;
 mod stress;
 mod vm;
 
-use std::process::{Command, ExitCode};
+use std::{
+    path::PathBuf,
+    process::{Command, ExitCode},
+};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -33,7 +37,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// `cargo fmt --check`, clippy on the host crates and on the kernel crate (BPF target).
+    /// `cargo fmt --check`, the layering of tcp-trace/src, clippy on the host crates and on the
+    /// kernel crate (BPF target).
     Lint,
     /// Tracing cost and throughput, side by side with tcpstates; engine speed and memory.
     Bench {
@@ -46,6 +51,10 @@ enum Task {
         /// Only the cost of `stuck` across 200 network namespaces.
         #[arg(long)]
         namespaces_only: bool,
+        /// Another build of tcp-trace (e.g. of an earlier commit) to run alternately with this
+        /// one, as `baseline watch --json` and `baseline stuck`.
+        #[arg(long, value_name = "BINARY")]
+        baseline: Option<PathBuf>,
     },
     /// Bounded memory under a connection churn (and a `--soak`), with evictions forced.
     Stress {
@@ -178,6 +187,7 @@ fn run(cli: Cli) -> Result<()> {
                     .current_dir(&root)
                     .args(["fmt", "--all", "--", "--check"]),
             )?;
+            layers::check(&root.join("tcp-trace/src"))?;
             status(
                 cargo()
                     .current_dir(&root)
@@ -220,12 +230,18 @@ fn run(cli: Cli) -> Result<()> {
             seconds,
             rounds,
             namespaces_only,
+            baseline,
         } => {
             setup::ensure_all()?;
             build_release(&root)?;
             match namespaces_only {
                 true => bench::namespaces(&root, rounds),
-                false => bench::run(&root, std::time::Duration::from_secs(seconds), rounds),
+                false => bench::run(
+                    &root,
+                    std::time::Duration::from_secs(seconds),
+                    rounds,
+                    baseline.as_deref(),
+                ),
             }
         }
         Task::Stress {

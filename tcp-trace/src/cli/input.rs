@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use super::flags::Common;
 use crate::{
     commands::pipeline::{self, Sink, Stop},
-    host::{self, clock::Clock, Env},
+    event::clock::Clock,
+    host::{self, Env},
     kernel::KernelSource,
     recording::{self, Item, Reader},
 };

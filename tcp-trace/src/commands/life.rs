@@ -7,13 +7,10 @@ use anyhow::Result;
 use crate::{
     commands::pipeline::{Flow, Sink},
     engine::{filter::Filter, Engine},
-    event::Delivery,
-    host::{clock::Clock, Env},
+    event::{clock::Clock, Delivery, LATE_AFTER_CLOSE_NS},
+    host::Env,
     output::life::LifeWriter,
 };
-
-/// How long after a close to wait for late events (errors, resets) before printing.
-const GRACE_NS: u64 = 200_000_000;
 
 /// The `life` sink.
 pub struct Life<W: Write> {
@@ -82,7 +79,7 @@ impl<W: Write> Sink for Life<W> {
         let now = self.latest_ns.max(env.now());
         self.engine.tick(now);
         self.engine.take_notices();
-        self.emit(now.saturating_sub(GRACE_NS), env)?;
+        self.emit(now.saturating_sub(LATE_AFTER_CLOSE_NS), env)?;
         self.out.flush()?;
         Ok(Flow::Continue)
     }

@@ -11,8 +11,8 @@ use anyhow::Result;
 use crate::{
     commands::pipeline::{Flow, Sink},
     engine::filter::Filter,
-    event::Delivery,
-    host::{clock::Clock, Env},
+    event::{clock::Clock, Delivery},
+    host::Env,
     recording::{FileHeader, Item, Snapshot, Writer, VERSION},
     stuck::REPORTABLE,
 };

@@ -23,8 +23,8 @@ use axum::{
 use super::{stuck::StuckCmd, watch::Watch};
 use crate::{
     commands::pipeline::{Flow, Sink},
-    event::Delivery,
-    host::{clock::monotonic_ns, Env},
+    event::{clock::monotonic_ns, Delivery},
+    host::Env,
     output::metrics::Metrics,
 };
 

@@ -18,8 +18,8 @@ use crate::{
         halfopen::{Episode, Kind, Notice, Thresholds},
         Engine,
     },
-    event::{Delivery, TcpState, Tuple},
-    host::{clock::Clock, owners::Holder, sockdiag::DiagSocket, Env},
+    event::{clock::Clock, Delivery, TcpState, Tuple},
+    host::{owners::Holder, sockdiag::DiagSocket, Env},
     output::{
         halfopen::Extra,
         metrics::Metrics,

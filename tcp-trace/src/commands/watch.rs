@@ -7,8 +7,8 @@ use anyhow::Result;
 use crate::{
     commands::pipeline::{Flow, Sink},
     engine::{filter::Filter, halfopen::Notice, Engine},
-    event::Delivery,
-    host::{clock::Clock, Env},
+    event::{clock::Clock, Delivery},
+    host::Env,
     output::watch::{Annotated, WatchWriter},
 };
 

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use crate::event::{Owner, TcpState, Tuple};
+use crate::event::{Owner, TcpState, Tuple, LATE_AFTER_CLOSE_NS};
 
 /// What kind of half-open condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -219,7 +219,7 @@ pub struct Tracker {
 }
 
 /// How long a closed streak waits for its error.
-const CLOSE_GRACE_NS: u64 = 200_000_000;
+const CLOSE_GRACE_NS: u64 = LATE_AFTER_CLOSE_NS;
 
 impl Tracker {
     /// A tracker with these thresholds.

@@ -105,6 +105,11 @@ impl Lifecycle {
         }
     }
 
+    /// When it ended (its last transition), or when it was last seen.
+    pub fn end_ns(&self) -> u64 {
+        self.states.last().map_or(self.last_seen_ns, |t| t.at_ns)
+    }
+
     /// A listener's own lifecycle (CLOSE → LISTEN → CLOSE), not a connection.
     pub fn is_listener(&self) -> bool {
         self.states

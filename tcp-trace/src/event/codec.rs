@@ -240,12 +240,6 @@ mod tests {
     use super::*;
     use crate::event::{errno_name, family_name};
 
-    /// Serialises a common struct into the bytes the kernel would write.
-    pub(crate) fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
-        // SAFETY: T is repr(C) plain data without implicit padding.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
-    }
-
     pub(crate) fn header(kind: Body, family: u16) -> Header {
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"curl");

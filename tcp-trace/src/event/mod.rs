@@ -1,6 +1,7 @@
 //! The event model: what the kernel programs report, decoded ([`Event`], [`EventKind`]), and
 //! the vocabulary around it — TCP states, errno names, task names, who and where a socket is.
 
+pub mod clock;
 mod codec;
 mod comm;
 mod errno;
@@ -92,6 +93,10 @@ impl EventKind {
         }
     }
 }
+
+/// How long after a socket's close the kernel may still report its error or reset: consumers
+/// that act on a close wait this long for them.
+pub const LATE_AFTER_CLOSE_NS: u64 = 200_000_000;
 
 /// What a source delivers: an event, or the count of events the kernel could not queue.
 #[derive(Clone, Debug, PartialEq, Eq)]

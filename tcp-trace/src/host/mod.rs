@@ -4,7 +4,6 @@
 //! snapshots at the recording's time (`recording::Replay`), so both run the same code.
 
 pub mod cgroup;
-pub mod clock;
 pub mod notify;
 pub mod owners;
 pub mod sockdiag;
@@ -16,8 +15,8 @@ use std::{
 
 use anyhow::Result;
 
-use self::{cgroup::Resolver, clock::monotonic_ns, owners::Holder, sockdiag::DiagSocket};
-use crate::event::{TcpState, Tuple};
+use self::{cgroup::Resolver, owners::Holder, sockdiag::DiagSocket};
+use crate::event::{clock::monotonic_ns, TcpState, Tuple};
 
 /// Time, sockets and owners.
 pub trait Env {

@@ -368,7 +368,7 @@ impl KernelSource {
         let lost = self.lost_total();
         if lost > self.lost_reported {
             out.push(Delivery::Lost {
-                ts_ns: crate::host::clock::monotonic_ns(),
+                ts_ns: crate::event::clock::monotonic_ns(),
                 count: lost - self.lost_reported,
             });
             self.lost_reported = lost;

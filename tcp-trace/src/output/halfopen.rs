@@ -5,11 +5,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::json::JsonConn;
+use super::{json::JsonConn, secs};
 use crate::{
     engine::halfopen::{Episode, Kind, Outcome},
-    event::errno_name,
-    host::clock::Clock,
+    event::{clock::Clock, errno_name},
     stuck::age_text,
 };
 
@@ -58,10 +57,6 @@ struct JsonHalfOpen<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     backoff: Option<u8>,
     diagnosis: String,
-}
-
-fn secs(d: Duration) -> f64 {
-    d.as_millis() as f64 / 1000.0
 }
 
 /// How long the evidence has lasted (to the outcome, or to `now_ns`).

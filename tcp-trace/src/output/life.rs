@@ -4,16 +4,15 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::json::JsonConn;
+use super::{json::JsonConn, owner_cells};
 use crate::{
     engine::Lifecycle,
-    event::{errno_name, Place, TcpState},
-    host::clock::Clock,
+    event::{clock::Clock, errno_name, Place, TcpState},
 };
 
 /// The connection's states with the ms spent in each.
 fn story(l: &Lifecycle) -> Vec<(TcpState, f64)> {
-    let end = l.states.last().map_or(l.last_seen_ns, |t| t.at_ns);
+    let end = l.end_ns();
     l.path(end)
         .into_iter()
         .map(|(s, ns)| (s, (ns / 1000) as f64 / 1000.0))
@@ -81,7 +80,7 @@ impl<W: Write> LifeWriter<W> {
     pub fn life(&mut self, l: &Lifecycle, place: Place, cgroup: Option<&str>) -> io::Result<()> {
         let steps = story(l);
         let start = l.first_seen_ns();
-        let end = l.states.last().map_or(l.last_seen_ns, |t| t.at_ns);
+        let end = l.end_ns();
         let duration_ms = (end.saturating_sub(start) / 1000) as f64 / 1000.0;
         let t = &l.tuple;
         if self.json {
@@ -130,9 +129,7 @@ impl<W: Write> LifeWriter<W> {
                 "END", "PID", "COMM", "LOCAL", "REMOTE", "MS", "CLOSER"
             )?;
         }
-        let (pid, comm) = l.owner.map_or(("-".into(), "-".into()), |o| {
-            (o.pid.to_string(), o.comm.escaped())
-        });
+        let (pid, comm) = owner_cells(l.owner);
         let path: Vec<String> = steps.iter().map(|(s, ms)| format!("{s} {ms:.3}")).collect();
         let mut notes = Vec::new();
         if l.retransmits > 0 {

@@ -207,7 +207,7 @@ impl Metrics {
                     let connection =
                         |l: &&crate::engine::Lifecycle| l.exact_start && !l.is_listener();
                     if let Some(l) = engine.last_finished().filter(connection) {
-                        let end = l.states.last().map_or(l.last_seen_ns, |t| t.at_ns);
+                        let end = l.end_ns();
                         self.lifetime
                             .observe(end.saturating_sub(l.first_seen_ns()) as f64 / 1e9);
                     }

@@ -10,12 +10,26 @@ pub mod metrics;
 pub mod stuck;
 pub mod watch;
 
-use std::io;
+use std::{io, time::Duration};
+
+use crate::event::Owner;
 
 /// True when an error (anywhere in its chain) is EPIPE.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<io::Error>()
             .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Seconds with millisecond precision, as the JSON objects give durations.
+pub fn secs(d: Duration) -> f64 {
+    d.as_millis() as f64 / 1000.0
+}
+
+/// The PID and COMM cells of a human line (`-` when the owner is unknown).
+pub fn owner_cells(o: Option<Owner>) -> (String, String) {
+    o.map_or(("-".into(), "-".into()), |o| {
+        (o.pid.to_string(), o.comm.escaped())
     })
 }

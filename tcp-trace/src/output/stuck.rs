@@ -4,10 +4,9 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::json::JsonConn;
+use super::{json::JsonConn, secs};
 use crate::{
-    event::TcpState,
-    host::clock::Clock,
+    event::{clock::Clock, TcpState},
     stuck::{age_text, Stuck},
 };
 
@@ -98,10 +97,6 @@ pub struct StuckWriter<W: Write> {
     pub wide: bool,
     /// Human output: each socket's network namespace (the report spans more than one).
     pub show_netns: bool,
-}
-
-fn secs(d: std::time::Duration) -> f64 {
-    (d.as_millis() as f64) / 1000.0
 }
 
 fn owner_of(s: &Stuck) -> (Option<u32>, Option<String>, Option<i32>) {

@@ -2,10 +2,13 @@
 
 use std::io::{self, Write};
 
-use super::json::{common, int, next_key, null, plain, text};
-use crate::{
-    event::{endpoint, errno_name, Event, EventKind, Owner, Place},
-    host::clock::{Clock, Rfc3339Cache},
+use super::{
+    json::{common, int, next_key, null, plain, text},
+    owner_cells,
+};
+use crate::event::{
+    clock::{Clock, Rfc3339Cache},
+    endpoint, errno_name, Event, EventKind, Owner, Place,
 };
 
 /// An event with what the engine added to it.
@@ -67,10 +70,7 @@ impl<W: Write> WatchWriter<W> {
         }
         self.header()?;
         let ev = a.ev;
-        let (pid, comm) = match a.owner {
-            Some(o) => (o.pid.to_string(), o.comm.escaped()),
-            None => ("-".to_string(), "-".to_string()),
-        };
+        let (pid, comm) = owner_cells(a.owner);
         let what = match ev.kind {
             EventKind::State { old, new } => match a.ns_in_old {
                 Some(ns) => format!("{old} -> {new} ({:.3} ms)", ns as f64 / 1e6),
@@ -118,10 +118,7 @@ impl<W: Write> WatchWriter<W> {
             return self.out.write_all(b"\n");
         }
         self.header()?;
-        let (pid, comm) = match ep.owner {
-            Some(o) => (o.pid.to_string(), o.comm.escaped()),
-            None => ("-".to_string(), "-".to_string()),
-        };
+        let (pid, comm) = owner_cells(ep.owner);
         let at = ep.outcome.map_or(now_ns, |(_, t)| t);
         let what = match ep.outcome {
             Some((o, _)) if ep.kind != crate::engine::halfopen::Kind::PeerReset => {
