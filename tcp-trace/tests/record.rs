@@ -214,15 +214,27 @@ fn replayed_life_and_stuck_equal_the_live_ones() {
         "{at:#?}"
     );
 
-    // A truncated copy: everything before the cut is reported, then one clear error.
+    // A cut copy (a writer stopped mid-write): everything before the cut is reported, then
+    // one warning; a damaged copy: everything before the damage, then one clear error.
     let bytes = std::fs::read(&file).unwrap();
     let cut = std::env::temp_dir().join(format!("tt-cut-{}.ttr", std::process::id()));
-    std::fs::write(&cut, &bytes[..bytes.len() - 40]).unwrap(); // inside the last frames
+    std::fs::write(&cut, &bytes[..bytes.len() - 40]).unwrap(); // inside the last block
     let (code, ev, err) = replay(&["watch", "--replay", cut.to_str().unwrap(), "--json"]);
-    assert_eq!(code, 2, "{err}");
+    assert_eq!(code, 0, "{err}");
     assert!(!ev.is_empty(), "events before the cut are still reported");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("at byte"), "{err}");
+    assert!(
+        err.contains("recording ended without its end frame at byte")
+            && err.contains("events after"),
+        "{err}"
+    );
+    let mut damaged = bytes.clone();
+    let at = damaged.len() - 60;
+    damaged[at] ^= 0x5a;
+    std::fs::write(&cut, &damaged).unwrap();
+    let (code, _, err) = replay(&["watch", "--replay", cut.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
     // Not a recording at all.
     std::fs::write(&cut, b"GET / HTTP/1.1\r\n\r\n").unwrap();
     let (code, ev, err) = replay(&["watch", "--replay", cut.to_str().unwrap()]);
@@ -263,5 +275,65 @@ fn sighup_does_not_end_a_recording() {
     }
     assert!(r.ended_cleanly(), "Ctrl-C leaves a complete file");
     assert!(events >= 5, "{events} events");
+    let _ = std::fs::remove_file(&file);
+}
+
+/// `kill -9` mid-recording (as the OOM killer or a reboot would) with a half-closed pair open:
+/// the file keeps everything older than the flush window, `stuck --replay` finds the pair, and
+/// the replay says once that the end is missing.
+#[test]
+fn a_recorder_killed_with_sigkill_leaves_a_replayable_file() {
+    let port = free_port();
+    let file = std::env::temp_dir().join(format!("tt-kill-{}.ttr", std::process::id()));
+    let mut rec = Tracer::start(&[
+        "record",
+        "-o",
+        file.to_str().unwrap(),
+        "--snapshot-interval",
+        "1s",
+        "--port",
+        &port.to_string(),
+    ]);
+    let peer = Peer::halfclose("127.0.0.1", port);
+    // Past the flush window (one second) and a snapshot that lists the pair (`stuck` confirms
+    // what is stuck with the recorded sock_diag snapshots), with a margin for a slow machine.
+    std::thread::sleep(slow(Duration::from_millis(2500)));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(rec.pid() as i32, libc::SIGKILL) };
+    while rec.alive() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (code, ev, err) = replay(&[
+        "stuck",
+        "--replay",
+        file.to_str().unwrap(),
+        "--json",
+        "--threshold",
+        "500ms",
+        "--interval",
+        "250ms",
+        "--port",
+        &port.to_string(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let stuck: Vec<&Value> = ev.iter().filter(|e| e["type"] == "stuck").collect();
+    let cw = stuck.iter().find(|e| e["state"] == "CLOSE_WAIT");
+    let fw = stuck.iter().find(|e| e["state"] == "FIN_WAIT2");
+    assert_eq!(
+        cw.map(|e| e["pid"].clone()),
+        Some(peer.server_pid.into()),
+        "{ev:#?}"
+    );
+    assert_eq!(
+        fw.map(|e| e["pid"].clone()),
+        Some(peer.client_pid.into()),
+        "{ev:#?}"
+    );
+    let warned: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("ended without its end frame"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{err}");
+    assert!(warned[0].contains("stopped abruptly"), "{err}");
     let _ = std::fs::remove_file(&file);
 }

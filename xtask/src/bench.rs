@@ -25,9 +25,11 @@ enum Tool {
     Watch,
     Stuck,
     Tcpstates,
+    Record,
     /// `--baseline`'s build of tcp-trace.
     BaselineWatch,
     BaselineStuck,
+    BaselineRecord,
 }
 
 impl Tool {
@@ -37,8 +39,10 @@ impl Tool {
             Self::Watch => "tcp-trace watch --json",
             Self::Stuck => "tcp-trace stuck",
             Self::Tcpstates => "tcpstates (libbpf-tools)",
+            Self::Record => "tcp-trace record",
             Self::BaselineWatch => "baseline watch --json",
             Self::BaselineStuck => "baseline stuck",
+            Self::BaselineRecord => "baseline record",
         }
     }
 
@@ -69,6 +73,18 @@ struct Run {
     lost: Option<u64>,
     cpu_s: f64,
     peak_rss_kib: u64,
+    /// Size of the recording (`record` only).
+    file_bytes: Option<u64>,
+}
+
+/// Where `record` writes during the bench (each build its own file).
+fn recording_path(tool: Tool) -> std::path::PathBuf {
+    let who = if tool == Tool::BaselineRecord {
+        "baseline"
+    } else {
+        "this"
+    };
+    std::env::temp_dir().join(format!("tt-bench-{}-{who}.ttr", std::process::id()))
 }
 
 /// One thread at full speed: connect, accept, close, alternating a full close (client first,
@@ -164,6 +180,13 @@ fn start(tool: Tool, bin: &Path) -> Result<Option<Traced>> {
         Tool::Stuck | Tool::BaselineStuck => {
             let mut c = Command::new(bin);
             c.arg("stuck").stdout(fs::File::create("/dev/null")?);
+            c
+        }
+        Tool::Record | Tool::BaselineRecord => {
+            let mut c = Command::new(bin);
+            c.args(["record", "-o"])
+                .arg(recording_path(tool))
+                .stdout(fs::File::create("/dev/null")?);
             c
         }
         Tool::Tcpstates => {
@@ -309,7 +332,58 @@ fn measure(tool: Tool, bin: &Path, duration: Duration) -> Result<Run> {
             run.lost = number_after(&err, "events, lost");
         }
     }
+    if matches!(tool, Tool::Record | Tool::BaselineRecord) {
+        run.file_bytes = fs::metadata(recording_path(tool)).ok().map(|m| m.len());
+    }
     Ok(run)
+}
+
+/// Bytes per event of the recordings (this build's and the baseline's), and the speed of a
+/// replay of the last one (`stuck --replay`: decode, engine, no output per event). JSON.
+fn recording_figures(bin: &Path, tools: &[Tool], runs: &HashMap<Tool, Vec<Run>>) -> Result<String> {
+    let per_event = |tool: Tool| {
+        let rs = runs.get(&tool)?;
+        let bytes: u64 = rs.iter().filter_map(|r| r.file_bytes).sum();
+        let events: u64 = rs.iter().filter_map(|r| r.delivered).sum();
+        (events > 0).then(|| bytes as f64 / events as f64)
+    };
+    let this = per_event(Tool::Record);
+    let base = tools
+        .contains(&Tool::BaselineRecord)
+        .then(|| per_event(Tool::BaselineRecord))
+        .flatten();
+    // This build's last recording.
+    let file = recording_path(Tool::Record);
+    let _ = fs::remove_file(recording_path(Tool::BaselineRecord));
+    let events = runs
+        .get(&Tool::Record)
+        .and_then(|r| r.last())
+        .and_then(|r| r.delivered)
+        .unwrap_or(0);
+    let t0 = Instant::now();
+    let st = Command::new(bin)
+        .args(["stuck", "--json", "--replay"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    let secs = t0.elapsed().as_secs_f64();
+    let _ = fs::remove_file(&file);
+    let rate = (st.code() == Some(0) || st.code() == Some(1)).then(|| events as f64 / secs);
+    let f = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |x| format!("{x:.p$}"));
+    println!(
+        "recording: {} bytes/event (baseline build: {}); replay of {events} events \
+         (`stuck --replay`, wall time): {} M events/s",
+        f(this, 1),
+        f(base, 1),
+        f(rate.map(|r| r / 1e6), 2)
+    );
+    Ok(format!(
+        "{{\"bytes_per_event\":{},\"baseline_bytes_per_event\":{},\"replay_events\":{events},\"replay_events_per_s\":{}}}",
+        json_num(this),
+        json_num(base),
+        json_num(rate)
+    ))
 }
 
 fn ensure_tcpstates() -> bool {
@@ -372,9 +446,13 @@ pub fn run(root: &Path, duration: Duration, rounds: usize, baseline: Option<&Pat
     let stats_path = "/proc/sys/kernel/bpf_stats_enabled";
     let stats_before = fs::read_to_string(stats_path).unwrap_or_default();
     fs::write(stats_path, "1").context("enabling kernel.bpf_stats_enabled (needs root)")?;
-    let mut tools = vec![Tool::None, Tool::Watch, Tool::Stuck];
+    let mut tools = vec![Tool::None, Tool::Watch, Tool::Stuck, Tool::Record];
     if bins.baseline.is_some() {
-        tools.extend([Tool::BaselineWatch, Tool::BaselineStuck]);
+        tools.extend([
+            Tool::BaselineWatch,
+            Tool::BaselineStuck,
+            Tool::BaselineRecord,
+        ]);
     }
     let mut notes = Vec::new();
     if ensure_tcpstates() {
@@ -487,6 +565,7 @@ pub fn run(root: &Path, duration: Duration, rounds: usize, baseline: Option<&Pat
             rs.iter().map(|r| format!("{:.1}", r.conns_per_s)).collect::<Vec<_>>().join(",")
         ));
     }
+    let recordings = recording_figures(&bin, &tools, &runs)?;
     println!("xtask: stuck across network namespaces");
     let namespaces = netns::run(&bin, 200, rounds)?;
     println!("engine only: {engine_json}");
@@ -494,7 +573,7 @@ pub fn run(root: &Path, duration: Duration, rounds: usize, baseline: Option<&Pat
         println!("note: {n}");
     }
     let json = format!(
-        "{{\"date\":\"{date}\",\"cores\":{cores},\"kernel\":\"{}\",\"run_seconds\":{},\"rounds\":{rounds},\"load\":\"one thread, loopback connect/accept/close, alternating full close and half-close\",\"results\":[{}],\"engine\":{engine_json},\"stuck_namespaces\":{namespaces},\"notes\":[{}]}}",
+        "{{\"date\":\"{date}\",\"cores\":{cores},\"kernel\":\"{}\",\"run_seconds\":{},\"rounds\":{rounds},\"load\":\"one thread, loopback connect/accept/close, alternating full close and half-close\",\"results\":[{}],\"engine\":{engine_json},\"recording\":{recordings},\"stuck_namespaces\":{namespaces},\"notes\":[{}]}}",
         kernel.trim(),
         duration.as_secs(),
         rows.join(","),

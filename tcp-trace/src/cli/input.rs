@@ -18,8 +18,8 @@ use crate::{
 pub(super) enum Input {
     /// The kernel, now.
     Live(Box<KernelSource>, Stop, Box<host::Live>),
-    /// A recording.
-    Replay(Box<Reader<BufReader<File>>>, Box<recording::Replay>),
+    /// A recording, and the clock its times are told with.
+    Replay(Box<Reader<BufReader<File>>>, Box<recording::Replay>, Clock),
 }
 
 impl Input {
@@ -67,10 +67,8 @@ impl Input {
                 for (id, path) in names {
                     env.learn_cgroup(id, path);
                 }
-                Ok((
-                    Self::Replay(Box::new(reader), Box::new(env)),
-                    Clock::fixed(boot),
-                ))
+                let clock = Clock::fixed(boot);
+                Ok((Self::Replay(Box::new(reader), Box::new(env), clock), clock))
             }
         }
     }
@@ -79,7 +77,7 @@ impl Input {
     pub(super) fn env(&mut self) -> &mut dyn Env {
         match self {
             Self::Live(_, _, e) => e.as_mut(),
-            Self::Replay(_, e) => e.as_mut(),
+            Self::Replay(_, e, _) => e.as_mut(),
         }
     }
 
@@ -88,7 +86,19 @@ impl Input {
             Self::Live(mut src, mut stop, mut env) => {
                 pipeline::run(&mut src, &mut stop, sink, &mut env).await?;
             }
-            Self::Replay(mut reader, mut env) => pipeline::replay(&mut reader, sink, &mut env)?,
+            Self::Replay(mut reader, mut env, clock) => {
+                pipeline::replay(&mut reader, sink, &mut env)?;
+                if let Some(u) = reader.unfinished() {
+                    let after = u
+                        .last_ns
+                        .map_or_else(|| "its start".to_string(), |ns| clock.hms(ns));
+                    log::warn!(
+                        "recording ended without its end frame at byte {} (the recorder was \
+                         stopped abruptly): events after {after} are missing",
+                        u.at_byte
+                    );
+                }
+            }
         }
         Ok(())
     }

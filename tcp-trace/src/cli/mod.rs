@@ -16,7 +16,7 @@ use self::input::{at_time, Input};
 use crate::{
     commands::{
         life::Life,
-        record::Recorder,
+        record::{Durable, Recorder},
         serve::{spawn_http, Rotating, Serve, Shared},
         stuck::StuckCmd,
         watch::Watch,
@@ -49,7 +49,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 log::warn!("without CAP_SYS_PTRACE the owners of other users' sockets are unknown");
             }
             let at = match (&a.at, &input) {
-                (Some(t), Input::Replay(r, _)) => Some(at_time(t, &r.header.start, &clock)?),
+                (Some(t), Input::Replay(r, _, _)) => Some(at_time(t, &r.header.start, &clock)?),
                 (Some(_), Input::Live(..)) => anyhow::bail!("--at needs --replay FILE"),
                 (None, _) => None,
             };
@@ -113,7 +113,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let (mut input, clock) = Input::open(c, true, SWEEP_EVERY)?;
             let file = File::create(&a.output)
                 .with_context(|| format!("creating {}", a.output.display()))?;
-            let out = io::BufWriter::with_capacity(1 << 20, file);
+            let out = io::BufWriter::with_capacity(1 << 20, Durable(file));
             let mut sink =
                 Recorder::new(out, &clock, c.filter(), a.snapshot_interval, input.env())?;
             input.run(&mut sink).await?;

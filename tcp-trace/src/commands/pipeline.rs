@@ -1,10 +1,20 @@
 //! The live loop shared by every command: source → sink until a signal, `--duration` or the
 //! sink itself says stop. Sinks hold the engine and the output.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use anyhow::Result;
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use signal_hook::{
+    consts::{SIGINT, SIGTERM},
+    iterator::Signals,
+};
+use tokio::sync::Notify;
 
 use crate::{
     event::{Delivery, EventKind},
@@ -46,21 +56,61 @@ pub enum Ended {
     Sink,
 }
 
+/// How long a stop may take after the first signal before tcp-trace exits without finishing.
+pub const STOP_WITHIN: Duration = Duration::from_secs(5);
+
 /// Ends the loop on SIGINT, SIGTERM or after an optional duration.
+///
+/// The signals are taken by a thread of their own, not by the runtime, and the loop checks
+/// their flag after every drain: a wake-up lost between threads delays a stop by one poll
+/// interval, never forever. A second signal exits at once; a stop still unfinished
+/// [`STOP_WITHIN`] after the first signal exits too, saying so (a recording then lacks its end
+/// frame, which a replay reports).
 pub struct Stop {
-    int: Signal,
-    term: Signal,
+    signalled: Arc<AtomicBool>,
+    wake: Arc<Notify>,
     deadline: Option<tokio::time::Instant>,
 }
 
 impl Stop {
-    /// Installs the signal handlers now (before attaching, so a Ctrl-C is never lost).
+    /// Takes SIGINT and SIGTERM now (before attaching, so a Ctrl-C is never lost).
     pub fn new(duration: Option<Duration>) -> Result<Self> {
+        let signalled = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new(Notify::new());
+        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        let (flag, waker) = (signalled.clone(), wake.clone());
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let mut caught = signals.forever();
+                if caught.next().is_none() {
+                    return;
+                }
+                flag.store(true, Ordering::SeqCst);
+                waker.notify_one();
+                std::thread::spawn(|| {
+                    std::thread::sleep(STOP_WITHIN);
+                    eprintln!(
+                        "tcp-trace: not stopped {}s after the signal: exiting unfinished",
+                        STOP_WITHIN.as_secs()
+                    );
+                    std::process::exit(2);
+                });
+                if caught.next().is_some() {
+                    eprintln!("tcp-trace: second signal: exiting now");
+                    std::process::exit(130);
+                }
+            })?;
         Ok(Self {
-            int: signal(SignalKind::interrupt())?,
-            term: signal(SignalKind::terminate())?,
+            signalled,
+            wake,
             deadline: duration.map(|d| tokio::time::Instant::now() + d),
         })
+    }
+
+    /// A signal has arrived.
+    fn signalled(&self) -> bool {
+        self.signalled.load(Ordering::SeqCst)
     }
 
     async fn wait(&mut self) -> Ended {
@@ -71,8 +121,7 @@ impl Stop {
             }
         };
         tokio::select! {
-            _ = self.int.recv() => Ended::Signal,
-            _ = self.term.recv() => Ended::Signal,
+            _ = self.wake.notified() => Ended::Signal,
             _ = deadline => Ended::Duration,
         }
     }
@@ -143,6 +192,9 @@ pub async fn run(
             r = src.fill(&mut batch) => r?,
             why = stop.wait() => break why,
         }
+        if stop.signalled() {
+            break Ended::Signal;
+        }
         drop_abort_resets(&mut batch);
         let flow = sink.batch(&batch, env)?;
         batch.clear();
@@ -194,7 +246,7 @@ pub fn replay<R: std::io::Read>(
         };
         let ts = match &item {
             Item::Event(ev) => ev.ts_ns,
-            Item::Lost { ts_ns, .. } | Item::End { ts_ns } => *ts_ns,
+            Item::Lost { ts_ns, .. } | Item::End { ts_ns } | Item::Time { ts_ns } => *ts_ns,
             Item::Snapshot(s) => s.ts_ns,
             Item::Cgroup { .. } => env.now(),
         };
@@ -219,7 +271,7 @@ pub fn replay<R: std::io::Read>(
             Item::Lost { ts_ns, count } => batch.push(Delivery::Lost { ts_ns, count }),
             Item::Snapshot(s) => env.observe(*s),
             Item::Cgroup { id, path } => env.learn_cgroup(id, path),
-            Item::End { .. } => {}
+            Item::End { .. } | Item::Time { .. } => {}
         }
         batch_end.get_or_insert(ts + REPLAY_BATCH_NS);
     };

@@ -17,6 +17,24 @@ use crate::{
     stuck::REPORTABLE,
 };
 
+/// At most this much recording (ns of it) can be lost with the recorder: what is older is in
+/// the file, readable, even after `kill -9` (and, through [`Durable`], after a power loss).
+pub const FLUSH_EVERY_NS: u64 = 1_000_000_000;
+
+/// A file whose `flush` reaches the disk (`fdatasync`): what the recorder flushes survives a
+/// power loss too. The recorder flushes once a second.
+pub struct Durable(pub std::fs::File);
+
+impl Write for Durable {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
 /// The `record` sink.
 pub struct Recorder<W: Write> {
     w: Option<Writer<W>>,
@@ -25,6 +43,8 @@ pub struct Recorder<W: Write> {
     next_snapshot_ns: u64,
     /// cgroup ids already named in the file.
     named: HashSet<u64>,
+    /// When the file was last made readable to here (monotonic ns).
+    flushed_ns: u64,
     /// Events written.
     pub events: u64,
 }
@@ -85,6 +105,7 @@ impl<W: Write> Recorder<W> {
             next_snapshot_ns: now
                 .saturating_add(u64::try_from(every.as_nanos()).unwrap_or(u64::MAX)),
             named: HashSet::new(),
+            flushed_ns: now,
             events: 0,
         };
         let snap = snapshot(env, &[], &r.filter)?;
@@ -108,6 +129,7 @@ impl<W: Write> Recorder<W> {
             self.name_cgroup(d.cgroup, env)?;
         }
         self.writer()?.item(&Item::Snapshot(Box::new(snap)))?;
+        self.writer()?.flush()?;
         Ok(())
     }
 
@@ -141,6 +163,13 @@ impl<W: Write> Sink for Recorder<W> {
             self.write_snapshot(snap, env)?;
             self.next_snapshot_ns =
                 now.saturating_add(u64::try_from(self.every.as_nanos()).unwrap_or(u64::MAX));
+            self.flushed_ns = now;
+        }
+        if now.saturating_sub(self.flushed_ns) >= FLUSH_EVERY_NS {
+            let w = self.writer()?;
+            w.item(&Item::Time { ts_ns: now })?;
+            w.flush()?;
+            self.flushed_ns = now;
         }
         Ok(Flow::Continue)
     }

@@ -1,21 +1,27 @@
 //! Recordings: what `tcp-trace record` writes and `--replay` reads.
 //!
-//! Format (version 2), little-endian:
+//! Format (version 3), little-endian:
 //!
 //! ```text
 //! "TCPTRACE-RECORD\n"                      magic
 //! u32 length, JSON header                  version, host, kernel, start, clock offset, …
-//! frames, each: u8 tag, u32 length, payload
+//! one zstd stream of frames, each: u8 tag, u32 length, payload
 //!   1 event     the kernel's record bytes (`tcp_trace_common` layout; decoded by event::decode)
 //!   2 lost      u64 monotonic ns, u64 count
 //!   3 snapshot  JSON: sock_diag sockets and their /proc holders at a monotonic time
 //!   4 end       u64 monotonic ns (a complete recording ends with it)
 //!   5 cgroup    u64 cgroup id, UTF-8 path (written before the first event from that cgroup)
+//!   6 time      u64 monotonic ns: the recorder was running then (written at each flush, so a
+//!               recording cut short replays up to its last second)
 //! ```
 //!
-//! Events keep the kernel's binary layout (104–160 bytes each) so a recording costs about what
-//! the ring buffer carried; snapshots are rare and JSON. Version 1 (before events carried the
-//! socket's network namespace and cgroup) is still read: its events get both as unknown.
+//! Events keep the kernel's binary layout and snapshots are JSON; the zstd stream takes out
+//! what repeats from event to event. Crash safety: the header reaches the file at once, and
+//! [`Writer::flush`] ends a zstd block, so every frame written before a flush can be read back
+//! whatever happens to the writer afterwards; a reader that meets the end of the file without
+//! the end frame (a cut frame, a cut block) stops there cleanly and says so
+//! ([`Reader::unfinished`]). Versions 1 and 2 (frames not compressed; version 1 before events
+//! carried the socket's network namespace and cgroup) are still read.
 
 mod replay;
 
@@ -33,13 +39,18 @@ use crate::{
 /// The first bytes of every recording.
 pub const MAGIC: &[u8; 16] = b"TCPTRACE-RECORD\n";
 /// The format version this build writes and the newest it reads.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
+/// The first version whose frames are one zstd stream.
+const FIRST_ZSTD: u32 = 3;
+/// zstd's level: its default, fast enough to keep up with the ring buffer on one core.
+const ZSTD_LEVEL: i32 = 3;
 
 const TAG_EVENT: u8 = 1;
 const TAG_LOST: u8 = 2;
 const TAG_SNAPSHOT: u8 = 3;
 const TAG_END: u8 = 4;
 const TAG_CGROUP: u8 = 5;
+const TAG_TIME: u8 = 6;
 /// Where version 1's shorter event header ended (the namespace and cgroup fields follow it in
 /// version 2).
 const V1_HEADER_END: usize = 80;
@@ -96,6 +107,11 @@ pub enum Item {
         /// When recording stopped.
         ts_ns: u64,
     },
+    /// The recorder was running at this time.
+    Time {
+        /// Monotonic ns.
+        ts_ns: u64,
+    },
     /// A cgroup id and its path (for `--cgroup` and output in a replay).
     Cgroup {
         /// The id events carry.
@@ -107,17 +123,21 @@ pub enum Item {
 
 /// Writes a recording.
 pub struct Writer<W: Write> {
-    w: W,
+    w: zstd::stream::write::Encoder<'static, W>,
 }
 
 impl<W: Write> Writer<W> {
-    /// Writes the magic and the header.
+    /// Writes the magic and the header, and flushes them: a recording killed at once still
+    /// says what it is.
     pub fn new(mut w: W, header: &FileHeader) -> io::Result<Self> {
         w.write_all(MAGIC)?;
         let h = serde_json::to_vec(header)?;
         w.write_all(&(h.len() as u32).to_le_bytes())?;
         w.write_all(&h)?;
-        Ok(Self { w })
+        w.flush()?;
+        let mut z = zstd::stream::write::Encoder::new(w, ZSTD_LEVEL)?;
+        z.include_checksum(true)?;
+        Ok(Self { w: z })
     }
 
     fn frame(&mut self, tag: u8, payload: &[u8]) -> io::Result<()> {
@@ -137,6 +157,7 @@ impl<W: Write> Writer<W> {
             }
             Item::Snapshot(s) => self.frame(TAG_SNAPSHOT, &serde_json::to_vec(s)?),
             Item::End { ts_ns } => self.frame(TAG_END, &ts_ns.to_le_bytes()),
+            Item::Time { ts_ns } => self.frame(TAG_TIME, &ts_ns.to_le_bytes()),
             Item::Cgroup { id, path } => {
                 let mut p = id.to_le_bytes().to_vec();
                 p.extend_from_slice(path.as_bytes());
@@ -145,10 +166,17 @@ impl<W: Write> Writer<W> {
         }
     }
 
-    /// Flushes and returns the sink.
-    pub fn into_inner(mut self) -> io::Result<W> {
-        self.w.flush()?;
-        Ok(self.w)
+    /// Ends the current zstd block and flushes the sink: every frame so far can be read back
+    /// from what the sink holds.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.w.flush()
+    }
+
+    /// Ends the zstd stream, flushes and returns the sink.
+    pub fn into_inner(self) -> io::Result<W> {
+        let mut w = self.w.finish()?;
+        w.flush()?;
+        Ok(w)
     }
 }
 
@@ -169,13 +197,63 @@ impl std::fmt::Display for ReadError {
 
 impl std::error::Error for ReadError {}
 
+/// A recording that stops without its end frame: where, and the time of its last item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unfinished {
+    /// Bytes of the file read.
+    pub at_byte: u64,
+    /// Monotonic ns of the last item read (`None`: no timed item).
+    pub last_ns: Option<u64>,
+}
+
+/// Counts the bytes read from the file.
+struct Counted<R> {
+    r: R,
+    n: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let k = self.r.read(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+}
+
+/// The frames after the header: as stored (versions 1, 2) or through zstd.
+enum Frames<R: Read> {
+    Plain(Counted<R>),
+    Zstd(zstd::stream::read::Decoder<'static, io::BufReader<Counted<R>>>),
+}
+
+impl<R: Read> Frames<R> {
+    fn file_bytes(&self) -> u64 {
+        match self {
+            Self::Plain(c) => c.n,
+            Self::Zstd(d) => d.get_ref().get_ref().n,
+        }
+    }
+}
+
+impl<R: Read> Read for Frames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(r) => r.read(buf),
+            Self::Zstd(r) => r.read(buf),
+        }
+    }
+}
+
 /// Reads a recording, item by item.
 pub struct Reader<R: Read> {
-    r: R,
+    r: Frames<R>,
     offset: u64,
     /// The header.
     pub header: FileHeader,
     ended: bool,
+    /// The file ended without the end frame.
+    cut: bool,
+    last_ns: Option<u64>,
 }
 
 fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
@@ -193,7 +271,8 @@ fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 
 impl<R: Read> Reader<R> {
     /// Checks the magic and the version, reads the header.
-    pub fn open(mut r: R) -> Result<Self, ReadError> {
+    pub fn open(r: R) -> Result<Self, ReadError> {
+        let mut r = Counted { r, n: 0 };
         let err = |offset, what: String| ReadError { offset, what };
         let mut magic = [0u8; 16];
         let n = read_full(&mut r, &mut magic).map_err(|e| err(0, e.to_string()))?;
@@ -224,29 +303,46 @@ impl<R: Read> Reader<R> {
         }
         let header: FileHeader =
             serde_json::from_value(v).map_err(|e| err(20, format!("malformed header: {e}")))?;
+        let offset = 20 + u64::from(len);
+        let r = if header.version >= FIRST_ZSTD {
+            let d = zstd::stream::read::Decoder::new(r)
+                .map_err(|e| err(offset, format!("zstd: {e}")))?;
+            Frames::Zstd(d)
+        } else {
+            Frames::Plain(r)
+        };
         Ok(Self {
             r,
-            offset: 20 + u64::from(len),
+            offset,
             header,
             ended: false,
+            cut: false,
+            last_ns: None,
         })
     }
 
-    /// The next item; `Ok(None)` at the end of the file (whether or not it ended cleanly:
-    /// see [`Reader::ended_cleanly`]).
+    /// The next item; `Ok(None)` at the end of the file, whether or not it ended cleanly (see
+    /// [`Reader::unfinished`]). The end of the file inside a frame or a zstd block is such an
+    /// end (the writer was stopped mid-write); anything else malformed is an error.
     pub fn next_item(&mut self) -> Result<Option<Item>, ReadError> {
         let at = self.offset;
         let err = |what: String| ReadError { offset: at, what };
         let mut head = [0u8; 5];
-        let n = read_full(&mut self.r, &mut head).map_err(|e| err(e.to_string()))?;
+        let n = match read_full(&mut self.r, &mut head) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 1,
+            Err(e) => return Err(err(e.to_string())),
+        };
         if n == 0 {
+            self.cut = !self.ended;
             return Ok(None);
-        }
-        if n < 5 {
-            return Err(err("truncated frame header".into()));
         }
         if self.ended {
             return Err(err("data after the end frame".into()));
+        }
+        if n < 5 {
+            self.cut = true;
+            return Ok(None);
         }
         let tag = head[0];
         let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
@@ -254,8 +350,14 @@ impl<R: Read> Reader<R> {
             return Err(err(format!("frame length {len} is not plausible")));
         }
         let mut p = vec![0u8; len as usize];
-        if read_full(&mut self.r, &mut p).map_err(|e| err(e.to_string()))? < p.len() {
-            return Err(err(format!("truncated frame (tag {tag}, {len} bytes)")));
+        let got = match read_full(&mut self.r, &mut p) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(err(e.to_string())),
+        };
+        if got < p.len() {
+            self.cut = true;
+            return Ok(None);
         }
         self.offset += 5 + u64::from(len);
         let u64_at = |p: &[u8], i: usize| -> Option<u64> {
@@ -281,6 +383,10 @@ impl<R: Read> Reader<R> {
                 }
                 _ => return Err(err("bad end frame".into())),
             },
+            TAG_TIME => match u64_at(&p, 0) {
+                Some(ts_ns) if p.len() == 8 => Item::Time { ts_ns },
+                _ => return Err(err("bad time frame".into())),
+            },
             TAG_CGROUP => match (u64_at(&p, 0), p.get(8..).map(std::str::from_utf8)) {
                 (Some(id), Some(Ok(path))) => Item::Cgroup {
                     id,
@@ -290,6 +396,14 @@ impl<R: Read> Reader<R> {
             },
             t => return Err(err(format!("unknown frame tag {t}"))),
         };
+        match &item {
+            Item::Event(ev) => self.last_ns = Some(ev.ts_ns),
+            Item::Lost { ts_ns, .. } | Item::End { ts_ns } | Item::Time { ts_ns } => {
+                self.last_ns = Some(*ts_ns)
+            }
+            Item::Snapshot(s) => self.last_ns = Some(s.ts_ns),
+            Item::Cgroup { .. } => {}
+        }
         Ok(Some(item))
     }
 
@@ -298,7 +412,15 @@ impl<R: Read> Reader<R> {
         self.ended
     }
 
-    /// Bytes consumed so far.
+    /// After the last item: where the file stopped, if it stopped without its end frame.
+    pub fn unfinished(&self) -> Option<Unfinished> {
+        self.cut.then(|| Unfinished {
+            at_byte: self.r.file_bytes(),
+            last_ns: self.last_ns,
+        })
+    }
+
+    /// Where the next frame starts, in the stream of frames (in versions 1 and 2, the file).
     pub fn offset(&self) -> u64 {
         self.offset
     }
@@ -339,20 +461,54 @@ mod tests {
         assert!(r.ended_cleanly());
     }
 
+    /// A writer stopped at any byte: every frame flushed before the cut is read back, then
+    /// the reader stops and says where, with the time of the last item.
     #[test]
-    fn truncation_names_the_offset_and_keeps_what_came_before() {
+    fn a_cut_anywhere_keeps_every_flushed_frame() {
         let mut w = Writer::new(Vec::new(), &header()).unwrap();
         w.item(&Item::Lost { ts_ns: 1, count: 1 }).unwrap();
+        w.flush().unwrap();
+        let flushed = w.w.get_ref().len();
         w.item(&Item::Lost { ts_ns: 2, count: 2 }).unwrap();
         let bytes = w.into_inner().unwrap();
-        let cut = &bytes[..bytes.len() - 3];
-        let mut r = Reader::open(cut).unwrap();
-        let second_at = r.offset() + 21;
-        assert!(r.next_item().unwrap().is_some());
-        let e = r.next_item().unwrap_err();
-        assert_eq!(e.offset, second_at);
-        assert!(e.what.contains("truncated frame"), "{e}");
-        assert!(!r.ended_cleanly());
+        let header_end = 20 + serde_json::to_vec(&header()).unwrap().len();
+        for len in 0..bytes.len() {
+            let Ok(mut r) = Reader::open(&bytes[..len]) else {
+                assert!(len < header_end, "the header is complete at {len}");
+                continue;
+            };
+            let mut items = 0;
+            while r.next_item().unwrap().is_some() {
+                items += 1;
+            }
+            assert!(
+                items >= usize::from(len >= flushed),
+                "cut at {len}: {items} items"
+            );
+            let u = r.unfinished().expect("no end frame");
+            assert_eq!(u.at_byte, len as u64);
+            assert_eq!(u.last_ns, (items > 0).then_some(items as u64));
+        }
+    }
+
+    #[test]
+    fn corruption_inside_is_an_error() {
+        let mut w = Writer::new(Vec::new(), &header()).unwrap();
+        for i in 0..50 {
+            w.item(&Item::Lost { ts_ns: i, count: i }).unwrap();
+        }
+        w.item(&Item::End { ts_ns: 99 }).unwrap();
+        let mut bytes = w.into_inner().unwrap();
+        let at = bytes.len() - 20;
+        bytes[at] ^= 0x5a;
+        let mut r = Reader::open(&bytes[..]).unwrap();
+        let outcome = loop {
+            match r.next_item() {
+                Ok(Some(_)) => {}
+                other => break other,
+            }
+        };
+        assert!(outcome.is_err(), "{outcome:?}");
     }
 
     #[test]
@@ -383,7 +539,11 @@ mod tests {
         v1.drain(V1_HEADER_END..V1_HEADER_END + 16);
         let mut h = header();
         h.version = 1;
-        let mut bytes = Writer::new(Vec::new(), &h).unwrap().into_inner().unwrap();
+        // Versions 1 and 2: the header, then the frames as they are.
+        let json = serde_json::to_vec(&h).unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend((json.len() as u32).to_le_bytes());
+        bytes.extend(&json);
         bytes.push(TAG_EVENT);
         bytes.extend((v1.len() as u32).to_le_bytes());
         bytes.extend(&v1);
