@@ -49,7 +49,7 @@ impl Tool {
     /// The binary it runs: this build's, or the baseline's.
     fn bin(self, bins: &Bins) -> &Path {
         match self {
-            Self::BaselineWatch | Self::BaselineStuck => {
+            Self::BaselineWatch | Self::BaselineStuck | Self::BaselineRecord => {
                 bins.baseline.as_deref().unwrap_or(&bins.this)
             }
             _ => &bins.this,
@@ -468,12 +468,16 @@ pub fn run(root: &Path, duration: Duration, rounds: usize, baseline: Option<&Pat
             for &tool in &tools {
                 let r = measure(tool, tool.bin(&bins), duration)?;
                 println!(
-                    "  round {} {:<26} {:>8.0} conn/s{}",
+                    "  round {} {:<26} {:>8.0} conn/s{}{}",
                     round + 1,
                     tool.name(),
                     r.conns_per_s,
                     r.kernel_ns_per_event
-                        .map_or(String::new(), |k| format!("  {k:.0} ns/event in BPF"))
+                        .map_or(String::new(), |k| format!("  {k:.0} ns/event in BPF")),
+                    r.file_bytes.map_or(String::new(), |b| format!(
+                        "  {b} bytes for {} events",
+                        r.delivered.unwrap_or(0)
+                    ))
                 );
                 runs.entry(tool).or_default().push(r);
             }

@@ -113,7 +113,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let (mut input, clock) = Input::open(c, true, SWEEP_EVERY)?;
             let file = File::create(&a.output)
                 .with_context(|| format!("creating {}", a.output.display()))?;
-            let out = io::BufWriter::with_capacity(1 << 20, Durable(file));
+            let out = io::BufWriter::with_capacity(1 << 20, Durable::new(file));
             let mut sink =
                 Recorder::new(out, &clock, c.filter(), a.snapshot_interval, input.env())?;
             input.run(&mut sink).await?;

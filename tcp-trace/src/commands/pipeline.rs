@@ -56,16 +56,26 @@ pub enum Ended {
     Sink,
 }
 
-/// How long a stop may take after the first signal before tcp-trace exits without finishing.
-pub const STOP_WITHIN: Duration = Duration::from_secs(5);
+/// How long a stop may take after the first signal before tcp-trace exits without finishing
+/// (status 3; a recording then lacks its end frame, which its replay reports).
+pub const STOP_WITHIN: Duration = Duration::from_secs(10);
+
+/// One line on stderr and the process ends: raw `write` and `_exit`, so neither a held stderr
+/// lock nor a stuck thread can stop it (this is the way out of a hung stop).
+fn say_and_exit(line: &[u8], status: i32) -> ! {
+    // SAFETY: writing a valid buffer to fd 2, then ending the process; nothing is shared.
+    unsafe {
+        libc::write(2, line.as_ptr().cast(), line.len());
+        libc::_exit(status)
+    }
+}
 
 /// Ends the loop on SIGINT, SIGTERM or after an optional duration.
 ///
 /// The signals are taken by a thread of their own, not by the runtime, and the loop checks
 /// their flag after every drain: a wake-up lost between threads delays a stop by one poll
-/// interval, never forever. A second signal exits at once; a stop still unfinished
-/// [`STOP_WITHIN`] after the first signal exits too, saying so (a recording then lacks its end
-/// frame, which a replay reports).
+/// interval, never forever. A second signal exits at once (status 130); a stop still
+/// unfinished [`STOP_WITHIN`] after the first signal exits too, saying so.
 pub struct Stop {
     signalled: Arc<AtomicBool>,
     wake: Arc<Notify>,
@@ -90,15 +100,13 @@ impl Stop {
                 waker.notify_one();
                 std::thread::spawn(|| {
                     std::thread::sleep(STOP_WITHIN);
-                    eprintln!(
-                        "tcp-trace: not stopped {}s after the signal: exiting unfinished",
-                        STOP_WITHIN.as_secs()
+                    say_and_exit(
+                        b"tcp-trace: not stopped 10 s after the signal: exiting unfinished\n",
+                        3,
                     );
-                    std::process::exit(2);
                 });
                 if caught.next().is_some() {
-                    eprintln!("tcp-trace: second signal: exiting now");
-                    std::process::exit(130);
+                    say_and_exit(b"tcp-trace: second signal: exiting now\n", 130);
                 }
             })?;
         Ok(Self {
@@ -279,8 +287,10 @@ pub fn replay<R: std::io::Read>(
     if flush(&mut batch, env, sink, end)? == Flow::Stop {
         return finish(sink, env, fault);
     }
-    // Time runs on past the last item to the sink's pending wake-up (e.g. `stuck --at`).
-    if let Some(w) = sink.wakeup().filter(|w| *w > env.now() && fault.is_none()) {
+    // Time runs on past the last item to the sink's pending wake-up (e.g. `stuck --at`), but
+    // not past a cut or damaged end: nothing is known of that time.
+    let whole = fault.is_none() && reader.unfinished().is_none();
+    if let Some(w) = sink.wakeup().filter(|w| *w > env.now() && whole) {
         flush(&mut batch, env, sink, w)?;
     }
     finish(sink, env, fault)

@@ -18,20 +18,54 @@ use crate::{
 };
 
 /// At most this much recording (ns of it) can be lost with the recorder: what is older is in
-/// the file, readable, even after `kill -9` (and, through [`Durable`], after a power loss).
+/// the file, readable, even after `kill -9` (and, through [`Durable`], soon after a power loss).
 pub const FLUSH_EVERY_NS: u64 = 1_000_000_000;
 
-/// A file whose `flush` reaches the disk (`fdatasync`): what the recorder flushes survives a
-/// power loss too. The recorder flushes once a second.
-pub struct Durable(pub std::fs::File);
+/// A file whose `flush` also asks for an `fdatasync`, done on a thread of its own so a slow
+/// disk never stalls the drain (requests coalesce): what the recorder flushes survives a power
+/// loss within about a second more. Files that cannot be synced (a pipe, `/dev/null`) are only
+/// written.
+pub struct Durable {
+    file: std::fs::File,
+    sync: Option<std::sync::mpsc::SyncSender<()>>,
+}
+
+impl Durable {
+    /// Writes to `file`; syncs it in the background if it is a regular file.
+    pub fn new(file: std::fs::File) -> Self {
+        let regular = file.metadata().is_ok_and(|m| m.is_file());
+        let sync = regular
+            .then(|| file.try_clone().ok())
+            .flatten()
+            .and_then(|copy| {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+                std::thread::Builder::new()
+                    .name("fdatasync".into())
+                    .spawn(move || {
+                        while rx.recv().is_ok() {
+                            if let Err(e) = copy.sync_data() {
+                                log::warn!("fdatasync of the recording: {e}");
+                            }
+                        }
+                    })
+                    .ok()
+                    .map(|_| tx)
+            });
+        Self { file, sync }
+    }
+}
 
 impl Write for Durable {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
+        self.file.write(buf)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.0.sync_data()
+        if let Some(tx) = &self.sync {
+            // Full: a sync is pending already and will cover this data.
+            let _ = tx.try_send(());
+        }
+        Ok(())
     }
 }
 

@@ -17,10 +17,12 @@
 //!
 //! Events keep the kernel's binary layout and snapshots are JSON; the zstd stream takes out
 //! what repeats from event to event. Crash safety: the header reaches the file at once, and
-//! [`Writer::flush`] ends a zstd block, so every frame written before a flush can be read back
-//! whatever happens to the writer afterwards; a reader that meets the end of the file without
-//! the end frame (a cut frame, a cut block) stops there cleanly and says so
-//! ([`Reader::unfinished`]). Versions 1 and 2 (frames not compressed; version 1 before events
+//! [`Writer::flush`] (once a second) ends a zstd frame, checksum included, so every item written
+//! before a flush can be read back, checked, whatever happens to the writer afterwards. A
+//! reader that meets the end of the file inside a zstd frame (the writer was stopped
+//! mid-write) stops there cleanly and says so ([`Reader::unfinished`]); anything else that does
+//! not decode is an error. In version 3 the offsets of errors are in the decompressed stream
+//! of frames. Versions 1 and 2 (frames not compressed; version 1 before events
 //! carried the socket's network namespace and cgroup) are still read.
 
 mod replay;
@@ -56,6 +58,17 @@ const TAG_TIME: u8 = 6;
 const V1_HEADER_END: usize = 80;
 /// Larger frames are corruption, not data.
 const MAX_FRAME: u32 = 64 << 20;
+
+/// The largest plausible frame of each tag (a length beyond it is corruption).
+fn max_len(tag: u8) -> u32 {
+    match tag {
+        TAG_EVENT => 1024,
+        TAG_LOST => 16,
+        TAG_END | TAG_TIME => 8,
+        TAG_CGROUP => 8 + 4096,
+        _ => MAX_FRAME,
+    }
+}
 
 /// The recording's header.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,7 +136,17 @@ pub enum Item {
 
 /// Writes a recording.
 pub struct Writer<W: Write> {
-    w: zstd::stream::write::Encoder<'static, W>,
+    /// The zstd frame being written (`None` only while one is finished and the next begun).
+    z: Option<zstd::stream::write::Encoder<'static, W>>,
+    /// One item's frame, built before it is handed to zstd in one write.
+    buf: Vec<u8>,
+}
+
+/// A zstd frame (with its checksum) over `w`.
+fn zstd_frame<W: Write>(w: W) -> io::Result<zstd::stream::write::Encoder<'static, W>> {
+    let mut z = zstd::stream::write::Encoder::new(w, ZSTD_LEVEL)?;
+    z.include_checksum(true)?;
+    Ok(z)
 }
 
 impl<W: Write> Writer<W> {
@@ -135,15 +158,22 @@ impl<W: Write> Writer<W> {
         w.write_all(&(h.len() as u32).to_le_bytes())?;
         w.write_all(&h)?;
         w.flush()?;
-        let mut z = zstd::stream::write::Encoder::new(w, ZSTD_LEVEL)?;
-        z.include_checksum(true)?;
-        Ok(Self { w: z })
+        Ok(Self {
+            z: Some(zstd_frame(w)?),
+            buf: Vec::with_capacity(256),
+        })
     }
 
     fn frame(&mut self, tag: u8, payload: &[u8]) -> io::Result<()> {
-        self.w.write_all(&[tag])?;
-        self.w.write_all(&(payload.len() as u32).to_le_bytes())?;
-        self.w.write_all(payload)
+        self.buf.clear();
+        self.buf.push(tag);
+        self.buf
+            .extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(payload);
+        match &mut self.z {
+            Some(z) => z.write_all(&self.buf),
+            None => Err(io::Error::other("recording writer failed earlier")),
+        }
     }
 
     /// One item.
@@ -166,15 +196,27 @@ impl<W: Write> Writer<W> {
         }
     }
 
-    /// Ends the current zstd block and flushes the sink: every frame so far can be read back
-    /// from what the sink holds.
+    /// Ends the current zstd frame (its checksum covers what it holds), flushes the sink and
+    /// begins the next frame: every item so far can be read back, and checked, from what the
+    /// sink holds.
     pub fn flush(&mut self) -> io::Result<()> {
-        self.w.flush()
+        let z = self
+            .z
+            .take()
+            .ok_or_else(|| io::Error::other("recording writer failed earlier"))?;
+        let mut w = z.finish()?;
+        w.flush()?;
+        self.z = Some(zstd_frame(w)?);
+        Ok(())
     }
 
     /// Ends the zstd stream, flushes and returns the sink.
-    pub fn into_inner(self) -> io::Result<W> {
-        let mut w = self.w.finish()?;
+    pub fn into_inner(mut self) -> io::Result<W> {
+        let z = self
+            .z
+            .take()
+            .ok_or_else(|| io::Error::other("recording writer failed earlier"))?;
+        let mut w = z.finish()?;
         w.flush()?;
         Ok(w)
     }
@@ -327,10 +369,19 @@ impl<R: Read> Reader<R> {
     pub fn next_item(&mut self) -> Result<Option<Item>, ReadError> {
         let at = self.offset;
         let err = |what: String| ReadError { offset: at, what };
+        // Only a zstd frame cut short is a writer stopped mid-write; in versions 1 and 2 (no
+        // zstd) a short frame stays an error, as it always was.
+        let zstd = matches!(self.r, Frames::Zstd(_));
+        let cut_short = |e: &io::Error| zstd && e.kind() == io::ErrorKind::UnexpectedEof;
         let mut head = [0u8; 5];
         let n = match read_full(&mut self.r, &mut head) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 1,
+            // Only the checksum after the end frame is missing: nothing is.
+            Err(e) if cut_short(&e) && self.ended => return Ok(None),
+            Err(e) if cut_short(&e) => {
+                self.cut = true;
+                return Ok(None);
+            }
             Err(e) => return Err(err(e.to_string())),
         };
         if n == 0 {
@@ -341,23 +392,26 @@ impl<R: Read> Reader<R> {
             return Err(err("data after the end frame".into()));
         }
         if n < 5 {
-            self.cut = true;
-            return Ok(None);
+            return Err(err("truncated frame header".into()));
         }
         let tag = head[0];
         let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
-        if len > MAX_FRAME {
-            return Err(err(format!("frame length {len} is not plausible")));
+        if len > max_len(tag) {
+            return Err(err(format!(
+                "frame length {len} is not plausible for tag {tag}"
+            )));
         }
         let mut p = vec![0u8; len as usize];
         let got = match read_full(&mut self.r, &mut p) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+            Err(e) if cut_short(&e) => {
+                self.cut = true;
+                return Ok(None);
+            }
             Err(e) => return Err(err(e.to_string())),
         };
         if got < p.len() {
-            self.cut = true;
-            return Ok(None);
+            return Err(err(format!("truncated frame (tag {tag}, {len} bytes)")));
         }
         self.offset += 5 + u64::from(len);
         let u64_at = |p: &[u8], i: usize| -> Option<u64> {
@@ -468,7 +522,7 @@ mod tests {
         let mut w = Writer::new(Vec::new(), &header()).unwrap();
         w.item(&Item::Lost { ts_ns: 1, count: 1 }).unwrap();
         w.flush().unwrap();
-        let flushed = w.w.get_ref().len();
+        let flushed = w.z.as_ref().unwrap().get_ref().len();
         w.item(&Item::Lost { ts_ns: 2, count: 2 }).unwrap();
         let bytes = w.into_inner().unwrap();
         let header_end = 20 + serde_json::to_vec(&header()).unwrap().len();
