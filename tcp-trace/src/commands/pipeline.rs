@@ -57,8 +57,10 @@ pub enum Ended {
 }
 
 /// How long a stop may take after the first signal before tcp-trace exits without finishing
-/// (status 3; a recording then lacks its end frame, which its replay reports).
-pub const STOP_WITHIN: Duration = Duration::from_secs(10);
+/// (status 3; a recording then lacks its end frame, which its replay reports). Generous: a stop
+/// may have to wait for an evaluation in progress, which on a slow, loaded machine with many
+/// sockets takes seconds.
+pub const STOP_WITHIN: Duration = Duration::from_secs(30);
 
 /// One line on stderr and the process ends: raw `write` and `_exit`, so neither a held stderr
 /// lock nor a stuck thread can stop it (this is the way out of a hung stop).
@@ -101,7 +103,7 @@ impl Stop {
                 std::thread::spawn(|| {
                     std::thread::sleep(STOP_WITHIN);
                     say_and_exit(
-                        b"tcp-trace: not stopped 10 s after the signal: exiting unfinished\n",
+                        b"tcp-trace: not stopped 30 s after the signal: exiting unfinished\n",
                         3,
                     );
                 });
