@@ -58,6 +58,8 @@ const TAG_TIME: u8 = 6;
 const V1_HEADER_END: usize = 80;
 /// Larger frames are corruption, not data.
 const MAX_FRAME: u32 = 64 << 20;
+/// Frames up to this size are assembled before they are written.
+const SMALL_FRAME: usize = 4096;
 
 /// The largest plausible frame of each tag (a length beyond it is corruption).
 fn max_len(tag: u8) -> u32 {
@@ -165,15 +167,22 @@ impl<W: Write> Writer<W> {
     }
 
     fn frame(&mut self, tag: u8, payload: &[u8]) -> io::Result<()> {
+        let Some(z) = &mut self.z else {
+            return Err(io::Error::other("recording writer failed earlier"));
+        };
+        let len = (payload.len() as u32).to_le_bytes();
+        // Small frames (events) in one write; a large one (a snapshot) is not copied, so the
+        // buffer never grows to the largest snapshot.
+        if payload.len() > SMALL_FRAME {
+            z.write_all(&[tag])?;
+            z.write_all(&len)?;
+            return z.write_all(payload);
+        }
         self.buf.clear();
         self.buf.push(tag);
-        self.buf
-            .extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(&len);
         self.buf.extend_from_slice(payload);
-        match &mut self.z {
-            Some(z) => z.write_all(&self.buf),
-            None => Err(io::Error::other("recording writer failed earlier")),
-        }
+        z.write_all(&self.buf)
     }
 
     /// One item.
