@@ -5,7 +5,7 @@
 //! ```text
 //! "TCPTRACE-RECORD\n"                      magic
 //! u32 length, JSON header                  version, host, kernel, start, clock offset, …
-//! one zstd stream of frames, each: u8 tag, u32 length, payload
+//! zstd frames (one per flush, each checksummed) holding frames: u8 tag, u32 length, payload
 //!   1 event     the kernel's record bytes (`tcp_trace_common` layout; decoded by event::decode)
 //!   2 lost      u64 monotonic ns, u64 count
 //!   3 snapshot  JSON: sock_diag sockets and their /proc holders at a monotonic time
