@@ -287,6 +287,18 @@ mod tests {
         testkit::event(1_500_000_001, 0xffff_8880_0000_1000, task, t, kind)
     }
 
+    /// `ev` with nothing added: no socket, owner, entry time or place known.
+    fn bare(ev: &Event) -> Annotated<'_> {
+        Annotated {
+            ev,
+            sock: None,
+            owner: None,
+            ns_in_old: None,
+            place: Place::default(),
+            cgroup: None,
+        }
+    }
+
     fn line(a: &Annotated<'_>, json: bool) -> String {
         let mut w = WatchWriter::new(Vec::new(), json, Clock::fixed(1_700_000_000_000_000_000));
         w.header_done = true;
@@ -313,12 +325,9 @@ mod tests {
             (Place::default(), None),
         ] {
             w.event(&Annotated {
-                ev: &e,
-                sock: None,
-                owner: None,
-                ns_in_old: None,
                 place,
                 cgroup,
+                ..bare(&e)
             })
             .unwrap();
         }
@@ -382,14 +391,7 @@ mod tests {
             old: TcpState(77),
             new: TcpState::CLOSE,
         });
-        let a = Annotated {
-            ev: &e,
-            sock: None,
-            owner: None,
-            ns_in_old: None,
-            place: Place::default(),
-            cgroup: None,
-        };
+        let a = bare(&e);
         let v: serde_json::Value = serde_json::from_str(&line(&a, true)).unwrap();
         assert!(v["pid"].is_null() && v["comm"].is_null() && v["ms_in_old"].is_null());
         assert_eq!(v["old"], "UNKNOWN(77)");
@@ -439,12 +441,8 @@ mod tests {
     fn error_and_lost() {
         let e = ev(EventKind::Error { errno: 110 });
         let a = Annotated {
-            ev: &e,
             sock: Some(7),
-            owner: None,
-            ns_in_old: None,
-            place: Place::default(),
-            cgroup: None,
+            ..bare(&e)
         };
         let v: serde_json::Value = serde_json::from_str(&line(&a, true)).unwrap();
         assert_eq!(v["type"], "error");
@@ -481,15 +479,7 @@ mod tests {
         let mut w = WatchWriter::new(Vec::new(), true, Clock::fixed(0));
         for kind in kinds {
             let e = ev(kind);
-            w.event(&Annotated {
-                ev: &e,
-                sock: None,
-                owner: None,
-                ns_in_old: None,
-                place: Place::default(),
-                cgroup: None,
-            })
-            .unwrap();
+            w.event(&bare(&e)).unwrap();
         }
         w.lost(5, 3).unwrap();
         let text = String::from_utf8(w.out).unwrap();
