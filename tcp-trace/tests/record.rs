@@ -294,15 +294,36 @@ fn a_recorder_killed_with_sigkill_leaves_a_replayable_file() {
         "--port",
         &port.to_string(),
     ]);
+    // A second recorder with the default snapshot interval (5 s, never reached here): only
+    // the once-a-second flush can have put the pair's events in its file.
+    let events_only = std::env::temp_dir().join(format!("tt-kill2-{}.ttr", std::process::id()));
+    let mut rec2 = Tracer::start(&[
+        "record",
+        "-o",
+        events_only.to_str().unwrap(),
+        "--port",
+        &port.to_string(),
+    ]);
     let peer = Peer::halfclose("127.0.0.1", port);
     // Past the flush window (one second) and a snapshot that lists the pair (`stuck` confirms
     // what is stuck with the recorded sock_diag snapshots), with a margin for a slow machine.
     std::thread::sleep(slow(Duration::from_millis(2500)));
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(rec.pid() as i32, libc::SIGKILL) };
-    while rec.alive() {
-        std::thread::sleep(Duration::from_millis(10));
+    for r in [&mut rec, &mut rec2] {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(r.pid() as i32, libc::SIGKILL) };
+        while r.alive() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
+    let (code, ev, err) = replay(&["watch", "--replay", events_only.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        ev.iter()
+            .any(|e| e["new"] == "CLOSE_WAIT" && e["dport"] == peer.client_port),
+        "the server's CLOSE_WAIT, older than a second, is in the file: {ev:#?}"
+    );
+    assert!(err.contains("ended without its end frame"), "{err}");
+    let _ = std::fs::remove_file(&events_only);
     let (code, ev, err) = replay(&[
         "stuck",
         "--replay",
