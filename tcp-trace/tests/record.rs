@@ -358,3 +358,227 @@ fn a_recorder_killed_with_sigkill_leaves_a_replayable_file() {
     assert!(warned[0].contains("stopped abruptly"), "{err}");
     let _ = std::fs::remove_file(&file);
 }
+
+/// The names of the files in `dir`, sorted.
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut n: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    n.sort();
+    n
+}
+
+/// Clean connections to `listener` until `done()` (asked every 50), at most `slow(limit)`;
+/// the clients' ports.
+fn churn_until(
+    listener: &TcpListener,
+    limit: Duration,
+    mut done: impl FnMut() -> bool,
+) -> Vec<u16> {
+    let port = listener.local_addr().unwrap().port();
+    let start = std::time::Instant::now();
+    let mut ports = Vec::new();
+    while !(ports.len() % 50 == 0 && done()) {
+        assert!(
+            start.elapsed() < slow(limit),
+            "churned {} connections",
+            ports.len()
+        );
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        ports.push(c.local_addr().unwrap().port());
+        drop(listener.accept().unwrap());
+        drop(c);
+    }
+    ports
+}
+
+/// `--max-size` with `--rotate`: a ring of parts, the oldest deleted; `--replay` of the parts
+/// (or their directory) is one recording, a connection's life spanning files; without
+/// `--rotate` the recording stops, complete, at the size.
+#[test]
+fn rotated_parts_replay_as_one_recording() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("tt-rotate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (all, ring) = (dir.join("all"), dir.join("ring"));
+    std::fs::create_dir_all(&all).unwrap();
+    std::fs::create_dir_all(&ring).unwrap();
+    let one = dir.join("one.ttr");
+    let p = port.to_string();
+    let record = |out: &std::path::Path, extra: &[&str]| {
+        let out = out.to_string_lossy().into_owned();
+        let mut args = vec!["record", "-o", &out, "--max-size", "64KiB", "--port", &p];
+        args.extend_from_slice(extra);
+        Tracer::start(&args)
+    };
+    let a = record(&all.join("r.ttr"), &["--rotate", "10"]);
+    let b = record(&ring.join("r.ttr"), &["--rotate", "2"]);
+    let c = record(&one, &[]);
+
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let long = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let long_port = long.local_addr().unwrap().port();
+    let long_server = listener.accept().unwrap();
+    // Until four parts exist (three finished; the ring of two has dropped some, and C, whose
+    // one file took the same events, is full).
+    let ports = churn_until(&listener, Duration::from_secs(60), || {
+        names_in(&all).len() >= 4
+    });
+    drop((long, long_server));
+    std::thread::sleep(slow(Duration::from_millis(300)));
+    let (st, _, err) = a.stop();
+    assert!(st.success(), "{err:?}");
+    let (st, _, err) = b.stop();
+    assert!(st.success(), "{err:?}");
+
+    let parts = names_in(&all);
+    let expected: Vec<String> = (1..=parts.len()).map(|n| format!("r.ttr.{n:05}")).collect();
+    assert_eq!(parts, expected);
+    // Every connection once, across the files' boundaries: life --replay of the directory.
+    let (code, lives, err) = replay(&[
+        "life",
+        "--replay",
+        all.to_str().unwrap(),
+        "--json",
+        "--dport",
+        &p,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err, "", "a complete recording replays without a word");
+    let summary = lives.iter().find(|l| l["type"] == "summary").unwrap();
+    assert_eq!(summary["lost"], 0, "{summary}");
+    let mut seen: Vec<u64> = lives
+        .iter()
+        .filter(|l| l["type"] == "life")
+        .map(|l| l["sport"].as_u64().unwrap())
+        .collect();
+    seen.sort_unstable();
+    let mut want: Vec<u64> = ports.iter().map(|p| u64::from(*p)).collect();
+    want.push(u64::from(long_port));
+    want.sort_unstable();
+    assert_eq!(
+        seen, want,
+        "each client's life once, none twice at a boundary"
+    );
+    // The long connection was born in the first part and ended in the last.
+    let long_life = |lives: &[Value]| {
+        lives
+            .iter()
+            .find(|l| l["type"] == "life" && l["sport"] == long_port)
+            .cloned()
+    };
+    let l = long_life(&lives).unwrap();
+    assert_eq!(l["incomplete"], false, "{l}");
+    assert_eq!(l["closer"], "local", "{l}");
+    let files: Vec<String> = parts
+        .iter()
+        .map(|n| all.join(n).to_string_lossy().into_owned())
+        .collect();
+    let (_, first, _) = replay(&["life", "--replay", &files[0], "--json", "--dport", &p]);
+    assert_eq!(long_life(&first), None, "still open at the end of part 1");
+    // The same from the files named (as a shell glob names them), in any order.
+    let mut args = vec!["life", "--json", "--dport", &p, "--replay"];
+    args.extend(files.iter().rev().map(String::as_str));
+    let (code, again, err) = replay(&args);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert_eq!(again.len(), lives.len());
+
+    // The ring of two: only the newest two parts are left, and they replay (the long
+    // connection's birth went with the oldest parts).
+    let left = names_in(&ring);
+    assert_eq!(left.len(), 2, "{left:?}");
+    let n: Vec<u32> = left.iter().map(|n| n[6..].parse().unwrap()).collect();
+    assert!(n[0] >= 2 && n[1] == n[0] + 1, "{left:?}");
+    let (code, lives, err) = replay(&["life", "--replay", ring.to_str().unwrap(), "--json"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert!(lives.iter().any(|l| l["type"] == "life"));
+
+    // Without --rotate the recording ends at the size, complete.
+    let (st, _, err) = c.wait_exit(Duration::from_secs(20));
+    assert!(st.success(), "{err:?}");
+    assert!(
+        err.iter().any(|l| l.contains("reached --max-size")),
+        "{err:?}"
+    );
+    let size = std::fs::metadata(&one).unwrap().len();
+    assert!(size >= 64 << 10, "{size} bytes");
+    let (code, ev, err) = replay(&["watch", "--replay", one.to_str().unwrap(), "--json"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert!(!ev.is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Unmounts (lazily) when dropped, whatever the test did.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A full disk mid-recording: one line naming the file and what was kept, a non-zero exit,
+/// and everything written before replays (with the missing end said).
+#[test]
+fn a_full_disk_ends_the_recording_with_what_was_kept() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("tt-full-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512k", "tt-full"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mounting a tmpfs");
+    let mount = Mount(dir.clone());
+    let file = dir.join("r.ttr");
+    let f = file.to_string_lossy().into_owned();
+    let port = free_port();
+    let rec = Tracer::start(&["record", "-o", &f, "--port", &port.to_string()]);
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    // Slowly at first, past the first once-a-second flush; then fast until the disk is full.
+    let mut early = Vec::new();
+    for _ in 0..30 {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        early.push(c.local_addr().unwrap().port());
+        drop(listener.accept().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(slow(Duration::from_millis(1200)));
+    let pid = rec.pid();
+    churn_until(&listener, Duration::from_secs(120), || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+    });
+    let (st, _, err) = rec.wait_exit(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(2), "{err:?}");
+    let said: Vec<&String> = err.iter().filter(|l| l.starts_with("tcp-trace:")).collect();
+    assert_eq!(said.len(), 1, "{err:?}");
+    assert!(
+        said[0].contains(&format!("writing {f}: No space left on device"))
+            && said[0].contains(&format!("replay it with --replay {f}")),
+        "{said:?}"
+    );
+    let (code, ev, err) = replay(&["watch", "--replay", &f, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("ended without its end frame"), "{err}");
+    // The line's promise ("every event up to T at least") covers the early connections, and
+    // they are there.
+    let kept = said[0]
+        .split("every event up to ")
+        .nth(1)
+        .and_then(|t| t.get(..12))
+        .unwrap();
+    for p in early {
+        let close = ev
+            .iter()
+            .find(|e| e["new"] == "CLOSE" && e["sport"] == p)
+            .unwrap_or_else(|| panic!("the early connection from port {p} was kept"));
+        let at = &close["ts"].as_str().unwrap()[11..23];
+        assert!(at <= kept, "{at} is after {kept}: {said:?}");
+    }
+    drop(mount);
+}

@@ -100,6 +100,8 @@ proptest! {
             boot_epoch_ns: "0".into(),
             fin_timeout_s: 60,
             tool: "t".into(),
+            part: 1,
+            recording: "r".into(),
         };
         let mut w = recording::Writer::new(Vec::new(), &header).unwrap();
         w.item(&recording::Item::Lost { ts_ns: 1, count: 2 }).unwrap();

@@ -356,3 +356,170 @@ fn live_stuck_follows_other_namespaces_and_their_deletion() {
         "{err:?}"
     );
 }
+
+/// Whichever side closes first straight from ESTABLISHED (a server ending idle keep-alive
+/// connections, as nginx does; or a client), its orphaned FIN_WAIT2 keeps its closer, exact
+/// age, history and reap time: over IPv4, IPv6 and a dual-stack listener (v4-mapped).
+#[test]
+fn orphans_closed_from_established_keep_their_story() {
+    let tracer = Tracer::start(&[
+        "stuck",
+        "--json",
+        "--threshold",
+        "1s",
+        "--interval",
+        "250ms",
+    ]);
+    let mut cases = Vec::new();
+    for (listen, connect) in [
+        ("127.0.0.1", "127.0.0.1"),
+        ("::1", "::1"),
+        ("::", "127.0.0.1"),
+    ] {
+        for who in ["server", "client"] {
+            let port = free_port();
+            cases.push((
+                who,
+                listen,
+                port,
+                Peer::closefirst(who, listen, connect, port),
+            ));
+        }
+    }
+    // The orphan's own port: the server's for a server that closed, the client's otherwise.
+    let orphan_of = |ev: &[Value], who: &str, port: u16, peer: &Peer| -> Option<Value> {
+        let (key, p) = match who {
+            "server" => ("sport", port),
+            _ => ("sport", peer.client_port),
+        };
+        stuck_items(ev, "FIN_WAIT2")
+            .into_iter()
+            .find(|e| e[key] == p && e["held"] == false)
+            .cloned()
+    };
+    let ev = tracer.wait_for("every orphan", WAIT, |ev| {
+        cases
+            .iter()
+            .all(|(who, _, port, peer)| orphan_of(ev, who, *port, peer).is_some())
+    });
+    for (who, listen, port, peer) in &cases {
+        let o = orphan_of(&ev, who, *port, peer).unwrap();
+        let (closer, holder) = match *who {
+            "server" => (peer.server_pid, peer.client_pid),
+            _ => (peer.client_pid, peer.server_pid),
+        };
+        let case = format!("{who} closing first, listening on {listen}: {o}");
+        assert_eq!(o["pid"], closer, "{case}");
+        assert_eq!(o["comm"], format!("tt-{who}"), "{case}");
+        assert_eq!(o["age_exact"], true, "{case}");
+        let path: Vec<&str> = o["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["state"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            path[path.len() - 3..],
+            ["ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"],
+            "{case}"
+        );
+        let reap = o["reap_in_s"].as_f64().unwrap();
+        assert!(reap > 0.0 && reap < 60.0, "{case}");
+        assert!(
+            o["diagnosis"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("closed by pid {closer}")),
+            "{case}"
+        );
+        // The other side is the CLOSE_WAIT its process holds.
+        let other = if *who == "server" {
+            peer.client_port
+        } else {
+            *port
+        };
+        assert!(
+            stuck_items(&ev, "CLOSE_WAIT")
+                .iter()
+                .any(|e| e["sport"] == other && e["pid"] == holder),
+            "{case}"
+        );
+    }
+    drop(cases);
+    let (st, _, _) = tracer.stop();
+    assert!(st.success());
+}
+
+/// A 300-socket CLOSE_WAIT leak (the server never closes what the clients closed) reads as
+/// one block per cause: the server's CLOSE_WAITs with its pid, fds and count, the clients'
+/// orphans; `--each` lists every socket; JSON gives every socket and one `group` per cause.
+#[test]
+fn a_leak_reads_as_one_block_per_cause() {
+    require_root();
+    let port = free_port();
+    let peer = Peer::leak(300, "127.0.0.1", port);
+    let run = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args([
+                "stuck",
+                "--once",
+                "--threshold",
+                "0s",
+                "--port",
+                &port.to_string(),
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "something is stuck");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let human = run(&[]);
+    let lines: Vec<&str> = human.lines().collect();
+    assert_eq!(lines.len(), 5, "{human}");
+    let server = format!("pid {} (tt-server)", peer.server_pid);
+    assert!(
+        lines[0].starts_with("STUCK      CLOSE_WAIT ")
+            && lines[0].contains("×300")
+            && lines[0].contains(&server)
+            && lines[0].contains(&format!("127.0.0.1:{port} -> 127.0.0.1:*")),
+        "{human}"
+    );
+    assert!(
+        lines[1].contains(&format!("{server} has not closed 300 sockets")),
+        "{human}"
+    );
+    assert!(
+        lines[2].starts_with("STUCK      FIN_WAIT2 orphan")
+            && lines[2].contains("×300")
+            && lines[2].contains(&format!("127.0.0.1:* -> 127.0.0.1:{port}")),
+        "{human}"
+    );
+    assert!(lines[4].starts_with("SUMMARY    stuck now 600"), "{human}");
+
+    let each = run(&["--each"]);
+    assert_eq!(
+        each.lines().filter(|l| l.starts_with("STUCK")).count(),
+        600,
+        "{each}"
+    );
+
+    let json: Vec<Value> = run(&["--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(json.iter().filter(|e| e["type"] == "stuck").count(), 600);
+    let groups: Vec<&Value> = json.iter().filter(|e| e["type"] == "group").collect();
+    assert_eq!(groups.len(), 2, "{groups:#?}");
+    let cw = groups.iter().find(|g| g["state"] == "CLOSE_WAIT").unwrap();
+    assert_eq!(cw["count"], 300);
+    assert_eq!(cw["pid"], peer.server_pid);
+    assert_eq!(cw["fds"].as_array().unwrap().len(), 300);
+    assert_eq!(cw["local"], format!("127.0.0.1:{port}"));
+    assert_eq!(cw["remote"], "127.0.0.1:*");
+    let fw = groups.iter().find(|g| g["state"] == "FIN_WAIT2").unwrap();
+    assert_eq!(
+        (fw["count"].as_u64(), fw["held"].as_bool()),
+        (Some(300), Some(false))
+    );
+}

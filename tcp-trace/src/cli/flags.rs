@@ -41,6 +41,14 @@ pub struct RecordArgs {
     /// How often to snapshot the stuck-prone sockets and their owners (for `stuck --replay`).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub snapshot_interval: Duration,
+    /// Finish a file at this size (`100MB`, `1GiB`; 0: no limit). The recording stops there,
+    /// or with --rotate goes on in a new file.
+    #[arg(long, default_value = "1GiB", value_name = "SIZE")]
+    pub max_size: bytesize::ByteSize,
+    /// Write a ring of files, `OUTPUT.00001`, `OUTPUT.00002`, … of --max-size each, keeping the
+    /// newest N (as `tcpdump -C -W`); `--replay` takes them all, or their directory.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rotate: Option<u32>,
     #[command(flatten)]
     pub common: Common,
 }
@@ -94,8 +102,9 @@ pub struct Common {
     #[arg(long, default_value_t = 3)]
     pub half_open_retransmits: u32,
     /// Read a recording (`tcp-trace record`) instead of the kernel; no privileges needed.
-    #[arg(long, value_name = "FILE")]
-    pub replay: Option<PathBuf>,
+    /// A recording in parts (`record --max-size`): its files (`r.ttr.*`) or their directory.
+    #[arg(long, value_name = "FILE", num_args = 1.., action = clap::ArgAction::Append)]
+    pub replay: Vec<PathBuf>,
     /// Half-open: time since the first unanswered retransmit needed.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub half_open_after: Duration,
@@ -154,12 +163,16 @@ pub struct StuckArgs {
     /// With `--once`: how long to collect events before the report.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub settle: Duration,
-    /// One JSON object per line (`stuck`, `recovered`, `half_open`, `summary`).
+    /// One JSON object per line (`stuck`, `recovered`, `group`, `half_open`, `summary`).
     #[arg(long)]
     pub json: bool,
     /// Human output: also each owner's cgroup (its container) and network namespace.
     #[arg(long)]
     pub wide: bool,
+    /// Human output: every socket on its own lines, not grouped by state, process and
+    /// service (groups of more than three sockets are one block by default).
+    #[arg(long)]
+    pub each: bool,
     #[command(flatten)]
     pub common: Common,
 }

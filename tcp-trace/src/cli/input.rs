@@ -1,7 +1,7 @@
 //! Where the events come from: the kernel now, or a recording; and the environment (host or
 //! recorded snapshots) that goes with it.
 
-use std::{fs::File, io::BufReader, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
@@ -11,15 +11,15 @@ use crate::{
     event::clock::Clock,
     host::{self, Env},
     kernel::KernelSource,
-    recording::{self, Item, Reader},
+    recording::{self, Item, Parts},
 };
 
 /// Where the events come from.
 pub(super) enum Input {
     /// The kernel, now.
     Live(Box<KernelSource>, Stop, Box<host::Live>),
-    /// A recording, and the clock its times are told with.
-    Replay(Box<Reader<BufReader<File>>>, Box<recording::Replay>, Clock),
+    /// A recording (one file or its parts).
+    Replay(Box<Parts>, Box<recording::Replay>),
 }
 
 impl Input {
@@ -27,8 +27,8 @@ impl Input {
     /// print times with. `place`: the output shows sockets' namespaces and cgroups.
     /// `sweep`: how often every network namespace is listed in full.
     pub(super) fn open(c: &Common, place: bool, sweep: Duration) -> Result<(Self, Clock)> {
-        match &c.replay {
-            None => {
+        match c.replay.as_slice() {
+            [] => {
                 let stop = Stop::new(c.duration)?;
                 let src = KernelSource::open(c.source_options(place)?)?;
                 Ok((
@@ -40,35 +40,27 @@ impl Input {
                     Clock::measure(),
                 ))
             }
-            Some(path) => {
-                let file =
-                    File::open(path).with_context(|| format!("opening {}", path.display()))?;
-                let mut reader = Reader::open(BufReader::new(file))
-                    .with_context(|| format!("reading {}", path.display()))?;
+            _ => {
+                let mut parts = Parts::open(&c.replay)?;
                 // The start-up snapshot, after the names of the cgroups it mentions.
                 let mut names = Vec::new();
                 let first = loop {
-                    match reader.next_item() {
+                    match parts.next_item() {
                         Ok(Some(Item::Snapshot(s))) => break *s,
                         Ok(Some(Item::Cgroup { id, path })) => names.push((id, path)),
-                        Ok(_) => anyhow::bail!(
-                            "{}: no start-up snapshot after the header",
-                            path.display()
-                        ),
+                        Ok(_) => anyhow::bail!("no start-up snapshot after the recording's header"),
                         Err(e) => {
-                            return Err(anyhow::Error::new(e)
-                                .context(format!("reading {}", path.display())))
+                            return Err(anyhow::Error::new(e).context("reading the recording"))
                         }
                     }
                 };
-                let h = &reader.header;
-                let boot: u128 = h.boot_epoch_ns.parse().context("header: boot_epoch_ns")?;
-                let mut env = recording::Replay::new(first, Duration::from_secs(h.fin_timeout_s));
+                let fin_timeout = Duration::from_secs(parts.header().fin_timeout_s);
+                let mut env = recording::Replay::new(first, fin_timeout);
                 for (id, path) in names {
                     env.learn_cgroup(id, path);
                 }
-                let clock = Clock::fixed(boot);
-                Ok((Self::Replay(Box::new(reader), Box::new(env), clock), clock))
+                let clock = parts.clock();
+                Ok((Self::Replay(Box::new(parts), Box::new(env)), clock))
             }
         }
     }
@@ -77,7 +69,7 @@ impl Input {
     pub(super) fn env(&mut self) -> &mut dyn Env {
         match self {
             Self::Live(_, _, e) => e.as_mut(),
-            Self::Replay(_, e, _) => e.as_mut(),
+            Self::Replay(_, e) => e.as_mut(),
         }
     }
 
@@ -86,17 +78,14 @@ impl Input {
             Self::Live(mut src, mut stop, mut env) => {
                 pipeline::run(&mut src, &mut stop, sink, &mut env).await?;
             }
-            Self::Replay(mut reader, mut env, clock) => {
-                pipeline::replay(&mut reader, sink, &mut env)?;
-                if let Some(u) = reader.unfinished() {
-                    let after = u
-                        .last_ns
-                        .map_or_else(|| "its start".to_string(), |ns| clock.hms(ns));
-                    log::warn!(
-                        "recording ended without its end frame at byte {} (the recorder was \
-                         stopped abruptly): events after {after} are missing",
-                        u.at_byte
-                    );
+            Self::Replay(mut parts, mut env) => {
+                pipeline::replay(&mut parts, sink, &mut env)?;
+                if let Some(u) = parts.unfinished() {
+                    let what = recording::describe(&u, &parts.clock());
+                    match parts.last_of_many() {
+                        Some(last) => log::warn!("{}: {what}", last.display()),
+                        None => log::warn!("{what}"),
+                    }
                 }
             }
         }

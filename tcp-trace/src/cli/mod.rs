@@ -8,7 +8,7 @@ mod settings;
 pub use flags::Cli;
 use flags::Command;
 
-use std::{cell::RefCell, fs::File, io, process::ExitCode, rc::Rc, sync::Arc};
+use std::{cell::RefCell, io, process::ExitCode, rc::Rc, sync::Arc};
 
 use anyhow::{Context, Result};
 
@@ -16,7 +16,7 @@ use self::input::{at_time, Input};
 use crate::{
     commands::{
         life::Life,
-        record::{Durable, Recorder},
+        record::Record,
         serve::{spawn_http, Rotating, Serve, Shared},
         stuck::StuckCmd,
         watch::Watch,
@@ -49,7 +49,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 log::warn!("without CAP_SYS_PTRACE the owners of other users' sockets are unknown");
             }
             let at = match (&a.at, &input) {
-                (Some(t), Input::Replay(r, _, _)) => Some(at_time(t, &r.header.start, &clock)?),
+                (Some(t), Input::Replay(r, _)) => Some(at_time(t, &r.header().start, &clock)?),
                 (Some(_), Input::Live(..)) => anyhow::bail!("--at needs --replay FILE"),
                 (None, _) => None,
             };
@@ -59,6 +59,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 sink.evaluate_at(at);
             }
             sink.set_wide(a.wide);
+            sink.set_each(a.each);
             input.run(&mut sink).await?;
             Ok(if (a.once || a.at.is_some()) && sink.stuck_now() > 0 {
                 ExitCode::from(1)
@@ -107,15 +108,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
             let c = &a.common;
             anyhow::ensure!(
-                c.replay.is_none(),
+                c.replay.is_empty(),
                 "record reads the kernel, not a recording"
             );
             let (mut input, clock) = Input::open(c, true, SWEEP_EVERY)?;
-            let file = File::create(&a.output)
-                .with_context(|| format!("creating {}", a.output.display()))?;
-            let out = io::BufWriter::with_capacity(1 << 20, Durable::new(file));
+            let files = a.files()?;
             let mut sink =
-                Recorder::new(out, &clock, c.filter(), a.snapshot_interval, input.env())?;
+                Record::new(files, &clock, c.filter(), a.snapshot_interval, input.env())?;
             input.run(&mut sink).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::flags::{Common, StuckOpts};
+use super::flags::{Common, RecordArgs, StuckOpts};
 use crate::{
-    commands::stuck::Settings,
+    commands::{record::Files, stuck::Settings},
     engine::{
         filter::{Family, Filter},
         halfopen::Thresholds,
@@ -85,5 +85,31 @@ impl StuckOpts {
             idle_after: self.idle_after,
             thresholds: c.thresholds(),
         }
+    }
+}
+
+/// The smallest `--max-size`: a file holds a header and a snapshot of every socket besides its
+/// events.
+const MIN_FILE: u64 = 64 << 10;
+
+impl RecordArgs {
+    /// Where the recording goes, and how large each file may grow.
+    pub(super) fn files(&self) -> Result<Files> {
+        let max_size = self.max_size.as_u64();
+        anyhow::ensure!(
+            max_size == 0 || max_size >= MIN_FILE,
+            "--max-size {}: too small (a file holds a snapshot of the host's sockets besides \
+             its events); use at least 64KiB",
+            self.max_size
+        );
+        anyhow::ensure!(
+            max_size > 0 || self.rotate.is_none(),
+            "--rotate needs a --max-size other than 0 (the size of each file)"
+        );
+        Ok(Files {
+            path: self.output.clone(),
+            max_size,
+            rotate: self.rotate,
+        })
     }
 }

@@ -20,7 +20,7 @@ use crate::{
     event::{Delivery, EventKind},
     host::{self, Env},
     kernel::KernelSource,
-    recording::{Item, Reader, Replay},
+    recording::{Item, Parts, Replay},
 };
 
 /// What a sink wants after a batch.
@@ -234,11 +234,7 @@ const REPLAY_BATCH_NS: u64 = 50_000_000;
 /// time, the clock jumps to the sink's wake-ups between items, snapshots replace sock_diag.
 /// A malformed or truncated file still gets everything before the fault processed and the
 /// sink finished; then the error names the byte offset.
-pub fn replay<R: std::io::Read>(
-    reader: &mut Reader<R>,
-    sink: &mut dyn Sink,
-    env: &mut Replay,
-) -> Result<()> {
+pub fn replay(reader: &mut Parts, sink: &mut dyn Sink, env: &mut Replay) -> Result<()> {
     let mut batch: Vec<Delivery> = Vec::new();
     let mut batch_end: Option<u64> = None;
     let flush = |batch: &mut Vec<Delivery>, env: &mut Replay, sink: &mut dyn Sink, at: u64| {

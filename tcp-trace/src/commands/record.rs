@@ -4,16 +4,21 @@
 //! the first event or snapshot that carries it, so `--cgroup` and the output work in a replay
 //! on a host without that cgroup.
 
-use std::{collections::HashSet, io::Write, time::Duration};
+use std::{
+    collections::HashSet,
+    io::Write,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Result;
 
 use crate::{
     commands::pipeline::{Flow, Sink},
     engine::filter::Filter,
-    event::{clock::Clock, Delivery},
+    event::{clock::Clock, Delivery, TcpState},
     host::Env,
-    recording::{FileHeader, Item, Snapshot, Writer, VERSION},
+    recording::{part_path, FileHeader, Item, Snapshot, Writer, VERSION},
     stuck::REPORTABLE,
 };
 
@@ -69,7 +74,41 @@ impl Write for Durable {
     }
 }
 
-/// The `record` sink.
+/// Writing the recording failed (the disk is full, say); [`Record`] says what was kept.
+#[derive(Debug)]
+pub struct WriteError(pub std::io::Error);
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for WriteError {}
+
+/// Which part of which recording a file is.
+#[derive(Clone, Debug)]
+pub struct Part {
+    /// The same in every part of one recording.
+    pub recording: String,
+    /// 1, 2, …
+    pub number: u32,
+}
+
+impl Part {
+    /// The first part of a new recording.
+    pub fn first() -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Self {
+            recording: format!("{now:x}-{}", std::process::id()),
+            number: 1,
+        }
+    }
+}
+
+/// Writes one file of a recording: events, snapshots, lost counts, cgroup names.
 pub struct Recorder<W: Write> {
     w: Option<Writer<W>>,
     filter: Filter,
@@ -83,13 +122,24 @@ pub struct Recorder<W: Write> {
     pub events: u64,
 }
 
+/// What a file's start-up snapshot lists: every state but TIME_WAIT, whose sockets no later
+/// event concerns and which a busy host holds by the ten thousand (most of a dump's cost).
+const STARTUP: [TcpState; 10] = [
+    TcpState::ESTABLISHED,
+    TcpState::SYN_SENT,
+    TcpState::SYN_RECV,
+    TcpState::FIN_WAIT1,
+    TcpState::FIN_WAIT2,
+    TcpState::CLOSE,
+    TcpState::CLOSE_WAIT,
+    TcpState::LAST_ACK,
+    TcpState::LISTEN,
+    TcpState::CLOSING,
+];
+
 /// The sockets in `states` that pass the recording's address and port filters, and their
 /// holders.
-fn snapshot(
-    env: &mut dyn Env,
-    states: &[crate::event::TcpState],
-    filter: &Filter,
-) -> Result<Snapshot> {
+fn snapshot(env: &mut dyn Env, states: &[TcpState], filter: &Filter) -> Result<Snapshot> {
     let mut sockets = env.sockets(states)?;
     sockets.retain(|d| filter.matches_tuple(&d.tuple));
     let inodes: HashSet<u32> = sockets
@@ -112,7 +162,7 @@ fn read_trimmed(path: &str) -> String {
 }
 
 impl<W: Write> Recorder<W> {
-    /// Writes the header and the start-up snapshot (every TCP socket and its owners); later
+    /// Writes the header and the start-up snapshot (the TCP sockets and their owners); later
     /// snapshots of the stuck-prone states follow `every`.
     pub fn new(
         out: W,
@@ -120,6 +170,7 @@ impl<W: Write> Recorder<W> {
         filter: Filter,
         every: Duration,
         env: &mut dyn Env,
+        part: &Part,
     ) -> Result<Self> {
         let now = env.now();
         let header = FileHeader {
@@ -130,8 +181,10 @@ impl<W: Write> Recorder<W> {
             boot_epoch_ns: clock.boot_epoch_ns().to_string(),
             fin_timeout_s: env.fin_timeout().as_secs(),
             tool: format!("tcp-trace {}", env!("CARGO_PKG_VERSION")),
+            part: part.number,
+            recording: part.recording.clone(),
         };
-        let w = Writer::new(out, &header)?;
+        let w = Writer::new(out, &header).map_err(WriteError)?;
         let mut r = Self {
             w: Some(w),
             filter,
@@ -142,9 +195,25 @@ impl<W: Write> Recorder<W> {
             flushed_ns: now,
             events: 0,
         };
-        let snap = snapshot(env, &[], &r.filter)?;
+        let snap = snapshot(env, &STARTUP, &r.filter)?;
         r.write_snapshot(snap, env)?;
         Ok(r)
+    }
+
+    /// One write to the file; its failure is a [`WriteError`].
+    fn write(&mut self, f: impl FnOnce(&mut Writer<W>) -> std::io::Result<()>) -> Result<()> {
+        let w = self
+            .w
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("recording already finished"))?;
+        f(w).map_err(|e| WriteError(e).into())
+    }
+
+    /// Makes everything so far readable from the file.
+    fn flush(&mut self, now: u64) -> Result<()> {
+        self.write(Writer::flush)?;
+        self.flushed_ns = now;
+        Ok(())
     }
 
     /// Names cgroup `id` in the file unless it already is (or is unknown here).
@@ -153,7 +222,7 @@ impl<W: Write> Recorder<W> {
             return Ok(());
         }
         if let Some(path) = env.cgroup_path(id).map(str::to_string) {
-            self.writer()?.item(&Item::Cgroup { id, path })?;
+            self.write(|w| w.item(&Item::Cgroup { id, path }))?;
         }
         Ok(())
     }
@@ -162,15 +231,31 @@ impl<W: Write> Recorder<W> {
         for d in &snap.sockets {
             self.name_cgroup(d.cgroup, env)?;
         }
-        self.writer()?.item(&Item::Snapshot(Box::new(snap)))?;
-        self.writer()?.flush()?;
-        Ok(())
+        let ts = snap.ts_ns;
+        self.write(|w| w.item(&Item::Snapshot(Box::new(snap))))?;
+        self.flush(ts)
     }
 
-    fn writer(&mut self) -> Result<&mut Writer<W>> {
-        self.w
-            .as_mut()
-            .ok_or_else(|| anyhow::anyhow!("recording already finished"))
+    /// Bytes in the file (all but what the compressor holds).
+    pub fn bytes(&self) -> u64 {
+        self.w.as_ref().map_or(0, Writer::bytes)
+    }
+
+    /// Until when the file holds every event for certain: its last flush (monotonic ns).
+    pub fn kept(&self) -> u64 {
+        self.flushed_ns
+    }
+
+    /// Writes the end frame and closes the file.
+    pub fn end(&mut self, now: u64) -> Result<()> {
+        self.write(|w| w.item(&Item::End { ts_ns: now }))?;
+        if let Some(w) = self.w.take() {
+            w.into_inner()
+                .and_then(|mut f| f.flush())
+                .map_err(WriteError)?;
+        }
+        self.flushed_ns = now;
+        Ok(())
     }
 }
 
@@ -181,13 +266,15 @@ impl<W: Write> Sink for Recorder<W> {
                 Delivery::Event(ev) => {
                     if self.filter.matches_tuple(&crate::event::Tuple::of(ev)) {
                         self.name_cgroup(ev.cgroup, env)?;
-                        self.writer()?.item(&Item::Event(*ev))?;
+                        self.write(|w| w.item(&Item::Event(*ev)))?;
                         self.events += 1;
                     }
                 }
-                Delivery::Lost { ts_ns, count } => self.writer()?.item(&Item::Lost {
-                    ts_ns: *ts_ns,
-                    count: *count,
+                Delivery::Lost { ts_ns, count } => self.write(|w| {
+                    w.item(&Item::Lost {
+                        ts_ns: *ts_ns,
+                        count: *count,
+                    })
                 })?,
             }
         }
@@ -197,29 +284,228 @@ impl<W: Write> Sink for Recorder<W> {
             self.write_snapshot(snap, env)?;
             self.next_snapshot_ns =
                 now.saturating_add(u64::try_from(self.every.as_nanos()).unwrap_or(u64::MAX));
-            self.flushed_ns = now;
         }
         if now.saturating_sub(self.flushed_ns) >= FLUSH_EVERY_NS {
-            let w = self.writer()?;
-            w.item(&Item::Time { ts_ns: now })?;
-            w.flush()?;
-            self.flushed_ns = now;
+            self.write(|w| w.item(&Item::Time { ts_ns: now }))?;
+            self.flush(now)?;
         }
         Ok(Flow::Continue)
     }
 
     fn finish(&mut self, env: &mut dyn Env) -> Result<()> {
-        let snap = snapshot(env, &REPORTABLE, &self.filter)?;
-        let now = env.now();
         if self.w.is_some() {
+            let snap = snapshot(env, &REPORTABLE, &self.filter)?;
             self.write_snapshot(snap, env)?;
+            self.end(env.now())?;
         }
-        if let Some(mut w) = self.w.take() {
-            w.item(&Item::End { ts_ns: now })?;
-            w.into_inner()?.flush()?;
-        }
-        log::info!("recorded {} events", self.events);
         Ok(())
+    }
+}
+
+/// `record -o PATH`: where the recording goes and how large it may grow.
+#[derive(Clone, Debug)]
+pub struct Files {
+    /// The file, or the base name of the parts (`PATH.00001`, …) when `rotate` is set.
+    pub path: PathBuf,
+    /// A file this large is finished (0: no limit): the recording ends, or goes on in a new
+    /// part when `rotate` is set.
+    pub max_size: u64,
+    /// Keep the newest this many parts, deleting older ones (`None`: one file).
+    pub rotate: Option<u32>,
+}
+
+impl Files {
+    fn part_path(&self, number: u32) -> PathBuf {
+        match self.rotate {
+            Some(_) => part_path(&self.path, number),
+            None => self.path.clone(),
+        }
+    }
+
+    /// What a user passes to `--replay` for the whole recording.
+    fn replay_arg(&self) -> String {
+        match self.rotate {
+            Some(_) => format!("{}.*", self.path.display()),
+            None => self.path.display().to_string(),
+        }
+    }
+
+    /// Deletes the parts an earlier recording left under the same name: a directory of one
+    /// recording's parts replays as one.
+    fn remove_old_parts(&self) {
+        let (Some(dir), Some(base)) = (self.path.parent(), self.path.file_name()) else {
+            return;
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let prefix = format!("{}.", base.to_string_lossy());
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let digits = name.strip_prefix(&prefix).unwrap_or("");
+            if digits.len() == 5 && digits.bytes().all(|b| b.is_ascii_digit()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// Creates part `number`; failing to is a [`WriteError`] (the recording so far is kept).
+    fn create(&self, number: u32) -> Result<Out> {
+        let file = std::fs::File::create(self.part_path(number)).map_err(WriteError)?;
+        Ok(std::io::BufWriter::with_capacity(
+            1 << 20,
+            Durable::new(file),
+        ))
+    }
+}
+
+type Out = std::io::BufWriter<Durable>;
+
+/// The `record` sink: a [`Recorder`] per file, a new part when one is full (`--rotate`), and
+/// a failure to write said with what the recording kept.
+pub struct Record {
+    rec: Recorder<Out>,
+    files: Files,
+    part: Part,
+    /// The current part's size after its header and start-up snapshot.
+    start_bytes: u64,
+    clock: Clock,
+    /// Events in the parts finished before this one.
+    earlier_events: u64,
+}
+
+impl Record {
+    /// Creates the first file and writes its header and start-up snapshot.
+    pub fn new(
+        files: Files,
+        clock: &Clock,
+        filter: Filter,
+        every: Duration,
+        env: &mut dyn Env,
+    ) -> Result<Self> {
+        if files.rotate.is_some() {
+            files.remove_old_parts();
+        }
+        let part = Part::first();
+        let out = files
+            .create(part.number)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", files.part_path(1).display()))?;
+        let rec = Recorder::new(out, clock, filter, every, env, &part).map_err(|e| match e
+            .downcast::<WriteError>(
+        ) {
+            Ok(w) => anyhow::anyhow!("writing {}: {w}", files.part_path(1).display()),
+            Err(e) => e,
+        })?;
+        Ok(Self {
+            start_bytes: rec.bytes(),
+            rec,
+            files,
+            part,
+            clock: *clock,
+            earlier_events: 0,
+        })
+    }
+
+    /// `e`, or if it is a failure to write: the one line that says which file, why, and what
+    /// the recording keeps.
+    fn failed(&self, e: anyhow::Error) -> anyhow::Error {
+        let Some(WriteError(io)) = e.downcast_ref::<WriteError>() else {
+            return e;
+        };
+        anyhow::anyhow!(
+            "writing {}: {io}; the recording keeps what was written before (every event up to \
+             {} at least): replay it with --replay {}",
+            self.files.part_path(self.part.number).display(),
+            self.clock.hms(self.rec.kept()),
+            self.files.replay_arg()
+        )
+    }
+
+    /// Ends the current part and begins the next; deletes the part that falls out of the ring.
+    fn rotate(&mut self, env: &mut dyn Env) -> Result<()> {
+        let now = env.now();
+        self.rec.end(now)?;
+        // From here a failure names the new part; the old one is complete.
+        self.part.number += 1;
+        let out = self.files.create(self.part.number)?;
+        let next = Recorder::new(
+            out,
+            &self.clock,
+            self.rec.filter.clone(),
+            self.rec.every,
+            env,
+            &self.part,
+        )?;
+        let done = std::mem::replace(&mut self.rec, next);
+        self.earlier_events += done.events;
+        self.start_bytes = self.rec.bytes();
+        if let Some(keep) = self.files.rotate {
+            if let Some(old) = self.part.number.checked_sub(keep).filter(|n| *n > 0) {
+                let old = self.files.part_path(old);
+                if let Err(e) = std::fs::remove_file(&old) {
+                    log::warn!("removing {} (out of the --rotate ring): {e}", old.display());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Events recorded in all parts.
+    pub fn events(&self) -> u64 {
+        self.earlier_events + self.rec.events
+    }
+}
+
+impl Sink for Record {
+    fn batch(&mut self, records: &[Delivery], env: &mut dyn Env) -> Result<Flow> {
+        // In pieces, so a file ends within a few KiB of --max-size even when a batch is large.
+        for piece in records.chunks(CHECK_EVERY) {
+            if self.write(piece, env)? == Flow::Stop {
+                return Ok(Flow::Stop);
+            }
+        }
+        if records.is_empty() {
+            return self.write(records, env);
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn finish(&mut self, env: &mut dyn Env) -> Result<()> {
+        self.rec.finish(env).map_err(|e| self.failed(e))?;
+        log::info!("recorded {} events", self.events());
+        Ok(())
+    }
+}
+
+/// Records between two checks of the file's size.
+const CHECK_EVERY: usize = 1024;
+
+impl Record {
+    /// Writes `records`, then begins a new part (or ends the recording) if the file is full.
+    fn write(&mut self, records: &[Delivery], env: &mut dyn Env) -> Result<Flow> {
+        self.rec.batch(records, env).map_err(|e| self.failed(e))?;
+        // A file whose start-up snapshot alone is near the limit still holds as much again of
+        // events: no new part after every batch on a host with very many sockets.
+        let limit = self.files.max_size.max(2 * self.start_bytes);
+        if self.files.max_size == 0 || self.rec.bytes() < limit {
+            return Ok(Flow::Continue);
+        }
+        if self.files.rotate.is_none() {
+            log::warn!(
+                "{} reached --max-size ({} bytes): recording stopped (--rotate N goes on in \
+                 new files, keeping the newest N)",
+                self.files.path.display(),
+                self.files.max_size
+            );
+            return Ok(Flow::Stop);
+        }
+        self.rotate(env).map_err(|e| self.failed(e))?;
+        Ok(Flow::Continue)
     }
 }
 
@@ -263,7 +549,15 @@ mod tests {
             ..Filter::default()
         };
         let clock = Clock::fixed(0);
-        let mut rec = Recorder::new(Vec::new(), &clock, filter, Duration::MAX, &mut env).unwrap();
+        let mut rec = Recorder::new(
+            Vec::new(),
+            &clock,
+            filter,
+            Duration::MAX,
+            &mut env,
+            &Part::first(),
+        )
+        .unwrap();
         let bytes = rec.w.take().unwrap().into_inner().unwrap();
         let mut r = Reader::open(&bytes[..]).unwrap();
         let named = r.next_item().unwrap();

@@ -23,9 +23,13 @@ use crate::{
     output::{
         halfopen::Extra,
         metrics::Metrics,
-        stuck::{StuckWriter, Summary},
+        stuck::{Change, StuckWriter, Summary},
     },
-    stuck::{age_lower_bound_ns, assess, close_in_flight, key, Context, SockKey, Stuck},
+    stuck::{
+        age_lower_bound_ns, assess, close_in_flight,
+        group::{self, key_with, GroupKey, SMALL},
+        key, Context, SockKey, Stuck,
+    },
 };
 
 /// Settings of a `stuck` run.
@@ -56,6 +60,12 @@ pub struct StuckCmd<W: Write> {
     out: StuckWriter<W>,
     first_seen: HashMap<SockKey, (TcpState, u64)>,
     reported: HashMap<SockKey, Stuck>,
+    /// Human output: every socket on its own (`--each`), not groups.
+    each: bool,
+    /// The size of each group at the last report.
+    group_sizes: HashMap<GroupKey, usize>,
+    /// Which end of each reported socket is the service its group shares.
+    sides: HashMap<SockKey, bool>,
     waiting: HashMap<SockKey, u32>,
     half_open: HashMap<(Kind, u64), Episode>,
     idle: HashSet<Tuple>,
@@ -109,6 +119,9 @@ impl<W: Write> StuckCmd<W> {
             out: StuckWriter::new(out, json, clock),
             first_seen: HashMap::new(),
             reported: HashMap::new(),
+            each: false,
+            group_sizes: HashMap::new(),
+            sides: HashMap::new(),
             waiting: HashMap::new(),
             half_open: HashMap::new(),
             idle: HashSet::new(),
@@ -123,6 +136,11 @@ impl<W: Write> StuckCmd<W> {
     /// Human output also shows each owner's cgroup (its container) and network namespace.
     pub fn set_wide(&mut self, wide: bool) {
         self.out.wide = wide;
+    }
+
+    /// Human output lists every socket on its own instead of grouping them by cause.
+    pub fn set_each(&mut self, each: bool) {
+        self.each = each;
     }
 
     /// Also keep these metrics up to date (`serve`).
@@ -260,7 +278,7 @@ impl<W: Write> StuckCmd<W> {
     fn evaluate(&mut self, now_ns: u64, env: &mut dyn Env) -> Result<()> {
         let diag = self.listed(now_ns, env)?;
         let now_stuck = self.find_stuck(&diag, now_ns, env);
-        self.report_changes(&diag, now_stuck, now_ns)?;
+        self.report_changes(&diag, now_stuck, now_ns, env.fin_timeout())?;
         self.idle(now_ns, env)?;
         self.out.flush()?;
         Ok(())
@@ -357,24 +375,28 @@ impl<W: Write> StuckCmd<W> {
         owners.any(|o| f.matches_owner(Some(&o)))
     }
 
-    /// Reports what recovered, then what is newly stuck (or everything, for `--once`).
+    /// Reports what recovered, then what is newly stuck (or everything, for `--once`): each
+    /// socket in JSON (and with `--each`), and every group that changed; a human report
+    /// prints a small group's sockets, a larger one's block.
     fn report_changes(
         &mut self,
         diag: &[DiagSocket],
         now_stuck: HashMap<SockKey, Stuck>,
         now_ns: u64,
+        fin_timeout: Duration,
     ) -> Result<()> {
         // Name each socket's namespace once the report spans more than one.
         let spaces: HashSet<u32> = now_stuck.keys().map(|k| k.0).filter(|n| *n != 0).collect();
         self.out.show_netns |= spaces.len() > 1;
         let states: HashMap<SockKey, TcpState> = diag.iter().map(|d| (key(d), d.state)).collect();
-        let gone: Vec<SockKey> = self
+        let gone_keys: Vec<SockKey> = self
             .reported
             .iter()
             .filter(|(t, s)| now_stuck.get(*t).is_none_or(|n| n.state != s.state))
             .map(|(t, _)| *t)
             .collect();
-        for t in gone {
+        let mut gone: Vec<(SockKey, Stuck, String)> = Vec::new();
+        for t in gone_keys {
             if let Some(s) = self.reported.remove(&t) {
                 let now = self.engine.by_tuple(&t.1).map_or_else(
                     || {
@@ -384,21 +406,86 @@ impl<W: Write> StuckCmd<W> {
                     },
                     |l| l.state().to_string(),
                 );
-                self.out.recovered(&s, &now, now_ns)?;
                 if let Some(m) = &self.metrics {
                     m.recovered(s.state, now_ns.saturating_sub(s.since_ns) as f64 / 1e9);
                 }
                 self.sum.recovered += 1;
+                gone.push((t, s, now));
             }
         }
+        let mut fresh: Vec<SockKey> = Vec::new();
         for (t, s) in now_stuck {
             // New, or the same socket in a new condition (a held FIN_WAIT2 became an orphan).
             let changed = self.reported.get(&t).is_none_or(|r| r.held != s.held);
             if self.set.once.is_some() || changed {
-                self.out.stuck(&s, now_ns)?;
+                fresh.push(t);
             }
             self.reported.insert(t, s);
         }
+        let fresh: HashSet<SockKey> = fresh.into_iter().collect();
+        gone.sort_unstable_by_key(|g| (g.0 .1.sport, g.0 .1.dport));
+
+        let one_by_one = self.out.is_json() || self.each;
+        let reported: Vec<(&SockKey, &Stuck)> = self.reported.iter().collect();
+        let sides = group::sides(&reported, &self.sides);
+        let groups = group::group(&reported, &sides);
+        // A recovered socket's group is the one it was reported in.
+        let old_key = |t: &SockKey, s: &Stuck| {
+            let local = self.sides.get(t).copied().unwrap_or(true);
+            key_with(s, local)
+        };
+        let mut changes: HashMap<GroupKey, Change> = HashMap::new();
+        for (t, s, _) in &gone {
+            changes.entry(old_key(t, s)).or_default().recovered += 1;
+        }
+        for t in &fresh {
+            changes
+                .entry(key_with(&self.reported[t], sides[t]))
+                .or_default()
+                .new += 1;
+        }
+        let sizes: HashMap<&GroupKey, usize> = groups.iter().map(|g| (&g.key, g.count())).collect();
+        let small = |before: &HashMap<GroupKey, usize>, k: &GroupKey, now: usize| {
+            now <= SMALL && before.get(k).copied().unwrap_or(0) <= SMALL
+        };
+        // What recovered: the sockets (groups that stay small), then emptied large groups.
+        for (t, s, now) in &gone {
+            let k = old_key(t, s);
+            let now_size = sizes.get(&k).copied().unwrap_or(0);
+            if one_by_one || small(&self.group_sizes, &k, now_size) {
+                self.out.recovered(s, now, now_ns)?;
+            }
+        }
+        let recovered: Vec<(&SockKey, &Stuck)> = gone.iter().map(|(t, s, _)| (t, s)).collect();
+        for g in group::group(&recovered, &self.sides) {
+            let emptied = !sizes.contains_key(&g.key);
+            let large = !small(&self.group_sizes, &g.key, 0);
+            if emptied && (self.out.is_json() || (large && !self.each)) {
+                let change = Change {
+                    recovered: g.count(),
+                    emptied: true,
+                    ..Change::default()
+                };
+                self.out.group(&g, change, now_ns, fin_timeout)?;
+            }
+        }
+        // What is stuck: per group, in report order.
+        for g in &groups {
+            let Some(&change) = changes.get(&g.key) else {
+                continue;
+            };
+            let by_socket = one_by_one || small(&self.group_sizes, &g.key, g.count());
+            if by_socket {
+                for t in g.members.iter().filter(|t| fresh.contains(t)) {
+                    self.out.stuck(&self.reported[t], now_ns)?;
+                }
+            }
+            if self.out.is_json() || !by_socket {
+                self.out.group(g, change, now_ns, fin_timeout)?;
+            }
+        }
+        self.group_sizes = groups.iter().map(|g| (g.key.clone(), g.count())).collect();
+        self.sides = sides;
         Ok(())
     }
 }

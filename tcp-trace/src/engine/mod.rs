@@ -20,7 +20,7 @@ use std::collections::HashSet;
 
 use self::{
     halfopen::{Notice, Tracker},
-    table::{Graveyard, Places, Table, GRAVEYARD_MIN},
+    table::{Graveyard, Orphans, Places, Table, GRAVEYARD_MIN},
 };
 use crate::event::{Event, EventKind, Owner, Place, TcpState, Tuple};
 
@@ -71,6 +71,8 @@ pub struct Engine {
     socks: Table,
     next_seed_key: u64,
     graveyard: Graveyard,
+    /// Timewait orphans' lifecycles (without `keep_finished`), for as long as they can exist.
+    orphans: Orphans,
     keep_finished: bool,
     /// Half-open detection, fed by [`Engine::apply`] and [`Engine::tick`].
     pub halfopen: Tracker,
@@ -97,6 +99,7 @@ impl Engine {
             socks: Table::new(max_sockets),
             next_seed_key: 1,
             graveyard: Graveyard::default(),
+            orphans: Orphans::new(max_sockets),
             keep_finished,
             halfopen: Tracker::default(),
             notices: Vec::new(),
@@ -139,6 +142,9 @@ impl Engine {
     }
 
     fn bury(&mut self, l: Lifecycle) {
+        if !self.keep_finished {
+            self.orphans.keep(&l);
+        }
         self.graveyard.push(l);
         if !self.keep_finished && self.graveyard.list.len() > GRAVEYARD_MIN {
             self.graveyard.pop();
@@ -173,12 +179,7 @@ impl Engine {
             .map
             .values()
             .filter(|l| states.contains(&l.state()));
-        let orphans = self
-            .graveyard
-            .list
-            .iter()
-            .map(|(_, l)| l)
-            .filter(|l| l.orphaned_ns.is_some());
+        let orphans = self.orphans.iter();
         live.chain(orphans)
             .map(|l| self.places.get(l.place).netns)
             .filter(|ns| *ns != 0)
@@ -188,8 +189,9 @@ impl Engine {
     /// A recently finished lifecycle with these endpoints (e.g. a FIN_WAIT2 socket the
     /// application closed, which lives on in the kernel as a timewait orphan).
     pub fn finished_by_tuple(&self, t: &Tuple) -> Option<&Lifecycle> {
-        let seq = *self.graveyard.by_tuple.get(t)?;
-        self.graveyard.at(seq)
+        let seq = self.graveyard.by_tuple.get(t);
+        seq.and_then(|s| self.graveyard.at(*s))
+            .or_else(|| self.orphans.get(t))
     }
 
     /// Adds a socket from a snapshot. Events older than `seed.at_ns` will not move its state.
@@ -256,6 +258,7 @@ impl Engine {
     /// Time passes (monotonic ns): half-open conditions that depend on time alone.
     pub fn tick(&mut self, now_ns: u64) {
         self.halfopen.tick(now_ns);
+        self.orphans.expire(now_ns);
         self.collect_notices();
     }
 
@@ -419,10 +422,16 @@ impl Engine {
             }
             (TcpState::FIN_WAIT1, TcpState::CLOSING) => l.closer = Some(Closer::Simultaneous),
             (TcpState::ESTABLISHED, TcpState::CLOSE) => l.closer = l.closer.or(Some(Closer::Abort)),
-            // tcp_close() of a FIN_WAIT2 socket re-sets FIN_WAIT2 just before the timewait
-            // orphan replaces it.
+            // A timewait orphan replaces the full socket: tcp_close() of a FIN_WAIT2 socket
+            // (shutdown, then close) re-sets FIN_WAIT2 just before; a socket closed in
+            // FIN_WAIT1 (close() from ESTABLISHED, a server's usual way) goes from FIN_WAIT2
+            // straight to CLOSE when the peer's ACK comes. A reset's CLOSE is no orphan (and an
+            // abort's, whose reset follows its CLOSE, has no timewait socket to be joined to).
             (TcpState::FIN_WAIT2, TcpState::FIN_WAIT2) => {
-                l.orphaned_ns = std::num::NonZeroU64::new(ev.ts_ns)
+                l.orphaned_ns = l.orphaned_ns.or(std::num::NonZeroU64::new(ev.ts_ns))
+            }
+            (TcpState::FIN_WAIT2, TcpState::CLOSE) if l.resets_received == 0 => {
+                l.orphaned_ns = l.orphaned_ns.or(std::num::NonZeroU64::new(ev.ts_ns))
             }
             _ => {}
         }
@@ -623,6 +632,45 @@ mod tests {
     }
 
     #[test]
+    fn closed_in_fin_wait1_becomes_an_orphan_at_the_peers_ack() {
+        // A server's close() from ESTABLISHED: no FIN_WAIT2 re-set; the ACK ends the full
+        // socket.
+        let s = task(20, "nginx");
+        let evs = [
+            st(
+                0,
+                S,
+                8080,
+                40000,
+                T::SYN_RECV,
+                T::ESTABLISHED,
+                task(0, "swapper/0"),
+            ),
+            st(100, S, 8080, 40000, T::ESTABLISHED, T::FIN_WAIT1, s),
+            st(101, S, 8080, 40000, T::FIN_WAIT1, T::FIN_WAIT2, s),
+            st(101, S, 8080, 40000, T::FIN_WAIT2, T::CLOSE, s),
+        ];
+        let (_, done) = run(&evs);
+        assert_eq!(done[0].orphaned_ns.map(|n| n.get()), Some(101_000_000));
+        assert_eq!(done[0].owner.map(|o| o.pid), Some(20));
+        // A reset's CLOSE is not.
+        let mut reset = evs.to_vec();
+        let t = tuple("127.0.0.1", 8080, "127.0.0.1", 40000);
+        reset.insert(
+            3,
+            crate::testkit::event(
+                101_000_000,
+                S,
+                task(0, ""),
+                t,
+                EventKind::ResetReceived { cookie: 0 },
+            ),
+        );
+        let (_, done) = run(&reset);
+        assert_eq!(done[0].orphaned_ns, None);
+    }
+
+    #[test]
     fn simultaneous_close() {
         let a = task(1, "a");
         let irq = task(0, "swapper/0");
@@ -731,6 +779,42 @@ mod tests {
         assert_eq!(e.graveyard.list.len(), GRAVEYARD_MIN);
         assert!(e.graveyard.by_sock.len() <= GRAVEYARD_MIN);
         assert_eq!(e.counters.finished, GRAVEYARD_MIN as u64 + 100);
+    }
+
+    #[test]
+    fn an_orphans_story_outlives_the_graveyard_until_the_kernel_reaps_it() {
+        let s = task(20, "nginx");
+        let orphan = [
+            st(
+                0,
+                S,
+                8080,
+                40000,
+                T::SYN_RECV,
+                T::ESTABLISHED,
+                task(0, "swapper/0"),
+            ),
+            st(100, S, 8080, 40000, T::ESTABLISHED, T::FIN_WAIT1, s),
+            st(101, S, 8080, 40000, T::FIN_WAIT1, T::FIN_WAIT2, s),
+            st(101, S, 8080, 40000, T::FIN_WAIT2, T::CLOSE, s),
+        ];
+        let mut e = Engine::new(10, false);
+        for ev in &orphan {
+            e.apply(ev);
+        }
+        // A busy host: many more connections finish after it.
+        for i in 0..(GRAVEYARD_MIN as u64 + 100) {
+            let k = 0x1000_0000_0000 + i * 64;
+            e.apply(&st(200, k, 0, 9, T::CLOSE, T::SYN_SENT, s));
+            e.apply(&st(200, k, 1, 9, T::SYN_SENT, T::CLOSE, s));
+        }
+        let t = tuple("127.0.0.1", 8080, "127.0.0.1", 40000);
+        let l = e.finished_by_tuple(&t).expect("the orphan's lifecycle");
+        assert_eq!(l.owner.map(|o| o.pid), Some(20));
+        e.tick(101_000_000 + table::ORPHAN_LIFE_NS - 1);
+        assert!(e.finished_by_tuple(&t).is_some());
+        e.tick(101_000_000 + table::ORPHAN_LIFE_NS + 1);
+        assert!(e.finished_by_tuple(&t).is_none(), "reaped by now");
     }
 
     #[test]

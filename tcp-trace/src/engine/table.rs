@@ -142,6 +142,77 @@ impl Table {
     }
 }
 
+/// How long a timewait orphan outlives its full socket's CLOSE at most: the kernel's
+/// `TCP_TIMEWAIT_LEN` (a longer `tcp_fin_timeout` is spent in the full socket, before that
+/// CLOSE), and a margin for a late evaluation.
+pub(super) const ORPHAN_LIFE_NS: u64 = 65_000_000_000;
+
+/// The lifecycles of timewait orphans (FIN_WAIT2 sockets their application closed), kept by
+/// endpoints until the kernel can no longer hold them, so `stuck` tells each one's story
+/// however many sockets finished since; at most `cap`, oldest dropped first.
+pub(super) struct Orphans {
+    by_tuple: HashMap<Tuple, Lifecycle>,
+    /// Orphaned times and endpoints, oldest first.
+    order: VecDeque<(u64, Tuple)>,
+    cap: usize,
+}
+
+impl Orphans {
+    pub(super) fn new(cap: usize) -> Self {
+        Self {
+            by_tuple: HashMap::new(),
+            order: VecDeque::new(),
+            cap,
+        }
+    }
+
+    pub(super) fn keep(&mut self, l: &Lifecycle) {
+        let Some(at) = l.orphaned_ns else { return };
+        if !l.tuple.is_connected() {
+            return;
+        }
+        self.order.push_back((at.get(), l.tuple));
+        self.by_tuple.insert(l.tuple, l.clone());
+        while self.by_tuple.len() > self.cap {
+            self.pop();
+        }
+    }
+
+    fn pop(&mut self) {
+        if let Some((at, t)) = self.order.pop_front() {
+            // A newer orphan with the same endpoints stays.
+            if self
+                .by_tuple
+                .get(&t)
+                .and_then(|l| l.orphaned_ns)
+                .map(|n| n.get())
+                == Some(at)
+            {
+                self.by_tuple.remove(&t);
+            }
+        }
+    }
+
+    /// Forgets the orphans the kernel has reaped by `now_ns`.
+    pub(super) fn expire(&mut self, now_ns: u64) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(at, _)| at.saturating_add(ORPHAN_LIFE_NS) < now_ns)
+        {
+            self.pop();
+        }
+    }
+
+    pub(super) fn get(&self, t: &Tuple) -> Option<&Lifecycle> {
+        self.by_tuple.get(t)
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Lifecycle> {
+        self.by_tuple.values()
+    }
+}
+
 /// Finished lifecycles kept for late events when nobody takes them.
 pub(super) const GRAVEYARD_MIN: usize = 4096;
 

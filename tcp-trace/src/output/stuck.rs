@@ -7,7 +7,11 @@ use serde::Serialize;
 use super::{json::JsonConn, secs};
 use crate::{
     event::{clock::Clock, TcpState},
-    stuck::{age_text, Stuck},
+    stuck::{
+        age_text,
+        group::{fds_text, owner, Group},
+        Stuck,
+    },
 };
 
 /// One holder in JSON.
@@ -64,6 +68,45 @@ struct JsonRecovered<'a> {
     conn: JsonConn,
 }
 
+/// A group of stuck sockets with one cause (the human report's block).
+#[derive(Serialize)]
+struct JsonGroup<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    ts: String,
+    state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held: Option<bool>,
+    count: usize,
+    new: usize,
+    recovered: usize,
+    pid: Option<u32>,
+    comm: Option<&'a str>,
+    fds: &'a [i32],
+    netns: Option<u32>,
+    cgroup: Option<&'a str>,
+    local: String,
+    remote: String,
+    peers: usize,
+    oldest_s: f64,
+    newest_s: f64,
+    age_exact: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reap_in_s: Option<[f64; 2]>,
+    diagnosis: String,
+}
+
+/// What changed in a group since it was last reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Change {
+    /// Members newly stuck.
+    pub new: usize,
+    /// Members that left the state.
+    pub recovered: usize,
+    /// None is left: the group is the members that recovered.
+    pub emptied: bool,
+}
+
 /// End-of-run totals.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
@@ -99,14 +142,6 @@ pub struct StuckWriter<W: Write> {
     pub show_netns: bool,
 }
 
-fn owner_of(s: &Stuck) -> (Option<u32>, Option<String>, Option<i32>) {
-    match (s.holders.first(), s.owner) {
-        (Some(h), _) => (Some(h.pid), Some(h.comm.escaped()), Some(h.fd)),
-        (None, Some(o)) => (Some(o.pid), Some(o.comm.escaped()), None),
-        (None, None) => (None, None, None),
-    }
-}
-
 impl<W: Write> StuckWriter<W> {
     /// A writer of human lines or NDJSON.
     pub fn new(out: W, json: bool, clock: Clock) -> Self {
@@ -121,7 +156,7 @@ impl<W: Write> StuckWriter<W> {
 
     /// A socket that is stuck (newly, or in a `--once` report).
     pub fn stuck(&mut self, s: &Stuck, now_ns: u64) -> io::Result<()> {
-        let (pid, comm, fd) = owner_of(s);
+        let (pid, comm, fd) = owner(s);
         if self.json {
             let j = JsonStuck {
                 kind: "stuck",
@@ -208,7 +243,7 @@ impl<W: Write> StuckWriter<W> {
     /// `CLOSED` when it no longer exists).
     pub fn recovered(&mut self, s: &Stuck, now: &str, now_ns: u64) -> io::Result<()> {
         let stuck_for = std::time::Duration::from_nanos(now_ns.saturating_sub(s.since_ns));
-        let (pid, comm, _) = owner_of(s);
+        let (pid, comm, _) = owner(s);
         if self.json {
             let j = JsonRecovered {
                 kind: "recovered",
@@ -246,6 +281,99 @@ impl<W: Write> StuckWriter<W> {
         }
         self.out
             .write_all(super::halfopen::human(ep, now_ns).as_bytes())
+    }
+
+    /// Whether the output is NDJSON.
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// A group of stuck sockets: a block of two lines (human) or a `group` object. A group
+    /// with no members left (all recovered) is one `RECOVERED` line, or an object with
+    /// `count` 0.
+    pub fn group(
+        &mut self,
+        g: &Group,
+        change: Change,
+        now_ns: u64,
+        fin_timeout: std::time::Duration,
+    ) -> io::Result<()> {
+        let gone = change.emptied;
+        let count = if gone { 0 } else { g.count() };
+        if self.json {
+            let mut peers: Vec<_> = g.others.iter().map(|e| e.0).collect();
+            peers.dedup();
+            let j = JsonGroup {
+                kind: "group",
+                ts: self.clock.rfc3339(now_ns),
+                state: g.key.state.to_string(),
+                held: g.key.held,
+                count,
+                new: change.new,
+                recovered: change.recovered,
+                pid: g.key.pid,
+                comm: g.comm.as_deref(),
+                fds: if gone { &[] } else { &g.fds },
+                netns: (g.key.netns != 0).then_some(g.key.netns),
+                cgroup: g.cgroup.as_deref(),
+                local: g.local(),
+                remote: g.remote(),
+                peers: peers.len(),
+                oldest_s: secs(g.oldest),
+                newest_s: secs(g.newest),
+                age_exact: g.age_exact,
+                reap_in_s: g.reap_in.map(|(a, b)| [secs(a), secs(b)]),
+                diagnosis: if gone {
+                    String::new()
+                } else {
+                    g.diagnosis(fin_timeout)
+                },
+            };
+            serde_json::to_writer(&mut self.out, &j)?;
+            return self.out.write_all(b"\n");
+        }
+        let state = match g.key.held {
+            Some(true) => format!("{} held", g.key.state),
+            Some(false) => format!("{} orphan", g.key.state),
+            None => g.key.state.to_string(),
+        };
+        let mut who = g.who();
+        if !g.fds.is_empty() && !gone {
+            let s = if g.fds.len() > 1 { "s" } else { "" };
+            who.push_str(&format!(" fd{s} {}", fds_text(&g.fds)));
+        }
+        let mut note = match (change.new, change.recovered) {
+            _ if gone => "  all recovered".to_string(),
+            (n, 0) if n == g.count() => String::new(),
+            (0, r) => format!("  ({r} recovered)"),
+            (n, 0) => format!("  (+{n})"),
+            (n, r) => format!("  (+{n}, {r} recovered)"),
+        };
+        if self.show_netns && !self.wide && g.key.netns != 0 {
+            note.push_str(&format!("  netns {}", g.key.netns));
+        }
+        let tag = if gone { "RECOVERED" } else { "STUCK" };
+        writeln!(
+            self.out,
+            "{tag:<10} {state:<18} ×{:<5} {:<12} {who}  {} -> {}{note}",
+            g.count(),
+            g.ages(),
+            g.local(),
+            g.remote(),
+        )?;
+        if gone {
+            return Ok(());
+        }
+        writeln!(self.out, "           {}", g.diagnosis(fin_timeout))?;
+        if self.wide {
+            let cgroup = g.cgroup.as_deref().unwrap_or("?");
+            let netns = match g.key.netns {
+                0 => "?".to_string(),
+                n => n.to_string(),
+            };
+            writeln!(self.out, "           cgroup {cgroup}  netns {netns}")?;
+        }
+        Ok(())
     }
 
     /// The end-of-run totals.

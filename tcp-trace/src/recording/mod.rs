@@ -25,8 +25,10 @@
 //! of frames. Versions 1 and 2 (frames not compressed; version 1 before events
 //! carried the socket's network namespace and cgroup) are still read.
 
+mod parts;
 mod replay;
 
+pub use parts::{describe, part_path, Parts};
 pub use replay::Replay;
 
 use std::io::{self, Read, Write};
@@ -90,6 +92,13 @@ pub struct FileHeader {
     pub fin_timeout_s: u64,
     /// The tcp-trace version that wrote it.
     pub tool: String,
+    /// Which part of its recording this file is: 1, 2, … as `record --max-size` starts new
+    /// files (0: written before recordings had parts).
+    #[serde(default)]
+    pub part: u32,
+    /// The same in every part of one recording, and in no other recording.
+    #[serde(default)]
+    pub recording: String,
 }
 
 /// Sockets and their holders at one moment.
@@ -139,7 +148,7 @@ pub enum Item {
 /// Writes a recording.
 pub struct Writer<W: Write> {
     /// The zstd frame being written (`None` only while one is finished and the next begun).
-    z: Option<zstd::stream::write::Encoder<'static, W>>,
+    z: Option<zstd::stream::write::Encoder<'static, Counted<W>>>,
     /// One item's frame, built before it is handed to zstd in one write.
     buf: Vec<u8>,
 }
@@ -154,7 +163,8 @@ fn zstd_frame<W: Write>(w: W) -> io::Result<zstd::stream::write::Encoder<'static
 impl<W: Write> Writer<W> {
     /// Writes the magic and the header, and flushes them: a recording killed at once still
     /// says what it is.
-    pub fn new(mut w: W, header: &FileHeader) -> io::Result<Self> {
+    pub fn new(w: W, header: &FileHeader) -> io::Result<Self> {
+        let mut w = Counted { r: w, n: 0 };
         w.write_all(MAGIC)?;
         let h = serde_json::to_vec(header)?;
         w.write_all(&(h.len() as u32).to_le_bytes())?;
@@ -227,7 +237,12 @@ impl<W: Write> Writer<W> {
             .ok_or_else(|| io::Error::other("recording writer failed earlier"))?;
         let mut w = z.finish()?;
         w.flush()?;
-        Ok(w)
+        Ok(w.r)
+    }
+
+    /// Bytes handed to the sink so far (all but what zstd holds of its current block).
+    pub fn bytes(&self) -> u64 {
+        self.z.as_ref().map_or(0, |z| z.get_ref().n)
     }
 }
 
@@ -257,10 +272,22 @@ pub struct Unfinished {
     pub last_ns: Option<u64>,
 }
 
-/// Counts the bytes read from the file.
+/// Counts the bytes read from the file, or written to it.
 struct Counted<R> {
     r: R,
     n: u64,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let k = self.r.write(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.r.flush()
+    }
 }
 
 impl<R: Read> Read for Counted<R> {
@@ -502,6 +529,8 @@ mod tests {
             boot_epoch_ns: "1700000000000000000".into(),
             fin_timeout_s: 60,
             tool: "test".into(),
+            part: 1,
+            recording: "r1".into(),
         }
     }
 
@@ -531,7 +560,7 @@ mod tests {
         let mut w = Writer::new(Vec::new(), &header()).unwrap();
         w.item(&Item::Lost { ts_ns: 1, count: 1 }).unwrap();
         w.flush().unwrap();
-        let flushed = w.z.as_ref().unwrap().get_ref().len();
+        let flushed = w.z.as_ref().unwrap().get_ref().r.len();
         w.item(&Item::Lost { ts_ns: 2, count: 2 }).unwrap();
         let bytes = w.into_inner().unwrap();
         let header_end = 20 + serde_json::to_vec(&header()).unwrap().len();

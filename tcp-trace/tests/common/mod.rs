@@ -400,13 +400,33 @@ impl Peer {
         Self::halfclose_with(cmd, host, port)
     }
 
+    /// `closefirst`: `who` ("server" or "client") closes at once, the other never does;
+    /// the server listens on `listen` ("::": dual stack), the client connects to `connect`.
+    pub fn closefirst(who: &str, listen: &str, connect: &str, port: u16) -> Self {
+        let port = port.to_string();
+        Self::run(&["closefirst", who, listen, connect, &port])
+    }
+
+    /// `leak`: the client opens `n` connections and closes them, the server never closes one.
+    pub fn leak(n: usize, host: &str, port: u16) -> Self {
+        Self::run(&["leak", &n.to_string(), host, &port.to_string()])
+    }
+
+    fn run(args: &[&str]) -> Self {
+        let mut python = Command::new("python3");
+        python.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peer.py"));
+        python.args(args);
+        Self::started(python)
+    }
+
     fn halfclose_with(mut python: Command, host: &str, port: u16) -> Self {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peer.py");
-        let mut child = python
-            .args([script, "halfclose", host, &port.to_string()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
+        python.args([script, "halfclose", host, &port.to_string()]);
+        Self::started(python)
+    }
+
+    fn started(mut python: Command) -> Self {
+        let mut child = python.stdout(Stdio::piped()).spawn().expect("python3");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)

@@ -4,6 +4,8 @@
 //! sock_diag says what exists right now (including timewait orphans, which have no events);
 //! the engine says since when and how it got there; `/proc` says who holds it.
 
+pub mod group;
+
 use std::{collections::HashMap, time::Duration};
 
 use crate::{
