@@ -151,6 +151,7 @@ proptest! {
             ns_in_old: ns,
             place: tcp_trace::event::Place::default(),
             cgroup: None,
+            cause: None,
         })
         .unwrap();
         let out = w.into_inner();

@@ -120,6 +120,14 @@ fn metrics_move_by_exactly_what_happened() {
         10.0,
         "5 connections, both ends"
     );
+    assert_eq!(
+        sample(
+            &after,
+            r#"tcp_trace_connection_closes_total{cause="normal"}"#
+        ),
+        10.0,
+        "5 clean closes, both ends: {after}"
+    );
     assert_eq!(sample(&after, "tcp_trace_lost_events_total"), 0.0);
 
     // The server closes: the CLOSE_WAIT recovers into the histogram.

@@ -504,12 +504,16 @@ fn place(s: &mut Stuck, env: &mut dyn Env) {
 
 impl<W: Write> Sink for StuckCmd<W> {
     fn batch(&mut self, records: &[Delivery], env: &mut dyn Env) -> Result<Flow> {
+        let mut ended = Vec::new();
         for r in records {
             match r {
                 Delivery::Event(ev) => {
                     let applied = self.engine.apply(ev);
                     if let Some(m) = &self.metrics {
                         m.event(ev, &applied, &self.engine);
+                        if applied.finished {
+                            ended.push(ev.sock);
+                        }
                     }
                 }
                 Delivery::Lost { count, .. } => {
@@ -518,6 +522,14 @@ impl<W: Write> Sink for StuckCmd<W> {
                         m.lost(*count);
                     }
                     self.engine.mark_all_incomplete();
+                }
+            }
+        }
+        // Causes after the whole batch: what explains an end can follow its CLOSE.
+        if let Some(m) = &self.metrics {
+            for sock in ended {
+                if let Some(l) = self.engine.finished_by_sock(sock) {
+                    m.closed(l);
                 }
             }
         }

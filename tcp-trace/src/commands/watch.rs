@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use crate::{
     commands::pipeline::{Flow, Sink},
-    engine::{filter::Filter, halfopen::Notice, Engine},
+    engine::{cause, filter::Filter, halfopen::Notice, Applied, Engine},
     event::{clock::Clock, Delivery},
     host::Env,
     output::watch::{Annotated, WatchWriter},
@@ -17,6 +17,8 @@ pub struct Watch<W: Write> {
     engine: Engine,
     filter: Filter,
     out: WatchWriter<W>,
+    /// What the engine made of each event of the batch.
+    applied: Vec<Applied>,
 }
 
 impl<W: Write> Watch<W> {
@@ -26,6 +28,7 @@ impl<W: Write> Watch<W> {
             engine,
             filter,
             out: WatchWriter::new(out, json, clock),
+            applied: Vec::new(),
         }
     }
 
@@ -37,10 +40,20 @@ impl<W: Write> Watch<W> {
 
 impl<W: Write> Sink for Watch<W> {
     fn batch(&mut self, records: &[Delivery], env: &mut dyn Env) -> Result<Flow> {
+        // The whole batch first: what explains a connection's end can follow its CLOSE (the
+        // reset an abort sends), so each CLOSE line's cause is read after the batch.
+        self.applied.clear();
+        for r in records {
+            match r {
+                Delivery::Event(ev) => self.applied.push(self.engine.apply(ev)),
+                Delivery::Lost { .. } => self.engine.mark_all_incomplete(),
+            }
+        }
+        let mut applied = self.applied.iter();
         for r in records {
             match r {
                 Delivery::Event(ev) => {
-                    let applied = self.engine.apply(ev);
+                    let Some(applied) = applied.next() else { break };
                     if !self.filter.matches(ev, applied.owner.as_ref()) {
                         continue;
                     }
@@ -49,6 +62,9 @@ impl<W: Write> Sink for Watch<W> {
                     if !self.filter.matches_place(place.netns, cgroup) {
                         continue;
                     }
+                    let ended = applied
+                        .finished
+                        .then(|| self.engine.finished_by_sock(ev.sock));
                     self.out.event(&Annotated {
                         ev,
                         sock: applied.sock,
@@ -56,12 +72,10 @@ impl<W: Write> Sink for Watch<W> {
                         ns_in_old: applied.ns_in_old,
                         place,
                         cgroup,
+                        cause: ended.flatten().and_then(cause::cause),
                     })?;
                 }
-                Delivery::Lost { ts_ns, count } => {
-                    self.engine.mark_all_incomplete();
-                    self.out.lost(*ts_ns, *count)?;
-                }
+                Delivery::Lost { ts_ns, count } => self.out.lost(*ts_ns, *count)?,
             }
         }
         let now = env.now();

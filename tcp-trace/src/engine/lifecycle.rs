@@ -58,12 +58,15 @@ pub struct Lifecycle {
     pub last_seen_ns: u64,
     /// `tcp_retransmit_skb` count.
     pub retransmits: u32,
+    /// When the last of them was, in ms after the first state (a u32: the lifecycle stays
+    /// small).
+    pub last_retransmit_ms: u32,
     /// `tcp_retransmit_synack` count (listeners).
     pub synack_retransmits: u32,
-    /// Resets this host sent on the socket.
-    pub resets_sent: u32,
+    /// Resets this host sent on the socket (u16s, saturating: the lifecycle stays small).
+    pub resets_sent: u16,
     /// Resets received.
-    pub resets_received: u32,
+    pub resets_received: u16,
     /// Last socket error (positive errno).
     pub error: Option<std::num::NonZeroI32>,
     /// Who closed first.
@@ -92,6 +95,7 @@ impl Lifecycle {
             exact_start,
             last_seen_ns: first.at_ns,
             retransmits: 0,
+            last_retransmit_ms: 0,
             synack_retransmits: 0,
             resets_sent: 0,
             resets_received: 0,
@@ -103,6 +107,12 @@ impl Lifecycle {
             snapshot_ns: 0,
             place: PlaceId::default(),
         }
+    }
+
+    /// When the last retransmit was (monotonic ns), if there was one.
+    pub fn last_retransmit_ns(&self) -> Option<u64> {
+        (self.retransmits > 0)
+            .then(|| self.first_seen_ns() + u64::from(self.last_retransmit_ms) * 1_000_000)
     }
 
     /// When it ended (its last transition), or when it was last seen.

@@ -9,6 +9,7 @@
 //! seeded from a sock_diag snapshot have no address yet; they are found by 4-tuple and re-keyed
 //! when the first event for them arrives.
 
+pub mod cause;
 pub mod filter;
 pub mod halfopen;
 mod lifecycle;
@@ -186,6 +187,12 @@ impl Engine {
             .collect()
     }
 
+    /// A recently finished lifecycle of socket `sock`.
+    pub fn finished_by_sock(&self, sock: u64) -> Option<&Lifecycle> {
+        let seq = *self.graveyard.by_sock.get(&sock)?;
+        self.graveyard.at(seq)
+    }
+
     /// A recently finished lifecycle with these endpoints (e.g. a FIN_WAIT2 socket the
     /// application closed, which lives on in the kernel as a timewait orphan).
     pub fn finished_by_tuple(&self, t: &Tuple) -> Option<&Lifecycle> {
@@ -309,10 +316,16 @@ impl Engine {
         let mut age = None;
         if let Some(l) = l {
             match ev.kind {
-                EventKind::Retransmit { .. } => l.retransmits += 1,
+                EventKind::Retransmit { .. } => {
+                    l.retransmits += 1;
+                    let ms = ev.ts_ns.saturating_sub(l.first_seen_ns()) / 1_000_000;
+                    l.last_retransmit_ms = u32::try_from(ms).unwrap_or(u32::MAX);
+                }
                 EventKind::SynackRetransmit { .. } => l.synack_retransmits += 1,
-                EventKind::ResetSent { .. } => l.resets_sent += 1,
-                EventKind::ResetReceived { .. } => l.resets_received += 1,
+                EventKind::ResetSent { .. } => l.resets_sent = l.resets_sent.saturating_add(1),
+                EventKind::ResetReceived { .. } => {
+                    l.resets_received = l.resets_received.saturating_add(1)
+                }
                 EventKind::Error { errno } => l.error = std::num::NonZeroI32::new(errno),
                 EventKind::State { .. } => {}
             }

@@ -6,7 +6,10 @@ use serde::Serialize;
 
 use super::{json::JsonConn, owner_cells};
 use crate::{
-    engine::Lifecycle,
+    engine::{
+        cause::{self, Cause},
+        Lifecycle,
+    },
     event::{clock::Clock, errno_name, Place, TcpState},
 };
 
@@ -45,10 +48,12 @@ struct JsonLife<'a> {
     age_exact: bool,
     states: Vec<JsonStep>,
     closer: Option<&'a str>,
+    cause: Option<&'static str>,
+    cause_evidence: Vec<String>,
     retransmits: u32,
     synack_retransmits: u32,
-    resets_sent: u32,
-    resets_received: u32,
+    resets_sent: u16,
+    resets_received: u16,
     error: Option<String>,
     half_open: Option<JsonEpisode>,
     incomplete: bool,
@@ -83,6 +88,7 @@ impl<W: Write> LifeWriter<W> {
         let end = l.end_ns();
         let duration_ms = (end.saturating_sub(start) / 1000) as f64 / 1000.0;
         let t = &l.tuple;
+        let cause = cause::cause(l);
         if self.json {
             let j = JsonLife {
                 kind: "life",
@@ -105,6 +111,8 @@ impl<W: Write> LifeWriter<W> {
                     })
                     .collect(),
                 closer: l.closer.map(|c| c.name()),
+                cause: cause.map(Cause::name),
+                cause_evidence: cause.map(|c| cause::evidence(l, c)).unwrap_or_default(),
                 retransmits: l.retransmits,
                 synack_retransmits: l.synack_retransmits,
                 resets_sent: l.resets_sent,
@@ -125,8 +133,8 @@ impl<W: Write> LifeWriter<W> {
             self.header_done = true;
             writeln!(
                 self.out,
-                "{:<13} {:<7} {:<16} {:<27} {:<27} {:>10} {:<7} STATES",
-                "END", "PID", "COMM", "LOCAL", "REMOTE", "MS", "CLOSER"
+                "{:<13} {:<7} {:<16} {:<27} {:<27} {:>10} {:<7} {:<18} STATES",
+                "END", "PID", "COMM", "LOCAL", "REMOTE", "MS", "CLOSER", "CAUSE"
             )?;
         }
         let (pid, comm) = owner_cells(l.owner);
@@ -176,7 +184,7 @@ impl<W: Write> LifeWriter<W> {
         };
         writeln!(
             self.out,
-            "{:<13} {:<7} {:<16} {:<27} {:<27} {:>10} {:<7} {}{notes}",
+            "{:<13} {:<7} {:<16} {:<27} {:<27} {:>10} {:<7} {:<18} {}{notes}",
             self.clock.hms(end),
             pid,
             comm,
@@ -184,6 +192,7 @@ impl<W: Write> LifeWriter<W> {
             t.remote(),
             dur,
             l.closer.map_or("-", |c| c.name()),
+            cause.map_or("-", Cause::name),
             path.join(" > "),
         )
     }

@@ -48,6 +48,11 @@ struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabel {
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PortLabel {
     port: String,
 }
@@ -73,6 +78,7 @@ pub struct Metrics {
     half_open: Family<KindLabel, Gauge>,
     tracked: Gauge,
     lifetime: Histogram,
+    closes: Family<CauseLabel, Counter>,
     half_closed: Family<StateLabel, Histogram>,
     accepted_by_port: Option<Family<PortLabel, Counter>>,
     /// Monotonic ns of the last ring-buffer drain (for `/healthz`).
@@ -103,6 +109,7 @@ impl Metrics {
             half_open: Family::default(),
             tracked: Gauge::default(),
             lifetime: seconds_histogram(),
+            closes: Family::default(),
             half_closed: Family::new_with_constructor(seconds_histogram),
             accepted_by_port: label_ports.then(Family::default),
             last_drain_ns: AtomicU64::new(0),
@@ -112,6 +119,12 @@ impl Metrics {
             "state_transitions",
             "TCP state changes by old and new state",
             m.transitions.clone(),
+        );
+        registry.register(
+            "connection_closes",
+            "Connections ended, by cause (normal, refused, connect_timeout, unreachable, \
+             peer_reset, local_abort, retransmit_timeout, keepalive_timeout, unknown)",
+            m.closes.clone(),
         );
         registry.register(
             "retransmits",
@@ -232,6 +245,15 @@ impl Metrics {
                     })
                     .inc();
             }
+        }
+    }
+
+    /// A connection ended (listeners are not counted).
+    pub fn closed(&self, l: &crate::engine::Lifecycle) {
+        if let Some(c) = crate::engine::cause::cause(l).filter(|_| !l.is_listener()) {
+            self.closes
+                .get_or_create(&CauseLabel { cause: c.name() })
+                .inc();
         }
     }
 

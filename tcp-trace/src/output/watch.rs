@@ -6,6 +6,7 @@ use super::{
     json::{common, int, next_key, null, plain, text},
     owner_cells,
 };
+use crate::engine::cause::Cause;
 use crate::event::{
     clock::{Clock, Rfc3339Cache},
     endpoint, errno_name, Event, EventKind, Owner, Place,
@@ -25,6 +26,8 @@ pub struct Annotated<'a> {
     pub place: Place,
     /// That cgroup's path, when known.
     pub cgroup: Option<&'a str>,
+    /// For the event that ends a connection: why it ended.
+    pub cause: Option<Cause>,
 }
 
 /// Writes `watch` output.
@@ -72,10 +75,17 @@ impl<W: Write> WatchWriter<W> {
         let ev = a.ev;
         let (pid, comm) = owner_cells(a.owner);
         let what = match ev.kind {
-            EventKind::State { old, new } => match a.ns_in_old {
-                Some(ns) => format!("{old} -> {new} ({:.3} ms)", ns as f64 / 1e6),
-                None => format!("{old} -> {new}"),
-            },
+            EventKind::State { old, new } => {
+                let mut w = match a.ns_in_old {
+                    Some(ns) => format!("{old} -> {new} ({:.3} ms)", ns as f64 / 1e6),
+                    None => format!("{old} -> {new}"),
+                };
+                if let Some(c) = a.cause {
+                    w.push_str("  cause ");
+                    w.push_str(c.name());
+                }
+                w
+            }
             EventKind::Retransmit { state, .. } => format!("RETRANSMIT in {state}"),
             EventKind::SynackRetransmit { .. } => "SYNACK-RETRANSMIT".to_string(),
             EventKind::ResetSent { state, reason } => {
@@ -248,6 +258,11 @@ pub fn json_event(out: &mut Vec<u8>, a: &Annotated<'_>, ts: &str) {
                 }
                 None => null(out),
             }
+            next_key(out, "cause");
+            match a.cause {
+                Some(c) => plain(out, c.name()),
+                None => null(out),
+            }
         }
         EventKind::Retransmit { state, .. } => {
             next_key(out, "state");
@@ -296,6 +311,7 @@ mod tests {
             ns_in_old: None,
             place: Place::default(),
             cgroup: None,
+            cause: None,
         }
     }
 
@@ -365,6 +381,7 @@ mod tests {
                 cgroup: 99,
             },
             cgroup: Some("/system.slice/a \"b\".service"),
+            cause: Some(Cause::PeerReset),
         };
         let v: serde_json::Value = serde_json::from_str(&line(&a, true)).unwrap();
         assert_eq!(v["type"], "state");
@@ -377,6 +394,7 @@ mod tests {
         assert_eq!(v["pid"], 42);
         assert_eq!(v["comm"], "evil\\n\\x1b");
         assert_eq!(v["old"], "ESTABLISHED");
+        assert_eq!(v["cause"], "peer_reset");
         assert_eq!(v["new"], "CLOSE_WAIT");
         assert_eq!(v["ms_in_old"], 1.234);
         assert_eq!(v["netns"], 4026531840u32);
@@ -424,6 +442,7 @@ mod tests {
                 ns_in_old: None,
                 place: Place::default(),
                 cgroup: None,
+                cause: None,
             };
             let l = line(&a, true);
             let v: serde_json::Value =

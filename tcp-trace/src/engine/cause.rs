@@ -1,0 +1,314 @@
+//! Why a connection ended, from the evidence its lifecycle holds: the states it went through,
+//! the resets either way, the socket error, the retransmits. Where the evidence does not decide
+//! it, the cause is `unknown`: never a guess presented as fact.
+
+use super::Lifecycle;
+use crate::event::{errno_name, TcpState};
+
+/// Why a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// FINs both ways; or our FIN acknowledged when the kernel handed the socket to a
+    /// timewait socket (close() from ESTABLISHED usually ends so: the peer's FIN then goes to
+    /// that socket, which has no tracepoints, and `stuck` reports it if it never comes); a
+    /// listener closed by its owner.
+    Normal,
+    /// Our SYN was answered by a reset (`ECONNREFUSED`).
+    Refused,
+    /// Our SYN went unanswered until the kernel gave up (`ETIMEDOUT`).
+    ConnectTimeout,
+    /// An ICMP error ended the handshake (`EHOSTUNREACH`, `ENETUNREACH`).
+    Unreachable,
+    /// The peer's reset ended it.
+    PeerReset,
+    /// This side ended it without the FIN exchange: a reset sent (close with unread data,
+    /// `SO_LINGER` 0, the kernel aborting an orphan), or a connect abandoned by its application.
+    LocalAbort,
+    /// Data retransmitted until the kernel gave up (`tcp_retries2` or `TCP_USER_TIMEOUT`).
+    RetransmitTimeout,
+    /// `ETIMEDOUT` with nothing retransmitted lately: keepalive probes unanswered.
+    KeepaliveTimeout,
+    /// The evidence does not decide it (lost events, a socket older than the tracer).
+    Unknown,
+}
+
+impl Cause {
+    /// Every cause, for metrics and docs.
+    pub const ALL: [Cause; 9] = [
+        Cause::Normal,
+        Cause::Refused,
+        Cause::ConnectTimeout,
+        Cause::Unreachable,
+        Cause::PeerReset,
+        Cause::LocalAbort,
+        Cause::RetransmitTimeout,
+        Cause::KeepaliveTimeout,
+        Cause::Unknown,
+    ];
+
+    /// Name used in output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::Refused => "refused",
+            Self::ConnectTimeout => "connect_timeout",
+            Self::Unreachable => "unreachable",
+            Self::PeerReset => "peer_reset",
+            Self::LocalAbort => "local_abort",
+            Self::RetransmitTimeout => "retransmit_timeout",
+            Self::KeepaliveTimeout => "keepalive_timeout",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// The longest a retransmit timer waits (the kernel's `TCP_RTO_MAX`): an `ETIMEDOUT` later
+/// than this after the last retransmit was not the retransmit timer's.
+const RTO_MAX_NS: u64 = 120_000_000_000;
+
+const ETIMEDOUT: i32 = 110;
+const ECONNREFUSED: i32 = 111;
+const EHOSTUNREACH: i32 = 113;
+const ENETUNREACH: i32 = 101;
+
+/// The state a finished connection left for CLOSE (`None` while it is open).
+fn last_before_close(l: &Lifecycle) -> Option<TcpState> {
+    let n = l.states.len();
+    (l.state() == TcpState::CLOSE && n >= 2).then(|| l.states[n - 2].state)
+}
+
+fn went_through(l: &Lifecycle, s: TcpState) -> bool {
+    l.states.iter().any(|t| t.state == s)
+}
+
+/// Why the connection ended; `None` while it has not.
+pub fn cause(l: &Lifecycle) -> Option<Cause> {
+    use TcpState as T;
+    let before = last_before_close(l)?;
+    let errno = l.error.map(|e| e.get());
+    let rst_in = l.resets_received > 0;
+    let rst_out = l.resets_sent > 0;
+    if l.is_listener() {
+        return Some(Cause::Normal);
+    }
+    Some(match before {
+        T::SYN_SENT => match errno {
+            Some(ECONNREFUSED) => Cause::Refused,
+            _ if rst_in => Cause::Refused,
+            Some(ETIMEDOUT) => Cause::ConnectTimeout,
+            Some(EHOSTUNREACH | ENETUNREACH) => Cause::Unreachable,
+            // Closed by its application before an answer (its own connect timeout): a sure
+            // thing only if no event can be missing.
+            None if !l.incomplete => Cause::LocalAbort,
+            _ => Cause::Unknown,
+        },
+        _ if rst_in => Cause::PeerReset,
+        _ if errno == Some(ETIMEDOUT) => {
+            let recent = l
+                .last_retransmit_ns()
+                .is_some_and(|at| l.end_ns().saturating_sub(at) <= RTO_MAX_NS);
+            if recent {
+                Cause::RetransmitTimeout
+            } else {
+                Cause::KeepaliveTimeout
+            }
+        }
+        _ if rst_out => Cause::LocalAbort,
+        // Both FINs: ours acknowledged after theirs (TIME_WAIT), or theirs first and ours
+        // acknowledged (LAST_ACK → CLOSE).
+        T::TIME_WAIT | T::LAST_ACK => Cause::Normal,
+        T::FIN_WAIT2 if l.orphaned_ns.is_some() => Cause::Normal,
+        _ => Cause::Unknown,
+    })
+}
+
+/// What decided `cause`: the final transition, then the events that weigh (resets, the
+/// socket error, retransmits, the path through TIME_WAIT or LAST_ACK).
+pub fn evidence(l: &Lifecycle, cause: Cause) -> Vec<String> {
+    let mut e = Vec::new();
+    if let Some(before) = last_before_close(l) {
+        e.push(format!("{before}->CLOSE"));
+    }
+    if l.resets_received > 0 {
+        e.push("reset_received".into());
+    }
+    if l.resets_sent > 0 {
+        e.push("reset_sent".into());
+    }
+    if let Some(errno) = l.error {
+        e.push(format!("error:{}", errno_name(errno.get())));
+    }
+    if l.retransmits > 0 {
+        e.push(format!("retransmits:{}", l.retransmits));
+    }
+    match cause {
+        Cause::Normal if l.is_listener() => e.push("listener".into()),
+        Cause::Normal if went_through(l, TcpState::TIME_WAIT) => e.push("TIME_WAIT".into()),
+        Cause::Normal if l.orphaned_ns.is_some() => e.push("timewait_orphan".into()),
+        Cause::KeepaliveTimeout if l.retransmits > 0 => {
+            e.push("no retransmit in the last 120 s".into())
+        }
+        Cause::Unknown if l.incomplete => e.push("incomplete".into()),
+        _ => {}
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        engine::Engine,
+        event::{Event, EventKind},
+        testkit::{event, state, task, tuple},
+    };
+
+    const S: u64 = 0xffff_8880_0000_3000;
+
+    fn st(ms: u64, old: TcpState, new: TcpState) -> Event {
+        let t = tuple("10.0.0.1", 40000, "10.0.0.2", 80);
+        state(ms * 1_000_000, S, task(7, "app"), t, old, new)
+    }
+
+    fn ev(ms: u64, kind: EventKind) -> Event {
+        let t = tuple("10.0.0.1", 40000, "10.0.0.2", 80);
+        event(ms * 1_000_000, S, task(0, ""), t, kind)
+    }
+
+    fn ended(events: &[Event]) -> (Option<Cause>, Vec<String>) {
+        let mut e = Engine::new(100, true);
+        for x in events {
+            e.apply(x);
+        }
+        let done = e.take_finished(u64::MAX);
+        let l = done.first().expect("finished");
+        let c = cause(l);
+        (c, c.map(|c| evidence(l, c)).unwrap_or_default())
+    }
+
+    use TcpState as T;
+    const OPEN: [(T, T); 2] = [(T::CLOSE, T::SYN_SENT), (T::SYN_SENT, T::ESTABLISHED)];
+
+    fn open_then(rest: &[Event]) -> Vec<Event> {
+        let mut v: Vec<Event> = OPEN
+            .iter()
+            .enumerate()
+            .map(|(i, (a, b))| st(i as u64, *a, *b))
+            .collect();
+        v.extend_from_slice(rest);
+        v
+    }
+
+    #[test]
+    fn each_cause_from_its_evidence() {
+        let err = |ms, errno| ev(ms, EventKind::Error { errno });
+        let rtx = |ms| {
+            ev(
+                ms,
+                EventKind::Retransmit {
+                    state: T::ESTABLISHED,
+                    err: 0,
+                },
+            )
+        };
+        let rst_in = |ms| ev(ms, EventKind::ResetReceived { cookie: 0 });
+        let rst_out = |ms| {
+            ev(
+                ms,
+                EventKind::ResetSent {
+                    state: Some(T::ESTABLISHED),
+                    reason: None,
+                },
+            )
+        };
+        let cases: Vec<(Vec<Event>, Cause, &[&str])> = vec![
+            (
+                vec![
+                    st(0, T::CLOSE, T::SYN_SENT),
+                    rst_in(1),
+                    err(1, 111),
+                    st(1, T::SYN_SENT, T::CLOSE),
+                ],
+                Cause::Refused,
+                &["SYN_SENT->CLOSE", "reset_received", "error:ECONNREFUSED"],
+            ),
+            (
+                vec![
+                    st(0, T::CLOSE, T::SYN_SENT),
+                    err(3000, 110),
+                    st(3000, T::SYN_SENT, T::CLOSE),
+                ],
+                Cause::ConnectTimeout,
+                &["SYN_SENT->CLOSE", "error:ETIMEDOUT"],
+            ),
+            (
+                vec![st(0, T::CLOSE, T::SYN_SENT), st(5, T::SYN_SENT, T::CLOSE)],
+                Cause::LocalAbort,
+                &["SYN_SENT->CLOSE"],
+            ),
+            (
+                open_then(&[rst_in(10), err(10, 104), st(10, T::ESTABLISHED, T::CLOSE)]),
+                Cause::PeerReset,
+                &["ESTABLISHED->CLOSE", "reset_received", "error:ECONNRESET"],
+            ),
+            (
+                open_then(&[st(10, T::ESTABLISHED, T::CLOSE), rst_out(10)]),
+                Cause::LocalAbort,
+                &["ESTABLISHED->CLOSE", "reset_sent"],
+            ),
+            (
+                open_then(&[
+                    rtx(10),
+                    rtx(30),
+                    err(90, 110),
+                    st(90, T::ESTABLISHED, T::CLOSE),
+                ]),
+                Cause::RetransmitTimeout,
+                &["ESTABLISHED->CLOSE", "error:ETIMEDOUT", "retransmits:2"],
+            ),
+            (
+                open_then(&[err(9000, 110), st(9000, T::ESTABLISHED, T::CLOSE)]),
+                Cause::KeepaliveTimeout,
+                &["ESTABLISHED->CLOSE", "error:ETIMEDOUT"],
+            ),
+            (
+                open_then(&[
+                    st(10, T::ESTABLISHED, T::FIN_WAIT1),
+                    st(11, T::FIN_WAIT1, T::FIN_WAIT2),
+                    st(12, T::FIN_WAIT2, T::TIME_WAIT),
+                    st(12, T::TIME_WAIT, T::CLOSE),
+                ]),
+                Cause::Normal,
+                &["TIME_WAIT->CLOSE", "TIME_WAIT"],
+            ),
+            (
+                open_then(&[
+                    st(10, T::ESTABLISHED, T::FIN_WAIT1),
+                    st(11, T::FIN_WAIT1, T::FIN_WAIT2),
+                    st(11, T::FIN_WAIT2, T::CLOSE),
+                ]),
+                Cause::Normal,
+                &["FIN_WAIT2->CLOSE", "timewait_orphan"],
+            ),
+        ];
+        for (events, want, evidence) in cases {
+            let (got, ev) = ended(&events);
+            assert_eq!(got, Some(want), "{events:#?}");
+            assert_eq!(ev, evidence, "{want:?}");
+        }
+    }
+
+    #[test]
+    fn open_connections_have_no_cause_and_missing_evidence_is_unknown() {
+        let mut e = Engine::new(100, true);
+        for x in open_then(&[]) {
+            e.apply(&x);
+        }
+        let t = tuple("10.0.0.1", 40000, "10.0.0.2", 80);
+        assert_eq!(cause(e.by_tuple(&t).unwrap()), None);
+        // ESTABLISHED → CLOSE with neither reset nor error seen.
+        let (c, ev) = ended(&open_then(&[st(10, T::ESTABLISHED, T::CLOSE)]));
+        assert_eq!(c, Some(Cause::Unknown));
+        assert_eq!(ev, ["ESTABLISHED->CLOSE"]);
+    }
+}

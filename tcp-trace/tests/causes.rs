@@ -1,0 +1,204 @@
+//! Why each connection ended (`life`'s `cause` and `cause_evidence`, `watch`'s `cause`), each
+//! cause produced for real: on loopback, or between network namespaces the tests create, with
+//! the kernel made fast by that namespace's own sysctls or per-socket options (run as root).
+
+mod common;
+
+use std::{
+    io::Write,
+    net::{TcpListener, TcpStream},
+    process::Command,
+    time::Duration,
+};
+
+use common::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// `life --json` on `port`, ready.
+fn life(port: u16) -> Tracer {
+    Tracer::start(&["life", "--json", "--port", &port.to_string()])
+}
+
+/// Waits for the life of the connection whose local port is `sport`.
+fn life_of(tracer: &Tracer, sport: u16) -> Value {
+    let ev = tracer.wait_for(&format!("the life of :{sport}"), WAIT, |ev| {
+        ev.iter()
+            .any(|e| e["type"] == "life" && e["sport"] == sport)
+    });
+    ev.into_iter()
+        .find(|e| e["type"] == "life" && e["sport"] == sport)
+        .unwrap()
+}
+
+fn evidence(l: &Value) -> Vec<&str> {
+    l["cause_evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect()
+}
+
+/// Sets `name=value` in network namespace `ns` only.
+fn sysctl_in(ns: &str, setting: &str) {
+    let st = Command::new("ip")
+        .args(["netns", "exec", ns, "sysctl", "-q", "-w", setting])
+        .status()
+        .unwrap();
+    assert!(st.success(), "sysctl {setting} in {ns}");
+}
+
+#[test]
+fn a_clean_close_is_normal_on_both_sides() {
+    let port = free_port();
+    let tracer = life(port);
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    let (mut server, _) = listener.accept().unwrap();
+    client.write_all(b"x").unwrap();
+    drop(client);
+    // The server reads everything, to the end of stream (closing with unread data would send
+    // a reset: a local abort).
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut server, &mut got).unwrap();
+    drop(server);
+    let c = life_of(&tracer, client_port);
+    assert_eq!(
+        (c["cause"].as_str(), c["closer"].as_str()),
+        (Some("normal"), Some("local"))
+    );
+    let s = life_of(&tracer, port);
+    assert_eq!(s["cause"], "normal", "{s}");
+    assert_eq!(evidence(&s), ["LAST_ACK->CLOSE"], "{s}");
+    tracer.stop();
+}
+
+#[test]
+fn a_connect_to_a_closed_port_is_refused() {
+    let port = free_port();
+    let tracer = life(port);
+    let err = TcpStream::connect(("127.0.0.1", port)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED));
+    let ev = tracer.wait_for("the refused connect", WAIT, |ev| {
+        ev.iter().any(|e| e["type"] == "life" && e["dport"] == port)
+    });
+    let l = ev
+        .iter()
+        .find(|e| e["type"] == "life" && e["dport"] == port)
+        .unwrap();
+    assert_eq!(l["cause"], "refused", "{l}");
+    assert_eq!(
+        evidence(l),
+        ["SYN_SENT->CLOSE", "reset_received", "error:ECONNREFUSED"],
+        "{l}"
+    );
+    tracer.stop();
+}
+
+#[test]
+fn a_connect_into_a_black_hole_times_out() {
+    let net = NetnsPair::new("cause-syn");
+    let port = free_port();
+    let tracer = life(port);
+    sysctl_in(&net.a, "net.ipv4.tcp_syn_retries=1");
+    net.silent_gateway(&net.a, &net.b_addr); // a's SYNs leave and are lost on the wire
+    let err = net
+        .connect_from_a(port, Duration::from_secs(30))
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
+    let ev = tracer.wait_for("the timed-out connect", WAIT, |ev| {
+        ev.iter().any(|e| e["type"] == "life" && e["dport"] == port)
+    });
+    let l = ev
+        .iter()
+        .find(|e| e["type"] == "life" && e["dport"] == port)
+        .unwrap();
+    assert_eq!(l["cause"], "connect_timeout", "{l}");
+    let e = evidence(l);
+    assert_eq!(e[..2], ["SYN_SENT->CLOSE", "error:ETIMEDOUT"], "{l}");
+    tracer.stop();
+}
+
+#[test]
+fn an_abort_is_a_local_abort_here_and_a_peer_reset_there() {
+    let port = free_port();
+    let tracer = life(port);
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    let (server, _) = listener.accept().unwrap();
+    abort_on_close(&server);
+    drop(server); // SO_LINGER 0: a reset instead of a FIN
+    let s = life_of(&tracer, port);
+    assert_eq!(s["cause"], "local_abort", "{s}");
+    // The kernel also sets ECONNRESET on the socket it aborts.
+    assert_eq!(
+        evidence(&s)[..2],
+        ["ESTABLISHED->CLOSE", "reset_sent"],
+        "{s}"
+    );
+    let c = life_of(&tracer, client_port);
+    assert_eq!(c["cause"], "peer_reset", "{c}");
+    assert_eq!(
+        evidence(&c)[..2],
+        ["ESTABLISHED->CLOSE", "reset_received"],
+        "{c}"
+    );
+    drop(client);
+    tracer.stop();
+}
+
+#[test]
+fn data_into_a_silenced_peer_ends_in_a_retransmit_timeout() {
+    let net = NetnsPair::new("cause-rto");
+    let port = free_port();
+    let tracer = life(port);
+    // The kernel gives up after 3 retransmits in a's namespace (about 3 s), not 15.
+    sysctl_in(&net.a, "net.ipv4.tcp_retries2=3");
+    let (mut client, server) = connected(&net, port);
+    let client_port = client.local_addr().unwrap().port();
+    // From now on a's packets leave and are lost on the wire (a route through a gateway that
+    // never answers): the data is retransmitted until the kernel gives up.
+    net.silent_gateway(&net.a, &net.b_addr);
+    client.write_all(b"anyone there?").unwrap();
+    let c = life_of(&tracer, client_port);
+    assert_eq!(c["cause"], "retransmit_timeout", "{c}");
+    let e = evidence(&c);
+    assert_eq!(e[..2], ["ESTABLISHED->CLOSE", "error:ETIMEDOUT"], "{c}");
+    assert!(e[2].starts_with("retransmits:"), "{c}");
+    drop((client, server));
+    tracer.stop();
+}
+
+#[test]
+fn an_idle_connection_to_a_silenced_peer_ends_in_a_keepalive_timeout() {
+    let net = NetnsPair::new("cause-ka");
+    let port = free_port();
+    let tracer = life(port);
+    let (client, server) = connected(&net, port);
+    let client_port = client.local_addr().unwrap().port();
+    // Probe after 1 s idle, every second, give up after one unanswered probe.
+    setsockopt(
+        &client,
+        libc::SOL_SOCKET,
+        libc::SO_KEEPALIVE,
+        &1i32.to_ne_bytes(),
+    );
+    for opt in [libc::TCP_KEEPIDLE, libc::TCP_KEEPINTVL, libc::TCP_KEEPCNT] {
+        setsockopt(&client, libc::IPPROTO_TCP, opt, &1i32.to_ne_bytes());
+    }
+    net.blackhole(&net.a, &net.b_addr);
+    let c = life_of(&tracer, client_port);
+    assert_eq!(c["cause"], "keepalive_timeout", "{c}");
+    // The kernel resets the connection it gives up on; nothing was retransmitted.
+    assert_eq!(
+        evidence(&c),
+        ["ESTABLISHED->CLOSE", "reset_sent", "error:ETIMEDOUT"],
+        "{c}"
+    );
+    drop((client, server));
+    tracer.stop();
+}
