@@ -201,3 +201,90 @@ fn peer_reset_of_an_established_connection() {
     assert_eq!(r[0]["age_exact"], true);
     assert!(r[0]["conn_age_s"].as_f64().unwrap() >= 0.3, "{}", r[0]);
 }
+
+/// A listener with backlog 1 that never accepts, hit by five clients: its accept queue fills,
+/// the kernel drops the other clients' final ACKs (they believe they are connected), and
+/// `stuck` reports the listener with its owner, live and in a one-shot report (exit 1).
+#[test]
+fn a_listener_that_does_not_accept_is_reported() {
+    let net = NetnsPair::new("lfull");
+    let port = free_port();
+    let ps = port.to_string();
+    // Other namespaces' listeners are looked at every sweep (and when one retries a
+    // handshake): a sweep a second here.
+    let tracer = Tracer::start(&[
+        "stuck",
+        "--json",
+        "--interval",
+        "250ms",
+        "--sweep",
+        "1s",
+        "--port",
+        &ps,
+    ]);
+    let b_addr = net.b_addr.clone();
+    let listener = in_netns(&net.b, move || {
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        assert!(fd >= 0);
+        let l = unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(b_addr.parse::<std::net::Ipv4Addr>().unwrap()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: a valid socket and a sockaddr_in of the size given.
+        let r = unsafe {
+            libc::bind(
+                fd,
+                (&addr as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        // SAFETY: a bound socket.
+        assert_eq!(unsafe { libc::listen(fd, 1) }, 0);
+        l
+    });
+    let clients: Vec<TcpStream> = (0..5)
+        .filter_map(|_| net.connect_from_a(port, Duration::from_secs(2)).ok())
+        .collect();
+    assert!(clients.len() >= 2, "the first two fit in the queue");
+    let ev = tracer.wait_for("the full listener", WAIT, |ev| {
+        ev.iter().any(|e| e["type"] == "listener_overflow")
+    });
+    let o = ev
+        .iter()
+        .find(|e| e["type"] == "listener_overflow")
+        .unwrap();
+    assert_eq!(o["pid"], std::process::id(), "{o}");
+    assert_eq!(o["sport"], port);
+    assert_eq!(o["backlog"], 1, "{o}");
+    assert!(o["queued"].as_u64().unwrap() >= 2, "{o}");
+    assert_eq!(o["netns"], netns_of(&net.b), "{o}");
+    assert!(
+        o["diagnosis"]
+            .as_str()
+            .unwrap()
+            .contains("is not accepting"),
+        "{o}"
+    );
+    // A one-shot report finds it too (its first look covers every namespace), exit 1.
+    let once = std::process::Command::new(BIN)
+        .args(["stuck", "--once", "--json", "--port", &ps])
+        .output()
+        .unwrap();
+    assert_eq!(once.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&once.stdout);
+    assert!(text.contains(r#""type":"listener_overflow""#), "{text}");
+    // Accepting again: the listener drains and recovers.
+    listener.set_nonblocking(true).unwrap();
+    while listener.accept().is_ok() {}
+    tracer.wait_for("the drained listener", WAIT, |ev| {
+        ev.iter().any(|e| e["type"] == "listener_recovered")
+    });
+    tracer.stop();
+    drop(clients);
+}

@@ -18,7 +18,7 @@ use crate::{
         halfopen::{Episode, Kind, Notice, Thresholds},
         Engine,
     },
-    event::{clock::Clock, Delivery, TcpState, Tuple},
+    event::{clock::Clock, Delivery, EventKind, TcpState, Tuple},
     host::{owners::Holder, sockdiag::DiagSocket, Env},
     output::{
         halfopen::Extra,
@@ -28,7 +28,9 @@ use crate::{
     stuck::{
         age_lower_bound_ns, assess, close_in_flight,
         group::{self, key_with, GroupKey, SMALL},
-        key, Context, SockKey, Stuck,
+        key,
+        listener::{is_full, Overflow},
+        Context, SockKey, Stuck,
     },
 };
 
@@ -66,6 +68,12 @@ pub struct StuckCmd<W: Write> {
     group_sizes: HashMap<GroupKey, usize>,
     /// Which end of each reported socket is the service its group shares.
     sides: HashMap<SockKey, bool>,
+    /// Namespaces whose listeners retried handshakes since the last evaluation.
+    synack_ns: HashSet<u32>,
+    /// Each namespace's `ListenOverflows` at the last look.
+    overflows: HashMap<u32, u64>,
+    /// Listeners reported with a full accept queue.
+    full: HashMap<SockKey, Overflow>,
     waiting: HashMap<SockKey, u32>,
     half_open: HashMap<(Kind, u64), Episode>,
     idle: HashSet<Tuple>,
@@ -114,6 +122,12 @@ impl<W: Write> StuckCmd<W> {
         let seeded = seed_from_snapshot(&mut engine, env)?;
         log::info!("seeded {seeded} existing sockets from sock_diag");
         let now = env.now();
+        // This namespace's drop counter from the start, so even a one-shot report has a delta.
+        let overflows = env
+            .listen_overflows(std::process::id())
+            .map(|c| (crate::host::sockdiag::own_netns(), c))
+            .into_iter()
+            .collect();
         Ok(Self {
             engine,
             out: StuckWriter::new(out, json, clock),
@@ -122,6 +136,9 @@ impl<W: Write> StuckCmd<W> {
             each: false,
             group_sizes: HashMap::new(),
             sides: HashMap::new(),
+            synack_ns: HashSet::new(),
+            overflows,
+            full: HashMap::new(),
             waiting: HashMap::new(),
             half_open: HashMap::new(),
             idle: HashSet::new(),
@@ -178,7 +195,11 @@ impl<W: Write> StuckCmd<W> {
 
     /// Sockets stuck or half-open at the last evaluation (and peer resets seen).
     pub fn stuck_now(&self) -> usize {
-        self.reported.len() + self.half_open.len() + self.idle.len() + self.resets as usize
+        self.reported.len()
+            + self.half_open.len()
+            + self.idle.len()
+            + self.resets as usize
+            + self.full.len()
     }
 
     fn wanted(&self, ep: &Episode, env: &mut dyn Env) -> bool {
@@ -279,6 +300,7 @@ impl<W: Write> StuckCmd<W> {
         let diag = self.listed(now_ns, env)?;
         let now_stuck = self.find_stuck(&diag, now_ns, env);
         self.report_changes(&diag, now_stuck, now_ns, env.fin_timeout())?;
+        self.full_listeners(now_ns, env)?;
         self.idle(now_ns, env)?;
         self.out.flush()?;
         Ok(())
@@ -490,6 +512,74 @@ impl<W: Write> StuckCmd<W> {
     }
 }
 
+impl<W: Write> StuckCmd<W> {
+    /// Listeners whose accept queue is full: in this process's namespace, and in those whose
+    /// listeners retried handshakes (a SYN-ACK again: its final ACK was dropped) since the last
+    /// look. Reported when they fill (every one, for `--once`) and when they drain.
+    fn full_listeners(&mut self, now_ns: u64, env: &mut dyn Env) -> Result<()> {
+        let look = std::mem::take(&mut self.synack_ns);
+        let full: Vec<DiagSocket> = env
+            .listeners(&look)?
+            .into_iter()
+            .filter(|d| is_full(d) && self.set.filter.matches_tuple(&d.tuple))
+            .collect();
+        let holders = match full.is_empty() {
+            true => HashMap::new(),
+            false => env.holders(&full.iter().map(|d| d.inode).collect()),
+        };
+        let mut now_full = HashMap::new();
+        for d in full {
+            let holder = holders.get(&d.inode).and_then(|h| h.first()).cloned();
+            let f = &self.set.filter;
+            if (f.pid.is_some() || f.comm.is_some())
+                && !holder
+                    .as_ref()
+                    .is_some_and(|h| f.matches_owner(Some(&h.owner())))
+            {
+                continue;
+            }
+            // Drops are counted per namespace: read through the holder's /proc entry.
+            let counter = holder.as_ref().and_then(|h| env.listen_overflows(h.pid));
+            let dropped = counter.and_then(|c| {
+                let before = self.overflows.insert(d.netns, c);
+                before.map(|b| c.saturating_sub(b))
+            });
+            let k = key(&d);
+            now_full.insert(
+                k,
+                Overflow {
+                    tuple: d.tuple,
+                    netns: d.netns,
+                    holder,
+                    queued: d.recv_q,
+                    backlog: d.send_q,
+                    dropped,
+                    since_ns: self.full.get(&k).map_or(now_ns, |o| o.since_ns),
+                },
+            );
+        }
+        for (k, o) in &self.full {
+            if !now_full.contains_key(k) {
+                self.out.listener_recovered(o, now_ns)?;
+            }
+        }
+        let mut fresh: Vec<&Overflow> = now_full
+            .iter()
+            .filter(|(k, _)| self.set.once.is_some() || !self.full.contains_key(*k))
+            .map(|(_, o)| o)
+            .collect();
+        fresh.sort_by_key(|o| (o.netns, o.tuple.sport));
+        for o in fresh {
+            self.out.listener(o, now_ns)?;
+        }
+        if let Some(m) = &self.metrics {
+            m.full_listeners(now_full.len());
+        }
+        self.full = now_full;
+        Ok(())
+    }
+}
+
 /// The socket's own namespace and cgroup; where unknown, its first holder's.
 fn place(s: &mut Stuck, env: &mut dyn Env) {
     let holder = s.holders.first();
@@ -514,6 +604,9 @@ impl<W: Write> Sink for StuckCmd<W> {
                         if applied.finished {
                             ended.push(ev.sock);
                         }
+                    }
+                    if let EventKind::SynackRetransmit { .. } = ev.kind {
+                        self.synack_ns.insert(applied.place.netns);
                     }
                 }
                 Delivery::Lost { count, .. } => {

@@ -35,6 +35,32 @@ pub trait Env {
     /// Network namespaces whose sockets the next [`Env::sockets`] must list (the others may
     /// be listed less often).
     fn focus(&mut self, _netns: HashSet<u32>) {}
+    /// The listeners of this process's namespace and of the namespaces in `netns` (none in
+    /// a recording).
+    fn listeners(&mut self, _netns: &HashSet<u32>) -> Result<Vec<DiagSocket>> {
+        Ok(Vec::new())
+    }
+    /// The `ListenOverflows` counter of the network namespace process `pid` lives in.
+    fn listen_overflows(&mut self, _pid: u32) -> Option<u64> {
+        None
+    }
+}
+
+/// `TcpExt: ListenOverflows` from a `/proc/…/net/netstat` text (two lines per group: names,
+/// then values).
+pub fn listen_overflows_in(netstat: &str) -> Option<u64> {
+    let mut lines = netstat.lines();
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        let (Some(n), Some(v)) = (
+            names.strip_prefix("TcpExt:"),
+            values.strip_prefix("TcpExt:"),
+        ) else {
+            continue;
+        };
+        let i = n.split_whitespace().position(|k| k == "ListenOverflows")?;
+        return v.split_whitespace().nth(i)?.parse().ok();
+    }
+    None
 }
 
 pub(crate) fn in_states(d: &DiagSocket, states: &[TcpState]) -> bool {
@@ -83,6 +109,19 @@ impl Env for Live {
 
     fn holders(&mut self, inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>> {
         owners::holders(inodes)
+    }
+
+    fn listeners(&mut self, netns: &HashSet<u32>) -> Result<Vec<DiagSocket>> {
+        let listen = sockdiag::state_flags(&[TcpState::LISTEN]);
+        match self.netns {
+            Some(ns) => sockdiag::snapshot(listen, Some(ns)),
+            None => self.all.in_namespaces(listen, netns),
+        }
+    }
+
+    fn listen_overflows(&mut self, pid: u32) -> Option<u64> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/netstat")).ok()?;
+        listen_overflows_in(&text)
     }
 
     fn lookup(&mut self, t: &Tuple, netns: u32) -> Option<DiagSocket> {

@@ -280,6 +280,7 @@ pub struct AllNamespaces {
     refused: bool,
     failed: HashSet<u32>,
     last_sweep: Option<std::time::Instant>,
+    last_targeted_sweep: Option<std::time::Instant>,
     listed: HashSet<u32>,
     focus: HashSet<u32>,
 }
@@ -336,6 +337,46 @@ impl AllNamespaces {
                         log::warn!("network namespace {ns}: {e:#}: its sockets are not listed");
                     }
                     self.open.remove(ns);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The sockets in `states` of this process's namespace and of the namespaces in `wanted`,
+    /// and of every namespace once per sweep period: a look at a few namespaces between
+    /// sweeps (e.g. at listeners whose handshakes are retried), with its own sweeps.
+    pub fn in_namespaces(
+        &mut self,
+        states: StateFlags,
+        wanted: &HashSet<u32>,
+    ) -> Result<Vec<DiagSocket>> {
+        let own = own_netns();
+        let mut out = snapshot(states.clone(), None)?;
+        let sweep = self
+            .last_targeted_sweep
+            .is_none_or(|at| at.elapsed() >= self.sweep);
+        if sweep {
+            self.last_targeted_sweep = Some(std::time::Instant::now());
+        }
+        for (ns, path) in namespaces() {
+            if ns == own || !(sweep || wanted.contains(&ns)) {
+                continue;
+            }
+            let socket = match self.open.entry(ns) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => match open_diag(Some(&path)) {
+                    Ok(s) => v.insert(s),
+                    Err(e) => {
+                        self.cannot_enter(&e);
+                        continue;
+                    }
+                },
+            };
+            match dump(socket, states.clone(), ns) {
+                Ok(mut v) => out.append(&mut v),
+                Err(_) => {
+                    self.open.remove(&ns);
                 }
             }
         }

@@ -77,6 +77,7 @@ pub struct Metrics {
     stuck_by_comm: Family<CommLabel, Gauge>,
     half_open: Family<KindLabel, Gauge>,
     tracked: Gauge,
+    full_listeners: Gauge,
     lifetime: Histogram,
     closes: Family<CauseLabel, Counter>,
     half_closed: Family<StateLabel, Histogram>,
@@ -108,6 +109,7 @@ impl Metrics {
             stuck_by_comm: Family::default(),
             half_open: Family::default(),
             tracked: Gauge::default(),
+            full_listeners: Gauge::default(),
             lifetime: seconds_histogram(),
             closes: Family::default(),
             half_closed: Family::new_with_constructor(seconds_histogram),
@@ -119,6 +121,11 @@ impl Metrics {
             "state_transitions",
             "TCP state changes by old and new state",
             m.transitions.clone(),
+        );
+        registry.register(
+            "full_listeners",
+            "Listeners whose accept queue is full (new clients' handshakes are dropped)",
+            m.full_listeners.clone(),
         );
         registry.register(
             "connection_closes",
@@ -246,6 +253,12 @@ impl Metrics {
                     .inc();
             }
         }
+    }
+
+    /// Listeners with a full accept queue now.
+    pub fn full_listeners(&self, n: usize) {
+        self.full_listeners
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// A connection ended (listeners are not counted).

@@ -10,6 +10,7 @@ use crate::{
     stuck::{
         age_text,
         group::{fds_text, owner, Group},
+        listener::Overflow,
         Stuck,
     },
 };
@@ -93,6 +94,24 @@ struct JsonGroup<'a> {
     age_exact: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     reap_in_s: Option<[f64; 2]>,
+    diagnosis: String,
+}
+
+/// A listener with a full accept queue.
+#[derive(Serialize)]
+struct JsonListener<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    ts: String,
+    #[serde(flatten)]
+    conn: JsonConn,
+    fd: Option<i32>,
+    queued: u32,
+    backlog: u32,
+    dropped: Option<u64>,
+    since: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    full_for_s: Option<f64>,
     diagnosis: String,
 }
 
@@ -374,6 +393,78 @@ impl<W: Write> StuckWriter<W> {
             writeln!(self.out, "           cgroup {cgroup}  netns {netns}")?;
         }
         Ok(())
+    }
+
+    /// A listener whose accept queue is full (`listener_overflow`), or one that drained
+    /// (`listener_recovered`).
+    fn listener_item(&mut self, o: &Overflow, now_ns: u64, recovered: bool) -> io::Result<()> {
+        let full_for = std::time::Duration::from_nanos(now_ns.saturating_sub(o.since_ns));
+        let h = o.holder.as_ref();
+        if self.json {
+            let place = crate::event::Place {
+                netns: o.netns,
+                cgroup: 0,
+            };
+            let j = JsonListener {
+                kind: if recovered {
+                    "listener_recovered"
+                } else {
+                    "listener_overflow"
+                },
+                ts: self.clock.rfc3339(now_ns),
+                conn: JsonConn::new(
+                    None,
+                    &o.tuple,
+                    h.map(|h| h.pid),
+                    h.map(|h| h.comm.escaped()),
+                )
+                .placed(place, h.and_then(|h| h.cgroup.as_deref())),
+                fd: h.map(|h| h.fd),
+                queued: o.queued,
+                backlog: o.backlog,
+                dropped: o.dropped,
+                since: self.clock.rfc3339(o.since_ns),
+                full_for_s: recovered.then(|| secs(full_for)),
+                diagnosis: if recovered {
+                    String::new()
+                } else {
+                    o.diagnosis()
+                },
+            };
+            serde_json::to_writer(&mut self.out, &j)?;
+            return self.out.write_all(b"\n");
+        }
+        let who = match h {
+            Some(h) => format!("pid {} ({}) fd {}", h.pid, h.comm.escaped(), h.fd),
+            None => "owner unknown".to_string(),
+        };
+        if recovered {
+            return writeln!(
+                self.out,
+                "RECOVERED  LISTEN      {:<9} {:<28} {}  accepting again",
+                age_text(full_for, true),
+                who,
+                o.tuple.local(),
+            );
+        }
+        writeln!(
+            self.out,
+            "LISTENER   queue full  {:<9} {:<28} {}",
+            format!("{}/{}", o.queued, o.backlog),
+            who,
+            o.tuple.local(),
+        )?;
+        writeln!(self.out, "           {}", o.diagnosis())
+    }
+
+    /// A listener whose accept queue is full.
+    pub fn listener(&mut self, o: &Overflow, now_ns: u64) -> io::Result<()> {
+        self.listener_item(o, now_ns, false)
+    }
+
+    /// A listener reported full that is accepting again (or gone).
+    pub fn listener_recovered(&mut self, o: &Overflow, now_ns: u64) -> io::Result<()> {
+        self.listener_item(o, now_ns, true)
     }
 
     /// The end-of-run totals.

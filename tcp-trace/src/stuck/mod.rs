@@ -5,6 +5,7 @@
 //! the engine says since when and how it got there; `/proc` says who holds it.
 
 pub mod group;
+pub mod listener;
 
 use std::{collections::HashMap, time::Duration};
 
