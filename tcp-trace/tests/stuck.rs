@@ -523,3 +523,88 @@ fn a_leak_reads_as_one_block_per_cause() {
         (Some(300), Some(false))
     );
 }
+
+/// When the kernel will end a stuck socket, from the sysctls of the socket's own namespace: an
+/// orphan in a namespace with `tcp_fin_timeout=5` is forecast to be reaped 5 s after it was
+/// orphaned (not the host's 60), and it is gone by then; the CLOSE_WAIT its peer holds ends
+/// only when its application closes it.
+#[test]
+fn the_forecast_uses_the_namespaces_own_fin_timeout() {
+    let net = NetnsPair::new("ends");
+    let st = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.a,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.tcp_fin_timeout=5",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let port = free_port();
+    let tracer = Tracer::start(&[
+        "stuck",
+        "--json",
+        "--threshold",
+        "1s",
+        "--interval",
+        "250ms",
+        "--port",
+        &port.to_string(),
+    ]);
+    let (client, server) = connected(&net, port);
+    let client_port = client.local_addr().unwrap().port();
+    drop(client); // closed from ESTABLISHED: an orphan in a's namespace once b acknowledges
+    let ev = tracer.wait_for("the orphan and the CLOSE_WAIT", WAIT, |ev| {
+        stuck_items(ev, "FIN_WAIT2")
+            .iter()
+            .any(|e| e["sport"] == client_port)
+            && stuck_items(ev, "CLOSE_WAIT")
+                .iter()
+                .any(|e| e["dport"] == client_port)
+    });
+    let time = |v: &Value| humantime::parse_rfc3339(v.as_str().unwrap()).unwrap();
+    let orphan = *stuck_items(&ev, "FIN_WAIT2")
+        .iter()
+        .find(|e| e["sport"] == client_port)
+        .unwrap();
+    assert_eq!(orphan["ends_by"], "tcp_fin_timeout", "{orphan}");
+    assert_eq!(orphan["ends_estimated"], false, "{orphan}");
+    let ends_at = time(&orphan["ends_at"]);
+    let lived = ends_at.duration_since(time(&orphan["since"])).unwrap();
+    assert!(
+        lived >= Duration::from_secs(5) && lived < Duration::from_millis(5500),
+        "{lived:?}: {orphan}"
+    );
+    let cw = *stuck_items(&ev, "CLOSE_WAIT")
+        .iter()
+        .find(|e| e["dport"] == client_port)
+        .unwrap();
+    assert_eq!(
+        (cw["ends_by"].as_str(), cw["ends_at"].as_str()),
+        (Some("application"), None)
+    );
+    // The kernel keeps its word: the orphan is gone within a second of the forecast.
+    let ev = tracer.wait_for("the orphan reaped", WAIT, |ev| {
+        ev.iter()
+            .any(|e| e["type"] == "recovered" && e["sport"] == client_port)
+    });
+    let gone = ev
+        .iter()
+        .find(|e| e["type"] == "recovered" && e["sport"] == client_port)
+        .unwrap();
+    let at = time(&gone["ts"]);
+    let off = at
+        .duration_since(ends_at)
+        .or_else(|_| ends_at.duration_since(at))
+        .unwrap();
+    assert!(
+        off < Duration::from_secs(1),
+        "reaped {off:?} away from the forecast"
+    );
+    drop(server);
+    tracer.stop();
+}

@@ -19,7 +19,7 @@ use crate::{
         Engine,
     },
     event::{clock::Clock, Delivery, EventKind, TcpState, Tuple},
-    host::{owners::Holder, sockdiag::DiagSocket, Env},
+    host::{owners::Holder, sockdiag::DiagSocket, sysctls::NetSysctls, Env},
     output::{
         halfopen::Extra,
         metrics::Metrics,
@@ -342,10 +342,12 @@ impl<W: Write> StuckCmd<W> {
         env: &mut dyn Env,
     ) -> HashMap<SockKey, Stuck> {
         let no_holders = HashMap::new();
+        let no_sysctls = HashMap::new();
         let mut cx = Context {
             now_ns,
             threshold: self.set.threshold,
             fin_timeout: env.fin_timeout(),
+            sysctls: &no_sysctls,
             holders: &no_holders,
             first_seen: &self.first_seen,
         };
@@ -369,6 +371,15 @@ impl<W: Write> StuckCmd<W> {
             .collect();
         let holders = env.holders(&inodes);
         cx.holders = &holders;
+        // The timeouts of the candidates' own namespaces (a container's may differ).
+        let sysctls: HashMap<u32, NetSysctls> = candidates
+            .iter()
+            .map(|d| d.netns)
+            .collect::<HashSet<u32>>()
+            .into_iter()
+            .map(|ns| (ns, env.sysctls(ns)))
+            .collect();
+        cx.sysctls = &sysctls;
         let mut now_stuck = HashMap::new();
         for d in candidates {
             let Some(mut s) = assess(&self.engine, d, &cx) else {

@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod notify;
 pub mod owners;
 pub mod sockdiag;
+pub mod sysctls;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -40,6 +41,14 @@ pub trait Env {
     fn listeners(&mut self, _netns: &HashSet<u32>) -> Result<Vec<DiagSocket>> {
         Ok(Vec::new())
     }
+    /// The TCP timeouts of network namespace `netns` (0: this process's); in a recording,
+    /// the kernel's defaults and the recorded `tcp_fin_timeout`.
+    fn sysctls(&mut self, _netns: u32) -> sysctls::NetSysctls {
+        sysctls::NetSysctls {
+            fin_timeout: self.fin_timeout(),
+            ..Default::default()
+        }
+    }
     /// The `ListenOverflows` counter of the network namespace process `pid` lives in.
     fn listen_overflows(&mut self, _pid: u32) -> Option<u64> {
         None
@@ -70,6 +79,7 @@ pub(crate) fn in_states(d: &DiagSocket, states: &[TcpState]) -> bool {
 /// The live host.
 pub struct Live {
     cgroups: Resolver,
+    sysctls: sysctls::Cache,
     netns: Option<u32>,
     all: sockdiag::AllNamespaces,
 }
@@ -80,6 +90,7 @@ impl Live {
     pub fn new(netns: Option<u32>, sweep: Duration) -> Self {
         Self {
             cgroups: Resolver::live(),
+            sysctls: sysctls::Cache::default(),
             netns,
             all: sockdiag::AllNamespaces::new(sweep),
         }
@@ -117,6 +128,10 @@ impl Env for Live {
             Some(ns) => sockdiag::snapshot(listen, Some(ns)),
             None => self.all.in_namespaces(listen, netns),
         }
+    }
+
+    fn sysctls(&mut self, netns: u32) -> sysctls::NetSysctls {
+        self.sysctls.get(netns)
     }
 
     fn listen_overflows(&mut self, pid: u32) -> Option<u64> {

@@ -109,7 +109,7 @@ pub fn own_netns() -> u32 {
 
 /// A file that names network namespace `inode`: a bind mount under `/run/netns` (`ip netns`),
 /// or some process's `/proc/PID/ns/net`.
-fn netns_file(inode: u32) -> Option<std::path::PathBuf> {
+pub fn netns_file(inode: u32) -> Option<std::path::PathBuf> {
     namespace_files().find(|p| netns_inode(p) == Some(inode))
 }
 

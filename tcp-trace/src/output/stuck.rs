@@ -55,6 +55,9 @@ struct JsonStuck<'a> {
     reap_in_s: Option<f64>,
     history: Vec<JsonStep>,
     diagnosis: &'a str,
+    ends_at: Option<String>,
+    ends_by: &'static str,
+    ends_estimated: bool,
 }
 
 #[derive(Serialize)]
@@ -211,6 +214,9 @@ impl<W: Write> StuckWriter<W> {
                     })
                     .collect(),
                 diagnosis: &s.diagnosis,
+                ends_at: s.ends.at_ns.map(|t| self.clock.rfc3339(t)),
+                ends_by: s.ends.by.name(),
+                ends_estimated: s.ends.approx,
             };
             serde_json::to_writer(&mut self.out, &j)?;
             return self.out.write_all(b"\n");
@@ -239,6 +245,14 @@ impl<W: Write> StuckWriter<W> {
             s.tuple.remote(),
         )?;
         writeln!(self.out, "           {}", s.diagnosis)?;
+        let closing = match (pid, &comm, fd) {
+            (Some(p), Some(c), Some(f)) => format!("pid {p} ({c}) closes fd {f}"),
+            (Some(p), Some(c), None) => format!("pid {p} ({c}) closes it"),
+            _ => "its application closes it".to_string(),
+        };
+        let clock = self.clock;
+        let ends = s.ends.text(|t| clock.hms(t), &closing);
+        writeln!(self.out, "           {ends}")?;
         if self.wide {
             let cgroup = s.cgroup.as_deref().unwrap_or("?");
             let netns = match s.place.netns {

@@ -309,6 +309,7 @@ impl Group {
     /// One line that says what the group means.
     pub fn diagnosis(&self, fin_timeout: Duration) -> String {
         let n = self.count();
+        let socks = if n == 1 { "socket" } else { "sockets" };
         let who = match self.key.pid {
             Some(_) => self.who(),
             None => "an unknown process".to_string(),
@@ -324,12 +325,12 @@ impl Group {
                     e => format!("it has read the end of stream on {e}: missing close() calls"),
                 };
                 format!(
-                    "{who} has not closed {n} sockets whose peers closed their side, the \
+                    "{who} has not closed {n} {socks} whose peers closed their side, the \
                      oldest for {oldest} ({eof})"
                 )
             }
             (TcpState::FIN_WAIT2, Some(true)) => format!(
-                "{who} shut down the sending side of {n} sockets and still holds them; the \
+                "{who} shut down the sending side of {n} {socks} and still holds them; the \
                  peers have not closed theirs, the oldest for {oldest} (this can last forever)"
             ),
             (TcpState::FIN_WAIT2, _) => {
@@ -353,19 +354,19 @@ impl Group {
                     None => format!("the kernel reaps them within tcp_fin_timeout ({secs}s)"),
                 };
                 format!(
-                    "{n} sockets closed{by}; the peers have not sent their FIN, the oldest \
+                    "{n} {socks} closed{by}; the peers have not sent their FIN, the oldest \
                      for {oldest}; {reap}"
                 )
             }
             (TcpState::LAST_ACK, _) => format!(
-                "{who} closed {n} sockets after their peers did; our FINs have not been \
+                "{who} closed {n} {socks} after their peers did; our FINs have not been \
                  acknowledged, the oldest for {oldest} (peers gone?)"
             ),
             (TcpState::CLOSING, _) => format!(
-                "{n} sockets where both sides closed at once; the peers have not acknowledged \
+                "{n} {socks} where both sides closed at once; the peers have not acknowledged \
                  our FINs, the oldest for {oldest}"
             ),
-            (other, _) => format!("{n} sockets in {other}, the oldest for {oldest}"),
+            (other, _) => format!("{n} {socks} in {other}, the oldest for {oldest}"),
         }
     }
 }
@@ -402,6 +403,7 @@ mod tests {
             place: crate::event::Place::default(),
             cgroup: None,
             diagnosis: String::new(),
+            ends: super::super::forecast::Forecast::NEVER,
         }
     }
 

@@ -4,6 +4,7 @@
 //! sock_diag says what exists right now (including timewait orphans, which have no events);
 //! the engine says since when and how it got there; `/proc` says who holds it.
 
+pub mod forecast;
 pub mod group;
 pub mod listener;
 
@@ -12,7 +13,7 @@ use std::{collections::HashMap, time::Duration};
 use crate::{
     engine::{Engine, Lifecycle},
     event::{Owner, TcpState, Tuple},
-    host::{owners::Holder, sockdiag::DiagSocket},
+    host::{owners::Holder, sockdiag::DiagSocket, sysctls::NetSysctls},
 };
 
 /// States `stuck` can report.
@@ -78,6 +79,8 @@ pub struct Stuck {
     pub cgroup: Option<String>,
     /// One-line explanation.
     pub diagnosis: String,
+    /// When (and by what) it ends.
+    pub ends: forecast::Forecast,
 }
 
 /// Inputs that do not change per socket.
@@ -93,6 +96,18 @@ pub struct Context<'a> {
     /// When this run first saw each socket in its current state (for sockets the engine does
     /// not know), monotonic ns.
     pub first_seen: &'a HashMap<SockKey, (TcpState, u64)>,
+    /// The TCP timeouts of the namespaces the sockets are in (elsewhere: `fin_timeout` and
+    /// the kernel's defaults).
+    pub sysctls: &'a HashMap<u32, NetSysctls>,
+}
+
+impl Context<'_> {
+    fn sysctls_in(&self, netns: u32) -> NetSysctls {
+        self.sysctls.get(&netns).copied().unwrap_or(NetSysctls {
+            fin_timeout: self.fin_timeout,
+            ..NetSysctls::default()
+        })
+    }
 }
 
 /// A socket across namespaces: the same endpoints can exist in two of them (two pods).
@@ -177,6 +192,7 @@ pub fn assess(engine: &Engine, d: &DiagSocket, cx: &Context<'_>) -> Option<Stuck
         return None;
     }
     let holders = cx.holders.get(&d.inode).cloned().unwrap_or_default();
+    let k = cx.sysctls_in(d.netns);
     let owner = l.and_then(|l| l.owner);
     let held = (d.state == TcpState::FIN_WAIT2).then_some(!d.is_orphan());
     // In CLOSE_WAIT the kernel's receive queue length counts the peer's FIN as one sequence
@@ -188,7 +204,7 @@ pub fn assess(engine: &Engine, d: &DiagSocket, cx: &Context<'_>) -> Option<Stuck
         .then(|| l.and_then(|l| l.orphaned_ns))
         .flatten()
         .map(|at| {
-            (Duration::from_nanos(at.get()) + cx.fin_timeout)
+            (Duration::from_nanos(at.get()) + k.fin_timeout)
                 .saturating_sub(Duration::from_nanos(cx.now_ns))
         });
     let history = match l {
@@ -233,8 +249,10 @@ pub fn assess(engine: &Engine, d: &DiagSocket, cx: &Context<'_>) -> Option<Stuck
         },
         cgroup: None,
         diagnosis: String::new(),
+        ends: forecast::Forecast::NEVER,
     };
-    s.diagnosis = diagnose(&s, cx.fin_timeout);
+    s.diagnosis = diagnose(&s, k.fin_timeout);
+    s.ends = forecast::forecast(&s, d.backoff, &k, cx.now_ns);
     Some(s)
 }
 
@@ -355,6 +373,7 @@ mod tests {
             now_ns: 200 * SEC,
             threshold: Duration::from_secs(30),
             fin_timeout: Duration::from_secs(60),
+            sysctls: &HashMap::new(),
             holders: &h,
             first_seen: &first_seen,
         };
@@ -407,6 +426,7 @@ mod tests {
             now_ns: snap,
             threshold: Duration::from_secs(30),
             fin_timeout: Duration::from_secs(60),
+            sysctls: &HashMap::new(),
             holders: &h,
             first_seen: &fs,
         };
@@ -452,6 +472,7 @@ mod tests {
             now_ns: 40 * SEC,
             threshold: Duration::from_secs(30),
             fin_timeout: Duration::from_secs(60),
+            sysctls: &HashMap::new(),
             holders: &h,
             first_seen: &fs,
         };
@@ -515,6 +536,7 @@ mod tests {
             now_ns: 50 * SEC,
             threshold: Duration::from_secs(30),
             fin_timeout: Duration::from_secs(60),
+            sysctls: &HashMap::new(),
             holders: &h,
             first_seen: &fs,
         };

@@ -1,0 +1,145 @@
+//! When the kernel will end a stuck socket on its own, and by which rule; or that only its
+//! application can. From the socket's state and timers (sock_diag) and the TCP sysctls of its
+//! own network namespace.
+
+use std::time::Duration;
+
+use super::Stuck;
+use crate::{event::TcpState, host::sysctls::NetSysctls};
+
+/// What ends a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndsBy {
+    /// Only its application closing it (the kernel never will).
+    Application,
+    /// The orphaned FIN_WAIT2 timer (`tcp_fin_timeout`).
+    TcpFinTimeout,
+    /// Retransmits of data running out (`tcp_retries2`).
+    TcpRetries2,
+    /// Retransmits of an orphan's FIN running out (`tcp_orphan_retries`).
+    TcpOrphanRetries,
+}
+
+impl EndsBy {
+    /// Name used in output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Application => "application",
+            Self::TcpFinTimeout => "tcp_fin_timeout",
+            Self::TcpRetries2 => "tcp_retries2",
+            Self::TcpOrphanRetries => "tcp_orphan_retries",
+        }
+    }
+}
+
+/// When and by what a socket ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Forecast {
+    /// What ends it.
+    pub by: EndsBy,
+    /// When (monotonic ns); `None`: never on its own.
+    pub at_ns: Option<u64>,
+    /// `at_ns` is an estimate or a bound, not a timer's expiry.
+    pub approx: bool,
+    /// The sysctl's value, for the text (`tcp_fin_timeout=60`).
+    pub setting: u64,
+}
+
+/// The kernel's `TCP_RTO_MIN` and `TCP_RTO_MAX`.
+const RTO_MIN: Duration = Duration::from_millis(200);
+const RTO_MAX: Duration = Duration::from_secs(120);
+
+/// How long after its first retransmit the kernel gives up on a socket after `boundary`
+/// retransmits (its `tcp_model_timeout`: the RTO doubles from `TCP_RTO_MIN` up to
+/// `TCP_RTO_MAX`, then stays there).
+pub fn give_up_after(boundary: u32) -> Duration {
+    let thresh = (RTO_MAX.as_millis() / RTO_MIN.as_millis()).ilog2(); // 9
+    let doubling = |n: u32| RTO_MIN * ((2u32 << n) - 1);
+    if boundary <= thresh {
+        doubling(boundary)
+    } else {
+        doubling(thresh) + RTO_MAX * (boundary - thresh)
+    }
+}
+
+/// When `s` ends, and by what.
+pub fn forecast(s: &Stuck, backoff: Option<u8>, k: &NetSysctls, now_ns: u64) -> Forecast {
+    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let never = Forecast::NEVER;
+    match (s.state, s.held) {
+        // The peer closed (CLOSE_WAIT), or we shut down and hold the socket while the peer
+        // stays open (held FIN_WAIT2): the kernel has nothing to time out.
+        (TcpState::CLOSE_WAIT, _) | (TcpState::FIN_WAIT2, Some(true)) => never,
+        (TcpState::FIN_WAIT2, _) => {
+            let fin = k.fin_timeout;
+            let (at, approx) = match s.reap_in {
+                Some(r) => (now_ns.saturating_add(ns(r)), false),
+                // Orphaned no later than first seen: reaped by then plus tcp_fin_timeout.
+                None => (s.since_ns.saturating_add(ns(fin)), true),
+            };
+            Forecast {
+                by: EndsBy::TcpFinTimeout,
+                at_ns: Some(at),
+                approx,
+                setting: fin.as_secs(),
+            }
+        }
+        // Our FIN unacknowledged on a closed (orphaned) socket: retransmitted until
+        // tcp_orphan_retries run out. How far it got is estimated from its backoff.
+        (TcpState::LAST_ACK | TcpState::CLOSING, _) => {
+            let retries = k.orphan_retries();
+            let spent = give_up_after(u32::from(backoff.unwrap_or(0)).saturating_sub(1));
+            let left = give_up_after(retries).saturating_sub(spent);
+            Forecast {
+                by: EndsBy::TcpOrphanRetries,
+                at_ns: Some(now_ns.saturating_add(ns(left))),
+                approx: true,
+                setting: u64::from(retries),
+            }
+        }
+        _ => never,
+    }
+}
+
+impl Forecast {
+    /// Nothing but its application ends it.
+    pub const NEVER: Forecast = Forecast {
+        by: EndsBy::Application,
+        at_ns: None,
+        approx: false,
+        setting: 0,
+    };
+
+    /// The words for it: "the kernel reaps it at 14:33:05 (tcp_fin_timeout=60)", or for one
+    /// only its application ends, "ends only when `closing`" ("pid 812 (api) closes fd 9").
+    pub fn text(&self, at: impl Fn(u64) -> String, closing: &str) -> String {
+        match (self.by, self.at_ns) {
+            (EndsBy::Application, _) | (_, None) => format!("ends only when {closing}"),
+            (EndsBy::TcpFinTimeout, Some(t)) => format!(
+                "the kernel reaps it {}{} (tcp_fin_timeout={})",
+                if self.approx { "by " } else { "at " },
+                at(t),
+                self.setting
+            ),
+            (by, Some(t)) => format!(
+                "the kernel gives up ≈ {} ({}={})",
+                at(t),
+                by.name(),
+                self.setting
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernels_give_up_times() {
+        // tcp_retries2=15: 924.6 s, the figure of the kernel's documentation.
+        assert_eq!(give_up_after(15), Duration::from_millis(924_600));
+        assert_eq!(give_up_after(3), Duration::from_millis(3_000));
+        assert_eq!(give_up_after(8), Duration::from_millis(102_200));
+    }
+}
