@@ -160,9 +160,10 @@ fn data_into_a_silenced_peer_ends_in_a_retransmit_timeout() {
     sysctl_in(&net.a, "net.ipv4.tcp_retries2=3");
     let (mut client, server) = connected(&net, port);
     let client_port = client.local_addr().unwrap().port();
-    // From now on a's packets leave and are lost on the wire (a route through a gateway that
-    // never answers): the data is retransmitted until the kernel gives up.
-    net.silent_gateway(&net.a, &net.b_addr);
+    // From now on b's answers are dropped in b: a's data leaves and arrives, nothing comes
+    // back, and a retransmits until the kernel gives up. (A route through a gateway that
+    // never answers ARP keeps the data in a's neighbour queue; 6.1 then retransmits nothing.)
+    net.blackhole(&net.b, &net.a_addr);
     client.write_all(b"anyone there?").unwrap();
     let c = life_of(&tracer, client_port);
     assert_eq!(c["cause"], "retransmit_timeout", "{c}");

@@ -128,6 +128,20 @@ fn connect_into_a_black_hole() {
     let port = free_port();
     let ps = port.to_string();
     let tracer = stuck_tracer(&ps, "2");
+    // The client's namespace gives up after 2 SYN retransmits: 7 s after the first SYN.
+    let st = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.a,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.tcp_syn_retries=2",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
     let _listener = net.listen_in_b(port);
     net.blackhole(&net.b, &net.a_addr); // the SYN arrives, nothing comes back
     let err = net
@@ -143,6 +157,13 @@ fn connect_into_a_black_hole() {
     assert!(h["retransmits"].as_u64().unwrap() >= 2, "{h}");
     assert_eq!(h["pid"], std::process::id());
     assert_eq!(half_open(&ev, "connect_blackhole")[1]["outcome"], "closed");
+    // The forecast, from a's own tcp_syn_retries: 6 s after the first retransmit.
+    assert_eq!(h["ends_by"], "tcp_syn_retries", "{h}");
+    let time = |v: &Value| humantime::parse_rfc3339(v.as_str().unwrap()).unwrap();
+    let left = time(&h["ends_at"])
+        .duration_since(time(&h["since"]))
+        .unwrap();
+    assert_eq!(left, Duration::from_secs(6), "{h}");
     tracer.stop();
 }
 

@@ -26,7 +26,7 @@ use crate::{
         stuck::{Change, StuckWriter, Summary},
     },
     stuck::{
-        age_lower_bound_ns, assess, close_in_flight,
+        age_lower_bound_ns, assess, close_in_flight, forecast,
         group::{self, key_with, GroupKey, SMALL},
         key,
         listener::{is_full, Overflow},
@@ -221,11 +221,13 @@ impl<W: Write> StuckCmd<W> {
                                 rto: d.rto_us.map(|us| Duration::from_micros(u64::from(us))),
                                 backoff: d.backoff,
                                 cgroup: None,
+                                ends: None,
                             })
                             .unwrap_or_default(),
                         _ => Extra::default(),
                     };
                     extra.cgroup = env.cgroup_path(ep.place.cgroup).map(str::to_string);
+                    extra.ends = forecast::half_open(&ep, &env.sysctls(ep.place.netns));
                     self.out.half_open(&ep, now_ns, extra)?;
                     if ep.outcome.is_some() {
                         self.resets += 1;
@@ -287,7 +289,11 @@ impl<W: Write> StuckCmd<W> {
                 continue;
             }
             if !self.idle.contains(&d.tuple) {
-                self.out.half_open(&ep, now_ns, Extra::default())?;
+                let extra = Extra {
+                    ends: forecast::half_open(&ep, &env.sysctls(d.netns)),
+                    ..Extra::default()
+                };
+                self.out.half_open(&ep, now_ns, extra)?;
             }
             now_idle.insert(d.tuple);
         }

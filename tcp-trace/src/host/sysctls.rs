@@ -16,6 +16,8 @@ pub struct NetSysctls {
     pub retries2: u32,
     /// `tcp_orphan_retries`: the same for a socket its application closed (0 means 8).
     pub orphan_retries: u32,
+    /// `tcp_syn_retries`: SYNs retransmitted before a connect gives up.
+    pub syn_retries: u32,
     /// `tcp_keepalive_intvl`: between keepalive probes.
     pub keepalive_intvl: Duration,
     /// `tcp_keepalive_probes`: unanswered probes before the kernel gives up.
@@ -29,6 +31,7 @@ impl Default for NetSysctls {
             fin_timeout: Duration::from_secs(60),
             retries2: 15,
             orphan_retries: 0,
+            syn_retries: 6,
             keepalive_intvl: Duration::from_secs(75),
             keepalive_probes: 9,
         }
@@ -51,6 +54,7 @@ impl NetSysctls {
             fin_timeout: get("tcp_fin_timeout").map_or(d.fin_timeout, Duration::from_secs),
             retries2: n("tcp_retries2", d.retries2),
             orphan_retries: n("tcp_orphan_retries", d.orphan_retries),
+            syn_retries: n("tcp_syn_retries", d.syn_retries),
             keepalive_intvl: get("tcp_keepalive_intvl")
                 .map_or(d.keepalive_intvl, Duration::from_secs),
             keepalive_probes: n("tcp_keepalive_probes", d.keepalive_probes),

@@ -9,7 +9,7 @@ use super::{json::JsonConn, secs};
 use crate::{
     engine::halfopen::{Episode, Kind, Outcome},
     event::{clock::Clock, errno_name},
-    stuck::age_text,
+    stuck::{age_text, forecast::Forecast},
 };
 
 /// Extra figures from sock_diag, when the socket is visible there.
@@ -21,6 +21,8 @@ pub struct Extra {
     pub backoff: Option<u8>,
     /// The path of the socket's cgroup.
     pub cgroup: Option<String>,
+    /// When the kernel ends it on its own (`stuck` only).
+    pub ends: Option<Forecast>,
 }
 
 #[derive(Serialize)]
@@ -57,6 +59,8 @@ struct JsonHalfOpen<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     backoff: Option<u8>,
     diagnosis: String,
+    ends_at: Option<String>,
+    ends_by: Option<&'static str>,
 }
 
 /// How long the evidence has lasted (to the outcome, or to `now_ns`).
@@ -169,12 +173,29 @@ pub fn json(ep: &Episode, clock: &Clock, now_ns: u64, extra: Extra) -> String {
         rto_ms: extra.rto.map(|r| r.as_millis() as u64),
         backoff: extra.backoff,
         diagnosis: diagnosis(ep, now_ns),
+        ends_at: extra.ends.and_then(|f| f.at_ns).map(|t| clock.rfc3339(t)),
+        ends_by: extra.ends.map(|f| f.by.name()),
     };
     serde_json::to_string(&j).unwrap_or_default()
 }
 
-/// Human lines: the finding (or its end), then the diagnosis.
-pub fn human(ep: &Episode, now_ns: u64) -> String {
+/// Human lines: the finding (or its end), the diagnosis, and when the kernel ends it.
+pub fn human(ep: &Episode, now_ns: u64, clock: &Clock, ends: Option<Forecast>) -> String {
+    let mut s = lines(ep, now_ns);
+    if let Some(f) = ends {
+        let closing = match ep.owner {
+            Some(o) => format!("pid {} ({}) closes it or times out", o.pid, o.comm),
+            None => "its application closes it or times out".to_string(),
+        };
+        s.push_str(&format!(
+            "           {}\n",
+            f.text(|t| clock.hms(t), &closing)
+        ));
+    }
+    s
+}
+
+fn lines(ep: &Episode, now_ns: u64) -> String {
     let who = ep.owner.map_or("owner unknown".to_string(), |o| {
         format!("pid {} ({})", o.pid, o.comm)
     });
@@ -272,10 +293,22 @@ mod tests {
 
     #[test]
     fn human_has_the_finding_and_the_diagnosis() {
-        let h = human(&ep(Kind::ConnectBlackhole), 8_000_000_000);
+        let e = ep(Kind::ConnectBlackhole);
+        let k = crate::host::sysctls::NetSysctls::default();
+        let ends = crate::stuck::forecast::half_open(&e, &k);
+        let h = human(&e, 8_000_000_000, &Clock::fixed(0), ends);
         assert!(h.starts_with("HALF-OPEN  connect_blackhole"), "{h}");
         assert!(
             h.contains("connect to 10.0.0.2:80 unanswered: 4 SYN retransmits in 7.0s"),
+            "{h}"
+        );
+        // tcp_syn_retries=6: 127 s after the first SYN, one second before the first retransmit.
+        let at = e.since_ns + 126_000_000_000;
+        assert!(
+            h.contains(&format!(
+                "the kernel gives up ≈ {} (tcp_syn_retries=6)",
+                Clock::fixed(0).hms(at)
+            )),
             "{h}"
         );
     }

@@ -313,7 +313,7 @@ impl<W: Write> StuckWriter<W> {
             return self.out.write_all(b"\n");
         }
         self.out
-            .write_all(super::halfopen::human(ep, now_ns).as_bytes())
+            .write_all(super::halfopen::human(ep, now_ns, &self.clock, extra.ends).as_bytes())
     }
 
     /// Whether the output is NDJSON.

@@ -5,7 +5,11 @@
 use std::time::Duration;
 
 use super::Stuck;
-use crate::{event::TcpState, host::sysctls::NetSysctls};
+use crate::{
+    engine::halfopen::{Episode, Kind},
+    event::TcpState,
+    host::sysctls::NetSysctls,
+};
 
 /// What ends a socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +22,8 @@ pub enum EndsBy {
     TcpRetries2,
     /// Retransmits of an orphan's FIN running out (`tcp_orphan_retries`).
     TcpOrphanRetries,
+    /// SYN retransmits running out (`tcp_syn_retries`).
+    TcpSynRetries,
 }
 
 impl EndsBy {
@@ -28,6 +34,7 @@ impl EndsBy {
             Self::TcpFinTimeout => "tcp_fin_timeout",
             Self::TcpRetries2 => "tcp_retries2",
             Self::TcpOrphanRetries => "tcp_orphan_retries",
+            Self::TcpSynRetries => "tcp_syn_retries",
         }
     }
 }
@@ -49,17 +56,57 @@ pub struct Forecast {
 const RTO_MIN: Duration = Duration::from_millis(200);
 const RTO_MAX: Duration = Duration::from_secs(120);
 
-/// How long after its first retransmit the kernel gives up on a socket after `boundary`
-/// retransmits (its `tcp_model_timeout`: the RTO doubles from `TCP_RTO_MIN` up to
-/// `TCP_RTO_MAX`, then stays there).
-pub fn give_up_after(boundary: u32) -> Duration {
-    let thresh = (RTO_MAX.as_millis() / RTO_MIN.as_millis()).ilog2(); // 9
-    let doubling = |n: u32| RTO_MIN * ((2u32 << n) - 1);
+/// The kernel's first SYN timeout (`TCP_TIMEOUT_INIT`).
+const SYN_RTO: Duration = Duration::from_secs(1);
+
+/// How long after its first transmission the kernel gives up after `boundary` retransmits,
+/// the RTO doubling from `base` up to `TCP_RTO_MAX` (the kernel's `tcp_model_timeout`).
+fn model(boundary: u32, base: Duration) -> Duration {
+    let thresh = (RTO_MAX.as_millis() / base.as_millis()).ilog2();
+    let doubling = |n: u32| base * ((2u32 << n) - 1);
     if boundary <= thresh {
         doubling(boundary)
     } else {
         doubling(thresh) + RTO_MAX * (boundary - thresh)
     }
+}
+
+/// How long after its first transmission the kernel gives up on data after `boundary`
+/// retransmits (from `TCP_RTO_MIN`).
+pub fn give_up_after(boundary: u32) -> Duration {
+    model(boundary, RTO_MIN)
+}
+
+/// When a half-open episode under way ends on its own: data retransmitted into the void
+/// until `tcp_retries2` (an estimate: `TCP_USER_TIMEOUT`, when set, ends it sooner, and the
+/// model starts at 200 ms while a slow path's RTO starts higher), a connect until
+/// `tcp_syn_retries`; an idle socket without keepalive never. `None` for the others.
+pub fn half_open(ep: &Episode, k: &NetSysctls) -> Option<Forecast> {
+    if ep.outcome.is_some() {
+        return None;
+    }
+    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    // The first retransmit comes one RTO after the first transmission, where the model starts.
+    let (by, setting, end) = match ep.kind {
+        Kind::PeerUnreachable => (
+            EndsBy::TcpRetries2,
+            k.retries2,
+            give_up_after(k.retries2).saturating_sub(RTO_MIN),
+        ),
+        Kind::ConnectBlackhole => (
+            EndsBy::TcpSynRetries,
+            k.syn_retries,
+            model(k.syn_retries, SYN_RTO).saturating_sub(SYN_RTO),
+        ),
+        Kind::IdleNoKeepalive => return Some(Forecast::NEVER),
+        Kind::Embryonic | Kind::PeerReset => return None,
+    };
+    Some(Forecast {
+        by,
+        at_ns: Some(ep.since_ns.saturating_add(ns(end))),
+        approx: true,
+        setting: u64::from(setting),
+    })
 }
 
 /// When `s` ends, and by what.
@@ -141,5 +188,7 @@ mod tests {
         assert_eq!(give_up_after(15), Duration::from_millis(924_600));
         assert_eq!(give_up_after(3), Duration::from_millis(3_000));
         assert_eq!(give_up_after(8), Duration::from_millis(102_200));
+        // tcp_syn_retries=6: 127 s, as the kernel documents.
+        assert_eq!(model(6, SYN_RTO), Duration::from_secs(127));
     }
 }
