@@ -168,3 +168,41 @@ fn other_namespaces_need_cap_sys_admin() {
         .expect("CLOSE_WAIT reported");
     assert_eq!(cw["pid"], peer.server_pid, "{cw}");
 }
+
+/// Completions and the manual page come from the same command-line definitions, need no
+/// privileges, and name every subcommand; the bash script is valid bash.
+#[test]
+fn completions_and_the_manual_page() {
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bash = run(&["completions", "bash"]);
+    for sub in ["watch", "stuck", "life", "record", "serve"] {
+        assert!(bash.contains(sub), "bash completion lacks {sub}");
+    }
+    let script = std::env::temp_dir().join(format!("tt-complete-{}.bash", std::process::id()));
+    fs::write(&script, &bash).unwrap();
+    let st = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(st.success(), "bash -n rejects the completion script");
+    let _ = fs::remove_file(&script);
+    for shell in ["zsh", "fish"] {
+        assert!(
+            run(&["completions", shell]).contains("--max-size"),
+            "{shell}"
+        );
+    }
+    let man = run(&["man"]);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH tcp-trace"),
+        "{man}"
+    );
+    assert!(man.contains("stuck"), "{man}");
+    // The examples are in --help.
+    assert!(run(&["stuck", "--help"]).contains("who holds CLOSE_WAIT on port 5432"));
+}

@@ -307,68 +307,61 @@ fn without_privileges_one_clear_line_and_status_2() {
     assert!(err.contains("CAP_BPF") && err.contains("root"), "{err}");
 }
 
-/// Reverses `Comm::escaped`: `\\`, `\n`, `\t`, `\r`, `\xNN`.
-fn unescape(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' {
-            match b[i + 1] {
-                b'n' => out.push(b'\n'),
-                b't' => out.push(b'\t'),
-                b'r' => out.push(b'\r'),
-                b'\\' => out.push(b'\\'),
-                b'x' => out.push(u8::from_str_radix(&s[i + 2..i + 4], 16).unwrap()),
-                c => panic!("unknown escape {c}"),
-            }
-            i += if b[i + 1] == b'x' { 4 } else { 2 };
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
+/// Hostile process names: JSON carries the real name (what `jq` compares), and a name that is
+/// not UTF-8 also as its bytes; a human line escapes control characters and stays one line.
 #[test]
-fn hostile_process_names_are_escaped_on_one_line_and_round_trip() {
+fn hostile_process_names_round_trip_in_json_and_are_escaped_on_one_line() {
     require_root();
     let port = free_port();
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-    let name: &[u8] = b"ev\nil\x1b[31m\"q\\\xff";
+    let valid: &[u8] = b"ev\nil\x1b[31m\"q\\";
+    let invalid: &[u8] = b"ev\nil\x1b[31m\"q\\\xff";
     let json = Tracer::start(&["watch", "--json", "--port", &port.to_string()]);
     let human = Tracer::start(&["watch", "--port", &port.to_string()]);
-    let script = format!(
-        "import ctypes,socket; ctypes.CDLL(None).prctl(15, bytes.fromhex('{}'), 0, 0, 0); socket.create_connection(('127.0.0.1', {port})).close()",
-        name.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    );
-    let st = Command::new("python3")
-        .args(["-c", &script])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let _ = listener.accept();
-    let ev = json.wait_for("the hostile connect", WAIT, |ev| {
-        ev.iter().any(|e| e["new"] == "SYN_SENT")
+    for name in [valid, invalid] {
+        let script = format!(
+            "import ctypes,socket; ctypes.CDLL(None).prctl(15, bytes.fromhex('{}'), 0, 0, 0); socket.create_connection(('127.0.0.1', {port})).close()",
+            name.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        let st = Command::new("python3")
+            .args(["-c", &script])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let _ = listener.accept();
+    }
+    let ev = json.wait_for("both hostile connects", WAIT, |ev| {
+        ev.iter().filter(|e| e["new"] == "SYN_SENT").count() >= 2
     });
-    let connect = ev.iter().find(|e| e["new"] == "SYN_SENT").unwrap();
-    let comm = connect["comm"].as_str().unwrap();
-    assert_eq!(unescape(comm), name, "JSON round-trips the bytes: {comm:?}");
+    let connects: Vec<&Value> = ev.iter().filter(|e| e["new"] == "SYN_SENT").collect();
+    let valid_text = std::str::from_utf8(valid).unwrap();
+    let v = connects.iter().find(|e| e["comm_bytes"].is_null()).unwrap();
+    assert_eq!(v["comm"], valid_text, "the real name, as jq sees it: {v}");
+    let i = connects
+        .iter()
+        .find(|e| !e["comm_bytes"].is_null())
+        .unwrap();
+    let hex: String = invalid.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(i["comm_bytes"], hex, "its bytes: {i}");
+    assert_eq!(i["comm"], String::from_utf8_lossy(invalid).as_ref(), "{i}");
     let start = std::time::Instant::now();
-    let line = loop {
+    let lines = loop {
         let lines = human.lines.lock().unwrap().clone();
-        if let Some(l) = lines.iter().find(|l| l.contains("SYN_SENT")) {
-            break l.clone();
+        if lines.iter().filter(|l| l.contains("SYN_SENT")).count() >= 2 {
+            break lines;
         }
-        assert!(start.elapsed() < WAIT, "no human line: {lines:?}");
+        assert!(start.elapsed() < WAIT, "no human lines: {lines:?}");
         std::thread::sleep(Duration::from_millis(25));
     };
-    assert!(line.contains(comm), "escaped name on the line: {line:?}");
-    assert!(
-        !line.chars().any(|c| c.is_control()),
-        "no raw control bytes: {line:?}"
-    );
+    for name in [valid, invalid] {
+        let escaped = tcp_trace::event::Comm::from_bytes(name).escaped();
+        let line = lines.iter().find(|l| l.contains(&escaped));
+        assert!(
+            line.is_some(),
+            "escaped name {escaped:?} on a line: {lines:?}"
+        );
+        assert!(!line.unwrap().chars().any(|c| c.is_control()), "{line:?}");
+    }
     let (st, out, _) = human.stop();
     assert!(st.success());
     assert!(out.iter().all(|l| !l.contains('\u{1b}')), "{out:?}");
@@ -566,4 +559,49 @@ fn owners_come_only_from_transitions_a_process_makes_itself() {
     }
     // connect, listen, shutdown and close were each seen with their process.
     assert!(named >= 4, "{ev:#?}");
+}
+
+/// On a quiet host (a port nobody uses), human `watch` and `life` show their header as soon as
+/// they are tracing, and live `stuck` evaluates at once: a half-closed pair older than the
+/// threshold is reported long before the first 5-s interval would end.
+#[test]
+fn feedback_from_the_first_second() {
+    let quiet = free_port().to_string();
+    for cmd in ["watch", "life"] {
+        let t = Tracer::start(&[cmd, "--port", &quiet]);
+        let start = std::time::Instant::now();
+        while t.lines.lock().unwrap().is_empty() {
+            assert!(
+                start.elapsed() < slow(Duration::from_millis(500)),
+                "{cmd}: no header after it said it was ready"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let first = t.lines.lock().unwrap()[0].clone();
+        assert!(
+            first.starts_with("TIME") || first.starts_with("END"),
+            "{first}"
+        );
+        t.stop();
+    }
+    let port = free_port();
+    let _peer = Peer::halfclose("127.0.0.1", port);
+    std::thread::sleep(Duration::from_millis(1500));
+    let t = Tracer::start(&["stuck", "--threshold", "1s", "--port", &port.to_string()]);
+    let start = std::time::Instant::now();
+    while !t
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.starts_with("STUCK"))
+    {
+        assert!(
+            start.elapsed() < slow(Duration::from_secs(3)),
+            "stuck waited for its interval: {:?}",
+            t.lines.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.stop();
 }

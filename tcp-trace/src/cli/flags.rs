@@ -21,15 +21,45 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Print every TCP state change, retransmit, reset and socket error as it happens.
+    #[command(after_help = "Examples:
+  tcp-trace watch --port 5432                    everything on PostgreSQL's port
+  tcp-trace watch --json | jq 'select(.cause == \"peer_reset\")'
+  tcp-trace watch --netns 4026532460 --wide      one container's namespace")]
     Watch(WatchArgs),
     /// Report sockets stuck half-closed (CLOSE_WAIT, FIN_WAIT2, …): who holds them, since when.
+    #[command(after_help = "Examples:
+  tcp-trace stuck --once --port 5432             who holds CLOSE_WAIT on port 5432 (exit 1 if any)
+  tcp-trace stuck --threshold 10s                live: report as sockets get stuck and recover
+  tcp-trace stuck --replay incident.ttr --at 14:32:05   what was stuck at 14:32:05
+  tcp-trace stuck --once --json | jq 'select(.type == \"group\")'")]
     Stuck(StuckArgs),
     /// Print one line per finished connection: owner, duration, every state, who closed first.
+    #[command(after_help = "Examples:
+  tcp-trace life --port 443                      every finished connection on port 443, and why it ended
+  tcp-trace life --json | jq 'select(.cause != \"normal\")'")]
     Life(LifeArgs),
     /// Record every event (and snapshots of the sockets) to a file, for `--replay` later.
+    #[command(after_help = "Examples:
+  tcp-trace record -o incident.ttr --duration 1h record this host for an hour
+  tcp-trace record -o /var/tmp/ring.ttr --max-size 100MB --rotate 10   a black box: the newest 1 GB
+  tcp-trace stuck --replay /var/tmp/ring.ttr.* --at 14:32:05")]
     Record(RecordArgs),
     /// Run continuously: Prometheus `/metrics`, `/healthz`, and optionally an NDJSON stream.
+    #[command(after_help = "Examples:
+  tcp-trace serve --listen 0.0.0.0:9464              metrics for Prometheus on every address
+  tcp-trace serve --events-json /var/log/tcp-trace.ndjson")]
     Serve(ServeArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    #[command(after_help = "Example:
+  tcp-trace completions bash > /etc/bash_completion.d/tcp-trace")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to stdout.
+    #[command(after_help = "Example:
+  tcp-trace man > /usr/local/share/man/man1/tcp-trace.1")]
+    Man,
 }
 
 /// `record` options.

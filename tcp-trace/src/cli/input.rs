@@ -31,6 +31,14 @@ impl Input {
             [] => {
                 let stop = Stop::new(c.duration)?;
                 let src = KernelSource::open(c.source_options(place)?)?;
+                // Someone at a terminal sees at once that tracing has begun.
+                if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                    let scope = match c.netns {
+                        Some(ns) => format!("in network namespace {ns}"),
+                        None => "in every network namespace".to_string(),
+                    };
+                    eprintln!("tcp-trace: tracing TCP {scope}; Ctrl-C to stop");
+                }
                 Ok((
                     Self::Live(
                         Box::new(src),

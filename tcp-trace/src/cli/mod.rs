@@ -98,8 +98,22 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 .is_some()
                 .then(|| Watch::new(out, true, clock, c.filter(), c.engine(false)));
             spawn_http(listener, metrics);
-            log::info!("serving /metrics and /healthz on http://{}", a.listen);
+            // One line at start, whatever the log level: where to scrape.
+            eprintln!(
+                "tcp-trace: serving /metrics and /healthz on http://{}",
+                a.listen
+            );
             input.run(&mut Serve { stuck, watch }).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "tcp-trace", &mut io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Record(a) => {

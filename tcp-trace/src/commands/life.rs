@@ -62,6 +62,10 @@ impl<W: Write> Life<W> {
 }
 
 impl<W: Write> Sink for Life<W> {
+    fn started(&mut self) -> Result<()> {
+        Ok(self.out.start()?)
+    }
+
     fn batch(&mut self, records: &[Delivery], env: &mut dyn Env) -> Result<Flow> {
         for r in records {
             match r {

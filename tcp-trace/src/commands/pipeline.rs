@@ -38,6 +38,10 @@ pub trait Sink {
     fn batch(&mut self, records: &[Delivery], env: &mut dyn Env) -> Result<Flow>;
     /// Called once at the end, after the last batch.
     fn finish(&mut self, env: &mut dyn Env) -> Result<()>;
+    /// Tracing has begun (live runs): e.g. print a header at once.
+    fn started(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// When the sink next wants to run even without events (monotonic ns); a replay moves
     /// its clock there between recorded items.
     fn wakeup(&self) -> Option<u64> {
@@ -197,6 +201,7 @@ pub async fn run(
 ) -> Result<Ended> {
     let mut batch = Vec::with_capacity(4096);
     host::notify::ready();
+    sink.started()?;
     let ended = loop {
         tokio::select! {
             r = src.fill(&mut batch) => r?,

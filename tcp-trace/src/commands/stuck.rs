@@ -144,7 +144,9 @@ impl<W: Write> StuckCmd<W> {
             idle: HashSet::new(),
             resets: 0,
             metrics: None,
-            next_eval_ns: now + set.once.unwrap_or(set.interval).as_nanos() as u64,
+            // Live: the first evaluation at once (what is already stuck is known from the
+            // start-up snapshot); --once waits for its settle window.
+            next_eval_ns: now + set.once.map_or(0, |settle| settle.as_nanos() as u64),
             set,
             sum: Summary::default(),
         })

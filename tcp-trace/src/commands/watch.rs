@@ -39,6 +39,10 @@ impl<W: Write> Watch<W> {
 }
 
 impl<W: Write> Sink for Watch<W> {
+    fn started(&mut self) -> Result<()> {
+        Ok(self.out.start()?)
+    }
+
     fn batch(&mut self, records: &[Delivery], env: &mut dyn Env) -> Result<Flow> {
         // The whole batch first: what explains a connection's end can follow its CLOSE (the
         // reset an abort sends), so each CLOSE line's cause is read after the batch.

@@ -42,6 +42,19 @@ impl Comm {
         &self.bytes[..usize::from(self.len)]
     }
 
+    /// For JSON, which escapes what it must itself: the name as it is when it is valid UTF-8;
+    /// otherwise with U+FFFD for each invalid sequence, and then (only then) its bytes in hex,
+    /// so nothing is lost.
+    pub fn json_text(&self) -> (Cow<'_, str>, Option<String>) {
+        match std::str::from_utf8(self.as_bytes()) {
+            Ok(s) => (Cow::Borrowed(s), None),
+            Err(_) => {
+                let hex = self.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+                (String::from_utf8_lossy(self.as_bytes()), Some(hex))
+            }
+        }
+    }
+
     /// [`Comm::escaped`], borrowing when nothing needs escaping (the usual case).
     pub fn escaped_cow(&self) -> Cow<'_, str> {
         match std::str::from_utf8(self.as_bytes()) {

@@ -150,7 +150,7 @@ pub fn json(ep: &Episode, clock: &Clock, now_ns: u64, extra: Extra) -> String {
             Some(ep.sock),
             t,
             ep.owner.map(|o| o.pid),
-            ep.owner.map(|o| o.comm.escaped()),
+            ep.owner.as_ref().map(|o| &o.comm),
         )
         .placed(ep.place, extra.cgroup.as_deref()),
         retransmits: ep.retransmits,

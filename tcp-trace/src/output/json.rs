@@ -8,7 +8,7 @@ use std::{io::Write, net::IpAddr};
 
 use serde::Serialize;
 
-use crate::event::{family_name, Event, Owner, Place, Tuple};
+use crate::event::{family_name, Comm, Event, Owner, Place, Tuple};
 
 /// The keys of every object about one connection, in order, after `type` and `ts`.
 pub const CONN_KEYS: [&str; 11] = [
@@ -49,6 +49,9 @@ pub struct JsonConn {
     dport: u16,
     pid: Option<u32>,
     comm: Option<String>,
+    /// Only for a name that is not valid UTF-8: its bytes, in hex.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    comm_bytes: Option<String>,
     netns: Option<u32>,
     cgroup: Option<String>,
     cgroup_id: Option<u64>,
@@ -56,7 +59,11 @@ pub struct JsonConn {
 
 impl JsonConn {
     /// A connection's socket (0 or `None`: unknown), endpoints and owner.
-    pub fn new(sock: Option<u64>, t: &Tuple, pid: Option<u32>, comm: Option<String>) -> Self {
+    pub fn new(sock: Option<u64>, t: &Tuple, pid: Option<u32>, comm: Option<&Comm>) -> Self {
+        let (comm, comm_bytes) = match comm.map(Comm::json_text) {
+            Some((text, bytes)) => (Some(text.into_owned()), bytes),
+            None => (None, None),
+        };
         Self {
             sock: sock.filter(|s| *s != 0).map(sock_hex),
             family: family_name(&t.saddr),
@@ -66,6 +73,7 @@ impl JsonConn {
             dport: t.dport,
             pid,
             comm,
+            comm_bytes,
             netns: None,
             cgroup: None,
             cgroup_id: None,
@@ -190,7 +198,14 @@ pub(super) fn common(
     }
     next_key(out, "comm");
     match owner {
-        Some(o) => text(out, &o.comm.escaped_cow()),
+        Some(o) => {
+            let (name, bytes) = o.comm.json_text();
+            text(out, &name);
+            if let Some(hex) = bytes {
+                next_key(out, "comm_bytes");
+                plain(out, &hex);
+            }
+        }
         None => null(out),
     }
 }

@@ -81,6 +81,26 @@ impl<W: Write> LifeWriter<W> {
         }
     }
 
+    fn header(&mut self) -> io::Result<()> {
+        if !self.header_done {
+            self.header_done = true;
+            writeln!(
+                self.out,
+                "{:<13} {:<7} {:<16} {:<27} {:<27} {:>10} {:<7} {:<18} STATES",
+                "END", "PID", "COMM", "LOCAL", "REMOTE", "MS", "CLOSER", "CAUSE"
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Tracing has begun: human output shows its header at once.
+    pub fn start(&mut self) -> io::Result<()> {
+        if !self.json {
+            self.header()?;
+        }
+        self.out.flush()
+    }
+
     /// One finished connection, with its namespace and cgroup (and that cgroup's path).
     pub fn life(&mut self, l: &Lifecycle, place: Place, cgroup: Option<&str>) -> io::Result<()> {
         let steps = story(l);
@@ -98,7 +118,7 @@ impl<W: Write> LifeWriter<W> {
                     Some(l.sock),
                     t,
                     l.owner.map(|o| o.pid),
-                    l.owner.map(|o| o.comm.escaped()),
+                    l.owner.as_ref().map(|o| &o.comm),
                 )
                 .placed(place, cgroup),
                 duration_ms,
@@ -129,14 +149,7 @@ impl<W: Write> LifeWriter<W> {
             serde_json::to_writer(&mut self.out, &j)?;
             return self.out.write_all(b"\n");
         }
-        if !self.header_done {
-            self.header_done = true;
-            writeln!(
-                self.out,
-                "{:<13} {:<7} {:<16} {:<27} {:<27} {:>10} {:<7} {:<18} STATES",
-                "END", "PID", "COMM", "LOCAL", "REMOTE", "MS", "CLOSER", "CAUSE"
-            )?;
-        }
+        self.header()?;
         let (pid, comm) = owner_cells(l.owner);
         let path: Vec<String> = steps.iter().map(|(s, ms)| format!("{s} {ms:.3}")).collect();
         let mut notes = Vec::new();

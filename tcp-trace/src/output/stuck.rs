@@ -20,6 +20,8 @@ use crate::{
 struct JsonOwner {
     pid: u32,
     comm: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    comm_bytes: Option<String>,
     fd: i32,
     cgroup: Option<String>,
     netns: Option<u64>,
@@ -85,7 +87,9 @@ struct JsonGroup<'a> {
     new: usize,
     recovered: usize,
     pid: Option<u32>,
-    comm: Option<&'a str>,
+    comm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    comm_bytes: Option<String>,
     fds: &'a [i32],
     netns: Option<u32>,
     cgroup: Option<&'a str>,
@@ -187,7 +191,7 @@ impl<W: Write> StuckWriter<W> {
                 age_s: secs(s.age),
                 age_exact: s.age_exact,
                 since: self.clock.rfc3339(s.since_ns),
-                conn: JsonConn::new(s.sock, &s.tuple, pid, comm)
+                conn: JsonConn::new(s.sock, &s.tuple, pid, comm.as_ref())
                     .placed(s.place, s.cgroup.as_deref()),
                 fd,
                 owners: s
@@ -195,7 +199,8 @@ impl<W: Write> StuckWriter<W> {
                     .iter()
                     .map(|h| JsonOwner {
                         pid: h.pid,
-                        comm: h.comm.escaped(),
+                        comm: h.comm.json_text().0.into_owned(),
+                        comm_bytes: h.comm.json_text().1,
                         fd: h.fd,
                         cgroup: h.cgroup.clone(),
                         netns: h.netns,
@@ -284,7 +289,7 @@ impl<W: Write> StuckWriter<W> {
                 state: s.state.to_string(),
                 stuck_for_s: secs(stuck_for),
                 now: now.to_string(),
-                conn: JsonConn::new(s.sock, &s.tuple, pid, comm)
+                conn: JsonConn::new(s.sock, &s.tuple, pid, comm.as_ref())
                     .placed(s.place, s.cgroup.as_deref()),
             };
             serde_json::to_writer(&mut self.out, &j)?;
@@ -333,6 +338,10 @@ impl<W: Write> StuckWriter<W> {
     ) -> io::Result<()> {
         let gone = change.emptied;
         let count = if gone { 0 } else { g.count() };
+        let (comm, comm_bytes) = match g.comm.as_ref().map(|c| c.json_text()) {
+            Some((t, b)) => (Some(t.into_owned()), b),
+            None => (None, None),
+        };
         if self.json {
             let mut peers: Vec<_> = g.others.iter().map(|e| e.0).collect();
             peers.dedup();
@@ -345,7 +354,8 @@ impl<W: Write> StuckWriter<W> {
                 new: change.new,
                 recovered: change.recovered,
                 pid: g.key.pid,
-                comm: g.comm.as_deref(),
+                comm,
+                comm_bytes,
                 fds: if gone { &[] } else { &g.fds },
                 netns: (g.key.netns != 0).then_some(g.key.netns),
                 cgroup: g.cgroup.as_deref(),
@@ -426,13 +436,8 @@ impl<W: Write> StuckWriter<W> {
                     "listener_overflow"
                 },
                 ts: self.clock.rfc3339(now_ns),
-                conn: JsonConn::new(
-                    None,
-                    &o.tuple,
-                    h.map(|h| h.pid),
-                    h.map(|h| h.comm.escaped()),
-                )
-                .placed(place, h.and_then(|h| h.cgroup.as_deref())),
+                conn: JsonConn::new(None, &o.tuple, h.map(|h| h.pid), h.map(|h| &h.comm))
+                    .placed(place, h.and_then(|h| h.cgroup.as_deref())),
                 fd: h.map(|h| h.fd),
                 queued: o.queued,
                 backlog: o.backlog,

@@ -189,6 +189,15 @@ impl<W: Write> WatchWriter<W> {
         )
     }
 
+    /// Tracing has begun: human output shows its header at once (a quiet host still shows
+    /// that it is tracing).
+    pub fn start(&mut self) -> io::Result<()> {
+        if !self.json {
+            self.header()?;
+        }
+        self.out.flush()
+    }
+
     fn header(&mut self) -> io::Result<()> {
         if !self.header_done {
             self.header_done = true;
@@ -392,7 +401,7 @@ mod tests {
         assert_eq!(v["sport"], 8080);
         assert_eq!(v["dport"], 40000);
         assert_eq!(v["pid"], 42);
-        assert_eq!(v["comm"], "evil\\n\\x1b");
+        assert_eq!(v["comm"], "evil\n\x1b", "JSON carries the real name");
         assert_eq!(v["old"], "ESTABLISHED");
         assert_eq!(v["cause"], "peer_reset");
         assert_eq!(v["new"], "CLOSE_WAIT");
@@ -447,7 +456,20 @@ mod tests {
             let l = line(&a, true);
             let v: serde_json::Value =
                 serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}"));
-            assert_eq!(v["comm"], Comm::from_bytes(name).escaped(), "{l}");
+            // The real name, however hostile; a name that is not UTF-8 also as its bytes.
+            let comm = Comm::from_bytes(name);
+            let name = comm.as_bytes();
+            match std::str::from_utf8(name) {
+                Ok(s) => {
+                    assert_eq!(v["comm"], s, "{l}");
+                    assert!(v.get("comm_bytes").is_none(), "{l}");
+                }
+                Err(_) => {
+                    let hex: String = name.iter().map(|b| format!("{b:02x}")).collect();
+                    assert_eq!(v["comm_bytes"], hex, "{l}");
+                    assert_eq!(v["comm"], String::from_utf8_lossy(name).as_ref(), "{l}");
+                }
+            }
             assert_eq!(v["sock"], "0xffffffffffffffff");
             assert_eq!(v["pid"], u32::MAX);
             assert!(v["state"].is_null());

@@ -5,7 +5,7 @@
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use super::{age_text, fmt_age, SockKey, Stuck};
-use crate::event::TcpState;
+use crate::event::{Comm, TcpState};
 
 /// Groups this small are printed as their sockets: a few read best one by one.
 pub const SMALL: usize = 3;
@@ -34,7 +34,7 @@ pub struct Group {
     /// What they share.
     pub key: GroupKey,
     /// The holder's (or closer's) name.
-    pub comm: Option<String>,
+    pub comm: Option<Comm>,
     /// The first member's cgroup path.
     pub cgroup: Option<String>,
     /// The holder's fds, sorted.
@@ -56,10 +56,10 @@ pub struct Group {
 }
 
 /// The process a stuck socket belongs to: its first holder, or the owner the tracer learned.
-pub fn owner(s: &Stuck) -> (Option<u32>, Option<String>, Option<i32>) {
+pub fn owner(s: &Stuck) -> (Option<u32>, Option<Comm>, Option<i32>) {
     match (s.holders.first(), s.owner) {
-        (Some(h), _) => (Some(h.pid), Some(h.comm.escaped()), Some(h.fd)),
-        (None, Some(o)) => (Some(o.pid), Some(o.comm.escaped()), None),
+        (Some(h), _) => (Some(h.pid), Some(h.comm), Some(h.fd)),
+        (None, Some(o)) => (Some(o.pid), Some(o.comm), None),
         (None, None) => (None, None, None),
     }
 }
