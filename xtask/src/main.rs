@@ -7,6 +7,7 @@
 //! nightly toolchain's own libLLVM, and a mounted tracefs. No product logic lives here.
 
 mod bench;
+mod dist;
 mod layers;
 mod setup;
 mod stress;
@@ -73,6 +74,13 @@ enum Task {
     },
     /// Record the replay fixtures (`tcp-trace/tests/fixtures/*.ttr`) anew from real traffic.
     Fixtures,
+    /// A static binary (musl) with man page, completions, README and deploy/, as a tarball
+    /// and a .deb in target/dist/; `--check` installs the .deb, runs it and removes it.
+    Dist {
+        /// Install the .deb with dpkg, check it, remove it (needs root).
+        #[arg(long)]
+        check: bool,
+    },
     /// Run the whole test suite (unit and kernel integration tests; needs root). With
     /// `--kernel`, tcp-trace's tests run in a VM of each kernel instead of on the host's.
     Test {
@@ -346,7 +354,21 @@ fn run(cli: Cli) -> Result<()> {
                     .args(["test", "--workspace"])
                     .args(&args)
                     .env("PATH", setup::path_with_cargo_bin()),
-            )
+            )?;
+            // The whole suite (no filter) also builds the distribution and tries the .deb.
+            if args.is_empty() {
+                let d = dist::dist(&root)?;
+                dist::check(&d)?;
+            }
+            Ok(())
+        }
+        Task::Dist { check } => {
+            setup::ensure_all()?;
+            let d = dist::dist(&root)?;
+            if check {
+                dist::check(&d)?;
+            }
+            Ok(())
         }
     }
 }

@@ -11,6 +11,40 @@ use anyhow::{bail, Context, Result};
 /// The version of bpf-linker installed when none works (0.13 supports LLVM 21–23).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// Installs the Debian packages of `packages` that are missing, saying why.
+pub fn ensure_debs(packages: &[&str], why: &str) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            Command::new("dpkg-query")
+                .args(["-W", "-f=${db:Status-Status}", p])
+                .output()
+                .map_or(true, |o| o.stdout != b"installed")
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("xtask: installing {} ({why})", missing.join(" "));
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // A fresh machine may have no package lists yet.
+    if !install() {
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        if !install() {
+            bail!("apt-get install {} failed", missing.join(" "));
+        }
+    }
+    Ok(())
+}
+
 /// The workspace root (parent of this crate's manifest directory).
 pub fn workspace_root() -> Result<PathBuf> {
     Path::new(env!("CARGO_MANIFEST_DIR"))

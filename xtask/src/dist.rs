@@ -1,0 +1,239 @@
+//! `cargo xtask dist`: tcp-trace as one static binary (musl: it runs on any x86-64 Linux
+//! whatever its glibc) with its manual page, shell completions, README and `deploy/`, packed in
+//! `target/dist/` as a tarball and a .deb. The .deb is built by `dpkg-deb`, Debian's own
+//! packager; `check_deb` installs it with `dpkg -i`, uses it and removes it.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{ensure, Context, Result};
+
+const TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// Debian packages the build needs: musl's C compiler wrapper (zstd is C), gzip for the man
+/// page.
+const PACKAGES: [&str; 2] = ["musl-tools", "gzip"];
+
+/// What `dist` made.
+pub struct Dist {
+    pub tarball: PathBuf,
+    pub deb: PathBuf,
+}
+
+fn version(root: &Path) -> Result<String> {
+    let manifest = fs::read_to_string(root.join("tcp-trace/Cargo.toml"))?;
+    manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .map(str::to_string)
+        .context("no version in tcp-trace/Cargo.toml")
+}
+
+/// The output of `tcp-trace ARGS`.
+fn generated(bin: &Path, args: &[&str]) -> Result<Vec<u8>> {
+    let out = Command::new(bin).args(args).output()?;
+    ensure!(out.status.success(), "tcp-trace {args:?} failed");
+    Ok(out.stdout)
+}
+
+/// Writes `bytes` to `path`, creating its directory.
+fn put(path: &Path, bytes: &[u8]) -> Result<()> {
+    fs::create_dir_all(path.parent().context("no parent")?)?;
+    fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Builds the static binary and packs the tarball and the .deb.
+pub fn dist(root: &Path) -> Result<Dist> {
+    crate::setup::ensure_debs(&PACKAGES, "to build the static binary")?;
+    let installed = String::from_utf8(
+        Command::new("rustup")
+            .args(["target", "list", "--installed"])
+            .output()
+            .context("running rustup")?
+            .stdout,
+    )?;
+    if !installed.lines().any(|t| t == TARGET) {
+        println!("xtask: adding the {TARGET} target");
+        crate::status(Command::new("rustup").args(["target", "add", TARGET]))?;
+    }
+    crate::status(
+        crate::cargo()
+            .current_dir(root)
+            .args(["build", "--release", "-p", "tcp-trace", "--target", TARGET])
+            .env("PATH", crate::setup::path_with_cargo_bin()),
+    )?;
+    let bin = root.join("target").join(TARGET).join("release/tcp-trace");
+    let version = version(root)?;
+    let out = root.join("target/dist");
+    let _ = fs::remove_dir_all(&out);
+
+    // The tarball: the binary, its docs, deploy/, completions and the man page.
+    let name = format!("tcp-trace-{version}-x86_64-linux-musl");
+    let stage = out.join(&name);
+    let man = generated(&bin, &["man"])?;
+    let completions = [
+        ("bash", "tcp-trace.bash"),
+        ("zsh", "_tcp-trace"),
+        ("fish", "tcp-trace.fish"),
+    ];
+    fs::create_dir_all(&stage)?;
+    fs::copy(&bin, stage.join("tcp-trace"))?;
+    // The release profile keeps debug info (for perf); what ships does not need it.
+    crate::status(Command::new("strip").arg(stage.join("tcp-trace")))?;
+    let bin = stage.join("tcp-trace");
+    fs::copy(root.join("README.md"), stage.join("README.md"))?;
+    for f in fs::read_dir(root.join("deploy"))? {
+        let f = f?.path();
+        put(
+            &stage.join("deploy").join(f.file_name().context("name")?),
+            &fs::read(&f)?,
+        )?;
+    }
+    for (shell, file) in completions {
+        put(
+            &stage.join("completions").join(file),
+            &generated(&bin, &["completions", shell])?,
+        )?;
+    }
+    put(&stage.join("man/tcp-trace.1"), &man)?;
+    let tarball = out.join(format!("{name}.tar.gz"));
+    crate::status(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&out)
+            .arg("-czf")
+            .arg(&tarball)
+            .arg(&name),
+    )?;
+
+    // The .deb: the same, where Debian expects each file; the unit installed, not enabled.
+    let deb_root = out.join("deb");
+    put(&deb_root.join("usr/bin/tcp-trace"), &fs::read(&bin)?)?;
+    crate::status(
+        Command::new("chmod")
+            .arg("0755")
+            .arg(deb_root.join("usr/bin/tcp-trace")),
+    )?;
+    let man_path = deb_root.join("usr/share/man/man1/tcp-trace.1");
+    put(&man_path, &man)?;
+    crate::status(Command::new("gzip").args(["-9n"]).arg(&man_path))?;
+    for (shell, dir) in [
+        ("bash", "usr/share/bash-completion/completions/tcp-trace"),
+        ("zsh", "usr/share/zsh/vendor-completions/_tcp-trace"),
+        ("fish", "usr/share/fish/vendor_completions.d/tcp-trace.fish"),
+    ] {
+        put(
+            &deb_root.join(dir),
+            &generated(&bin, &["completions", shell])?,
+        )?;
+    }
+    let unit = fs::read_to_string(root.join("deploy/tcp-trace.service"))?
+        .replace("/usr/local/bin/tcp-trace", "/usr/bin/tcp-trace");
+    put(
+        &deb_root.join("lib/systemd/system/tcp-trace.service"),
+        unit.as_bytes(),
+    )?;
+    put(
+        &deb_root.join("usr/share/doc/tcp-trace/README.md"),
+        &fs::read(root.join("README.md"))?,
+    )?;
+    let size_kib = fs::metadata(&bin)?.len().div_ceil(1024);
+    let control = format!(
+        "Package: tcp-trace\n\
+         Version: {version}\n\
+         Architecture: amd64\n\
+         Maintainer: tcp-trace developers <root@localhost>\n\
+         Installed-Size: {size_kib}\n\
+         Section: net\n\
+         Priority: optional\n\
+         Description: eBPF tracer of stuck and half-open TCP connections\n \
+         Reports sockets stuck half-closed (CLOSE_WAIT, FIN_WAIT2) and half-open\n \
+         connections with who holds them, since when and why; records and replays;\n \
+         serves Prometheus metrics. One static binary.\n"
+    );
+    put(&deb_root.join("DEBIAN/control"), control.as_bytes())?;
+    let deb = out.join(format!("tcp-trace_{version}_amd64.deb"));
+    crate::status(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "--build"])
+            .arg(&deb_root)
+            .arg(&deb),
+    )?;
+    fs::remove_dir_all(&deb_root)?;
+    println!("xtask: {}\nxtask: {}", tarball.display(), deb.display());
+    Ok(Dist { tarball, deb })
+}
+
+/// Checks the tarball's contents; installs the .deb, checks what it put where and that the
+/// binary runs (its version, a short `watch`), then removes it and checks that nothing is left.
+pub fn check(d: &Dist) -> Result<()> {
+    let listing = Command::new("tar").arg("-tzf").arg(&d.tarball).output()?;
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for f in [
+        "tcp-trace",
+        "README.md",
+        "deploy/tcp-trace.service",
+        "man/tcp-trace.1",
+        "completions/_tcp-trace",
+    ] {
+        ensure!(
+            listing.lines().any(|l| l.ends_with(&format!("/{f}"))),
+            "the tarball lacks {f}"
+        );
+    }
+    let deb = &d.deb;
+    let files = [
+        "/usr/bin/tcp-trace",
+        "/usr/share/man/man1/tcp-trace.1.gz",
+        "/usr/share/bash-completion/completions/tcp-trace",
+        "/usr/share/zsh/vendor-completions/_tcp-trace",
+        "/usr/share/fish/vendor_completions.d/tcp-trace.fish",
+        "/lib/systemd/system/tcp-trace.service",
+    ];
+    crate::status(Command::new("dpkg").arg("-i").arg(deb))?;
+    let checked = (|| -> Result<()> {
+        for f in files {
+            ensure!(Path::new(f).exists(), "the .deb did not install {f}");
+        }
+        let v = Command::new("/usr/bin/tcp-trace")
+            .arg("--version")
+            .output()?;
+        let v = String::from_utf8_lossy(&v.stdout);
+        ensure!(v.starts_with("tcp-trace "), "--version said {v:?}");
+        // A short watch: the programs load from the static binary.
+        let w = Command::new("/usr/bin/tcp-trace")
+            .args(["watch", "--duration", "1s"])
+            .output()?;
+        ensure!(
+            w.status.success() && String::from_utf8_lossy(&w.stdout).starts_with("TIME"),
+            "watch from the .deb failed: {}",
+            String::from_utf8_lossy(&w.stderr)
+        );
+        let man = Command::new("man")
+            .args(["-w", "tcp-trace"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        ensure!(
+            man.is_empty() || man.ends_with("tcp-trace.1.gz"),
+            "man finds {man:?}"
+        );
+        println!(
+            "xtask: the .deb installs {}, runs ({}), and its files are in place",
+            files.len(),
+            v.trim()
+        );
+        Ok(())
+    })();
+    crate::status(Command::new("dpkg").args(["-r", "tcp-trace"]))?;
+    checked?;
+    for f in files {
+        ensure!(!Path::new(f).exists(), "{f} is left after dpkg -r");
+    }
+    println!("xtask: dpkg -r removed it cleanly");
+    Ok(())
+}
