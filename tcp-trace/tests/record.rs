@@ -527,7 +527,7 @@ fn a_full_disk_ends_the_recording_with_what_was_kept() {
     let dir = std::env::temp_dir().join(format!("tt-full-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=512k", "tt-full"])
+        .args(["-t", "tmpfs", "-o", "size=256k", "tt-full"])
         .arg(&dir)
         .status()
         .unwrap();

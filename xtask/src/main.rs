@@ -95,7 +95,7 @@ enum Task {
         #[arg(long, default_value_t = 5)]
         slowdown: u32,
         /// Limit of one VM run (boot to power-off).
-        #[arg(long, value_parser = parse_secs, default_value = "20m")]
+        #[arg(long, value_parser = parse_secs, default_value = "40m")]
         timeout: std::time::Duration,
         /// Extra arguments for `cargo test` (e.g. a test name filter); with `--kernel`, test
         /// name filters for every test binary.
