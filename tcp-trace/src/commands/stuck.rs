@@ -430,9 +430,12 @@ impl<W: Write> StuckCmd<W> {
         let spaces: HashSet<u32> = now_stuck.keys().map(|k| k.0).filter(|n| *n != 0).collect();
         self.out.show_netns |= spaces.len() > 1;
         let states: HashMap<SockKey, TcpState> = diag.iter().map(|d| (key(d), d.state)).collect();
+        // A socket whose close() is still in flight (held FIN_WAIT2 becoming an orphan) waits
+        // in `waiting`: still stuck, not recovered.
         let gone_keys: Vec<SockKey> = self
             .reported
             .iter()
+            .filter(|(t, _)| !self.waiting.contains_key(*t))
             .filter(|(t, s)| now_stuck.get(*t).is_none_or(|n| n.state != s.state))
             .map(|(t, _)| *t)
             .collect();
@@ -736,5 +739,80 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.matches("\"type\":\"stuck\"").count(), 1, "{text}");
         assert_eq!(text.matches("\"type\":\"summary\"").count(), 1, "{text}");
+    }
+
+    /// A held FIN_WAIT2 whose application closes it: sock_diag may list the orphan before
+    /// the tracer has drained the close. While the close is in flight the socket is still
+    /// stuck, not recovered; then it is reported again, as an orphan.
+    #[test]
+    fn a_close_in_flight_is_no_recovery() {
+        use crate::testkit;
+        let t = testkit::tuple("127.0.0.1", 40000, "127.0.0.1", 5432);
+        let sock = 0xffff_8880_0000_1000;
+        let app = testkit::task(7, "client");
+        let st = |ms: u64, old, new| {
+            Delivery::Event(testkit::state(ms * 1_000_000, sock, app, t, old, new))
+        };
+        let held = DiagSocket::new(t, TcpState::FIN_WAIT2, 55);
+        let orphan = DiagSocket::new(t, TcpState::FIN_WAIT2, 0);
+        let snap = |ts_s: u64, d: &DiagSocket| Snapshot {
+            ts_ns: ts_s * 1_000_000_000,
+            sockets: vec![d.clone()],
+            holders: vec![],
+        };
+        let mut env = Replay::new(Snapshot::default(), Duration::from_secs(60));
+        let set = Settings {
+            states: vec![TcpState::FIN_WAIT2],
+            threshold: Duration::from_secs(1),
+            interval: Duration::from_secs(1),
+            once: None,
+            filter: Filter::default(),
+            kinds: vec![],
+            idle_after: None,
+            thresholds: Thresholds::default(),
+        };
+        let mut out = Vec::new();
+        let recovered = {
+            let mut cmd =
+                StuckCmd::new(&mut out, true, Clock::fixed(0), set, 100, &mut env).unwrap();
+            use TcpState as T;
+            let open = [
+                st(0, T::CLOSE, T::SYN_SENT),
+                st(1, T::SYN_SENT, T::ESTABLISHED),
+                st(2, T::ESTABLISHED, T::FIN_WAIT1),
+                st(3, T::FIN_WAIT1, T::FIN_WAIT2),
+            ];
+            cmd.batch(&open, &mut env).unwrap();
+            // Held and stuck.
+            env.observe(snap(2, &held));
+            env.advance(2_000_000_000);
+            cmd.batch(&[], &mut env).unwrap();
+            // Listed as an orphan before the close is drained: twice, still in flight.
+            for s in [3, 4] {
+                env.observe(snap(s, &orphan));
+                env.advance(s * 1_000_000_000);
+                cmd.batch(&[], &mut env).unwrap();
+            }
+            // The close arrives: an orphan now.
+            let close = [
+                st(4_100, T::FIN_WAIT2, T::FIN_WAIT2),
+                st(4_100, T::FIN_WAIT2, T::CLOSE),
+            ];
+            env.advance(5_000_000_000);
+            cmd.batch(&close, &mut env).unwrap();
+            cmd.sum.recovered
+        };
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(recovered, 0, "{text}");
+        assert!(!text.contains("\"type\":\"recovered\""), "{text}");
+        assert_eq!(
+            text.matches("\"held\":true").count(),
+            2,
+            "the stuck line and its group: {text}"
+        );
+        assert!(
+            text.contains("\"held\":false"),
+            "reported again as an orphan: {text}"
+        );
     }
 }
