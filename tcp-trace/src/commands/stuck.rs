@@ -458,11 +458,19 @@ impl<W: Write> StuckCmd<W> {
             }
         }
         let mut fresh: Vec<SockKey> = Vec::new();
-        for (t, s) in now_stuck {
+        for (t, mut s) in now_stuck {
             // New, or the same socket in a new condition (a held FIN_WAIT2 became an orphan).
-            let changed = self.reported.get(&t).is_none_or(|r| r.held != s.held);
+            let before = self.reported.get(&t);
+            let changed = before.is_none_or(|r| r.held != s.held);
             if self.set.once.is_some() || changed {
                 fresh.push(t);
+            }
+            // Its holder closing it can remove the fd a moment before the state changes: the
+            // socket then has no holder for one evaluation, and its recovery still names who
+            // held it.
+            if let Some(r) = before.filter(|_| s.holders.is_empty() && s.owner.is_none()) {
+                s.holders.clone_from(&r.holders);
+                s.owner = r.owner;
             }
             self.reported.insert(t, s);
         }
@@ -739,6 +747,63 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.matches("\"type\":\"stuck\"").count(), 1, "{text}");
         assert_eq!(text.matches("\"type\":\"summary\"").count(), 1, "{text}");
+    }
+
+    /// The holder closes its CLOSE_WAIT socket: for one evaluation the socket is listed
+    /// without a holder (the fd is gone, the state not yet changed); its recovery still names
+    /// the process that held it.
+    #[test]
+    fn a_recovery_names_the_holder_that_closed_it() {
+        use crate::{event::Comm, host::owners::Holder, testkit};
+        let t = testkit::tuple("127.0.0.1", 5432, "127.0.0.1", 40000);
+        let d = DiagSocket {
+            last_recv_ms: Some(10_000),
+            ..DiagSocket::new(t, TcpState::CLOSE_WAIT, 55)
+        };
+        let holder = Holder {
+            pid: 812,
+            comm: Comm::from_bytes(b"api"),
+            fd: 9,
+            cgroup: None,
+            netns: None,
+        };
+        let snap =
+            |ts_s: u64, sockets: Vec<DiagSocket>, holders: Vec<(u32, Vec<Holder>)>| Snapshot {
+                ts_ns: ts_s * 1_000_000_000,
+                sockets,
+                holders,
+            };
+        let mut env = Replay::new(Snapshot::default(), Duration::from_secs(60));
+        let set = Settings {
+            states: vec![TcpState::CLOSE_WAIT],
+            threshold: Duration::from_secs(1),
+            interval: Duration::from_secs(1),
+            once: None,
+            filter: Filter::default(),
+            kinds: vec![],
+            idle_after: None,
+            thresholds: Thresholds::default(),
+        };
+        let mut out = Vec::new();
+        {
+            let mut cmd =
+                StuckCmd::new(&mut out, true, Clock::fixed(0), set, 100, &mut env).unwrap();
+            for (s, sockets, holders) in [
+                (1, vec![d.clone()], vec![(55, vec![holder.clone()])]),
+                (2, vec![d.clone()], vec![]),
+                (3, vec![], vec![]),
+            ] {
+                env.observe(snap(s, sockets, holders));
+                env.advance(s * 1_000_000_000);
+                cmd.batch(&[], &mut env).unwrap();
+            }
+        }
+        let text = String::from_utf8(out).unwrap();
+        let rec = text
+            .lines()
+            .find(|l| l.contains("\"type\":\"recovered\""))
+            .expect("recovered");
+        assert!(rec.contains("\"pid\":812"), "{rec}");
     }
 
     /// A held FIN_WAIT2 whose application closes it: sock_diag may list the orphan before
