@@ -7,7 +7,6 @@ mod common;
 use std::{
     io::Write,
     net::{TcpListener, TcpStream},
-    process::Command,
     time::Duration,
 };
 
@@ -39,15 +38,6 @@ fn evidence(l: &Value) -> Vec<&str> {
         .iter()
         .map(|e| e.as_str().unwrap())
         .collect()
-}
-
-/// Sets `name=value` in network namespace `ns` only.
-fn sysctl_in(ns: &str, setting: &str) {
-    let st = Command::new("ip")
-        .args(["netns", "exec", ns, "sysctl", "-q", "-w", setting])
-        .status()
-        .unwrap();
-    assert!(st.success(), "sysctl {setting} in {ns}");
 }
 
 #[test]

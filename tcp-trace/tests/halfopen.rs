@@ -129,19 +129,7 @@ fn connect_into_a_black_hole() {
     let ps = port.to_string();
     let tracer = stuck_tracer(&ps, "2");
     // The client's namespace gives up after 2 SYN retransmits: 7 s after the first SYN.
-    let st = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &net.a,
-            "sysctl",
-            "-q",
-            "-w",
-            "net.ipv4.tcp_syn_retries=2",
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    sysctl_in(&net.a, "net.ipv4.tcp_syn_retries=2");
     let _listener = net.listen_in_b(port);
     net.blackhole(&net.b, &net.a_addr); // the SYN arrives, nothing comes back
     let err = net

@@ -255,12 +255,7 @@ fn a_connect_timeout_reports_one_etimedout() {
     let net = NetnsPair::new("ctmo");
     let port = free_port();
     let tracer = Tracer::start(&["watch", "--json", "--port", &port.to_string()]);
-    let st = Command::new("ip")
-        .args(["netns", "exec", &net.a, "sysctl", "-q", "-w"])
-        .arg("net.ipv4.tcp_syn_retries=1")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    sysctl_in(&net.a, "net.ipv4.tcp_syn_retries=1");
     net.silent_gateway(&net.a, &net.b_addr); // a's SYNs leave and are lost on the wire
     let err = net
         .connect_from_a(port, Duration::from_secs(30))

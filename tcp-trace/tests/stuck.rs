@@ -531,19 +531,7 @@ fn a_leak_reads_as_one_block_per_cause() {
 #[test]
 fn the_forecast_uses_the_namespaces_own_fin_timeout() {
     let net = NetnsPair::new("ends");
-    let st = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &net.a,
-            "sysctl",
-            "-q",
-            "-w",
-            "net.ipv4.tcp_fin_timeout=5",
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    sysctl_in(&net.a, "net.ipv4.tcp_fin_timeout=5");
     let port = free_port();
     let tracer = Tracer::start(&[
         "stuck",

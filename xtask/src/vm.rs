@@ -56,34 +56,7 @@ pub struct Kernel {
 
 /// Installs the Debian packages the runner needs when one is missing.
 pub fn ensure_host_tools() -> Result<()> {
-    let missing: Vec<&str> = HOST_PACKAGES
-        .into_iter()
-        .filter(|p| {
-            Command::new("dpkg-query")
-                .args(["-W", "-f=${db:Status-Status}", p])
-                .output()
-                .map_or(true, |o| o.stdout != b"installed")
-        })
-        .collect();
-    if !missing.is_empty() {
-        println!(
-            "xtask: installing {} (to boot test kernels)",
-            missing.join(" ")
-        );
-        let install = || {
-            Command::new("apt-get")
-                .args(["install", "-y", "-q"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        // A fresh machine may have no package lists yet.
-        if !install() {
-            crate::status(Command::new("apt-get").args(["update", "-q"]))?;
-            ensure!(install(), "apt-get install {} failed", missing.join(" "));
-        }
-    }
+    crate::setup::ensure_debs(&HOST_PACKAGES, "to boot test kernels")?;
     ensure!(
         Path::new(VIRTIOFSD).exists(),
         "{VIRTIOFSD} is missing (it comes with qemu-system-common)"

@@ -702,6 +702,20 @@ mod tests {
     };
     use std::net::{IpAddr, Ipv4Addr};
 
+    /// Live settings for `state`: threshold and interval 1 s.
+    fn live(state: TcpState) -> Settings {
+        Settings {
+            states: vec![state],
+            threshold: Duration::from_secs(1),
+            interval: Duration::from_secs(1),
+            once: None,
+            filter: Filter::default(),
+            kinds: vec![],
+            idle_after: None,
+            thresholds: Thresholds::default(),
+        }
+    }
+
     #[test]
     fn a_one_shot_evaluation_reports_once_however_the_sink_is_driven_after() {
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -774,16 +788,7 @@ mod tests {
                 holders,
             };
         let mut env = Replay::new(Snapshot::default(), Duration::from_secs(60));
-        let set = Settings {
-            states: vec![TcpState::CLOSE_WAIT],
-            threshold: Duration::from_secs(1),
-            interval: Duration::from_secs(1),
-            once: None,
-            filter: Filter::default(),
-            kinds: vec![],
-            idle_after: None,
-            thresholds: Thresholds::default(),
-        };
+        let set = live(TcpState::CLOSE_WAIT);
         let mut out = Vec::new();
         {
             let mut cmd =
@@ -826,16 +831,7 @@ mod tests {
             holders: vec![],
         };
         let mut env = Replay::new(Snapshot::default(), Duration::from_secs(60));
-        let set = Settings {
-            states: vec![TcpState::FIN_WAIT2],
-            threshold: Duration::from_secs(1),
-            interval: Duration::from_secs(1),
-            once: None,
-            filter: Filter::default(),
-            kinds: vec![],
-            idle_after: None,
-            thresholds: Thresholds::default(),
-        };
+        let set = live(TcpState::FIN_WAIT2);
         let mut out = Vec::new();
         let recovered = {
             let mut cmd =

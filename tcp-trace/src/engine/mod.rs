@@ -644,25 +644,22 @@ mod tests {
         assert_eq!(states(&done[0]).last().unwrap(), "CLOSE");
     }
 
-    #[test]
-    fn closed_in_fin_wait1_becomes_an_orphan_at_the_peers_ack() {
-        // A server's close() from ESTABLISHED: no FIN_WAIT2 re-set; the ACK ends the full
-        // socket.
+    /// A server's close() from ESTABLISHED (pid 20): no FIN_WAIT2 re-set; the peer's ACK
+    /// ends the full socket at 101 ms.
+    fn server_orphan() -> Vec<Event> {
         let s = task(20, "nginx");
-        let evs = [
-            st(
-                0,
-                S,
-                8080,
-                40000,
-                T::SYN_RECV,
-                T::ESTABLISHED,
-                task(0, "swapper/0"),
-            ),
+        let irq = task(0, "swapper/0");
+        vec![
+            st(0, S, 8080, 40000, T::SYN_RECV, T::ESTABLISHED, irq),
             st(100, S, 8080, 40000, T::ESTABLISHED, T::FIN_WAIT1, s),
             st(101, S, 8080, 40000, T::FIN_WAIT1, T::FIN_WAIT2, s),
             st(101, S, 8080, 40000, T::FIN_WAIT2, T::CLOSE, s),
-        ];
+        ]
+    }
+
+    #[test]
+    fn closed_in_fin_wait1_becomes_an_orphan_at_the_peers_ack() {
+        let evs = server_orphan();
         let (_, done) = run(&evs);
         assert_eq!(done[0].orphaned_ns.map(|n| n.get()), Some(101_000_000));
         assert_eq!(done[0].owner.map(|o| o.pid), Some(20));
@@ -796,21 +793,8 @@ mod tests {
 
     #[test]
     fn an_orphans_story_outlives_the_graveyard_until_the_kernel_reaps_it() {
+        let orphan = server_orphan();
         let s = task(20, "nginx");
-        let orphan = [
-            st(
-                0,
-                S,
-                8080,
-                40000,
-                T::SYN_RECV,
-                T::ESTABLISHED,
-                task(0, "swapper/0"),
-            ),
-            st(100, S, 8080, 40000, T::ESTABLISHED, T::FIN_WAIT1, s),
-            st(101, S, 8080, 40000, T::FIN_WAIT1, T::FIN_WAIT2, s),
-            st(101, S, 8080, 40000, T::FIN_WAIT2, T::CLOSE, s),
-        ];
         let mut e = Engine::new(10, false);
         for ev in &orphan {
             e.apply(ev);

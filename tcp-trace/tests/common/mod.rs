@@ -362,6 +362,15 @@ impl Drop for NetnsPair {
     }
 }
 
+/// Sets `setting` (`name=value`) in network namespace `ns` only.
+pub fn sysctl_in(ns: &str, setting: &str) {
+    let st = Command::new("ip")
+        .args(["netns", "exec", ns, "sysctl", "-q", "-w", setting])
+        .status()
+        .unwrap();
+    assert!(st.success(), "sysctl {setting} in {ns}");
+}
+
 /// Runs `f` on a thread that has entered network namespace `ns` (sockets it creates live there).
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let path = format!("/var/run/netns/{ns}");
