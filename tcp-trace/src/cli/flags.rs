@@ -193,7 +193,8 @@ pub struct StuckArgs {
     /// With `--once`: how long to collect events before the report.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub settle: Duration,
-    /// One JSON object per line (`stuck`, `recovered`, `group`, `half_open`, `summary`).
+    /// One JSON object per line (`stuck`, `recovered`, `group`, `half_open`,
+    /// `listener_overflow`, `listener_recovered`, `summary`).
     #[arg(long)]
     pub json: bool,
     /// Human output: also each owner's cgroup (its container) and network namespace.
