@@ -120,11 +120,14 @@ impl Lifecycle {
         self.states.last().map_or(self.last_seen_ns, |t| t.at_ns)
     }
 
-    /// A listener's own lifecycle (CLOSE → LISTEN → CLOSE), not a connection.
+    /// A listener's own lifecycle (CLOSE → LISTEN → CLOSE), not a connection; also one first
+    /// seen listening (LISTEN → CLOSE, its CLOSE → LISTEN having come late). An accepted
+    /// child starts LISTEN → SYN_RECV: a connection.
     pub fn is_listener(&self) -> bool {
-        self.states
-            .get(1)
-            .is_some_and(|t| t.state == TcpState::LISTEN)
+        let state = |i: usize| self.states.get(i).map(|t| t.state);
+        state(1) == Some(TcpState::LISTEN)
+            || (state(0) == Some(TcpState::LISTEN)
+                && matches!(state(1), None | Some(TcpState::CLOSE)))
     }
 
     /// The current state.
