@@ -68,13 +68,12 @@ pub fn owner(s: &Stuck) -> (Option<u32>, Option<Comm>, Option<i32>) {
 /// connection (seen born from a listener), the remote end of a connect()ed one. For a socket
 /// seen only mid-life, the end more of the sockets with its state and owner share (a server's
 /// port, a database's address), or on a tie the end with the lower port.
-struct Ends<'a> {
+struct Ends {
     shared: HashMap<(TcpState, Option<u32>, IpAddr, u16), usize>,
-    _stuck: std::marker::PhantomData<&'a Stuck>,
 }
 
-impl<'a> Ends<'a> {
-    fn count(stuck: &[&'a Stuck]) -> Self {
+impl Ends {
+    fn count(stuck: &[&Stuck]) -> Self {
         let mut shared = HashMap::new();
         for s in stuck {
             let t = &s.tuple;
@@ -82,10 +81,7 @@ impl<'a> Ends<'a> {
             *shared.entry((s.state, pid, t.saddr, t.sport)).or_default() += 1;
             *shared.entry((s.state, pid, t.daddr, t.dport)).or_default() += 1;
         }
-        Self {
-            shared,
-            _stuck: std::marker::PhantomData,
-        }
+        Self { shared }
     }
 
     fn service_is_local(&self, s: &Stuck) -> bool {
