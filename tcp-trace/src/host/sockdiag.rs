@@ -52,6 +52,52 @@ pub struct DiagSocket {
     /// Its cgroup v2 id (`INET_DIAG_CGROUP_ID`; 0: unknown).
     #[serde(default)]
     pub cgroup: u64,
+    /// The timer armed on it when listed, as `ss -o` shows it (`None`: none, or an older
+    /// recording).
+    #[serde(default)]
+    pub timer: Option<Armed>,
+}
+
+/// A socket's armed timer: which, when it fires and how often it has (sock_diag's
+/// `idiag_timer`, `idiag_expires`, `idiag_retrans`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Armed {
+    pub kind: TimerKind,
+    /// ms from the listing until it fires.
+    pub in_ms: u32,
+    /// Retransmits so far (for a keepalive timer: probes sent unanswered).
+    pub count: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TimerKind {
+    /// Retransmission (data, SYN or FIN) or loss probe.
+    Retransmit,
+    KeepAlive,
+    /// A timewait socket's end: the kernel reaps it then (FIN_WAIT2 or TIME_WAIT).
+    TimeWait,
+    /// Zero-window probe.
+    Probe,
+}
+
+impl Armed {
+    /// From `inet_diag_msg`'s raw bytes (after the netlink header); the parser we use drops a
+    /// timewait timer's expiry and a keepalive timer's probe count.
+    fn parse(msg: &[u8]) -> Option<Self> {
+        let kind = match *msg.get(2)? {
+            1 => TimerKind::Retransmit,
+            2 => TimerKind::KeepAlive,
+            3 => TimerKind::TimeWait,
+            4 => TimerKind::Probe,
+            _ => return None,
+        };
+        let in_ms = u32::from_ne_bytes(msg.get(52..56)?.try_into().ok()?);
+        Some(Self {
+            kind,
+            in_ms,
+            count: msg[3],
+        })
+    }
 }
 
 impl DiagSocket {
@@ -71,6 +117,7 @@ impl DiagSocket {
             idle_ms: None,
             netns: 0,
             cgroup: 0,
+            timer: None,
         }
     }
 
@@ -492,6 +539,7 @@ fn receive(socket: &mut Socket, dump: bool, out: &mut Vec<DiagSocket>) -> Result
                         dport: h.socket_id.destination_port,
                     };
                     let mut d = DiagSocket {
+                        timer: Armed::parse(rx.get(off + 16..off + len).unwrap_or(&[])),
                         uid: h.uid,
                         recv_q: h.recv_queue,
                         send_q: h.send_queue,
@@ -547,5 +595,24 @@ mod tests {
         let f = state_flags(&[TcpState::CLOSE_WAIT, TcpState::FIN_WAIT2]);
         assert_eq!(f, StateFlags::CLOSE_WAIT | StateFlags::FIN_WAIT2);
         assert_eq!(state_flags(&[TcpState(99)]), StateFlags::empty());
+    }
+
+    #[test]
+    fn the_timer_is_read_from_the_raw_message() {
+        // family, state, timer, retrans, 48 bytes of socket id, expires, ...
+        let mut msg = vec![2u8, 1, 2, 3];
+        msg.extend([0; 48]);
+        msg.extend(7_500u32.to_ne_bytes());
+        msg.extend([0; 16]);
+        let keepalive = Armed {
+            kind: TimerKind::KeepAlive,
+            in_ms: 7_500,
+            count: 3,
+        };
+        assert_eq!(Armed::parse(&msg), Some(keepalive));
+        msg[2] = 0;
+        assert_eq!(Armed::parse(&msg), None, "no timer armed");
+        msg[2] = 3;
+        assert_eq!(Armed::parse(&msg[..40]), None, "cut short");
     }
 }

@@ -13,7 +13,11 @@ use std::{collections::HashMap, time::Duration};
 use crate::{
     engine::{Engine, Lifecycle},
     event::{Owner, TcpState, Tuple},
-    host::{owners::Holder, sockdiag::DiagSocket, sysctls::NetSysctls},
+    host::{
+        owners::Holder,
+        sockdiag::{DiagSocket, TimerKind},
+        sysctls::NetSysctls,
+    },
 };
 
 /// States `stuck` can report.
@@ -200,13 +204,20 @@ pub fn assess(engine: &Engine, d: &DiagSocket, cx: &Context<'_>) -> Option<Stuck
     let close_wait = d.state == TcpState::CLOSE_WAIT;
     let recv_q = close_wait.then_some(d.recv_q.saturating_sub(1));
     let eof_read = close_wait.then_some(d.recv_q == 0);
-    let reap_in = (held == Some(false))
-        .then(|| l.and_then(|l| l.orphaned_ns))
-        .flatten()
-        .map(|at| {
-            (Duration::from_nanos(at.get()) + k.fin_timeout)
-                .saturating_sub(Duration::from_nanos(cx.now_ns))
-        });
+    // The timewait socket's own timer when listed; else from when the events saw it orphaned
+    // (the listing can come before the engine has folded that CLOSE).
+    let reap_in = match d.timer {
+        Some(t) if held == Some(false) && t.kind == TimerKind::TimeWait => {
+            Some(Duration::from_millis(t.in_ms.into()))
+        }
+        _ => (held == Some(false))
+            .then(|| l.and_then(|l| l.orphaned_ns))
+            .flatten()
+            .map(|at| {
+                (Duration::from_nanos(at.get()) + k.fin_timeout)
+                    .saturating_sub(Duration::from_nanos(cx.now_ns))
+            }),
+    };
     let history = match l {
         Some(l) if l.exact_start => {
             // An orphan's FIN_WAIT2 goes on in the timewait socket after the full socket's CLOSE.
