@@ -88,6 +88,7 @@ fn dead_peer_with_lost_reset_ends_in_etimedout_in_watch() {
         "--port",
         &port.to_string(),
     ]);
+    sysctl_in(&net.a, "net.ipv4.tcp_retries2=5");
     let (mut client, server) = connected(&net, port);
     // Give up after 2 s without an acknowledgement.
     setsockopt(
@@ -112,6 +113,14 @@ fn dead_peer_with_lost_reset_ends_in_etimedout_in_watch() {
         "the transition into half-open has its own line: {began}"
     );
     assert_eq!(began["pid"], std::process::id());
+    // watch says when the kernel would give up, from a's own tcp_retries2 (the forecast does
+    // not know the socket's TCP_USER_TIMEOUT: sock_diag does not list it).
+    assert_eq!(began["ends_by"], "tcp_retries2", "{began}");
+    let time = |v: &Value| humantime::parse_rfc3339(v.as_str().unwrap()).unwrap();
+    let left = time(&began["ends_at"])
+        .duration_since(time(&began["since"]))
+        .unwrap();
+    assert_eq!(left, Duration::from_millis(12_400), "{began}");
     let ended = half_open(&ev, "peer_unreachable")[1];
     assert_eq!(ended["outcome"], "ETIMEDOUT");
     assert!(
@@ -161,6 +170,7 @@ fn listener_whose_handshakes_never_complete_is_embryonic() {
     let port = free_port();
     let ps = port.to_string();
     let tracer = stuck_tracer(&ps, "2");
+    sysctl_in(&net.b, "net.ipv4.tcp_synack_retries=2");
     let _listener = net.listen_in_b(port);
     // The listener's SYN-ACKs leave its socket layer but are lost on the wire.
     net.silent_gateway(&net.b, &net.a_addr);
@@ -175,6 +185,17 @@ fn listener_whose_handshakes_never_complete_is_embryonic() {
     assert_eq!(h["handshakes"], 1);
     assert_eq!(h["top_remotes"][0]["addr"], net.a_addr.as_str());
     assert!(h["top_remotes"][0]["count"].as_u64().unwrap() >= 2);
+    // b drops a pending handshake 6 s after its first SYN-ACK retransmit (tcp_synack_retries
+    // = 2): by then after the newest retransmit seen.
+    assert_eq!(h["ends_by"], "tcp_synack_retries", "{h}");
+    let time = |v: &Value| humantime::parse_rfc3339(v.as_str().unwrap()).unwrap();
+    let left = time(&h["ends_at"])
+        .duration_since(time(&h["since"]))
+        .unwrap();
+    assert!(
+        left >= Duration::from_secs(6) && left <= Duration::from_secs(9),
+        "{left:?}: {h}"
+    );
     tracer.stop();
 }
 

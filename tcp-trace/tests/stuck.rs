@@ -598,3 +598,63 @@ fn the_forecast_uses_the_namespaces_own_fin_timeout() {
     drop(server);
     tracer.stop();
 }
+
+/// A leaked CLOSE_WAIT with keepalive on (Go's default) ends when a probe finds the peer
+/// gone: tcp-trace says when the kernel probes, and the socket leaves CLOSE_WAIT then.
+#[test]
+fn a_close_wait_with_keepalive_ends_at_its_probe() {
+    let net = NetnsPair::new("kalv");
+    // The client's orphan is reaped after a second: then a probe is answered by a reset.
+    sysctl_in(&net.a, "net.ipv4.tcp_fin_timeout=1");
+    let port = free_port();
+    let tracer = Tracer::start(&[
+        "stuck",
+        "--json",
+        "--threshold",
+        "500ms",
+        "--interval",
+        "250ms",
+        "--port",
+        &port.to_string(),
+    ]);
+    let (client, server) = connected(&net, port);
+    let on = 1i32.to_ne_bytes();
+    setsockopt(&server, libc::SOL_SOCKET, libc::SO_KEEPALIVE, &on);
+    setsockopt(
+        &server,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPIDLE,
+        &3i32.to_ne_bytes(),
+    );
+    let client_port = client.local_addr().unwrap().port();
+    drop(client);
+    let ev = tracer.wait_for("the CLOSE_WAIT", WAIT, |ev| {
+        stuck_items(ev, "CLOSE_WAIT")
+            .iter()
+            .any(|e| e["dport"] == client_port)
+    });
+    let cw = *stuck_items(&ev, "CLOSE_WAIT")
+        .iter()
+        .find(|e| e["dport"] == client_port)
+        .unwrap();
+    assert_eq!(cw["ends_by"], "keepalive", "{cw}");
+    assert_eq!(cw["ends_estimated"], true, "{cw}");
+    let time = |v: &Value| humantime::parse_rfc3339(v.as_str().unwrap()).unwrap();
+    let probe = time(&cw["ends_at"]);
+    let ev = tracer.wait_for("the CLOSE_WAIT ended", WAIT, |ev| {
+        ev.iter()
+            .any(|e| e["type"] == "recovered" && e["dport"] == client_port)
+    });
+    let gone = ev
+        .iter()
+        .find(|e| e["type"] == "recovered" && e["dport"] == client_port)
+        .unwrap();
+    // At the probe, or one idle period later when the timer found the socket not idle long
+    // enough (it is armed from the handshake, the FIN came after).
+    let late = time(&gone["ts"])
+        .duration_since(probe - Duration::from_millis(100))
+        .unwrap_or_else(|_| panic!("ended before the probe: {cw} / {gone}"));
+    assert!(late < Duration::from_secs(4), "{late:?}: {cw} / {gone}");
+    drop(server);
+    tracer.stop();
+}

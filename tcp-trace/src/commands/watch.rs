@@ -10,6 +10,7 @@ use crate::{
     event::{clock::Clock, Delivery},
     host::Env,
     output::watch::{Annotated, WatchWriter},
+    stuck::forecast,
 };
 
 /// The `watch` sink: engine (for owners and time in state) → filter → writer.
@@ -86,11 +87,12 @@ impl<W: Write> Sink for Watch<W> {
         self.engine.tick(now);
         for n in self.engine.take_notices() {
             let (Notice::Began(ep) | Notice::Ended(ep)) = &n;
+            let ends = forecast::half_open(ep, &env.sysctls(ep.place.netns));
             let cgroup = env.cgroup_path(ep.place.cgroup);
             let shown = self.filter.matches_conn(&ep.tuple, ep.owner.as_ref())
                 && self.filter.matches_place(ep.place.netns, cgroup);
             if shown {
-                self.out.half_open(ep, now, cgroup)?;
+                self.out.half_open(ep, now, cgroup, ends)?;
             }
         }
         self.out.flush()?;

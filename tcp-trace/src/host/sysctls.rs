@@ -18,10 +18,8 @@ pub struct NetSysctls {
     pub orphan_retries: u32,
     /// `tcp_syn_retries`: SYNs retransmitted before a connect gives up.
     pub syn_retries: u32,
-    /// `tcp_keepalive_intvl`: between keepalive probes.
-    pub keepalive_intvl: Duration,
-    /// `tcp_keepalive_probes`: unanswered probes before the kernel gives up.
-    pub keepalive_probes: u32,
+    /// `tcp_synack_retries`: SYN-ACKs retransmitted before a pending handshake is dropped.
+    pub synack_retries: u32,
 }
 
 impl Default for NetSysctls {
@@ -32,8 +30,7 @@ impl Default for NetSysctls {
             retries2: 15,
             orphan_retries: 0,
             syn_retries: 6,
-            keepalive_intvl: Duration::from_secs(75),
-            keepalive_probes: 9,
+            synack_retries: 5,
         }
     }
 }
@@ -55,18 +52,13 @@ impl NetSysctls {
             retries2: n("tcp_retries2", d.retries2),
             orphan_retries: n("tcp_orphan_retries", d.orphan_retries),
             syn_retries: n("tcp_syn_retries", d.syn_retries),
-            keepalive_intvl: get("tcp_keepalive_intvl")
-                .map_or(d.keepalive_intvl, Duration::from_secs),
-            keepalive_probes: n("tcp_keepalive_probes", d.keepalive_probes),
+            synack_retries: n("tcp_synack_retries", d.synack_retries),
         }
     }
 
-    /// Read inside the network namespace `file` names (`None`: this process's).
-    fn read_in(file: Option<&Path>) -> Option<Self> {
-        let Some(path) = file else {
-            return Some(Self::read());
-        };
-        let ns = std::fs::File::open(path).ok()?;
+    /// Read inside the network namespace `file` names.
+    fn read_in(file: &Path) -> Option<Self> {
+        let ns = std::fs::File::open(file).ok()?;
         std::thread::scope(|s| {
             s.spawn(|| {
                 use std::os::fd::AsRawFd;
@@ -106,15 +98,13 @@ impl Cache {
                 return *v;
             }
         }
+        // This process's own when the namespace is ours, unknown, or gone.
         let own = super::sockdiag::own_netns();
-        let file = (netns != 0 && netns != own)
+        let v = (netns != 0 && netns != own)
             .then(|| super::sockdiag::netns_file(netns))
-            .flatten();
-        let v = match (netns == 0 || netns == own, file) {
-            (true, _) => NetSysctls::read(),
-            (false, Some(f)) => NetSysctls::read_in(Some(&f)).unwrap_or_else(NetSysctls::read),
-            (false, None) => NetSysctls::read(),
-        };
+            .flatten()
+            .and_then(|f| NetSysctls::read_in(&f))
+            .unwrap_or_else(NetSysctls::read);
         self.read.insert(netns, (Instant::now(), v));
         v
     }

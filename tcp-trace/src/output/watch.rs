@@ -117,10 +117,12 @@ impl<W: Write> WatchWriter<W> {
         ep: &crate::engine::halfopen::Episode,
         now_ns: u64,
         cgroup: Option<&str>,
+        ends: Option<crate::stuck::forecast::Forecast>,
     ) -> io::Result<()> {
         if self.json {
             let extra = super::halfopen::Extra {
                 cgroup: cgroup.map(str::to_string),
+                ends,
                 ..Default::default()
             };
             let j = super::halfopen::json(ep, &self.clock, now_ns, extra);
@@ -134,11 +136,18 @@ impl<W: Write> WatchWriter<W> {
             Some((o, _)) if ep.kind != crate::engine::halfopen::Kind::PeerReset => {
                 format!("HALF-OPEN END {} -> {}", ep.kind.name(), o.name())
             }
-            _ => format!(
-                "HALF-OPEN {}: {}",
-                ep.kind.name(),
-                super::halfopen::diagnosis(ep, now_ns)
-            ),
+            _ => {
+                let mut w = format!(
+                    "HALF-OPEN {}: {}",
+                    ep.kind.name(),
+                    super::halfopen::diagnosis(ep, now_ns)
+                );
+                if let Some(f) = ends {
+                    let closing = "its application closes it or times out";
+                    w.push_str(&format!("; {}", f.text(|t| self.clock.hms(t), closing)));
+                }
+                w
+            }
         };
         let what = self.placed(ep.place, cgroup, what);
         writeln!(

@@ -8,7 +8,10 @@ use super::Stuck;
 use crate::{
     engine::halfopen::{Episode, Kind},
     event::TcpState,
-    host::sysctls::NetSysctls,
+    host::{
+        sockdiag::{Armed, TimerKind},
+        sysctls::NetSysctls,
+    },
 };
 
 /// What ends a socket.
@@ -24,6 +27,11 @@ pub enum EndsBy {
     TcpOrphanRetries,
     /// SYN retransmits running out (`tcp_syn_retries`).
     TcpSynRetries,
+    /// SYN-ACK retransmits of pending handshakes running out (`tcp_synack_retries`).
+    TcpSynackRetries,
+    /// A keepalive probe answered by a reset (the peer has forgotten the connection), or
+    /// probes unanswered.
+    Keepalive,
 }
 
 impl EndsBy {
@@ -35,6 +43,8 @@ impl EndsBy {
             Self::TcpRetries2 => "tcp_retries2",
             Self::TcpOrphanRetries => "tcp_orphan_retries",
             Self::TcpSynRetries => "tcp_syn_retries",
+            Self::TcpSynackRetries => "tcp_synack_retries",
+            Self::Keepalive => "keepalive",
         }
     }
 }
@@ -80,43 +90,74 @@ pub fn give_up_after(boundary: u32) -> Duration {
 /// When a half-open episode under way ends on its own: data retransmitted into the void
 /// until `tcp_retries2` (an estimate: `TCP_USER_TIMEOUT`, when set, ends it sooner, and the
 /// model starts at 200 ms while a slow path's RTO starts higher), a connect until
-/// `tcp_syn_retries`; an idle socket without keepalive never. `None` for the others.
+/// `tcp_syn_retries`, pending handshakes until `tcp_synack_retries` (unless new ones come);
+/// an idle socket without keepalive never. `None` for the others.
 pub fn half_open(ep: &Episode, k: &NetSysctls) -> Option<Forecast> {
     if ep.outcome.is_some() {
         return None;
     }
-    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     // The first retransmit comes one RTO after the first transmission, where the model starts.
-    let (by, setting, end) = match ep.kind {
+    let (by, setting, from, end) = match ep.kind {
         Kind::PeerUnreachable => (
             EndsBy::TcpRetries2,
             k.retries2,
+            ep.since_ns,
             give_up_after(k.retries2).saturating_sub(RTO_MIN),
         ),
         Kind::ConnectBlackhole => (
             EndsBy::TcpSynRetries,
             k.syn_retries,
+            ep.since_ns,
             model(k.syn_retries, SYN_RTO).saturating_sub(SYN_RTO),
         ),
+        // The newest handshake seen retransmitting is dropped no later than this after its
+        // first SYN-ACK retransmit.
+        Kind::Embryonic => (
+            EndsBy::TcpSynackRetries,
+            k.synack_retries,
+            ep.last_ns,
+            model(k.synack_retries, SYN_RTO).saturating_sub(SYN_RTO),
+        ),
         Kind::IdleNoKeepalive => return Some(Forecast::NEVER),
-        Kind::Embryonic | Kind::PeerReset => return None,
+        Kind::PeerReset => return None,
     };
     Some(Forecast {
         by,
-        at_ns: Some(ep.since_ns.saturating_add(ns(end))),
+        at_ns: Some(from.saturating_add(nanos(end))),
         approx: true,
         setting: u64::from(setting),
     })
 }
 
-/// When `s` ends, and by what.
-pub fn forecast(s: &Stuck, backoff: Option<u8>, k: &NetSysctls, now_ns: u64) -> Forecast {
-    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// When `s` ends, and by what, from its backoff and armed timer as sock_diag lists them.
+pub fn forecast(
+    s: &Stuck,
+    backoff: Option<u8>,
+    timer: Option<Armed>,
+    k: &NetSysctls,
+    now_ns: u64,
+) -> Forecast {
+    let ns = nanos;
     let never = Forecast::NEVER;
     match (s.state, s.held) {
         // The peer closed (CLOSE_WAIT), or we shut down and hold the socket while the peer
-        // stays open (held FIN_WAIT2): the kernel has nothing to time out.
-        (TcpState::CLOSE_WAIT, _) | (TcpState::FIN_WAIT2, Some(true)) => never,
+        // stays open (held FIN_WAIT2): the kernel has nothing to time out, unless keepalive
+        // is on (Go's default, for one): its next probe ends the socket if the peer has
+        // forgotten the connection (reaped its orphan) and resets it. Its per-socket timing
+        // is not listed, so the time is the timer's, and only the earliest.
+        (TcpState::CLOSE_WAIT, _) | (TcpState::FIN_WAIT2, Some(true)) => match timer {
+            Some(t) if t.kind == TimerKind::KeepAlive => Forecast {
+                by: EndsBy::Keepalive,
+                at_ns: Some(now_ns.saturating_add(ns(Duration::from_millis(t.in_ms.into())))),
+                approx: true,
+                setting: 0,
+            },
+            _ => never,
+        },
         (TcpState::FIN_WAIT2, _) => {
             let fin = k.fin_timeout;
             let (at, approx) = match s.reap_in {
@@ -165,6 +206,15 @@ impl Forecast {
             (EndsBy::TcpFinTimeout, Some(t)) => format!(
                 "the kernel reaps it {}{} (tcp_fin_timeout={})",
                 if self.approx { "by " } else { "at " },
+                at(t),
+                self.setting
+            ),
+            (EndsBy::Keepalive, Some(t)) => format!(
+                "keepalive is on: the kernel probes the peer at {} at the earliest, and a reset (a peer that has forgotten the connection) ends it; else only when {closing}",
+                at(t)
+            ),
+            (EndsBy::TcpSynackRetries, Some(t)) => format!(
+                "the kernel drops the pending handshakes by {} (tcp_synack_retries={}), unless new ones come",
                 at(t),
                 self.setting
             ),

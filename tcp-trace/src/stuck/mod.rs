@@ -263,7 +263,7 @@ pub fn assess(engine: &Engine, d: &DiagSocket, cx: &Context<'_>) -> Option<Stuck
         ends: forecast::Forecast::NEVER,
     };
     s.diagnosis = diagnose(&s, k.fin_timeout);
-    s.ends = forecast::forecast(&s, d.backoff, &k, cx.now_ns);
+    s.ends = forecast::forecast(&s, d.backoff, d.timer, &k, cx.now_ns);
     Some(s)
 }
 
