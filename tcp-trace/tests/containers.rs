@@ -166,19 +166,28 @@ fn stuck_with_netns_lists_that_namespace_s_sockets() {
     drop(peer);
 }
 
-/// A cgroup v2 subtree made for one test; removed on drop (after its processes are gone).
+/// A cgroup v2 subtree made for one test, with these paths below it; removed on drop (after
+/// its processes are gone).
 struct TestCgroup {
     root: PathBuf,
     rel: String,
+    subs: Vec<String>,
 }
 
 impl TestCgroup {
-    fn new(tag: &str) -> Self {
+    fn new(tag: &str, subs: &[&str]) -> Self {
         let root =
             tcp_trace::host::cgroup::mount().expect("the cgroup filter tests need a cgroup2 mount");
         let rel = format!("/tt-{tag}-{}", std::process::id());
-        std::fs::create_dir_all(root.join(&rel[1..]).join("inner")).unwrap();
-        Self { root, rel }
+        let cg = Self {
+            root,
+            rel,
+            subs: subs.iter().map(|s| s.to_string()).collect(),
+        };
+        for sub in subs {
+            std::fs::create_dir_all(cg.dir(sub)).unwrap();
+        }
+        cg
     }
 
     fn dir(&self, sub: &str) -> PathBuf {
@@ -188,8 +197,20 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        for sub in ["/inner", ""] {
-            let _ = std::fs::remove_dir(self.dir(sub));
+        // Every directory below the test's own, deepest first.
+        let mut dirs: Vec<String> = self
+            .subs
+            .iter()
+            .flat_map(|s| {
+                let parts: Vec<&str> = s.split('/').filter(|p| !p.is_empty()).collect();
+                (1..=parts.len()).map(move |n| format!("/{}", parts[..n].join("/")))
+            })
+            .collect();
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
+        dirs.dedup();
+        dirs.push(String::new());
+        for d in dirs {
+            let _ = std::fs::remove_dir(self.dir(&d));
         }
     }
 }
@@ -209,7 +230,7 @@ fn connect_from_cgroup(dir: &std::path::Path, port: u16) {
 
 #[test]
 fn cgroup_filter_keeps_a_subtree_live_and_in_a_replay() {
-    let cg = TestCgroup::new("cgf");
+    let cg = TestCgroup::new("cgf", &["/inner"]);
     let inner = format!("{}/inner", cg.rel);
     let inner_id = inode(cg.dir("/inner").to_str().unwrap());
     let port = free_port();
@@ -330,4 +351,115 @@ fn unknown_cgroup_or_namespace_is_one_clear_line() {
         err.contains("neither a namespace inode nor a readable file"),
         "{err}"
     );
+}
+
+/// A process in cgroup `dir` that listens on `addr:port`, connects to itself and closes the
+/// client: it holds a CLOSE_WAIT (and its client an orphan) until dropped.
+struct Leak(std::process::Child);
+
+impl Leak {
+    fn start(dir: &std::path::Path, addr: &str, port: u16) -> Self {
+        use std::io::BufRead;
+        let script = format!(
+            "import os,socket,time\n\
+             open('{}/cgroup.procs','w').write(str(os.getpid()))\n\
+             l=socket.socket(); l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+             l.bind(('{addr}',{port})); l.listen()\n\
+             c=socket.create_connection(('{addr}',{port})); s,_=l.accept(); c.close()\n\
+             print('ready',flush=True); time.sleep(120)",
+            dir.display()
+        );
+        let mut child = Command::new("python3")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        Self(child)
+    }
+}
+
+impl Drop for Leak {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Kubernetes' cgroup shape (systemd driver, containerd) and Docker's (cgroupfs driver), made
+/// under this test's own cgroup with a process in each: every output names the container and
+/// the pod its sockets belong to.
+#[test]
+fn containers_and_pods_are_named_from_their_cgroup_paths() {
+    let (pod_ctr, docker_ctr) = ("c0ffee".repeat(10) + "c0de", "d0c4e2".repeat(10) + "beef");
+    let uid = "6f0e3a52-9b1d-4c7e-8a2f-1d3c5b7e9f00";
+    let k8s = format!(
+        "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{pod_ctr}.scope",
+        uid.replace('-', "_")
+    );
+    let docker = format!("/docker/{docker_ctr}");
+    let cg = TestCgroup::new("ctr", &[&k8s, &docker]);
+    let port = free_port();
+    let ps = port.to_string();
+    let watch = Tracer::start(&["watch", "--json", "--port", &ps]);
+    let wide = Tracer::start(&["watch", "--wide", "--port", &ps]);
+    // Live, so that the orphans (timewait sockets: no cgroup in sock_diag, no process) keep
+    // the place the events gave them.
+    let stuck = Tracer::start(&[
+        "stuck",
+        "--json",
+        "--threshold",
+        "500ms",
+        "--interval",
+        "250ms",
+        "--port",
+        &ps,
+    ]);
+    let _leaks = [
+        Leak::start(&cg.dir(&k8s), "127.0.0.1", port),
+        Leak::start(&cg.dir(&docker), "127.0.0.2", port),
+    ];
+    // Docker's sockets are those with 127.0.0.2 at either end (its client's source address
+    // is 127.0.0.1): (container, pod uid or null).
+    let want = |e: &Value| match e["saddr"] == "127.0.0.2" || e["daddr"] == "127.0.0.2" {
+        false => (pod_ctr.as_str(), Value::from(uid)),
+        true => (docker_ctr.as_str(), Value::Null),
+    };
+    let ev = watch.wait_for("both leaks' CLOSE_WAIT", WAIT, |ev| {
+        ev.iter().filter(|e| e["new"] == "CLOSE_WAIT").count() >= 2
+    });
+    for e in ev.iter().filter(|e| e["type"] == "state") {
+        let (ctr, pod) = want(e);
+        assert_eq!(e["container_id"], ctr, "{e}");
+        assert_eq!(e.get("pod_uid").cloned().unwrap_or(Value::Null), pod, "{e}");
+    }
+    let ev = stuck.wait_for("two CLOSE_WAIT, two orphans", WAIT, |ev| {
+        ev.iter().filter(|e| e["type"] == "stuck").count() >= 4
+    });
+    let stuck: Vec<&Value> = ev.iter().filter(|e| e["type"] == "stuck").collect();
+    assert_eq!(stuck.len(), 4, "two CLOSE_WAIT, two orphans: {stuck:#?}");
+    for s in stuck {
+        let (ctr, pod) = want(s);
+        assert_eq!(s["container_id"], ctr, "{s}");
+        assert_eq!(s.get("pod_uid").cloned().unwrap_or(Value::Null), pod, "{s}");
+    }
+    watch.stop();
+    // Human --wide: the short ids `docker ps` and `crictl ps` print, and the pod.
+    let (_, lines, _) = wide.stop();
+    let k8s_cell = format!("ctr {} pod {uid}", &pod_ctr[..12]);
+    let docker_cell = format!("ctr {}", &docker_ctr[..12]);
+    for (addr, cell) in [("127.0.0.1:", &k8s_cell), ("127.0.0.2:", &docker_cell)] {
+        assert!(
+            lines.iter().any(|l| l.contains("-> CLOSE_WAIT")
+                && l.split_whitespace()
+                    .nth(3)
+                    .is_some_and(|local| local.starts_with(addr))
+                && l.contains(cell.as_str())),
+            "{cell}: {lines:#?}"
+        );
+    }
 }

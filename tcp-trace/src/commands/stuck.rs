@@ -178,7 +178,7 @@ impl<W: Write> StuckCmd<W> {
                     .first()
                     .map(|h| h.comm.escaped())
                     .or_else(|| s.owner.map(|o| o.comm.escaped()));
-                (s.state, comm)
+                (s.state, comm, s.cgroup.as_deref())
             }),
             self.half_open
                 .values()

@@ -71,6 +71,71 @@ pub fn target(arg: &str) -> Result<Target> {
     })
 }
 
+/// What a cgroup path says of the container it belongs to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Container<'a> {
+    /// The container's id: 64 hex digits, as `docker ps --no-trunc` and `crictl ps` print it.
+    pub id: Option<&'a str>,
+    /// The Kubernetes pod's uid (`metadata.uid`), with dashes.
+    pub pod_uid: Option<String>,
+}
+
+/// Prefixes container runtimes give a container's scope or directory (systemd cgroup driver:
+/// `docker-ID.scope`, `cri-containerd-ID.scope`, `crio-ID.scope`, `libpod-ID.scope`; the
+/// cgroupfs driver: the bare id, or `crio-ID`). A `conmon` scope is the runtime's monitor,
+/// not the container, and does not match: its id is not 64 hex digits.
+const RUNTIME_PREFIXES: [&str; 5] = ["docker-", "cri-containerd-", "crio-", "libpod-", "nerdctl-"];
+
+impl<'a> Container<'a> {
+    /// From a cgroup v2 path (`/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-
+    /// pod<UID>.slice/cri-containerd-<ID>.scope`, `/docker/<ID>`, ...): the innermost
+    /// component that names a container, and the pod around it.
+    pub fn of(path: &'a str) -> Self {
+        let mut c = Container::default();
+        for part in path.split('/') {
+            if let Some(id) = container_id(part) {
+                c.id = Some(id);
+            } else if let Some(uid) = pod_uid(part) {
+                c.pod_uid = Some(uid);
+            }
+        }
+        c
+    }
+
+    /// Neither a container nor a pod.
+    pub fn is_none(&self) -> bool {
+        self.id.is_none() && self.pod_uid.is_none()
+    }
+}
+
+fn container_id(part: &str) -> Option<&str> {
+    let name = part.strip_suffix(".scope").unwrap_or(part);
+    let id = RUNTIME_PREFIXES
+        .iter()
+        .find_map(|p| name.strip_prefix(p))
+        .unwrap_or(name);
+    (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}
+
+/// `pod<UID>` (cgroupfs driver) or `kubepods[-QOS]-pod<UID_WITH_UNDERSCORES>.slice` (systemd).
+fn pod_uid(part: &str) -> Option<String> {
+    let name = part.strip_suffix(".slice").unwrap_or(part);
+    let uid = match name.strip_prefix("pod") {
+        Some(uid) => uid,
+        None if name.starts_with("kubepods-") => name.rsplit_once("-pod")?.1,
+        None => return None,
+    };
+    let uid = uid.replace('_', "-");
+    let shape = [8, 4, 4, 4, 12];
+    let groups: Vec<&str> = uid.split('-').collect();
+    let ok = groups.len() == shape.len()
+        && groups
+            .iter()
+            .zip(shape)
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()));
+    ok.then_some(uid)
+}
+
 /// Maps cgroup ids to paths: from a recording's table, or by walking this host's cgroup2 tree
 /// (again on a miss, at most once a second, since cgroups come and go). Ids only grow, so a
 /// miss at or below the largest id seen is a cgroup already gone: no walk for it.
@@ -151,6 +216,53 @@ impl Resolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_ids_and_pod_uids_from_the_runtimes_paths() {
+        let id = "4f1c0e0b5d4e8a2f9c3b7a6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f";
+        let uid = "6f0e3a52-9b1d-4c7e-8a2f-1d3c5b7e9f00";
+        let uid_ = uid.replace('-', "_");
+        let cases = [
+            // Docker: cgroupfs and systemd drivers.
+            (format!("/docker/{id}"), Some(id), None),
+            (format!("/system.slice/docker-{id}.scope"), Some(id), None),
+            // Kubernetes with containerd, systemd driver.
+            (
+                format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{id}.scope"),
+                Some(id),
+                Some(uid),
+            ),
+            // Guaranteed QoS (no QoS slice), CRI-O, systemd driver.
+            (
+                format!("/kubepods.slice/kubepods-pod{uid_}.slice/crio-{id}.scope"),
+                Some(id),
+                Some(uid),
+            ),
+            // cgroupfs driver: containerd and CRI-O.
+            (format!("/kubepods/besteffort/pod{uid}/{id}"), Some(id), Some(uid)),
+            (format!("/kubepods/pod{uid}/crio-{id}"), Some(id), Some(uid)),
+            // The pod's own cgroup (a socket of its sandbox), and CRI-O's monitor.
+            (format!("/kubepods/burstable/pod{uid}"), None, Some(uid)),
+            (
+                format!("/kubepods.slice/kubepods-pod{uid_}.slice/crio-conmon-{id}.scope"),
+                None,
+                Some(uid),
+            ),
+            // Podman, and a systemd inside a container: the container is still named.
+            (format!("/machine.slice/libpod-{id}.scope/container"), Some(id), None),
+            (format!("/docker/{id}/system.slice/nginx.service"), Some(id), None),
+            // Not containers.
+            ("/system.slice/nginx.service".into(), None, None),
+            ("/user.slice/user-0.slice/session-3.scope".into(), None, None),
+            ("/kubepods.slice/kubepods-burstable.slice".into(), None, None),
+            (format!("/docker/{}", &id[..63]), None, None),
+            ("/".into(), None, None),
+        ];
+        for (path, want_id, want_uid) in cases {
+            let c = Container::of(&path);
+            assert_eq!((c.id, c.pod_uid.as_deref()), (want_id, want_uid), "{path}");
+        }
+    }
 
     #[test]
     fn paths_normalize_against_the_mount() {

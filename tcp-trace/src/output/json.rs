@@ -8,7 +8,10 @@ use std::{io::Write, net::IpAddr};
 
 use serde::Serialize;
 
-use crate::event::{family_name, Comm, Event, Owner, Place, Tuple};
+use crate::{
+    event::{family_name, Comm, Event, Owner, Place, Tuple},
+    host::cgroup::Container,
+};
 
 /// The keys of every object about one connection, in order, after `type` and `ts`.
 pub const CONN_KEYS: [&str; 11] = [
@@ -55,6 +58,11 @@ pub struct JsonConn {
     netns: Option<u32>,
     cgroup: Option<String>,
     cgroup_id: Option<u64>,
+    /// Only when the cgroup path names them (see [`Container`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod_uid: Option<String>,
 }
 
 impl JsonConn {
@@ -77,6 +85,8 @@ impl JsonConn {
             netns: None,
             cgroup: None,
             cgroup_id: None,
+            container_id: None,
+            pod_uid: None,
         }
     }
 
@@ -85,7 +95,26 @@ impl JsonConn {
         self.netns = (place.netns != 0).then_some(place.netns);
         self.cgroup_id = (place.cgroup != 0).then_some(place.cgroup);
         self.cgroup = cgroup.map(str::to_string);
+        let c = cgroup.map(Container::of).unwrap_or_default();
+        self.container_id = c.id.map(str::to_string);
+        self.pod_uid = c.pod_uid;
         self
+    }
+}
+
+/// Appends `,"container_id":…,"pod_uid":…` when cgroup path `cgroup` names them (as
+/// [`JsonConn`] does).
+pub(super) fn container(out: &mut Vec<u8>, cgroup: Option<&str>) {
+    let Some(c) = cgroup.map(Container::of).filter(|c| !c.is_none()) else {
+        return;
+    };
+    if let Some(id) = c.id {
+        next_key(out, "container_id");
+        plain(out, id);
+    }
+    if let Some(uid) = c.pod_uid {
+        next_key(out, "pod_uid");
+        plain(out, &uid);
     }
 }
 

@@ -184,6 +184,7 @@ impl<W: Write> LifeWriter<W> {
                 n => n.to_string(),
             };
             notes.push(format!("netns {netns} cgroup {}", cgroup.unwrap_or("?")));
+            notes.extend(super::container_text(cgroup));
         }
         let notes = if notes.is_empty() {
             String::new()

@@ -1,7 +1,8 @@
 //! Prometheus metrics for `tcp-trace serve` (prometheus-client, text exposition format).
 //!
-//! Label cardinality is bounded: states, errno names, half-open kinds and owner command names
-//! (capped) — never sockets or ephemeral ports; listening ports only with `--label-ports`.
+//! Label cardinality is bounded: states, errno names, half-open kinds, owner command names and
+//! containers (capped) — never sockets or ephemeral ports; listening ports only with
+//! `--label-ports`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,6 +20,7 @@ use prometheus_client::{
 use crate::{
     engine::{Applied, Engine},
     event::{errno_name, Event, EventKind, TcpState},
+    host::cgroup::Container,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,6 +42,13 @@ struct StateLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CommLabel {
     comm: String,
+}
+
+/// A container (its full id) and its pod's uid (empty outside Kubernetes).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ContainerLabel {
+    container_id: String,
+    pod_uid: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -75,6 +84,7 @@ pub struct Metrics {
     evictions_seen: AtomicU64,
     stuck: Family<StateLabel, Gauge>,
     stuck_by_comm: Family<CommLabel, Gauge>,
+    stuck_by_container: Family<ContainerLabel, Gauge>,
     half_open: Family<KindLabel, Gauge>,
     tracked: Gauge,
     full_listeners: Gauge,
@@ -107,6 +117,7 @@ impl Metrics {
             evictions_seen: AtomicU64::new(0),
             stuck: Family::default(),
             stuck_by_comm: Family::default(),
+            stuck_by_container: Family::default(),
             half_open: Family::default(),
             tracked: Gauge::default(),
             full_listeners: Gauge::default(),
@@ -173,6 +184,12 @@ impl Metrics {
             "stuck_sockets_by_comm",
             "Sockets stuck half-closed now, by owner command",
             m.stuck_by_comm.clone(),
+        );
+        registry.register(
+            "stuck_sockets_by_container",
+            "Sockets stuck half-closed now in containers, by container id and pod uid (from the \
+             cgroup path; at most 64 containers, the rest under container_id=\"other\")",
+            m.stuck_by_container.clone(),
         );
         registry.register(
             "half_open_sockets",
@@ -283,17 +300,20 @@ impl Metrics {
         self.tracked.set(engine.len() as i64);
     }
 
-    /// The stuck sockets and half-open episodes as of an evaluation.
+    /// The stuck sockets (state, owner name, cgroup path) and half-open episodes as of an
+    /// evaluation.
     pub fn stuck<'a>(
         &self,
-        stuck: impl Iterator<Item = (TcpState, Option<String>)>,
+        stuck: impl Iterator<Item = (TcpState, Option<String>, Option<&'a str>)>,
         half_open: impl Iterator<Item = &'a str>,
     ) {
         self.stuck.clear();
         self.stuck_by_comm.clear();
+        self.stuck_by_container.clear();
         self.half_open.clear();
         let mut comms = std::collections::HashSet::new();
-        for (state, comm) in stuck {
+        let mut containers = std::collections::HashSet::new();
+        for (state, comm, cgroup) in stuck {
             self.stuck
                 .get_or_create(&StateLabel {
                     state: state.to_string(),
@@ -305,6 +325,21 @@ impl Metrics {
             }
             comms.insert(comm.clone());
             self.stuck_by_comm.get_or_create(&CommLabel { comm }).inc();
+            let c = cgroup.map(Container::of).unwrap_or_default();
+            if let Some(id) = c.id {
+                let mut label = ContainerLabel {
+                    container_id: id.to_string(),
+                    pod_uid: c.pod_uid.unwrap_or_default(),
+                };
+                if !containers.contains(&label) && containers.len() >= MAX_COMMS {
+                    label = ContainerLabel {
+                        container_id: "other".into(),
+                        pod_uid: String::new(),
+                    };
+                }
+                containers.insert(label.clone());
+                self.stuck_by_container.get_or_create(&label).inc();
+            }
         }
         for kind in half_open {
             self.half_open
@@ -327,5 +362,53 @@ impl Metrics {
         let mut s = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stuck_sockets_are_labelled_by_container_and_pod_capped() {
+        let m = Metrics::new(false);
+        let id = |n: usize| format!("{n:064x}");
+        let uid = "6f0e3a52-9b1d-4c7e-8a2f-1d3c5b7e9f00";
+        let pod = format!("/kubepods/besteffort/pod{uid}/{}", id(1));
+        let mut paths = vec![pod.clone(), pod, "/system.slice/nginx.service".into()];
+        // 70 more containers: past the cap, counted as `other`.
+        paths.extend((2..72).map(|n| format!("/docker/{}", id(n))));
+        let cw = TcpState::CLOSE_WAIT;
+        m.stuck(
+            paths.iter().map(|p| (cw, None, Some(p.as_str()))),
+            std::iter::empty(),
+        );
+        let text = m.encode();
+        let series = |labels: &str| {
+            let name = format!("tcp_trace_stuck_sockets_by_container{{{labels}}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&name))
+                .map(|v| v.trim().to_string())
+        };
+        assert_eq!(
+            series(&format!("container_id=\"{}\",pod_uid=\"{uid}\"", id(1))).as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            series(&format!("container_id=\"{}\",pod_uid=\"\"", id(2))).as_deref(),
+            Some("1")
+        );
+        // 64 labelled containers; the other 7 together.
+        assert_eq!(
+            series("container_id=\"other\",pod_uid=\"\"").as_deref(),
+            Some("7"),
+            "{text}"
+        );
+        let labelled = text
+            .lines()
+            .filter(|l| l.starts_with("tcp_trace_stuck_sockets_by_container{"))
+            .count();
+        assert_eq!(labelled, 65, "{text}");
+        assert!(text.contains("tcp_trace_stuck_sockets{state=\"CLOSE_WAIT\"} 73"));
     }
 }

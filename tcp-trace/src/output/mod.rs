@@ -12,7 +12,7 @@ pub mod watch;
 
 use std::{io, time::Duration};
 
-use crate::event::Owner;
+use crate::{event::Owner, host::cgroup::Container};
 
 /// True when an error (anywhere in its chain) is EPIPE.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -32,4 +32,18 @@ pub fn owner_cells(o: Option<Owner>) -> (String, String) {
     o.map_or(("-".into(), "-".into()), |o| {
         (o.pid.to_string(), o.comm.escaped())
     })
+}
+
+/// `ctr 4f1c0e0b5d4e pod 6f0e…` for a cgroup path that names a container or pod (human
+/// `--wide`: the short id `docker ps` and `crictl ps` print), else `None`.
+pub fn container_text(cgroup: Option<&str>) -> Option<String> {
+    let c = Container::of(cgroup?);
+    let mut parts = Vec::new();
+    if let Some(id) = c.id {
+        parts.push(format!("ctr {}", &id[..12]));
+    }
+    if let Some(uid) = c.pod_uid {
+        parts.push(format!("pod {uid}"));
+    }
+    (!parts.is_empty()).then(|| parts.join(" "))
 }

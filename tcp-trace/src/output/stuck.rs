@@ -169,6 +169,17 @@ pub struct StuckWriter<W: Write> {
 }
 
 impl<W: Write> StuckWriter<W> {
+    /// `--wide`: the cgroup (and the container it names) and network namespace.
+    fn place_line(&mut self, cgroup: Option<&str>, netns: u32) -> io::Result<()> {
+        let netns = match netns {
+            0 => "?".to_string(),
+            n => n.to_string(),
+        };
+        let ctr = super::container_text(cgroup).map_or(String::new(), |c| format!("  {c}"));
+        let cgroup = cgroup.unwrap_or("?");
+        writeln!(self.out, "           cgroup {cgroup}  netns {netns}{ctr}")
+    }
+
     /// A writer of human lines or NDJSON.
     pub fn new(out: W, json: bool, clock: Clock) -> Self {
         Self {
@@ -259,12 +270,7 @@ impl<W: Write> StuckWriter<W> {
         let ends = s.ends.text(|t| clock.hms(t), &closing);
         writeln!(self.out, "           {ends}")?;
         if self.wide {
-            let cgroup = s.cgroup.as_deref().unwrap_or("?");
-            let netns = match s.place.netns {
-                0 => "?".to_string(),
-                n => n.to_string(),
-            };
-            writeln!(self.out, "           cgroup {cgroup}  netns {netns}")?;
+            self.place_line(s.cgroup.as_deref(), s.place.netns)?;
         }
         if !s.history.is_empty() {
             let path: Vec<String> = s
@@ -409,12 +415,7 @@ impl<W: Write> StuckWriter<W> {
         }
         writeln!(self.out, "           {}", g.diagnosis(fin_timeout))?;
         if self.wide {
-            let cgroup = g.cgroup.as_deref().unwrap_or("?");
-            let netns = match g.key.netns {
-                0 => "?".to_string(),
-                n => n.to_string(),
-            };
-            writeln!(self.out, "           cgroup {cgroup}  netns {netns}")?;
+            self.place_line(g.cgroup.as_deref(), g.key.netns)?;
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 
 use super::{
-    json::{common, int, next_key, null, plain, text},
+    json::{common, container, int, next_key, null, plain, text},
     owner_cells,
 };
 use crate::engine::cause::Cause;
@@ -172,7 +172,7 @@ impl<W: Write> WatchWriter<W> {
             n => n.to_string(),
         };
         let cgroup = match (cgroup, place.cgroup) {
-            (Some(p), _) => p.to_string(),
+            (Some(p), _) => super::container_text(Some(p)).unwrap_or_else(|| p.to_string()),
             (None, 0) => "-".to_string(),
             (None, id) => format!("id:{id}"),
         };
@@ -254,6 +254,7 @@ pub fn json_event(out: &mut Vec<u8>, a: &Annotated<'_>, ts: &str) {
         0 => null(out),
         id => int(out, id),
     }
+    container(out, a.cgroup);
     match ev.kind {
         EventKind::State { old, new } => {
             next_key(out, "old");
