@@ -121,6 +121,31 @@ fn a_missing_capability_is_named_on_one_line() {
     }
 }
 
+/// Without tracefs, and no way to mount it (a container that has no `/sys/kernel/tracing`;
+/// here a private mount namespace with a read-only `/sys/kernel`): one line with the fix.
+#[test]
+fn tracefs_that_cannot_be_mounted_is_one_line_with_the_fix() {
+    require_root();
+    let script = format!(
+        "mount --make-rprivate / && umount -l /sys/kernel/tracing 2>/dev/null; \
+         umount -l /sys/kernel/debug 2>/dev/null; \
+         mount -t tmpfs -o ro none /sys/kernel && exec {BIN} watch --duration 1s"
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(
+            "tcp-trace: tracefs is not mounted and mounting it at /sys/kernel/tracing failed"
+        ) && err.contains("bind-mount the host's /sys/kernel/tracing"),
+        "{err}"
+    );
+}
+
 /// Entering other network namespaces needs CAP_SYS_ADMIN: without it `stuck` lists its own
 /// namespace and says once what it cannot see; with it, the leak in the other namespace shows.
 #[test]

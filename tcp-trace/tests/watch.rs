@@ -347,7 +347,7 @@ fn hostile_process_names_round_trip_in_json_and_are_escaped_on_one_line() {
     let start = std::time::Instant::now();
     let lines = loop {
         let lines = human.lines.lock().unwrap().clone();
-        if lines.iter().filter(|l| l.contains("SYN_SENT")).count() >= 2 {
+        if lines.iter().filter(|l| l.contains("-> SYN_SENT")).count() >= 2 {
             break lines;
         }
         assert!(start.elapsed() < WAIT, "no human lines: {lines:?}");

@@ -113,6 +113,9 @@ enum Task {
         /// Limit of the VM run (boot to power-off).
         #[arg(long, value_parser = parse_secs, default_value = "30m")]
         timeout: std::time::Duration,
+        /// Extra kernel command-line parameters (e.g. `lockdown=confidentiality`).
+        #[arg(long)]
+        append: Vec<String>,
         /// The command and its arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         cmd: Vec<String>,
@@ -159,6 +162,7 @@ fn vm_options(slowdown: u32, timeout: std::time::Duration) -> vm::Options {
     vm::Options {
         timeout,
         env: vec![("TCP_TRACE_TEST_SLOWDOWN".into(), slowdown.to_string())],
+        append: Vec::new(),
     }
 }
 
@@ -284,6 +288,7 @@ fn run(cli: Cli) -> Result<()> {
             kernel,
             slowdown,
             timeout,
+            append,
             cmd,
         } => {
             vm::ensure_host_tools()?;
@@ -295,7 +300,11 @@ fn run(cli: Cli) -> Result<()> {
                 vm::quote(&cwd.to_string_lossy()),
                 quoted.join(" ")
             );
-            let (code, wall) = vm::run(&root, &kernel, &script, &vm_options(slowdown, timeout))?;
+            let opts = vm::Options {
+                append,
+                ..vm_options(slowdown, timeout)
+            };
+            let (code, wall) = vm::run(&root, &kernel, &script, &opts)?;
             let code = code.context("the guest gave no exit status")?;
             eprintln!(
                 "xtask: {} ({}) ran {:?}: exit {code}, VM wall time {:.0} s",
@@ -343,6 +352,10 @@ fn run(cli: Cli) -> Result<()> {
             let failed: usize = totals.iter().map(|(_, t)| t.1).sum();
             if failed > 0 {
                 bail!("{failed} test failures in the VMs");
+            }
+            // The whole suite also boots the first kernel locked down (a few seconds).
+            if plan.filters.is_empty() {
+                vm::lockdown_check(&root, &vm::kernel(&root, &kernel[0])?)?;
             }
             Ok(())
         }

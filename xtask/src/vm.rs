@@ -43,6 +43,8 @@ pub struct Options {
     pub timeout: Duration,
     /// Environment of the guest's command besides PATH, HOME, RUST_BACKTRACE and CI.
     pub env: Vec<(String, String)>,
+    /// Extra kernel command-line parameters (`lockdown=confidentiality`).
+    pub append: Vec<String>,
 }
 
 /// A kernel ready to boot: its image and its modules (with modules.dep).
@@ -379,7 +381,14 @@ fn boot(
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(&cpio)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .arg("-append")
+        .arg(
+            ["console=ttyS0 panic=-1 quiet"]
+                .into_iter()
+                .chain(opts.append.iter().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
         // vhost-user devices need the guest's memory shared with virtiofsd.
         .args([
             "-object",
@@ -862,4 +871,38 @@ pub fn test_on(
     }
     println!("{passed} passed, {failed} failed");
     Ok((passed, failed))
+}
+
+/// A kernel locked down for confidentiality (booted with `lockdown=confidentiality`) refuses
+/// what tcp-trace needs: it must say so on one line and exit 2, not fail obscurely.
+pub fn lockdown_check(root: &Path, kernel: &Kernel) -> Result<()> {
+    let bin = root.join("target/debug/tcp-trace");
+    let out = root
+        .join("target/vm")
+        .join(&kernel.name)
+        .join("lockdown.stderr");
+    let _ = fs::remove_file(&out);
+    let script = format!(
+        "{} watch --duration 1s 2>{}\necho \"exit $?\" >>{}\n",
+        quote(&bin.to_string_lossy()),
+        quote(&out.to_string_lossy()),
+        quote(&out.to_string_lossy())
+    );
+    let opts = Options {
+        timeout: Duration::from_secs(300),
+        env: Vec::new(),
+        append: vec!["lockdown=confidentiality".into()],
+    };
+    run(root, kernel, &script, &opts)?;
+    let said = fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
+    let lines: Vec<&str> = said.lines().collect();
+    ensure!(
+        lines.len() == 2
+            && lines[0].starts_with("tcp-trace: this kernel is locked down")
+            && lines[1] == "exit 2",
+        "{} with lockdown=confidentiality: expected one line and exit 2, got {said:?}",
+        kernel.name
+    );
+    println!("xtask: {} locked down: {}", kernel.name, lines[0]);
+    Ok(())
 }

@@ -22,7 +22,9 @@ use tcp_trace_common::{
 };
 
 use self::{
-    privilege::{check_privileges, refused_by_paranoia},
+    privilege::{
+        check_lockdown, check_privileges, raise_memlock, refused_by_memlock, refused_by_paranoia,
+    },
     tracefs::Check,
 };
 use crate::event::{decode, Delivery};
@@ -212,6 +214,8 @@ impl KernelSource {
     /// this kernel lacks.
     pub fn open(opts: Options) -> Result<Self> {
         check_privileges()?;
+        check_lockdown()?;
+        raise_memlock();
         let root = tracefs::ensure_mounted()?;
         if let Ok(false) = aya::sys::is_map_supported(aya::maps::MapType::RingBuf) {
             bail!("this kernel has no BPF ring buffer: tcp-trace needs Linux 5.8 or later");
@@ -244,7 +248,13 @@ impl KernelSource {
             .override_global(layout::SHIFTS, &shifts, true)
             .override_global("AYA_LOG_LEVEL", &level, false)
             .load(OBJECT)
-            .context("loading the eBPF object")?;
+            .map_err(|e| {
+                let e = anyhow::Error::new(e);
+                refused_by_memlock(&e).map_or_else(
+                    || anyhow::anyhow!("loading the eBPF object: {}", short_error(&*e)),
+                    anyhow::Error::new,
+                )
+            })?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -280,10 +290,14 @@ impl KernelSource {
             match res {
                 Ok(()) => attached.push(tp.name),
                 Err((e, attaching)) if tp.loses.is_empty() => {
+                    let short = short_error(&e);
                     let e = anyhow::Error::new(e);
-                    let paranoia = attaching.then(|| refused_by_paranoia(&e)).flatten();
-                    return Err(paranoia.map_or_else(
-                        || e.context(format!("attaching {}/{}", tp.category, tp.name)),
+                    let why = match attaching {
+                        true => refused_by_paranoia(&e),
+                        false => refused_by_memlock(&e),
+                    };
+                    return Err(why.map_or_else(
+                        || anyhow::anyhow!("attaching {}/{}: {short}", tp.category, tp.name),
                         anyhow::Error::new,
                     ));
                 }

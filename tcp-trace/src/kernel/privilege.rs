@@ -78,3 +78,123 @@ pub(crate) fn refused_by_paranoia(e: &anyhow::Error) -> Option<NotPermitted> {
         ))
     })
 }
+
+/// The lockdown mode this kernel runs in (`/sys/kernel/security/lockdown` lists the modes with
+/// the current one in brackets: `none [integrity] confidentiality`); `None` without the LSM or
+/// when
+/// securityfs is mounted (by securityfs itself, when this process may and it is not).
+pub fn lockdown() -> Option<String> {
+    const FILE: &str = "/sys/kernel/security/lockdown";
+    if !std::path::Path::new(FILE).exists() {
+        // SAFETY: valid NUL-terminated strings; no mount data. A failure leaves it unknown.
+        unsafe {
+            libc::mount(
+                c"securityfs".as_ptr(),
+                c"/sys/kernel/security".as_ptr(),
+                c"securityfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+    }
+    let modes = std::fs::read_to_string(FILE).ok()?;
+    current_mode(&modes).map(str::to_string)
+}
+
+/// This process may read any file (CAP_DAC_READ_SEARCH or CAP_DAC_OVERRIDE).
+pub fn can_read_any_file() -> bool {
+    const CAP_DAC_OVERRIDE: u32 = 1;
+    const CAP_DAC_READ_SEARCH: u32 = 2;
+    effective_caps() & (1 << CAP_DAC_OVERRIDE | 1 << CAP_DAC_READ_SEARCH) != 0
+}
+
+fn current_mode(modes: &str) -> Option<&str> {
+    modes
+        .split_whitespace()
+        .find_map(|m| m.strip_prefix('[')?.strip_suffix(']'))
+}
+
+/// Raises `RLIMIT_MEMLOCK` as far as allowed: kernels before 5.11 charge BPF maps and programs
+/// to it (later ones to the cgroup's memory), and its usual 64 KiB or 8 MiB is too little.
+pub fn raise_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid struct; failure (no CAP_SYS_RESOURCE) is checked later,
+    // if loading fails.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
+/// `RLIMIT_MEMLOCK`'s soft limit in bytes (`None`: unlimited or unknown).
+fn memlock_limit() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills a valid struct.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } == 0;
+    (ok && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur)
+}
+
+/// Fails with [`NotPermitted`] on a kernel locked down for confidentiality: it refuses BPF
+/// programs that read kernel memory and reading tracefs, both of which tcp-trace needs.
+pub fn check_lockdown() -> Result<()> {
+    if lockdown().as_deref() != Some("confidentiality") {
+        return Ok(());
+    }
+    Err(NotPermitted(
+        "this kernel is locked down (lockdown=confidentiality): it refuses tracefs and BPF \
+         programs that read kernel memory, which tcp-trace needs; boot with lockdown=integrity \
+         (or none)"
+            .into(),
+    )
+    .into())
+}
+
+/// A refusal to load (maps or programs) that an older kernel's memlock accounting explains.
+pub(crate) fn refused_by_memlock(e: &anyhow::Error) -> Option<NotPermitted> {
+    let denied = e
+        .chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| io.raw_os_error() == Some(libc::EPERM));
+    let limit = memlock_limit()?;
+    (denied && charges_memlock()).then(|| {
+        NotPermitted(format!(
+            "the kernel refused to load BPF and RLIMIT_MEMLOCK is {} KiB (kernels before 5.11 \
+             charge BPF memory to it): run with `ulimit -l unlimited` or LimitMEMLOCK=infinity",
+            limit / 1024
+        ))
+    })
+}
+
+/// Kernels before 5.11 charge BPF memory to `RLIMIT_MEMLOCK`.
+fn charges_memlock() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) < (5, 11)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lockdown_mode_is_the_bracketed_one() {
+        assert_eq!(
+            current_mode("none [integrity] confidentiality\n"),
+            Some("integrity")
+        );
+        assert_eq!(
+            current_mode("[none] integrity confidentiality"),
+            Some("none")
+        );
+        assert_eq!(
+            current_mode("none integrity [confidentiality]"),
+            Some("confidentiality")
+        );
+        assert_eq!(current_mode(""), None);
+    }
+}

@@ -3,10 +3,10 @@
 
 use std::{fs, path::Path};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tcp_trace_common::layout::{Field, Tracepoint, MAX_SHIFT};
 
-/// Where tracefs is mounted (or auto-mounted under debugfs).
+/// Where tracefs is mounted (or auto-mounted under debugfs); tcp-trace mounts the first.
 pub const ROOTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
 /// Mounts tracefs at `/sys/kernel/tracing` when no tracefs is reachable; a tracefs that is
@@ -22,20 +22,33 @@ pub fn ensure_mounted() -> Result<&'static str> {
             .any(|l| l.split_whitespace().nth(1) == Some(r))
     };
     if let Some(r) = ROOTS.iter().find(|r| mounted(r)) {
-        return Err(super::privilege::NotPermitted(format!(
-            "cannot read tracefs at {r}: tcp-trace needs CAP_DAC_READ_SEARCH (or root)"
-        ))
-        .into());
+        let why = match fs::read_dir(r) {
+            Err(e) if super::privilege::can_read_any_file() => format!("{e}"),
+            _ => "tcp-trace needs CAP_DAC_READ_SEARCH (or root)".into(),
+        };
+        return Err(
+            super::privilege::NotPermitted(format!("cannot read tracefs at {r}: {why}")).into(),
+        );
     }
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tracefs", "nodev", ROOTS[0]])
-        .status()
-        .context("running mount -t tracefs")?;
-    anyhow::ensure!(
-        status.success() && Path::new(ROOTS[0]).join("events").is_dir(),
-        "tracefs is not mounted and `mount -t tracefs nodev {}` failed",
-        ROOTS[0]
-    );
+    // No `mount` binary needed (a minimal container image has none).
+    // SAFETY: valid NUL-terminated strings; no mount data.
+    let r = unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            c"/sys/kernel/tracing".as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 || !Path::new(ROOTS[0]).join("events").is_dir() {
+        let why = std::io::Error::last_os_error();
+        anyhow::bail!(
+            "tracefs is not mounted and mounting it at {} failed ({why}): mount it \
+             (`mount -t tracefs nodev {0}`), or in a container bind-mount the host's {0}",
+            ROOTS[0]
+        );
+    }
     Ok(ROOTS[0])
 }
 
