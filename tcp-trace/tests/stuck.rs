@@ -577,6 +577,27 @@ fn the_forecast_uses_the_namespaces_own_fin_timeout() {
         (cw["ends_by"].as_str(), cw["ends_at"].as_str()),
         (Some("application"), None)
     );
+    // A tracer started after the close knows the reap time only from the timewait socket's
+    // timer, as sock_diag lists it: the same time, and exact.
+    let out = Command::new(BIN)
+        .args(["stuck", "--once", "--json", "--threshold", "0s", "--port"])
+        .arg(port.to_string())
+        .output()
+        .unwrap();
+    let late: Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["type"] == "stuck" && e["sport"] == client_port)
+        .unwrap_or_else(|| panic!("{out:?}"));
+    assert_eq!(late["ends_estimated"], false, "{late}");
+    let gap = time(&late["ends_at"])
+        .duration_since(ends_at)
+        .or_else(|_| ends_at.duration_since(time(&late["ends_at"])))
+        .unwrap();
+    assert!(
+        gap < Duration::from_millis(300),
+        "{gap:?}: {late} / {orphan}"
+    );
     // The kernel keeps its word: the orphan is gone within a second of the forecast.
     let ev = tracer.wait_for("the orphan reaped", WAIT, |ev| {
         ev.iter()

@@ -16,6 +16,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+mod cost;
 mod netns;
 
 /// What runs beside the load.
@@ -24,6 +25,10 @@ enum Tool {
     None,
     Watch,
     Stuck,
+    /// The same with the classic tracepoints (`TCP_TRACE_CLASSIC=1`), where BTF-typed ones
+    /// would be used: what they save, in the same run.
+    WatchClassic,
+    StuckClassic,
     Tcpstates,
     Record,
     /// `--baseline`'s build of tcp-trace.
@@ -38,6 +43,8 @@ impl Tool {
             Self::None => "untraced",
             Self::Watch => "tcp-trace watch --json",
             Self::Stuck => "tcp-trace stuck",
+            Self::WatchClassic => "tcp-trace watch --json (classic tracepoints)",
+            Self::StuckClassic => "tcp-trace stuck (classic tracepoints)",
             Self::Tcpstates => "tcpstates (libbpf-tools)",
             Self::Record => "tcp-trace record",
             Self::BaselineWatch => "baseline watch --json",
@@ -171,13 +178,13 @@ struct Traced {
 fn start(tool: Tool, bin: &Path) -> Result<Option<Traced>> {
     let mut cmd = match tool {
         Tool::None => return Ok(None),
-        Tool::Watch | Tool::BaselineWatch => {
+        Tool::Watch | Tool::BaselineWatch | Tool::WatchClassic => {
             let mut c = Command::new(bin);
             c.args(["watch", "--json"])
                 .stdout(fs::File::create("/dev/null")?);
             c
         }
-        Tool::Stuck | Tool::BaselineStuck => {
+        Tool::Stuck | Tool::BaselineStuck | Tool::StuckClassic => {
             let mut c = Command::new(bin);
             c.arg("stuck").stdout(fs::File::create("/dev/null")?);
             c
@@ -195,6 +202,9 @@ fn start(tool: Tool, bin: &Path) -> Result<Option<Traced>> {
             c
         }
     };
+    if matches!(tool, Tool::WatchClassic | Tool::StuckClassic) {
+        cmd.env("TCP_TRACE_CLASSIC", "1");
+    }
     let mut child = cmd
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
@@ -279,6 +289,42 @@ fn number_after(text: &str, key: &str) -> Option<u64> {
         .ok()
 }
 
+/// Stops a tracer (SIGINT) and reads what it says it delivered and lost.
+fn stop(tool: Tool, mut t: Traced) -> (Option<u64>, Option<u64>) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(t.child.id() as i32, libc::SIGINT) };
+    let t0 = Instant::now();
+    while let Ok(None) = t.child.try_wait() {
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = t.child.kill();
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    thread::sleep(Duration::from_millis(100));
+    let err = t.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match tool {
+        // one header line; "lost N events on CPU #c" lines on stderr
+        Tool::Tcpstates => (
+            Some(
+                t.lines
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .saturating_sub(1),
+            ),
+            Some(
+                err.lines()
+                    .filter(|l| l.contains("lost"))
+                    .filter_map(|l| number_after(l, "lost"))
+                    .sum(),
+            ),
+        ),
+        _ => (
+            number_after(&err, "delivered"),
+            number_after(&err, "events, lost"),
+        ),
+    }
+}
+
 fn measure(tool: Tool, bin: &Path, duration: Duration) -> Result<Run> {
     let traced = start(tool, bin)?;
     let pid = traced.as_ref().map(|t| t.child.id());
@@ -288,7 +334,7 @@ fn measure(tool: Tool, bin: &Path, duration: Duration) -> Result<Run> {
         conns_per_s: conns as f64 / secs,
         ..Run::default()
     };
-    let Some(mut t) = traced else {
+    let Some(t) = traced else {
         return Ok(run);
     };
     thread::sleep(Duration::from_millis(200)); // let it drain
@@ -300,38 +346,7 @@ fn measure(tool: Tool, bin: &Path, duration: Duration) -> Result<Run> {
     if run.bpf_runs > 0 {
         run.kernel_ns_per_event = Some(bpf1.0.saturating_sub(bpf0.0) as f64 / run.bpf_runs as f64);
     }
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(p as i32, libc::SIGINT) };
-    let t0 = Instant::now();
-    while t.child.try_wait()?.is_none() {
-        if t0.elapsed() > Duration::from_secs(10) {
-            let _ = t.child.kill();
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    thread::sleep(Duration::from_millis(100));
-    let err = t.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    match tool {
-        Tool::Tcpstates => {
-            // one header line; "lost N events on CPU #c" lines on stderr
-            run.delivered = Some(
-                t.lines
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .saturating_sub(1),
-            );
-            run.lost = Some(
-                err.lines()
-                    .filter(|l| l.contains("lost"))
-                    .filter_map(|l| number_after(l, "lost"))
-                    .sum(),
-            );
-        }
-        _ => {
-            run.delivered = number_after(&err, "delivered");
-            run.lost = number_after(&err, "events, lost");
-        }
-    }
+    (run.delivered, run.lost) = stop(tool, t);
     if matches!(tool, Tool::Record | Tool::BaselineRecord) {
         run.file_bytes = fs::metadata(recording_path(tool)).ok().map(|m| m.len());
     }
@@ -437,12 +452,33 @@ pub fn namespaces(root: &Path, rounds: usize) -> Result<()> {
 }
 
 /// `baseline`: another build of tcp-trace, run alternately with this one (same rounds).
-pub fn run(root: &Path, duration: Duration, rounds: usize, baseline: Option<&Path>) -> Result<()> {
+pub fn run(
+    root: &Path,
+    duration: Duration,
+    rounds: usize,
+    cost: (Duration, usize),
+    baseline: Option<&Path>,
+) -> Result<()> {
     let bins = Bins {
         this: root.join("target/release/tcp-trace"),
         baseline: baseline.map(Path::to_path_buf),
     };
     let bin = bins.this.clone();
+    let mut cost_tools = vec![
+        Tool::None,
+        Tool::Watch,
+        Tool::WatchClassic,
+        Tool::Stuck,
+        Tool::StuckClassic,
+    ];
+    if bins.baseline.is_some() {
+        cost_tools.extend([Tool::BaselineWatch, Tool::BaselineStuck]);
+    }
+    if ensure_tcpstates() {
+        cost_tools.push(Tool::Tcpstates);
+    }
+    println!("xtask: added CPU per event (bpf_stats off)");
+    let cost_json = cost::run(&bins, &cost_tools, cost.0, cost.1)?;
     let stats_path = "/proc/sys/kernel/bpf_stats_enabled";
     let stats_before = fs::read_to_string(stats_path).unwrap_or_default();
     fs::write(stats_path, "1").context("enabling kernel.bpf_stats_enabled (needs root)")?;
@@ -577,7 +613,7 @@ pub fn run(root: &Path, duration: Duration, rounds: usize, baseline: Option<&Pat
         println!("note: {n}");
     }
     let json = format!(
-        "{{\"date\":\"{date}\",\"cores\":{cores},\"kernel\":\"{}\",\"run_seconds\":{},\"rounds\":{rounds},\"load\":\"one thread, loopback connect/accept/close, alternating full close and half-close\",\"results\":[{}],\"engine\":{engine_json},\"recording\":{recordings},\"stuck_namespaces\":{namespaces},\"notes\":[{}]}}",
+        "{{\"date\":\"{date}\",\"cores\":{cores},\"kernel\":\"{}\",\"run_seconds\":{},\"rounds\":{rounds},\"load\":\"one thread, loopback connect/accept/close, alternating full close and half-close\",\"cost\":{cost_json},\"results\":[{}],\"engine\":{engine_json},\"recording\":{recordings},\"stuck_namespaces\":{namespaces},\"notes\":[{}]}}",
         kernel.trim(),
         duration.as_secs(),
         rows.join(","),

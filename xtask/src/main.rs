@@ -49,6 +49,12 @@ enum Task {
         /// Rounds (each runs every configuration once, alternating).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Seconds of load per run of the added-CPU headline.
+        #[arg(long, default_value_t = 2)]
+        cost_seconds: u64,
+        /// Rounds of the added-CPU headline (short, many: medians and spread).
+        #[arg(long, default_value_t = 9)]
+        cost_rounds: usize,
         /// Only the cost of `stuck` across 200 network namespaces.
         #[arg(long)]
         namespaces_only: bool,
@@ -241,6 +247,8 @@ fn run(cli: Cli) -> Result<()> {
         Task::Bench {
             seconds,
             rounds,
+            cost_seconds,
+            cost_rounds,
             namespaces_only,
             baseline,
         } => {
@@ -252,6 +260,7 @@ fn run(cli: Cli) -> Result<()> {
                     &root,
                     std::time::Duration::from_secs(seconds),
                     rounds,
+                    (std::time::Duration::from_secs(cost_seconds), cost_rounds),
                     baseline.as_deref(),
                 ),
             }

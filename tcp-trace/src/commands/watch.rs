@@ -87,12 +87,16 @@ impl<W: Write> Sink for Watch<W> {
         self.engine.tick(now);
         for n in self.engine.take_notices() {
             let (Notice::Began(ep) | Notice::Ended(ep)) = &n;
-            let ends = forecast::half_open(ep, &env.sysctls(ep.place.netns));
-            let cgroup = env.cgroup_path(ep.place.cgroup);
+            let cgroup = env.cgroup_path(ep.place.cgroup).map(str::to_string);
             let shown = self.filter.matches_conn(&ep.tuple, ep.owner.as_ref())
-                && self.filter.matches_place(ep.place.netns, cgroup);
+                && self.filter.matches_place(ep.place.netns, cgroup.as_deref());
             if shown {
-                self.out.half_open(ep, now, cgroup, ends)?;
+                // Only an episode under way has a forecast (and needs its namespace's sysctls).
+                let ends = match ep.outcome {
+                    None => forecast::half_open(ep, &env.sysctls(ep.place.netns)),
+                    Some(_) => None,
+                };
+                self.out.half_open(ep, now, cgroup.as_deref(), ends)?;
             }
         }
         self.out.flush()?;

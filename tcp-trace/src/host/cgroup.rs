@@ -118,6 +118,7 @@ fn container_id(part: &str) -> Option<&str> {
 }
 
 /// `pod<UID>` (cgroupfs driver) or `kubepods[-QOS]-pod<UID_WITH_UNDERSCORES>.slice` (systemd).
+/// A UID is a UUID, or for a static pod (kubeadm's apiserver, etcd) a 32-digit hash.
 fn pod_uid(part: &str) -> Option<String> {
     let name = part.strip_suffix(".slice").unwrap_or(part);
     let uid = match name.strip_prefix("pod") {
@@ -125,15 +126,13 @@ fn pod_uid(part: &str) -> Option<String> {
         None if name.starts_with("kubepods-") => name.rsplit_once("-pod")?.1,
         None => return None,
     };
-    let uid = uid.replace('_', "-");
-    let shape = [8, 4, 4, 4, 12];
-    let groups: Vec<&str> = uid.split('-').collect();
-    let ok = groups.len() == shape.len()
-        && groups
-            .iter()
-            .zip(shape)
-            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()));
-    ok.then_some(uid)
+    let hex = |g: &str, n: usize| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit());
+    let mut groups = uid.split(['-', '_']);
+    let uuid = [8, 4, 4, 4, 12]
+        .iter()
+        .all(|&n| groups.next().is_some_and(|g| hex(g, n)))
+        && groups.next().is_none();
+    (uuid || hex(uid, 32)).then(|| uid.replace('_', "-"))
 }
 
 /// Maps cgroup ids to paths: from a recording's table, or by walking this host's cgroup2 tree
@@ -251,6 +250,12 @@ mod tests {
             // Podman, and a systemd inside a container: the container is still named.
             (format!("/machine.slice/libpod-{id}.scope/container"), Some(id), None),
             (format!("/docker/{id}/system.slice/nginx.service"), Some(id), None),
+            // A static pod's uid is a hash.
+            (
+                "/kubepods/burstable/pod0f9e8d7c6b5a49382716051423324150".into(),
+                None,
+                Some("0f9e8d7c6b5a49382716051423324150"),
+            ),
             // Not containers.
             ("/system.slice/nginx.service".into(), None, None),
             ("/user.slice/user-0.slice/session-3.scope".into(), None, None),

@@ -87,6 +87,18 @@ pub struct KernelSource {
 }
 
 /// An aya error on one line: a verifier log is cut to its verdict (its last line).
+/// An error and its causes on one line, a verifier's log cut to its verdict (the whole log is
+/// logged at debug level: `RUST_LOG=debug`).
+fn one_line(e: &anyhow::Error) -> String {
+    log::debug!("{e:#}");
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        parts.push(short_error(cause));
+    }
+    parts.dedup();
+    parts.join(": ")
+}
+
 fn short_error(e: &dyn std::error::Error) -> String {
     let text = e.to_string();
     match text.split_once("Verifier output:") {
@@ -130,13 +142,12 @@ fn kernel_offsets(opts: &Options) -> Result<(KernelOffsets, SockOffsets)> {
 }
 
 /// Loads and attaches a BTF-typed tracepoint program.
-fn attach_btf(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<()> {
-    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+fn attach_btf(ebpf: &mut Ebpf, program: &str, tracepoint: &str, btf: &aya::Btf) -> Result<()> {
     let prog: &mut BtfTracePoint = ebpf
         .program_mut(program)
         .with_context(|| format!("program {program} missing from the eBPF object"))?
         .try_into()?;
-    prog.load(tracepoint, &btf)
+    prog.load(tracepoint, btf)
         .map_err(|e| anyhow::anyhow!("{}", short_error(&e)))?;
     prog.attach()?;
     Ok(())
@@ -251,7 +262,7 @@ impl KernelSource {
             .map_err(|e| {
                 let e = anyhow::Error::new(e);
                 refused_by_memlock(&e).map_or_else(
-                    || anyhow::anyhow!("loading the eBPF object: {}", short_error(&*e)),
+                    || anyhow::anyhow!("loading the eBPF object: {}", one_line(&e)),
                     anyhow::Error::new,
                 )
             })?;
@@ -263,18 +274,34 @@ impl KernelSource {
             }
         };
         let mut attached = Vec::new();
+        // The BTF-typed programs where BTF gave the socket's offsets (TCP_TRACE_CLASSIC=1: the
+        // classic ones, to test and measure the fallback).
+        let btf = (sock.family != 0 && std::env::var_os("TCP_TRACE_CLASSIC").is_none())
+            .then(aya::Btf::from_sys_fs)
+            .and_then(|b| {
+                b.map_err(|e| log::warn!("reading the kernel's BTF: {e}"))
+                    .ok()
+            });
         for Planned { tp, .. } in plan {
-            if tp.name == "inet_sk_error_report" && sock.family != 0 {
-                match attach_btf(&mut ebpf, names::ERROR_REPORT_BTF, tp.name) {
+            let typed = match tp.name {
+                "inet_sk_error_report" => Some((
+                    names::ERROR_REPORT_BTF,
+                    // The classic tracepoint still reports every error, only not its socket.
+                    "errors reported after a disconnect join no socket",
+                )),
+                "inet_sock_set_state" => Some((
+                    names::SET_STATE_BTF,
+                    "the classic tracepoint, which costs more per event, is used",
+                )),
+                _ => None,
+            };
+            if let (Some((program, fallback)), Some(btf)) = (typed, &btf) {
+                match attach_btf(&mut ebpf, program, tp.name, btf) {
                     Ok(()) => {
-                        attached.push(tp.name);
+                        attached.push(program);
                         continue;
                     }
-                    // The classic tracepoint still reports every error, only not its socket.
-                    Err(e) => log::warn!(
-                        "{}: {e:#}: errors reported after a disconnect join no socket",
-                        names::ERROR_REPORT_BTF
-                    ),
+                    Err(e) => log::warn!("{program}: {e:#}: {fallback}"),
                 }
             }
             let prog: &mut TracePoint = ebpf
@@ -290,8 +317,8 @@ impl KernelSource {
             match res {
                 Ok(()) => attached.push(tp.name),
                 Err((e, attaching)) if tp.loses.is_empty() => {
-                    let short = short_error(&e);
                     let e = anyhow::Error::new(e);
+                    let short = one_line(&e);
                     let why = match attaching {
                         true => refused_by_paranoia(&e),
                         false => refused_by_memlock(&e),

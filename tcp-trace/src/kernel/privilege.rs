@@ -80,25 +80,32 @@ pub(crate) fn refused_by_paranoia(e: &anyhow::Error) -> Option<NotPermitted> {
 }
 
 /// The lockdown mode this kernel runs in (`/sys/kernel/security/lockdown` lists the modes with
-/// the current one in brackets: `none [integrity] confidentiality`); `None` without the LSM or
-/// when
-/// securityfs is mounted (by securityfs itself, when this process may and it is not).
+/// the current one in brackets: `none [integrity] confidentiality`); `None` without the LSM.
+/// Where securityfs is not mounted (a container's fresh sysfs), it is mounted for the read and
+/// unmounted again.
 pub fn lockdown() -> Option<String> {
     const FILE: &str = "/sys/kernel/security/lockdown";
-    if !std::path::Path::new(FILE).exists() {
-        // SAFETY: valid NUL-terminated strings; no mount data. A failure leaves it unknown.
-        unsafe {
-            libc::mount(
-                c"securityfs".as_ptr(),
-                c"/sys/kernel/security".as_ptr(),
-                c"securityfs".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
+    let read = || Some(current_mode(&std::fs::read_to_string(FILE).ok()?)?.to_string());
+    if std::path::Path::new(FILE).exists() {
+        return read();
     }
-    let modes = std::fs::read_to_string(FILE).ok()?;
-    current_mode(&modes).map(str::to_string)
+    let dir = c"/sys/kernel/security";
+    // SAFETY: valid NUL-terminated strings; no mount data.
+    let mounted = unsafe {
+        libc::mount(
+            c"securityfs".as_ptr(),
+            dir.as_ptr(),
+            c"securityfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        )
+    } == 0;
+    let mode = read();
+    if mounted {
+        // SAFETY: unmounting what was just mounted.
+        unsafe { libc::umount2(dir.as_ptr(), libc::MNT_DETACH) };
+    }
+    mode
 }
 
 /// This process may read any file (CAP_DAC_READ_SEARCH or CAP_DAC_OVERRIDE).
@@ -115,15 +122,23 @@ fn current_mode(modes: &str) -> Option<&str> {
 }
 
 /// Raises `RLIMIT_MEMLOCK` as far as allowed: kernels before 5.11 charge BPF maps and programs
-/// to it (later ones to the cgroup's memory), and its usual 64 KiB or 8 MiB is too little.
+/// to it, and its usual 64 KiB or 8 MiB is too little. Unlimited with CAP_SYS_RESOURCE; else
+/// the soft limit up to the hard one.
 pub fn raise_memlock() {
-    let unlimited = libc::rlimit {
+    let mut r = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
     };
-    // SAFETY: setrlimit with a valid struct; failure (no CAP_SYS_RESOURCE) is checked later,
-    // if loading fails.
-    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+    // SAFETY: setrlimit and getrlimit with a valid struct; a failure is named later, if
+    // loading fails.
+    unsafe {
+        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) != 0
+            && libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) == 0
+        {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &r);
+        }
+    }
 }
 
 /// `RLIMIT_MEMLOCK`'s soft limit in bytes (`None`: unlimited or unknown).

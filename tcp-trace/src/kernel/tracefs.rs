@@ -37,12 +37,15 @@ pub fn ensure_mounted() -> Result<&'static str> {
             c"nodev".as_ptr(),
             c"/sys/kernel/tracing".as_ptr(),
             c"tracefs".as_ptr(),
-            0,
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             std::ptr::null(),
         )
     };
+    let why = match r {
+        0 => "no events directory in it".to_string(),
+        _ => std::io::Error::last_os_error().to_string(),
+    };
     if r != 0 || !Path::new(ROOTS[0]).join("events").is_dir() {
-        let why = std::io::Error::last_os_error();
         anyhow::bail!(
             "tracefs is not mounted and mounting it at {} failed ({why}): mount it \
              (`mount -t tracefs nodev {0}`), or in a container bind-mount the host's {0}",

@@ -312,7 +312,7 @@ impl Metrics {
         self.stuck_by_container.clear();
         self.half_open.clear();
         let mut comms = std::collections::HashSet::new();
-        let mut containers = std::collections::HashSet::new();
+        let mut containers: std::collections::BTreeMap<(String, String), i64> = Default::default();
         for (state, comm, cgroup) in stuck {
             self.stuck
                 .get_or_create(&StateLabel {
@@ -327,19 +327,27 @@ impl Metrics {
             self.stuck_by_comm.get_or_create(&CommLabel { comm }).inc();
             let c = cgroup.map(Container::of).unwrap_or_default();
             if let Some(id) = c.id {
-                let mut label = ContainerLabel {
-                    container_id: id.to_string(),
-                    pod_uid: c.pod_uid.unwrap_or_default(),
-                };
-                if !containers.contains(&label) && containers.len() >= MAX_COMMS {
-                    label = ContainerLabel {
-                        container_id: "other".into(),
-                        pod_uid: String::new(),
-                    };
-                }
-                containers.insert(label.clone());
-                self.stuck_by_container.get_or_create(&label).inc();
+                *containers
+                    .entry((id.to_string(), c.pod_uid.unwrap_or_default()))
+                    .or_default() += 1;
             }
+        }
+        // The containers with the most stuck sockets keep their own series (ties: by id), so
+        // the same ones do from one evaluation to the next.
+        let mut ranked: Vec<_> = containers.into_iter().collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        for (i, ((container_id, pod_uid), n)) in ranked.into_iter().enumerate() {
+            let label = match i < MAX_COMMS {
+                true => ContainerLabel {
+                    container_id,
+                    pod_uid,
+                },
+                false => ContainerLabel {
+                    container_id: "other".into(),
+                    pod_uid: String::new(),
+                },
+            };
+            self.stuck_by_container.get_or_create(&label).inc_by(n);
         }
         for kind in half_open {
             self.half_open

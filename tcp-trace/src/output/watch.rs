@@ -39,6 +39,9 @@ pub struct WatchWriter<W: Write> {
     line: Vec<u8>,
     header_done: bool,
     wide: bool,
+    /// Each cgroup's `container_id`/`pod_uid` keys, rendered once (parsing a path per event
+    /// would cost more than the rest of its line).
+    containers: rustc_hash::FxHashMap<u64, Box<[u8]>>,
 }
 
 const HUMAN_HEADER: &str = "TIME          PID     COMM             LOCAL                       REMOTE                      EVENT";
@@ -55,6 +58,7 @@ impl<W: Write> WatchWriter<W> {
             line: Vec::with_capacity(512),
             header_done: false,
             wide: false,
+            containers: Default::default(),
         }
     }
 
@@ -68,7 +72,15 @@ impl<W: Write> WatchWriter<W> {
         if self.json {
             self.line.clear();
             let ts = self.ts.format(&self.clock, a.ev.ts_ns);
-            json_event(&mut self.line, a, ts);
+            let ctr = match (a.place.cgroup, a.cgroup) {
+                (0, _) | (_, None) => &[][..],
+                (id, Some(path)) => self.containers.entry(id).or_insert_with(|| {
+                    let mut keys = Vec::new();
+                    container(&mut keys, Some(path));
+                    keys.into()
+                }),
+            };
+            json_event(&mut self.line, a, ts, ctr);
             return self.out.write_all(&self.line);
         }
         self.header()?;
@@ -227,8 +239,9 @@ impl<W: Write> WatchWriter<W> {
     }
 }
 
-/// Appends the JSON object (one line, with its newline) for one event.
-pub fn json_event(out: &mut Vec<u8>, a: &Annotated<'_>, ts: &str) {
+/// Appends the JSON object (one line, with its newline) for one event; `container`: the
+/// `container_id`/`pod_uid` keys its cgroup path names (see [`container`]).
+pub fn json_event(out: &mut Vec<u8>, a: &Annotated<'_>, ts: &str, container: &[u8]) {
     let ev = a.ev;
     let sock = a.sock.or((ev.sock != 0).then_some(ev.sock));
     common(
@@ -254,7 +267,7 @@ pub fn json_event(out: &mut Vec<u8>, a: &Annotated<'_>, ts: &str) {
         0 => null(out),
         id => int(out, id),
     }
-    container(out, a.cgroup);
+    out.extend_from_slice(container);
     match ev.kind {
         EventKind::State { old, new } => {
             next_key(out, "old");

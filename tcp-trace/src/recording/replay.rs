@@ -60,12 +60,21 @@ impl Env for Replay {
     }
 
     fn sockets(&mut self, states: &[TcpState]) -> Result<Vec<DiagSocket>> {
+        // A timer's time left was the listing's: less what has passed since.
+        let since_ms = u32::try_from(self.now_ns.saturating_sub(self.snap.ts_ns) / 1_000_000)
+            .unwrap_or(u32::MAX);
         Ok(self
             .snap
             .sockets
             .iter()
             .filter(|d| in_states(d, states))
             .cloned()
+            .map(|mut d| {
+                if let Some(t) = &mut d.timer {
+                    t.in_ms = t.in_ms.saturating_sub(since_ms);
+                }
+                d
+            })
             .collect())
     }
 
