@@ -293,8 +293,6 @@ pub mod names {
     pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
     /// The BTF-typed program for `inet_sk_error_report` (preferred to the classic one).
     pub const ERROR_REPORT_BTF: &str = "inet_sk_error_report_btf";
-    /// The BTF-typed program for `inet_sock_set_state` (preferred to the classic one: cheaper).
-    pub const SET_STATE_BTF: &str = "inet_sock_set_state_btf";
     /// Global `u8`: read sockets' namespaces and cgroups for the output (0: only to filter).
     pub const READ_PLACE: &str = "READ_PLACE";
     /// Global `u32`: only sockets in the network namespace with this inode (0: all).

@@ -698,37 +698,6 @@ mod programs {
         }
     }
 
-    /// The state change from the BTF-typed tracepoint: the kernel calls it with the socket, no
-    /// record built first (what the classic tracepoint costs), and it reads what it sends.
-    #[btf_tracepoint(function = "inet_sock_set_state")]
-    pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
-        let sk: u64 = ctx.arg(0);
-        let old: i32 = ctx.arg(1);
-        let new: i32 = ctx.arg(2);
-        let Some(ends) = sock_ends(sk, &SOCK_OFFSETS.load()) else {
-            return 0;
-        };
-        if !wanted(ends.0.family, ends.0.sport, ends.0.dport) {
-            return 0;
-        }
-        let Some(at) = place(sk, is_birth(old, new)) else {
-            return 0;
-        };
-        let Some(mut e) = reserve::<StateEvent, _>(&ctx) else {
-            return 0;
-        };
-        let p = e.as_mut_ptr();
-        unsafe {
-            let h = &raw mut (*p).hdr;
-            header(h, Body::State, sk, at, in_owner_context(old, new));
-            sock_endpoints(h, ends);
-            (*p).oldstate = old;
-            (*p).newstate = new;
-        }
-        submit(e);
-        0
-    }
-
     /// The same report, from the BTF-typed tracepoint, which hands over the socket itself: the
     /// error joins its socket even when the kernel has already cleared the remote port (a
     /// disconnect reports after clearing it: children reset by their listener's close, an

@@ -25,10 +25,6 @@ enum Tool {
     None,
     Watch,
     Stuck,
-    /// The same with the classic tracepoints (`TCP_TRACE_CLASSIC=1`), where BTF-typed ones
-    /// would be used: what they save, in the same run.
-    WatchClassic,
-    StuckClassic,
     Tcpstates,
     Record,
     /// `--baseline`'s build of tcp-trace.
@@ -43,8 +39,6 @@ impl Tool {
             Self::None => "untraced",
             Self::Watch => "tcp-trace watch --json",
             Self::Stuck => "tcp-trace stuck",
-            Self::WatchClassic => "tcp-trace watch --json (classic tracepoints)",
-            Self::StuckClassic => "tcp-trace stuck (classic tracepoints)",
             Self::Tcpstates => "tcpstates (libbpf-tools)",
             Self::Record => "tcp-trace record",
             Self::BaselineWatch => "baseline watch --json",
@@ -98,12 +92,23 @@ fn recording_path(tool: Tool) -> std::path::PathBuf {
 /// then the server after reading EOF) and a half-close (client shuts down its sending side,
 /// the server reads EOF and closes, then the client closes).
 fn churn(duration: Duration) -> Result<(u64, f64)> {
+    churn_paced(duration, None)
+}
+
+/// The same, at most `per_s` connections a second (paced per connection, no bursts).
+fn churn_paced(duration: Duration, per_s: Option<f64>) -> Result<(u64, f64)> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let start = Instant::now();
     let mut n = 0u64;
     let mut buf = [0u8; 1];
     while start.elapsed() < duration {
+        if let Some(rate) = per_s {
+            let due = start + Duration::from_secs_f64(n as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                thread::sleep(wait);
+            }
+        }
         let client = TcpStream::connect(addr)?;
         let (mut server, _) = listener.accept()?;
         if n.is_multiple_of(2) {
@@ -178,13 +183,13 @@ struct Traced {
 fn start(tool: Tool, bin: &Path) -> Result<Option<Traced>> {
     let mut cmd = match tool {
         Tool::None => return Ok(None),
-        Tool::Watch | Tool::BaselineWatch | Tool::WatchClassic => {
+        Tool::Watch | Tool::BaselineWatch => {
             let mut c = Command::new(bin);
             c.args(["watch", "--json"])
                 .stdout(fs::File::create("/dev/null")?);
             c
         }
-        Tool::Stuck | Tool::BaselineStuck | Tool::StuckClassic => {
+        Tool::Stuck | Tool::BaselineStuck => {
             let mut c = Command::new(bin);
             c.arg("stuck").stdout(fs::File::create("/dev/null")?);
             c
@@ -202,9 +207,6 @@ fn start(tool: Tool, bin: &Path) -> Result<Option<Traced>> {
             c
         }
     };
-    if matches!(tool, Tool::WatchClassic | Tool::StuckClassic) {
-        cmd.env("TCP_TRACE_CLASSIC", "1");
-    }
     let mut child = cmd
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
@@ -451,6 +453,33 @@ pub fn namespaces(root: &Path, rounds: usize) -> Result<()> {
     Ok(())
 }
 
+/// The configurations of the added-CPU headline.
+fn cost_tools(bins: &Bins) -> Vec<Tool> {
+    let mut tools = vec![Tool::None, Tool::Watch, Tool::Stuck];
+    if bins.baseline.is_some() {
+        tools.extend([Tool::BaselineWatch, Tool::BaselineStuck]);
+    }
+    if ensure_tcpstates() {
+        tools.push(Tool::Tcpstates);
+    }
+    tools
+}
+
+/// Only the added-CPU headline; JSON to `target/bench/cost.json`.
+pub fn cost_only(root: &Path, cost: (Duration, usize), baseline: Option<&Path>) -> Result<()> {
+    let bins = Bins {
+        this: root.join("target/release/tcp-trace"),
+        baseline: baseline.map(Path::to_path_buf),
+    };
+    let json = cost::run(&bins, &cost_tools(&bins), cost.0, cost.1)?;
+    let dir = root.join("target/bench");
+    fs::create_dir_all(&dir)?;
+    let path = dir.join("cost.json");
+    fs::write(&path, json)?;
+    println!("xtask: wrote {}", path.display());
+    Ok(())
+}
+
 /// `baseline`: another build of tcp-trace, run alternately with this one (same rounds).
 pub fn run(
     root: &Path,
@@ -464,21 +493,8 @@ pub fn run(
         baseline: baseline.map(Path::to_path_buf),
     };
     let bin = bins.this.clone();
-    let mut cost_tools = vec![
-        Tool::None,
-        Tool::Watch,
-        Tool::WatchClassic,
-        Tool::Stuck,
-        Tool::StuckClassic,
-    ];
-    if bins.baseline.is_some() {
-        cost_tools.extend([Tool::BaselineWatch, Tool::BaselineStuck]);
-    }
-    if ensure_tcpstates() {
-        cost_tools.push(Tool::Tcpstates);
-    }
     println!("xtask: added CPU per event (bpf_stats off)");
-    let cost_json = cost::run(&bins, &cost_tools, cost.0, cost.1)?;
+    let cost_json = cost::run(&bins, &cost_tools(&bins), cost.0, cost.1)?;
     let stats_path = "/proc/sys/kernel/bpf_stats_enabled";
     let stats_before = fs::read_to_string(stats_path).unwrap_or_default();
     fs::write(stats_path, "1").context("enabling kernel.bpf_stats_enabled (needs root)")?;

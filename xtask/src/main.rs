@@ -58,6 +58,9 @@ enum Task {
         /// Only the cost of `stuck` across 200 network namespaces.
         #[arg(long)]
         namespaces_only: bool,
+        /// Only the added-CPU headline (and the highest rate held without loss).
+        #[arg(long)]
+        cost_only: bool,
         /// Another build of tcp-trace (e.g. of an earlier commit) to run alternately with this
         /// one, as `baseline watch --json` and `baseline stuck`.
         #[arg(long, value_name = "BINARY")]
@@ -250,17 +253,20 @@ fn run(cli: Cli) -> Result<()> {
             cost_seconds,
             cost_rounds,
             namespaces_only,
+            cost_only,
             baseline,
         } => {
             setup::ensure_all()?;
             build_release(&root)?;
-            match namespaces_only {
-                true => bench::namespaces(&root, rounds),
-                false => bench::run(
+            let cost = (std::time::Duration::from_secs(cost_seconds), cost_rounds);
+            match (namespaces_only, cost_only) {
+                (true, _) => bench::namespaces(&root, rounds),
+                (_, true) => bench::cost_only(&root, cost, baseline.as_deref()),
+                _ => bench::run(
                     &root,
                     std::time::Duration::from_secs(seconds),
                     rounds,
-                    (std::time::Duration::from_secs(cost_seconds), cost_rounds),
+                    cost,
                     baseline.as_deref(),
                 ),
             }
@@ -358,15 +364,13 @@ fn run(cli: Cli) -> Result<()> {
                     .fold((0, 0), |(p, f), (_, t)| (p + t.0, f + t.1));
                 println!("total: {p} passed, {f} failed");
             }
+            // Also the first kernel booted locked down (a few seconds).
+            let lockdown = vm::lockdown_check(&root, &vm::kernel(&root, &kernel[0])?);
             let failed: usize = totals.iter().map(|(_, t)| t.1).sum();
             if failed > 0 {
                 bail!("{failed} test failures in the VMs");
             }
-            // The whole suite also boots the first kernel locked down (a few seconds).
-            if plan.filters.is_empty() {
-                vm::lockdown_check(&root, &vm::kernel(&root, &kernel[0])?)?;
-            }
-            Ok(())
+            lockdown
         }
         Task::Test { args, .. } => {
             setup::ensure_all()?;

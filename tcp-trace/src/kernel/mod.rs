@@ -274,34 +274,25 @@ impl KernelSource {
             }
         };
         let mut attached = Vec::new();
-        // The BTF-typed programs where BTF gave the socket's offsets (TCP_TRACE_CLASSIC=1: the
-        // classic ones, to test and measure the fallback).
-        let btf = (sock.family != 0 && std::env::var_os("TCP_TRACE_CLASSIC").is_none())
+        // The BTF-typed error report where BTF gave the socket's offsets.
+        let btf = (sock.family != 0)
             .then(aya::Btf::from_sys_fs)
             .and_then(|b| {
                 b.map_err(|e| log::warn!("reading the kernel's BTF: {e}"))
                     .ok()
             });
         for Planned { tp, .. } in plan {
-            let typed = match tp.name {
-                "inet_sk_error_report" => Some((
-                    names::ERROR_REPORT_BTF,
-                    // The classic tracepoint still reports every error, only not its socket.
-                    "errors reported after a disconnect join no socket",
-                )),
-                "inet_sock_set_state" => Some((
-                    names::SET_STATE_BTF,
-                    "the classic tracepoint, which costs more per event, is used",
-                )),
-                _ => None,
-            };
-            if let (Some((program, fallback)), Some(btf)) = (typed, &btf) {
-                match attach_btf(&mut ebpf, program, tp.name, btf) {
+            if let (true, Some(btf)) = (tp.name == "inet_sk_error_report", &btf) {
+                match attach_btf(&mut ebpf, names::ERROR_REPORT_BTF, tp.name, btf) {
                     Ok(()) => {
-                        attached.push(program);
+                        attached.push(tp.name);
                         continue;
                     }
-                    Err(e) => log::warn!("{program}: {e:#}: {fallback}"),
+                    // The classic tracepoint still reports every error, only not its socket.
+                    Err(e) => log::warn!(
+                        "{}: {e:#}: errors reported after a disconnect join no socket",
+                        names::ERROR_REPORT_BTF
+                    ),
                 }
             }
             let prog: &mut TracePoint = ebpf

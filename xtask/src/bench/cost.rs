@@ -8,7 +8,7 @@ use std::{fs, thread, time::Duration};
 
 use anyhow::Result;
 
-use super::{churn, median, start, stop, Bins, Tool};
+use super::{churn_paced, median, start, stop, Bins, Tool};
 
 /// Busy jiffies of all cores together (`cpu` line: user, nice, system, irq, softirq, steal;
 /// not idle or iowait; guest time is already in user).
@@ -42,10 +42,10 @@ struct Sample {
     lost: Option<u64>,
 }
 
-fn sample(tool: Tool, bins: &Bins, duration: Duration, threads: usize) -> Result<Sample> {
+fn sample(tool: Tool, bins: &Bins, duration: Duration, churn: Churn) -> Result<Sample> {
     let traced = start(tool, tool.bin(bins))?;
     let b0 = busy_jiffies();
-    let (conns, _) = churn_on(threads, duration)?;
+    let (conns, _) = churn_on(churn, duration)?;
     thread::sleep(Duration::from_millis(150)); // the tracer drains what is left
     let b1 = busy_jiffies();
     let (events, lost) = match traced {
@@ -60,10 +60,23 @@ fn sample(tool: Tool, bins: &Bins, duration: Duration, threads: usize) -> Result
     })
 }
 
-/// The churn on `threads` threads at once; connections in all.
-fn churn_on(threads: usize, duration: Duration) -> Result<(u64, f64)> {
-    let handles: Vec<_> = (0..threads)
-        .map(|_| thread::spawn(move || churn(duration)))
+/// How the load runs: threads, and a cap on connections a second over all of them.
+#[derive(Clone, Copy)]
+struct Churn {
+    threads: usize,
+    per_s: Option<f64>,
+}
+
+const ONE_CORE: Churn = Churn {
+    threads: 1,
+    per_s: None,
+};
+
+/// The churn on its threads at once; connections in all.
+fn churn_on(c: Churn, duration: Duration) -> Result<(u64, f64)> {
+    let each = c.per_s.map(|r| r / c.threads as f64);
+    let handles: Vec<_> = (0..c.threads)
+        .map(|_| thread::spawn(move || churn_paced(duration, each)))
         .collect();
     let mut total = (0, 0.0);
     for h in handles {
@@ -75,47 +88,59 @@ fn churn_on(threads: usize, duration: Duration) -> Result<(u64, f64)> {
     Ok(total)
 }
 
-fn spread(mut v: Vec<f64>) -> (f64, f64) {
+/// The middle half of `v`: its first and third quartiles.
+fn quartiles(mut v: Vec<f64>) -> (f64, f64) {
     v.sort_by(f64::total_cmp);
-    (
-        v.first().copied().unwrap_or(0.0),
-        v.last().copied().unwrap_or(0.0),
-    )
+    let at = |q: f64| {
+        let last = v.len().checked_sub(1)?;
+        v.get((last as f64 * q).round() as usize).copied()
+    };
+    (at(0.25).unwrap_or(0.0), at(0.75).unwrap_or(0.0))
 }
 
 /// Runs the rounds, prints the table, returns the JSON.
 pub fn run(bins: &Bins, tools: &[Tool], duration: Duration, rounds: usize) -> Result<String> {
     let stats = "/proc/sys/kernel/bpf_stats_enabled";
-    let before = fs::read_to_string(stats).unwrap_or_default();
+    let before_stats = fs::read_to_string(stats).unwrap_or_default();
     let _ = fs::write(stats, "0");
+    // Each traced run sits between two untraced ones and is compared with their mean: this
+    // VM's speed can jump threefold within a run, and only neighbours share a speed.
+    let traced: Vec<usize> = (0..tools.len())
+        .filter(|&i| tools[i] != Tool::None)
+        .collect();
     let mut samples: Vec<Vec<Sample>> = tools.iter().map(|_| Vec::new()).collect();
+    let mut added: Vec<Vec<f64>> = tools.iter().map(|_| Vec::new()).collect();
     let result = (|| -> Result<()> {
+        let mut before = sample(Tool::None, bins, duration, ONE_CORE)?;
         for round in 0..rounds {
-            // Alternate the order too: a drift in the VM's speed does not favour one.
             let order: Vec<usize> = match round % 2 {
-                0 => (0..tools.len()).collect(),
-                _ => (0..tools.len()).rev().collect(),
+                0 => traced.clone(),
+                _ => traced.iter().rev().copied().collect(),
             };
             for i in order {
-                let s = sample(tools[i], bins, duration, 1)?;
+                let s = sample(tools[i], bins, duration, ONE_CORE)?;
+                let after = sample(Tool::None, bins, duration, ONE_CORE)?;
+                let base = (before.cpu_us_per_conn + after.cpu_us_per_conn) / 2.0;
                 println!(
-                    "  cost round {} {:<44} {:>7.1} µs/conn over all cores",
+                    "  cost round {} {:<44} {:>7.1} µs/conn over all cores (untraced around it {base:.1})",
                     round + 1,
                     tools[i].name(),
                     s.cpu_us_per_conn
                 );
+                added[i].push(s.cpu_us_per_conn - base);
                 samples[i].push(s);
+                samples[untraced_index(tools)].push(std::mem::replace(&mut before, after));
             }
         }
         Ok(())
     })();
-    let _ = fs::write(stats, before.trim());
+    let _ = fs::write(stats, before_stats.trim());
     result?;
 
-    let untraced = tools.iter().position(|t| *t == Tool::None).unwrap_or(0);
+    let untraced = untraced_index(tools);
     println!();
     println!(
-        "added CPU over all cores (kernel + user), {} s churn on one core, {rounds} rounds, medians [min–max of the rounds' differences]",
+        "added CPU over all cores (kernel + user), {} s churn on one core, {rounds} rounds, medians [interquartile range]",
         duration.as_secs()
     );
     println!(
@@ -125,14 +150,8 @@ pub fn run(bins: &Bins, tools: &[Tool], duration: Duration, rounds: usize) -> Re
     let mut rows = Vec::new();
     for (i, &tool) in tools.iter().enumerate() {
         let per_conn = median(samples[i].iter().map(|s| s.cpu_us_per_conn).collect());
-        // Paired by round: each round's own untraced run.
-        let diffs: Vec<f64> = samples[i]
-            .iter()
-            .zip(&samples[untraced])
-            .map(|(s, u)| s.cpu_us_per_conn - u.cpu_us_per_conn)
-            .collect();
-        let added = median(diffs.clone());
-        let (lo, hi) = spread(diffs);
+        let (lo, hi) = quartiles(added[i].clone());
+        let added = median(added[i].clone());
         let per_event: Vec<f64> = samples[i]
             .iter()
             .filter_map(|s| Some(s.events? as f64 / s.conns.max(1) as f64))
@@ -162,27 +181,49 @@ pub fn run(bins: &Bins, tools: &[Tool], duration: Duration, rounds: usize) -> Re
         ));
     }
 
-    // Both cores churning: the highest event rate, and whether it held without loss.
+    // Both cores churning, paced at rising rates: the highest held without loss.
     let mut rates = Vec::new();
     for &tool in tools
         .iter()
         .filter(|t| matches!(t, Tool::Watch | Tool::Stuck))
     {
-        let s = sample(tool, bins, duration, 2)?;
-        let secs = duration.as_secs_f64();
-        let ev = s.events.unwrap_or(0) as f64 / secs;
+        let mut held = None;
+        for per_s in [
+            10_000.0,
+            20_000.0,
+            30_000.0,
+            40_000.0,
+            50_000.0,
+            f64::INFINITY,
+        ] {
+            let churn = Churn {
+                threads: 2,
+                per_s: per_s.is_finite().then_some(per_s),
+            };
+            let s = sample(tool, bins, duration, churn)?;
+            let secs = duration.as_secs_f64();
+            let ev = s.events.unwrap_or(0) as f64 / secs;
+            let lost = s.lost.unwrap_or(0);
+            println!(
+                "  {:<44} both cores, {:>6.0} conn/s: {ev:>8.0} events/s delivered, {lost} lost",
+                tool.name(),
+                s.conns as f64 / secs,
+            );
+            rates.push(format!(
+                "{{\"configuration\":\"{}\",\"conn_per_s\":{:.1},\"events_per_s\":{ev:.1},\"lost\":{lost}}}",
+                tool.name(),
+                s.conns as f64 / secs,
+            ));
+            if lost > 0 {
+                break;
+            }
+            held = Some(held.map_or(ev, |h: f64| h.max(ev)));
+        }
         println!(
-            "{:<44} both cores churning: {:.0} conn/s, {ev:.0} events/s delivered, {} lost",
+            "{:<44} highest event rate held without loss: {}",
             tool.name(),
-            s.conns as f64 / secs,
-            s.lost.unwrap_or(0)
+            held.map_or("-".into(), |e| format!("{e:.0} events/s"))
         );
-        rates.push(format!(
-            "{{\"configuration\":\"{}\",\"conn_per_s\":{:.1},\"events_per_s\":{ev:.1},\"lost\":{}}}",
-            tool.name(),
-            s.conns as f64 / secs,
-            s.lost.unwrap_or(0)
-        ));
     }
     Ok(format!(
         "{{\"run_seconds\":{},\"rounds\":{rounds},\"results\":[{}],\"both_cores\":[{}]}}",
@@ -190,4 +231,8 @@ pub fn run(bins: &Bins, tools: &[Tool], duration: Duration, rounds: usize) -> Re
         rows.join(","),
         rates.join(",")
     ))
+}
+
+fn untraced_index(tools: &[Tool]) -> usize {
+    tools.iter().position(|t| *t == Tool::None).unwrap_or(0)
 }
