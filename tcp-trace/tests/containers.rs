@@ -409,16 +409,7 @@ fn containers_and_pods_are_named_from_their_cgroup_paths() {
     let wide = Tracer::start(&["watch", "--wide", "--port", &ps]);
     // Live, so that the orphans (timewait sockets: no cgroup in sock_diag, no process) keep
     // the place the events gave them.
-    let stuck = Tracer::start(&[
-        "stuck",
-        "--json",
-        "--threshold",
-        "500ms",
-        "--interval",
-        "250ms",
-        "--port",
-        &ps,
-    ]);
+    let stuck = Tracer::stuck("500ms", port);
     let _leaks = [
         Leak::start(&cg.dir(&k8s), "127.0.0.1", port),
         Leak::start(&cg.dir(&docker), "127.0.0.2", port),

@@ -81,16 +81,10 @@ impl Tracer {
     /// Starts `tcp-trace ARGS` and waits until it says it is ready (systemd's `READY=1` on
     /// `$NOTIFY_SOCKET`: programs attached, start-up snapshot taken).
     pub fn start(args: &[&str]) -> Self {
-        Self::start_with(args, &[])
-    }
-
-    /// The same with these environment variables.
-    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Self {
         require_root();
         let (notify, name) = notify_socket();
         let mut child = Command::new(BIN)
             .args(args)
-            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("NOTIFY_SOCKET", format!("@{name}"))
             .stdout(Stdio::piped())
@@ -137,6 +131,20 @@ impl Tracer {
                 t.stderr.lock().unwrap()
             );
         }
+    }
+
+    /// Live `stuck --json` on `port`, reporting after `threshold`, evaluating every 250 ms.
+    pub fn stuck(threshold: &str, port: u16) -> Self {
+        let port = port.to_string();
+        let args = [
+            "stuck",
+            "--json",
+            "--threshold",
+            threshold,
+            "--interval",
+            "250ms",
+        ];
+        Self::start(&[&args[..], &["--port", &port]].concat())
     }
 
     /// Every stdout line parsed as JSON (panics on a line that is not JSON).
