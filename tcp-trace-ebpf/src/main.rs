@@ -657,47 +657,6 @@ mod programs {
         0
     }
 
-    /// A socket's family and ports (as the classic tracepoints report them) and addresses,
-    /// read through the offsets BTF gave; `None` for a socket that is not TCP.
-    #[inline(always)]
-    fn sock_ends(sk: u64, o: &SockOffsets) -> Option<(Ends, [u8; 16], [u8; 16])> {
-        let at = |off: u32| sk + off as u64;
-        let read_u16 = |off: u32| unsafe { read_kernel(at(off) as *const u16) }.unwrap_or(0);
-        if sk == 0 || read_u16(o.protocol) != IPPROTO_TCP {
-            return None;
-        }
-        let end = Ends {
-            family: read_u16(o.family),
-            sport: u16::from_be(read_u16(o.sport)),
-            dport: u16::from_be(read_u16(o.dport)),
-        };
-        let (mut saddr, mut daddr) = ([0u8; 16], [0u8; 16]);
-        unsafe {
-            if end.family == AF_INET6 && o.v6_daddr != 0 {
-                saddr = read_kernel(at(o.v6_rcv_saddr) as *const [u8; 16]).unwrap_or(saddr);
-                daddr = read_kernel(at(o.v6_daddr) as *const [u8; 16]).unwrap_or(daddr);
-            } else {
-                let s: [u8; 4] = read_kernel(at(o.rcv_saddr) as *const [u8; 4]).unwrap_or([0; 4]);
-                let d: [u8; 4] = read_kernel(at(o.daddr) as *const [u8; 4]).unwrap_or([0; 4]);
-                saddr[..4].copy_from_slice(&s);
-                daddr[..4].copy_from_slice(&d);
-            }
-        }
-        Some((end, saddr, daddr))
-    }
-
-    /// Stores family, ports and addresses read from a socket.
-    #[inline(always)]
-    fn sock_endpoints(h: *mut Header, (end, saddr, daddr): (Ends, [u8; 16], [u8; 16])) {
-        unsafe {
-            (*h).family = end.family;
-            (*h).sport = end.sport;
-            (*h).dport = end.dport;
-            (*h).saddr = saddr;
-            (*h).daddr = daddr;
-        }
-    }
-
     /// The same report, from the BTF-typed tracepoint, which hands over the socket itself: the
     /// error joins its socket even when the kernel has already cleared the remote port (a
     /// disconnect reports after clearing it: children reset by their listener's close, an
@@ -706,13 +665,20 @@ mod programs {
     pub fn inet_sk_error_report_btf(ctx: BtfTracePointContext) -> u32 {
         let sk: u64 = ctx.arg(0);
         let o = SOCK_OFFSETS.load();
-        let Some(ends) = sock_ends(sk, &o) else {
-            return 0;
-        };
-        if !wanted(ends.0.family, ends.0.sport, ends.0.dport) {
+        let at = |off: u32| sk + off as u64;
+        let read_u16 = |off: u32| unsafe { read_kernel(at(off) as *const u16) }.unwrap_or(0);
+        if sk == 0 || read_u16(o.protocol) != IPPROTO_TCP {
             return 0;
         }
-        let error = unsafe { read_kernel((sk + o.err as u64) as *const i32) }.unwrap_or(0);
+        let end = Ends {
+            family: read_u16(o.family),
+            sport: u16::from_be(read_u16(o.sport)),
+            dport: u16::from_be(read_u16(o.dport)),
+        };
+        if !wanted(end.family, end.sport, end.dport) {
+            return 0;
+        }
+        let error = unsafe { read_kernel(at(o.err) as *const i32) }.unwrap_or(0);
         if error == 0 {
             return 0; // see inet_sk_error_report
         }
@@ -726,7 +692,21 @@ mod programs {
         unsafe {
             let h = &raw mut (*p).hdr;
             header(h, Body::Error, sk, place, false);
-            sock_endpoints(h, ends);
+            (*h).family = end.family;
+            (*h).sport = end.sport;
+            (*h).dport = end.dport;
+            let (mut saddr, mut daddr) = ([0u8; 16], [0u8; 16]);
+            if end.family == AF_INET6 && o.v6_daddr != 0 {
+                saddr = read_kernel(at(o.v6_rcv_saddr) as *const [u8; 16]).unwrap_or(saddr);
+                daddr = read_kernel(at(o.v6_daddr) as *const [u8; 16]).unwrap_or(daddr);
+            } else {
+                let s: [u8; 4] = read_kernel(at(o.rcv_saddr) as *const [u8; 4]).unwrap_or([0; 4]);
+                let d: [u8; 4] = read_kernel(at(o.daddr) as *const [u8; 4]).unwrap_or([0; 4]);
+                saddr[..4].copy_from_slice(&s);
+                daddr[..4].copy_from_slice(&d);
+            }
+            (*h).saddr = saddr;
+            (*h).daddr = daddr;
             (*p).error = error;
             (*p)._pad = 0;
         }

@@ -64,6 +64,16 @@ pub struct Bins {
     pub baseline: Option<std::path::PathBuf>,
 }
 
+impl Bins {
+    /// The release build under `root`, and the baseline if any.
+    fn new(root: &Path, baseline: Option<&Path>) -> Self {
+        Self {
+            this: root.join("target/release/tcp-trace"),
+            baseline: baseline.map(Path::to_path_buf),
+        }
+    }
+}
+
 /// One measured run.
 #[derive(Clone, Debug, Default)]
 struct Run {
@@ -467,10 +477,7 @@ fn cost_tools(bins: &Bins) -> Vec<Tool> {
 
 /// Only the added-CPU headline; JSON to `target/bench/cost.json`.
 pub fn cost_only(root: &Path, cost: (Duration, usize), baseline: Option<&Path>) -> Result<()> {
-    let bins = Bins {
-        this: root.join("target/release/tcp-trace"),
-        baseline: baseline.map(Path::to_path_buf),
-    };
+    let bins = Bins::new(root, baseline);
     let json = cost::run(&bins, &cost_tools(&bins), cost.0, cost.1)?;
     let dir = root.join("target/bench");
     fs::create_dir_all(&dir)?;
@@ -488,10 +495,7 @@ pub fn run(
     cost: (Duration, usize),
     baseline: Option<&Path>,
 ) -> Result<()> {
-    let bins = Bins {
-        this: root.join("target/release/tcp-trace"),
-        baseline: baseline.map(Path::to_path_buf),
-    };
+    let bins = Bins::new(root, baseline);
     let bin = bins.this.clone();
     println!("xtask: added CPU per event (bpf_stats off)");
     let cost_json = cost::run(&bins, &cost_tools(&bins), cost.0, cost.1)?;

@@ -86,7 +86,6 @@ pub struct KernelSource {
     _ebpf: Ebpf,
 }
 
-/// An aya error on one line: a verifier log is cut to its verdict (its last line).
 /// An error and its causes on one line, a verifier's log cut to its verdict (the whole log is
 /// logged at debug level: `RUST_LOG=debug`).
 fn one_line(e: &anyhow::Error) -> String {
@@ -99,6 +98,7 @@ fn one_line(e: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
+/// An aya error on one line: a verifier log is cut to its verdict (its last line).
 fn short_error(e: &dyn std::error::Error) -> String {
     let text = e.to_string();
     match text.split_once("Verifier output:") {
@@ -142,12 +142,13 @@ fn kernel_offsets(opts: &Options) -> Result<(KernelOffsets, SockOffsets)> {
 }
 
 /// Loads and attaches a BTF-typed tracepoint program.
-fn attach_btf(ebpf: &mut Ebpf, program: &str, tracepoint: &str, btf: &aya::Btf) -> Result<()> {
+fn attach_btf(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<()> {
+    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
     let prog: &mut BtfTracePoint = ebpf
         .program_mut(program)
         .with_context(|| format!("program {program} missing from the eBPF object"))?
         .try_into()?;
-    prog.load(tracepoint, btf)
+    prog.load(tracepoint, &btf)
         .map_err(|e| anyhow::anyhow!("{}", short_error(&e)))?;
     prog.attach()?;
     Ok(())
@@ -274,16 +275,9 @@ impl KernelSource {
             }
         };
         let mut attached = Vec::new();
-        // The BTF-typed error report where BTF gave the socket's offsets.
-        let btf = (sock.family != 0)
-            .then(aya::Btf::from_sys_fs)
-            .and_then(|b| {
-                b.map_err(|e| log::warn!("reading the kernel's BTF: {e}"))
-                    .ok()
-            });
         for Planned { tp, .. } in plan {
-            if let (true, Some(btf)) = (tp.name == "inet_sk_error_report", &btf) {
-                match attach_btf(&mut ebpf, names::ERROR_REPORT_BTF, tp.name, btf) {
+            if tp.name == "inet_sk_error_report" && sock.family != 0 {
+                match attach_btf(&mut ebpf, names::ERROR_REPORT_BTF, tp.name) {
                     Ok(()) => {
                         attached.push(tp.name);
                         continue;
