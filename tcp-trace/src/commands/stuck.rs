@@ -631,9 +631,7 @@ impl<W: Write> Sink for StuckCmd<W> {
                     let applied = self.engine.apply(ev);
                     if let Some(m) = &self.metrics {
                         m.event(ev, &applied, &self.engine);
-                        if applied.finished {
-                            ended.push(ev.sock);
-                        }
+                        ended.extend(applied.finished);
                     }
                     if let EventKind::SynackRetransmit { .. } = ev.kind {
                         self.synack_ns.insert(applied.place.netns);
@@ -650,8 +648,8 @@ impl<W: Write> Sink for StuckCmd<W> {
         }
         // Causes after the whole batch: what explains an end can follow its CLOSE.
         if let Some(m) = &self.metrics {
-            for sock in ended {
-                if let Some(l) = self.engine.finished_by_sock(sock) {
+            for id in ended {
+                if let Some(l) = self.engine.finished(id) {
                     m.closed(l);
                 }
             }

@@ -67,9 +67,7 @@ impl<W: Write> Sink for Watch<W> {
                     if !self.filter.matches_place(place.netns, cgroup) {
                         continue;
                     }
-                    let ended = applied
-                        .finished
-                        .then(|| self.engine.finished_by_sock(ev.sock));
+                    let ended = applied.finished.and_then(|id| self.engine.finished(id));
                     self.out.event(&Annotated {
                         ev,
                         sock: applied.sock,
@@ -77,7 +75,7 @@ impl<W: Write> Sink for Watch<W> {
                         ns_in_old: applied.ns_in_old,
                         place,
                         cgroup,
-                        cause: ended.flatten().and_then(cause::cause),
+                        cause: ended.and_then(cause::cause),
                     })?;
                 }
                 Delivery::Lost { ts_ns, count } => self.out.lost(*ts_ns, *count)?,

@@ -34,8 +34,10 @@ pub struct Applied {
     pub owner: Option<Owner>,
     /// The socket the event belongs to, when it had to be found by 4-tuple (error events).
     pub sock: Option<u64>,
-    /// A lifecycle ended with this event (it is queued for [`Engine::take_finished`]).
-    pub finished: bool,
+    /// A lifecycle ended with this event (it is queued for [`Engine::take_finished`]): its
+    /// place in the graveyard, for [`Engine::finished`]. Not the socket address: the kernel
+    /// reuses a freed socket's memory, often within one batch.
+    pub finished: Option<u64>,
     /// The socket's namespace and cgroup: the event's, or (for an event without a socket)
     /// its connection's.
     pub place: Place,
@@ -120,11 +122,6 @@ impl Engine {
         self
     }
 
-    /// The lifecycle that finished most recently (still kept for late events).
-    pub fn last_finished(&self) -> Option<&Lifecycle> {
-        self.graveyard.list.back().map(|(_, l)| l)
-    }
-
     /// Lifecycles that finished at or before `until_ns` (close time), oldest first. Waiting a
     /// little after the close lets late events (errors, resets) join them.
     pub fn take_finished(&mut self, until_ns: u64) -> Vec<Lifecycle> {
@@ -142,14 +139,15 @@ impl Engine {
         out
     }
 
-    fn bury(&mut self, l: Lifecycle) {
+    fn bury(&mut self, l: Lifecycle) -> u64 {
         if !self.keep_finished {
             self.orphans.keep(&l);
         }
-        self.graveyard.push(l);
+        let id = self.graveyard.push(l);
         if !self.keep_finished && self.graveyard.list.len() > GRAVEYARD_MIN {
             self.graveyard.pop();
         }
+        id
     }
 
     /// Sockets tracked now.
@@ -187,10 +185,9 @@ impl Engine {
             .collect()
     }
 
-    /// A recently finished lifecycle of socket `sock`.
-    pub fn finished_by_sock(&self, sock: u64) -> Option<&Lifecycle> {
-        let seq = *self.graveyard.by_sock.get(&sock)?;
-        self.graveyard.at(seq)
+    /// A recently finished lifecycle, by [`Applied::finished`] (gone once taken or evicted).
+    pub fn finished(&self, id: u64) -> Option<&Lifecycle> {
+        self.graveyard.at(id)
     }
 
     /// A recently finished lifecycle with these endpoints (e.g. a FIN_WAIT2 socket the
@@ -382,8 +379,7 @@ impl Engine {
                 if let Some(mut l) = self.remove(k) {
                     l.incomplete = true;
                     self.counters.finished += 1;
-                    self.bury(l);
-                    out.finished = true;
+                    out.finished = Some(self.bury(l));
                 }
                 key = None;
             }
@@ -463,8 +459,7 @@ impl Engine {
         if new == TcpState::CLOSE {
             if let Some(done) = self.remove(key) {
                 self.counters.finished += 1;
-                self.bury(done);
-                out.finished = true;
+                out.finished = Some(self.bury(done));
             }
         }
         out
@@ -714,11 +709,33 @@ mod tests {
         let mut e = Engine::new(10, true);
         let r: Vec<_> = evs.iter().map(|x| e.apply(x)).collect();
         assert_eq!(r[3].sock, Some(C), "error event found by its 4-tuple");
-        assert!(r[4].finished);
+        assert!(r[4].finished.is_some());
         let done = e.take_finished(u64::MAX);
         assert_eq!(done[0].resets_received, 1);
         assert_eq!(done[0].error.map(|e| e.get()), Some(104));
         assert_eq!(done[0].closer, Some(Closer::Abort));
+    }
+
+    #[test]
+    fn a_finished_lifecycle_is_found_by_its_own_id_when_its_socket_is_reused() {
+        // A listener closes and the kernel hands its memory to a connection that also ends
+        // in the same batch: each end must still name its own lifecycle.
+        let a = task(1, "a");
+        let evs = [
+            st(0, C, 9, 0, T::CLOSE, T::LISTEN, a),
+            st(1, C, 9, 0, T::LISTEN, T::CLOSE, a),
+            st(2, C, 0, 9, T::CLOSE, T::SYN_SENT, a),
+            st(3, C, 5, 9, T::SYN_SENT, T::ESTABLISHED, a),
+            st(4, C, 5, 9, T::ESTABLISHED, T::CLOSE, a),
+        ];
+        let mut e = Engine::new(10, false);
+        let ids: Vec<_> = evs.iter().filter_map(|x| e.apply(x).finished).collect();
+        assert_eq!(ids.len(), 2);
+        let listener = e.finished(ids[0]).expect("the listener's lifecycle");
+        assert!(listener.is_listener());
+        let conn = e.finished(ids[1]).expect("the connection's lifecycle");
+        assert!(!conn.is_listener());
+        assert_eq!(conn.tuple.dport, 9);
     }
 
     #[test]

@@ -228,7 +228,7 @@ pub(super) struct Graveyard {
 }
 
 impl Graveyard {
-    pub(super) fn push(&mut self, l: Lifecycle) {
+    pub(super) fn push(&mut self, l: Lifecycle) -> u64 {
         let seq = self.base + self.list.len() as u64;
         if l.sock != 0 {
             self.by_sock.insert(l.sock, seq);
@@ -237,6 +237,7 @@ impl Graveyard {
             self.by_tuple.insert(l.tuple, seq);
         }
         self.list.push_back((l.last_seen_ns, l));
+        seq
     }
 
     pub(super) fn pop(&mut self) -> Option<Lifecycle> {

@@ -240,10 +240,10 @@ impl Metrics {
                     })
                     .inc();
                 }
-                if applied.finished {
+                if let Some(id) = applied.finished {
                     let connection =
                         |l: &&crate::engine::Lifecycle| l.exact_start && !l.is_listener();
-                    if let Some(l) = engine.last_finished().filter(connection) {
+                    if let Some(l) = engine.finished(id).filter(connection) {
                         let end = l.end_ns();
                         self.lifetime
                             .observe(end.saturating_sub(l.first_seen_ns()) as f64 / 1e9);
