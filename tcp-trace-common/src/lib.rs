@@ -194,8 +194,9 @@ pub struct SockOffsets {
     pub protocol: u32,
     /// `sk_err` (`int`).
     pub err: u32,
-    /// Explicit padding; always zero.
-    pub _pad: u32,
+    /// `inet_connection_sock.icsk_user_timeout` (`u32`, ms; a `struct tcp_sock` starts with
+    /// its `struct inet_connection_sock`); 0: not read.
+    pub user_timeout: u32,
 }
 
 /// A TCP state change.
@@ -220,7 +221,16 @@ pub struct RetransmitEvent {
     pub state: i32,
     /// Result of the transmit (0 = sent; negative errno = it could not leave the host).
     pub err: i32,
+    /// The socket's `TCP_USER_TIMEOUT` in ms (0: not set), valid with [`USER_TIMEOUT_READ`]
+    /// in `flags`.
+    pub user_timeout_ms: u32,
+    /// [`USER_TIMEOUT_READ`]: `user_timeout_ms` was read (the kernel's BTF shows where it is).
+    /// Recordings made before this field read it as 0: not read.
+    pub flags: u32,
 }
+
+/// [`RetransmitEvent::flags`]: the socket's `TCP_USER_TIMEOUT` was read.
+pub const USER_TIMEOUT_READ: u32 = 1;
 
 /// A retransmitted SYN-ACK; `hdr.skaddr` is the listener.
 #[repr(C)]
@@ -326,7 +336,7 @@ const _: () = {
     assert!(size_of::<KernelOffsets>() == 10 * 4);
     assert!(size_of::<SockOffsets>() == 10 * 4);
     assert!(size_of::<StateEvent>() == size_of::<Header>() + 8);
-    assert!(size_of::<RetransmitEvent>() == size_of::<Header>() + 8);
+    assert!(size_of::<RetransmitEvent>() == size_of::<Header>() + 16);
     assert!(size_of::<SynackRetransmitEvent>() == size_of::<Header>() + 8);
     assert!(size_of::<ResetSentEvent>() == size_of::<Header>() + 8 + 56);
     assert!(size_of::<ResetReceivedEvent>() == size_of::<Header>() + 8);

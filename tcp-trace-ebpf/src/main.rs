@@ -33,7 +33,7 @@ mod programs {
         },
         tcp_state, Body, ErrorEvent, Header, KernelOffsets, ResetReceivedEvent, ResetSentEvent,
         RetransmitEvent, SockOffsets, StateEvent, SynackRetransmitEvent, AF_INET, AF_INET6,
-        IPPROTO_TCP,
+        IPPROTO_TCP, USER_TIMEOUT_READ,
     };
 
     /// Default 4 MiB; userspace may resize it at load time (`--ringbuf-size`).
@@ -86,7 +86,7 @@ mod programs {
         v6_daddr: 0,
         protocol: 0,
         err: 0,
-        _pad: 0,
+        user_timeout: 0,
     });
 
     /// 1: read the namespace and cgroup where `place` is asked to (the output shows them);
@@ -437,6 +437,14 @@ mod programs {
             } else {
                 0
             };
+            // Whether TCP_USER_TIMEOUT, not tcp_retries2, decides when the kernel gives up.
+            let off = SOCK_OFFSETS.load().user_timeout;
+            let uto = match off {
+                0 => None,
+                _ => read_kernel((sk + u64::from(off)) as *const u32).ok(),
+            };
+            (*p).user_timeout_ms = uto.unwrap_or(0);
+            (*p).flags = if uto.is_some() { USER_TIMEOUT_READ } else { 0 };
         }
         submit(e);
         0

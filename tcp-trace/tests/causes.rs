@@ -160,6 +160,35 @@ fn data_into_a_silenced_peer_ends_in_a_retransmit_timeout() {
     let e = evidence(&c);
     assert_eq!(e[..2], ["ESTABLISHED->CLOSE", "error:ETIMEDOUT"], "{c}");
     assert!(e[2].starts_with("retransmits:"), "{c}");
+    // The socket has no TCP_USER_TIMEOUT: the namespace's tcp_retries2 ended it.
+    assert_eq!(e[3..], ["tcp_retries2"], "{c}");
+    drop((client, server));
+    tracer.stop();
+}
+
+#[test]
+fn a_user_timeout_ends_a_retransmitting_connection_and_says_so() {
+    let net = NetnsPair::new("cause-uto");
+    let port = free_port();
+    let tracer = life(port);
+    let (mut client, server) = connected(&net, port);
+    let client_port = client.local_addr().unwrap().port();
+    // tcp_retries2 stays 15 (over 15 minutes); the socket's own limit ends it in 1.5 s.
+    setsockopt(
+        &client,
+        libc::IPPROTO_TCP,
+        libc::TCP_USER_TIMEOUT,
+        &1500u32.to_ne_bytes(),
+    );
+    net.blackhole(&net.b, &net.a_addr);
+    let sent = std::time::Instant::now();
+    client.write_all(b"anyone there?").unwrap();
+    let c = life_of(&tracer, client_port);
+    assert!(sent.elapsed() < Duration::from_secs(10), "{c}");
+    assert_eq!(c["cause"], "retransmit_timeout", "{c}");
+    let e = evidence(&c);
+    assert_eq!(e[..2], ["ESTABLISHED->CLOSE", "error:ETIMEDOUT"], "{c}");
+    assert_eq!(e[3..], ["user_timeout:1500ms"], "{c}");
     drop((client, server));
     tracer.stop();
 }

@@ -24,7 +24,13 @@ fn kind() -> impl Strategy<Value = EventKind> {
     let st = || (-3i32..20).prop_map(TcpState);
     prop_oneof![
         (st(), st()).prop_map(|(old, new)| EventKind::State { old, new }),
-        (st(), any::<i32>()).prop_map(|(state, err)| EventKind::Retransmit { state, err }),
+        (st(), any::<i32>(), proptest::option::of(any::<u32>())).prop_map(
+            |(state, err, user_timeout_ms)| EventKind::Retransmit {
+                state,
+                err,
+                user_timeout_ms
+            }
+        ),
         any::<u64>().prop_map(|req| EventKind::SynackRetransmit { req }),
         (
             proptest::option::of(st()),

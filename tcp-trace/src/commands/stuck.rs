@@ -281,6 +281,7 @@ impl<W: Write> StuckCmd<W> {
                 top_remotes: Vec::new(),
                 handshakes: 0,
                 idle: Some(idle),
+                user_timeout_ms: None,
                 place: l.map_or_else(Default::default, |l| self.engine.place(l)),
             };
             if ep.owner.is_none() && d.inode != 0 {

@@ -24,7 +24,8 @@ pub enum Cause {
     /// This side ended it without the FIN exchange: a reset sent (close with unread data,
     /// `SO_LINGER` 0, the kernel aborting an orphan), or a connect abandoned by its application.
     LocalAbort,
-    /// Data retransmitted until the kernel gave up (`tcp_retries2` or `TCP_USER_TIMEOUT`).
+    /// Data retransmitted until the kernel gave up (`tcp_retries2` or `TCP_USER_TIMEOUT`;
+    /// the evidence says which when the socket's user timeout could be read).
     RetransmitTimeout,
     /// `ETIMEDOUT` with nothing retransmitted lately: keepalive probes unanswered.
     KeepaliveTimeout,
@@ -85,7 +86,7 @@ fn went_through(l: &Lifecycle, s: TcpState) -> bool {
 pub fn cause(l: &Lifecycle) -> Option<Cause> {
     use TcpState as T;
     let before = last_before_close(l)?;
-    let errno = l.error.map(|e| e.get());
+    let errno = l.error();
     let rst_in = l.resets_received > 0;
     let rst_out = l.resets_sent > 0;
     if l.is_listener() {
@@ -135,8 +136,8 @@ pub fn evidence(l: &Lifecycle, cause: Cause) -> Vec<String> {
     if l.resets_sent > 0 {
         e.push("reset_sent".into());
     }
-    if let Some(errno) = l.error {
-        e.push(format!("error:{}", errno_name(errno.get())));
+    if let Some(errno) = l.error() {
+        e.push(format!("error:{}", errno_name(errno)));
     }
     if l.retransmits > 0 {
         e.push(format!("retransmits:{}", l.retransmits));
@@ -145,6 +146,12 @@ pub fn evidence(l: &Lifecycle, cause: Cause) -> Vec<String> {
         Cause::Normal if l.is_listener() => e.push("listener".into()),
         Cause::Normal if went_through(l, TcpState::TIME_WAIT) => e.push("TIME_WAIT".into()),
         Cause::Normal if l.orphaned_ns.is_some() => e.push("timewait_orphan".into()),
+        // Which limit the kernel applied, when the kernel programs could read the socket's.
+        Cause::RetransmitTimeout => match l.user_timeout_ms() {
+            Some(0) => e.push("tcp_retries2".into()),
+            Some(ms) => e.push(format!("user_timeout:{ms}ms")),
+            None => {}
+        },
         Cause::KeepaliveTimeout if l.retransmits > 0 => {
             e.push("no retransmit in the last 120 s".into())
         }
@@ -202,15 +209,17 @@ mod tests {
     #[test]
     fn each_cause_from_its_evidence() {
         let err = |ms, errno| ev(ms, EventKind::Error { errno });
-        let rtx = |ms| {
+        let rtx_uto = |ms, user_timeout_ms| {
             ev(
                 ms,
                 EventKind::Retransmit {
                     state: T::ESTABLISHED,
                     err: 0,
+                    user_timeout_ms,
                 },
             )
         };
+        let rtx = |ms| rtx_uto(ms, None);
         let rst_in = |ms| ev(ms, EventKind::ResetReceived { cookie: 0 });
         let rst_out = |ms| {
             ev(
@@ -265,6 +274,36 @@ mod tests {
                 ]),
                 Cause::RetransmitTimeout,
                 &["ESTABLISHED->CLOSE", "error:ETIMEDOUT", "retransmits:2"],
+            ),
+            // The socket's user timeout, read at each retransmit, says which limit ended it.
+            (
+                open_then(&[
+                    rtx_uto(10, Some(2000)),
+                    rtx_uto(30, Some(2000)),
+                    err(2010, 110),
+                    st(2010, T::ESTABLISHED, T::CLOSE),
+                ]),
+                Cause::RetransmitTimeout,
+                &[
+                    "ESTABLISHED->CLOSE",
+                    "error:ETIMEDOUT",
+                    "retransmits:2",
+                    "user_timeout:2000ms",
+                ],
+            ),
+            (
+                open_then(&[
+                    rtx_uto(10, Some(0)),
+                    err(90, 110),
+                    st(90, T::ESTABLISHED, T::CLOSE),
+                ]),
+                Cause::RetransmitTimeout,
+                &[
+                    "ESTABLISHED->CLOSE",
+                    "error:ETIMEDOUT",
+                    "retransmits:1",
+                    "tcp_retries2",
+                ],
             ),
             (
                 open_then(&[err(9000, 110), st(9000, T::ESTABLISHED, T::CLOSE)]),

@@ -118,6 +118,9 @@ pub struct Episode {
     pub handshakes: u32,
     /// `IdleNoKeepalive`: how long it has been idle.
     pub idle: Option<Duration>,
+    /// `PeerUnreachable`, `ConnectBlackhole`: the socket's `TCP_USER_TIMEOUT` (ms, 0: not
+    /// set) at the last retransmit, when the kernel programs could read it.
+    pub user_timeout_ms: Option<u32>,
     /// The socket's namespace and cgroup (filled in by the engine).
     pub place: crate::event::Place,
 }
@@ -137,6 +140,7 @@ impl Episode {
             top_remotes: Vec::new(),
             handshakes: 0,
             idle: None,
+            user_timeout_ms: None,
             place: crate::event::Place::default(),
         }
     }
@@ -256,6 +260,7 @@ impl Tracker {
         tuple: Tuple,
         state: TcpState,
         owner: Option<Owner>,
+        user_timeout_ms: Option<u32>,
         ts: u64,
     ) {
         let kind = match state {
@@ -288,6 +293,7 @@ impl Tracker {
         s.ep.last_ns = ts;
         s.ep.tuple = tuple;
         s.ep.owner = owner.or(s.ep.owner);
+        s.ep.user_timeout_ms = user_timeout_ms.or(s.ep.user_timeout_ms);
         self.check(sock, ts);
     }
 
@@ -511,7 +517,14 @@ mod tests {
 
     fn rtx_at(t: &mut Tracker, ms: &[u64]) {
         for m in ms {
-            t.retransmit(S, tuple(), TcpState::ESTABLISHED, owner(), m * 1_000_000);
+            t.retransmit(
+                S,
+                tuple(),
+                TcpState::ESTABLISHED,
+                owner(),
+                None,
+                m * 1_000_000,
+            );
         }
     }
 
@@ -592,8 +605,8 @@ mod tests {
             retransmits: 1,
             after: Duration::from_secs(1),
         });
-        t.retransmit(S, tuple(), TcpState::SYN_SENT, owner(), SEC);
-        t.retransmit(S, tuple(), TcpState::SYN_SENT, owner(), 3 * SEC);
+        t.retransmit(S, tuple(), TcpState::SYN_SENT, owner(), None, SEC);
+        t.retransmit(S, tuple(), TcpState::SYN_SENT, owner(), None, 3 * SEC);
         let n = t.take_notices();
         assert!(
             matches!(&n[0], Notice::Began(e) if e.kind == Kind::ConnectBlackhole && e.retransmits == 2)

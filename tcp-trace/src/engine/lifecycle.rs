@@ -61,14 +61,18 @@ pub struct Lifecycle {
     /// When the last of them was, in ms after the first state (a u32: the lifecycle stays
     /// small).
     pub last_retransmit_ms: u32,
+    /// The socket's `TCP_USER_TIMEOUT` at its last retransmit, as [`Lifecycle::user_timeout_ms`]
+    /// gives it (a bare u32, `u32::MAX` when not read: the lifecycle stays small).
+    pub(super) user_timeout: u32,
     /// `tcp_retransmit_synack` count (listeners).
     pub synack_retransmits: u32,
     /// Resets this host sent on the socket (u16s, saturating: the lifecycle stays small).
     pub resets_sent: u16,
     /// Resets received.
     pub resets_received: u16,
-    /// Last socket error (positive errno).
-    pub error: Option<std::num::NonZeroI32>,
+    /// Last socket error, as [`Lifecycle::error`] gives it (an i16: errnos stay below the
+    /// kernel's `MAX_ERRNO`, 4095, and the lifecycle stays small).
+    pub(super) error: Option<std::num::NonZeroI16>,
     /// Who closed first.
     pub closer: Option<Closer>,
     /// The application closed a FIN_WAIT2 socket: it became a kernel-owned timewait orphan at
@@ -96,6 +100,7 @@ impl Lifecycle {
             last_seen_ns: first.at_ns,
             retransmits: 0,
             last_retransmit_ms: 0,
+            user_timeout: u32::MAX,
             synack_retransmits: 0,
             resets_sent: 0,
             resets_received: 0,
@@ -128,6 +133,17 @@ impl Lifecycle {
         state(1) == Some(TcpState::LISTEN)
             || (state(0) == Some(TcpState::LISTEN)
                 && matches!(state(1), None | Some(TcpState::CLOSE)))
+    }
+
+    /// The last socket error (positive errno).
+    pub fn error(&self) -> Option<i32> {
+        self.error.map(|e| e.get().into())
+    }
+
+    /// The socket's `TCP_USER_TIMEOUT` in ms at its last retransmit (0: not set), when the
+    /// kernel programs could read it: it, not `tcp_retries2`, decides when the kernel gives up.
+    pub fn user_timeout_ms(&self) -> Option<u32> {
+        (self.user_timeout != u32::MAX).then_some(self.user_timeout)
     }
 
     /// The current state.

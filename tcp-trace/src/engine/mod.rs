@@ -313,8 +313,14 @@ impl Engine {
         let mut age = None;
         if let Some(l) = l {
             match ev.kind {
-                EventKind::Retransmit { .. } => {
+                EventKind::Retransmit {
+                    user_timeout_ms, ..
+                } => {
                     l.retransmits += 1;
+                    if let Some(ms) = user_timeout_ms {
+                        // The kernel takes INT_MAX at most: u32::MAX stays free for "not read".
+                        l.user_timeout = ms.min(i32::MAX as u32);
+                    }
                     let ms = ev.ts_ns.saturating_sub(l.first_seen_ns()) / 1_000_000;
                     l.last_retransmit_ms = u32::try_from(ms).unwrap_or(u32::MAX);
                 }
@@ -323,7 +329,10 @@ impl Engine {
                 EventKind::ResetReceived { .. } => {
                     l.resets_received = l.resets_received.saturating_add(1)
                 }
-                EventKind::Error { errno } => l.error = std::num::NonZeroI32::new(errno),
+                EventKind::Error { errno } => {
+                    let clamped = errno.clamp(i16::MIN.into(), i16::MAX.into()) as i16;
+                    l.error = std::num::NonZeroI16::new(clamped)
+                }
                 EventKind::State { .. } => {}
             }
             l.last_seen_ns = l.last_seen_ns.max(ev.ts_ns);
@@ -339,9 +348,13 @@ impl Engine {
         }
         let tuple = Tuple::of(ev);
         match ev.kind {
-            EventKind::Retransmit { state: st, .. } => self
+            EventKind::Retransmit {
+                state: st,
+                user_timeout_ms,
+                ..
+            } => self
                 .halfopen
-                .retransmit(ev.sock, tuple, st, out.owner, ev.ts_ns),
+                .retransmit(ev.sock, tuple, st, out.owner, user_timeout_ms, ev.ts_ns),
             EventKind::SynackRetransmit { .. } => self.halfopen.synack_retransmit(
                 ev.sock,
                 (ev.saddr, ev.sport),
@@ -712,7 +725,7 @@ mod tests {
         assert!(r[4].finished.is_some());
         let done = e.take_finished(u64::MAX);
         assert_eq!(done[0].resets_received, 1);
-        assert_eq!(done[0].error.map(|e| e.get()), Some(104));
+        assert_eq!(done[0].error(), Some(104));
         assert_eq!(done[0].closer, Some(Closer::Abort));
     }
 
@@ -790,7 +803,7 @@ mod tests {
         assert_eq!(r.owner.unwrap().pid, 7);
         let done = e.take_finished(1_000_000);
         assert_eq!(done.len(), 1);
-        assert_eq!(done[0].error.map(|e| e.get()), Some(111));
+        assert_eq!(done[0].error(), Some(111));
         assert!(e.take_finished(u64::MAX).is_empty());
     }
 

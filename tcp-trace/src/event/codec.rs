@@ -6,12 +6,13 @@
 
 use std::{
     fmt,
+    mem::offset_of,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use tcp_trace_common::{
     layout::NO_REASON, Body, ErrorEvent, Header, ResetReceivedEvent, ResetSentEvent,
-    RetransmitEvent, StateEvent, SynackRetransmitEvent, AF_INET6,
+    RetransmitEvent, StateEvent, SynackRetransmitEvent, AF_INET6, USER_TIMEOUT_READ,
 };
 
 use super::{family_of, Comm, Event, EventKind, Task, TcpState};
@@ -53,6 +54,28 @@ fn read<T: Copy>(buf: &[u8]) -> Result<T, DecodeError> {
     // (integers and byte arrays only), valid for any bit pattern; read_unaligned copes with
     // any alignment of `buf`.
     Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<T>()) })
+}
+
+/// Reads a record whose struct has grown fields at its end since older recordings were made:
+/// those read as zero when the record stops at `min` bytes or later.
+fn read_grown<T: Copy>(buf: &[u8], min: usize) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    if buf.len() >= need {
+        return read(buf);
+    }
+    if buf.len() < min {
+        return Err(DecodeError::Short {
+            len: buf.len(),
+            need: min,
+        });
+    }
+    // SAFETY: as in `read` (plain old data, valid for any bit pattern, zero included); at most
+    // `need` bytes are copied into it.
+    unsafe {
+        let mut t: T = std::mem::zeroed();
+        std::ptr::copy_nonoverlapping(buf.as_ptr(), (&raw mut t).cast::<u8>(), buf.len());
+        Ok(t)
+    }
 }
 
 fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
@@ -109,10 +132,11 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
             }
         }
         Body::Retransmit => {
-            let e: RetransmitEvent = read(buf)?;
+            let e: RetransmitEvent = read_grown(buf, offset_of!(RetransmitEvent, user_timeout_ms))?;
             EventKind::Retransmit {
                 state: TcpState(e.state),
                 err: e.err,
+                user_timeout_ms: (e.flags & USER_TIMEOUT_READ != 0).then_some(e.user_timeout_ms),
             }
         }
         Body::SynackRetransmit => {
@@ -204,10 +228,20 @@ pub fn encode(ev: &Event) -> Vec<u8> {
             oldstate: old.0,
             newstate: new.0,
         }),
-        EventKind::Retransmit { state, err } => bytes_of(&RetransmitEvent {
+        EventKind::Retransmit {
+            state,
+            err,
+            user_timeout_ms,
+        } => bytes_of(&RetransmitEvent {
             hdr,
             state: state.0,
             err,
+            user_timeout_ms: user_timeout_ms.unwrap_or(0),
+            flags: if user_timeout_ms.is_some() {
+                USER_TIMEOUT_READ
+            } else {
+                0
+            },
         }),
         EventKind::SynackRetransmit { req } => bytes_of(&SynackRetransmitEvent { hdr, req }),
         EventKind::ResetSent { state, reason } => bytes_of(&ResetSentEvent {
@@ -324,14 +358,28 @@ mod tests {
                 hdr: header(Body::Retransmit, fam),
                 state: 1,
                 err: -113,
+                user_timeout_ms: 2000,
+                flags: USER_TIMEOUT_READ,
             };
             assert_eq!(
                 decode(&bytes_of(&r)).unwrap().kind,
                 EventKind::Retransmit {
                     state: TcpState::ESTABLISHED,
-                    err: -113
+                    err: -113,
+                    user_timeout_ms: Some(2000),
                 }
             );
+            // As recorded before the user timeout was read: shorter, and it reads as unknown.
+            let old = &bytes_of(&r)[..offset_of!(RetransmitEvent, user_timeout_ms)];
+            assert_eq!(
+                decode(old).unwrap().kind,
+                EventKind::Retransmit {
+                    state: TcpState::ESTABLISHED,
+                    err: -113,
+                    user_timeout_ms: None,
+                }
+            );
+            assert!(decode(&old[..old.len() - 1]).is_err());
             let s = SynackRetransmitEvent {
                 hdr: header(Body::SynackRetransmit, fam),
                 req: 0xabc,

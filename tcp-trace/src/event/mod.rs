@@ -46,6 +46,9 @@ pub enum EventKind {
         state: TcpState,
         /// Transmit result (negative errno, 0 = sent).
         err: i32,
+        /// The socket's `TCP_USER_TIMEOUT` in ms (`Some(0)`: not set; `None`: not read, as
+        /// on kernels without BTF and in older recordings).
+        user_timeout_ms: Option<u32>,
     },
     /// `tcp_retransmit_synack`; `sock` is the listener.
     SynackRetransmit {

@@ -230,7 +230,9 @@ impl Btf {
             v6_daddr: common("skc_v6_daddr").unwrap_or(0),
             protocol,
             err,
-            _pad: 0,
+            user_timeout: self
+                .offset("inet_connection_sock", &["icsk_user_timeout"])
+                .unwrap_or(0),
         }
     }
 }

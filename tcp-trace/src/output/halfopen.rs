@@ -254,6 +254,7 @@ mod tests {
             top_remotes: vec![(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)), 3)],
             handshakes: 2,
             idle: None,
+            user_timeout_ms: None,
             place: Default::default(),
         }
     }

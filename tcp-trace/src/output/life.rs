@@ -137,7 +137,7 @@ impl<W: Write> LifeWriter<W> {
                 synack_retransmits: l.synack_retransmits,
                 resets_sent: l.resets_sent,
                 resets_received: l.resets_received,
-                error: l.error.map(|e| errno_name(e.get()).into_owned()),
+                error: l.error().map(|e| errno_name(e).into_owned()),
                 half_open: l.half_open.as_ref().map(|ep| JsonEpisode {
                     kind: ep.kind.name(),
                     since: self.clock.rfc3339(ep.since_ns),
@@ -162,7 +162,7 @@ impl<W: Write> LifeWriter<W> {
                 l.resets_sent, l.resets_received
             ));
         }
-        if let Some(e) = l.error.map(|e| e.get()) {
+        if let Some(e) = l.error() {
             notes.push(format!("error {}", errno_name(e)));
         }
         if let Some(ep) = &l.half_open {

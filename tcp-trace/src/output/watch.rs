@@ -531,6 +531,7 @@ mod tests {
             EventKind::Retransmit {
                 state: TcpState::ESTABLISHED,
                 err: 0,
+                user_timeout_ms: Some(0),
             },
             EventKind::SynackRetransmit { req: 1 },
             EventKind::ResetSent {

@@ -23,6 +23,8 @@ pub enum EndsBy {
     TcpFinTimeout,
     /// Retransmits of data running out (`tcp_retries2`).
     TcpRetries2,
+    /// The socket's `TCP_USER_TIMEOUT` (which replaces `tcp_retries2` when set).
+    UserTimeout,
     /// Retransmits of an orphan's FIN running out (`tcp_orphan_retries`).
     TcpOrphanRetries,
     /// SYN retransmits running out (`tcp_syn_retries`).
@@ -41,6 +43,7 @@ impl EndsBy {
             Self::Application => "application",
             Self::TcpFinTimeout => "tcp_fin_timeout",
             Self::TcpRetries2 => "tcp_retries2",
+            Self::UserTimeout => "user_timeout",
             Self::TcpOrphanRetries => "tcp_orphan_retries",
             Self::TcpSynRetries => "tcp_syn_retries",
             Self::TcpSynackRetries => "tcp_synack_retries",
@@ -88,8 +91,9 @@ pub fn give_up_after(boundary: u32) -> Duration {
 }
 
 /// When a half-open episode under way ends on its own: data retransmitted into the void
-/// until `tcp_retries2` (an estimate: `TCP_USER_TIMEOUT`, when set, ends it sooner, and the
-/// model starts at 200 ms while a slow path's RTO starts higher), a connect until
+/// until the socket's `TCP_USER_TIMEOUT` has passed since the first retransmit, when it is
+/// set (the kernel clamps its timer to it), else until `tcp_retries2` (an estimate: the model
+/// starts at 200 ms while a slow path's RTO starts higher); a connect until
 /// `tcp_syn_retries`, pending handshakes until `tcp_synack_retries` (unless new ones come);
 /// an idle socket without keepalive never. `None` for the others.
 pub fn half_open(ep: &Episode, k: &NetSysctls) -> Option<Forecast> {
@@ -98,6 +102,11 @@ pub fn half_open(ep: &Episode, k: &NetSysctls) -> Option<Forecast> {
     }
     // The first retransmit comes one RTO after the first transmission, where the model starts.
     let (by, setting, from, end) = match ep.kind {
+        Kind::PeerUnreachable if ep.user_timeout_ms.is_some_and(|ms| ms > 0) => {
+            let ms = ep.user_timeout_ms.unwrap_or(0);
+            let after = Duration::from_millis(ms.into());
+            (EndsBy::UserTimeout, ms, ep.since_ns, after)
+        }
         Kind::PeerUnreachable => (
             EndsBy::TcpRetries2,
             k.retries2,
@@ -213,6 +222,11 @@ impl Forecast {
                 "keepalive is on: the kernel probes the peer at {} at the earliest, and a reset (a peer that has forgotten the connection) ends it; else only when {closing}",
                 at(t)
             ),
+            (EndsBy::UserTimeout, Some(t)) => format!(
+                "the kernel gives up ≈ {} (TCP_USER_TIMEOUT={} ms on the socket)",
+                at(t),
+                self.setting
+            ),
             (EndsBy::TcpSynackRetries, Some(t)) => format!(
                 "the kernel drops the pending handshakes by {} (tcp_synack_retries={}), unless new ones come",
                 at(t),
@@ -240,5 +254,38 @@ mod tests {
         assert_eq!(give_up_after(8), Duration::from_millis(102_200));
         // tcp_syn_retries=6: 127 s, as the kernel documents.
         assert_eq!(model(6, SYN_RTO), Duration::from_secs(127));
+    }
+
+    #[test]
+    fn a_sockets_user_timeout_replaces_tcp_retries2() {
+        use crate::{
+            engine::halfopen::{Notice, Thresholds, Tracker},
+            testkit::{owner, tuple},
+        };
+        let began = |uto: Option<u32>| {
+            let mut t = Tracker::new(Thresholds {
+                retransmits: 2,
+                after: Duration::ZERO,
+            });
+            let ends = tuple("10.0.0.1", 40000, "10.0.0.2", 80);
+            for ms in [1_000, 1_400] {
+                let me = Some(owner(7, "app"));
+                t.retransmit(1, ends, TcpState::ESTABLISHED, me, uto, ms * 1_000_000);
+            }
+            match t.take_notices().pop() {
+                Some(Notice::Began(ep)) => ep,
+                other => panic!("{other:?}"),
+            }
+        };
+        let k = NetSysctls::default();
+        let f = half_open(&began(Some(2_000)), &k).unwrap();
+        assert_eq!(
+            (f.by, f.at_ns, f.setting),
+            (EndsBy::UserTimeout, Some(3_000_000_000), 2_000)
+        );
+        // Not set (0) or not read: the namespace's tcp_retries2.
+        for uto in [Some(0), None] {
+            assert_eq!(half_open(&began(uto), &k).unwrap().by, EndsBy::TcpRetries2);
+        }
     }
 }
