@@ -323,3 +323,96 @@ fn a_listener_that_does_not_accept_is_reported() {
     tracer.stop();
     drop(clients);
 }
+
+#[test]
+fn life_open_says_when_the_kernel_ends_each_connection_still_open() {
+    let net = NetnsPair::new("lopen");
+    let port = free_port();
+    let tracer = Tracer::start(&[
+        "life",
+        "--json",
+        "--open",
+        "--port",
+        &port.to_string(),
+        "--duration",
+        "5s",
+    ]);
+    sysctl_in(&net.a, "net.ipv4.tcp_retries2=6");
+    // A CLOSE_WAIT leak: the peer closed, this process holds its side.
+    let (leak_client, leak_server) = connected(&net, port);
+    let leak_port = leak_client.local_addr().unwrap().port();
+    drop(leak_client);
+    std::thread::sleep(Duration::from_millis(300));
+    // Data into a silenced peer, on a socket with TCP_USER_TIMEOUT 8 s and on one without.
+    let (mut uto, uto_server) = connected(&net, port);
+    setsockopt(
+        &uto,
+        libc::IPPROTO_TCP,
+        libc::TCP_USER_TIMEOUT,
+        &8000u32.to_ne_bytes(),
+    );
+    let (mut plain, plain_server) = connected(&net, port);
+    net.blackhole(&net.b, &net.a_addr);
+    let sent = std::time::SystemTime::now();
+    uto.write_all(b"anyone there?").unwrap();
+    plain.write_all(b"anyone there?").unwrap();
+    let (st, out, _) = tracer.wait_exit(Duration::from_secs(20));
+    assert!(st.success());
+    let open: Vec<Value> = out
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["type"] == "open")
+        .collect();
+    let by_sport = |p: u16| {
+        open.iter()
+            .find(|v| v["sport"] == p)
+            .unwrap_or_else(|| panic!("no open object for port {p}: {open:#?}"))
+    };
+    let time = |v: &Value| humantime::parse_rfc3339(v.as_str().unwrap()).unwrap();
+    // The leak: only its holder ends it.
+    let leak = open
+        .iter()
+        .find(|v| v["dport"] == leak_port && v["state"] == "CLOSE_WAIT")
+        .unwrap_or_else(|| panic!("{open:#?}"));
+    assert_eq!(leak["pid"], std::process::id(), "{leak}");
+    assert_eq!(leak["ends_by"], "application", "{leak}");
+    assert!(leak["ends_at"].is_null(), "{leak}");
+    // Its peer's side, a timewait orphan: reaped by its own timer.
+    let orphan = by_sport(leak_port);
+    assert_eq!(orphan["state"], "FIN_WAIT2", "{orphan}");
+    assert_eq!(orphan["ends_by"], "tcp_fin_timeout", "{orphan}");
+    assert_eq!(orphan["ends_estimated"], false, "{orphan}");
+    // Each retransmitting one ends when tcp-trace said (from its timer's backoff and timeout
+    // as sock_diag lists them): with TCP_USER_TIMEOUT, 8 s after the first timeout's
+    // retransmit; without, at the expiry that passes a's tcp_retries2=6 (over 25 s). The
+    // kernel's timer wheel fires a long timer up to an eighth of it late, and each
+    // retransmit's timer starts from the late one before it.
+    let u = by_sport(uto.local_addr().unwrap().port());
+    assert_eq!(
+        (&u["state"], &u["ends_by"]),
+        (&"ESTABLISHED".into(), &"user_timeout".into()),
+        "{u}"
+    );
+    let p = by_sport(plain.local_addr().unwrap().port());
+    assert_eq!(p["ends_by"], "tcp_retries2", "{p}");
+    for (mut s, v) in [(uto, u), (plain, p)] {
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let err = std::io::Read::read(&mut s, &mut [0u8; 1]).unwrap_err();
+        let ended = std::time::SystemTime::now();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+        let ends_at = time(&v["ends_at"]);
+        let forecast = ends_at.duration_since(sent).unwrap();
+        let took = ended.duration_since(sent).unwrap();
+        eprintln!(
+            "{}: forecast {forecast:?}, ended {took:?} after the write",
+            v["ends_by"]
+        );
+        let early = Duration::from_millis(300);
+        let late = (forecast / 8).max(early);
+        assert!(
+            took + early > forecast && took < forecast + late,
+            "ended {took:?}: {v}"
+        );
+    }
+    drop((leak_server, uto_server, plain_server));
+}

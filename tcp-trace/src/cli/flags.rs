@@ -36,7 +36,8 @@ pub enum Command {
     /// Print one line per finished connection: owner, duration, every state, who closed first.
     #[command(after_help = "Examples:
   tcp-trace life --port 443                      every finished connection on port 443, and why it ended
-  tcp-trace life --json | jq 'select(.cause != \"normal\")'")]
+  tcp-trace life --json | jq 'select(.cause != \"normal\")'
+  tcp-trace life --replay incident.ttr --open    and the ones still open at its end: will they end?")]
     Life(LifeArgs),
     /// Record every event (and snapshots of the sockets) to a file, for `--replay` later.
     #[command(after_help = "Examples:
@@ -238,6 +239,10 @@ pub struct LifeArgs {
     /// Human output: also each connection's network namespace and cgroup.
     #[arg(long)]
     pub wide: bool,
+    /// At the end (Ctrl-C, --duration, the end of a replay), also the connections still open:
+    /// their states so far, and when the kernel will end each on its own (`open` objects).
+    #[arg(long)]
+    pub open: bool,
     #[command(flatten)]
     pub common: Common,
 }

@@ -72,6 +72,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let (input, clock) = Input::open(c, a.json || a.wide, SWEEP_EVERY)?;
             let mut sink = Life::new(stdout(), a.json, clock, c.filter(), c.engine(true));
             sink.set_wide(a.wide);
+            sink.set_open(a.open);
             input.run(&mut sink).await?;
             Ok(ExitCode::SUCCESS)
         }

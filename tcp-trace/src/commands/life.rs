@@ -1,16 +1,37 @@
-//! `tcp-trace life`: one line per finished connection, with its whole story.
+//! `tcp-trace life`: one line per finished connection, with its whole story; with `--open`,
+//! at the end, one per connection still open, with when the kernel will end it.
 
-use std::io::Write;
+use std::{
+    collections::{HashMap, HashSet},
+    io::Write,
+    time::Duration,
+};
 
 use anyhow::Result;
 
 use crate::{
     commands::pipeline::{Flow, Sink},
-    engine::{filter::Filter, Engine},
-    event::{clock::Clock, Delivery, LATE_AFTER_CLOSE_NS},
-    host::Env,
+    engine::{filter::Filter, Engine, Lifecycle, Seed},
+    event::{clock::Clock, Delivery, Place, TcpState, LATE_AFTER_CLOSE_NS},
+    host::{owners::Holder, sockdiag::TimerKind, Env},
     output::life::LifeWriter,
+    stuck::{
+        age_lower_bound_ns,
+        forecast::{self, Facts},
+    },
 };
+
+/// The states of an open connection sock_diag is asked for.
+const OPEN: [TcpState; 8] = [
+    TcpState::SYN_SENT,
+    TcpState::SYN_RECV,
+    TcpState::ESTABLISHED,
+    TcpState::FIN_WAIT1,
+    TcpState::FIN_WAIT2,
+    TcpState::CLOSE_WAIT,
+    TcpState::LAST_ACK,
+    TcpState::CLOSING,
+];
 
 /// The `life` sink.
 pub struct Life<W: Write> {
@@ -20,6 +41,7 @@ pub struct Life<W: Write> {
     latest_ns: u64,
     lives: u64,
     lost: u64,
+    open: bool,
 }
 
 impl<W: Write> Life<W> {
@@ -34,7 +56,13 @@ impl<W: Write> Life<W> {
             latest_ns: 0,
             lives: 0,
             lost: 0,
+            open: false,
         }
+    }
+
+    /// At the end, also the connections still open.
+    pub fn set_open(&mut self, open: bool) {
+        self.open = open;
     }
 
     /// Human output: also each connection's network namespace and cgroup.
@@ -56,6 +84,117 @@ impl<W: Write> Life<W> {
                 self.out.life(&l, place, cgroup)?;
                 self.lives += 1;
             }
+        }
+        Ok(())
+    }
+
+    /// The connections still open, oldest first, each with its forecast: from its state,
+    /// its timer and backoff as sock_diag lists them (live, or the recording's last snapshot),
+    /// its TCP_USER_TIMEOUT as its retransmits showed it, and its namespace's sysctls.
+    fn report_open(&mut self, env: &mut dyn Env) -> Result<()> {
+        let now = self.latest_ns.max(env.now());
+        let listed: HashMap<_, _> = match env.sockets(&OPEN) {
+            Ok(v) => v.into_iter().map(|d| ((d.tuple, d.netns), d)).collect(),
+            Err(e) => {
+                log::warn!(
+                    "listing sockets: {e:#}; open connections are forecast without their timers"
+                );
+                HashMap::new()
+            }
+        };
+        // Connections no event has shown (older than the tracer, quiet since) are listed too,
+        // their age a lower bound, as `stuck` seeds them.
+        for d in listed.values() {
+            if d.tuple.sport != 0 && d.tuple.dport != 0 && self.engine.by_tuple(&d.tuple).is_none()
+            {
+                self.engine.seed(Seed {
+                    tuple: d.tuple,
+                    state: d.state,
+                    since_ns: now.saturating_sub(age_lower_bound_ns(d)),
+                    snapshot_ns: now,
+                    place: Place {
+                        netns: d.netns,
+                        cgroup: d.cgroup,
+                    },
+                });
+            }
+        }
+        let mut open: Vec<Lifecycle> = self
+            .engine
+            .open()
+            .filter(|l| !l.is_listener() && OPEN.contains(&l.state()))
+            .cloned()
+            .collect();
+        open.sort_by_key(|l| (l.first_seen_ns(), l.sock));
+        // Owners the events did not show, from the holders of their sockets' inodes.
+        let diag = |l: &Lifecycle, netns: u32| {
+            listed
+                .get(&(l.tuple, netns))
+                .or_else(|| listed.get(&(l.tuple, 0)))
+        };
+        let unowned: HashSet<u32> = open
+            .iter()
+            .filter(|l| l.owner.is_none())
+            .filter_map(|l| diag(l, self.engine.place(l).netns))
+            .map(|d| d.inode)
+            .filter(|&i| i != 0)
+            .collect();
+        let holders = if unowned.is_empty() {
+            HashMap::new()
+        } else {
+            env.holders(&unowned)
+        };
+        for mut l in open {
+            let place = self.engine.place(&l);
+            let cgroup = env.cgroup_path(place.cgroup).map(str::to_string);
+            if !(self.filter.matches_conn(&l.tuple, l.owner.as_ref())
+                && self.filter.matches_place(place.netns, cgroup.as_deref()))
+            {
+                continue;
+            }
+            let d = diag(&l, place.netns);
+            if l.owner.is_none() {
+                let held = d.and_then(|d| holders.get(&d.inode)?.first());
+                l.owner = held.map(Holder::owner);
+            }
+            let state = l.state();
+            let facts = Facts {
+                state,
+                // An open FIN_WAIT2 is held: the close() of one ends its lifecycle (the
+                // kernel hands it to a timewait socket). A FIN_WAIT1 needs the listing.
+                held: match state {
+                    TcpState::FIN_WAIT2 => Some(d.is_none_or(|d| !d.is_orphan())),
+                    TcpState::FIN_WAIT1 => d.map(|d| !d.is_orphan()),
+                    _ => None,
+                },
+                // A timewait orphan's own timer.
+                reap_in: d
+                    .and_then(|d| d.timer)
+                    .filter(|t| t.kind == TimerKind::TimeWait)
+                    .map(|t| Duration::from_millis(t.in_ms.into())),
+                since_ns: l
+                    .states
+                    .iter()
+                    .rev()
+                    .find(|t| t.state == state)
+                    .map_or(now, |t| t.at_ns),
+                backoff: d.and_then(|d| d.backoff),
+                rto: d
+                    .and_then(|d| d.rto_us)
+                    .map(|us| Duration::from_micros(us.into())),
+                last_retransmit_ns: l.last_retransmit_ns(),
+                timer: d.and_then(|d| d.timer),
+                user_timeout_ms: l.user_timeout_ms(),
+            };
+            let k = env.sysctls(place.netns);
+            // A half-open episode under way knows its first retransmit: its forecast (as
+            // `watch` and `stuck` give it) is closer than the one from the backoff.
+            let ongoing = l.half_open.as_deref().filter(|ep| ep.outcome.is_none());
+            let ends = match ongoing.and_then(|ep| forecast::half_open(ep, &k)) {
+                Some(f) if f.at_ns.is_some() => f,
+                _ => forecast::forecast(&facts, &k, now),
+            };
+            self.out.open(&l, place, cgroup.as_deref(), now, ends)?;
         }
         Ok(())
     }
@@ -90,6 +229,9 @@ impl<W: Write> Sink for Life<W> {
 
     fn finish(&mut self, env: &mut dyn Env) -> Result<()> {
         self.emit(u64::MAX, env)?;
+        if self.open {
+            self.report_open(env)?;
+        }
         let now = env.now();
         self.out
             .summary(self.lives, self.engine.counters.evictions, self.lost, now)?;

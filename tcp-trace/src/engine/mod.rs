@@ -155,6 +155,11 @@ impl Engine {
         self.socks.map.len()
     }
 
+    /// The sockets tracked now (open connections and listeners), in no order.
+    pub fn open(&self) -> impl Iterator<Item = &Lifecycle> {
+        self.socks.map.values()
+    }
+
     /// True when nothing is tracked.
     pub fn is_empty(&self) -> bool {
         self.socks.map.is_empty()

@@ -1,4 +1,5 @@
-//! `life` output: one line or NDJSON object per finished connection.
+//! `life` output: one line or NDJSON object per finished connection; with `--open`, one per
+//! connection still open at the end, with when the kernel will end it.
 
 use std::io::{self, Write};
 
@@ -11,11 +12,11 @@ use crate::{
         Lifecycle,
     },
     event::{clock::Clock, errno_name, Place, TcpState},
+    stuck::forecast::Forecast,
 };
 
-/// The connection's states with the ms spent in each.
-fn story(l: &Lifecycle) -> Vec<(TcpState, f64)> {
-    let end = l.end_ns();
+/// The connection's states with the ms spent in each, up to `end`.
+fn story(l: &Lifecycle, end: u64) -> Vec<(TcpState, f64)> {
     l.path(end)
         .into_iter()
         .map(|(s, ns)| (s, (ns / 1000) as f64 / 1000.0))
@@ -57,6 +58,17 @@ struct JsonLife<'a> {
     error: Option<String>,
     half_open: Option<JsonEpisode>,
     incomplete: bool,
+    #[serde(flatten)]
+    open: Option<JsonEnds>,
+}
+
+/// What an `open` object adds: its state now, and when the kernel will end it.
+#[derive(Serialize)]
+struct JsonEnds {
+    state: String,
+    ends_at: Option<String>,
+    ends_by: &'static str,
+    ends_estimated: bool,
 }
 
 /// Writes `life` output.
@@ -103,15 +115,37 @@ impl<W: Write> LifeWriter<W> {
 
     /// One finished connection, with its namespace and cgroup (and that cgroup's path).
     pub fn life(&mut self, l: &Lifecycle, place: Place, cgroup: Option<&str>) -> io::Result<()> {
-        let steps = story(l);
+        self.write(l, place, cgroup, None)
+    }
+
+    /// One connection still open at `now_ns`, and when the kernel will end it.
+    pub fn open(
+        &mut self,
+        l: &Lifecycle,
+        place: Place,
+        cgroup: Option<&str>,
+        now_ns: u64,
+        ends: Forecast,
+    ) -> io::Result<()> {
+        self.write(l, place, cgroup, Some((now_ns, ends)))
+    }
+
+    fn write(
+        &mut self,
+        l: &Lifecycle,
+        place: Place,
+        cgroup: Option<&str>,
+        open: Option<(u64, Forecast)>,
+    ) -> io::Result<()> {
         let start = l.first_seen_ns();
-        let end = l.end_ns();
+        let end = open.map_or_else(|| l.end_ns(), |(now, _)| now);
+        let steps = story(l, end);
         let duration_ms = (end.saturating_sub(start) / 1000) as f64 / 1000.0;
         let t = &l.tuple;
         let cause = cause::cause(l);
         if self.json {
             let j = JsonLife {
-                kind: "life",
+                kind: if open.is_some() { "open" } else { "life" },
                 ts: self.clock.rfc3339(end),
                 start: self.clock.rfc3339(start),
                 conn: JsonConn::new(
@@ -145,6 +179,12 @@ impl<W: Write> LifeWriter<W> {
                     outcome: ep.outcome.map(|(o, _)| o.name().into_owned()),
                 }),
                 incomplete: l.incomplete,
+                open: open.map(|(_, f)| JsonEnds {
+                    state: l.state().to_string(),
+                    ends_at: f.at_ns.map(|t| self.clock.rfc3339(t)),
+                    ends_by: f.by.name(),
+                    ends_estimated: f.approx,
+                }),
             };
             serde_json::to_writer(&mut self.out, &j)?;
             return self.out.write_all(b"\n");
@@ -178,6 +218,13 @@ impl<W: Write> LifeWriter<W> {
         if l.incomplete {
             notes.push("incomplete".into());
         }
+        if let Some((_, f)) = open {
+            let closing = match l.owner {
+                Some(o) => format!("pid {} ({}) closes it", o.pid, o.comm),
+                None => "its application closes it".into(),
+            };
+            notes.push(f.text(|t| self.clock.hms(t), &closing));
+        }
         if self.wide {
             let netns = match place.netns {
                 0 => "?".to_string(),
@@ -206,7 +253,10 @@ impl<W: Write> LifeWriter<W> {
             t.remote(),
             dur,
             l.closer.map_or("-", |c| c.name()),
-            cause.map_or("-", Cause::name),
+            match open {
+                Some(_) => "open",
+                None => cause.map_or("-", Cause::name),
+            },
             path.join(" > "),
         )
     }

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use super::Stuck;
 use crate::{
     engine::halfopen::{Episode, Kind},
     event::TcpState,
@@ -142,23 +141,141 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// When `s` ends, and by what, from its backoff and armed timer as sock_diag lists them.
-pub fn forecast(
-    s: &Stuck,
-    backoff: Option<u8>,
-    timer: Option<Armed>,
-    k: &NetSysctls,
-    now_ns: u64,
-) -> Forecast {
+/// What a forecast needs to know of one socket.
+#[derive(Clone, Copy, Debug)]
+pub struct Facts {
+    /// Its state.
+    pub state: TcpState,
+    /// For FIN_WAIT1 and FIN_WAIT2: whether a process still holds it (`Some(false)`: an
+    /// orphan).
+    pub held: Option<bool>,
+    /// An orphan's timewait timer: reaped in this long.
+    pub reap_in: Option<Duration>,
+    /// When it entered its state (monotonic ns; or no later than that).
+    pub since_ns: u64,
+    /// Its retransmission backoff and timeout (backed off), as sock_diag lists them.
+    pub backoff: Option<u8>,
+    /// See `backoff`.
+    pub rto: Option<Duration>,
+    /// When the tracer saw its last retransmit (monotonic ns).
+    pub last_retransmit_ns: Option<u64>,
+    /// Its armed timer, as sock_diag lists it.
+    pub timer: Option<Armed>,
+    /// Its `TCP_USER_TIMEOUT` in ms (0: not set), when the kernel programs read it.
+    pub user_timeout_ms: Option<u32>,
+}
+
+/// A socket's retransmission timeouts, as the kernel runs them: each expiry retransmits and
+/// doubles the timeout (up to `TCP_RTO_MAX`), until one finds the time since the first
+/// timeout's retransmit past the budget (`tcp_retries2`'s model, or the user timeout).
+struct Chain {
+    /// The first timeout's retransmit (the kernel's `retrans_stamp`), monotonic ns.
+    first_ns: u64,
+    /// The latest one, which the backoff counts.
+    last_ns: u64,
+    /// The timeout before the first doubling.
+    base: Duration,
+    /// Timeouts so far.
+    backoff: u32,
+}
+
+impl Chain {
+    /// From the backoff and the backed-off timeout sock_diag lists, anchored at the armed
+    /// timer's expiry (else the last retransmit the tracer saw, else now); without a listed
+    /// timeout, from `TCP_RTO_MIN`.
+    fn of(f: &Facts, now_ns: u64) -> Self {
+        let backoff = u32::from(f.backoff.unwrap_or(0));
+        let base = f
+            .rto
+            .map_or(RTO_MIN, |r| r / 2u32.saturating_pow(backoff.min(31)))
+            .max(RTO_MIN / 10);
+        let mut c = Chain {
+            first_ns: 0,
+            last_ns: f.last_retransmit_ns.unwrap_or(now_ns),
+            base,
+            backoff,
+        };
+        if let Some(t) = f.timer.filter(|t| t.kind == TimerKind::Retransmit) {
+            let next = now_ns.saturating_add(nanos(Duration::from_millis(t.in_ms.into())));
+            c.last_ns = next.saturating_sub(nanos(c.timeout(backoff)));
+        }
+        let back = (1..backoff).map(|j| c.timeout(j)).sum::<Duration>();
+        c.first_ns = c.last_ns.saturating_sub(nanos(back));
+        c
+    }
+
+    /// The timeout after `j` doublings.
+    fn timeout(&self, j: u32) -> Duration {
+        (self.base * 2u32.saturating_pow(j.min(31))).min(RTO_MAX)
+    }
+
+    /// The expiry at which the kernel gives up with this budget.
+    fn gives_up(&self, budget: Duration) -> u64 {
+        let (mut at, mut j) = (self.last_ns, self.backoff);
+        while at.saturating_sub(self.first_ns) < nanos(budget) && j < 64 {
+            at = at.saturating_add(nanos(self.timeout(j)));
+            j += 1;
+        }
+        at
+    }
+}
+
+impl Facts {
+    /// Its retransmit timer is backing off: data (or a FIN) goes unacknowledged.
+    fn retransmitting(&self) -> bool {
+        self.timer.is_some_and(|t| t.kind == TimerKind::Retransmit)
+            && self.backoff.is_some_and(|b| b > 0)
+    }
+}
+
+/// When a socket ends, and by what, from its state, its backoff and armed timer as sock_diag
+/// lists them, and the sysctls of its namespace.
+pub fn forecast(f: &Facts, k: &NetSysctls, now_ns: u64) -> Forecast {
     let ns = nanos;
     let never = Forecast::NEVER;
-    match (s.state, s.held) {
+    let chain = Chain::of(f, now_ns);
+    let retransmits_until = |by, boundary: u32| Forecast {
+        by,
+        at_ns: Some(chain.gives_up(give_up_after(boundary))),
+        approx: true,
+        setting: u64::from(boundary),
+    };
+    match (f.state, f.held) {
+        // Data (or our FIN) unacknowledged while a process holds the socket: the kernel gives
+        // up when the socket's TCP_USER_TIMEOUT has passed since the first retransmit, when
+        // set, else after tcp_retries2 retransmits. How far it got is estimated from its
+        // backoff.
+        (TcpState::ESTABLISHED | TcpState::CLOSE_WAIT, _) | (TcpState::FIN_WAIT1, Some(true))
+            if f.retransmitting() =>
+        {
+            match f.user_timeout_ms.filter(|&ms| ms > 0) {
+                // The kernel clamps its timer to the user timeout's end.
+                Some(ms) => Forecast {
+                    by: EndsBy::UserTimeout,
+                    at_ns: Some(
+                        chain
+                            .first_ns
+                            .saturating_add(ns(Duration::from_millis(ms.into()))),
+                    ),
+                    approx: true,
+                    setting: u64::from(ms),
+                },
+                None => retransmits_until(EndsBy::TcpRetries2, k.retries2),
+            }
+        }
+        // A connect: SYNs retransmitted until tcp_syn_retries run out, from the first SYN.
+        (TcpState::SYN_SENT, _) => Forecast {
+            by: EndsBy::TcpSynRetries,
+            at_ns: Some(f.since_ns.saturating_add(ns(model(k.syn_retries, SYN_RTO)))),
+            approx: true,
+            setting: u64::from(k.syn_retries),
+        },
         // The peer closed (CLOSE_WAIT), or we shut down and hold the socket while the peer
         // stays open (held FIN_WAIT2): the kernel has nothing to time out, unless keepalive
         // is on (Go's default, for one): its next probe ends the socket if the peer has
         // forgotten the connection (reaped its orphan) and resets it. Its per-socket timing
         // is not listed, so the time is the timer's, and only the earliest.
-        (TcpState::CLOSE_WAIT, _) | (TcpState::FIN_WAIT2, Some(true)) => match timer {
+        (TcpState::CLOSE_WAIT, _) | (TcpState::FIN_WAIT2, Some(true)) => match f.timer {
             Some(t) if t.kind == TimerKind::KeepAlive => Forecast {
                 by: EndsBy::Keepalive,
                 at_ns: Some(now_ns.saturating_add(ns(Duration::from_millis(t.in_ms.into())))),
@@ -169,10 +286,10 @@ pub fn forecast(
         },
         (TcpState::FIN_WAIT2, _) => {
             let fin = k.fin_timeout;
-            let (at, approx) = match s.reap_in {
+            let (at, approx) = match f.reap_in {
                 Some(r) => (now_ns.saturating_add(ns(r)), false),
                 // Orphaned no later than first seen: reaped by then plus tcp_fin_timeout.
-                None => (s.since_ns.saturating_add(ns(fin)), true),
+                None => (f.since_ns.saturating_add(ns(fin)), true),
             };
             Forecast {
                 by: EndsBy::TcpFinTimeout,
@@ -182,17 +299,9 @@ pub fn forecast(
             }
         }
         // Our FIN unacknowledged on a closed (orphaned) socket: retransmitted until
-        // tcp_orphan_retries run out. How far it got is estimated from its backoff.
-        (TcpState::LAST_ACK | TcpState::CLOSING, _) => {
-            let retries = k.orphan_retries();
-            let spent = give_up_after(u32::from(backoff.unwrap_or(0)).saturating_sub(1));
-            let left = give_up_after(retries).saturating_sub(spent);
-            Forecast {
-                by: EndsBy::TcpOrphanRetries,
-                at_ns: Some(now_ns.saturating_add(ns(left))),
-                approx: true,
-                setting: u64::from(retries),
-            }
+        // tcp_orphan_retries run out.
+        (TcpState::LAST_ACK | TcpState::CLOSING, _) | (TcpState::FIN_WAIT1, Some(false)) => {
+            retransmits_until(EndsBy::TcpOrphanRetries, k.orphan_retries())
         }
         _ => never,
     }
@@ -287,5 +396,47 @@ mod tests {
         for uto in [Some(0), None] {
             assert_eq!(half_open(&began(uto), &k).unwrap().by, EndsBy::TcpRetries2);
         }
+    }
+
+    #[test]
+    fn the_retransmission_chain_as_the_kernel_runs_it() {
+        // Measured on this machine (veth, RTO 208 ms): a write into a silenced peer was
+        // retransmitted (after a tail loss probe at 0.206 s) at 0.414, 0.830, 1.662, 3.326 and 6.622 s, and TCP_USER_TIMEOUT 8 s
+        // ended it at 8.446 s; with tcp_retries2=6 and no user timeout, at 26.68 s.
+        let ms = |n: u64| n * 1_000_000;
+        let f = |uto| Facts {
+            state: TcpState::ESTABLISHED,
+            held: None,
+            reap_in: None,
+            since_ns: 0,
+            backoff: Some(5),
+            rto: Some(Duration::from_millis(208 * 32)),
+            last_retransmit_ns: Some(ms(6_622)),
+            timer: Some(Armed {
+                kind: TimerKind::Retransmit,
+                // Listed at 7.000 s: the next expiry at 6.622 + 0.208 * 32 = 13.278 s.
+                in_ms: 6_278,
+                count: 5,
+            }),
+            user_timeout_ms: uto,
+        };
+        let k = NetSysctls {
+            retries2: 6,
+            ..NetSysctls::default()
+        };
+        let by_uto = forecast(&f(Some(8_000)), &k, ms(7_000));
+        assert_eq!(by_uto.by, EndsBy::UserTimeout);
+        // The first timeout's retransmit, from the backoff: 6.622 - 0.208 * 30 = 0.382 s.
+        assert_eq!(by_uto.at_ns, Some(ms(8_382)));
+        let by_retries = forecast(&f(Some(0)), &k, ms(7_000));
+        assert_eq!(by_retries.by, EndsBy::TcpRetries2);
+        // Expiries at 13.278 s (12.896 since the first: under 25.4) and 26.590 s (26.208).
+        assert_eq!(by_retries.at_ns, Some(ms(26_590)));
+        // Not backing off: an open connection ends only by its application.
+        let idle = Facts {
+            backoff: Some(0),
+            ..f(None)
+        };
+        assert_eq!(forecast(&idle, &k, ms(7_000)), Forecast::NEVER);
     }
 }

@@ -263,7 +263,18 @@ pub fn assess(engine: &Engine, d: &DiagSocket, cx: &Context<'_>) -> Option<Stuck
         ends: forecast::Forecast::NEVER,
     };
     s.diagnosis = diagnose(&s, k.fin_timeout);
-    s.ends = forecast::forecast(&s, d.backoff, d.timer, &k, cx.now_ns);
+    let facts = forecast::Facts {
+        state: s.state,
+        held: s.held,
+        reap_in: s.reap_in,
+        since_ns: s.since_ns,
+        backoff: d.backoff,
+        rto: d.rto_us.map(|us| Duration::from_micros(us.into())),
+        last_retransmit_ns: l.and_then(Lifecycle::last_retransmit_ns),
+        timer: d.timer,
+        user_timeout_ms: l.and_then(Lifecycle::user_timeout_ms),
+    };
+    s.ends = forecast::forecast(&facts, &k, cx.now_ns);
     Some(s)
 }
 
