@@ -127,10 +127,14 @@ impl<W: Write> Life<W> {
             .collect();
         open.sort_by_key(|l| (l.first_seen_ns(), l.sock));
         // Owners the events did not show, from the holders of their sockets' inodes.
-        let diag = |l: &Lifecycle, netns: u32| {
-            listed
-                .get(&(l.tuple, netns))
-                .or_else(|| listed.get(&(l.tuple, 0)))
+        // Events carry no namespace when the output does not show it (and the filters do not
+        // need it): then by endpoints alone.
+        let by_tuple: HashMap<_, _> = listed.values().map(|d| (d.tuple, d)).collect();
+        let diag = |l: &Lifecycle, netns: u32| match netns {
+            0 => by_tuple.get(&l.tuple).copied(),
+            n => listed
+                .get(&(l.tuple, n))
+                .or_else(|| listed.get(&(l.tuple, 0))),
         };
         let unowned: HashSet<u32> = open
             .iter()
@@ -186,7 +190,10 @@ impl<W: Write> Life<W> {
                 timer: d.and_then(|d| d.timer),
                 user_timeout_ms: l.user_timeout_ms(),
             };
-            let k = env.sysctls(place.netns);
+            let k = env.sysctls(match place.netns {
+                0 => d.map_or(0, |d| d.netns),
+                n => n,
+            });
             // A half-open episode under way knows its first retransmit: its forecast (as
             // `watch` and `stuck` give it) is closer than the one from the backoff.
             let ongoing = l.half_open.as_deref().filter(|ep| ep.outcome.is_none());

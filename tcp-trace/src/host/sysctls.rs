@@ -4,6 +4,7 @@
 use std::{
     collections::HashMap,
     path::Path,
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -20,6 +21,25 @@ pub struct NetSysctls {
     pub syn_retries: u32,
     /// `tcp_synack_retries`: SYN-ACKs retransmitted before a pending handshake is dropped.
     pub synack_retries: u32,
+    /// The kernel's timer frequency (`CONFIG_HZ`; host-wide, not a sysctl): how late its
+    /// timer wheel fires a long timer depends on it.
+    pub hz: u32,
+}
+
+/// `CONFIG_HZ`, from the kernel's build configuration where distributions install it
+/// (`/boot/config-RELEASE`); 250, Debian's, when it is not there.
+pub fn kernel_hz() -> u32 {
+    static HZ: OnceLock<u32> = OnceLock::new();
+    *HZ.get_or_init(|| {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        std::fs::read_to_string(format!("/boot/config-{}", release.trim()))
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find_map(|l| l.strip_prefix("CONFIG_HZ=")?.trim().parse().ok())
+            })
+            .unwrap_or(250)
+    })
 }
 
 impl Default for NetSysctls {
@@ -31,6 +51,7 @@ impl Default for NetSysctls {
             orphan_retries: 0,
             syn_retries: 6,
             synack_retries: 5,
+            hz: kernel_hz(),
         }
     }
 }
@@ -53,6 +74,7 @@ impl NetSysctls {
             orphan_retries: n("tcp_orphan_retries", d.orphan_retries),
             syn_retries: n("tcp_syn_retries", d.syn_retries),
             synack_retries: n("tcp_synack_retries", d.synack_retries),
+            hz: d.hz,
         }
     }
 

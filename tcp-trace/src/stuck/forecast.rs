@@ -167,7 +167,10 @@ pub struct Facts {
 
 /// A socket's retransmission timeouts, as the kernel runs them: each expiry retransmits and
 /// doubles the timeout (up to `TCP_RTO_MAX`), until one finds the time since the first
-/// timeout's retransmit past the budget (`tcp_retries2`'s model, or the user timeout).
+/// timeout's retransmit past the budget (`tcp_retries2`'s model, or the user timeout). The
+/// timer wheel fires a timer at the next multiple of its level's granularity, and a chain of
+/// them stays on that grid: a 204 ms base doubled four times (816 ticks at 250 Hz) fires
+/// every 832 ticks. At a budget's edge that decides which expiry ends it.
 struct Chain {
     /// The first timeout's retransmit (the kernel's `retrans_stamp`), monotonic ns.
     first_ns: u64,
@@ -177,13 +180,15 @@ struct Chain {
     base: Duration,
     /// Timeouts so far.
     backoff: u32,
+    /// The kernel's timer frequency.
+    hz: u32,
 }
 
 impl Chain {
     /// From the backoff and the backed-off timeout sock_diag lists, anchored at the armed
     /// timer's expiry (else the last retransmit the tracer saw, else now); without a listed
     /// timeout, from `TCP_RTO_MIN`.
-    fn of(f: &Facts, now_ns: u64) -> Self {
+    fn of(f: &Facts, hz: u32, now_ns: u64) -> Self {
         let backoff = u32::from(f.backoff.unwrap_or(0));
         let base = f
             .rto
@@ -194,12 +199,15 @@ impl Chain {
             last_ns: f.last_retransmit_ns.unwrap_or(now_ns),
             base,
             backoff,
+            hz: hz.max(1),
         };
         if let Some(t) = f.timer.filter(|t| t.kind == TimerKind::Retransmit) {
             let next = now_ns.saturating_add(nanos(Duration::from_millis(t.in_ms.into())));
             c.last_ns = next.saturating_sub(nanos(c.timeout(backoff)));
         }
-        let back = (1..backoff).map(|j| c.timeout(j)).sum::<Duration>();
+        let back = (1..backoff)
+            .map(|j| c.fires_after(c.timeout(j)))
+            .sum::<Duration>();
         c.first_ns = c.last_ns.saturating_sub(nanos(back));
         c
     }
@@ -209,11 +217,21 @@ impl Chain {
         (self.base * 2u32.saturating_pow(j.min(31))).min(RTO_MAX)
     }
 
+    /// When a timer armed for `d` fires: the wheel rounds its expiry up to the granularity of
+    /// the level it lands in (64 slots a level, each level 8 times coarser).
+    fn fires_after(&self, d: Duration) -> Duration {
+        let jiffy = u128::from(1_000_000_000 / self.hz);
+        let ticks = d.as_nanos().div_ceil(jiffy);
+        let level = (0..8u32).find(|n| ticks < 63u128 << (3 * n)).unwrap_or(8);
+        let gran = 1u128 << (3 * level);
+        Duration::from_nanos(u64::try_from(ticks.div_ceil(gran) * gran * jiffy).unwrap_or(u64::MAX))
+    }
+
     /// The expiry at which the kernel gives up with this budget.
     fn gives_up(&self, budget: Duration) -> u64 {
         let (mut at, mut j) = (self.last_ns, self.backoff);
         while at.saturating_sub(self.first_ns) < nanos(budget) && j < 64 {
-            at = at.saturating_add(nanos(self.timeout(j)));
+            at = at.saturating_add(nanos(self.fires_after(self.timeout(j))));
             j += 1;
         }
         at
@@ -233,7 +251,7 @@ impl Facts {
 pub fn forecast(f: &Facts, k: &NetSysctls, now_ns: u64) -> Forecast {
     let ns = nanos;
     let never = Forecast::NEVER;
-    let chain = Chain::of(f, now_ns);
+    let chain = Chain::of(f, k.hz, now_ns);
     let retransmits_until = |by, boundary: u32| Forecast {
         by,
         at_ns: Some(chain.gives_up(give_up_after(boundary))),
@@ -422,6 +440,7 @@ mod tests {
         };
         let k = NetSysctls {
             retries2: 6,
+            hz: 250,
             ..NetSysctls::default()
         };
         let by_uto = forecast(&f(Some(8_000)), &k, ms(7_000));
@@ -432,6 +451,20 @@ mod tests {
         assert_eq!(by_retries.by, EndsBy::TcpRetries2);
         // Expiries at 13.278 s (12.896 since the first: under 25.4) and 26.590 s (26.208).
         assert_eq!(by_retries.at_ns, Some(ms(26_590)));
+        // A 204 ms base (51 ticks): the wheel stretches 3.264 s to 3.328 and 6.528 to 6.656
+        // (64-tick grid), so from the fourth timeout's retransmit at 3.326 s: 6.654, 13.310,
+        // then 26.366 s, 25.92 s after the first at 0.446 s (0.416 + 0.832 + 1.632 before it).
+        let stretched = Facts {
+            backoff: Some(4),
+            rto: Some(Duration::from_millis(204 * 16)),
+            timer: Some(Armed {
+                kind: TimerKind::Retransmit,
+                in_ms: 1_590,
+                count: 4,
+            }),
+            ..f(Some(0))
+        };
+        assert_eq!(forecast(&stretched, &k, ms(5_000)).at_ns, Some(ms(26_366)));
         // Not backing off: an open connection ends only by its application.
         let idle = Facts {
             backoff: Some(0),
