@@ -122,12 +122,14 @@ fn dead_peer_with_lost_reset_ends_in_etimedout_in_watch() {
     assert_eq!(left, Duration::from_millis(2_000), "{began}");
     let ended = half_open(&ev, "peer_unreachable")[1];
     assert_eq!(ended["outcome"], "ETIMEDOUT");
-    // And it did, then: the outcome's time is within a scheduling delay of the forecast.
+    // And it did, then. The kernel counts from the first timeout's retransmit, which may come
+    // one timeout after a tail loss probe (the first retransmit seen), and fires the last,
+    // shortened timer on the wheel's grid: up to about 300 ms after the forecast.
     let off = match time(&ended["ts"]).duration_since(ends_at) {
         Ok(late) => late,
         Err(early) => early.duration(),
     };
-    assert!(off < Duration::from_millis(300), "{off:?}: {began} {ended}");
+    assert!(off < Duration::from_millis(500), "{off:?}: {began} {ended}");
     assert!(
         ev.iter()
             .any(|e| e["type"] == "error" && e["error"] == "ETIMEDOUT"),
@@ -159,13 +161,21 @@ fn connect_into_a_black_hole() {
     assert!(h["retransmits"].as_u64().unwrap() >= 2, "{h}");
     assert_eq!(h["pid"], std::process::id());
     assert_eq!(half_open(&ev, "connect_blackhole")[1]["outcome"], "closed");
-    // The forecast, from a's own tcp_syn_retries: 6 s after the first retransmit.
+    // The forecast, from a's own tcp_syn_retries: 6 s after the first retransmit (1, 2 and
+    // 4 s timeouts, the first before it); on kernels with tcp_syn_linear_timeouts (6.5 on),
+    // that many more retransmits, the first timeouts staying at 1 s (4: 10 s).
     assert_eq!(h["ends_by"], "tcp_syn_retries", "{h}");
     let time = |v: &Value| humantime::parse_rfc3339(v.as_str().unwrap()).unwrap();
     let left = time(&h["ends_at"])
         .duration_since(time(&h["since"]))
         .unwrap();
-    assert_eq!(left, Duration::from_secs(6), "{h}");
+    let linear = sysctl_of(&net.a, "net.ipv4.tcp_syn_linear_timeouts").unwrap_or(0);
+    let want = match linear {
+        0 => 6,
+        4 => 10,
+        n => panic!("no expectation for tcp_syn_linear_timeouts={n}"),
+    };
+    assert_eq!(left, Duration::from_secs(want), "{h}");
     tracer.stop();
 }
 
@@ -383,16 +393,12 @@ fn life_open_says_when_the_kernel_ends_each_connection_still_open() {
     assert_eq!(orphan["ends_by"], "tcp_fin_timeout", "{orphan}");
     assert_eq!(orphan["ends_estimated"], false, "{orphan}");
     // Each retransmitting one ends when tcp-trace said (from its timer's backoff and timeout
-    // as sock_diag lists them): with TCP_USER_TIMEOUT, 8 s after the first timeout's
-    // retransmit; without, at the expiry that passes a's tcp_retries2=6 (over 25 s). The
-    // kernel's timer wheel fires a long timer up to an eighth of it late, and each
-    // retransmit's timer starts from the late one before it.
+    // as sock_diag lists them, on the timer wheel's grid): with TCP_USER_TIMEOUT, that long
+    // after the first timeout's retransmit; without, at the first expiry past a's
+    // tcp_retries2=6 budget.
     let u = by_sport(uto.local_addr().unwrap().port());
-    assert_eq!(
-        (&u["state"], &u["ends_by"]),
-        (&"ESTABLISHED".into(), &"user_timeout".into()),
-        "{u}"
-    );
+    assert_eq!(u["state"], "ESTABLISHED", "{u}");
+    assert_eq!(u["ends_by"], "user_timeout", "{u}");
     let p = by_sport(plain.local_addr().unwrap().port());
     assert_eq!(p["ends_by"], "tcp_retries2", "{p}");
     for (mut s, v) in [(uto, u), (plain, p)] {
@@ -407,8 +413,7 @@ fn life_open_says_when_the_kernel_ends_each_connection_still_open() {
             "{}: forecast {forecast:?}, ended {took:?} after the write",
             v["ends_by"]
         );
-        let early = Duration::from_millis(300);
-        let late = (forecast / 8).max(early);
+        let (early, late) = (Duration::from_millis(300), Duration::from_millis(600));
         assert!(
             took + early > forecast && took < forecast + late,
             "ended {took:?}: {v}"

@@ -12,12 +12,17 @@ use anyhow::Result;
 use crate::{
     commands::pipeline::{Flow, Sink},
     engine::{filter::Filter, Engine, Lifecycle, Seed},
-    event::{clock::Clock, Delivery, Place, TcpState, LATE_AFTER_CLOSE_NS},
-    host::{owners::Holder, sockdiag::TimerKind, Env},
+    event::{clock::Clock, Delivery, Place, TcpState, Tuple, LATE_AFTER_CLOSE_NS},
+    host::{
+        owners::Holder,
+        sockdiag::{DiagSocket, TimerKind},
+        sysctls::NetSysctls,
+        Env,
+    },
     output::life::LifeWriter,
     stuck::{
         age_lower_bound_ns,
-        forecast::{self, Facts},
+        forecast::{self, Facts, Forecast},
     },
 };
 
@@ -102,12 +107,24 @@ impl<W: Write> Life<W> {
                 HashMap::new()
             }
         };
-        // Connections no event has shown (older than the tracer, quiet since) are listed too,
-        // their age a lower bound, as `stuck` seeds them.
+        // Events carry no namespace when the output does not show it (and the filters do not
+        // need it): then the listing is matched by endpoints alone.
+        let by_tuple: HashMap<_, _> = listed.values().map(|d| (d.tuple, d)).collect();
+        let diag = |t: &Tuple, netns: u32| match netns {
+            0 => by_tuple.get(t).copied(),
+            n => listed.get(&(*t, n)).or_else(|| listed.get(&(*t, 0))),
+        };
+        // Connections no event has shown (older than the tracer, quiet since) come from the
+        // listing, their age a lower bound, as `stuck` seeds them; in an engine of their own,
+        // so that they cannot evict what the events showed.
+        let mut unseen = Engine::new(listed.len() + 1, true);
         for d in listed.values() {
-            if d.tuple.sport != 0 && d.tuple.dport != 0 && self.engine.by_tuple(&d.tuple).is_none()
-            {
-                self.engine.seed(Seed {
+            let known = self.engine.by_tuple(&d.tuple).is_some_and(|l| {
+                let n = self.engine.place(l).netns;
+                n == 0 || n == d.netns
+            });
+            if !known && d.tuple.sport != 0 && d.tuple.dport != 0 {
+                unseen.seed(Seed {
                     tuple: d.tuple,
                     state: d.state,
                     since_ns: now.saturating_sub(age_lower_bound_ns(d)),
@@ -119,91 +136,90 @@ impl<W: Write> Life<W> {
                 });
             }
         }
-        let mut open: Vec<Lifecycle> = self
-            .engine
-            .open()
-            .filter(|l| !l.is_listener() && OPEN.contains(&l.state()))
-            .cloned()
+        let mut open: Vec<(Lifecycle, Place)> = [&self.engine, &unseen]
+            .into_iter()
+            .flat_map(|e| {
+                e.open()
+                    .filter(|l| !l.is_listener() && OPEN.contains(&l.state()))
+                    .map(|l| (l.clone(), e.place(l)))
+            })
             .collect();
-        open.sort_by_key(|l| (l.first_seen_ns(), l.sock));
-        // Owners the events did not show, from the holders of their sockets' inodes.
-        // Events carry no namespace when the output does not show it (and the filters do not
-        // need it): then by endpoints alone.
-        let by_tuple: HashMap<_, _> = listed.values().map(|d| (d.tuple, d)).collect();
-        let diag = |l: &Lifecycle, netns: u32| match netns {
-            0 => by_tuple.get(&l.tuple).copied(),
-            n => listed
-                .get(&(l.tuple, n))
-                .or_else(|| listed.get(&(l.tuple, 0))),
-        };
+        open.sort_by_key(|(l, _)| (l.first_seen_ns(), l.sock));
+        // The owners the events did not show, from `/proc` (before the filters, which may ask
+        // for an owner).
         let unowned: HashSet<u32> = open
             .iter()
-            .filter(|l| l.owner.is_none())
-            .filter_map(|l| diag(l, self.engine.place(l).netns))
+            .filter(|(l, _)| l.owner.is_none())
+            .filter_map(|(l, place)| diag(&l.tuple, place.netns))
             .map(|d| d.inode)
             .filter(|&i| i != 0)
             .collect();
-        let holders = if unowned.is_empty() {
-            HashMap::new()
-        } else {
-            env.holders(&unowned)
+        let holders = match unowned.is_empty() {
+            true => HashMap::new(),
+            false => env.holders(&unowned),
         };
-        for mut l in open {
-            let place = self.engine.place(&l);
+        for (mut l, place) in open {
+            let d = diag(&l.tuple, place.netns);
+            if l.owner.is_none() {
+                let held = d.and_then(|d| holders.get(&d.inode)?.first());
+                l.owner = held.map(Holder::owner);
+            }
             let cgroup = env.cgroup_path(place.cgroup).map(str::to_string);
             if !(self.filter.matches_conn(&l.tuple, l.owner.as_ref())
                 && self.filter.matches_place(place.netns, cgroup.as_deref()))
             {
                 continue;
             }
-            let d = diag(&l, place.netns);
-            if l.owner.is_none() {
-                let held = d.and_then(|d| holders.get(&d.inode)?.first());
-                l.owner = held.map(Holder::owner);
-            }
-            let state = l.state();
-            let facts = Facts {
-                state,
-                // An open FIN_WAIT2 is held: the close() of one ends its lifecycle (the
-                // kernel hands it to a timewait socket). A FIN_WAIT1 needs the listing.
-                held: match state {
-                    TcpState::FIN_WAIT2 => Some(d.is_none_or(|d| !d.is_orphan())),
-                    TcpState::FIN_WAIT1 => d.map(|d| !d.is_orphan()),
-                    _ => None,
-                },
-                // A timewait orphan's own timer.
-                reap_in: d
-                    .and_then(|d| d.timer)
-                    .filter(|t| t.kind == TimerKind::TimeWait)
-                    .map(|t| Duration::from_millis(t.in_ms.into())),
-                since_ns: l
-                    .states
-                    .iter()
-                    .rev()
-                    .find(|t| t.state == state)
-                    .map_or(now, |t| t.at_ns),
-                backoff: d.and_then(|d| d.backoff),
-                rto: d
-                    .and_then(|d| d.rto_us)
-                    .map(|us| Duration::from_micros(us.into())),
-                last_retransmit_ns: l.last_retransmit_ns(),
-                timer: d.and_then(|d| d.timer),
-                user_timeout_ms: l.user_timeout_ms(),
-            };
             let k = env.sysctls(match place.netns {
                 0 => d.map_or(0, |d| d.netns),
                 n => n,
             });
-            // A half-open episode under way knows its first retransmit: its forecast (as
-            // `watch` and `stuck` give it) is closer than the one from the backoff.
-            let ongoing = l.half_open.as_deref().filter(|ep| ep.outcome.is_none());
-            let ends = match ongoing.and_then(|ep| forecast::half_open(ep, &k)) {
-                Some(f) if f.at_ns.is_some() => f,
-                _ => forecast::forecast(&facts, &k, now),
-            };
+            let ends = ends(&l, d, &k, now);
             self.out.open(&l, place, cgroup.as_deref(), now, ends)?;
         }
         Ok(())
+    }
+}
+
+/// When the kernel ends an open connection: the timer chain from its listing; a half-open
+/// episode's coarser model only when the listing has nothing (a replay whose last snapshot
+/// lacks the socket).
+fn ends(l: &Lifecycle, d: Option<&DiagSocket>, k: &NetSysctls, now: u64) -> Forecast {
+    let state = l.state();
+    let facts = Facts {
+        state,
+        // An open FIN_WAIT2 is held: the close() of one ends its lifecycle (the kernel hands
+        // it to a timewait socket). Whether a FIN_WAIT1 is, only the listing says.
+        held: match state {
+            TcpState::FIN_WAIT2 => Some(d.is_none_or(|d| !d.is_orphan())),
+            TcpState::FIN_WAIT1 => d.map(|d| !d.is_orphan()),
+            _ => None,
+        },
+        reap_in: d
+            .and_then(|d| d.timer)
+            .filter(|t| t.kind == TimerKind::TimeWait)
+            .map(|t| Duration::from_millis(t.in_ms.into())),
+        since_ns: l
+            .states
+            .iter()
+            .rev()
+            .find(|t| t.state == state)
+            .map_or(now, |t| t.at_ns),
+        backoff: d.and_then(|d| d.backoff),
+        rto: d
+            .and_then(|d| d.rto_us)
+            .map(|us| Duration::from_micros(us.into())),
+        last_retransmit_ns: l.last_retransmit_ns(),
+        timer: d.and_then(|d| d.timer),
+        user_timeout_ms: l.user_timeout_ms(),
+    };
+    let ongoing = l.half_open.as_deref().filter(|ep| ep.outcome.is_none());
+    match forecast::forecast(&facts, k, now) {
+        f if f.at_ns.is_some() => f,
+        f => ongoing
+            .and_then(|ep| forecast::half_open(ep, k))
+            .filter(|h| h.at_ns.is_some())
+            .unwrap_or(f),
     }
 }
 

@@ -146,11 +146,16 @@ pub fn evidence(l: &Lifecycle, cause: Cause) -> Vec<String> {
         Cause::Normal if l.is_listener() => e.push("listener".into()),
         Cause::Normal if went_through(l, TcpState::TIME_WAIT) => e.push("TIME_WAIT".into()),
         Cause::Normal if l.orphaned_ns.is_some() => e.push("timewait_orphan".into()),
-        // Which limit the kernel applied, when the kernel programs could read the socket's.
-        Cause::RetransmitTimeout => match l.user_timeout_ms() {
-            Some(0) => e.push("tcp_retries2".into()),
-            Some(ms) => e.push(format!("user_timeout:{ms}ms")),
-            None => {}
+        // Which limit the kernel applied, when the kernel programs could read the socket's
+        // user timeout (which replaces any other). Without one, a socket its application
+        // still held ran out of tcp_retries2; a closing one may have been an orphan, whose
+        // limit is tcp_orphan_retries, and the events do not say whether it was.
+        Cause::RetransmitTimeout => match (l.user_timeout_ms(), last_before_close(l)) {
+            (Some(0), Some(TcpState::ESTABLISHED | TcpState::CLOSE_WAIT)) => {
+                e.push("tcp_retries2".into())
+            }
+            (Some(ms), _) if ms > 0 => e.push(format!("user_timeout:{ms}ms")),
+            _ => {}
         },
         Cause::KeepaliveTimeout if l.retransmits > 0 => {
             e.push("no retransmit in the last 120 s".into())

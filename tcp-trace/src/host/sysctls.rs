@@ -21,6 +21,9 @@ pub struct NetSysctls {
     pub syn_retries: u32,
     /// `tcp_synack_retries`: SYN-ACKs retransmitted before a pending handshake is dropped.
     pub synack_retries: u32,
+    /// `tcp_syn_linear_timeouts` (6.5 on; 0 before): SYN retransmits added to
+    /// `tcp_syn_retries`, the first ones 1 s apart instead of doubling.
+    pub syn_linear_timeouts: u32,
     /// The kernel's timer frequency (`CONFIG_HZ`; host-wide, not a sysctl): how late its
     /// timer wheel fires a long timer depends on it.
     pub hz: u32,
@@ -51,6 +54,7 @@ impl Default for NetSysctls {
             orphan_retries: 0,
             syn_retries: 6,
             synack_retries: 5,
+            syn_linear_timeouts: 0,
             hz: kernel_hz(),
         }
     }
@@ -74,6 +78,7 @@ impl NetSysctls {
             orphan_retries: n("tcp_orphan_retries", d.orphan_retries),
             syn_retries: n("tcp_syn_retries", d.syn_retries),
             synack_retries: n("tcp_synack_retries", d.synack_retries),
+            syn_linear_timeouts: n("tcp_syn_linear_timeouts", d.syn_linear_timeouts),
             hz: d.hz,
         }
     }

@@ -193,9 +193,14 @@ impl Btf {
         o
     }
 
-    /// Where a socket keeps its endpoints, protocol and error; all 0 when any is missing.
+    /// Where a socket keeps its endpoints, protocol and error (all 0 when any is missing), and
+    /// its user timeout.
     pub fn sock_offsets(&self) -> SockOffsets {
         let common = |f: &str| self.offset("sock", &["__sk_common", f]);
+        // Read on its own: the retransmit program needs nothing else.
+        let user_timeout = self
+            .offset("inet_connection_sock", &["icsk_user_timeout"])
+            .unwrap_or(0);
         let sock = |f: &str| self.offset("sock", &[f]);
         let found = (
             common("skc_family"),
@@ -218,7 +223,10 @@ impl Btf {
             Some(err),
         ) = found
         else {
-            return SockOffsets::default();
+            return SockOffsets {
+                user_timeout,
+                ..SockOffsets::default()
+            };
         };
         SockOffsets {
             family,
@@ -230,9 +238,7 @@ impl Btf {
             v6_daddr: common("skc_v6_daddr").unwrap_or(0),
             protocol,
             err,
-            user_timeout: self
-                .offset("inet_connection_sock", &["icsk_user_timeout"])
-                .unwrap_or(0),
+            user_timeout,
         }
     }
 }

@@ -116,7 +116,7 @@ pub fn half_open(ep: &Episode, k: &NetSysctls) -> Option<Forecast> {
             EndsBy::TcpSynRetries,
             k.syn_retries,
             ep.since_ns,
-            model(k.syn_retries, SYN_RTO).saturating_sub(SYN_RTO),
+            syn_gives_up_after(k).saturating_sub(SYN_RTO),
         ),
         // The newest handshake seen retransmitting is dropped no later than this after its
         // first SYN-ACK retransmit.
@@ -168,14 +168,15 @@ pub struct Facts {
 /// A socket's retransmission timeouts, as the kernel runs them: each expiry retransmits and
 /// doubles the timeout (up to `TCP_RTO_MAX`), until one finds the time since the first
 /// timeout's retransmit past the budget (`tcp_retries2`'s model, or the user timeout). The
-/// timer wheel fires a timer at the next multiple of its level's granularity, and a chain of
-/// them stays on that grid: a 204 ms base doubled four times (816 ticks at 250 Hz) fires
-/// every 832 ticks. At a budget's edge that decides which expiry ends it.
+/// timer wheel fires a timer after the grid point of its level past its expiry, and a chain of
+/// them stays on that grid: at a budget's edge that decides which expiry ends it.
 struct Chain {
     /// The first timeout's retransmit (the kernel's `retrans_stamp`), monotonic ns.
     first_ns: u64,
     /// The latest one, which the backoff counts.
     last_ns: u64,
+    /// When the armed timer fires, as listed.
+    next_ns: Option<u64>,
     /// The timeout before the first doubling.
     base: Duration,
     /// Timeouts so far.
@@ -185,26 +186,33 @@ struct Chain {
 }
 
 impl Chain {
-    /// From the backoff and the backed-off timeout sock_diag lists, anchored at the armed
-    /// timer's expiry (else the last retransmit the tracer saw, else now); without a listed
-    /// timeout, from `TCP_RTO_MIN`.
+    /// From the backoff and the backed-off timeout sock_diag lists (the kernel stops doubling
+    /// at `TCP_RTO_MAX` while the backoff counts on: past it, from `TCP_RTO_MIN`), anchored at
+    /// the last retransmit the tracer saw; else at the armed timer, which the kernel may have
+    /// shortened to a user timeout's end; else now.
     fn of(f: &Facts, hz: u32, now_ns: u64) -> Self {
         let backoff = u32::from(f.backoff.unwrap_or(0));
-        let base = f
-            .rto
-            .map_or(RTO_MIN, |r| r / 2u32.saturating_pow(backoff.min(31)))
-            .max(RTO_MIN / 10);
+        let base = match f.rto {
+            Some(r) if r < RTO_MAX => (r / 2u32.saturating_pow(backoff.min(31))).max(RTO_MIN / 10),
+            _ => RTO_MIN,
+        };
+        let next_ns = f
+            .timer
+            .filter(|t| t.kind == TimerKind::Retransmit)
+            .map(|t| now_ns.saturating_add(nanos(Duration::from_millis(t.in_ms.into()))));
         let mut c = Chain {
             first_ns: 0,
-            last_ns: f.last_retransmit_ns.unwrap_or(now_ns),
+            last_ns: now_ns,
+            next_ns,
             base,
             backoff,
             hz: hz.max(1),
         };
-        if let Some(t) = f.timer.filter(|t| t.kind == TimerKind::Retransmit) {
-            let next = now_ns.saturating_add(nanos(Duration::from_millis(t.in_ms.into())));
-            c.last_ns = next.saturating_sub(nanos(c.timeout(backoff)));
-        }
+        c.last_ns = match (f.last_retransmit_ns, next_ns) {
+            (Some(seen), _) => seen,
+            (None, Some(next)) => next.saturating_sub(nanos(c.timeout(backoff))),
+            (None, None) => now_ns,
+        };
         let back = (1..backoff)
             .map(|j| c.fires_after(c.timeout(j)))
             .sum::<Duration>();
@@ -217,14 +225,16 @@ impl Chain {
         (self.base * 2u32.saturating_pow(j.min(31))).min(RTO_MAX)
     }
 
-    /// When a timer armed for `d` fires: the wheel rounds its expiry up to the granularity of
-    /// the level it lands in (64 slots a level, each level 8 times coarser).
+    /// When a timer armed for `d` fires, armed on the grid: the wheel fires it at the first
+    /// point of its level's grid after the expiry (64 slots a level, each 8 times coarser than
+    /// the one before; the kernel's `calc_index`).
     fn fires_after(&self, d: Duration) -> Duration {
         let jiffy = u128::from(1_000_000_000 / self.hz);
         let ticks = d.as_nanos().div_ceil(jiffy);
         let level = (0..8u32).find(|n| ticks < 63u128 << (3 * n)).unwrap_or(8);
-        let gran = 1u128 << (3 * level);
-        Duration::from_nanos(u64::try_from(ticks.div_ceil(gran) * gran * jiffy).unwrap_or(u64::MAX))
+        let shift = 3 * level;
+        let fired = ((ticks >> shift) + 1) << shift;
+        Duration::from_nanos(u64::try_from(fired * jiffy).unwrap_or(u64::MAX))
     }
 
     /// The expiry at which the kernel gives up with this budget.
@@ -236,6 +246,13 @@ impl Chain {
         }
         at
     }
+
+    /// When a user timeout ends it: that long after the first timeout's retransmit (the
+    /// kernel shortens the last timer to it), and never before the armed timer fires.
+    fn user_timeout_ends(&self, uto: Duration) -> u64 {
+        let end = self.first_ns.saturating_add(nanos(uto));
+        self.next_ns.map_or(end, |next| end.max(next))
+    }
 }
 
 impl Facts {
@@ -246,48 +263,73 @@ impl Facts {
     }
 }
 
+/// How long after the first SYN a connect gives up: after `tcp_syn_retries` retransmits, and
+/// `tcp_syn_linear_timeouts` more on kernels that have it (6.5 on), whose first timeouts stay
+/// at 1 s before they double.
+pub fn syn_gives_up_after(k: &NetSysctls) -> Duration {
+    let linear = k.syn_linear_timeouts;
+    (1..=k.syn_retries + linear + 1)
+        .map(|i| match i.checked_sub(linear + 1) {
+            None | Some(0) => SYN_RTO,
+            Some(n) => (SYN_RTO * 2u32.saturating_pow(n.min(31))).min(RTO_MAX),
+        })
+        .sum()
+}
+
 /// When a socket ends, and by what, from its state, its backoff and armed timer as sock_diag
 /// lists them, and the sysctls of its namespace.
 pub fn forecast(f: &Facts, k: &NetSysctls, now_ns: u64) -> Forecast {
     let ns = nanos;
     let never = Forecast::NEVER;
     let chain = Chain::of(f, k.hz, now_ns);
-    let retransmits_until = |by, boundary: u32| Forecast {
-        by,
-        at_ns: Some(chain.gives_up(give_up_after(boundary))),
+    let uto = f.user_timeout_ms.filter(|&ms| ms > 0);
+    let by_user_timeout = |ms: u32, at: u64| Forecast {
+        by: EndsBy::UserTimeout,
+        at_ns: Some(at),
         approx: true,
-        setting: u64::from(boundary),
+        setting: u64::from(ms),
+    };
+    // A socket's TCP_USER_TIMEOUT, when set, replaces the retries' budget.
+    let retransmits_until = |by, boundary: u32| match uto {
+        Some(ms) => by_user_timeout(
+            ms,
+            chain.user_timeout_ends(Duration::from_millis(ms.into())),
+        ),
+        None => Forecast {
+            by,
+            at_ns: Some(chain.gives_up(give_up_after(boundary))),
+            approx: true,
+            setting: u64::from(boundary),
+        },
     };
     match (f.state, f.held) {
-        // Data (or our FIN) unacknowledged while a process holds the socket: the kernel gives
-        // up when the socket's TCP_USER_TIMEOUT has passed since the first retransmit, when
-        // set, else after tcp_retries2 retransmits. How far it got is estimated from its
-        // backoff.
+        // Data (or our FIN) unacknowledged while a process holds the socket.
         (TcpState::ESTABLISHED | TcpState::CLOSE_WAIT, _) | (TcpState::FIN_WAIT1, Some(true))
             if f.retransmitting() =>
         {
-            match f.user_timeout_ms.filter(|&ms| ms > 0) {
-                // The kernel clamps its timer to the user timeout's end.
-                Some(ms) => Forecast {
-                    by: EndsBy::UserTimeout,
-                    at_ns: Some(
-                        chain
-                            .first_ns
-                            .saturating_add(ns(Duration::from_millis(ms.into()))),
-                    ),
+            retransmits_until(EndsBy::TcpRetries2, k.retries2)
+        }
+        // A connect: SYNs retransmitted until their count runs out, or a user timeout from the
+        // first SYN if that comes first.
+        (TcpState::SYN_SENT, _) => {
+            let by_count = f.since_ns.saturating_add(ns(syn_gives_up_after(k)));
+            let by_uto = uto.map(|ms| {
+                (
+                    ms,
+                    f.since_ns
+                        .saturating_add(ns(Duration::from_millis(ms.into()))),
+                )
+            });
+            match by_uto {
+                Some((ms, at)) if at < by_count => by_user_timeout(ms, at),
+                _ => Forecast {
+                    by: EndsBy::TcpSynRetries,
+                    at_ns: Some(by_count),
                     approx: true,
-                    setting: u64::from(ms),
+                    setting: u64::from(k.syn_retries),
                 },
-                None => retransmits_until(EndsBy::TcpRetries2, k.retries2),
             }
         }
-        // A connect: SYNs retransmitted until tcp_syn_retries run out, from the first SYN.
-        (TcpState::SYN_SENT, _) => Forecast {
-            by: EndsBy::TcpSynRetries,
-            at_ns: Some(f.since_ns.saturating_add(ns(model(k.syn_retries, SYN_RTO)))),
-            approx: true,
-            setting: u64::from(k.syn_retries),
-        },
         // The peer closed (CLOSE_WAIT), or we shut down and hold the socket while the peer
         // stays open (held FIN_WAIT2): the kernel has nothing to time out, unless keepalive
         // is on (Go's default, for one): its next probe ends the socket if the peer has
@@ -418,23 +460,25 @@ mod tests {
 
     #[test]
     fn the_retransmission_chain_as_the_kernel_runs_it() {
-        // Measured on this machine (veth, RTO 208 ms): a write into a silenced peer was
-        // retransmitted (after a tail loss probe at 0.206 s) at 0.414, 0.830, 1.662, 3.326 and 6.622 s, and TCP_USER_TIMEOUT 8 s
-        // ended it at 8.446 s; with tcp_retries2=6 and no user timeout, at 26.68 s.
-        let ms = |n: u64| n * 1_000_000;
-        let f = |uto| Facts {
+        // A write into a silenced peer (`tests/halfopen.rs` makes one), as `watch` saw it:
+        // after a tail loss probe, the timeouts' retransmits at E1 = 0, then 0.428, 1.260,
+        // 2.924, 6.316 and 12.972 s; with tcp_retries2=6 the kernel gave up at 26.284 s. Its
+        // sock_diag listing then shows a 204 ms base (backoff 4, timeout 3.264 s): 51 ticks
+        // at 250 Hz, which the wheel's grid stretches to 0.416, 0.832, 1.664, 3.328, 6.656
+        // and 13.312 s.
+        let ms = |n: u64| 10_000_000_000 + n * 1_000_000;
+        let f = |uto, in_ms| Facts {
             state: TcpState::ESTABLISHED,
             held: None,
             reap_in: None,
             since_ns: 0,
-            backoff: Some(5),
-            rto: Some(Duration::from_millis(208 * 32)),
-            last_retransmit_ns: Some(ms(6_622)),
+            backoff: Some(4),
+            rto: Some(Duration::from_millis(204 * 16)),
+            last_retransmit_ns: Some(ms(2_924)),
             timer: Some(Armed {
                 kind: TimerKind::Retransmit,
-                // Listed at 7.000 s: the next expiry at 6.622 + 0.208 * 32 = 13.278 s.
-                in_ms: 6_278,
-                count: 5,
+                in_ms,
+                count: 4,
             }),
             user_timeout_ms: uto,
         };
@@ -443,33 +487,60 @@ mod tests {
             hz: 250,
             ..NetSysctls::default()
         };
-        let by_uto = forecast(&f(Some(8_000)), &k, ms(7_000));
-        assert_eq!(by_uto.by, EndsBy::UserTimeout);
-        // The first timeout's retransmit, from the backoff: 6.622 - 0.208 * 30 = 0.382 s.
-        assert_eq!(by_uto.at_ns, Some(ms(8_382)));
-        let by_retries = forecast(&f(Some(0)), &k, ms(7_000));
+        // Listed at 5.0 s, the timer due at 2.924 + 3.264.
+        let listed = ms(5_000);
+        let by_retries = forecast(&f(Some(0), 1_188), &k, listed);
         assert_eq!(by_retries.by, EndsBy::TcpRetries2);
-        // Expiries at 13.278 s (12.896 since the first: under 25.4) and 26.590 s (26.208).
-        assert_eq!(by_retries.at_ns, Some(ms(26_590)));
-        // A 204 ms base (51 ticks): the wheel stretches 3.264 s to 3.328 and 6.528 to 6.656
-        // (64-tick grid), so from the fourth timeout's retransmit at 3.326 s: 6.654, 13.310,
-        // then 26.366 s, 25.92 s after the first at 0.446 s (0.416 + 0.832 + 1.632 before it).
-        let stretched = Facts {
-            backoff: Some(4),
-            rto: Some(Duration::from_millis(204 * 16)),
-            timer: Some(Armed {
-                kind: TimerKind::Retransmit,
-                in_ms: 1_590,
-                count: 4,
-            }),
-            ..f(Some(0))
+        // E1 from the backoff: 2.924 - 2.912 = 0.012; then 6.252, 12.908 and 26.220 (26.208
+        // after E1, past the model's 25.4 s budget).
+        assert_eq!(by_retries.at_ns, Some(ms(26_220)));
+        // With an 8 s user timeout instead: E1 + 8 s.
+        let by_uto = forecast(&f(Some(8_000), 1_188), &k, listed);
+        assert_eq!(
+            (by_uto.by, by_uto.at_ns),
+            (EndsBy::UserTimeout, Some(ms(8_012)))
+        );
+        // Near its end the kernel shortens the timer to the user timeout's end: listed at
+        // 7.9 s, due at 8.032 (the real E1 + 8 s), which the forecast does not go before.
+        let late = forecast(&f(Some(8_000), 132), &k, ms(7_900));
+        assert_eq!(late.at_ns, Some(ms(8_032)));
+        // Without the retransmits seen (a tracer started late), from the listed timer; past
+        // the 120 s cap the listed timeout no longer gives the base, TCP_RTO_MIN does.
+        let unseen = Facts {
+            last_retransmit_ns: None,
+            ..f(Some(0), 1_188)
         };
-        assert_eq!(forecast(&stretched, &k, ms(5_000)).at_ns, Some(ms(26_366)));
+        assert_eq!(forecast(&unseen, &k, listed).at_ns, Some(ms(26_220)));
+        let capped = Chain::of(
+            &Facts {
+                backoff: Some(12),
+                rto: Some(RTO_MAX),
+                ..unseen
+            },
+            250,
+            listed,
+        );
+        assert_eq!(capped.base, RTO_MIN);
         // Not backing off: an open connection ends only by its application.
         let idle = Facts {
             backoff: Some(0),
-            ..f(None)
+            ..f(None, 200)
         };
-        assert_eq!(forecast(&idle, &k, ms(7_000)), Forecast::NEVER);
+        assert_eq!(forecast(&idle, &k, listed), Forecast::NEVER);
+    }
+
+    #[test]
+    fn a_connect_gives_up_after_its_syn_retries_and_the_linear_ones() {
+        let k = |syn_retries, syn_linear_timeouts| NetSysctls {
+            syn_retries,
+            syn_linear_timeouts,
+            ..NetSysctls::default()
+        };
+        // 6.1: 1 + 2 + 4 + … doubling; 6.5 on: four more retransmits, the first five
+        // timeouts 1 s.
+        assert_eq!(syn_gives_up_after(&k(6, 0)), Duration::from_secs(127));
+        assert_eq!(syn_gives_up_after(&k(6, 4)), Duration::from_secs(131));
+        assert_eq!(syn_gives_up_after(&k(2, 4)), Duration::from_secs(11));
+        assert_eq!(syn_gives_up_after(&k(1, 0)), Duration::from_secs(3));
     }
 }

@@ -385,6 +385,20 @@ pub fn sysctl_in(ns: &str, setting: &str) {
     assert!(st.success(), "sysctl {setting} in {ns}");
 }
 
+/// The value of sysctl `name` (`net.ipv4.…`) in network namespace `ns`; `None` when this
+/// kernel does not have it.
+pub fn sysctl_of(ns: &str, name: &str) -> Option<u64> {
+    let path = format!("/proc/sys/{}", name.replace('.', "/"));
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", &path])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+        .flatten()
+}
+
 /// Runs `f` on a thread that has entered network namespace `ns` (sockets it creates live there).
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let path = format!("/var/run/netns/{ns}");
