@@ -353,43 +353,6 @@ fn unknown_cgroup_or_namespace_is_one_clear_line() {
     );
 }
 
-/// A process in cgroup `dir` that listens on `addr:port`, connects to itself and closes the
-/// client: it holds a CLOSE_WAIT (and its client an orphan) until dropped.
-struct Leak(std::process::Child);
-
-impl Leak {
-    fn start(dir: &std::path::Path, addr: &str, port: u16) -> Self {
-        use std::io::BufRead;
-        let script = format!(
-            "import os,socket,time\n\
-             open('{}/cgroup.procs','w').write(str(os.getpid()))\n\
-             l=socket.socket(); l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
-             l.bind(('{addr}',{port})); l.listen()\n\
-             c=socket.create_connection(('{addr}',{port})); s,_=l.accept(); c.close()\n\
-             print('ready',flush=True); time.sleep(120)",
-            dir.display()
-        );
-        let mut child = Command::new("python3")
-            .args(["-c", &script])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready");
-        Self(child)
-    }
-}
-
-impl Drop for Leak {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Kubernetes' cgroup shape (systemd driver, containerd) and Docker's (cgroupfs driver), made
 /// under this test's own cgroup with a process in each: every output names the container and
 /// the pod its sockets belong to.

@@ -338,6 +338,7 @@ fn run(cli: Cli) -> Result<()> {
             args,
         } if !kernel.is_empty() => {
             setup::ensure_all()?;
+            setup::ensure_test_tools()?;
             vm::ensure_host_tools()?;
             let bins = vm::build_tests(&root)?;
             let plan = vm::TestPlan {
@@ -374,6 +375,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Test { args, .. } => {
             setup::ensure_all()?;
+            setup::ensure_test_tools()?;
             status(
                 cargo()
                     .current_dir(&root)

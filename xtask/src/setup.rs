@@ -45,6 +45,16 @@ pub fn ensure_debs(packages: &[&str], why: &str) -> Result<()> {
     Ok(())
 }
 
+/// Debian packages the integration tests run besides tcp-trace itself: Prometheus and
+/// promtool (`tests/dashboards.rs` checks `deploy/`'s alert rules and dashboard queries with
+/// them).
+const TEST_PACKAGES: [&str; 1] = ["prometheus"];
+
+/// Installs the Debian packages the integration tests need when one is missing.
+pub fn ensure_test_tools() -> Result<()> {
+    ensure_debs(&TEST_PACKAGES, "for the dashboard and alert rule tests")
+}
+
 /// The workspace root (parent of this crate's manifest directory).
 pub fn workspace_root() -> Result<PathBuf> {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -138,6 +138,11 @@ impl Metrics {
             "Listeners whose accept queue is full (new clients' handshakes are dropped)",
             m.full_listeners.clone(),
         );
+        // Every cause from the start, at 0: a series that appears at its first increment has
+        // no earlier sample, and `rate()` would miss that first close.
+        for c in crate::engine::cause::Cause::ALL {
+            let _ = m.closes.get_or_create(&CauseLabel { cause: c.name() });
+        }
         registry.register(
             "connection_closes",
             "Connections ended, by cause (normal, refused, connect_timeout, unreachable, \

@@ -587,3 +587,41 @@ pub fn netns_of(ns: &str) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(format!("/run/netns/{ns}")).unwrap().ino()
 }
+
+/// A process in cgroup `dir` leaking one CLOSE_WAIT on `addr:port` (it accepts, closes its
+/// listener, its client closes, and it never closes the accepted socket; the client's side is
+/// an orphan); killed on drop.
+pub struct Leak(std::process::Child);
+
+impl Leak {
+    pub fn start(dir: &std::path::Path, addr: &str, port: u16) -> Self {
+        use std::io::BufRead;
+        let script = format!(
+            "import os,socket,time\n\
+             open('{}/cgroup.procs','w').write(str(os.getpid()))\n\
+             l=socket.socket(); l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+             l.bind(('{addr}',{port})); l.listen()\n\
+             c=socket.create_connection(('{addr}',{port})); s,_=l.accept(); l.close(); c.close()\n\
+             print('ready',flush=True); time.sleep(600)",
+            dir.display()
+        );
+        let mut child = Command::new("python3")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        Self(child)
+    }
+}
+
+impl Drop for Leak {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
