@@ -86,13 +86,13 @@ pub fn dist(root: &Path) -> Result<Dist> {
     crate::status(Command::new("strip").arg(stage.join("tcp-trace")))?;
     let bin = stage.join("tcp-trace");
     fs::copy(root.join("README.md"), stage.join("README.md"))?;
-    for f in fs::read_dir(root.join("deploy"))? {
-        let f = f?.path();
-        put(
-            &stage.join("deploy").join(f.file_name().context("name")?),
-            &fs::read(&f)?,
-        )?;
-    }
+    // deploy/ with its subdirectories (grafana/, prometheus/).
+    crate::status(
+        Command::new("cp")
+            .arg("-r")
+            .arg(root.join("deploy"))
+            .arg(stage.join("deploy")),
+    )?;
     for (shell, file) in completions {
         put(
             &stage.join("completions").join(file),
@@ -177,6 +177,8 @@ pub fn check(d: &Dist) -> Result<()> {
         "tcp-trace",
         "README.md",
         "deploy/tcp-trace.service",
+        "deploy/grafana/tcp-trace.json",
+        "deploy/prometheus/alerts.yml",
         "man/tcp-trace.1",
         "completions/_tcp-trace",
     ] {
