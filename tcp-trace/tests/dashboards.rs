@@ -14,7 +14,7 @@ mod common;
 
 use std::{
     collections::BTreeSet,
-    io::{Read, Write},
+    io::Read,
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
@@ -299,30 +299,6 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-/// GET over a fresh connection (HTTP/1.0: the body ends with the connection, never chunked):
-/// (status, body).
-fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(slow(Duration::from_secs(10))))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n")?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Ok((status, body.to_string()))
-}
-
-/// The value of the sample whose line starts with `series ` in a /metrics text (0 when absent).
-fn sample(body: &str, series: &str) -> f64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
 /// Polls `f` until it gives a value, every 100 ms, for `slow(timeout)`; panics with `what` and
 /// the last state `f` reported.
 fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
@@ -379,7 +355,7 @@ impl Prometheus {
             if let Ok(Some(st)) = p.child.try_wait() {
                 panic!("prometheus exited ({st}):\n{}", p.log());
             }
-            match get(p.port, "/-/ready") {
+            match http_get(p.port, "/-/ready") {
                 Ok((200, _)) => Ok(()),
                 other => Err(format!("{other:?}")),
             }
@@ -393,7 +369,8 @@ impl Prometheus {
 
     /// An API call's `data` (panics on a transport error; an API error is `Err`).
     fn api(&self, path: &str) -> Result<Value, String> {
-        let (status, body) = get(self.port, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let (status, body) =
+            http_get(self.port, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
         let v: Value = serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("GET {path}: HTTP {status}, not JSON ({e}): {body}"));
         match v["status"].as_str() {
@@ -493,7 +470,7 @@ impl Drop for ContainerCgroup {
 /// Waits until `serve`'s own /metrics satisfies `pred`.
 fn wait_metrics(http: u16, what: &str, pred: impl Fn(&str) -> bool) {
     wait_until(what, Duration::from_secs(15), || {
-        let (_, body) = get(http, "/metrics").map_err(|e| e.to_string())?;
+        let (_, body) = http_get(http, "/metrics").map_err(|e| e.to_string())?;
         match pred(&body) {
             true => Ok(()),
             false => Err(body),

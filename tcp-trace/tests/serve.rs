@@ -5,7 +5,7 @@
 mod common;
 
 use std::{
-    io::{Read, Write},
+    io::Read,
     net::{TcpListener, TcpStream},
     sync::atomic::{AtomicBool, Ordering},
     sync::Arc,
@@ -17,29 +17,8 @@ use common::*;
 /// GET over a fresh connection: (status, body, time taken).
 fn get(port: u16, path: &str) -> (u16, String, Duration) {
     let t = Instant::now();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let took = t.elapsed();
-    let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body, took)
-}
-
-/// The value of the sample whose line starts with `series ` (0 when absent).
-fn sample(body: &str, series: &str) -> f64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+    let (status, body) = http_get(port, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    (status, body, t.elapsed())
 }
 
 #[test]

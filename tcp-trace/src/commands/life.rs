@@ -11,18 +11,13 @@ use anyhow::Result;
 
 use crate::{
     commands::pipeline::{Flow, Sink},
-    engine::{filter::Filter, Engine, Lifecycle, Seed},
+    engine::{filter::Filter, Engine, Lifecycle},
     event::{clock::Clock, Delivery, Place, TcpState, Tuple, LATE_AFTER_CLOSE_NS},
-    host::{
-        owners::Holder,
-        sockdiag::{DiagSocket, TimerKind},
-        sysctls::NetSysctls,
-        Env,
-    },
+    host::{owners::Holder, sockdiag::DiagSocket, sysctls::NetSysctls, Env},
     output::life::LifeWriter,
     stuck::{
-        age_lower_bound_ns,
         forecast::{self, Facts, Forecast},
+        seed_of,
     },
 };
 
@@ -124,16 +119,7 @@ impl<W: Write> Life<W> {
                 n == 0 || n == d.netns
             });
             if !known && d.tuple.sport != 0 && d.tuple.dport != 0 {
-                unseen.seed(Seed {
-                    tuple: d.tuple,
-                    state: d.state,
-                    since_ns: now.saturating_sub(age_lower_bound_ns(d)),
-                    snapshot_ns: now,
-                    place: Place {
-                        netns: d.netns,
-                        cgroup: d.cgroup,
-                    },
-                });
+                unseen.seed(seed_of(d, now));
             }
         }
         let mut open: Vec<(Lifecycle, Place)> = [&self.engine, &unseen]
@@ -195,10 +181,7 @@ fn ends(l: &Lifecycle, d: Option<&DiagSocket>, k: &NetSysctls, now: u64) -> Fore
             TcpState::FIN_WAIT1 => d.map(|d| !d.is_orphan()),
             _ => None,
         },
-        reap_in: d
-            .and_then(|d| d.timer)
-            .filter(|t| t.kind == TimerKind::TimeWait)
-            .map(|t| Duration::from_millis(t.in_ms.into())),
+        reap_in: d.and_then(DiagSocket::reaped_in),
         since_ns: l
             .states
             .iter()

@@ -30,7 +30,7 @@ use crate::{
         group::{self, key_with, GroupKey, SMALL},
         key,
         listener::{is_full, Overflow},
-        Context, SockKey, Stuck,
+        seed_of, Context, SockKey, Stuck,
     },
 };
 
@@ -93,16 +93,7 @@ pub fn seed_from_snapshot(engine: &mut Engine, env: &mut dyn Env) -> Result<usiz
         .iter()
         .filter(|d| d.tuple.sport != 0 && d.tuple.dport != 0)
     {
-        engine.seed(crate::engine::Seed {
-            tuple: d.tuple,
-            state: d.state,
-            since_ns: now.saturating_sub(age_lower_bound_ns(d)),
-            snapshot_ns: now,
-            place: crate::event::Place {
-                netns: d.netns,
-                cgroup: d.cgroup,
-            },
-        });
+        engine.seed(seed_of(d, now));
         n += 1;
     }
     Ok(n)

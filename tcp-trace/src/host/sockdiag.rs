@@ -81,6 +81,11 @@ pub enum TimerKind {
 }
 
 impl Armed {
+    /// How long from the listing until it fires.
+    pub fn fires_in(&self) -> Duration {
+        Duration::from_millis(self.in_ms.into())
+    }
+
     /// From `inet_diag_msg`'s raw bytes (after the netlink header); the parser we use drops a
     /// timewait timer's expiry and a keepalive timer's probe count.
     fn parse(msg: &[u8]) -> Option<Self> {
@@ -124,6 +129,12 @@ impl DiagSocket {
     /// No process has it open any more (the kernel owns it until it is reaped).
     pub fn is_orphan(&self) -> bool {
         self.inode == 0
+    }
+
+    /// A timewait socket's end: the kernel reaps it this long after the listing.
+    pub fn reaped_in(&self) -> Option<Duration> {
+        let t = self.timer.filter(|t| t.kind == TimerKind::TimeWait)?;
+        Some(t.fires_in())
     }
 }
 

@@ -199,7 +199,7 @@ impl Chain {
         let next_ns = f
             .timer
             .filter(|t| t.kind == TimerKind::Retransmit)
-            .map(|t| now_ns.saturating_add(nanos(Duration::from_millis(t.in_ms.into()))));
+            .map(|t| now_ns.saturating_add(nanos(t.fires_in())));
         let mut c = Chain {
             first_ns: 0,
             last_ns: now_ns,
@@ -338,7 +338,7 @@ pub fn forecast(f: &Facts, k: &NetSysctls, now_ns: u64) -> Forecast {
         (TcpState::CLOSE_WAIT, _) | (TcpState::FIN_WAIT2, Some(true)) => match f.timer {
             Some(t) if t.kind == TimerKind::KeepAlive => Forecast {
                 by: EndsBy::Keepalive,
-                at_ns: Some(now_ns.saturating_add(ns(Duration::from_millis(t.in_ms.into())))),
+                at_ns: Some(now_ns.saturating_add(ns(t.fires_in()))),
                 approx: true,
                 setting: 0,
             },

@@ -13,11 +13,7 @@ use std::{collections::HashMap, time::Duration};
 use crate::{
     engine::{Engine, Lifecycle},
     event::{Owner, TcpState, Tuple},
-    host::{
-        owners::Holder,
-        sockdiag::{DiagSocket, TimerKind},
-        sysctls::NetSysctls,
-    },
+    host::{owners::Holder, sockdiag::DiagSocket, sysctls::NetSysctls},
 };
 
 /// States `stuck` can report.
@@ -35,6 +31,21 @@ fn entered_on_receive(s: TcpState) -> bool {
         s,
         TcpState::ESTABLISHED | TcpState::CLOSE_WAIT | TcpState::FIN_WAIT2 | TcpState::CLOSING
     )
+}
+
+/// What the engine learns of a socket first seen in a listing taken at `now_ns`: its state
+/// since no later than the lower bound of its age.
+pub fn seed_of(d: &DiagSocket, now_ns: u64) -> crate::engine::Seed {
+    crate::engine::Seed {
+        tuple: d.tuple,
+        state: d.state,
+        since_ns: now_ns.saturating_sub(age_lower_bound_ns(d)),
+        snapshot_ns: now_ns,
+        place: crate::event::Place {
+            netns: d.netns,
+            cgroup: d.cgroup,
+        },
+    }
 }
 
 /// A lower bound (ns before `snapshot_ns`) of how long a socket seen for the first time has
@@ -206,17 +217,15 @@ pub fn assess(engine: &Engine, d: &DiagSocket, cx: &Context<'_>) -> Option<Stuck
     let eof_read = close_wait.then_some(d.recv_q == 0);
     // The timewait socket's own timer when listed; else from when the events saw it orphaned
     // (the listing can come before the engine has folded that CLOSE).
-    let reap_in = match d.timer {
-        Some(t) if held == Some(false) && t.kind == TimerKind::TimeWait => {
-            Some(Duration::from_millis(t.in_ms.into()))
-        }
-        _ => (held == Some(false))
-            .then(|| l.and_then(|l| l.orphaned_ns))
-            .flatten()
-            .map(|at| {
-                (Duration::from_nanos(at.get()) + k.fin_timeout)
-                    .saturating_sub(Duration::from_nanos(cx.now_ns))
-            }),
+    let reap_in = match held {
+        Some(false) => d.reaped_in().or_else(|| {
+            let orphaned = l.and_then(|l| l.orphaned_ns)?;
+            Some(
+                (Duration::from_nanos(orphaned.get()) + k.fin_timeout)
+                    .saturating_sub(Duration::from_nanos(cx.now_ns)),
+            )
+        }),
+        _ => None,
     };
     let history = match l {
         Some(l) if l.exact_start => {
