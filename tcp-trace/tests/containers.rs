@@ -353,19 +353,45 @@ fn unknown_cgroup_or_namespace_is_one_clear_line() {
     );
 }
 
-/// Kubernetes' cgroup shape (systemd driver, containerd) and Docker's (cgroupfs driver), made
-/// under this test's own cgroup with a process in each: every output names the container and
-/// the pod its sockets belong to.
+/// The cgroup shapes of Kubernetes (systemd driver with containerd and with CRI-O, cgroupfs
+/// driver with containerd) and Docker (cgroupfs driver), made under this test's own cgroup
+/// with a process in each: every output names the container and the pod its sockets belong
+/// to.
 #[test]
 fn containers_and_pods_are_named_from_their_cgroup_paths() {
-    let (pod_ctr, docker_ctr) = ("c0ffee".repeat(10) + "c0de", "d0c4e2".repeat(10) + "beef");
+    let id = |hex: &str| hex.repeat(10) + &hex[..4];
     let uid = "6f0e3a52-9b1d-4c7e-8a2f-1d3c5b7e9f00";
-    let k8s = format!(
-        "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{pod_ctr}.scope",
-        uid.replace('-', "_")
-    );
-    let docker = format!("/docker/{docker_ctr}");
-    let cg = TestCgroup::new("ctr", &[&k8s, &docker]);
+    let uid_ = uid.replace('-', "_");
+    // (cgroup, the leak's server address, container id, pod uid)
+    let shapes: Vec<(String, &str, String, Option<&str>)> = vec![
+        {
+            let c = id("c0ffee");
+            let path = format!(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/cri-containerd-{c}.scope"
+            );
+            (path, "127.0.0.1", c, Some(uid))
+        },
+        {
+            let c = id("d0c4e2");
+            (format!("/docker/{c}"), "127.0.0.2", c, None)
+        },
+        {
+            let c = id("c210ab");
+            let path = format!("/kubepods.slice/kubepods-pod{uid_}.slice/crio-{c}.scope");
+            (path, "127.0.0.3", c, Some(uid))
+        },
+        {
+            let c = id("ab12cd");
+            (
+                format!("/kubepods/burstable/pod{uid}/{c}"),
+                "127.0.0.4",
+                c,
+                Some(uid),
+            )
+        },
+    ];
+    let paths: Vec<&str> = shapes.iter().map(|s| s.0.as_str()).collect();
+    let cg = TestCgroup::new("ctr", &paths);
     let port = free_port();
     let ps = port.to_string();
     let watch = Tracer::start(&["watch", "--json", "--port", &ps]);
@@ -373,29 +399,38 @@ fn containers_and_pods_are_named_from_their_cgroup_paths() {
     // Live, so that the orphans (timewait sockets: no cgroup in sock_diag, no process) keep
     // the place the events gave them.
     let stuck = Tracer::stuck("500ms", port);
-    let _leaks = [
-        Leak::start(&cg.dir(&k8s), "127.0.0.1", port),
-        Leak::start(&cg.dir(&docker), "127.0.0.2", port),
-    ];
-    // Docker's sockets are those with 127.0.0.2 at either end (its client's source address
-    // is 127.0.0.1): (container, pod uid or null).
-    let want = |e: &Value| match e["saddr"] == "127.0.0.2" || e["daddr"] == "127.0.0.2" {
-        false => (pod_ctr.as_str(), Value::from(uid)),
-        true => (docker_ctr.as_str(), Value::Null),
+    let _leaks: Vec<Leak> = shapes
+        .iter()
+        .map(|(path, addr, _, _)| Leak::start(&cg.dir(path), addr, port))
+        .collect();
+    // A shape's sockets are those with its server address at either end (every client's
+    // source address is 127.0.0.1, the first shape's): (container, pod uid or null).
+    let want = |e: &Value| {
+        let (_, _, ctr, pod) = shapes
+            .iter()
+            .rev()
+            .find(|(_, addr, _, _)| e["saddr"] == *addr || e["daddr"] == *addr)
+            .unwrap_or_else(|| panic!("a socket of no shape: {e}"));
+        (ctr.as_str(), pod.map_or(Value::Null, Value::from))
     };
-    let ev = watch.wait_for("both leaks' CLOSE_WAIT", WAIT, |ev| {
-        ev.iter().filter(|e| e["new"] == "CLOSE_WAIT").count() >= 2
+    let n = shapes.len();
+    let ev = watch.wait_for("every leak's CLOSE_WAIT", WAIT, |ev| {
+        ev.iter().filter(|e| e["new"] == "CLOSE_WAIT").count() >= n
     });
     for e in ev.iter().filter(|e| e["type"] == "state") {
         let (ctr, pod) = want(e);
         assert_eq!(e["container_id"], ctr, "{e}");
         assert_eq!(e.get("pod_uid").cloned().unwrap_or(Value::Null), pod, "{e}");
     }
-    let ev = stuck.wait_for("two CLOSE_WAIT, two orphans", WAIT, |ev| {
-        ev.iter().filter(|e| e["type"] == "stuck").count() >= 4
+    let ev = stuck.wait_for("a CLOSE_WAIT and an orphan each", WAIT, |ev| {
+        ev.iter().filter(|e| e["type"] == "stuck").count() >= 2 * n
     });
     let stuck: Vec<&Value> = ev.iter().filter(|e| e["type"] == "stuck").collect();
-    assert_eq!(stuck.len(), 4, "two CLOSE_WAIT, two orphans: {stuck:#?}");
+    assert_eq!(
+        stuck.len(),
+        2 * n,
+        "a CLOSE_WAIT and an orphan each: {stuck:#?}"
+    );
     for s in stuck {
         let (ctr, pod) = want(s);
         assert_eq!(s["container_id"], ctr, "{s}");
@@ -404,14 +439,16 @@ fn containers_and_pods_are_named_from_their_cgroup_paths() {
     watch.stop();
     // Human --wide: the short ids `docker ps` and `crictl ps` print, and the pod.
     let (_, lines, _) = wide.stop();
-    let k8s_cell = format!("ctr {} pod {uid}", &pod_ctr[..12]);
-    let docker_cell = format!("ctr {}", &docker_ctr[..12]);
-    for (addr, cell) in [("127.0.0.1:", &k8s_cell), ("127.0.0.2:", &docker_cell)] {
+    for (_, addr, ctr, pod) in &shapes {
+        let cell = match pod {
+            Some(uid) => format!("ctr {} pod {uid}", &ctr[..12]),
+            None => format!("ctr {}", &ctr[..12]),
+        };
         assert!(
             lines.iter().any(|l| l.contains("-> CLOSE_WAIT")
                 && l.split_whitespace()
                     .nth(3)
-                    .is_some_and(|local| local.starts_with(addr))
+                    .is_some_and(|local| local.starts_with(&format!("{addr}:")))
                 && l.contains(cell.as_str())),
             "{cell}: {lines:#?}"
         );

@@ -460,13 +460,96 @@ fn rotated_parts_replay_as_one_recording() {
         .map(|l| l["sport"].as_u64().unwrap())
         .collect();
     seen.sort_unstable();
-    let mut want: Vec<u64> = ports.iter().map(|p| u64::from(*p)).collect();
-    want.push(u64::from(long_port));
+    let mut clients: Vec<u64> = ports.iter().map(|p| u64::from(*p)).collect();
+    clients.push(u64::from(long_port));
+    // What the recording holds: each client's close, as watch replays it. A client's life is
+    // expected exactly when its close was recorded: the kernel skips a classic tracepoint's
+    // programs, silently on kernels before 6.7, when another BPF program is running on that
+    // CPU (an interrupt in the middle of one; on PREEMPT_RT, a preemption), which an
+    // emulated CPU makes rare rather than never.
+    let (code, events, err) = replay(&[
+        "watch",
+        "--replay",
+        all.to_str().unwrap(),
+        "--json",
+        "--dport",
+        &p,
+    ]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    let mut closed: Vec<u64> = events
+        .iter()
+        .filter(|e| e["new"] == "CLOSE")
+        .map(|e| e["sport"].as_u64().unwrap())
+        .collect();
+    let (mut want, mut unrecorded) = (Vec::new(), Vec::new());
+    for c in clients.iter().copied() {
+        match closed.iter().position(|s| *s == c) {
+            Some(i) => want.push(closed.swap_remove(i)),
+            None => unrecorded.push(c),
+        }
+    }
     want.sort_unstable();
-    assert_eq!(
-        seen, want,
-        "each client's life once, none twice at a boundary"
+    assert!(
+        unrecorded.len() <= (clients.len() / 500).max(2),
+        "{} of {} clients' closes are not in the recording: {unrecorded:?}",
+        unrecorded.len(),
+        clients.len()
     );
+    if !unrecorded.is_empty() {
+        // The kernel skips the event for every program at once (one check per tracepoint
+        // hit): the other recorder's newest parts must lack it too, or a recorder lost it.
+        let (_, other, _) = replay(&[
+            "watch",
+            "--replay",
+            ring.to_str().unwrap(),
+            "--json",
+            "--dport",
+            &p,
+        ]);
+        let in_other: Vec<u64> = other
+            .iter()
+            .filter(|e| e["new"] == "CLOSE")
+            .filter_map(|e| e["sport"].as_u64())
+            .filter(|s| unrecorded.contains(s))
+            .collect();
+        assert_eq!(
+            in_other,
+            Vec::<u64>::new(),
+            "closes the other recorder has and this one lacks"
+        );
+        eprintln!(
+            "{} of {} clients' closes were not delivered by the kernel: {unrecorded:?}",
+            unrecorded.len(),
+            clients.len()
+        );
+    }
+    if seen != want {
+        // What differs, with the lives and events concerned: hundreds of ports say nothing.
+        let (mut missing, mut extra) = (want.clone(), Vec::new());
+        for s in &seen {
+            match missing.iter().position(|w| w == s) {
+                Some(i) => drop(missing.remove(i)),
+                None => extra.push(*s),
+            }
+        }
+        let odd = |v: &Value| {
+            ["sport", "dport"].iter().any(|k| {
+                v[k].as_u64()
+                    .is_some_and(|s| missing.contains(&s) || extra.contains(&s))
+            })
+        };
+        let about: Vec<&Value> = lives.iter().filter(|l| odd(l)).collect();
+        let story: Vec<String> = events
+            .iter()
+            .filter(|e| odd(e))
+            .map(Value::to_string)
+            .collect();
+        panic!(
+            "each recorded client's life once, none twice at a boundary: missing {missing:?}, \
+             extra {extra:?} (of {}); their lives: {about:#?}; their events: {story:#?}",
+            want.len(),
+        );
+    }
     // The long connection was born in the first part and ended in the last.
     let long_life = |lives: &[Value]| {
         lives

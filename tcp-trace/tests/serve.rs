@@ -154,8 +154,13 @@ fn metrics_move_by_exactly_what_happened() {
     eprintln!("scrape during a storm ({n} connections): {took:?}");
     let (st, _, _) = get(http, "/healthz");
     assert_eq!(st, 200);
-    let (st, _, _) = tracer.stop();
+    let (st, _, err) = tracer.stop();
     assert!(st.success());
+    let serving = format!("tcp-trace: serving /metrics and /healthz on http://127.0.0.1:{http}");
+    assert!(
+        err.contains(&serving),
+        "one line at start says where: {err:?}"
+    );
     // The event stream: watch --json and stuck --json objects, one per line.
     let text = std::fs::read_to_string(&events).unwrap();
     let _ = std::fs::remove_file(&events);

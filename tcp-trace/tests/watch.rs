@@ -313,37 +313,76 @@ fn without_privileges_one_clear_line_and_status_2() {
 fn hostile_process_names_round_trip_in_json_and_are_escaped_on_one_line() {
     require_root();
     let port = free_port();
+    let ps = port.to_string();
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let valid: &[u8] = b"ev\nil\x1b[31m\"q\\";
     let invalid: &[u8] = b"ev\nil\x1b[31m\"q\\\xff";
-    let json = Tracer::start(&["watch", "--json", "--port", &port.to_string()]);
-    let human = Tracer::start(&["watch", "--port", &port.to_string()]);
-    for name in [valid, invalid] {
-        let script = format!(
-            "import ctypes,socket; ctypes.CDLL(None).prctl(15, bytes.fromhex('{}'), 0, 0, 0); socket.create_connection(('127.0.0.1', {port})).close()",
-            name.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    let json = Tracer::start(&["watch", "--json", "--port", &ps]);
+    let human = Tracer::start(&["watch", "--port", &ps]);
+    let life = Tracer::start(&["life", "--json", "--dport", &ps]);
+    let stuck = Tracer::stuck("300ms", port);
+    // Each hostile process connects and holds its socket in CLOSE_WAIT (the server closes)
+    // until its stdin closes: watch, stuck (from /proc) and life (from the kernel) name it.
+    let holders: Vec<std::process::Child> = [valid, invalid]
+        .iter()
+        .map(|name| {
+            let script = format!(
+                "import ctypes,socket,sys; ctypes.CDLL(None).prctl(15, bytes.fromhex('{}'), 0, 0, 0); \
+                 s = socket.create_connection(('127.0.0.1', {port})); s.recv(1); sys.stdin.read(); s.close()",
+                name.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            );
+            let child = Command::new("python3")
+                .args(["-c", &script])
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            drop(listener.accept().unwrap());
+            child
+        })
+        .collect();
+    let valid_text = std::str::from_utf8(valid).unwrap();
+    let hex: String = invalid.iter().map(|b| format!("{b:02x}")).collect();
+    // The name as jq sees it: the real one, or (invalid UTF-8) U+FFFD with the bytes beside.
+    let check = |what: &str, objects: &[&Value]| {
+        let v = objects.iter().find(|e| e["comm_bytes"].is_null());
+        assert_eq!(
+            v.map(|v| &v["comm"]),
+            Some(&valid_text.into()),
+            "{what}: {objects:?}"
         );
-        let st = Command::new("python3")
-            .args(["-c", &script])
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let _ = listener.accept();
-    }
+        let i = objects.iter().find(|e| !e["comm_bytes"].is_null());
+        assert_eq!(
+            i.map(|i| &i["comm_bytes"]),
+            Some(&hex.clone().into()),
+            "{what}: {objects:?}"
+        );
+        let lossy = String::from_utf8_lossy(invalid);
+        assert_eq!(i.unwrap()["comm"], lossy.as_ref(), "{what}: {objects:?}");
+    };
     let ev = json.wait_for("both hostile connects", WAIT, |ev| {
         ev.iter().filter(|e| e["new"] == "SYN_SENT").count() >= 2
     });
-    let connects: Vec<&Value> = ev.iter().filter(|e| e["new"] == "SYN_SENT").collect();
-    let valid_text = std::str::from_utf8(valid).unwrap();
-    let v = connects.iter().find(|e| e["comm_bytes"].is_null()).unwrap();
-    assert_eq!(v["comm"], valid_text, "the real name, as jq sees it: {v}");
-    let i = connects
+    check(
+        "watch",
+        &ev.iter()
+            .filter(|e| e["new"] == "SYN_SENT")
+            .collect::<Vec<_>>(),
+    );
+    let held = stuck.wait_for("both hostile holders stuck", WAIT, |ev| {
+        ev.iter()
+            .filter(|e| e["type"] == "stuck" && e["state"] == "CLOSE_WAIT")
+            .count()
+            >= 2
+    });
+    let held: Vec<&Value> = held
         .iter()
-        .find(|e| !e["comm_bytes"].is_null())
-        .unwrap();
-    let hex: String = invalid.iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(i["comm_bytes"], hex, "its bytes: {i}");
-    assert_eq!(i["comm"], String::from_utf8_lossy(invalid).as_ref(), "{i}");
+        .filter(|e| e["type"] == "stuck" && e["state"] == "CLOSE_WAIT")
+        .collect();
+    check("stuck", &held);
+    for mut h in holders {
+        drop(h.stdin.take());
+        assert!(h.wait().unwrap().success());
+    }
     let start = std::time::Instant::now();
     let lines = loop {
         let lines = human.lines.lock().unwrap().clone();
@@ -362,10 +401,22 @@ fn hostile_process_names_round_trip_in_json_and_are_escaped_on_one_line() {
         );
         assert!(!line.unwrap().chars().any(|c| c.is_control()), "{line:?}");
     }
+    let lives = life.wait_for("both hostile lives", WAIT, |ev| {
+        ev.iter().filter(|e| e["type"] == "life").count() >= 2
+    });
+    check(
+        "life",
+        &lives
+            .iter()
+            .filter(|e| e["type"] == "life")
+            .collect::<Vec<_>>(),
+    );
     let (st, out, _) = human.stop();
     assert!(st.success());
     assert!(out.iter().all(|l| !l.contains('\u{1b}')), "{out:?}");
     json.stop();
+    life.stop();
+    stuck.stop();
 }
 
 #[test]

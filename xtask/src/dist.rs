@@ -215,15 +215,18 @@ pub fn check(d: &Dist) -> Result<()> {
             "watch from the .deb failed: {}",
             String::from_utf8_lossy(&w.stderr)
         );
-        let man = Command::new("man")
-            .args(["-w", "tcp-trace"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
         ensure!(
-            man.is_empty() || man.ends_with("tcp-trace.1.gz"),
-            "man finds {man:?}"
+            !has_interpreter(Path::new("/usr/bin/tcp-trace"))?,
+            "/usr/bin/tcp-trace is not static: it names a dynamic loader (PT_INTERP)"
         );
+        // man(1) itself may be absent on a bare machine; where it is, it must find the page.
+        match Command::new("man").args(["-w", "tcp-trace"]).output() {
+            Ok(o) => {
+                let man = String::from_utf8_lossy(&o.stdout).trim().to_string();
+                ensure!(man.ends_with("tcp-trace.1.gz"), "man -w finds {man:?}");
+            }
+            Err(_) => println!("xtask: no man(1) here: the page's path was checked alone"),
+        }
         println!(
             "xtask: the .deb installs {}, runs ({}), and its files are in place",
             files.len(),
@@ -238,4 +241,52 @@ pub fn check(d: &Dist) -> Result<()> {
     }
     println!("xtask: dpkg -r removed it cleanly");
     Ok(())
+}
+
+/// Whether the ELF file at `path` asks for a dynamic loader (a `PT_INTERP` program header):
+/// a static binary does not, whatever libc it was built with.
+fn has_interpreter(path: &Path) -> Result<bool> {
+    const PT_INTERP: u32 = 3;
+    let elf = std::fs::read(path)?;
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+    };
+    ensure!(
+        elf.starts_with(b"\x7fELF\x02\x01"),
+        "{}: not a little-endian 64-bit ELF file",
+        path.display()
+    );
+    let (Some(phoff), Some(size), Some(count)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+        anyhow::bail!("{}: truncated ELF header", path.display());
+    };
+    Ok((0..usize::from(count))
+        .filter_map(|i| u32_at(phoff as usize + i * usize::from(size)))
+        .any(|t| t == PT_INTERP))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dynamic_binary_names_its_loader_and_a_bare_header_does_not() {
+        // This test binary is linked dynamically (glibc).
+        assert!(has_interpreter(Path::new("/proc/self/exe")).unwrap());
+        let mut header = vec![0u8; 64];
+        header[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        let f = std::env::temp_dir().join(format!("xtask-elf-{}", std::process::id()));
+        std::fs::write(&f, &header).unwrap();
+        let none = has_interpreter(&f);
+        std::fs::write(&f, b"#!/bin/sh\n").unwrap();
+        let script = has_interpreter(&f);
+        let _ = std::fs::remove_file(&f);
+        assert!(!none.unwrap());
+        assert!(script.is_err());
+    }
 }

@@ -218,7 +218,7 @@ pub async fn run(
         }
     };
     if ended != Ended::Sink {
-        src.drain(&mut batch);
+        src.drain_last(&mut batch);
         drop_abort_resets(&mut batch);
         sink.batch(&batch, env)?;
     }

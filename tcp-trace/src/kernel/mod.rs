@@ -8,7 +8,10 @@ pub mod btf;
 pub mod privilege;
 pub mod tracefs;
 
-use std::{os::fd::AsRawFd, time::Duration};
+use std::{
+    os::fd::{AsFd, AsRawFd, RawFd},
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context, Result};
 use aya::{
@@ -82,6 +85,10 @@ pub struct KernelSource {
     pub undecodable: u64,
     /// Tracepoints attached.
     pub attached: Vec<&'static str>,
+    /// The programs' fds, for the runs the kernel skipped (see [`skipped_runs`]).
+    programs: Vec<RawFd>,
+    /// Skipped runs as last read, and when.
+    skipped: (u64, Option<Instant>),
     // Dropped last: dropping it detaches every program.
     _ebpf: Ebpf,
 }
@@ -152,6 +159,26 @@ fn attach_btf(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{}", short_error(&e)))?;
     prog.attach()?;
     Ok(())
+}
+
+/// Runs of these programs the kernel skipped: it runs no tracing program on a CPU where one
+/// is already running (an interrupt or, on PREEMPT_RT, a preemption in the middle of one —
+/// ours or another tool's), and counts the skip in the program's `recursion_misses` (for
+/// classic tracepoints since Linux 6.7; before, the skip leaves no trace).
+fn skipped_runs(programs: &[RawFd]) -> u64 {
+    programs
+        .iter()
+        .filter_map(|fd| std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok())
+        .filter_map(|info| recursion_misses(&info))
+        .sum()
+}
+
+/// The `recursion_misses` of a BPF program's fdinfo (absent before Linux 5.12).
+fn recursion_misses(fdinfo: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("recursion_misses:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// A program to attach, fitted to this kernel's record layout.
@@ -343,6 +370,11 @@ impl KernelSource {
             attached.join(", "),
             ring.as_raw_fd()
         );
+        let programs = ebpf
+            .programs()
+            .filter_map(|(_, p)| p.fd().ok())
+            .map(|fd| fd.as_fd().as_raw_fd())
+            .collect();
         Ok(Self {
             ring,
             lost,
@@ -352,6 +384,8 @@ impl KernelSource {
             delivered: 0,
             undecodable: 0,
             attached,
+            programs,
+            skipped: (0, None),
             _ebpf: ebpf,
         })
     }
@@ -361,12 +395,18 @@ impl KernelSource {
         self.lost_reported
     }
 
-    /// Total events lost so far (sum of the per-CPU counters).
-    pub fn lost_total(&self) -> u64 {
-        self.lost
-            .get(&0, 0)
-            .map(|v| v.iter().sum())
-            .unwrap_or(self.lost_reported)
+    /// Total events lost so far: those the ring buffer had no room for (the per-CPU
+    /// counters) and the programs' runs the kernel skipped (read once a second).
+    fn lost_total(&mut self) -> u64 {
+        if self
+            .skipped
+            .1
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            self.skipped = (skipped_runs(&self.programs), Some(Instant::now()));
+        }
+        let full: u64 = self.lost.get(&0, 0).map_or(0, |v| v.iter().sum());
+        (full + self.skipped.0).max(self.lost_reported)
     }
 
     /// Waits for the poll timer, then appends everything queued to `out` (and a
@@ -375,6 +415,12 @@ impl KernelSource {
         self.tick.tick().await;
         self.drain(out);
         Ok(())
+    }
+
+    /// The last drain, before the programs detach: the skipped runs read afresh.
+    pub fn drain_last(&mut self, out: &mut Vec<Delivery>) {
+        self.skipped.1 = None;
+        self.drain(out);
     }
 
     /// Appends whatever is queued now, without waiting.
@@ -402,5 +448,23 @@ impl KernelSource {
         if let Some(l) = self.logger.as_mut() {
             l.flush();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skipped_runs_are_read_from_the_programs_fdinfo() {
+        // As this machine's kernel (6.18) prints it for a tracepoint program.
+        let info = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t2069\nprog_type:\t5\n\
+                    prog_jited:\t1\nprog_tag:\t3b185187f1855c4c\nmemlock:\t4096\n\
+                    prog_id:\t88328\nrun_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t7\n\
+                    verified_insns:\t412\n";
+        assert_eq!(recursion_misses(info), Some(7));
+        assert_eq!(recursion_misses("prog_type:\t5\nrun_cnt:\t0\n"), None);
+        // A bad fd is no program: nothing is counted, nothing fails.
+        assert_eq!(skipped_runs(&[-1]), 0);
     }
 }
