@@ -47,12 +47,15 @@ pub fn ensure_debs(packages: &[&str], why: &str) -> Result<()> {
 
 /// Debian packages the integration tests run besides tcp-trace itself: Prometheus and
 /// promtool (`tests/dashboards.rs` checks `deploy/`'s alert rules and dashboard queries with
-/// them).
-const TEST_PACKAGES: [&str; 1] = ["prometheus"];
+/// them), and Chromium (`tests/report.rs` renders the report in it).
+const TEST_PACKAGES: [&str; 2] = ["prometheus", "chromium"];
 
 /// Installs the Debian packages the integration tests need when one is missing.
 pub fn ensure_test_tools() -> Result<()> {
-    ensure_debs(&TEST_PACKAGES, "for the dashboard and alert rule tests")
+    ensure_debs(
+        &TEST_PACKAGES,
+        "for the dashboard and alert rule tests, and the report's browser test",
+    )
 }
 
 /// The workspace root (parent of this crate's manifest directory).

@@ -45,6 +45,14 @@ pub enum Command {
   tcp-trace record -o /var/tmp/ring.ttr --max-size 100MB --rotate 10   a black box: the newest 1 GB
   tcp-trace stuck --replay /var/tmp/ring.ttr.* --at 14:32:05")]
     Record(RecordArgs),
+    /// One picture of an incident: a self-contained HTML timeline (or Perfetto trace) of a
+    /// recording's window or a live run.
+    #[command(after_help = "Examples:
+  tcp-trace report --replay incident.ttr -o incident.html     the whole recording
+  tcp-trace report --replay ring.ttr.* --from 14:30 --to 14:35 -o 1430.html
+  tcp-trace report --duration 1m --port 5432 -o now.html        a live minute
+  tcp-trace report --replay incident.ttr --format perfetto -o incident.json   for ui.perfetto.dev")]
+    Report(ReportArgs),
     /// Run continuously: Prometheus `/metrics`, `/healthz`, and optionally an NDJSON stream.
     #[command(after_help = "Examples:
   tcp-trace serve --listen 0.0.0.0:9464              metrics for Prometheus on every address
@@ -224,6 +232,28 @@ pub struct ServeArgs {
     /// Count accepted connections by listening port (a label per listening port).
     #[arg(long)]
     pub label_ports: bool,
+    #[command(flatten)]
+    pub opts: StuckOpts,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `report` options.
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// The file to write (`-`: stdout).
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+    /// `html`: one file with everything inside, for a browser and an incident ticket;
+    /// `perfetto`: Chrome trace-event JSON, a track per connection.
+    #[arg(long, value_enum, default_value = "html")]
+    pub format: crate::commands::report::Format,
+    /// With --replay: the window's start (`14:30:00` on the recording's day, UTC, or RFC 3339).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// With --replay: the window's end; what is stuck is reported as of then.
+    #[arg(long)]
+    pub to: Option<String>,
     #[command(flatten)]
     pub opts: StuckOpts,
     #[command(flatten)]

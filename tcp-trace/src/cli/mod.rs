@@ -17,6 +17,7 @@ use crate::{
     commands::{
         life::Life,
         record::Record,
+        report::{Buffer, ReportCmd},
         serve::{spawn_http, Rotating, Serve, Shared},
         stuck::StuckCmd,
         watch::Watch,
@@ -66,6 +67,67 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::Report(a) => {
+            let c = &a.common;
+            let (mut input, clock) = Input::open(c, true, a.opts.sweep)?;
+            let (host, window) = match &input {
+                Input::Replay(r, _) => {
+                    let h = r.header();
+                    let at = |t: &Option<String>| {
+                        t.as_deref()
+                            .map(|t| at_time(t, &h.start, &clock))
+                            .transpose()
+                    };
+                    (
+                        (h.host.clone(), h.kernel.clone()),
+                        (at(&a.from)?, at(&a.to)?),
+                    )
+                }
+                Input::Live(..) => {
+                    anyhow::ensure!(
+                        a.from.is_none() && a.to.is_none(),
+                        "--from and --to need --replay FILE (a live report covers --duration)"
+                    );
+                    let read = |p: &str| {
+                        std::fs::read_to_string(p).map_or(String::new(), |s| s.trim().to_string())
+                    };
+                    let host = (
+                        read("/proc/sys/kernel/hostname"),
+                        read("/proc/sys/kernel/osrelease"),
+                    );
+                    (host, (None, None))
+                }
+            };
+            let out: Box<dyn io::Write> = match a.output.to_str() {
+                Some("-") => Box::new(stdout()),
+                _ => Box::new(io::BufWriter::new(
+                    std::fs::File::create(&a.output)
+                        .with_context(|| format!("creating {}", a.output.display()))?,
+                )),
+            };
+            // `stuck --json` inside, asked once: at --to, else when the input ends.
+            let settle = std::time::Duration::from_secs(100 * 365 * 86_400);
+            let set = a.opts.settings(c, Some(settle));
+            let buf = Buffer::default();
+            let mut stuck =
+                StuckCmd::new(buf.clone(), true, clock, set, c.max_sockets, input.env())?;
+            if let Some(to) = window.1 {
+                stuck.evaluate_at(to);
+            }
+            let mut sink = ReportCmd::new(
+                out,
+                a.format,
+                clock,
+                host,
+                c.engine(true),
+                c.filter(),
+                stuck,
+                buf,
+                (window.0.unwrap_or(0), window.1),
+            );
+            input.run(&mut sink).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Life(a) => {
             let c = &a.common;

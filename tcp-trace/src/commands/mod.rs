@@ -3,6 +3,7 @@
 pub mod life;
 pub mod pipeline;
 pub mod record;
+pub mod report;
 pub mod serve;
 pub mod stuck;
 pub mod watch;

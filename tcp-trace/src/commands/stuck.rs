@@ -186,6 +186,15 @@ impl<W: Write> StuckCmd<W> {
         self.next_eval_ns = at_ns;
     }
 
+    /// A socket's lifecycle as this run's engine has it: open, or recently finished (a
+    /// timewait orphan lives on in the kernel after its CLOSE).
+    pub fn lifecycle(&self, t: &crate::event::Tuple) -> Option<&crate::engine::Lifecycle> {
+        self.engine
+            .open()
+            .find(|l| l.tuple == *t)
+            .or_else(|| self.engine.finished_by_tuple(t))
+    }
+
     /// Sockets stuck or half-open at the last evaluation (and peer resets seen).
     pub fn stuck_now(&self) -> usize {
         self.reported.len()

@@ -7,6 +7,7 @@ pub mod halfopen;
 pub mod json;
 pub mod life;
 pub mod metrics;
+pub mod report;
 pub mod stuck;
 pub mod watch;
 

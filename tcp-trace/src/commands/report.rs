@@ -1,0 +1,506 @@
+//! `tcp-trace report`: a window of a recording (or a live run) as one picture. `stuck` runs
+//! inside it and is asked once at the window's end (what is stuck, half-open); every connection
+//! that ended is counted by cause and lifetime; the connections of interest (stuck, half-open,
+//! reset, error, retransmitting, the longest-lived) are kept whole for the timeline, with their
+//! retransmits, resets and errors as marks.
+
+use std::{cell::RefCell, collections::HashMap, io::Write, rc::Rc};
+
+use anyhow::Result;
+use serde_json::Value;
+
+use crate::{
+    commands::{
+        pipeline::{Flow, Sink},
+        stuck::StuckCmd,
+    },
+    engine::{
+        cause::{self, Cause},
+        filter::Filter,
+        Engine, Lifecycle,
+    },
+    event::{
+        clock::Clock, endpoint, errno_name, Delivery, Event, EventKind, TcpState, Tuple,
+        LATE_AFTER_CLOSE_NS,
+    },
+    host::Env,
+    output::{
+        json::sock_hex,
+        report::{self, Lane, Mark, Report},
+    },
+};
+
+/// Lanes drawn at most, whatever the window holds: the file stays small and opens at once.
+const MAX_LANES: usize = 300;
+/// Bars in the ends-per-second chart at most (an hour: one per 6 s).
+const BARS: usize = 600;
+/// The longest-lived connections drawn besides those of interest.
+const LONGEST: usize = 10;
+/// Marks kept per socket (the first ones; a connection retransmitting for hours has
+/// thousands).
+const MAX_MARKS: usize = 64;
+/// Lifetime histogram: the upper edges (ms) and their labels; the last bucket is the rest.
+const LIFETIME_EDGES: [(f64, &str); 7] = [
+    (1.0, "< 1 ms"),
+    (10.0, "< 10 ms"),
+    (100.0, "< 100 ms"),
+    (1_000.0, "< 1 s"),
+    (10_000.0, "< 10 s"),
+    (60_000.0, "< 1 min"),
+    (600_000.0, "< 10 min"),
+];
+
+/// A socket's retransmits, resets and errors: (time, kind, text).
+type Marks = Vec<(u64, &'static str, String)>;
+
+/// The output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One self-contained HTML file.
+    Html,
+    /// Chrome trace-event JSON (Perfetto, chrome://tracing).
+    Perfetto,
+}
+
+/// What `stuck` writes, kept to be read back at the end.
+#[derive(Clone, Default)]
+pub struct Buffer(Rc<RefCell<Vec<u8>>>);
+
+impl Write for Buffer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The `report` sink.
+pub struct ReportCmd<W: Write> {
+    out: W,
+    format: Format,
+    clock: Clock,
+    host: (String, String),
+    engine: Engine,
+    filter: Filter,
+    stuck: StuckCmd<Buffer>,
+    stuck_out: Buffer,
+    /// The window (monotonic ns); `to` also bounds what `stuck` sees.
+    from_ns: u64,
+    to_ns: Option<u64>,
+    first_ns: Option<u64>,
+    latest_ns: u64,
+    /// Marks of the sockets open now, by socket.
+    marks: HashMap<u64, Marks>,
+    /// Finished connections of interest, in the order they ended; the longest-lived.
+    kept: Vec<(&'static str, Lifecycle, Marks)>,
+    longest: Vec<(u64, Lifecycle, Marks)>,
+    not_drawn: u64,
+    connections: u64,
+    /// Ends per second of the window, by cause (`Cause::ALL`'s order).
+    per_second: Vec<[u32; 9]>,
+    lifetimes: [u64; 8],
+    lost: u64,
+}
+
+impl<W: Write> ReportCmd<W> {
+    /// A report of the window `[from_ns, to_ns]` written to `out` at the end. `stuck` is a
+    /// `stuck --json` run writing into `stuck_out`, asked once at the end.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        out: W,
+        format: Format,
+        clock: Clock,
+        host: (String, String),
+        engine: Engine,
+        filter: Filter,
+        stuck: StuckCmd<Buffer>,
+        stuck_out: Buffer,
+        window: (u64, Option<u64>),
+    ) -> Self {
+        Self {
+            out,
+            format,
+            clock,
+            host,
+            engine,
+            filter,
+            stuck,
+            stuck_out,
+            from_ns: window.0,
+            to_ns: window.1,
+            first_ns: None,
+            latest_ns: 0,
+            marks: HashMap::new(),
+            kept: Vec::new(),
+            longest: Vec::new(),
+            not_drawn: 0,
+            connections: 0,
+            per_second: Vec::new(),
+            lifetimes: [0; 8],
+            lost: 0,
+        }
+    }
+
+    fn within(&self, ts: u64) -> bool {
+        ts >= self.from_ns && self.to_ns.is_none_or(|to| ts <= to)
+    }
+
+    fn mark(&mut self, ev: &Event) {
+        let (kind, text) = match ev.kind {
+            EventKind::Retransmit { state, err, .. } => (
+                "retransmit",
+                match err {
+                    0 => format!("retransmit in {state}"),
+                    e => format!("retransmit in {state}, not sent: {}", errno_name(-e)),
+                },
+            ),
+            EventKind::ResetSent { state, .. } => (
+                "reset_sent",
+                state.map_or("reset sent".into(), |s| format!("reset sent in {s}")),
+            ),
+            EventKind::ResetReceived { .. } => ("reset_received", "reset received".into()),
+            EventKind::Error { errno } => ("error", format!("error {}", errno_name(errno))),
+            EventKind::State { .. } | EventKind::SynackRetransmit { .. } => return,
+        };
+        if ev.sock == 0 {
+            return;
+        }
+        let m = self.marks.entry(ev.sock).or_default();
+        if m.len() < MAX_MARKS {
+            m.push((ev.ts_ns, kind, text));
+        }
+    }
+
+    /// Why a finished or open connection is drawn, if it is.
+    fn interest(l: &Lifecycle) -> Option<&'static str> {
+        if l.half_open.is_some() {
+            Some("half_open")
+        } else if l.resets_sent > 0 || l.resets_received > 0 {
+            Some("reset")
+        } else if l.error().is_some() {
+            Some("error")
+        } else if l.retransmits > 0 {
+            Some("retransmits")
+        } else {
+            None
+        }
+    }
+
+    fn wanted(&self, l: &Lifecycle, env: &mut dyn Env) -> bool {
+        let place = self.engine.place(l);
+        !l.is_listener()
+            && self.filter.matches_conn(&l.tuple, l.owner.as_ref())
+            && self
+                .filter
+                .matches_place(place.netns, env.cgroup_path(place.cgroup))
+    }
+
+    /// Counts and keeps the connections that ended before `until_ns`.
+    fn take_finished(&mut self, until_ns: u64, env: &mut dyn Env) {
+        for l in self.engine.take_finished(until_ns) {
+            let marks = self.marks.remove(&l.sock).unwrap_or_default();
+            if !self.wanted(&l, env) || !self.within(l.end_ns()) {
+                continue;
+            }
+            self.connections += 1;
+            let c = cause::cause(&l).unwrap_or(Cause::Unknown);
+            let i = Cause::ALL.iter().position(|x| *x == c).unwrap_or(8);
+            let sec = (l.end_ns().saturating_sub(self.start_ns()) / 1_000_000_000) as usize;
+            if self.per_second.len() <= sec {
+                self.per_second.resize(sec + 1, [0; 9]);
+            }
+            self.per_second[sec][i] = self.per_second[sec][i].saturating_add(1);
+            let life_ms = l.end_ns().saturating_sub(l.states[0].at_ns) as f64 / 1e6;
+            let b = LIFETIME_EDGES
+                .iter()
+                .position(|(edge, _)| life_ms < *edge)
+                .unwrap_or(LIFETIME_EDGES.len());
+            self.lifetimes[b] += 1;
+            match Self::interest(&l) {
+                Some(why) if self.kept.len() < MAX_LANES => self.kept.push((why, l, marks)),
+                Some(_) => self.not_drawn += 1,
+                None => self.keep_if_long(l, marks),
+            }
+        }
+    }
+
+    fn keep_if_long(&mut self, l: Lifecycle, marks: Marks) {
+        let life = l.end_ns().saturating_sub(l.states[0].at_ns);
+        if self.longest.len() >= LONGEST && self.longest.last().is_some_and(|x| x.0 >= life) {
+            return;
+        }
+        self.longest.push((life, l, marks));
+        self.longest.sort_by_key(|x| std::cmp::Reverse(x.0));
+        self.longest.truncate(LONGEST);
+    }
+
+    /// The window's start: --from, else the first event.
+    fn start_ns(&self) -> u64 {
+        match self.from_ns {
+            0 => self.first_ns.unwrap_or(0),
+            from => from,
+        }
+    }
+
+    fn end_ns(&self) -> u64 {
+        self.to_ns.unwrap_or(self.latest_ns).max(self.start_ns())
+    }
+
+    fn lane(
+        &self,
+        why: &'static str,
+        l: &Lifecycle,
+        marks: &[(u64, &'static str, String)],
+    ) -> Lane {
+        let t0 = self.start_ns();
+        let ms = |ns: u64| ns.saturating_sub(t0) as f64 / 1e6;
+        let open = l.state() != TcpState::CLOSE;
+        let t = &l.tuple;
+        let client = l.states.iter().any(|s| s.state == TcpState::SYN_SENT);
+        let port = if client { t.dport } else { t.sport };
+        let group = match l.owner {
+            Some(o) => format!("{} (pid {}), port {port}", o.comm.escaped(), o.pid),
+            None => format!("no owner seen, port {port}"),
+        };
+        Lane {
+            group,
+            label: format!(
+                "{} -> {}",
+                endpoint(&t.saddr, t.sport),
+                endpoint(&t.daddr, t.dport)
+            ),
+            why,
+            states: l
+                .states
+                .iter()
+                .map(|s| {
+                    (
+                        ms(s.at_ns.max(t0)),
+                        s.state.known_name().unwrap_or("UNKNOWN"),
+                    )
+                })
+                .collect(),
+            end_ms: if open {
+                ms(self.end_ns())
+            } else {
+                ms(l.end_ns())
+            },
+            open,
+            seen_mid_life: !l.exact_start,
+            marks: marks
+                .iter()
+                .map(|(ts, kind, text)| Mark {
+                    ms: ms(*ts),
+                    kind,
+                    text: text.clone(),
+                })
+                .collect(),
+            cause: cause::cause(l).map(Cause::name),
+            sock: sock_hex(l.sock),
+        }
+    }
+
+    /// The report: `stuck`'s objects at the end, the lanes (stuck and half-open first, linked
+    /// from their rows), the counts.
+    fn build(&mut self, env: &mut dyn Env) -> Report {
+        let text = String::from_utf8_lossy(&self.stuck_out.0.borrow()).into_owned();
+        let objects: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let of = |t: &str| -> Vec<Value> {
+            objects.iter().filter(|o| o["type"] == t).cloned().collect()
+        };
+        let (mut stuck, groups, mut half_open) = (of("stuck"), of("group"), of("half_open"));
+        let summary = of("summary").pop().unwrap_or_default();
+        // Every lane, with its endpoints: the open connections of interest, the finished ones
+        // kept, the longest-lived.
+        let mut open_count = 0;
+        let mut lanes: Vec<(Lane, Tuple)> = Vec::new();
+        for l in self.engine.open() {
+            if !self.wanted(l, env) {
+                continue;
+            }
+            open_count += 1;
+            if let Some(why) = Self::interest(l) {
+                let marks = self.marks.get(&l.sock).cloned().unwrap_or_default();
+                lanes.push((self.lane(why, l, &marks), l.tuple));
+            }
+        }
+        for (why, l, marks) in &self.kept {
+            lanes.push((self.lane(why, l, marks), l.tuple));
+        }
+        for (_, l, marks) in &self.longest {
+            lanes.push((self.lane("longest", l, marks), l.tuple));
+        }
+        // What `stuck` reports, first, each linked to its lane: found among those, or open but
+        // of no other interest, or in `stuck`'s own engine (an orphan closed by its process).
+        let mut first: Vec<(Lane, Tuple)> = Vec::new();
+        for (why, rows) in [("stuck", &mut stuck), ("half_open", &mut half_open)] {
+            for row in rows.iter_mut() {
+                let Some(t) = tuple_of(row) else { continue };
+                let at = |v: &[(Lane, Tuple)]| v.iter().position(|(_, x)| *x == t);
+                if let Some(i) = at(&first) {
+                    row["lane"] = i.into();
+                    continue;
+                }
+                let lane = match at(&lanes) {
+                    Some(i) => Some(lanes.remove(i).0),
+                    None => self
+                        .engine
+                        .open()
+                        .find(|l| l.tuple == t)
+                        .or_else(|| self.stuck.lifecycle(&t))
+                        .map(|l| {
+                            let marks = self.marks.get(&l.sock).cloned().unwrap_or_default();
+                            self.lane(why, l, &marks)
+                        }),
+                };
+                if let Some(mut lane) = lane {
+                    lane.why = why;
+                    // Its holder as `stuck` found it (the process that has the fd now).
+                    if let (Some(comm), Some(pid)) = (row["comm"].as_str(), row["pid"].as_u64()) {
+                        let port = lane.group.rsplit_once("port ").map_or("", |(_, p)| p);
+                        lane.group = format!("{comm} (pid {pid}), port {port}");
+                    }
+                    row["lane"] = first.len().into();
+                    first.push((lane, t));
+                }
+            }
+        }
+        first.append(&mut lanes);
+        let mut lanes: Vec<Lane> = first.into_iter().map(|(l, _)| l).collect();
+        if lanes.len() > MAX_LANES {
+            self.not_drawn += (lanes.len() - MAX_LANES) as u64;
+            lanes.truncate(MAX_LANES);
+        }
+        // Lanes under their group, groups in order of their first lane; the rows' links follow.
+        let mut order: Vec<usize> = (0..lanes.len()).collect();
+        let first: HashMap<&str, usize> = lanes
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, l)| (l.group.as_str(), i))
+            .collect();
+        order.sort_by_key(|i| (first[lanes[*i].group.as_str()], *i));
+        let moved: HashMap<usize, usize> = order
+            .iter()
+            .enumerate()
+            .map(|(new, old)| (*old, new))
+            .collect();
+        for row in stuck.iter_mut().chain(half_open.iter_mut()) {
+            if let Some(i) = row["lane"].as_u64() {
+                row["lane"] = moved[&(i as usize)].into();
+            }
+        }
+        let mut slots: Vec<Option<Lane>> = lanes.into_iter().map(Some).collect();
+        let lanes = order.iter().filter_map(|i| slots[*i].take()).collect();
+        let (start, end) = (self.start_ns(), self.end_ns());
+        // At most BARS bars, whatever the window's length: seconds grouped into buckets.
+        let seconds = ((end - start) / 1_000_000_000 + 1) as usize;
+        let bucket = seconds.div_ceil(BARS).max(1);
+        let mut per_bucket = vec![[0u32; 9]; seconds.div_ceil(bucket)];
+        for (sec, counts) in self.per_second.iter().enumerate() {
+            if let Some(b) = per_bucket.get_mut(sec / bucket) {
+                for (sum, c) in b.iter_mut().zip(counts) {
+                    *sum = sum.saturating_add(*c);
+                }
+            }
+        }
+        Report {
+            host: self.host.0.clone(),
+            kernel: self.host.1.clone(),
+            from: self.clock.rfc3339(start),
+            to: self.clock.rfc3339(end),
+            span_ms: (end - start) as f64 / 1e6,
+            connections: self.connections,
+            open: open_count,
+            stuck_now: summary["stuck_now"].as_u64().unwrap_or(0),
+            half_open_now: summary["half_open_now"].as_u64().unwrap_or(0),
+            lost: self.lost,
+            stuck,
+            groups,
+            half_open,
+            lanes,
+            not_drawn: self.not_drawn,
+            causes: Cause::ALL.iter().map(|c| c.name()).collect(),
+            bucket_s: bucket as u64,
+            per_bucket: per_bucket.iter().map(|r| r.to_vec()).collect(),
+            lifetimes: self.lifetimes.to_vec(),
+            lifetime_edges: LIFETIME_EDGES
+                .iter()
+                .map(|(_, l)| *l)
+                .chain(["10 min +"])
+                .collect(),
+        }
+    }
+}
+
+impl<W: Write> Sink for ReportCmd<W> {
+    fn batch(&mut self, records: &[Delivery], env: &mut dyn Env) -> Result<Flow> {
+        let past = self.to_ns.filter(|to| env.now() > *to).is_some();
+        for r in records {
+            match r {
+                Delivery::Event(ev) if self.to_ns.is_none_or(|to| ev.ts_ns <= to) => {
+                    if ev.ts_ns >= self.from_ns {
+                        self.first_ns.get_or_insert(ev.ts_ns);
+                    }
+                    self.latest_ns = self.latest_ns.max(ev.ts_ns);
+                    self.mark(ev);
+                    self.engine.apply(ev);
+                }
+                Delivery::Event(_) => {}
+                Delivery::Lost { ts_ns, count } => {
+                    if self.within(*ts_ns) {
+                        self.lost += count;
+                    }
+                    self.engine.mark_all_incomplete();
+                }
+            }
+        }
+        let now = self.latest_ns.max(env.now());
+        self.engine.tick(now);
+        self.engine.take_notices();
+        self.take_finished(now.saturating_sub(LATE_AFTER_CLOSE_NS), env);
+        let flow = self.stuck.batch(records, env)?;
+        Ok(if past { Flow::Stop } else { flow })
+    }
+
+    fn finish(&mut self, env: &mut dyn Env) -> Result<()> {
+        // The window ends with the input (a recording's end, a live run's stop), or at --to.
+        self.latest_ns = self.latest_ns.max(env.now());
+        self.take_finished(u64::MAX, env);
+        self.stuck.finish(env)?;
+        let r = self.build(env);
+        match self.format {
+            Format::Html => report::html(&mut self.out, &r)?,
+            Format::Perfetto => report::perfetto(&mut self.out, &r)?,
+        }
+        log::info!(
+            "report: {} lanes, {} connections ended, {} not drawn",
+            r.lanes.len(),
+            r.connections,
+            r.not_drawn
+        );
+        Ok(())
+    }
+
+    fn wakeup(&self) -> Option<u64> {
+        // Only a window's end: without --to, `stuck` is asked when the input ends.
+        self.to_ns.and(self.stuck.wakeup())
+    }
+}
+
+/// The endpoints of a `stuck --json` object.
+fn tuple_of(row: &Value) -> Option<Tuple> {
+    let port = |k: &str| row[k].as_u64().and_then(|p| u16::try_from(p).ok());
+    let addr = |k: &str| row[k].as_str().and_then(|a| a.parse().ok());
+    Some(Tuple {
+        saddr: addr("saddr")?,
+        sport: port("sport")?,
+        daddr: addr("daddr")?,
+        dport: port("dport")?,
+    })
+}
