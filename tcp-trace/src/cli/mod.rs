@@ -70,6 +70,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Report(a) => {
             let c = &a.common;
+            anyhow::ensure!(
+                !c.replay.is_empty() || (a.from.is_none() && a.to.is_none()),
+                "--from and --to need --replay FILE (a live report covers --duration)"
+            );
             let (mut input, clock) = Input::open(c, true, a.opts.sweep)?;
             let (host, window) = match &input {
                 Input::Replay(r, _) => {
@@ -85,10 +89,6 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                     )
                 }
                 Input::Live(..) => {
-                    anyhow::ensure!(
-                        a.from.is_none() && a.to.is_none(),
-                        "--from and --to need --replay FILE (a live report covers --duration)"
-                    );
                     let read = |p: &str| {
                         std::fs::read_to_string(p).map_or(String::new(), |s| s.trim().to_string())
                     };
