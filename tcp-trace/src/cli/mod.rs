@@ -75,6 +75,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 "--from and --to need --replay FILE (a live report covers --duration)"
             );
             let (mut input, clock) = Input::open(c, true, a.opts.sweep)?;
+            let start = input.env().now();
             let (host, window) = match &input {
                 Input::Replay(r, _) => {
                     let h = r.header();
@@ -83,10 +84,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                             .map(|t| at_time(t, &h.start, &clock))
                             .transpose()
                     };
-                    (
-                        (h.host.clone(), h.kernel.clone()),
-                        (at(&a.from)?, at(&a.to)?),
-                    )
+                    let (from, to) = (at(&a.from)?, at(&a.to)?);
+                    if let Some(to) = to {
+                        anyhow::ensure!(
+                            to > from.unwrap_or(start),
+                            "--to {} is not after the window's start ({})",
+                            clock.rfc3339(to),
+                            clock.rfc3339(from.unwrap_or(start))
+                        );
+                    }
+                    ((h.host.clone(), h.kernel.clone()), (from, to))
                 }
                 Input::Live(..) => {
                     let read = |p: &str| {
@@ -124,7 +131,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 c.filter(),
                 stuck,
                 buf,
-                (window.0.unwrap_or(0), window.1),
+                (window.0.unwrap_or(start), window.1),
             );
             input.run(&mut sink).await?;
             Ok(ExitCode::SUCCESS)

@@ -86,13 +86,20 @@ pub struct ReportCmd<W: Write> {
     filter: Filter,
     stuck: StuckCmd<Buffer>,
     stuck_out: Buffer,
-    /// The window (monotonic ns); `to` also bounds what `stuck` sees.
+    /// The window (monotonic ns): from `--from`, else the input's start; to `--to` (which
+    /// also bounds what `stuck` sees) or the input's end.
     from_ns: u64,
     to_ns: Option<u64>,
-    first_ns: Option<u64>,
     latest_ns: u64,
-    /// Marks of the sockets open now, by socket.
+    /// Marks of the sockets open now, by socket; of those closed and not yet taken, by socket
+    /// and close time (a freed socket's address is soon another's); the close time of each
+    /// socket closed and not born again (its late events join its sealed marks).
     marks: HashMap<u64, Marks>,
+    sealed: HashMap<(u64, u64), Marks>,
+    closed_at: HashMap<u64, u64>,
+    /// The half-open episodes `stuck` reported that have not ended, and its final report.
+    half_open: Vec<Value>,
+    final_objects: Vec<Value>,
     /// Finished connections of interest, in the order they ended; the longest-lived.
     kept: Vec<(&'static str, Lifecycle, Marks)>,
     longest: Vec<(u64, Lifecycle, Marks)>,
@@ -105,8 +112,9 @@ pub struct ReportCmd<W: Write> {
 }
 
 impl<W: Write> ReportCmd<W> {
-    /// A report of the window `[from_ns, to_ns]` written to `out` at the end. `stuck` is a
-    /// `stuck --json` run writing into `stuck_out`, asked once at the end.
+    /// A report of the window `[from_ns, to_ns]` (`from_ns`: `--from`, else the input's start)
+    /// written to `out` at the end. `stuck` is a `stuck --json` run writing into `stuck_out`,
+    /// asked once at the end.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         out: W,
@@ -130,9 +138,12 @@ impl<W: Write> ReportCmd<W> {
             stuck_out,
             from_ns: window.0,
             to_ns: window.1,
-            first_ns: None,
-            latest_ns: 0,
+            latest_ns: window.0,
             marks: HashMap::new(),
+            sealed: HashMap::new(),
+            closed_at: HashMap::new(),
+            half_open: Vec::new(),
+            final_objects: Vec::new(),
             kept: Vec::new(),
             longest: Vec::new(),
             not_drawn: 0,
@@ -164,12 +175,56 @@ impl<W: Write> ReportCmd<W> {
             EventKind::Error { errno } => ("error", format!("error {}", errno_name(errno))),
             EventKind::State { .. } | EventKind::SynackRetransmit { .. } => return,
         };
-        if ev.sock == 0 {
+        if ev.sock == 0 || ev.ts_ns < self.from_ns {
             return;
         }
-        let m = self.marks.entry(ev.sock).or_default();
+        let m = match self.closed_at.get(&ev.sock) {
+            Some(at) => match self.sealed.get_mut(&(ev.sock, *at)) {
+                Some(m) => m,
+                None => return, // its lifecycle was taken already
+            },
+            None => self.marks.entry(ev.sock).or_default(),
+        };
         if m.len() < MAX_MARKS {
             m.push((ev.ts_ns, kind, text));
+        }
+    }
+
+    /// Moves a socket's marks with its state changes: sealed at its CLOSE, dropped at a birth
+    /// (what is left belonged to a socket whose CLOSE was never seen).
+    fn follow(&mut self, ev: &Event) {
+        let EventKind::State { old, new } = ev.kind else {
+            return;
+        };
+        if tcp_trace_common::is_birth(old.0, new.0) {
+            self.marks.remove(&ev.sock);
+            self.closed_at.remove(&ev.sock);
+        }
+        if new == TcpState::CLOSE {
+            let m = self.marks.remove(&ev.sock).unwrap_or_default();
+            self.sealed.insert((ev.sock, ev.ts_ns), m);
+            self.closed_at.insert(ev.sock, ev.ts_ns);
+        }
+    }
+
+    /// Reads what `stuck` wrote: half-open episodes as they begin and end (those not ended
+    /// are kept), and its report once it is `last`.
+    fn read_stuck(&mut self, last: bool) {
+        let text = std::mem::take(&mut *self.stuck_out.0.borrow_mut());
+        let key = |o: &Value| (o["kind"].clone(), o["sock"].clone(), tuple_of(o));
+        for o in text
+            .split(|b| *b == b'\n')
+            .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
+        {
+            if o["type"] == "half_open" {
+                let k = key(&o);
+                self.half_open.retain(|h| key(h) != k);
+                if o["outcome"].is_null() {
+                    self.half_open.push(o);
+                }
+            } else if last {
+                self.final_objects.push(o);
+            }
         }
     }
 
@@ -200,7 +255,13 @@ impl<W: Write> ReportCmd<W> {
     /// Counts and keeps the connections that ended before `until_ns`.
     fn take_finished(&mut self, until_ns: u64, env: &mut dyn Env) {
         for l in self.engine.take_finished(until_ns) {
-            let marks = self.marks.remove(&l.sock).unwrap_or_default();
+            let marks = self
+                .sealed
+                .remove(&(l.sock, l.end_ns()))
+                .unwrap_or_default();
+            if self.closed_at.get(&l.sock) == Some(&l.end_ns()) {
+                self.closed_at.remove(&l.sock);
+            }
             if !self.wanted(&l, env) || !self.within(l.end_ns()) {
                 continue;
             }
@@ -236,16 +297,15 @@ impl<W: Write> ReportCmd<W> {
         self.longest.truncate(LONGEST);
     }
 
-    /// The window's start: --from, else the first event.
     fn start_ns(&self) -> u64 {
-        match self.from_ns {
-            0 => self.first_ns.unwrap_or(0),
-            from => from,
-        }
+        self.from_ns
     }
 
+    /// The window's end: `--to`, or the input's end if that comes first.
     fn end_ns(&self) -> u64 {
-        self.to_ns.unwrap_or(self.latest_ns).max(self.start_ns())
+        self.to_ns
+            .map_or(self.latest_ns, |to| to.min(self.latest_ns))
+            .max(self.start_ns())
     }
 
     fn lane(
@@ -305,59 +365,43 @@ impl<W: Write> ReportCmd<W> {
     /// The report: `stuck`'s objects at the end, the lanes (stuck and half-open first, linked
     /// from their rows), the counts.
     fn build(&mut self, env: &mut dyn Env) -> Report {
-        let text = String::from_utf8_lossy(&self.stuck_out.0.borrow()).into_owned();
-        let objects: Vec<Value> = text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
         let of = |t: &str| -> Vec<Value> {
-            objects.iter().filter(|o| o["type"] == t).cloned().collect()
+            self.final_objects
+                .iter()
+                .filter(|o| o["type"] == t)
+                .cloned()
+                .collect()
         };
-        let (mut stuck, groups, mut half_open) = (of("stuck"), of("group"), of("half_open"));
+        let (mut stuck, groups) = (of("stuck"), of("group"));
         let summary = of("summary").pop().unwrap_or_default();
-        // Every lane, with its endpoints: the open connections of interest, the finished ones
-        // kept, the longest-lived.
-        let mut open_count = 0;
-        let mut lanes: Vec<(Lane, Tuple)> = Vec::new();
-        for l in self.engine.open() {
-            if !self.wanted(l, env) {
-                continue;
-            }
-            open_count += 1;
-            if let Some(why) = Self::interest(l) {
-                let marks = self.marks.get(&l.sock).cloned().unwrap_or_default();
-                lanes.push((self.lane(why, l, &marks), l.tuple));
-            }
-        }
-        for (why, l, marks) in &self.kept {
-            lanes.push((self.lane(why, l, marks), l.tuple));
-        }
-        for (_, l, marks) in &self.longest {
-            lanes.push((self.lane("longest", l, marks), l.tuple));
-        }
-        // What `stuck` reports, first, each linked to its lane: found among those, or open but
-        // of no other interest, or in `stuck`'s own engine (an orphan closed by its process).
+        let mut half_open = self.half_open.clone();
+        // What `stuck` reports comes first, each row linked to its lane: the connection's
+        // lifecycle here, or in `stuck`'s own engine (an orphan its process closed).
         let mut first: Vec<(Lane, Tuple)> = Vec::new();
+        let mut beyond = 0;
         for (why, rows) in [("stuck", &mut stuck), ("half_open", &mut half_open)] {
             for row in rows.iter_mut() {
+                row["lane"] = Value::Null;
                 let Some(t) = tuple_of(row) else { continue };
-                let at = |v: &[(Lane, Tuple)]| v.iter().position(|(_, x)| *x == t);
-                if let Some(i) = at(&first) {
+                if let Some(i) = first.iter().position(|(_, x)| *x == t) {
                     row["lane"] = i.into();
                     continue;
                 }
-                let lane = match at(&lanes) {
-                    Some(i) => Some(lanes.remove(i).0),
-                    None => self
-                        .engine
-                        .open()
-                        .find(|l| l.tuple == t)
-                        .or_else(|| self.stuck.lifecycle(&t))
-                        .map(|l| {
-                            let marks = self.marks.get(&l.sock).cloned().unwrap_or_default();
-                            self.lane(why, l, &marks)
-                        }),
-                };
+                if first.len() >= MAX_LANES {
+                    beyond += 1;
+                    continue;
+                }
+                let none: &[(u64, &'static str, String)] = &[];
+                let found = self
+                    .engine
+                    .open_by_tuple(&t)
+                    .map(|l| (l, self.marks.get(&l.sock).map_or(none, |m| &m[..])))
+                    .or_else(|| {
+                        let k = self.kept.iter().find(|k| k.1.tuple == t)?;
+                        Some((&k.1, &k.2[..]))
+                    })
+                    .or_else(|| self.stuck.lifecycle(&t).map(|l| (l, none)));
+                let lane = found.map(|(l, marks)| self.lane(why, l, marks));
                 if let Some(mut lane) = lane {
                     lane.why = why;
                     // Its holder as `stuck` found it (the process that has the fd now).
@@ -370,12 +414,36 @@ impl<W: Write> ReportCmd<W> {
                 }
             }
         }
-        first.append(&mut lanes);
-        let mut lanes: Vec<Lane> = first.into_iter().map(|(l, _)| l).collect();
-        if lanes.len() > MAX_LANES {
-            self.not_drawn += (lanes.len() - MAX_LANES) as u64;
-            lanes.truncate(MAX_LANES);
+        // Then the finished connections of interest (in the order they ended), the open ones,
+        // the longest-lived; at most MAX_LANES in all.
+        let taken = |t: &Tuple, first: &[(Lane, Tuple)]| first.iter().any(|(_, x)| x == t);
+        let mut lanes: Vec<Lane> = Vec::new();
+        for (why, l, marks) in &self.kept {
+            if !taken(&l.tuple, &first) {
+                lanes.push(self.lane(why, l, marks));
+            }
         }
+        let mut open_count = 0;
+        for l in self.engine.open() {
+            if !self.wanted(l, env) {
+                continue;
+            }
+            open_count += 1;
+            if let Some(why) = Self::interest(l).filter(|_| !taken(&l.tuple, &first)) {
+                let marks = self.marks.get(&l.sock).map_or(&[][..], |m| &m[..]);
+                lanes.push(self.lane(why, l, marks));
+            }
+        }
+        for (_, l, marks) in &self.longest {
+            lanes.push(self.lane("longest", l, marks));
+        }
+        let room = MAX_LANES - first.len();
+        if lanes.len() > room {
+            beyond += lanes.len() - room;
+            lanes.truncate(room);
+        }
+        self.not_drawn += beyond as u64;
+        let lanes: Vec<Lane> = first.into_iter().map(|(l, _)| l).chain(lanes).collect();
         // Lanes under their group, groups in order of their first lane; the rows' links follow.
         let mut order: Vec<usize> = (0..lanes.len()).collect();
         let first: HashMap<&str, usize> = lanes
@@ -392,7 +460,7 @@ impl<W: Write> ReportCmd<W> {
             .collect();
         for row in stuck.iter_mut().chain(half_open.iter_mut()) {
             if let Some(i) = row["lane"].as_u64() {
-                row["lane"] = moved[&(i as usize)].into();
+                row["lane"] = moved.get(&(i as usize)).copied().into();
             }
         }
         let mut slots: Vec<Option<Lane>> = lanes.into_iter().map(Some).collect();
@@ -444,11 +512,9 @@ impl<W: Write> Sink for ReportCmd<W> {
         for r in records {
             match r {
                 Delivery::Event(ev) if self.to_ns.is_none_or(|to| ev.ts_ns <= to) => {
-                    if ev.ts_ns >= self.from_ns {
-                        self.first_ns.get_or_insert(ev.ts_ns);
-                    }
                     self.latest_ns = self.latest_ns.max(ev.ts_ns);
                     self.mark(ev);
+                    self.follow(ev);
                     self.engine.apply(ev);
                 }
                 Delivery::Event(_) => {}
@@ -465,6 +531,8 @@ impl<W: Write> Sink for ReportCmd<W> {
         self.engine.take_notices();
         self.take_finished(now.saturating_sub(LATE_AFTER_CLOSE_NS), env);
         let flow = self.stuck.batch(records, env)?;
+        // Stop: `stuck` was asked at --to.
+        self.read_stuck(flow == Flow::Stop);
         Ok(if past { Flow::Stop } else { flow })
     }
 
@@ -473,6 +541,7 @@ impl<W: Write> Sink for ReportCmd<W> {
         self.latest_ns = self.latest_ns.max(env.now());
         self.take_finished(u64::MAX, env);
         self.stuck.finish(env)?;
+        self.read_stuck(true);
         let r = self.build(env);
         match self.format {
             Format::Html => report::html(&mut self.out, &r)?,

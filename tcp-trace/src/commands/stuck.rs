@@ -190,8 +190,7 @@ impl<W: Write> StuckCmd<W> {
     /// timewait orphan lives on in the kernel after its CLOSE).
     pub fn lifecycle(&self, t: &crate::event::Tuple) -> Option<&crate::engine::Lifecycle> {
         self.engine
-            .open()
-            .find(|l| l.tuple == *t)
+            .open_by_tuple(t)
             .or_else(|| self.engine.finished_by_tuple(t))
     }
 

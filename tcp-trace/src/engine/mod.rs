@@ -160,6 +160,11 @@ impl Engine {
         self.socks.map.values()
     }
 
+    /// The open connection with these endpoints, if one is tracked.
+    pub fn open_by_tuple(&self, t: &Tuple) -> Option<&Lifecycle> {
+        self.socks.key_of(t).and_then(|k| self.socks.map.get(&k))
+    }
+
     /// True when nothing is tracked.
     pub fn is_empty(&self) -> bool {
         self.socks.map.is_empty()

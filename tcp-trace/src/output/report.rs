@@ -77,10 +77,14 @@ pub struct Mark {
 
 const TEMPLATE: &str = include_str!("report.html");
 
-/// The HTML file: the template with the data inside its JSON script element (`</` written
-/// as `<\/` so no string in the data can end the element).
+/// The HTML file: the template with the data inside its JSON script element; `<`, `>` and `&`
+/// written as JSON escapes, so no string in the data (a process may name itself
+/// `<!--<script>`) can end the element or change how the browser reads it.
 pub fn html(out: &mut impl Write, r: &Report) -> io::Result<()> {
-    let data = serde_json::to_string(r)?.replace("</", "<\\/");
+    let data = serde_json::to_string(r)?
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026");
     let (head, tail) = TEMPLATE
         .split_once("__DATA__")
         .ok_or_else(|| io::Error::other("report template without __DATA__"))?;
@@ -174,7 +178,7 @@ mod tests {
     fn html_holds_the_data_where_no_string_can_end_its_element() {
         let r = Report {
             host: "h<1>".into(),
-            lanes: vec![lane("svc", "</script><b>x")],
+            lanes: vec![lane("svc", "<!--<script></script><b>x&")],
             ..Report::default()
         };
         let mut out = Vec::new();
@@ -187,8 +191,9 @@ mod tests {
         );
         let start = text.find("id=\"data\">").unwrap() + "id=\"data\">".len();
         let end = start + text[start..].find("</script>").unwrap();
-        let back: Value = serde_json::from_str(&text[start..end].replace("<\\/", "</")).unwrap();
-        assert_eq!(back["lanes"][0]["label"], "</script><b>x");
+        let back: Value = serde_json::from_str(&text[start..end]).unwrap();
+        assert_eq!(back["lanes"][0]["label"], "<!--<script></script><b>x&");
+        assert!(!text[start..end].contains(['<', '>', '&']));
     }
 
     #[test]
