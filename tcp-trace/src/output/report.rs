@@ -16,7 +16,8 @@ pub struct Report {
     pub from: String,
     pub to: String,
     pub span_ms: f64,
-    /// Connections that ended in the window, and those still open at its end.
+    /// Sockets (each end of a connection is one) that closed in the window, and those still
+    /// open at its end.
     pub connections: u64,
     pub open: u64,
     pub stuck_now: u64,
