@@ -18,12 +18,12 @@ use crate::{
         life::Life,
         record::Record,
         report::{Buffer, ReportCmd},
-        serve::{spawn_http, Rotating, Serve, Shared},
+        serve::{spawn_http, Rotating, Serve},
         stuck::StuckCmd,
         watch::Watch,
     },
     host::sockdiag::SWEEP_EVERY,
-    output::metrics::Metrics,
+    output::{metrics::Metrics, Shared},
 };
 
 fn stdout() -> io::BufWriter<io::StdoutLock<'static>> {
@@ -95,16 +95,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                     }
                     ((h.host.clone(), h.kernel.clone()), (from, to))
                 }
-                Input::Live(..) => {
-                    let read = |p: &str| {
-                        std::fs::read_to_string(p).map_or(String::new(), |s| s.trim().to_string())
-                    };
-                    let host = (
-                        read("/proc/sys/kernel/hostname"),
-                        read("/proc/sys/kernel/osrelease"),
-                    );
-                    (host, (None, None))
-                }
+                Input::Live(..) => (crate::host::identity(), (None, None)),
             };
             let out: Box<dyn io::Write> = match a.output.to_str() {
                 Some("-") => Box::new(stdout()),
@@ -114,13 +105,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 )),
             };
             // `stuck --json` inside, asked once: at --to, else when the input ends.
-            let settle = std::time::Duration::from_secs(100 * 365 * 86_400);
-            let set = a.opts.settings(c, Some(settle));
-            let buf = Buffer::default();
+            let buf: Buffer = Shared(Rc::new(RefCell::new(Vec::new())));
+            let set = a.opts.settings(c, Some(std::time::Duration::ZERO));
             let mut stuck =
                 StuckCmd::new(buf.clone(), true, clock, set, c.max_sockets, input.env())?;
-            if let Some(to) = window.1 {
-                stuck.evaluate_at(to);
+            match window.1 {
+                Some(to) => stuck.evaluate_at(to),
+                None => stuck.evaluate_at_end(),
             }
             let mut sink = ReportCmd::new(
                 out,

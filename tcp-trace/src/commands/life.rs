@@ -78,8 +78,9 @@ impl<W: Write> Life<W> {
             let t = &l.tuple;
             let place = self.engine.place(&l);
             let cgroup = env.cgroup_path(place.cgroup);
-            if self.filter.matches_conn(t, l.owner.as_ref())
-                && self.filter.matches_place(place.netns, cgroup)
+            if self
+                .filter
+                .matches_all(t, l.owner.as_ref(), place.netns, cgroup)
             {
                 self.out.life(&l, place, cgroup)?;
                 self.lives += 1;
@@ -151,8 +152,9 @@ impl<W: Write> Life<W> {
                 l.owner = held.map(Holder::owner);
             }
             let cgroup = env.cgroup_path(place.cgroup).map(str::to_string);
-            if !(self.filter.matches_conn(&l.tuple, l.owner.as_ref())
-                && self.filter.matches_place(place.netns, cgroup.as_deref()))
+            if !self
+                .filter
+                .matches_all(&l.tuple, l.owner.as_ref(), place.netns, cgroup.as_deref())
             {
                 continue;
             }

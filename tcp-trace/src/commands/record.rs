@@ -154,13 +154,6 @@ fn snapshot(env: &mut dyn Env, states: &[TcpState], filter: &Filter) -> Result<S
     })
 }
 
-fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
-
 impl<W: Write> Recorder<W> {
     /// Writes the header and the start-up snapshot (the TCP sockets and their owners); later
     /// snapshots of the stuck-prone states follow `every`.
@@ -173,10 +166,11 @@ impl<W: Write> Recorder<W> {
         part: &Part,
     ) -> Result<Self> {
         let now = env.now();
+        let (host, kernel) = crate::host::identity();
         let header = FileHeader {
             version: VERSION,
-            host: read_trimmed("/proc/sys/kernel/hostname"),
-            kernel: read_trimmed("/proc/sys/kernel/osrelease"),
+            host,
+            kernel,
             start: clock.rfc3339(now),
             boot_epoch_ns: clock.boot_epoch_ns().to_string(),
             fin_timeout_s: env.fin_timeout().as_secs(),

@@ -4,7 +4,7 @@
 //! reset, error, retransmitting, the longest-lived) are kept whole for the timeline, with their
 //! retransmits, resets and errors as marks.
 
-use std::{cell::RefCell, collections::HashMap, io::Write, rc::Rc};
+use std::{collections::HashMap, io::Write};
 
 use anyhow::Result;
 use serde_json::Value;
@@ -27,9 +27,12 @@ use crate::{
     output::{
         json::sock_hex,
         report::{self, Lane, Mark, Report},
+        Shared,
     },
 };
 
+/// Causes counted per second (`Cause::ALL`, `unknown` last).
+const CAUSES: usize = Cause::ALL.len();
 /// Lanes drawn at most, whatever the window holds: the file stays small and opens at once.
 const MAX_LANES: usize = 300;
 /// Bars in the ends-per-second chart at most (an hour: one per 6 s).
@@ -62,19 +65,8 @@ pub enum Format {
     Perfetto,
 }
 
-/// What `stuck` writes, kept to be read back at the end.
-#[derive(Clone, Default)]
-pub struct Buffer(Rc<RefCell<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.borrow_mut().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+/// What the inner `stuck` writes, read back by the report.
+pub type Buffer = Shared<Vec<u8>>;
 
 /// The `report` sink.
 pub struct ReportCmd<W: Write> {
@@ -106,7 +98,7 @@ pub struct ReportCmd<W: Write> {
     not_drawn: u64,
     connections: u64,
     /// Ends per second of the window, by cause (`Cause::ALL`'s order).
-    per_second: Vec<[u32; 9]>,
+    per_second: Vec<[u32; CAUSES]>,
     lifetimes: [u64; 8],
     lost: u64,
 }
@@ -245,11 +237,11 @@ impl<W: Write> ReportCmd<W> {
 
     fn wanted(&self, l: &Lifecycle, env: &mut dyn Env) -> bool {
         let place = self.engine.place(l);
+        let cgroup = env.cgroup_path(place.cgroup);
         !l.is_listener()
-            && self.filter.matches_conn(&l.tuple, l.owner.as_ref())
             && self
                 .filter
-                .matches_place(place.netns, env.cgroup_path(place.cgroup))
+                .matches_all(&l.tuple, l.owner.as_ref(), place.netns, cgroup)
     }
 
     /// Counts and keeps the connections that ended before `until_ns`.
@@ -267,10 +259,13 @@ impl<W: Write> ReportCmd<W> {
             }
             self.connections += 1;
             let c = cause::cause(&l).unwrap_or(Cause::Unknown);
-            let i = Cause::ALL.iter().position(|x| *x == c).unwrap_or(8);
+            let i = Cause::ALL
+                .iter()
+                .position(|x| *x == c)
+                .unwrap_or(CAUSES - 1);
             let sec = (l.end_ns().saturating_sub(self.start_ns()) / 1_000_000_000) as usize;
             if self.per_second.len() <= sec {
-                self.per_second.resize(sec + 1, [0; 9]);
+                self.per_second.resize(sec + 1, [0; CAUSES]);
             }
             self.per_second[sec][i] = self.per_second[sec][i].saturating_add(1);
             let life_ms = l.end_ns().saturating_sub(l.states[0].at_ns) as f64 / 1e6;
@@ -469,7 +464,7 @@ impl<W: Write> ReportCmd<W> {
         // At most BARS bars, whatever the window's length: seconds grouped into buckets.
         let seconds = ((end - start) / 1_000_000_000 + 1) as usize;
         let bucket = seconds.div_ceil(BARS).max(1);
-        let mut per_bucket = vec![[0u32; 9]; seconds.div_ceil(bucket)];
+        let mut per_bucket = vec![[0u32; CAUSES]; seconds.div_ceil(bucket)];
         for (sec, counts) in self.per_second.iter().enumerate() {
             if let Some(b) = per_bucket.get_mut(sec / bucket) {
                 for (sum, c) in b.iter_mut().zip(counts) {
@@ -557,8 +552,8 @@ impl<W: Write> Sink for ReportCmd<W> {
     }
 
     fn wakeup(&self) -> Option<u64> {
-        // Only a window's end: without --to, `stuck` is asked when the input ends.
-        self.to_ns.and(self.stuck.wakeup())
+        // --to; without it `stuck` has none: it is asked when the input ends.
+        self.stuck.wakeup()
     }
 }
 

@@ -3,11 +3,9 @@
 //! and `stuck --json` to a file (rotated by size) or stdout for a log shipper.
 
 use std::{
-    cell::RefCell,
     fs::{self, File, OpenOptions},
     io::{self, BufWriter, Write},
     path::PathBuf,
-    rc::Rc,
     sync::{atomic::Ordering, Arc},
 };
 
@@ -26,6 +24,7 @@ use crate::{
     event::{clock::monotonic_ns, Delivery},
     host::Env,
     output::metrics::Metrics,
+    output::Shared,
 };
 
 /// `/healthz` fails when the ring buffer has not been drained for this long.
@@ -118,20 +117,6 @@ impl Write for Rotating {
 
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
-    }
-}
-
-/// One output shared by the `watch` and `stuck` sinks.
-#[derive(Clone)]
-pub struct Shared(pub Rc<RefCell<Box<dyn Write>>>);
-
-impl Write for Shared {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.borrow_mut().write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.borrow_mut().flush()
     }
 }
 

@@ -55,6 +55,10 @@ pub struct Settings {
     pub thresholds: Thresholds,
 }
 
+/// `next_eval_ns` of a run asked only when its input ends (no wake-up; `finish` evaluates);
+/// `u64::MAX` is a run that has evaluated for the last time.
+const AT_END: u64 = u64::MAX - 1;
+
 /// The `stuck` sink.
 pub struct StuckCmd<W: Write> {
     engine: Engine,
@@ -186,6 +190,12 @@ impl<W: Write> StuckCmd<W> {
         self.next_eval_ns = at_ns;
     }
 
+    /// Evaluate once, when the input ends (`finish`), whenever that is (`report`).
+    pub fn evaluate_at_end(&mut self) {
+        self.set.once = Some(Duration::ZERO);
+        self.next_eval_ns = AT_END;
+    }
+
     /// A socket's lifecycle as this run's engine has it: open, or recently finished (a
     /// timewait orphan lives on in the kernel after its CLOSE).
     pub fn lifecycle(&self, t: &crate::event::Tuple) -> Option<&crate::engine::Lifecycle> {
@@ -206,8 +216,12 @@ impl<W: Write> StuckCmd<W> {
     fn wanted(&self, ep: &Episode, env: &mut dyn Env) -> bool {
         let f = &self.set.filter;
         self.set.kinds.contains(&ep.kind)
-            && f.matches_conn(&ep.tuple, ep.owner.as_ref())
-            && f.matches_place(ep.place.netns, env.cgroup_path(ep.place.cgroup))
+            && f.matches_all(
+                &ep.tuple,
+                ep.owner.as_ref(),
+                ep.place.netns,
+                env.cgroup_path(ep.place.cgroup),
+            )
     }
 
     /// Reports half-open notices as they come (live and during `--once`'s settle window).
@@ -673,7 +687,7 @@ impl<W: Write> Sink for StuckCmd<W> {
     }
 
     fn wakeup(&self) -> Option<u64> {
-        (self.next_eval_ns != u64::MAX).then_some(self.next_eval_ns)
+        (self.next_eval_ns < AT_END).then_some(self.next_eval_ns)
     }
 
     fn finish(&mut self, env: &mut dyn Env) -> Result<()> {

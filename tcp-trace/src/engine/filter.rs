@@ -77,6 +77,17 @@ impl Filter {
                 .is_none_or(|top| cgroup.is_some_and(|p| within(p, top)))
     }
 
+    /// Every condition: the connection, its owner, and where it lives.
+    pub fn matches_all(
+        &self,
+        t: &Tuple,
+        owner: Option<&Owner>,
+        netns: u32,
+        cgroup: Option<&str>,
+    ) -> bool {
+        self.matches_conn(t, owner) && self.matches_place(netns, cgroup)
+    }
+
     /// Whether `--netns` or `--cgroup` is set.
     pub fn has_place(&self) -> bool {
         self.netns.is_some() || self.cgroup.is_some()

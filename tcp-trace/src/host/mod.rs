@@ -159,6 +159,16 @@ impl Env for Live {
     }
 }
 
+/// This host's name and kernel release (`/proc/sys/kernel/{hostname,osrelease}`; empty when
+/// unreadable), as recordings and reports name them.
+pub fn identity() -> (String, String) {
+    let read = |p: &str| std::fs::read_to_string(p).map_or(String::new(), |s| s.trim().into());
+    (
+        read("/proc/sys/kernel/hostname"),
+        read("/proc/sys/kernel/osrelease"),
+    )
+}
+
 /// `net.ipv4.tcp_fin_timeout`: how long an orphaned FIN_WAIT2 socket lives.
 pub fn fin_timeout() -> Duration {
     std::fs::read_to_string("/proc/sys/net/ipv4/tcp_fin_timeout")

@@ -11,9 +11,29 @@ pub mod report;
 pub mod stuck;
 pub mod watch;
 
-use std::{io, time::Duration};
+use std::{cell::RefCell, io, rc::Rc, time::Duration};
 
 use crate::{event::Owner, host::cgroup::Container};
+
+/// One output written by more than one sink (`serve`'s `watch` and `stuck`), or written by
+/// one and read back by another (`report` reads what its `stuck` wrote).
+pub struct Shared<W = Box<dyn io::Write>>(pub Rc<RefCell<W>>);
+
+impl<W> Clone for Shared<W> {
+    fn clone(&self) -> Self {
+        Self(Rc::clone(&self.0))
+    }
+}
+
+impl<W: io::Write> io::Write for Shared<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.borrow_mut().write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.borrow_mut().flush()
+    }
+}
 
 /// True when an error (anywhere in its chain) is EPIPE.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
