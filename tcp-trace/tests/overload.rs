@@ -77,11 +77,12 @@ fn tiny_ring_buffer_under_a_storm_reports_exact_losses() {
         .map(|e| e["count"].as_u64().unwrap())
         .sum();
     assert_eq!(reported, lost, "every lost event is reported, exactly");
-    assert_eq!(
-        ev.iter().filter(|e| e["type"] != "lost").count() as u64,
-        delivered
-    );
-    eprintln!("watch: delivered {delivered}, lost {lost}");
+    // Every delivered event is one line; the other lines are losses and half-open notices
+    // (a storm that loses events can leave a connection looking half-open).
+    let notices = ev.iter().filter(|e| e["type"] == "half_open").count();
+    let events = ev.len() - notices - ev.iter().filter(|e| e["type"] == "lost").count();
+    assert_eq!(events as u64, delivered, "one line per delivered event");
+    eprintln!("watch: delivered {delivered}, lost {lost}, half-open notices {notices}");
 
     let (st, out, err) = life.stop();
     assert!(st.success(), "{err:?}");
