@@ -8,7 +8,7 @@ use std::{fs, thread, time::Duration};
 
 use anyhow::Result;
 
-use super::{churn_paced, median, start, stop, Bins, Tool};
+use super::{churn_paced, cpu_seconds, median, start, stop, Bins, Tool};
 
 /// Busy jiffies of all cores together (`cpu` line: user, nice, system, irq, softirq, steal;
 /// not idle or iowait; guest time is already in user).
@@ -40,14 +40,20 @@ struct Sample {
     conns: u64,
     events: Option<u64>,
     lost: Option<u64>,
+    /// CPU seconds the tracer's own process (all its threads, user and kernel) spent in the
+    /// window: the part of the added cost that is not in the traced processes' context.
+    tracer_s: Option<f64>,
 }
 
 fn sample(tool: Tool, bins: &Bins, duration: Duration, churn: Churn) -> Result<Sample> {
     let traced = start(tool, tool.bin(bins))?;
+    let pid = traced.as_ref().map(|t| t.child.id());
+    let t0 = pid.map(cpu_seconds);
     let b0 = busy_jiffies();
     let (conns, _) = churn_on(churn, duration)?;
     thread::sleep(Duration::from_millis(150)); // the tracer drains what is left
     let b1 = busy_jiffies();
+    let tracer_s = pid.zip(t0).map(|(p, t0)| cpu_seconds(p) - t0);
     let (events, lost) = match traced {
         Some(t) => stop(tool, t),
         None => (None, None),
@@ -57,6 +63,7 @@ fn sample(tool: Tool, bins: &Bins, duration: Duration, churn: Churn) -> Result<S
         conns,
         events,
         lost,
+        tracer_s,
     })
 }
 
@@ -144,8 +151,13 @@ pub fn run(bins: &Bins, tools: &[Tool], duration: Duration, rounds: usize) -> Re
         duration.as_secs()
     );
     println!(
-        "{:<44} {:>11} {:>22} {:>9} {:>22}",
-        "configuration", "µs/conn", "added µs/conn", "events/c", "added µs/event"
+        "{:<44} {:>11} {:>22} {:>9} {:>22} {:>16}",
+        "configuration",
+        "µs/conn",
+        "added µs/conn",
+        "events/c",
+        "added µs/event",
+        "in tracer µs/ev"
     );
     let mut rows = Vec::new();
     for (i, &tool) in tools.iter().enumerate() {
@@ -158,9 +170,15 @@ pub fn run(bins: &Bins, tools: &[Tool], duration: Duration, rounds: usize) -> Re
             .collect();
         let events_per_conn = (!per_event.is_empty()).then(|| median(per_event));
         let added_ev = events_per_conn.map(|e| (added / e, lo / e, hi / e));
+        // The tracer process's share, per event (its own run, so no untraced neighbour needed).
+        let in_tracer: Vec<f64> = samples[i]
+            .iter()
+            .filter_map(|s| Some(s.tracer_s? * 1e6 / s.events?.max(1) as f64))
+            .collect();
+        let in_tracer = (!in_tracer.is_empty()).then(|| median(in_tracer));
         let traced = i != untraced;
         println!(
-            "{:<44} {:>11.1} {:>22} {:>9} {:>22}",
+            "{:<44} {:>11.1} {:>22} {:>9} {:>22} {:>16}",
             tool.name(),
             per_conn,
             if traced {
@@ -170,13 +188,15 @@ pub fn run(bins: &Bins, tools: &[Tool], duration: Duration, rounds: usize) -> Re
             },
             events_per_conn.map_or("-".into(), |e| format!("{e:.1}")),
             added_ev.map_or("-".into(), |(a, l, h)| format!("{a:.3} [{l:.3}–{h:.3}]")),
+            in_tracer.map_or("-".into(), |t| format!("{t:.3}")),
         );
         rows.push(format!(
-            "{{\"configuration\":\"{}\",\"cpu_us_per_conn\":{per_conn:.2},\"added_us_per_conn\":{},\"added_us_per_conn_range\":[{lo:.2},{hi:.2}],\"events_per_conn\":{},\"added_us_per_event\":{},\"rounds\":[{}]}}",
+            "{{\"configuration\":\"{}\",\"cpu_us_per_conn\":{per_conn:.2},\"added_us_per_conn\":{},\"added_us_per_conn_range\":[{lo:.2},{hi:.2}],\"events_per_conn\":{},\"added_us_per_event\":{},\"in_tracer_us_per_event\":{},\"rounds\":[{}]}}",
             tool.name(),
             if traced { format!("{added:.2}") } else { "null".into() },
             events_per_conn.map_or("null".into(), |e| format!("{e:.2}")),
             added_ev.map_or("null".into(), |(a, _, _)| format!("{a:.4}")),
+            in_tracer.map_or("null".into(), |t| format!("{t:.4}")),
             samples[i].iter().map(|s| format!("{:.2}", s.cpu_us_per_conn)).collect::<Vec<_>>().join(",")
         ));
     }
