@@ -14,6 +14,7 @@ use std::{
 };
 
 use crate::event::{Owner, TcpState, Tuple, LATE_AFTER_CLOSE_NS};
+use rustc_hash::FxHashMap;
 
 /// What kind of half-open condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -214,11 +215,11 @@ pub fn synchronized(s: TcpState) -> bool {
 pub struct Tracker {
     /// Thresholds in force.
     pub thresholds: Thresholds,
-    streaks: HashMap<u64, Streak>,
+    streaks: FxHashMap<u64, Streak>,
     /// Streaks whose socket reached CLOSE, waiting briefly for the error the kernel reports
     /// just after it (ETIMEDOUT comes after ESTABLISHED→CLOSE).
-    closing: HashMap<u64, (Streak, u64)>,
-    listeners: HashMap<u64, Listener>,
+    closing: FxHashMap<u64, (Streak, u64)>,
+    listeners: FxHashMap<u64, Listener>,
     notices: Vec<Notice>,
 }
 

@@ -140,12 +140,11 @@ impl Engine {
     }
 
     fn bury(&mut self, l: Lifecycle) -> u64 {
-        if !self.keep_finished {
-            self.orphans.keep(&l);
-        }
         let id = self.graveyard.push(l);
         if !self.keep_finished && self.graveyard.list.len() > GRAVEYARD_MIN {
-            self.graveyard.pop();
+            if let Some(l) = self.graveyard.pop() {
+                self.orphans.keep(l);
+            }
         }
         id
     }
@@ -181,14 +180,17 @@ impl Engine {
     }
 
     /// The network namespaces (where known) of the sockets now in one of `states`, and of the
-    /// orphans the graveyard still holds: where sock_diag has something to confirm.
+    /// timewait orphans still held: where sock_diag has something to confirm.
     pub fn namespaces_in(&self, states: &[TcpState]) -> HashSet<u32> {
         let live = self
             .socks
             .map
             .values()
             .filter(|l| states.contains(&l.state()));
-        let orphans = self.orphans.iter();
+        let finished = self.graveyard.list.iter().map(|(_, l)| l);
+        let orphans = finished
+            .filter(|l| l.orphaned_ns.is_some())
+            .chain(self.orphans.iter());
         live.chain(orphans)
             .map(|l| self.places.get(l.place).netns)
             .filter(|ns| *ns != 0)
@@ -203,9 +205,7 @@ impl Engine {
     /// A recently finished lifecycle with these endpoints (e.g. a FIN_WAIT2 socket the
     /// application closed, which lives on in the kernel as a timewait orphan).
     pub fn finished_by_tuple(&self, t: &Tuple) -> Option<&Lifecycle> {
-        let seq = self.graveyard.by_tuple.get(t);
-        seq.and_then(|s| self.graveyard.at(*s))
-            .or_else(|| self.orphans.get(t))
+        self.graveyard.by_tuple(t).or_else(|| self.orphans.get(t))
     }
 
     /// Adds a socket from a snapshot. Events older than `seed.at_ns` will not move its state.
@@ -468,6 +468,10 @@ impl Engine {
             _ => {}
         }
         if old != new {
+            if l.states.len() == l.states.inline_size() {
+                // Spill once, with room for a whole ordinary life (five states).
+                l.states.reserve_exact(3);
+            }
             l.states.push(Transition {
                 at_ns: ev.ts_ns,
                 state: new,

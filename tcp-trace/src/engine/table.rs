@@ -2,12 +2,12 @@
 //! finished ones (for late events), and the interned places.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{hash_map::Entry, HashMap, VecDeque},
     hash::BuildHasher,
 };
 
 use indexmap::IndexMap;
-use rustc_hash::FxBuildHasher;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use super::lifecycle::{Lifecycle, PlaceId};
 use crate::event::{Event, Place, Tuple};
@@ -149,67 +149,73 @@ pub(super) const ORPHAN_LIFE_NS: u64 = 65_000_000_000;
 
 /// The lifecycles of timewait orphans (FIN_WAIT2 sockets their application closed), kept by
 /// endpoints until the kernel can no longer hold them, so `stuck` tells each one's story
-/// however many sockets finished since; at most `cap`, oldest dropped first.
+/// however many sockets finished since; at most `cap`, oldest dropped first. They come from
+/// the graveyard as it drops them (moved, not copied: every active close is one).
 pub(super) struct Orphans {
-    by_tuple: HashMap<Tuple, Lifecycle>,
-    /// Orphaned times and endpoints, oldest first.
-    order: VecDeque<(u64, Tuple)>,
+    /// Oldest first; entry `i` is number `base + i`.
+    list: VecDeque<Lifecycle>,
+    base: u64,
+    /// Endpoints' 64-bit hash to the number of the newest orphan with them (checked against
+    /// the lifecycle on lookup, as [`Table`]'s index is).
+    by_tuple: FxHashMap<u64, u64>,
     cap: usize,
 }
 
 impl Orphans {
     pub(super) fn new(cap: usize) -> Self {
         Self {
-            by_tuple: HashMap::new(),
-            order: VecDeque::new(),
+            list: VecDeque::new(),
+            base: 0,
+            by_tuple: FxHashMap::default(),
             cap,
         }
     }
 
-    pub(super) fn keep(&mut self, l: &Lifecycle) {
-        let Some(at) = l.orphaned_ns else { return };
-        if !l.tuple.is_connected() {
+    /// Keeps `l` if it became a timewait orphan.
+    pub(super) fn keep(&mut self, l: Lifecycle) {
+        if l.orphaned_ns.is_none() || !l.tuple.is_connected() {
             return;
         }
-        self.order.push_back((at.get(), l.tuple));
-        self.by_tuple.insert(l.tuple, l.clone());
-        while self.by_tuple.len() > self.cap {
+        let seq = self.base + self.list.len() as u64;
+        self.by_tuple.insert(Table::tuple_hash(&l.tuple), seq);
+        self.list.push_back(l);
+        while self.list.len() > self.cap {
             self.pop();
         }
     }
 
     fn pop(&mut self) {
-        if let Some((at, t)) = self.order.pop_front() {
-            // A newer orphan with the same endpoints stays.
-            if self
-                .by_tuple
-                .get(&t)
-                .and_then(|l| l.orphaned_ns)
-                .map(|n| n.get())
-                == Some(at)
-            {
-                self.by_tuple.remove(&t);
+        let Some(l) = self.list.pop_front() else {
+            return;
+        };
+        let seq = self.base;
+        self.base += 1;
+        // A newer orphan with the same endpoints stays.
+        if let Entry::Occupied(e) = self.by_tuple.entry(Table::tuple_hash(&l.tuple)) {
+            if *e.get() == seq {
+                e.remove();
             }
         }
     }
 
     /// Forgets the orphans the kernel has reaped by `now_ns`.
     pub(super) fn expire(&mut self, now_ns: u64) {
-        while self
-            .order
-            .front()
-            .is_some_and(|(at, _)| at.saturating_add(ORPHAN_LIFE_NS) < now_ns)
-        {
+        while self.list.front().is_some_and(|l| {
+            l.orphaned_ns
+                .is_none_or(|at| at.get().saturating_add(ORPHAN_LIFE_NS) < now_ns)
+        }) {
             self.pop();
         }
     }
 
     pub(super) fn get(&self, t: &Tuple) -> Option<&Lifecycle> {
-        self.by_tuple.get(t)
+        let seq = *self.by_tuple.get(&Table::tuple_hash(t))?;
+        let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        self.list.get(i).filter(|l| l.tuple == *t)
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = &Lifecycle> {
-        self.by_tuple.values()
+        self.list.iter()
     }
 }
 
@@ -223,8 +229,9 @@ pub(super) const GRAVEYARD_MIN: usize = 4096;
 pub(super) struct Graveyard {
     pub(super) list: VecDeque<(u64, Lifecycle)>,
     pub(super) base: u64,
-    pub(super) by_sock: HashMap<u64, u64>,
-    pub(super) by_tuple: HashMap<Tuple, u64>,
+    pub(super) by_sock: FxHashMap<u64, u64>,
+    /// By the endpoints' 64-bit hash, checked on lookup (as [`Table`]'s index is).
+    by_tuple: FxHashMap<u64, u64>,
 }
 
 impl Graveyard {
@@ -234,7 +241,7 @@ impl Graveyard {
             self.by_sock.insert(l.sock, seq);
         }
         if l.tuple.is_connected() {
-            self.by_tuple.insert(l.tuple, seq);
+            self.by_tuple.insert(Table::tuple_hash(&l.tuple), seq);
         }
         self.list.push_back((l.last_seen_ns, l));
         seq
@@ -244,11 +251,16 @@ impl Graveyard {
         let (_, l) = self.list.pop_front()?;
         let seq = self.base;
         self.base += 1;
-        if self.by_sock.get(&l.sock) == Some(&seq) {
-            self.by_sock.remove(&l.sock);
+        // Unless a newer lifecycle took the key since.
+        if let Entry::Occupied(e) = self.by_sock.entry(l.sock) {
+            if *e.get() == seq {
+                e.remove();
+            }
         }
-        if self.by_tuple.get(&l.tuple) == Some(&seq) {
-            self.by_tuple.remove(&l.tuple);
+        if let Entry::Occupied(e) = self.by_tuple.entry(Table::tuple_hash(&l.tuple)) {
+            if *e.get() == seq {
+                e.remove();
+            }
         }
         Some(l)
     }
@@ -271,15 +283,67 @@ impl Graveyard {
         self.at_mut(seq)
     }
 
+    /// The newest finished lifecycle with these endpoints.
+    pub(super) fn by_tuple(&self, t: &Tuple) -> Option<&Lifecycle> {
+        let seq = *self.by_tuple.get(&Table::tuple_hash(t))?;
+        self.at(seq).filter(|l| l.tuple == *t)
+    }
+
     /// The finished lifecycle a late event belongs to: by socket, or by endpoints when the
     /// event has no socket.
     pub(super) fn late_event(&mut self, ev: &Event) -> Option<&mut Lifecycle> {
         match ev.sock {
             0 => {
-                let seq = *self.by_tuple.get(&Tuple::of(ev))?;
-                self.at_mut(seq)
+                let t = Tuple::of(ev);
+                let seq = *self.by_tuple.get(&Table::tuple_hash(&t))?;
+                self.at_mut(seq).filter(|l| l.tuple == t)
             }
             s => self.by_sock_mut(s),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{event::TcpState, testkit::tuple};
+
+    fn orphan(sock: u64, t: Tuple, at_ns: u64) -> Lifecycle {
+        let first = crate::engine::lifecycle::Transition {
+            at_ns,
+            state: TcpState::FIN_WAIT2,
+        };
+        let mut l = Lifecycle::new(sock, t, first, true);
+        l.orphaned_ns = std::num::NonZeroU64::new(at_ns);
+        l
+    }
+
+    #[test]
+    fn orphans_are_found_by_their_endpoints_newest_first_until_dropped() {
+        let a = tuple("10.0.0.1", 80, "10.0.0.2", 5000);
+        let b = tuple("10.0.0.1", 80, "10.0.0.2", 5001);
+        let mut o = Orphans::new(3);
+        o.keep(orphan(1, a, 10));
+        o.keep(orphan(2, b, 20));
+        o.keep(orphan(3, a, 30)); // the same endpoints again: the newer is the one found
+        assert_eq!(o.get(&a).map(|l| l.sock), Some(3));
+        assert_eq!(o.get(&b).map(|l| l.sock), Some(2));
+        assert!(o.get(&tuple("10.0.0.1", 80, "10.0.0.2", 5002)).is_none());
+        // Dropping the oldest (the cap) leaves the newer with its endpoints findable.
+        o.keep(orphan(4, tuple("10.0.0.3", 1, "10.0.0.4", 2), 40));
+        assert_eq!(o.get(&a).map(|l| l.sock), Some(3));
+        // Reaped: everything orphaned before now - ORPHAN_LIFE_NS.
+        o.expire(30 + ORPHAN_LIFE_NS);
+        assert_eq!(
+            o.get(&a).map(|l| l.sock),
+            Some(3),
+            "orphaned at 30: not yet"
+        );
+        assert!(o.get(&b).is_none(), "orphaned at 20: reaped");
+        o.expire(41 + ORPHAN_LIFE_NS);
+        assert_eq!(o.iter().count(), 0);
+        // A lifecycle that is no orphan is not kept.
+        o.keep(Lifecycle::new(5, a, orphan(5, a, 50).states[0], true));
+        assert!(o.get(&a).is_none());
     }
 }
