@@ -109,11 +109,11 @@ pub(super) fn container(out: &mut Vec<u8>, cgroup: Option<&str>) {
         return;
     };
     if let Some(id) = c.id {
-        next_key(out, "container_id");
+        next_key!(out, "container_id");
         plain(out, id);
     }
     if let Some(uid) = c.pod_uid {
-        next_key(out, "pod_uid");
+        next_key!(out, "pod_uid");
         plain(out, &uid);
     }
 }
@@ -123,18 +123,14 @@ pub fn sock_hex(sock: u64) -> String {
     format!("{sock:#x}")
 }
 
-/// Appends `,"key":`: every key but the first.
-pub(super) fn next_key(out: &mut Vec<u8>, k: &str) {
-    out.push(b',');
-    key(out, k);
+/// Appends `,"key":` (every key but the first) as one constant: one copy per key on the hot
+/// path. Keys are literals: nothing to escape.
+macro_rules! next_key {
+    ($out:expr, $k:literal) => {
+        $out.extend_from_slice(concat!(",\"", $k, "\":").as_bytes())
+    };
 }
-
-/// Appends `"key":` (keys are constants: nothing to escape).
-pub(super) fn key(out: &mut Vec<u8>, k: &str) {
-    out.push(b'"');
-    out.extend_from_slice(k.as_bytes());
-    out.extend_from_slice(b"\":");
-}
+pub(super) use next_key;
 
 pub(super) fn int(out: &mut Vec<u8>, v: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
@@ -142,6 +138,9 @@ pub(super) fn int(out: &mut Vec<u8>, v: impl itoa::Integer) {
 
 /// A string that needs JSON escaping (only free-form text: task names).
 pub(super) fn text(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        return plain(out, s); // the usual name: nothing to escape
+    }
     // Writing into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
 }
@@ -156,14 +155,28 @@ pub(super) fn plain(out: &mut Vec<u8>, s: &str) {
 pub(super) fn ip(out: &mut Vec<u8>, a: &IpAddr) {
     match a {
         IpAddr::V4(v4) => {
-            out.push(b'"');
-            for (i, o) in v4.octets().iter().enumerate() {
+            // Composed on the stack, appended with one copy.
+            let mut buf = [0u8; 17];
+            let mut n = 0;
+            let mut put = |b: u8| {
+                buf[n] = b;
+                n += 1;
+            };
+            put(b'"');
+            for (i, o) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    put(b'.');
                 }
-                int(out, *o);
+                if o >= 100 {
+                    put(b'0' + o / 100);
+                }
+                if o >= 10 {
+                    put(b'0' + o / 10 % 10);
+                }
+                put(b'0' + o % 10);
             }
-            out.push(b'"');
+            put(b'"');
+            out.extend_from_slice(&buf[..n]);
         }
         IpAddr::V6(v6) => {
             let _ = write!(out, "\"{v6}\"");
@@ -196,42 +209,42 @@ pub(super) fn common(
 ) {
     out.extend_from_slice(b"{\"type\":");
     plain(out, kind);
-    next_key(out, "ts");
+    next_key!(out, "ts");
     plain(out, ts);
-    next_key(out, "sock");
+    next_key!(out, "sock");
     match sock {
         Some(s) => hex(out, s),
         None => null(out),
     }
     match ev {
         Some(ev) => {
-            next_key(out, "family");
+            next_key!(out, "family");
             plain(out, family_name(&ev.saddr));
-            next_key(out, "saddr");
+            next_key!(out, "saddr");
             ip(out, &ev.saddr);
-            next_key(out, "sport");
+            next_key!(out, "sport");
             int(out, ev.sport);
-            next_key(out, "daddr");
+            next_key!(out, "daddr");
             ip(out, &ev.daddr);
-            next_key(out, "dport");
+            next_key!(out, "dport");
             int(out, ev.dport);
         }
         None => out.extend_from_slice(
             b",\"family\":null,\"saddr\":null,\"sport\":null,\"daddr\":null,\"dport\":null",
         ),
     }
-    next_key(out, "pid");
+    next_key!(out, "pid");
     match owner {
         Some(o) => int(out, o.pid),
         None => null(out),
     }
-    next_key(out, "comm");
+    next_key!(out, "comm");
     match owner {
         Some(o) => {
             let (name, bytes) = o.comm.json_text();
             text(out, &name);
             if let Some(hex) = bytes {
-                next_key(out, "comm_bytes");
+                next_key!(out, "comm_bytes");
                 plain(out, &hex);
             }
         }
@@ -289,6 +302,28 @@ pub(crate) fn keys_in_order(line: &str) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::testkit;
+
+    #[test]
+    fn addresses_and_names_are_the_json_serde_writes() {
+        for a in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.100.9",
+            "127.0.0.1",
+            "::1",
+            "fe80::1",
+        ] {
+            let a: IpAddr = a.parse().unwrap();
+            let mut out = Vec::new();
+            ip(&mut out, &a);
+            assert_eq!(out, serde_json::to_vec(&a.to_string()).unwrap(), "{a}");
+        }
+        for name in ["nginx", "ev\nil\"\\", "tab\tx", "ünï", ""] {
+            let mut out = Vec::new();
+            text(&mut out, name);
+            assert_eq!(out, serde_json::to_vec(name).unwrap(), "{name:?}");
+        }
+    }
 
     #[test]
     fn the_connection_prefix_is_conn_keys() {

@@ -252,17 +252,17 @@ pub fn json_event(out: &mut Vec<u8>, a: &Annotated<'_>, ts: &str, container: &[u
         Some(ev),
         a.owner.as_ref(),
     );
-    next_key(out, "netns");
+    next_key!(out, "netns");
     match a.place.netns {
         0 => null(out),
         n => int(out, n),
     }
-    next_key(out, "cgroup");
+    next_key!(out, "cgroup");
     match a.cgroup {
         Some(p) => text(out, p),
         None => null(out),
     }
-    next_key(out, "cgroup_id");
+    next_key!(out, "cgroup_id");
     match a.place.cgroup {
         0 => null(out),
         id => int(out, id),
@@ -270,11 +270,11 @@ pub fn json_event(out: &mut Vec<u8>, a: &Annotated<'_>, ts: &str, container: &[u
     out.extend_from_slice(container);
     match ev.kind {
         EventKind::State { old, new } => {
-            next_key(out, "old");
+            next_key!(out, "old");
             plain(out, &old.name());
-            next_key(out, "new");
+            next_key!(out, "new");
             plain(out, &new.name());
-            next_key(out, "ms_in_old");
+            next_key!(out, "ms_in_old");
             match a.ns_in_old {
                 // µs precision, as a decimal number of ms
                 Some(ns) => {
@@ -290,30 +290,30 @@ pub fn json_event(out: &mut Vec<u8>, a: &Annotated<'_>, ts: &str, container: &[u
                 }
                 None => null(out),
             }
-            next_key(out, "cause");
+            next_key!(out, "cause");
             match a.cause {
                 Some(c) => plain(out, c.name()),
                 None => null(out),
             }
         }
         EventKind::Retransmit { state, .. } => {
-            next_key(out, "state");
+            next_key!(out, "state");
             plain(out, &state.name());
         }
         EventKind::ResetSent { state, reason } => {
-            next_key(out, "state");
+            next_key!(out, "state");
             match state {
                 Some(st) => plain(out, &st.name()),
                 None => null(out),
             }
-            next_key(out, "reason");
+            next_key!(out, "reason");
             match reason {
                 Some(r) => int(out, r),
                 None => null(out),
             }
         }
         EventKind::Error { errno } => {
-            next_key(out, "error");
+            next_key!(out, "error");
             plain(out, &errno_name(errno));
         }
         EventKind::SynackRetransmit { .. } | EventKind::ResetReceived { .. } => {}
