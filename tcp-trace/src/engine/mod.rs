@@ -83,6 +83,8 @@ pub struct Engine {
     places: Places,
     /// Totals.
     pub counters: Counters,
+    /// The latest [`Engine::tick`] (monotonic ns).
+    now_ns: u64,
 }
 
 /// Keys below this are seeds (kernel addresses are far above it).
@@ -108,6 +110,7 @@ impl Engine {
             notices: Vec::new(),
             places: Places::default(),
             counters: Counters::default(),
+            now_ns: 0,
         }
     }
 
@@ -187,10 +190,13 @@ impl Engine {
             .map
             .values()
             .filter(|l| states.contains(&l.state()));
+        // Orphans still in the graveyard, unless the kernel has reaped them by the last tick.
+        let held = |l: &&Lifecycle| {
+            l.orphaned_ns
+                .is_some_and(|at| at.get().saturating_add(table::ORPHAN_LIFE_NS) >= self.now_ns)
+        };
         let finished = self.graveyard.list.iter().map(|(_, l)| l);
-        let orphans = finished
-            .filter(|l| l.orphaned_ns.is_some())
-            .chain(self.orphans.iter());
+        let orphans = finished.filter(held).chain(self.orphans.iter());
         live.chain(orphans)
             .map(|l| self.places.get(l.place).netns)
             .filter(|ns| *ns != 0)
@@ -271,6 +277,7 @@ impl Engine {
 
     /// Time passes (monotonic ns): half-open conditions that depend on time alone.
     pub fn tick(&mut self, now_ns: u64) {
+        self.now_ns = self.now_ns.max(now_ns);
         self.halfopen.tick(now_ns);
         self.orphans.expire(now_ns);
         self.collect_notices();
@@ -469,8 +476,8 @@ impl Engine {
         }
         if old != new {
             if l.states.len() == l.states.inline_size() {
-                // Spill once, with room for a whole ordinary life (five states).
-                l.states.reserve_exact(3);
+                // Spill once, with room for a whole ordinary life (up to seven states).
+                l.states.reserve_exact(4);
             }
             l.states.push(Transition {
                 at_ns: ev.ts_ns,
@@ -677,6 +684,20 @@ mod tests {
             st(101, S, 8080, 40000, T::FIN_WAIT1, T::FIN_WAIT2, s),
             st(101, S, 8080, 40000, T::FIN_WAIT2, T::CLOSE, s),
         ]
+    }
+
+    #[test]
+    fn an_orphans_namespace_is_watched_until_the_kernel_reaps_it() {
+        let mut e = Engine::new(10, false);
+        for mut ev in server_orphan() {
+            ev.netns = 4026532000;
+            e.apply(&ev);
+        }
+        e.tick(101_000_000);
+        let ns = e.namespaces_in(&[]);
+        assert!(ns.contains(&4026532000), "held in the graveyard: {ns:?}");
+        e.tick(101_000_000 + table::ORPHAN_LIFE_NS + 1);
+        assert!(e.namespaces_in(&[]).is_empty(), "reaped by now");
     }
 
     #[test]

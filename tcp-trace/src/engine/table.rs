@@ -230,8 +230,7 @@ pub(super) struct Graveyard {
     pub(super) list: VecDeque<(u64, Lifecycle)>,
     pub(super) base: u64,
     pub(super) by_sock: FxHashMap<u64, u64>,
-    /// By the endpoints' 64-bit hash, checked on lookup (as [`Table`]'s index is).
-    by_tuple: FxHashMap<u64, u64>,
+    by_tuple: FxHashMap<Tuple, u64>,
 }
 
 impl Graveyard {
@@ -241,7 +240,7 @@ impl Graveyard {
             self.by_sock.insert(l.sock, seq);
         }
         if l.tuple.is_connected() {
-            self.by_tuple.insert(Table::tuple_hash(&l.tuple), seq);
+            self.by_tuple.insert(l.tuple, seq);
         }
         self.list.push_back((l.last_seen_ns, l));
         seq
@@ -251,15 +250,19 @@ impl Graveyard {
         let (_, l) = self.list.pop_front()?;
         let seq = self.base;
         self.base += 1;
-        // Unless a newer lifecycle took the key since.
-        if let Entry::Occupied(e) = self.by_sock.entry(l.sock) {
-            if *e.get() == seq {
-                e.remove();
+        // Unless a newer lifecycle took the key since (or it was never indexed).
+        if l.sock != 0 {
+            if let Entry::Occupied(e) = self.by_sock.entry(l.sock) {
+                if *e.get() == seq {
+                    e.remove();
+                }
             }
         }
-        if let Entry::Occupied(e) = self.by_tuple.entry(Table::tuple_hash(&l.tuple)) {
-            if *e.get() == seq {
-                e.remove();
+        if l.tuple.is_connected() {
+            if let Entry::Occupied(e) = self.by_tuple.entry(l.tuple) {
+                if *e.get() == seq {
+                    e.remove();
+                }
             }
         }
         Some(l)
@@ -285,8 +288,7 @@ impl Graveyard {
 
     /// The newest finished lifecycle with these endpoints.
     pub(super) fn by_tuple(&self, t: &Tuple) -> Option<&Lifecycle> {
-        let seq = *self.by_tuple.get(&Table::tuple_hash(t))?;
-        self.at(seq).filter(|l| l.tuple == *t)
+        self.at(*self.by_tuple.get(t)?)
     }
 
     /// The finished lifecycle a late event belongs to: by socket, or by endpoints when the
@@ -294,9 +296,8 @@ impl Graveyard {
     pub(super) fn late_event(&mut self, ev: &Event) -> Option<&mut Lifecycle> {
         match ev.sock {
             0 => {
-                let t = Tuple::of(ev);
-                let seq = *self.by_tuple.get(&Table::tuple_hash(&t))?;
-                self.at_mut(seq).filter(|l| l.tuple == t)
+                let seq = *self.by_tuple.get(&Tuple::of(ev))?;
+                self.at_mut(seq)
             }
             s => self.by_sock_mut(s),
         }

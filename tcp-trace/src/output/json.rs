@@ -318,7 +318,16 @@ mod tests {
             ip(&mut out, &a);
             assert_eq!(out, serde_json::to_vec(&a.to_string()).unwrap(), "{a}");
         }
-        for name in ["nginx", "ev\nil\"\\", "tab\tx", "ünï", ""] {
+        for name in [
+            "nginx",
+            "ev\nil\"\\",
+            "tab\tx",
+            "\u{1f}",
+            "\x7f",
+            "\u{2028}",
+            "ünï",
+            "",
+        ] {
             let mut out = Vec::new();
             text(&mut out, name);
             assert_eq!(out, serde_json::to_vec(name).unwrap(), "{name:?}");
