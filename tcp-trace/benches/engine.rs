@@ -142,7 +142,8 @@ fn main() {
     for i in 0..conns {
         connection(&mut recs, i, i * 100);
     }
-    let mut engine = Engine::new(1_000_000, false);
+    // As `stuck` runs it (the costliest: every active close's orphan kept).
+    let mut engine = Engine::new(1_000_000, false).with_orphans();
     let start = Instant::now();
     let mut applied = 0u64;
     for r in &recs {

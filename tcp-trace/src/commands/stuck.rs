@@ -113,7 +113,9 @@ impl<W: Write> StuckCmd<W> {
         max_sockets: usize,
         env: &mut dyn Env,
     ) -> Result<Self> {
-        let mut engine = Engine::new(max_sockets, false).with_thresholds(set.thresholds);
+        let mut engine = Engine::new(max_sockets, false)
+            .with_orphans()
+            .with_thresholds(set.thresholds);
         let seeded = seed_from_snapshot(&mut engine, env)?;
         log::info!("seeded {seeded} existing sockets from sock_diag");
         let now = env.now();

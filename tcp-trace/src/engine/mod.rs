@@ -74,8 +74,10 @@ pub struct Engine {
     socks: Table,
     next_seed_key: u64,
     graveyard: Graveyard,
-    /// Timewait orphans' lifecycles (without `keep_finished`), for as long as they can exist.
+    /// Timewait orphans' lifecycles, for as long as they can exist (only
+    /// [`Engine::with_orphans`], without `keep_finished`).
     orphans: Orphans,
+    keep_orphans: bool,
     keep_finished: bool,
     /// Half-open detection, fed by [`Engine::apply`] and [`Engine::tick`].
     pub halfopen: Tracker,
@@ -105,6 +107,7 @@ impl Engine {
             next_seed_key: 1,
             graveyard: Graveyard::default(),
             orphans: Orphans::new(max_sockets),
+            keep_orphans: false,
             keep_finished,
             halfopen: Tracker::default(),
             notices: Vec::new(),
@@ -117,6 +120,15 @@ impl Engine {
     /// Where a lifecycle's socket lives (its namespace and cgroup, as far as known).
     pub fn place(&self, l: &Lifecycle) -> Place {
         self.places.get(l.place)
+    }
+
+    /// Keeps each timewait orphan's lifecycle until the kernel can no longer hold it (after
+    /// the last few thousand finished ones, which every engine keeps), for `stuck`'s story of
+    /// an orphaned FIN_WAIT2 that sock_diag lists: every active close makes one, so an engine
+    /// that does not report them does not pay for them.
+    pub fn with_orphans(mut self) -> Self {
+        self.keep_orphans = true;
+        self
     }
 
     /// The same engine with these half-open thresholds.
@@ -145,7 +157,7 @@ impl Engine {
     fn bury(&mut self, l: Lifecycle) -> u64 {
         let id = self.graveyard.push(l);
         if !self.keep_finished && self.graveyard.list.len() > GRAVEYARD_MIN {
-            if let Some(l) = self.graveyard.pop() {
+            if let Some(l) = self.graveyard.pop().filter(|_| self.keep_orphans) {
                 self.orphans.keep(l);
             }
         }
@@ -688,7 +700,7 @@ mod tests {
 
     #[test]
     fn an_orphans_namespace_is_watched_until_the_kernel_reaps_it() {
-        let mut e = Engine::new(10, false);
+        let mut e = Engine::new(10, false).with_orphans();
         for mut ev in server_orphan() {
             ev.netns = 4026532000;
             e.apply(&ev);
@@ -860,7 +872,7 @@ mod tests {
     fn an_orphans_story_outlives_the_graveyard_until_the_kernel_reaps_it() {
         let orphan = server_orphan();
         let s = task(20, "nginx");
-        let mut e = Engine::new(10, false);
+        let mut e = Engine::new(10, false).with_orphans();
         for ev in &orphan {
             e.apply(ev);
         }

@@ -387,7 +387,7 @@ mod tests {
     #[test]
     fn close_wait_seen_entering_is_exact_with_holder_and_diagnosis() {
         let t = tuple(8080, 5432);
-        let mut e = Engine::new(10, false);
+        let mut e = Engine::new(10, false).with_orphans();
         e.apply(&ev(SEC, S, t, TcpState::LISTEN, TcpState::SYN_RECV, 0));
         e.apply(&ev(SEC, S, t, TcpState::SYN_RECV, TcpState::ESTABLISHED, 0));
         e.apply(&ev(
@@ -441,7 +441,7 @@ mod tests {
     #[test]
     fn seeded_socket_age_is_a_lower_bound() {
         let t = tuple(8080, 5432);
-        let mut e = Engine::new(10, false);
+        let mut e = Engine::new(10, false).with_orphans();
         let d = diag(t, TcpState::CLOSE_WAIT, 77);
         let snap = 100 * SEC;
         e.seed(Seed {
@@ -471,7 +471,7 @@ mod tests {
     #[test]
     fn fin_wait2_held_and_orphan() {
         let t = tuple(40000, 8080);
-        let mut e = Engine::new(10, false);
+        let mut e = Engine::new(10, false).with_orphans();
         e.apply(&ev(
             0,
             S,
@@ -560,7 +560,7 @@ mod tests {
     #[test]
     fn unknown_socket_ages_from_first_sight() {
         let t = tuple(1, 2);
-        let e = Engine::new(10, false);
+        let e = Engine::new(10, false).with_orphans();
         let h = HashMap::new();
         let fs = HashMap::from([((0, t), (TcpState::LAST_ACK, 5 * SEC))]);
         let cx = Context {
