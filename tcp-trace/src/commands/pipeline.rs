@@ -147,9 +147,12 @@ impl Stop {
 /// answered with one (RFC 793), so a reset received followed at once by a reset sent on the
 /// same socket is that abort: the false "received" is dropped, and the reset sent (reason
 /// `TCP_ABORT_ON_DATA` where the kernel gives reasons) tells what happened. Both come from one
-/// call on one CPU ("at once" is generous for slow machines and emulators); a batch boundary
-/// falling between them keeps the false one (rare).
-pub fn drop_abort_resets(batch: &mut Vec<Delivery>) {
+/// call on one CPU ("at once" is generous for slow machines and emulators). A drain can fall
+/// between the two (an emulated CPU makes that window wide): a reset received whose answer is
+/// not in the batch yet and that is less than "at once" old by `now_ns` stays undecided, and
+/// everything from it on waits for the next batch. Returns where that tail starts (the batch's
+/// length when nothing waits); `now_ns` `u64::MAX` decides everything (the last batch).
+pub fn drop_abort_resets(batch: &mut Vec<Delivery>, now_ns: u64) -> usize {
     const AT_ONCE_NS: u64 = 20_000_000;
     let received = |r: &Delivery| match r {
         Delivery::Event(e) if matches!(e.kind, EventKind::ResetReceived { .. }) && e.sock != 0 => {
@@ -158,9 +161,10 @@ pub fn drop_abort_resets(batch: &mut Vec<Delivery>) {
         _ => None,
     };
     if !batch.iter().any(|r| received(r).is_some()) {
-        return;
+        return batch.len();
     }
     let mut aborts = Vec::new();
+    let mut wait_from = None;
     for (i, r) in batch.iter().enumerate() {
         let Some((sock, ts)) = received(r) else {
             continue;
@@ -178,10 +182,18 @@ pub fn drop_abort_resets(batch: &mut Vec<Delivery>) {
             },
             _ => None,
         });
-        if answered == Some(true) {
-            aborts.push(i);
+        match answered {
+            Some(true) => aborts.push(i),
+            None if wait_from.is_none() && now_ns.saturating_sub(ts) < AT_ONCE_NS => {
+                wait_from = Some(i);
+            }
+            _ => {}
         }
     }
+    // Everything from the undecided reset on waits, the aborts found in it included: the next
+    // batch finds them again.
+    let wait_from = wait_from.unwrap_or(batch.len());
+    aborts.retain(|&i| i < wait_from);
     if !aborts.is_empty() {
         let mut i = 0;
         batch.retain(|_| {
@@ -189,6 +201,7 @@ pub fn drop_abort_resets(batch: &mut Vec<Delivery>) {
             aborts.binary_search(&(i - 1)).is_err()
         });
     }
+    wait_from - aborts.len()
 }
 
 /// Runs until stopped (having said it is ready, to whoever set `$NOTIFY_SOCKET`); drains what
@@ -210,16 +223,16 @@ pub async fn run(
         if stop.signalled() {
             break Ended::Signal;
         }
-        drop_abort_resets(&mut batch);
-        let flow = sink.batch(&batch, env)?;
-        batch.clear();
+        let ready = drop_abort_resets(&mut batch, crate::event::clock::monotonic_ns());
+        let flow = sink.batch(&batch[..ready], env)?;
+        batch.drain(..ready);
         if flow == Flow::Stop {
             break Ended::Sink;
         }
     };
     if ended != Ended::Sink {
         src.drain_last(&mut batch);
-        drop_abort_resets(&mut batch);
+        drop_abort_resets(&mut batch, u64::MAX);
         sink.batch(&batch, env)?;
     }
     sink.finish(env)?;
@@ -242,13 +255,15 @@ const REPLAY_BATCH_NS: u64 = 50_000_000;
 pub fn replay(reader: &mut Parts, sink: &mut dyn Sink, env: &mut Replay) -> Result<()> {
     let mut batch: Vec<Delivery> = Vec::new();
     let mut batch_end: Option<u64> = None;
-    let flush = |batch: &mut Vec<Delivery>, env: &mut Replay, sink: &mut dyn Sink, at: u64| {
-        env.advance(at);
-        drop_abort_resets(batch);
-        let flow = sink.batch(batch, env);
-        batch.clear();
-        flow
-    };
+    // `at`: the time the batch closes; the last leaves nothing waiting.
+    let flush =
+        |batch: &mut Vec<Delivery>, env: &mut Replay, sink: &mut dyn Sink, at: u64, last: bool| {
+            env.advance(at);
+            let ready = drop_abort_resets(batch, if last { u64::MAX } else { at });
+            let flow = sink.batch(&batch[..ready], env);
+            batch.drain(..ready);
+            flow
+        };
     let fault = loop {
         let item = match reader.next_item() {
             Ok(Some(item)) => item,
@@ -265,12 +280,12 @@ pub fn replay(reader: &mut Parts, sink: &mut dyn Sink, env: &mut Replay) -> Resu
         // A sink that says Stop is finished at once: nothing more is fed to it.
         if let Some(end) = batch_end.filter(|end| ts >= *end) {
             batch_end = None;
-            if flush(&mut batch, env, sink, end)? == Flow::Stop {
+            if flush(&mut batch, env, sink, end, false)? == Flow::Stop {
                 return finish(sink, env, None);
             }
         }
         while let Some(w) = sink.wakeup().filter(|w| *w <= ts && *w >= env.now()) {
-            if flush(&mut batch, env, sink, w)? == Flow::Stop {
+            if flush(&mut batch, env, sink, w, false)? == Flow::Stop {
                 return finish(sink, env, None);
             }
             if sink.wakeup() == Some(w) {
@@ -287,14 +302,14 @@ pub fn replay(reader: &mut Parts, sink: &mut dyn Sink, env: &mut Replay) -> Resu
         batch_end.get_or_insert(ts + REPLAY_BATCH_NS);
     };
     let end = batch_end.unwrap_or(env.now());
-    if flush(&mut batch, env, sink, end)? == Flow::Stop {
+    if flush(&mut batch, env, sink, end, true)? == Flow::Stop {
         return finish(sink, env, fault);
     }
     // Time runs on past the last item to the sink's pending wake-up (e.g. `stuck --at`), but
     // not past a cut or damaged end: nothing is known of that time.
     let whole = fault.is_none() && reader.unfinished().is_none();
     if let Some(w) = sink.wakeup().filter(|w| *w > env.now() && whole) {
-        flush(&mut batch, env, sink, w)?;
+        flush(&mut batch, env, sink, w, true)?;
     }
     finish(sink, env, fault)
 }
@@ -338,7 +353,7 @@ mod tests {
             ev(1_200, 9, RECEIVED), // another socket: a real reset
             ev(1_300, 7, SENT),
         ];
-        drop_abort_resets(&mut b);
+        assert_eq!(drop_abort_resets(&mut b, u64::MAX), 3);
         assert_eq!(b.len(), 3);
         assert!(matches!(&b[0], Delivery::Event(e) if e.kind == error));
         assert!(matches!(&b[1], Delivery::Event(e) if e.sock == 9 && e.kind == RECEIVED));
@@ -355,7 +370,33 @@ mod tests {
             ev(70_000_000, 10, RECEIVED),
         ];
         let before = b.clone();
-        drop_abort_resets(&mut b);
+        assert_eq!(drop_abort_resets(&mut b, u64::MAX), 5);
         assert_eq!(b, before);
+    }
+
+    #[test]
+    fn a_reset_received_at_the_end_of_a_batch_waits_for_its_answer() {
+        // The drain fell between the abort's two events: the reset received and what follows
+        // wait (a real reset earlier in the batch does not).
+        let error = EventKind::Error { errno: 104 };
+        let mut b = vec![
+            ev(1_000, 9, RECEIVED),
+            ev(30_000_000, 7, RECEIVED),
+            ev(30_000_100, 7, error),
+        ];
+        let now = 30_000_200;
+        assert_eq!(drop_abort_resets(&mut b, now), 1);
+        assert_eq!(b.len(), 3, "nothing dropped yet");
+        // The next batch brings the reset sent: the false "received" goes.
+        b.drain(..1);
+        b.push(ev(30_000_300, 7, SENT));
+        assert_eq!(drop_abort_resets(&mut b, 40_000_000), 2);
+        assert!(matches!(&b[0], Delivery::Event(e) if e.kind == error));
+        // Unanswered for "at once": decided, it stays.
+        let mut c = vec![ev(30_000_000, 7, RECEIVED)];
+        assert_eq!(drop_abort_resets(&mut c, 50_000_001), 1);
+        // The last batch decides everything.
+        let mut d = vec![ev(30_000_000, 7, RECEIVED)];
+        assert_eq!(drop_abort_resets(&mut d, u64::MAX), 1);
     }
 }
