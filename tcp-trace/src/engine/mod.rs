@@ -203,12 +203,9 @@ impl Engine {
             .values()
             .filter(|l| states.contains(&l.state()));
         // Orphans still in the graveyard, unless the kernel has reaped them by the last tick.
-        let held = |l: &&Lifecycle| {
-            l.orphaned_ns
-                .is_some_and(|at| at.get().saturating_add(table::ORPHAN_LIFE_NS) >= self.now_ns)
-        };
         let finished = self.graveyard.list.iter().map(|(_, l)| l);
-        let orphans = finished.filter(held).chain(self.orphans.iter());
+        let in_graveyard = finished.filter(|l| table::held(l, self.now_ns));
+        let orphans = in_graveyard.chain(self.orphans.iter());
         live.chain(orphans)
             .map(|l| self.places.get(l.place).netns)
             .filter(|ns| *ns != 0)

@@ -147,6 +147,12 @@ impl Table {
 /// CLOSE), and a margin for a late evaluation.
 pub(super) const ORPHAN_LIFE_NS: u64 = 65_000_000_000;
 
+/// Whether `l` is a timewait orphan the kernel may still hold at `now_ns`.
+pub(super) fn held(l: &Lifecycle, now_ns: u64) -> bool {
+    l.orphaned_ns
+        .is_some_and(|at| at.get().saturating_add(ORPHAN_LIFE_NS) >= now_ns)
+}
+
 /// The lifecycles of timewait orphans (FIN_WAIT2 sockets their application closed), kept by
 /// endpoints until the kernel can no longer hold them, so `stuck` tells each one's story
 /// however many sockets finished since; at most `cap`, oldest dropped first. They come from
@@ -200,10 +206,7 @@ impl Orphans {
 
     /// Forgets the orphans the kernel has reaped by `now_ns`.
     pub(super) fn expire(&mut self, now_ns: u64) {
-        while self.list.front().is_some_and(|l| {
-            l.orphaned_ns
-                .is_none_or(|at| at.get().saturating_add(ORPHAN_LIFE_NS) < now_ns)
-        }) {
+        while self.list.front().is_some_and(|l| !held(l, now_ns)) {
             self.pop();
         }
     }
