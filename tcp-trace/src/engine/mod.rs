@@ -21,7 +21,7 @@ use std::collections::HashSet;
 
 use self::{
     halfopen::{Notice, Tracker},
-    table::{Graveyard, Orphans, Places, Table, GRAVEYARD_MIN},
+    table::{Graveyard, Orphans, Places, Table},
 };
 use crate::event::{Event, EventKind, Owner, Place, TcpState, Tuple};
 
@@ -156,9 +156,11 @@ impl Engine {
 
     fn bury(&mut self, l: Lifecycle) -> u64 {
         let id = self.graveyard.push(l);
-        if !self.keep_finished && self.graveyard.list.len() > GRAVEYARD_MIN {
-            if let Some(l) = self.graveyard.pop().filter(|_| self.keep_orphans) {
-                self.orphans.keep(l);
+        if !self.keep_finished {
+            while let Some(l) = self.graveyard.pop_unneeded() {
+                if self.keep_orphans {
+                    self.orphans.keep(l);
+                }
             }
         }
         id
@@ -287,6 +289,7 @@ impl Engine {
     /// Time passes (monotonic ns): half-open conditions that depend on time alone.
     pub fn tick(&mut self, now_ns: u64) {
         self.now_ns = self.now_ns.max(now_ns);
+        self.graveyard.mark();
         self.halfopen.tick(now_ns);
         self.orphans.expire(now_ns);
         self.collect_notices();
@@ -852,17 +855,43 @@ mod tests {
     }
 
     #[test]
-    fn without_a_taker_the_graveyard_stays_bounded() {
+    fn without_a_taker_the_graveyard_keeps_the_last_two_batches() {
         let a = task(1, "a");
         let mut e = Engine::new(10, false);
-        for i in 0..(GRAVEYARD_MIN as u64 + 100) {
-            let s = 0x1000_0000_0000 + i * 64;
-            e.apply(&st(i, s, 0, 9, T::CLOSE, T::SYN_SENT, a));
-            e.apply(&st(i, s, 1, 9, T::SYN_SENT, T::CLOSE, a));
+        let mut n = 0u64;
+        let mut batch = |e: &mut Engine, count: usize| {
+            for _ in 0..count {
+                let s = 0x1000_0000_0000 + n * 64;
+                e.apply(&st(n, s, 0, 9, T::CLOSE, T::SYN_SENT, a));
+                e.apply(&st(n, s, 1, 9, T::SYN_SENT, T::CLOSE, a));
+                n += 1;
+            }
+            e.tick(n);
+        };
+        // Never ticked: the newest table::GRAVEYARD_MAX.
+        batch(&mut e, table::GRAVEYARD_MAX + 100);
+        assert_eq!(e.graveyard.list.len(), table::GRAVEYARD_MAX);
+        // Batches of 1,000: the last two (the sink reads a batch's ends after it; a late
+        // event comes in the next batch at the latest).
+        for _ in 0..3 {
+            batch(&mut e, 1000);
         }
-        assert_eq!(e.graveyard.list.len(), GRAVEYARD_MIN);
-        assert!(e.graveyard.by_sock.len() <= GRAVEYARD_MIN);
-        assert_eq!(e.counters.finished, GRAVEYARD_MIN as u64 + 100);
+        batch(&mut e, 1);
+        assert_eq!(e.graveyard.list.len(), 1001);
+        let newest = e.counters.finished - 1;
+        assert!(e.finished(newest - 1000).is_some());
+        assert!(e.finished(newest - 1001).is_none());
+        // Its index entries are stale, not wrong: a late event finds nothing.
+        let sock_of = |seq: u64| 0x1000_0000_0000 + seq * 64;
+        assert!(e.graveyard.by_sock_mut(sock_of(newest - 1000)).is_some());
+        assert!(e.graveyard.by_sock_mut(sock_of(newest - 1001)).is_none());
+        // Small batches: the newest table::GRAVEYARD_MIN.
+        for _ in 0..(table::GRAVEYARD_MIN + 10) {
+            batch(&mut e, 1);
+        }
+        assert_eq!(e.graveyard.list.len(), table::GRAVEYARD_MIN);
+        assert!(e.graveyard.indexed_socks() <= 2 * table::GRAVEYARD_MIN + 64);
+        assert_eq!(e.counters.finished, n);
     }
 
     #[test]
@@ -874,7 +903,7 @@ mod tests {
             e.apply(ev);
         }
         // A busy host: many more connections finish after it.
-        for i in 0..(GRAVEYARD_MIN as u64 + 100) {
+        for i in 0..(table::GRAVEYARD_MAX as u64 + 100) {
             let k = 0x1000_0000_0000 + i * 64;
             e.apply(&st(200, k, 0, 9, T::CLOSE, T::SYN_SENT, s));
             e.apply(&st(200, k, 1, 9, T::SYN_SENT, T::CLOSE, s));
