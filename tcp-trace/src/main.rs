@@ -13,13 +13,18 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .init();
     let args = cli::Cli::parse();
-    // The pipeline runs in block_on on this thread; one worker thread runs spawned tasks (the
-    // HTTP server of `serve`), so a scrape never waits for event processing.
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
+    // The pipeline runs in block_on on this thread. For `serve`, one worker thread runs the
+    // HTTP server, so a scrape never waits for event processing; every other command runs on
+    // this thread alone, which its drain timer then wakes directly rather than by way of a
+    // worker (a wake-up per drain, and each thread switch costs CPU).
+    let mut builder = if args.serves_http() {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(1);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tcp-trace: cannot start the runtime: {e}");

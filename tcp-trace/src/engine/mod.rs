@@ -487,10 +487,6 @@ impl Engine {
             _ => {}
         }
         if old != new {
-            if l.states.len() == l.states.inline_size() {
-                // Spill once, with room for a whole ordinary life (up to seven states).
-                l.states.reserve_exact(4);
-            }
             l.states.push(Transition {
                 at_ns: ev.ts_ns,
                 state: new,

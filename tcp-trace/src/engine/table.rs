@@ -390,7 +390,12 @@ mod tests {
         o.expire(41 + ORPHAN_LIFE_NS);
         assert_eq!(o.iter().count(), 0);
         // A lifecycle that is no orphan is not kept.
-        o.keep(Lifecycle::new(5, a, orphan(5, a, 50).states[0], true));
+        o.keep(Lifecycle::new(
+            5,
+            a,
+            orphan(5, a, 50).states.first().expect("a state"),
+            true,
+        ));
         assert!(o.get(&a).is_none());
     }
 }
