@@ -107,8 +107,8 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// Events per batch in the throughput part (a live drain at a few hundred thousand a second).
-const BATCH: u64 = 1000;
+/// Events per batch in the throughput part: a live 50-ms drain at 140,000 events/s.
+const BATCH: u64 = 7000;
 
 fn main() {
     // 1. memory with 1M open sockets, first, on a clean heap

@@ -268,7 +268,7 @@ impl<W: Write> ReportCmd<W> {
                 self.per_second.resize(sec + 1, [0; CAUSES]);
             }
             self.per_second[sec][i] = self.per_second[sec][i].saturating_add(1);
-            let life_ms = l.end_ns().saturating_sub(l.first_seen_ns()) as f64 / 1e6;
+            let life_ms = l.end_ns().saturating_sub(l.states[0].at_ns) as f64 / 1e6;
             let b = LIFETIME_EDGES
                 .iter()
                 .position(|(edge, _)| life_ms < *edge)
@@ -283,7 +283,7 @@ impl<W: Write> ReportCmd<W> {
     }
 
     fn keep_if_long(&mut self, l: Lifecycle, marks: Marks) {
-        let life = l.end_ns().saturating_sub(l.first_seen_ns());
+        let life = l.end_ns().saturating_sub(l.states[0].at_ns);
         if self.longest.len() >= LONGEST && self.longest.last().is_some_and(|x| x.0 >= life) {
             return;
         }

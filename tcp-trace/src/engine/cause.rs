@@ -75,8 +75,7 @@ const ENETUNREACH: i32 = 101;
 /// The state a finished connection left for CLOSE (`None` while it is open).
 fn last_before_close(l: &Lifecycle) -> Option<TcpState> {
     let n = l.states.len();
-    let before = l.states.get(n.checked_sub(2)?)?;
-    (l.state() == TcpState::CLOSE).then_some(before.state)
+    (l.state() == TcpState::CLOSE && n >= 2).then(|| l.states[n - 2].state)
 }
 
 fn went_through(l: &Lifecycle, s: TcpState) -> bool {

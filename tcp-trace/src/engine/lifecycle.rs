@@ -1,6 +1,8 @@
 //! One socket's life as the engine keeps it: the states it went through and when, its owner,
 //! its counters, how it ended.
 
+use smallvec::{smallvec, SmallVec};
+
 use super::halfopen::Episode;
 use crate::event::{Owner, TcpState, Tuple};
 
@@ -11,122 +13,6 @@ pub struct Transition {
     pub at_ns: u64,
     /// The state entered.
     pub state: TcpState,
-}
-
-/// Transitions kept inline (see [`History`]).
-const INLINE: usize = 5;
-
-/// The states a socket entered, in order. Five are kept inline, times and state numbers in
-/// separate arrays (in the 56 bytes three padded 16-byte transitions took): the whole life of
-/// a connection that closes normally, without a heap allocation. A sixth, or a state number
-/// beyond a byte, moves them all to the heap.
-#[derive(Clone, Debug)]
-pub struct History {
-    at: [u64; INLINE],
-    state: [u8; INLINE],
-    len: u8,
-    #[expect(
-        clippy::box_collection,
-        reason = "8 bytes in every lifecycle, not a Vec's 24; boxed only past five states"
-    )]
-    heap: Option<Box<Vec<Transition>>>,
-}
-
-impl History {
-    fn new(first: Transition) -> Self {
-        let mut h = Self {
-            at: [0; INLINE],
-            state: [0; INLINE],
-            len: 0,
-            heap: None,
-        };
-        h.push(first);
-        h
-    }
-
-    /// How many.
-    pub fn len(&self) -> usize {
-        self.heap
-            .as_ref()
-            .map_or(usize::from(self.len), |v| v.len())
-    }
-
-    /// None at all (never, for a lifecycle).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The `i`th.
-    pub fn get(&self, i: usize) -> Option<Transition> {
-        match &self.heap {
-            Some(v) => v.get(i).copied(),
-            None => (i < usize::from(self.len)).then(|| Transition {
-                at_ns: self.at[i],
-                state: TcpState(i32::from(self.state[i])),
-            }),
-        }
-    }
-
-    /// The first.
-    pub fn first(&self) -> Option<Transition> {
-        self.get(0)
-    }
-
-    /// The latest.
-    pub fn last(&self) -> Option<Transition> {
-        self.len().checked_sub(1).and_then(|i| self.get(i))
-    }
-
-    /// Oldest first.
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = Transition> + ExactSizeIterator + '_ {
-        (0..self.len()).map(|i| self.get(i).unwrap_or(Transition::NONE))
-    }
-
-    /// Appends one.
-    pub fn push(&mut self, t: Transition) {
-        let n = usize::from(self.len);
-        match (&mut self.heap, u8::try_from(t.state.0)) {
-            (Some(v), _) => v.push(t),
-            (None, Ok(state)) if n < INLINE => {
-                self.at[n] = t.at_ns;
-                self.state[n] = state;
-                self.len += 1;
-            }
-            (None, _) => {
-                // Room for a long life (up to nine states) in one allocation.
-                let mut v = Vec::with_capacity(INLINE + 4);
-                v.extend((0..n).filter_map(|i| self.get(i)));
-                v.push(t);
-                self.heap = Some(Box::new(v));
-            }
-        }
-    }
-
-    /// Removes the latest.
-    pub fn pop(&mut self) -> Option<Transition> {
-        if let Some(v) = &mut self.heap {
-            return v.pop();
-        }
-        let last = self.last()?;
-        self.len -= 1;
-        Some(last)
-    }
-}
-
-impl PartialEq for History {
-    fn eq(&self, other: &Self) -> bool {
-        self.iter().eq(other.iter())
-    }
-}
-
-impl Eq for History {}
-
-impl Transition {
-    /// Never seen: what [`History::iter`] would give past the end, which it does not reach.
-    const NONE: Self = Self {
-        at_ns: 0,
-        state: TcpState::CLOSE,
-    };
 }
 
 /// Which side sent the first FIN.
@@ -163,8 +49,9 @@ pub struct Lifecycle {
     pub tuple: Tuple,
     /// Owner learned from a transition made in the owner's own context.
     pub owner: Option<Owner>,
-    /// States entered, in order; the first may be a seed (see `exact_start`).
-    pub states: History,
+    /// States entered, in order; the first may be a seed (see `exact_start`). Three fit inline:
+    /// the whole history of an open connection, without a heap allocation.
+    pub states: SmallVec<[Transition; 3]>,
     /// False when the first state's time is only when the tracer first saw the socket.
     pub exact_start: bool,
     /// Last event time.
@@ -208,7 +95,7 @@ impl Lifecycle {
             sock,
             tuple,
             owner: None,
-            states: History::new(first),
+            states: smallvec![first],
             exact_start,
             last_seen_ns: first.at_ns,
             retransmits: 0,
@@ -312,42 +199,3 @@ impl Lifecycle {
 /// sockets share a handful of namespaces and cgroups); 0 is the unknown place.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PlaceId(pub(super) u32);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn t(at_ns: u64, state: i32) -> Transition {
-        Transition {
-            at_ns,
-            state: TcpState(state),
-        }
-    }
-
-    #[test]
-    fn a_history_keeps_every_state_in_order_inline_or_not() {
-        let all: Vec<Transition> = (0..8).map(|i| t(100 + i, 1 + i as i32)).collect();
-        let mut h = History::new(all[0]);
-        for (n, x) in all.iter().enumerate().skip(1) {
-            h.push(*x);
-            assert_eq!(h.heap.is_some(), n >= INLINE, "spilled only past {INLINE}");
-            assert_eq!(h.iter().collect::<Vec<_>>(), all[..=n]);
-            assert_eq!(h.last(), Some(*x));
-        }
-        assert_eq!(h.iter().next_back(), all.last().copied());
-        assert_eq!(h.get(8), None);
-        // Equal by content, wherever it is kept.
-        let mut short = History::new(all[0]);
-        short.push(all[1]);
-        let mut spilled = History::new(all[0]);
-        spilled.push(t(1, 1000)); // no byte holds it: to the heap at once
-        assert!(spilled.heap.is_some());
-        assert_eq!(spilled.last(), Some(t(1, 1000)));
-        assert_eq!(spilled.pop(), Some(t(1, 1000)));
-        spilled.push(all[1]);
-        assert_eq!(spilled, short);
-        assert_eq!(short.pop(), Some(all[1]));
-        assert_eq!(short.len(), 1);
-        assert_ne!(spilled, short);
-    }
-}

@@ -487,6 +487,10 @@ impl Engine {
             _ => {}
         }
         if old != new {
+            if l.states.len() == l.states.inline_size() {
+                // Spill once, with room for a whole ordinary life (up to seven states).
+                l.states.reserve_exact(4);
+            }
             l.states.push(Transition {
                 at_ns: ev.ts_ns,
                 state: new,
@@ -852,41 +856,48 @@ mod tests {
 
     #[test]
     fn without_a_taker_the_graveyard_keeps_the_last_two_batches() {
+        const MIN: usize = table::GRAVEYARD_MIN;
         let a = task(1, "a");
         let mut e = Engine::new(10, false);
         let mut n = 0u64;
-        let mut batch = |e: &mut Engine, count: usize| {
+        let sock_of = |seq: u64| 0x1000_0000_0000 + seq * 64;
+        let mut finish = |e: &mut Engine, count: usize| {
             for _ in 0..count {
-                let s = 0x1000_0000_0000 + n * 64;
-                e.apply(&st(n, s, 0, 9, T::CLOSE, T::SYN_SENT, a));
-                e.apply(&st(n, s, 1, 9, T::SYN_SENT, T::CLOSE, a));
+                e.apply(&st(n, sock_of(n), 0, 9, T::CLOSE, T::SYN_SENT, a));
+                e.apply(&st(n, sock_of(n), 1, 9, T::SYN_SENT, T::CLOSE, a));
                 n += 1;
             }
-            e.tick(n);
         };
-        // Never ticked: the newest table::GRAVEYARD_MAX.
-        batch(&mut e, table::GRAVEYARD_MAX + 100);
-        assert_eq!(e.graveyard.list.len(), table::GRAVEYARD_MAX);
-        // Batches of 1,000: the last two (the sink reads a batch's ends after it; a late
-        // event comes in the next batch at the latest).
+        // Never ticked: the newest MIN.
+        finish(&mut e, MIN + 100);
+        assert_eq!(e.graveyard.list.len(), MIN);
+        // Ticked, with drains that end more than MIN sockets: all of the last two batches.
         for _ in 0..3 {
-            batch(&mut e, 1000);
+            finish(&mut e, MIN + 1000);
+            e.tick(e.counters.finished);
         }
-        batch(&mut e, 1);
-        assert_eq!(e.graveyard.list.len(), 1001);
+        finish(&mut e, 1);
+        assert_eq!(e.graveyard.list.len(), MIN + 1001);
         let newest = e.counters.finished - 1;
-        assert!(e.finished(newest - 1000).is_some());
-        assert!(e.finished(newest - 1001).is_none());
-        // Its index entries are stale, not wrong: a late event finds nothing.
-        let sock_of = |seq: u64| 0x1000_0000_0000 + seq * 64;
-        assert!(e.graveyard.by_sock_mut(sock_of(newest - 1000)).is_some());
-        assert!(e.graveyard.by_sock_mut(sock_of(newest - 1001)).is_none());
-        // Small batches: the newest table::GRAVEYARD_MIN.
-        for _ in 0..(table::GRAVEYARD_MIN + 10) {
-            batch(&mut e, 1);
+        let first_of_last_batch = newest - (MIN as u64 + 1000);
+        assert!(e.finished(first_of_last_batch).is_some());
+        assert!(e.finished(first_of_last_batch - 1).is_none());
+        // Dropped ones' index entries are stale, not wrong: a late event finds nothing.
+        assert!(e
+            .graveyard
+            .by_sock_mut(sock_of(first_of_last_batch))
+            .is_some());
+        assert!(e
+            .graveyard
+            .by_sock_mut(sock_of(first_of_last_batch - 1))
+            .is_none());
+        // Small batches: the newest MIN again.
+        for _ in 0..3 {
+            e.tick(e.counters.finished);
+            finish(&mut e, 10);
         }
-        assert_eq!(e.graveyard.list.len(), table::GRAVEYARD_MIN);
-        assert!(e.graveyard.indexed_socks() <= 2 * table::GRAVEYARD_MIN + 64);
+        assert_eq!(e.graveyard.list.len(), MIN);
+        assert!(e.graveyard.indexed_socks() <= 2 * MIN + 64);
         assert_eq!(e.counters.finished, n);
     }
 
@@ -899,7 +910,7 @@ mod tests {
             e.apply(ev);
         }
         // A busy host: many more connections finish after it.
-        for i in 0..(table::GRAVEYARD_MAX as u64 + 100) {
+        for i in 0..(table::GRAVEYARD_MIN as u64 + 100) {
             let k = 0x1000_0000_0000 + i * 64;
             e.apply(&st(200, k, 0, 9, T::CLOSE, T::SYN_SENT, s));
             e.apply(&st(200, k, 1, 9, T::SYN_SENT, T::CLOSE, s));

@@ -247,16 +247,12 @@ impl Orphans {
     }
 }
 
-/// Finished lifecycles kept for late events when nobody takes them: those that finished in
-/// the last two batches (between [`Engine::tick`]s: a late event comes in the batch of its
-/// socket's end or the next, and a sink looks a batch's ends up after the batch), and at
-/// least the newest `GRAVEYARD_MIN`, at most `GRAVEYARD_MAX` (an engine nobody ticks).
-/// Fewer kept, fewer cache lines touched: each finished socket passes through.
-///
-/// [`Engine::tick`]: super::Engine::tick
-pub(super) const GRAVEYARD_MIN: usize = 256;
-/// See [`GRAVEYARD_MIN`].
-pub(super) const GRAVEYARD_MAX: usize = 4096;
+/// Finished lifecycles kept for late events when nobody takes them: the newest
+/// `GRAVEYARD_MIN`, and in an engine that is ticked once per batch (every live or replayed
+/// run) also all that finished in the last two batches, however many: a sink reads a batch's
+/// ends after the whole batch, and a late error or reset comes in its socket's batch or the
+/// next, so a drain that ends more sockets than this still finds every one.
+pub(super) const GRAVEYARD_MIN: usize = 4096;
 
 /// Finished lifecycles, oldest first (with their close times), kept so that late events (an
 /// error or reset the kernel reports just after CLOSE) still find them; entry `i` is number
@@ -267,8 +263,9 @@ pub(super) struct Graveyard {
     pub(super) base: u64,
     by_sock: Lazy<u64>,
     by_tuple: Lazy<Tuple>,
-    /// The first number finished in the previous batch, and in this one.
-    marks: (u64, u64),
+    /// The first number finished in the previous batch, and in this one; `None` until
+    /// [`Engine::tick`](super::Engine::tick) first marks a batch.
+    marks: Option<(u64, u64)>,
 }
 
 impl Graveyard {
@@ -295,14 +292,15 @@ impl Graveyard {
     /// A batch ends: what finished before the previous one may go.
     pub(super) fn mark(&mut self) {
         let next = self.base + self.list.len() as u64;
-        self.marks = (self.marks.1, next);
+        self.marks = Some((self.marks.map_or(0, |m| m.1), next));
     }
 
     /// Drops the oldest if nothing needs it any more (see [`GRAVEYARD_MIN`]).
     pub(super) fn pop_unneeded(&mut self) -> Option<Lifecycle> {
-        let n = self.list.len();
-        let needed = n <= GRAVEYARD_MIN || (self.base >= self.marks.0 && n <= GRAVEYARD_MAX);
-        if needed {
+        let last_two = self
+            .marks
+            .is_some_and(|(previous, _)| self.base >= previous);
+        if self.list.len() <= GRAVEYARD_MIN || last_two {
             return None;
         }
         self.pop()
@@ -390,12 +388,7 @@ mod tests {
         o.expire(41 + ORPHAN_LIFE_NS);
         assert_eq!(o.iter().count(), 0);
         // A lifecycle that is no orphan is not kept.
-        o.keep(Lifecycle::new(
-            5,
-            a,
-            orphan(5, a, 50).states.first().expect("a state"),
-            true,
-        ));
+        o.keep(Lifecycle::new(5, a, orphan(5, a, 50).states[0], true));
         assert!(o.get(&a).is_none());
     }
 }

@@ -169,7 +169,7 @@ pub fn close_in_flight(engine: &Engine, d: &DiagSocket) -> bool {
 /// When a lifecycle entered `state` the last time.
 fn entered(l: &Lifecycle, state: TcpState) -> Option<(u64, bool)> {
     let i = l.states.iter().rposition(|t| t.state == state)?;
-    Some((l.states.get(i)?.at_ns, l.exact_start || i > 0))
+    Some((l.states[i].at_ns, l.exact_start || i > 0))
 }
 
 fn fmt_age(d: Duration) -> String {
