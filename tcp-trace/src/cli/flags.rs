@@ -17,6 +17,13 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// `serve` answers scrapes while events are processed: it needs a worker thread.
+    pub fn serves_http(&self) -> bool {
+        matches!(self.command, Command::Serve(_))
+    }
+}
+
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {

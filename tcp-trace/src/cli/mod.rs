@@ -6,13 +6,6 @@ mod input;
 mod settings;
 
 pub use flags::Cli;
-
-impl Cli {
-    /// `serve` answers scrapes while events are processed: it needs a worker thread.
-    pub fn serves_http(&self) -> bool {
-        matches!(self.command, Command::Serve(_))
-    }
-}
 use flags::Command;
 
 use std::{cell::RefCell, io, process::ExitCode, rc::Rc, sync::Arc};
