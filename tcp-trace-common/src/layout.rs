@@ -84,6 +84,9 @@ pub struct Tracepoint {
     /// What the user loses when this program is the one attached (an older layout), if
     /// anything (said once at start).
     pub partial: &'static str,
+    /// The BTF-typed (`tp_btf`) program preferred to this one where the kernel has BTF, and
+    /// what the user loses when only this one runs.
+    pub btf: Option<(&'static str, &'static str)>,
 }
 
 /// Fields of `sock/inet_sock_set_state`.
@@ -316,6 +319,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         optional: None,
         loses: "",
         partial: "",
+        btf: Some(("inet_sock_set_state_btf", "")),
     },
     Tracepoint {
         category: "tcp",
@@ -327,6 +331,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         loses: "retransmissions are not seen, so connections retransmitting into the void \
                 (peer gone, half-open) are not reported",
         partial: "",
+        btf: None,
     },
     Tracepoint {
         category: "tcp",
@@ -338,6 +343,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         loses: "SYN-ACK retransmissions are not seen, so handshakes a client never completes \
                 are not reported",
         partial: "",
+        btf: None,
     },
     Tracepoint {
         category: "tcp",
@@ -348,6 +354,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         optional: None,
         loses: "resets this host sends are not reported",
         partial: "",
+        btf: None,
     },
     Tracepoint {
         category: "tcp",
@@ -360,6 +367,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         partial: "this kernel's tcp/tcp_send_reset (no `reason` field) fires only for resets a \
                   socket sends: resets for no socket (refused connects, segments for connections \
                   the host does not have) are not reported, and no reset has a reason",
+        btf: None,
     },
     Tracepoint {
         category: "tcp",
@@ -371,6 +379,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         loses: "resets received are not reported (a reset still shows as the ECONNRESET it \
                 causes)",
         partial: "",
+        btf: None,
     },
     Tracepoint {
         category: "sock",
@@ -381,6 +390,10 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         optional: None,
         loses: "socket errors (ECONNREFUSED, ETIMEDOUT, ECONNRESET) are not reported",
         partial: "",
+        btf: Some((
+            "inet_sk_error_report_btf",
+            "errors reported after a disconnect join no socket",
+        )),
     },
 ];
 

@@ -80,6 +80,7 @@ mod programs {
         family: 0,
         sport: 0,
         dport: 0,
+        num: 0,
         rcv_saddr: 0,
         daddr: 0,
         v6_rcv_saddr: 0,
@@ -296,19 +297,21 @@ mod programs {
         }
     }
 
-    /// Fills the fields every event has; the task's comm only when `with_comm`.
+    /// Fills the fields every event has; the task's ids and comm only when `with_task` (the
+    /// engine takes an owner only from those events: elsewhere the task is a bystander).
     #[inline(always)]
-    fn header(h: *mut Header, kind: Body, skaddr: u64, at: Place, with_comm: bool) {
+    fn header(h: *mut Header, kind: Body, skaddr: u64, at: Place, with_task: bool) {
         unsafe {
             (*h).ts_ns = bpf_ktime_get_ns();
             (*h).skaddr = skaddr;
             (*h).netns = at.netns;
             (*h)._pad2 = 0;
             (*h).cgroup = at.cgroup;
-            (*h).pid_tgid = bpf_get_current_pid_tgid();
-            if with_comm {
+            if with_task {
+                (*h).pid_tgid = bpf_get_current_pid_tgid();
                 bpf_get_current_comm((*h).comm.as_mut_ptr().cast::<c_void>(), 16);
             } else {
+                (*h).pid_tgid = 0;
                 (*h).comm = [0; 16];
             }
             (*h).kind = kind as u8;
@@ -665,6 +668,99 @@ mod programs {
         0
     }
 
+    /// A field of the socket a BTF-typed tracepoint hands over, loaded directly (no helper
+    /// call): the verifier knows the pointer's type, and the offsets, read-only globals, are
+    /// constants to it. A load that faults reads 0.
+    #[inline(always)]
+    fn field<T: Copy>(sk: u64, off: u32) -> T {
+        unsafe { ptr::read((sk + off as u64) as *const T) }
+    }
+
+    /// A socket's endpoints, read where the classic tracepoints read them.
+    #[derive(Clone, Copy)]
+    struct Sock {
+        ends: Ends,
+        saddr: [u8; 16],
+        daddr: [u8; 16],
+    }
+
+    /// Reads `sk`'s endpoints if it is a TCP socket. While the socket holds its port
+    /// (`bound`), the bound port (`skc_num`) is its local port. Releasing the port at a close
+    /// clears that first, and the local port the classic tracepoint reports (`inet_sport`) lies
+    /// past `struct sock`, where a direct load is refused: that takes a helper call.
+    #[inline(always)]
+    fn tcp_sock(sk: u64, o: &SockOffsets, bound: bool) -> Option<Sock> {
+        if sk == 0 || field::<u16>(sk, o.protocol) != IPPROTO_TCP {
+            return None;
+        }
+        let sport = match bound {
+            true => field(sk, o.num),
+            false => u16::from_be(
+                unsafe { read_kernel((sk + o.sport as u64) as *const u16) }.unwrap_or(0),
+            ),
+        };
+        let mut s = Sock {
+            ends: Ends {
+                family: field(sk, o.family),
+                sport,
+                dport: u16::from_be(field(sk, o.dport)),
+            },
+            saddr: [0; 16],
+            daddr: [0; 16],
+        };
+        if s.ends.family == AF_INET6 && o.v6_daddr != 0 {
+            s.saddr = field(sk, o.v6_rcv_saddr);
+            s.daddr = field(sk, o.v6_daddr);
+        } else {
+            s.saddr[..4].copy_from_slice(&field::<[u8; 4]>(sk, o.rcv_saddr));
+            s.daddr[..4].copy_from_slice(&field::<[u8; 4]>(sk, o.daddr));
+        }
+        Some(s)
+    }
+
+    /// Fills the header's endpoints from a socket read by [`tcp_sock`].
+    #[inline(always)]
+    fn sock_endpoints(h: *mut Header, s: &Sock) {
+        unsafe {
+            (*h).family = s.ends.family;
+            (*h).sport = s.ends.sport;
+            (*h).dport = s.ends.dport;
+            (*h).saddr = s.saddr;
+            (*h).daddr = s.daddr;
+        }
+    }
+
+    /// The state change from the BTF-typed tracepoint (preferred where the kernel has BTF):
+    /// the kernel builds no trace record for it, and the program reads the socket itself.
+    #[btf_tracepoint(function = "inet_sock_set_state")]
+    pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
+        let sk: u64 = ctx.arg(0);
+        let old: i32 = ctx.arg(1);
+        let new: i32 = ctx.arg(2);
+        let Some(s) = tcp_sock(sk, &SOCK_OFFSETS.load(), new != tcp_state::CLOSE) else {
+            return 0;
+        };
+        if !wanted(s.ends.family, s.ends.sport, s.ends.dport) {
+            return 0;
+        }
+        let Some(at) = place(sk, is_birth(old, new)) else {
+            return 0;
+        };
+        let Some(mut e) = reserve::<StateEvent, _>(&ctx) else {
+            return 0;
+        };
+        let p = e.as_mut_ptr();
+        unsafe {
+            let h = &raw mut (*p).hdr;
+            header(h, Body::State, sk, at, in_owner_context(old, new));
+            sock_endpoints(h, &s);
+            (*p).oldstate = old;
+            (*p).newstate = new;
+        }
+        submit(e);
+        0
+    }
+
     /// The same report, from the BTF-typed tracepoint, which hands over the socket itself: the
     /// error joins its socket even when the kernel has already cleared the remote port (a
     /// disconnect reports after clearing it: children reset by their listener's close, an
@@ -673,20 +769,13 @@ mod programs {
     pub fn inet_sk_error_report_btf(ctx: BtfTracePointContext) -> u32 {
         let sk: u64 = ctx.arg(0);
         let o = SOCK_OFFSETS.load();
-        let at = |off: u32| sk + off as u64;
-        let read_u16 = |off: u32| unsafe { read_kernel(at(off) as *const u16) }.unwrap_or(0);
-        if sk == 0 || read_u16(o.protocol) != IPPROTO_TCP {
+        let Some(s) = tcp_sock(sk, &o, false) else {
             return 0;
-        }
-        let end = Ends {
-            family: read_u16(o.family),
-            sport: u16::from_be(read_u16(o.sport)),
-            dport: u16::from_be(read_u16(o.dport)),
         };
-        if !wanted(end.family, end.sport, end.dport) {
+        if !wanted(s.ends.family, s.ends.sport, s.ends.dport) {
             return 0;
         }
-        let error = unsafe { read_kernel(at(o.err) as *const i32) }.unwrap_or(0);
+        let error: i32 = field(sk, o.err);
         if error == 0 {
             return 0; // see inet_sk_error_report
         }
@@ -700,21 +789,7 @@ mod programs {
         unsafe {
             let h = &raw mut (*p).hdr;
             header(h, Body::Error, sk, place, false);
-            (*h).family = end.family;
-            (*h).sport = end.sport;
-            (*h).dport = end.dport;
-            let (mut saddr, mut daddr) = ([0u8; 16], [0u8; 16]);
-            if end.family == AF_INET6 && o.v6_daddr != 0 {
-                saddr = read_kernel(at(o.v6_rcv_saddr) as *const [u8; 16]).unwrap_or(saddr);
-                daddr = read_kernel(at(o.v6_daddr) as *const [u8; 16]).unwrap_or(daddr);
-            } else {
-                let s: [u8; 4] = read_kernel(at(o.rcv_saddr) as *const [u8; 4]).unwrap_or([0; 4]);
-                let d: [u8; 4] = read_kernel(at(o.daddr) as *const [u8; 4]).unwrap_or([0; 4]);
-                saddr[..4].copy_from_slice(&s);
-                daddr[..4].copy_from_slice(&d);
-            }
-            (*h).saddr = saddr;
-            (*h).daddr = daddr;
+            sock_endpoints(h, &s);
             (*p).error = error;
             (*p)._pad = 0;
         }

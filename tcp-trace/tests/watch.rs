@@ -18,11 +18,19 @@ fn is_client(e: &Value, port: u16) -> bool {
     e["dport"] == port && e["old"] == "CLOSE" && e["new"] == "SYN_SENT"
 }
 
-/// A full connect / client-closes-first / server-closes cycle on `host`, checked exactly.
-fn connect_close_sequence(host: &str) {
+/// A full connect / client-closes-first / server-closes cycle on `host`, checked exactly; with
+/// the BTF-typed state and error programs (this kernel has BTF), or with the classic ones.
+fn connect_close_sequence(host: &str, classic: bool) {
     let port = free_port();
     let ps = port.to_string();
-    let tracer = Tracer::start(&["watch", "--json", "--port", &ps]);
+    let mut args = vec!["watch", "--json", "--port", &ps];
+    if classic {
+        args.push("--classic-tracepoints");
+    }
+    let tracer = Tracer::start(&args);
+    let (tracepoints, typed) = tracer.program_types();
+    assert_eq!(typed, if classic { 0 } else { 2 }, "BTF-typed programs");
+    assert!(tracepoints >= 3, "{tracepoints} classic programs");
     let addr: SocketAddr = format!("{host}:{port}").parse().unwrap();
     let listener = TcpListener::bind(addr).unwrap();
     let mut client = TcpStream::connect(addr).unwrap();
@@ -44,6 +52,9 @@ fn connect_close_sequence(host: &str) {
     });
     let (st, _, err) = tracer.stop();
     assert!(st.success(), "exit {st}, stderr {err:?}");
+    // No program fell back (a kernel that traces only resets sent by sockets says that).
+    let fell_back = |l: &&String| l.contains("WARN") && !l.contains("resets for no socket");
+    assert!(!err.iter().any(|l| fell_back(&l)), "{err:#?}");
 
     let family = if host.contains(':') { "ipv6" } else { "ipv4" };
     assert!(ev.iter().all(|e| e["family"] == family), "{ev:#?}");
@@ -111,12 +122,22 @@ fn connect_close_sequence(host: &str) {
 
 #[test]
 fn ipv4_connect_close_exact_sequence() {
-    connect_close_sequence("127.0.0.1");
+    connect_close_sequence("127.0.0.1", false);
+}
+
+#[test]
+fn ipv4_connect_close_exact_sequence_from_the_classic_tracepoints() {
+    connect_close_sequence("127.0.0.1", true);
 }
 
 #[test]
 fn ipv6_connect_close_exact_sequence() {
-    connect_close_sequence("[::1]");
+    connect_close_sequence("[::1]", false);
+}
+
+#[test]
+fn ipv6_connect_close_exact_sequence_from_the_classic_tracepoints() {
+    connect_close_sequence("[::1]", true);
 }
 
 #[test]

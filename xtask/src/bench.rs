@@ -25,6 +25,8 @@ enum Tool {
     None,
     Watch,
     Stuck,
+    /// `stuck` on the classic tracepoints only (no BTF-typed programs).
+    StuckClassic,
     Tcpstates,
     Record,
     /// `--baseline`'s build of tcp-trace.
@@ -39,6 +41,7 @@ impl Tool {
             Self::None => "untraced",
             Self::Watch => "tcp-trace watch --json",
             Self::Stuck => "tcp-trace stuck",
+            Self::StuckClassic => "tcp-trace stuck --classic-tracepoints",
             Self::Tcpstates => "tcpstates (libbpf-tools)",
             Self::Record => "tcp-trace record",
             Self::BaselineWatch => "baseline watch --json",
@@ -202,6 +205,12 @@ fn start(tool: Tool, bin: &Path) -> Result<Option<Traced>> {
         Tool::Stuck | Tool::BaselineStuck => {
             let mut c = Command::new(bin);
             c.arg("stuck").stdout(fs::File::create("/dev/null")?);
+            c
+        }
+        Tool::StuckClassic => {
+            let mut c = Command::new(bin);
+            c.args(["stuck", "--classic-tracepoints"])
+                .stdout(fs::File::create("/dev/null")?);
             c
         }
         Tool::Record | Tool::BaselineRecord => {

@@ -150,8 +150,11 @@ impl Stop {
 /// call on one CPU ("at once" is generous for slow machines and emulators). A drain can fall
 /// between the two (an emulated CPU makes that window wide): a reset received whose answer is
 /// not in the batch yet and that is less than "at once" old by `now_ns` stays undecided, and
-/// everything from it on waits for the next batch. Returns where that tail starts (the batch's
-/// length when nothing waits); `now_ns` `u64::MAX` decides everything (the last batch).
+/// everything from it on waits for the next batch, with what came at once before it: on
+/// loopback, an abort's CLOSE comes before the peer's reset received and its reset sent (what
+/// explains that CLOSE) after, so they must stay in one batch. Returns where that tail starts
+/// (the batch's length when nothing waits); `now_ns` `u64::MAX` decides everything (the last
+/// batch).
 pub fn drop_abort_resets(batch: &mut Vec<Delivery>, now_ns: u64) -> usize {
     const AT_ONCE_NS: u64 = 20_000_000;
     let received = |r: &Delivery| match r {
@@ -192,7 +195,17 @@ pub fn drop_abort_resets(batch: &mut Vec<Delivery>, now_ns: u64) -> usize {
     }
     // Everything from the undecided reset on waits, the aborts found in it included: the next
     // batch finds them again.
-    let wait_from = wait_from.unwrap_or(batch.len());
+    let ts = |r: &Delivery| match r {
+        Delivery::Event(e) => e.ts_ns,
+        Delivery::Lost { ts_ns, .. } => *ts_ns,
+    };
+    let wait_from = match wait_from {
+        Some(i) => {
+            let since = ts(&batch[i]).saturating_sub(AT_ONCE_NS);
+            batch[..i].iter().position(|r| ts(r) >= since).unwrap_or(i)
+        }
+        None => batch.len(),
+    };
     aborts.retain(|&i| i < wait_from);
     if !aborts.is_empty() {
         let mut i = 0;
@@ -398,5 +411,23 @@ mod tests {
         // The last batch decides everything.
         let mut d = vec![ev(30_000_000, 7, RECEIVED)];
         assert_eq!(drop_abort_resets(&mut d, u64::MAX), 1);
+    }
+
+    #[test]
+    fn a_close_just_before_a_waiting_reset_waits_with_it() {
+        // An abort on loopback: our CLOSE, the peer's reset received, its error, then our
+        // reset sent (which explains our CLOSE) in the next drain. The CLOSE waits too.
+        let close = EventKind::State {
+            old: TcpState::ESTABLISHED,
+            new: TcpState::CLOSE,
+        };
+        let mut b = vec![
+            ev(1_000, 3, close), // long before: decided
+            ev(29_999_990, 5, close),
+            ev(30_000_000, 7, RECEIVED),
+            ev(30_000_100, 7, EventKind::Error { errno: 104 }),
+        ];
+        assert_eq!(drop_abort_resets(&mut b, 30_000_200), 1);
+        assert_eq!(b.len(), 4, "nothing dropped");
     }
 }

@@ -54,6 +54,9 @@ pub struct Options {
     /// Read each socket's namespace and cgroup for the output (at its birth); off, they are
     /// read only for the `netns`/`cgroup` filters (the reads are dear on connection churn).
     pub place: bool,
+    /// Attach the classic tracepoints even where BTF-typed ones would do (to compare them, or
+    /// to step around a kernel that mishandles the BTF-typed ones).
+    pub classic: bool,
 }
 
 impl Default for Options {
@@ -68,6 +71,7 @@ impl Default for Options {
             netns: None,
             cgroup: None,
             place: true,
+            classic: false,
         }
     }
 }
@@ -148,14 +152,22 @@ fn kernel_offsets(opts: &Options) -> Result<(KernelOffsets, SockOffsets)> {
     Ok((offsets, sock))
 }
 
-/// Loads and attaches a BTF-typed tracepoint program.
-fn attach_btf(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<()> {
-    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+/// Loads and attaches a BTF-typed tracepoint program; the kernel's BTF is parsed on first use.
+fn attach_btf(
+    ebpf: &mut Ebpf,
+    btf: &mut Option<aya::Btf>,
+    program: &str,
+    tracepoint: &str,
+) -> Result<()> {
+    let btf = match btf {
+        Some(b) => b,
+        None => btf.insert(aya::Btf::from_sys_fs().context("reading the kernel's BTF")?),
+    };
     let prog: &mut BtfTracePoint = ebpf
         .program_mut(program)
         .with_context(|| format!("program {program} missing from the eBPF object"))?
         .try_into()?;
-    prog.load(tracepoint, &btf)
+    prog.load(tracepoint, btf)
         .map_err(|e| anyhow::anyhow!("{}", short_error(&e)))?;
     prog.attach()?;
     Ok(())
@@ -302,18 +314,20 @@ impl KernelSource {
             }
         };
         let mut attached = Vec::new();
+        let mut btf = None;
         for Planned { tp, .. } in plan {
-            if tp.name == "inet_sk_error_report" && sock.family != 0 {
-                match attach_btf(&mut ebpf, names::ERROR_REPORT_BTF, tp.name) {
+            // The BTF-typed program where the kernel's BTF told where a socket keeps its fields.
+            if let Some((program, without)) = tp.btf.filter(|_| sock.family != 0 && !opts.classic) {
+                match attach_btf(&mut ebpf, &mut btf, program, tp.name) {
                     Ok(()) => {
                         attached.push(tp.name);
                         continue;
                     }
-                    // The classic tracepoint still reports every error, only not its socket.
-                    Err(e) => log::warn!(
-                        "{}: {e:#}: errors reported after a disconnect join no socket",
-                        names::ERROR_REPORT_BTF
-                    ),
+                    // The classic tracepoint reports the same, or nearly (`without`).
+                    Err(e) if without.is_empty() => {
+                        log::warn!("{program}: {e:#}: the classic tracepoint is used instead")
+                    }
+                    Err(e) => log::warn!("{program}: {e:#}: {without}"),
                 }
             }
             let prog: &mut TracePoint = ebpf

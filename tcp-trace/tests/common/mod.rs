@@ -230,6 +230,21 @@ impl Tracer {
         self.child.id()
     }
 
+    /// How many BPF programs of each type the tracer holds: (tracepoint, BTF-typed tracing).
+    pub fn program_types(&self) -> (usize, usize) {
+        let mut n = (0, 0);
+        for e in std::fs::read_dir(format!("/proc/{}/fdinfo", self.pid())).unwrap() {
+            let info = std::fs::read_to_string(e.unwrap().path()).unwrap_or_default();
+            let ty = info.lines().find_map(|l| l.strip_prefix("prog_type:"));
+            match ty.map(str::trim) {
+                Some("5") => n.0 += 1,  // BPF_PROG_TYPE_TRACEPOINT
+                Some("26") => n.1 += 1, // BPF_PROG_TYPE_TRACING (tp_btf)
+                _ => {}
+            }
+        }
+        n
+    }
+
     /// Still running?
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -43,6 +43,9 @@ struct Sample {
     /// CPU seconds the tracer's own process (all its threads, user and kernel) spent in the
     /// window: the part of the added cost that is not in the traced processes' context.
     tracer_s: Option<f64>,
+    /// CPU µs per connection of the churn's own threads (user and kernel): where the
+    /// tracepoints and the programs run.
+    churn_us_per_conn: f64,
 }
 
 fn sample(tool: Tool, bins: &Bins, duration: Duration, churn: Churn) -> Result<Sample> {
@@ -50,7 +53,7 @@ fn sample(tool: Tool, bins: &Bins, duration: Duration, churn: Churn) -> Result<S
     let pid = traced.as_ref().map(|t| t.child.id());
     let t0 = pid.map(cpu_seconds);
     let b0 = busy_jiffies();
-    let (conns, _) = churn_on(churn, duration)?;
+    let (conns, _, churn_s) = churn_on(churn, duration)?;
     thread::sleep(Duration::from_millis(150)); // the tracer drains what is left
     let b1 = busy_jiffies();
     let tracer_s = pid.zip(t0).map(|(p, t0)| cpu_seconds(p) - t0);
@@ -64,6 +67,7 @@ fn sample(tool: Tool, bins: &Bins, duration: Duration, churn: Churn) -> Result<S
         events,
         lost,
         tracer_s,
+        churn_us_per_conn: churn_s * 1e6 / conns.max(1) as f64,
     })
 }
 
@@ -79,20 +83,37 @@ const ONE_CORE: Churn = Churn {
     per_s: None,
 };
 
-/// The churn on its threads at once; connections in all.
-fn churn_on(c: Churn, duration: Duration) -> Result<(u64, f64)> {
+/// The churn on its threads at once: connections in all, seconds, and the CPU seconds its
+/// threads spent.
+fn churn_on(c: Churn, duration: Duration) -> Result<(u64, f64, f64)> {
     let each = c.per_s.map(|r| r / c.threads as f64);
     let handles: Vec<_> = (0..c.threads)
-        .map(|_| thread::spawn(move || churn_paced(duration, each)))
+        .map(|_| {
+            thread::spawn(move || {
+                let cpu0 = thread_cpu_s();
+                churn_paced(duration, each).map(|(n, s)| (n, s, thread_cpu_s() - cpu0))
+            })
+        })
         .collect();
-    let mut total = (0, 0.0);
+    let mut total = (0, 0.0, 0.0);
     for h in handles {
-        let (n, s) = h
+        let (n, s, cpu) = h
             .join()
             .map_err(|_| anyhow::anyhow!("churn thread panicked"))??;
-        total = (total.0 + n, f64::max(total.1, s));
+        total = (total.0 + n, f64::max(total.1, s), total.2 + cpu);
     }
     Ok(total)
+}
+
+/// CPU seconds (user and kernel) the calling thread has spent.
+fn thread_cpu_s() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
 
 /// The middle half of `v`: its first and third quartiles.
@@ -117,6 +138,7 @@ pub fn run(bins: &Bins, tools: &[Tool], duration: Duration, rounds: usize) -> Re
         .collect();
     let mut samples: Vec<Vec<Sample>> = tools.iter().map(|_| Vec::new()).collect();
     let mut added: Vec<Vec<f64>> = tools.iter().map(|_| Vec::new()).collect();
+    let mut in_churn: Vec<Vec<f64>> = tools.iter().map(|_| Vec::new()).collect();
     let result = (|| -> Result<()> {
         let mut before = sample(Tool::None, bins, duration, ONE_CORE)?;
         for round in 0..rounds {
@@ -135,6 +157,8 @@ pub fn run(bins: &Bins, tools: &[Tool], duration: Duration, rounds: usize) -> Re
                     s.cpu_us_per_conn
                 );
                 added[i].push(s.cpu_us_per_conn - base);
+                let churn_base = (before.churn_us_per_conn + after.churn_us_per_conn) / 2.0;
+                in_churn[i].push(s.churn_us_per_conn - churn_base);
                 samples[i].push(s);
                 samples[untraced_index(tools)].push(std::mem::replace(&mut before, after));
             }
@@ -151,13 +175,14 @@ pub fn run(bins: &Bins, tools: &[Tool], duration: Duration, rounds: usize) -> Re
         duration.as_secs()
     );
     println!(
-        "{:<44} {:>11} {:>22} {:>9} {:>22} {:>16}",
+        "{:<44} {:>11} {:>22} {:>9} {:>22} {:>16} {:>22}",
         "configuration",
         "µs/conn",
         "added µs/conn",
         "events/c",
         "added µs/event",
-        "in tracer µs/ev"
+        "in tracer µs/ev",
+        "in traced thread µs/ev"
     );
     let mut rows = Vec::new();
     for (i, &tool) in tools.iter().enumerate() {
@@ -176,9 +201,14 @@ pub fn run(bins: &Bins, tools: &[Tool], duration: Duration, rounds: usize) -> Re
             .filter_map(|s| Some(s.tracer_s? * 1e6 / s.events?.max(1) as f64))
             .collect();
         let in_tracer = (!in_tracer.is_empty()).then(|| median(in_tracer));
+        // What the churn's own thread spent more than its untraced neighbours: the tracepoints
+        // and programs (and any softirq the kernel charges to it), per event.
+        let (clo, chi) = quartiles(in_churn[i].clone());
+        let in_churn = median(in_churn[i].clone());
+        let churn_ev = events_per_conn.map(|e| (in_churn / e, clo / e, chi / e));
         let traced = i != untraced;
         println!(
-            "{:<44} {:>11.1} {:>22} {:>9} {:>22} {:>16}",
+            "{:<44} {:>11.1} {:>22} {:>9} {:>22} {:>16} {:>22}",
             tool.name(),
             per_conn,
             if traced {
@@ -189,14 +219,16 @@ pub fn run(bins: &Bins, tools: &[Tool], duration: Duration, rounds: usize) -> Re
             events_per_conn.map_or("-".into(), |e| format!("{e:.1}")),
             added_ev.map_or("-".into(), |(a, l, h)| format!("{a:.3} [{l:.3}–{h:.3}]")),
             in_tracer.map_or("-".into(), |t| format!("{t:.3}")),
+            churn_ev.map_or("-".into(), |(a, l, h)| format!("{a:.3} [{l:.3}–{h:.3}]")),
         );
         rows.push(format!(
-            "{{\"configuration\":\"{}\",\"cpu_us_per_conn\":{per_conn:.2},\"added_us_per_conn\":{},\"added_us_per_conn_range\":[{lo:.2},{hi:.2}],\"events_per_conn\":{},\"added_us_per_event\":{},\"in_tracer_us_per_event\":{},\"rounds\":[{}]}}",
+            "{{\"configuration\":\"{}\",\"cpu_us_per_conn\":{per_conn:.2},\"added_us_per_conn\":{},\"added_us_per_conn_range\":[{lo:.2},{hi:.2}],\"events_per_conn\":{},\"added_us_per_event\":{},\"in_tracer_us_per_event\":{},\"in_traced_thread_us_per_event\":{},\"rounds\":[{}]}}",
             tool.name(),
             if traced { format!("{added:.2}") } else { "null".into() },
             events_per_conn.map_or("null".into(), |e| format!("{e:.2}")),
             added_ev.map_or("null".into(), |(a, _, _)| format!("{a:.4}")),
             in_tracer.map_or("null".into(), |t| format!("{t:.4}")),
+            churn_ev.map_or("null".into(), |(a, _, _)| format!("{a:.4}")),
             samples[i].iter().map(|s| format!("{:.2}", s.cpu_us_per_conn)).collect::<Vec<_>>().join(",")
         ));
     }
@@ -245,8 +277,9 @@ pub fn run(bins: &Bins, tools: &[Tool], duration: Duration, rounds: usize) -> Re
             held.map_or("-".into(), |e| format!("{e:.0} events/s"))
         );
     }
+    let kernel = kernel_side(bins, rounds)?;
     Ok(format!(
-        "{{\"run_seconds\":{},\"rounds\":{rounds},\"results\":[{}],\"both_cores\":[{}]}}",
+        "{{\"run_seconds\":{},\"rounds\":{rounds},\"results\":[{}],\"both_cores\":[{}],\"kernel_side\":{kernel}}}",
         duration.as_secs(),
         rows.join(","),
         rates.join(",")
@@ -255,4 +288,90 @@ pub fn run(bins: &Bins, tools: &[Tool], duration: Duration, rounds: usize) -> Re
 
 fn untraced_index(tools: &[Tool]) -> usize {
     tools.iter().position(|t| *t == Tool::None).unwrap_or(0)
+}
+
+/// CPU ns (user and kernel) of the calling thread per iteration of a loop that opens a
+/// listener and closes it (socket, bind, listen, close), for `duration`; and the iterations.
+fn listen_close_loop(duration: Duration) -> Result<(f64, u64)> {
+    let (t0, cpu0) = (std::time::Instant::now(), thread_cpu_s());
+    let mut n = 0u64;
+    while t0.elapsed() < duration {
+        drop(std::net::TcpListener::bind("127.0.0.1:0")?);
+        n += 1;
+    }
+    Ok(((thread_cpu_s() - cpu0) * 1e9 / n.max(1) as f64, n))
+}
+
+/// The kernel side alone: what the tracepoints and programs add to the thread that changes a
+/// socket's state, with the BTF-typed programs and with the classic tracepoints. A loop of
+/// listeners opened and closed (two state changes each, little else) makes that share large;
+/// each traced block sits between two untraced ones, the order alternating.
+fn kernel_side(bins: &Bins, rounds: usize) -> Result<String> {
+    let configs = [Tool::Stuck, Tool::StuckClassic];
+    let stats = "/proc/sys/kernel/bpf_stats_enabled";
+    let before_stats = fs::read_to_string(stats).unwrap_or_default();
+    let _ = fs::write(stats, "0");
+    let result = kernel_rounds(bins, rounds, &configs);
+    let _ = fs::write(stats, before_stats.trim());
+    let (untraced, added, events) = result?;
+    println!();
+    println!(
+        "kernel side: CPU of the thread whose sockets change state, listener open/close loop, {rounds} rounds, medians [interquartile range]"
+    );
+    println!(
+        "{:<44} {:>6.0} ns per open/close",
+        "untraced",
+        median(untraced)
+    );
+    let mut rows = Vec::new();
+    for (i, tool) in configs.iter().enumerate() {
+        let e = median(events[i].clone()).max(1.0);
+        let (lo, hi) = quartiles(added[i].clone());
+        let a = median(added[i].clone());
+        println!(
+            "{:<44} {e:>6.1} events per open/close, added {:.0} ns/event [{:.0}–{:.0}]",
+            tool.name(),
+            a / e,
+            lo / e,
+            hi / e
+        );
+        rows.push(format!(
+            "{{\"configuration\":\"{}\",\"events_per_iteration\":{e:.2},\"added_ns_per_event\":{:.1},\"added_ns_per_event_range\":[{:.1},{:.1}]}}",
+            tool.name(),
+            a / e,
+            lo / e,
+            hi / e
+        ));
+    }
+    Ok(format!("[{}]", rows.join(",")))
+}
+
+/// Per-iteration vectors of [`kernel_side`]'s rounds.
+type KernelRounds = (Vec<f64>, Vec<Vec<f64>>, Vec<Vec<f64>>);
+
+/// The rounds of [`kernel_side`]: the untraced blocks' ns per iteration, and for each
+/// configuration the ns it added per iteration and its events per iteration.
+fn kernel_rounds(bins: &Bins, rounds: usize, configs: &[Tool]) -> Result<KernelRounds> {
+    let block = Duration::from_secs(1);
+    let mut untraced = Vec::new();
+    let mut added = vec![Vec::new(); configs.len()];
+    let mut events = vec![Vec::new(); configs.len()];
+    let mut before = listen_close_loop(block)?.0;
+    for round in 0..rounds {
+        let order: Vec<usize> = match round % 2 {
+            0 => (0..configs.len()).collect(),
+            _ => (0..configs.len()).rev().collect(),
+        };
+        for i in order {
+            let traced = start(configs[i], configs[i].bin(bins))?;
+            let (ns, n) = listen_close_loop(block)?;
+            thread::sleep(Duration::from_millis(150)); // the tracer drains what is left
+            let (delivered, _) = traced.map_or((None, None), |t| stop(configs[i], t));
+            let after = listen_close_loop(block)?.0;
+            added[i].push(ns - (before + after) / 2.0);
+            events[i].push(delivered.unwrap_or(0) as f64 / n.max(1) as f64);
+            untraced.push(std::mem::replace(&mut before, after));
+        }
+    }
+    Ok((untraced, added, events))
 }
