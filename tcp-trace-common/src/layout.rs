@@ -85,7 +85,7 @@ pub struct Tracepoint {
     /// anything (said once at start).
     pub partial: &'static str,
     /// The BTF-typed (`tp_btf`) program preferred to this one where the kernel has BTF, and
-    /// what the user loses when only this one runs.
+    /// what the user loses when this one runs instead (said once at start).
     pub btf: Option<(&'static str, &'static str)>,
 }
 
@@ -319,7 +319,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         optional: None,
         loses: "",
         partial: "",
-        btf: Some(("inet_sock_set_state_btf", "")),
+        btf: None,
     },
     Tracepoint {
         category: "tcp",

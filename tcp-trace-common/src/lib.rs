@@ -182,8 +182,6 @@ pub struct SockOffsets {
     pub sport: u32,
     /// `__sk_common.skc_dport` (`__be16`).
     pub dport: u32,
-    /// `__sk_common.skc_num` (`u16`, host order): the bound local port, 0 once released.
-    pub num: u32,
     /// `__sk_common.skc_rcv_saddr` (`__be32`).
     pub rcv_saddr: u32,
     /// `__sk_common.skc_daddr` (`__be32`).
@@ -334,7 +332,7 @@ const _: () = {
     use core::mem::size_of;
     assert!(size_of::<Header>() == 8 + 8 + 8 + 16 + 1 + 1 + 2 + 2 + 2 + 16 + 16 + 4 + 4 + 8);
     assert!(size_of::<KernelOffsets>() == 10 * 4);
-    assert!(size_of::<SockOffsets>() == 11 * 4);
+    assert!(size_of::<SockOffsets>() == 10 * 4);
     assert!(size_of::<StateEvent>() == size_of::<Header>() + 8);
     assert!(size_of::<RetransmitEvent>() == size_of::<Header>() + 16);
     assert!(size_of::<SynackRetransmitEvent>() == size_of::<Header>() + 8);

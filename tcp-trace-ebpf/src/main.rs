@@ -80,7 +80,6 @@ mod programs {
         family: 0,
         sport: 0,
         dport: 0,
-        num: 0,
         rcv_saddr: 0,
         daddr: 0,
         v6_rcv_saddr: 0,
@@ -684,25 +683,19 @@ mod programs {
         daddr: [u8; 16],
     }
 
-    /// Reads `sk`'s endpoints if it is a TCP socket. While the socket holds its port
-    /// (`bound`), the bound port (`skc_num`) is its local port. Releasing the port at a close
-    /// clears that first, and the local port the classic tracepoint reports (`inet_sport`) lies
-    /// past `struct sock`, where a direct load is refused: that takes a helper call.
+    /// Reads `sk`'s endpoints if it is a TCP socket. The local port the classic tracepoints
+    /// report (`inet_sport`, which outlives the port's release at a close) lies past `struct
+    /// sock`, where a direct load is refused: it takes a helper call.
     #[inline(always)]
-    fn tcp_sock(sk: u64, o: &SockOffsets, bound: bool) -> Option<Sock> {
+    fn tcp_sock(sk: u64, o: &SockOffsets) -> Option<Sock> {
         if sk == 0 || field::<u16>(sk, o.protocol) != IPPROTO_TCP {
             return None;
         }
-        let sport = match bound {
-            true => field(sk, o.num),
-            false => u16::from_be(
-                unsafe { read_kernel((sk + o.sport as u64) as *const u16) }.unwrap_or(0),
-            ),
-        };
+        let sport = unsafe { read_kernel((sk + o.sport as u64) as *const u16) }.unwrap_or(0);
         let mut s = Sock {
             ends: Ends {
                 family: field(sk, o.family),
-                sport,
+                sport: u16::from_be(sport),
                 dport: u16::from_be(field(sk, o.dport)),
             },
             saddr: [0; 16],
@@ -730,38 +723,7 @@ mod programs {
         }
     }
 
-    /// The state change from the BTF-typed tracepoint (preferred where the kernel has BTF):
-    /// the kernel builds no trace record for it, and the program reads the socket itself.
-    #[btf_tracepoint(function = "inet_sock_set_state")]
-    pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
-        let sk: u64 = ctx.arg(0);
-        let old: i32 = ctx.arg(1);
-        let new: i32 = ctx.arg(2);
-        let Some(s) = tcp_sock(sk, &SOCK_OFFSETS.load(), new != tcp_state::CLOSE) else {
-            return 0;
-        };
-        if !wanted(s.ends.family, s.ends.sport, s.ends.dport) {
-            return 0;
-        }
-        let Some(at) = place(sk, is_birth(old, new)) else {
-            return 0;
-        };
-        let Some(mut e) = reserve::<StateEvent, _>(&ctx) else {
-            return 0;
-        };
-        let p = e.as_mut_ptr();
-        unsafe {
-            let h = &raw mut (*p).hdr;
-            header(h, Body::State, sk, at, in_owner_context(old, new));
-            sock_endpoints(h, &s);
-            (*p).oldstate = old;
-            (*p).newstate = new;
-        }
-        submit(e);
-        0
-    }
-
-    /// The same report, from the BTF-typed tracepoint, which hands over the socket itself: the
+    /// The socket error from the BTF-typed tracepoint, which hands over the socket itself: the
     /// error joins its socket even when the kernel has already cleared the remote port (a
     /// disconnect reports after clearing it: children reset by their listener's close, an
     /// abortive close). Endpoints come from the socket, as the classic tracepoint takes them.
@@ -769,7 +731,7 @@ mod programs {
     pub fn inet_sk_error_report_btf(ctx: BtfTracePointContext) -> u32 {
         let sk: u64 = ctx.arg(0);
         let o = SOCK_OFFSETS.load();
-        let Some(s) = tcp_sock(sk, &o, false) else {
+        let Some(s) = tcp_sock(sk, &o) else {
             return 0;
         };
         if !wanted(s.ends.family, s.ends.sport, s.ends.dport) {

@@ -25,8 +25,6 @@ enum Tool {
     None,
     Watch,
     Stuck,
-    /// `stuck` on the classic tracepoints only (no BTF-typed programs).
-    StuckClassic,
     Tcpstates,
     Record,
     /// `--baseline`'s build of tcp-trace.
@@ -41,7 +39,6 @@ impl Tool {
             Self::None => "untraced",
             Self::Watch => "tcp-trace watch --json",
             Self::Stuck => "tcp-trace stuck",
-            Self::StuckClassic => "tcp-trace stuck --classic-tracepoints",
             Self::Tcpstates => "tcpstates (libbpf-tools)",
             Self::Record => "tcp-trace record",
             Self::BaselineWatch => "baseline watch --json",
@@ -205,12 +202,6 @@ fn start(tool: Tool, bin: &Path) -> Result<Option<Traced>> {
         Tool::Stuck | Tool::BaselineStuck => {
             let mut c = Command::new(bin);
             c.arg("stuck").stdout(fs::File::create("/dev/null")?);
-            c
-        }
-        Tool::StuckClassic => {
-            let mut c = Command::new(bin);
-            c.args(["stuck", "--classic-tracepoints"])
-                .stdout(fs::File::create("/dev/null")?);
             c
         }
         Tool::Record | Tool::BaselineRecord => {
@@ -482,6 +473,18 @@ fn cost_tools(bins: &Bins) -> Vec<Tool> {
         tools.push(Tool::Tcpstates);
     }
     tools
+}
+
+/// Only the kernel side; JSON to
+/// `target/bench/kernel.json`.
+pub fn kernel_only(root: &Path, rounds: usize) -> Result<()> {
+    let json = cost::kernel_side(&Bins::new(root, None), rounds)?;
+    let dir = root.join("target/bench");
+    fs::create_dir_all(&dir)?;
+    let path = dir.join("kernel.json");
+    fs::write(&path, json)?;
+    println!("xtask: wrote {}", path.display());
+    Ok(())
 }
 
 /// Only the added-CPU headline; JSON to `target/bench/cost.json`.

@@ -58,9 +58,14 @@ enum Task {
         /// Only the cost of `stuck` across 200 network namespaces.
         #[arg(long)]
         namespaces_only: bool,
-        /// Only the added-CPU headline (and the highest rate held without loss).
+        /// Only the added-CPU headline (and the highest rate held without loss, and the
+        /// kernel side alone).
         #[arg(long)]
         cost_only: bool,
+        /// Only the kernel side: what the programs add to the thread whose socket changes state
+        /// (`--cost-rounds` rounds).
+        #[arg(long)]
+        kernel_only: bool,
         /// Another build of tcp-trace (e.g. of an earlier commit) to run alternately with this
         /// one, as `baseline watch --json` and `baseline stuck`.
         #[arg(long, value_name = "BINARY")]
@@ -254,12 +259,14 @@ fn run(cli: Cli) -> Result<()> {
             cost_rounds,
             namespaces_only,
             cost_only,
+            kernel_only,
             baseline,
         } => {
             setup::ensure_all()?;
             build_release(&root)?;
             let cost = (std::time::Duration::from_secs(cost_seconds), cost_rounds);
             match (namespaces_only, cost_only) {
+                _ if kernel_only => bench::kernel_only(&root, cost_rounds),
                 (true, _) => bench::namespaces(&root, rounds),
                 (_, true) => bench::cost_only(&root, cost, baseline.as_deref()),
                 _ => bench::run(

@@ -140,10 +140,6 @@ pub struct Common {
     /// Kernel ring buffer size in bytes (rounded up to a power of two).
     #[arg(long, default_value_t = 4 << 20)]
     pub ringbuf_size: u32,
-    /// Attach the classic tracepoints even where the kernel's BTF allows the cheaper BTF-typed
-    /// ones (to compare them, or to step around a kernel that mishandles those).
-    #[arg(long)]
-    pub classic_tracepoints: bool,
     /// Most sockets tracked at once; the least recently seen are evicted beyond it.
     #[arg(long, default_value_t = 1_000_000)]
     pub max_sockets: usize,

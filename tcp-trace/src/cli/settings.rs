@@ -57,7 +57,6 @@ impl Common {
         let cgroup = self.cgroup.as_deref().map(cgroup::target).transpose()?;
         Ok(Options {
             ringbuf_bytes: self.ringbuf_size,
-            classic: self.classic_tracepoints,
             place,
             netns: self.netns,
             cgroup: cgroup.map(|t| (t.id, t.level)),

@@ -208,7 +208,6 @@ impl Btf {
             // reports; the classic tracepoint reports `inet_sport`, as this does.
             self.offset("inet_sock", &["inet_sport"]),
             common("skc_dport"),
-            common("skc_num"),
             common("skc_rcv_saddr"),
             common("skc_daddr"),
             sock("sk_protocol"),
@@ -218,7 +217,6 @@ impl Btf {
             Some(family),
             Some(sport),
             Some(dport),
-            Some(num),
             Some(rcv_saddr),
             Some(daddr),
             Some(protocol),
@@ -234,7 +232,6 @@ impl Btf {
             family,
             sport,
             dport,
-            num,
             rcv_saddr,
             daddr,
             v6_rcv_saddr: common("skc_v6_rcv_saddr").unwrap_or(0),

@@ -54,9 +54,6 @@ pub struct Options {
     /// Read each socket's namespace and cgroup for the output (at its birth); off, they are
     /// read only for the `netns`/`cgroup` filters (the reads are dear on connection churn).
     pub place: bool,
-    /// Attach the classic tracepoints even where BTF-typed ones would do (to compare them, or
-    /// to step around a kernel that mishandles the BTF-typed ones).
-    pub classic: bool,
 }
 
 impl Default for Options {
@@ -71,7 +68,6 @@ impl Default for Options {
             netns: None,
             cgroup: None,
             place: true,
-            classic: false,
         }
     }
 }
@@ -316,16 +312,13 @@ impl KernelSource {
         let mut attached = Vec::new();
         let mut btf = None;
         for Planned { tp, .. } in plan {
-            // The BTF-typed program where the kernel's BTF told where a socket keeps its fields.
-            if let Some((program, without)) = tp.btf.filter(|_| sock.family != 0 && !opts.classic) {
+            // The BTF-typed program where the kernel's BTF told where a socket keeps its fields;
+            // the classic tracepoint if that fails.
+            if let Some((program, without)) = tp.btf.filter(|_| sock.family != 0) {
                 match attach_btf(&mut ebpf, &mut btf, program, tp.name) {
                     Ok(()) => {
                         attached.push(tp.name);
                         continue;
-                    }
-                    // The classic tracepoint reports the same, or nearly (`without`).
-                    Err(e) if without.is_empty() => {
-                        log::warn!("{program}: {e:#}: the classic tracepoint is used instead")
                     }
                     Err(e) => log::warn!("{program}: {e:#}: {without}"),
                 }
