@@ -356,6 +356,7 @@ impl KernelSource {
                 ),
             }
         }
+        drop(btf); // before the trim below: aya's parse of the kernel's BTF is large
         for note in notes {
             log::warn!("{note}");
         }
