@@ -146,9 +146,10 @@ mod programs {
         read_u64(kn + o.kn_id as u64)
     }
 
-    /// Endpoints read from a packet: ours first.
+    /// Endpoints read outside a tracepoint record (from a packet, or from a socket): ours
+    /// first.
     #[derive(Clone, Copy)]
-    struct Reply {
+    struct Endpoints {
         ends: Ends,
         ours: [u8; 16],
         theirs: [u8; 16],
@@ -159,7 +160,7 @@ mod programs {
     /// sends a reset whose tracepoint names the listener (remote `0.0.0.0:0`); the packet names
     /// the peer the reset goes to.
     #[inline(always)]
-    fn reply_to(skb: u64) -> Option<Reply> {
+    fn reply_to(skb: u64) -> Option<Endpoints> {
         let o = OFFSETS.load();
         if skb == 0 || o.skb_head == 0 {
             return None;
@@ -175,7 +176,7 @@ mod programs {
         let ip = head + nh as u64;
         let ports: [u16; 2] = unsafe { read_kernel((head + th as u64) as *const [u16; 2]) }.ok()?;
         let version = unsafe { read_kernel(ip as *const u8) }.ok()? >> 4;
-        let mut r = Reply {
+        let mut r = Endpoints {
             ends: Ends {
                 family: AF_INET,
                 sport: u16::from_be(ports[1]),
@@ -481,7 +482,7 @@ mod programs {
 
     /// A listener's reset goes to the sender of the packet it answers (see [`reply_to`]).
     #[inline(always)]
-    fn listener_reply(sk: u64, state: i32, skb: u64) -> Option<Reply> {
+    fn listener_reply(sk: u64, state: i32, skb: u64) -> Option<Endpoints> {
         if sk != 0 && state == tcp_state::LISTEN {
             reply_to(skb)
         } else {
@@ -489,9 +490,9 @@ mod programs {
         }
     }
 
-    /// Fills the header's endpoints from a packet read by [`reply_to`].
+    /// Fills the header's endpoints from [`reply_to`]'s or [`tcp_sock`]'s.
     #[inline(always)]
-    fn reply_endpoints(h: *mut Header, r: &Reply) {
+    fn set_endpoints(h: *mut Header, r: &Endpoints) {
         unsafe {
             (*h).family = r.ends.family;
             (*h).sport = r.ends.sport;
@@ -542,7 +543,7 @@ mod programs {
             match reply {
                 // Header endpoints, images zero: userspace keeps the header's.
                 Some(reply) => {
-                    reply_endpoints(&raw mut (*p).hdr, &reply);
+                    set_endpoints(&raw mut (*p).hdr, &reply);
                     (*p).saddr_raw = [0; 28];
                     (*p).daddr_raw = [0; 28];
                 }
@@ -589,7 +590,7 @@ mod programs {
         unsafe {
             header(&raw mut (*p).hdr, Body::ResetSent, sk, at, false);
             match reply {
-                Some(reply) => reply_endpoints(&raw mut (*p).hdr, &reply),
+                Some(reply) => set_endpoints(&raw mut (*p).hdr, &reply),
                 None => {
                     let addrs = [sr1::SADDR, sr1::DADDR, sr1::SADDR_V6, sr1::DADDR_V6];
                     endpoints(&r, &raw mut (*p).hdr, end, addrs);
@@ -675,52 +676,32 @@ mod programs {
         unsafe { ptr::read((sk + off as u64) as *const T) }
     }
 
-    /// A socket's endpoints, read where the classic tracepoints read them.
-    #[derive(Clone, Copy)]
-    struct Sock {
-        ends: Ends,
-        saddr: [u8; 16],
-        daddr: [u8; 16],
-    }
-
     /// Reads `sk`'s endpoints if it is a TCP socket. The local port the classic tracepoints
     /// report (`inet_sport`, which outlives the port's release at a close) lies past `struct
     /// sock`, where a direct load is refused: it takes a helper call.
     #[inline(always)]
-    fn tcp_sock(sk: u64, o: &SockOffsets) -> Option<Sock> {
+    fn tcp_sock(sk: u64, o: &SockOffsets) -> Option<Endpoints> {
         if sk == 0 || field::<u16>(sk, o.protocol) != IPPROTO_TCP {
             return None;
         }
         let sport = unsafe { read_kernel((sk + o.sport as u64) as *const u16) }.unwrap_or(0);
-        let mut s = Sock {
+        let mut s = Endpoints {
             ends: Ends {
                 family: field(sk, o.family),
                 sport: u16::from_be(sport),
                 dport: u16::from_be(field(sk, o.dport)),
             },
-            saddr: [0; 16],
-            daddr: [0; 16],
+            ours: [0; 16],
+            theirs: [0; 16],
         };
         if s.ends.family == AF_INET6 && o.v6_daddr != 0 {
-            s.saddr = field(sk, o.v6_rcv_saddr);
-            s.daddr = field(sk, o.v6_daddr);
+            s.ours = field(sk, o.v6_rcv_saddr);
+            s.theirs = field(sk, o.v6_daddr);
         } else {
-            s.saddr[..4].copy_from_slice(&field::<[u8; 4]>(sk, o.rcv_saddr));
-            s.daddr[..4].copy_from_slice(&field::<[u8; 4]>(sk, o.daddr));
+            s.ours[..4].copy_from_slice(&field::<[u8; 4]>(sk, o.rcv_saddr));
+            s.theirs[..4].copy_from_slice(&field::<[u8; 4]>(sk, o.daddr));
         }
         Some(s)
-    }
-
-    /// Fills the header's endpoints from a socket read by [`tcp_sock`].
-    #[inline(always)]
-    fn sock_endpoints(h: *mut Header, s: &Sock) {
-        unsafe {
-            (*h).family = s.ends.family;
-            (*h).sport = s.ends.sport;
-            (*h).dport = s.ends.dport;
-            (*h).saddr = s.saddr;
-            (*h).daddr = s.daddr;
-        }
     }
 
     /// The socket error from the BTF-typed tracepoint, which hands over the socket itself: the
@@ -751,7 +732,7 @@ mod programs {
         unsafe {
             let h = &raw mut (*p).hdr;
             header(h, Body::Error, sk, place, false);
-            sock_endpoints(h, &s);
+            set_endpoints(h, &s);
             (*p).error = error;
             (*p)._pad = 0;
         }

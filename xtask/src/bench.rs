@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     fs,
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, Read},
     net::{Shutdown, TcpListener, TcpStream},
     path::Path,
     process::{Child, Command, Stdio},
@@ -455,9 +455,14 @@ fn json_num(v: Option<f64>) -> String {
 /// Only the namespace part, to `target/bench/namespaces.json`.
 pub fn namespaces(root: &Path, rounds: usize) -> Result<()> {
     let json = netns::run(&root.join("target/release/tcp-trace"), 200, rounds)?;
+    write_json(root, "namespaces.json", &json)
+}
+
+/// Writes a bench's JSON to `target/bench/NAME` and says where.
+fn write_json(root: &Path, name: &str, json: &str) -> Result<()> {
     let dir = root.join("target/bench");
     fs::create_dir_all(&dir)?;
-    let path = dir.join("namespaces.json");
+    let path = dir.join(name);
     fs::write(&path, json)?;
     println!("xtask: wrote {}", path.display());
     Ok(())
@@ -475,28 +480,17 @@ fn cost_tools(bins: &Bins) -> Vec<Tool> {
     tools
 }
 
-/// Only the kernel side; JSON to
-/// `target/bench/kernel.json`.
+/// Only the kernel side; JSON to `target/bench/kernel.json`.
 pub fn kernel_only(root: &Path, rounds: usize) -> Result<()> {
     let json = cost::kernel_side(&Bins::new(root, None), rounds)?;
-    let dir = root.join("target/bench");
-    fs::create_dir_all(&dir)?;
-    let path = dir.join("kernel.json");
-    fs::write(&path, json)?;
-    println!("xtask: wrote {}", path.display());
-    Ok(())
+    write_json(root, "kernel.json", &json)
 }
 
 /// Only the added-CPU headline; JSON to `target/bench/cost.json`.
 pub fn cost_only(root: &Path, cost: (Duration, usize), baseline: Option<&Path>) -> Result<()> {
     let bins = Bins::new(root, baseline);
     let json = cost::run(&bins, &cost_tools(&bins), cost.0, cost.1)?;
-    let dir = root.join("target/bench");
-    fs::create_dir_all(&dir)?;
-    let path = dir.join("cost.json");
-    fs::write(&path, json)?;
-    println!("xtask: wrote {}", path.display());
-    Ok(())
+    write_json(root, "cost.json", &json)
 }
 
 /// `baseline`: another build of tcp-trace, run alternately with this one (same rounds).
@@ -651,10 +645,5 @@ pub fn run(
         rows.join(","),
         notes.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(",")
     );
-    let dir = root.join("target/bench");
-    fs::create_dir_all(&dir)?;
-    let path = dir.join("bench.json");
-    fs::File::create(&path)?.write_all(json.as_bytes())?;
-    println!("xtask: wrote {}", path.display());
-    Ok(())
+    write_json(root, "bench.json", &json)
 }
