@@ -128,9 +128,6 @@ fn quartiles(mut v: Vec<f64>) -> (f64, f64) {
 
 /// Runs the rounds, prints the table, returns the JSON.
 pub fn run(bins: &Bins, tools: &[Tool], duration: Duration, rounds: usize) -> Result<String> {
-    let stats = "/proc/sys/kernel/bpf_stats_enabled";
-    let before_stats = fs::read_to_string(stats).unwrap_or_default();
-    let _ = fs::write(stats, "0");
     // Each traced run sits between two untraced ones and is compared with their mean: this
     // VM's speed can jump threefold within a run, and only neighbours share a speed.
     let traced: Vec<usize> = (0..tools.len())
@@ -139,7 +136,7 @@ pub fn run(bins: &Bins, tools: &[Tool], duration: Duration, rounds: usize) -> Re
     let mut samples: Vec<Vec<Sample>> = tools.iter().map(|_| Vec::new()).collect();
     let mut added: Vec<Vec<f64>> = tools.iter().map(|_| Vec::new()).collect();
     let mut in_churn: Vec<Vec<f64>> = tools.iter().map(|_| Vec::new()).collect();
-    let result = (|| -> Result<()> {
+    without_bpf_stats(|| {
         let mut before = sample(Tool::None, bins, duration, ONE_CORE)?;
         for round in 0..rounds {
             let order: Vec<usize> = match round % 2 {
@@ -164,9 +161,7 @@ pub fn run(bins: &Bins, tools: &[Tool], duration: Duration, rounds: usize) -> Re
             }
         }
         Ok(())
-    })();
-    let _ = fs::write(stats, before_stats.trim());
-    result?;
+    })?;
 
     let untraced = untraced_index(tools);
     println!();
@@ -295,10 +290,20 @@ fn untraced_index(tools: &[Tool]) -> usize {
     tools.iter().position(|t| *t == Tool::None).unwrap_or(0)
 }
 
+/// Runs `f` with `kernel.bpf_stats_enabled` off (it costs time itself), restoring it after.
+fn without_bpf_stats<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let stats = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = fs::read_to_string(stats).unwrap_or_default();
+    let _ = fs::write(stats, "0");
+    let result = f();
+    let _ = fs::write(stats, before.trim());
+    result
+}
+
 /// CPU ns (user and kernel) of the calling thread per iteration of a loop that makes one
 /// bound socket listen and shuts it down (`CLOSE → LISTEN`, `LISTEN → CLOSE`: two state changes
 /// and two system calls, nothing allocated or freed), for `duration`; and the iterations.
-fn listen_close_loop(duration: Duration) -> Result<(f64, u64)> {
+fn listen_shutdown_loop(duration: Duration) -> Result<(f64, u64)> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
     let (t0, cpu0) = (std::time::Instant::now(), thread_cpu_s());
@@ -314,15 +319,31 @@ fn listen_close_loop(duration: Duration) -> Result<(f64, u64)> {
 
 /// The kernel side alone: what the tracepoints and programs add to the thread that changes a
 /// socket's state. A loop of two state changes and little else makes that share large; each
-/// traced block sits between two untraced ones (configurations alternating, if several).
+/// block under `stuck` sits between two untraced ones and is compared with their mean.
 pub fn kernel_side(bins: &Bins, rounds: usize) -> Result<String> {
-    let configs = [Tool::Stuck];
-    let stats = "/proc/sys/kernel/bpf_stats_enabled";
-    let before_stats = fs::read_to_string(stats).unwrap_or_default();
-    let _ = fs::write(stats, "0");
-    let result = kernel_rounds(bins, rounds, &configs);
-    let _ = fs::write(stats, before_stats.trim());
-    let (untraced, added, events) = result?;
+    let tool = Tool::Stuck;
+    let block = Duration::from_secs(1);
+    let (mut untraced, mut added, mut events) = (Vec::new(), Vec::new(), Vec::new());
+    without_bpf_stats(|| {
+        let mut before = listen_shutdown_loop(block)?.0;
+        for _ in 0..rounds {
+            let traced = start(tool, tool.bin(bins))?;
+            let (ns, n) = listen_shutdown_loop(block)?;
+            thread::sleep(Duration::from_millis(150)); // the tracer drains what is left
+            let (delivered, _) = traced.map_or((None, None), |t| stop(tool, t));
+            let after = listen_shutdown_loop(block)?.0;
+            // Without the tracer's count, ns per event cannot be told: the round is not kept.
+            if let Some(d) = delivered.filter(|&d| d > 0) {
+                added.push(ns - (before + after) / 2.0);
+                events.push(d as f64 / n.max(1) as f64);
+            }
+            untraced.push(std::mem::replace(&mut before, after));
+        }
+        Ok(())
+    })?;
+    let e = median(events).max(1.0);
+    let (lo, hi) = quartiles(added.clone());
+    let a = median(added);
     println!();
     println!(
         "kernel side: CPU of the thread whose socket changes state, listen/shutdown loop, {rounds} rounds, medians [interquartile range]"
@@ -332,58 +353,18 @@ pub fn kernel_side(bins: &Bins, rounds: usize) -> Result<String> {
         "untraced",
         median(untraced)
     );
-    let mut rows = Vec::new();
-    for (i, tool) in configs.iter().enumerate() {
-        let e = median(events[i].clone()).max(1.0);
-        let (lo, hi) = quartiles(added[i].clone());
-        let a = median(added[i].clone());
-        println!(
-            "{:<44} {e:>6.1} events per listen/shutdown, added {:.0} ns/event [{:.0}–{:.0}]",
-            tool.name(),
-            a / e,
-            lo / e,
-            hi / e
-        );
-        rows.push(format!(
-            "{{\"configuration\":\"{}\",\"events_per_iteration\":{e:.2},\"added_ns_per_event\":{:.1},\"added_ns_per_event_range\":[{:.1},{:.1}]}}",
-            tool.name(),
-            a / e,
-            lo / e,
-            hi / e
-        ));
-    }
-    Ok(format!("[{}]", rows.join(",")))
-}
-
-/// Per-iteration vectors of [`kernel_side`]'s rounds.
-type KernelRounds = (Vec<f64>, Vec<Vec<f64>>, Vec<Vec<f64>>);
-
-/// The rounds of [`kernel_side`]: the untraced blocks' ns per iteration, and for each
-/// configuration the ns it added per iteration and its events per iteration.
-fn kernel_rounds(bins: &Bins, rounds: usize, configs: &[Tool]) -> Result<KernelRounds> {
-    let block = Duration::from_secs(1);
-    let mut untraced = Vec::new();
-    let mut added = vec![Vec::new(); configs.len()];
-    let mut events = vec![Vec::new(); configs.len()];
-    let mut before = listen_close_loop(block)?.0;
-    for round in 0..rounds {
-        let order: Vec<usize> = match round % 2 {
-            0 => (0..configs.len()).collect(),
-            _ => (0..configs.len()).rev().collect(),
-        };
-        for i in order {
-            let traced = start(configs[i], configs[i].bin(bins))?;
-            let (ns, n) = listen_close_loop(block)?;
-            thread::sleep(Duration::from_millis(150)); // the tracer drains what is left
-            let (delivered, _) = traced.map_or((None, None), |t| stop(configs[i], t));
-            let after = listen_close_loop(block)?.0;
-            // Without the tracer's count, ns per event cannot be told: the round is not kept.
-            if let Some(d) = delivered.filter(|&d| d > 0) {
-                added[i].push(ns - (before + after) / 2.0);
-                events[i].push(d as f64 / n.max(1) as f64);
-            }
-            untraced.push(std::mem::replace(&mut before, after));
-        }
-    }
-    Ok((untraced, added, events))
+    println!(
+        "{:<44} {e:>6.1} events per listen/shutdown, added {:.0} ns/event [{:.0}–{:.0}]",
+        tool.name(),
+        a / e,
+        lo / e,
+        hi / e
+    );
+    Ok(format!(
+        "[{{\"configuration\":\"{}\",\"events_per_iteration\":{e:.2},\"added_ns_per_event\":{:.1},\"added_ns_per_event_range\":[{:.1},{:.1}]}}]",
+        tool.name(),
+        a / e,
+        lo / e,
+        hi / e
+    ))
 }
