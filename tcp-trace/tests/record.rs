@@ -146,8 +146,11 @@ fn replayed_life_and_stuck_equal_the_live_ones() {
         .filter(|(r, _)| r["type"] == "life")
     {
         // The recorder and the live tracer each stamp an event in their own program, one after
-        // the other on the same tracepoint: a few µs apart (more on an emulated CPU).
-        let tolerance = 0.05 * slow(Duration::from_secs(1)).as_secs_f64();
+        // the other on the same tracepoint: a few µs apart. In a VM (an emulated CPU, slowed
+        // down) the host can stop the vCPU between the two programs for milliseconds, as CI
+        // saw once on the rt guest; the other fields are compared exactly above.
+        let emulated = slow(Duration::from_secs(1)) > Duration::from_secs(1);
+        let tolerance = if emulated { 10.0 } else { 0.05 };
         let close =
             |a: &Value, b: &Value| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < tolerance;
         assert!(close(&r["duration_ms"], &l["duration_ms"]), "{r} vs {l}");
