@@ -60,9 +60,13 @@ fn metrics_move_by_exactly_what_happened() {
         let mut b = [0u8; 1];
         let _ = s.read(&mut b);
     }
-    std::thread::sleep(Duration::from_millis(1800));
-    let (st, after, _) = get(http, "/metrics");
-    assert_eq!(st, 200);
+    // Scraped once both ends are reported stuck and all 10 ends have finished (a slow VM may
+    // need more than the threshold and an interval for that); then every figure exactly.
+    let after = scrape_until(http, |m| {
+        sample(m, r#"tcp_trace_stuck_sockets{state="CLOSE_WAIT"}"#) >= 1.0
+            && sample(m, r#"tcp_trace_stuck_sockets{state="FIN_WAIT2"}"#) >= 1.0
+            && sample(m, "tcp_trace_connection_lifetime_seconds_count") >= 10.0
+    });
     assert_eq!(sample(&after, est), 6.0, "{after}");
     assert_eq!(
         sample(
@@ -111,8 +115,12 @@ fn metrics_move_by_exactly_what_happened() {
 
     // The server closes: the CLOSE_WAIT recovers into the histogram.
     Peer::close(peer.server_pid);
-    std::thread::sleep(Duration::from_millis(800));
-    let (_, rec, _) = get(http, "/metrics");
+    let rec = scrape_until(http, |m| {
+        sample(
+            m,
+            r#"tcp_trace_half_closed_seconds_count{state="CLOSE_WAIT"}"#,
+        ) >= 1.0
+    });
     assert_eq!(
         sample(&rec, r#"tcp_trace_stuck_sockets{state="CLOSE_WAIT"}"#),
         0.0,
@@ -261,6 +269,19 @@ fn stuck_gauges_count_other_namespaces() {
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(10), "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `/metrics` once `ready` holds of it; fails after a while with the last scrape.
+fn scrape_until(http: u16, ready: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let (st, body, _) = get(http, "/metrics");
+        if st == 200 && ready(&body) {
+            return body;
+        }
+        assert!(start.elapsed() < slow(Duration::from_secs(10)), "{body}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
