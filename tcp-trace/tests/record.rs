@@ -149,8 +149,7 @@ fn replayed_life_and_stuck_equal_the_live_ones() {
         // the other on the same tracepoint: a few µs apart. In a VM (an emulated CPU, slowed
         // down) the host can stop the vCPU between the two programs for milliseconds, as CI
         // saw once on the rt guest; the other fields are compared exactly above.
-        let emulated = slow(Duration::from_secs(1)) > Duration::from_secs(1);
-        let tolerance = if emulated { 10.0 } else { 0.05 };
+        let tolerance = if emulated() { 10.0 } else { 0.05 };
         let close =
             |a: &Value, b: &Value| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < tolerance;
         assert!(close(&r["duration_ms"], &l["duration_ms"]), "{r} vs {l}");

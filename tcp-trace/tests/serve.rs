@@ -259,18 +259,10 @@ fn stuck_gauges_count_other_namespaces() {
         "--interval",
         "300ms",
     ]);
-    let start = Instant::now();
-    let series = r#"tcp_trace_stuck_sockets{state="CLOSE_WAIT"}"#;
-    loop {
-        let (_, body, _) = get(http, "/metrics");
-        if sample(&body, series) == 1.0
-            && sample(&body, r#"tcp_trace_stuck_sockets{state="FIN_WAIT2"}"#) == 1.0
-        {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "{body}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    scrape_until(http, |m| {
+        sample(m, r#"tcp_trace_stuck_sockets{state="CLOSE_WAIT"}"#) == 1.0
+            && sample(m, r#"tcp_trace_stuck_sockets{state="FIN_WAIT2"}"#) == 1.0
+    });
 }
 
 /// `/metrics` once `ready` holds of it; fails after a while with the last scrape.

@@ -27,8 +27,7 @@ impl Churn {
         let s = stop.clone();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let pause = (slow(Duration::from_secs(1)) > Duration::from_secs(1))
-            .then_some(Duration::from_millis(10));
+        let pause = emulated().then_some(Duration::from_millis(10));
         let h = thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 let c = TcpStream::connect(addr).unwrap();
@@ -55,7 +54,7 @@ impl Drop for Churn {
 
 /// 100 runs of each; 10 on an emulated CPU (the VM runner), where each start takes seconds.
 fn runs() -> usize {
-    if slow(Duration::from_secs(1)) > Duration::from_secs(1) {
+    if emulated() {
         10
     } else {
         100

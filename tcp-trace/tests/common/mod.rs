@@ -31,6 +31,11 @@ pub fn slow(d: Duration) -> Duration {
     d.mul_f64(f)
 }
 
+/// Whether the tests run on the VM runner's emulated CPU (a slowdown is set).
+pub fn emulated() -> bool {
+    slow(Duration::from_secs(1)) > Duration::from_secs(1)
+}
+
 /// An abstract unix datagram socket for `$NOTIFY_SOCKET` (nothing to clean up), unique in
 /// this host; reads time out so the caller can watch the child meanwhile.
 fn notify_socket() -> (std::os::unix::net::UnixDatagram, String) {
