@@ -143,7 +143,7 @@ fn stuck_with_netns_lists_that_namespace_s_sockets() {
             &ps,
         ];
         args.extend_from_slice(extra);
-        let out = Command::new(BIN).args(&args).output().unwrap();
+        let out = Command::new(bin()).args(&args).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let lines: Vec<Value> = stdout
             .lines()
@@ -300,7 +300,7 @@ fn cgroup_filter_keeps_a_subtree_live_and_in_a_replay() {
     let replayed = |extra: &[&str]| -> Vec<Value> {
         let mut args = vec!["watch", "--replay", &f, "--json"];
         args.extend_from_slice(extra);
-        let out = Command::new(BIN).args(&args).output().unwrap();
+        let out = Command::new(bin()).args(&args).output().unwrap();
         assert!(
             out.status.success(),
             "{}",
@@ -324,7 +324,7 @@ fn cgroup_filter_keeps_a_subtree_live_and_in_a_replay() {
 #[test]
 fn unknown_cgroup_or_namespace_is_one_clear_line() {
     require_root();
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args([
             "watch",
             "--cgroup",
@@ -341,7 +341,7 @@ fn unknown_cgroup_or_namespace_is_one_clear_line() {
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["watch", "--netns", "/tt/no/such/ns"])
         .output()
         .unwrap();

@@ -40,7 +40,7 @@ fn detaches_on(sig: i32) {
         thread::sleep(Duration::from_millis(10));
         before = before.min(ours_loaded());
     }
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args(["watch", "--json"])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())

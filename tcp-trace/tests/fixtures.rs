@@ -20,7 +20,7 @@ const INCIDENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/inci
 
 /// Runs `tcp-trace ARGS` on the fixture (no privileges needed); exit code and JSON lines.
 fn replay(args: &[&str]) -> (i32, Vec<Value>) {
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(args)
         .args(["--replay", INCIDENT, "--json", "--port", "23002"])
         .output()

@@ -317,7 +317,7 @@ fn a_listener_that_does_not_accept_is_reported() {
         "{o}"
     );
     // A one-shot report finds it too (its first look covers every namespace), exit 1.
-    let once = std::process::Command::new(BIN)
+    let once = std::process::Command::new(bin())
         .args(["stuck", "--once", "--json", "--port", &ps])
         .output()
         .unwrap();
@@ -408,7 +408,13 @@ fn life_open_says_when_the_kernel_ends_each_connection_still_open() {
             "{}: forecast {forecast:?}, ended {took:?} after the write",
             v["ends_by"]
         );
-        let (early, late) = (Duration::from_millis(300), Duration::from_millis(600));
+        // An emulated guest whose host is short of CPU has been seen to end a connection
+        // 1.9 s after the forecast (CI, 6.1-cloud): its timers fire when qemu gets to them.
+        let (early, late) = if emulated() {
+            (Duration::from_secs(3), Duration::from_secs(3))
+        } else {
+            (Duration::from_millis(300), Duration::from_millis(600))
+        };
         assert!(
             took + early > forecast && took < forecast + late,
             "ended {took:?}: {v}"

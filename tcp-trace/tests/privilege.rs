@@ -44,7 +44,7 @@ fn binary() -> String {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = std::env::temp_dir().join(format!("tcp-trace-priv-{}-{n}", std::process::id()));
-    fs::copy(BIN, &path).unwrap();
+    fs::copy(bin(), &path).unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
     path.to_string_lossy().into_owned()
 }
@@ -129,7 +129,8 @@ fn tracefs_that_cannot_be_mounted_is_one_line_with_the_fix() {
     let script = format!(
         "mount --make-rprivate / && umount -l /sys/kernel/tracing 2>/dev/null; \
          umount -l /sys/kernel/debug 2>/dev/null; \
-         mount -t tmpfs -o ro none /sys/kernel && exec {BIN} watch --duration 1s"
+         mount -t tmpfs -o ro none /sys/kernel && exec {} watch --duration 1s",
+        bin()
     );
     let out = Command::new("unshare")
         .args(["-m", "sh", "-c", &script])
@@ -199,7 +200,7 @@ fn other_namespaces_need_cap_sys_admin() {
 #[test]
 fn completions_and_the_manual_page() {
     let run = |args: &[&str]| {
-        let out = Command::new(BIN).args(args).output().unwrap();
+        let out = Command::new(bin()).args(args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
         String::from_utf8(out.stdout).unwrap()
     };

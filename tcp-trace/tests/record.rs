@@ -17,7 +17,7 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(15);
 
 fn replay(args: &[&str]) -> (i32, Vec<Value>, String) {
-    let out = Command::new(BIN).args(args).output().unwrap();
+    let out = Command::new(bin()).args(args).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let ev = stdout
         .lines()

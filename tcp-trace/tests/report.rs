@@ -129,7 +129,11 @@ fn lanes(dom: &str) -> Vec<Drawn> {
 }
 
 fn report(args: &[&str]) -> (i32, String) {
-    let out = Command::new(BIN).arg("report").args(args).output().unwrap();
+    let out = Command::new(bin())
+        .arg("report")
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),

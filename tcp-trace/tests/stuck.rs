@@ -56,7 +56,7 @@ fn check_owners(ev: &[Value], peer: &Peer, host: &str, exact: bool) {
 
 fn once(port: u16, extra: &[&str]) -> (i32, Vec<Value>) {
     require_root();
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args([
             "stuck",
             "--once",
@@ -438,7 +438,7 @@ fn orphans_closed_from_established_keep_their_story() {
     // A tracer started after the closes knows the reap times only from the timewait sockets'
     // timers, as sock_diag lists them (the events' fallback would be `ends_estimated`).
     let (_, _, port, _) = &cases[0];
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["stuck", "--once", "--json", "--threshold", "0s", "--port"])
         .arg(port.to_string())
         .output()
@@ -465,7 +465,7 @@ fn a_leak_reads_as_one_block_per_cause() {
     let port = free_port();
     let peer = Peer::leak(300, "127.0.0.1", port);
     let run = |extra: &[&str]| {
-        let out = Command::new(BIN)
+        let out = Command::new(bin())
             .args([
                 "stuck",
                 "--once",

@@ -244,7 +244,7 @@ fn json_piped_into_head_exits_zero_quietly() {
     let mut sh = Command::new("bash")
         .args([
             "-c",
-            &format!("{BIN} watch --json --port {port} 2>/tmp/tt-head-{port}.err | head -1 >/dev/null; echo ${{PIPESTATUS[0]}}"),
+            &format!("{} watch --json --port {port} 2>/tmp/tt-head-{port}.err | head -1 >/dev/null; echo ${{PIPESTATUS[0]}}", bin()),
         ])
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -281,7 +281,7 @@ fn json_piped_into_head_exits_zero_quietly() {
 fn duration_stops_by_itself() {
     require_root();
     let start = Instant::now();
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["watch", "--json", "--port", "1", "--duration", "1s"])
         .output()
         .unwrap();
@@ -305,7 +305,7 @@ fn without_privileges_one_clear_line_and_status_2() {
             "--clear-groups",
             "--inh-caps",
             "-all",
-            BIN,
+            bin(),
             "watch",
         ])
         .output()

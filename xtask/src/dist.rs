@@ -46,8 +46,8 @@ fn put(path: &Path, bytes: &[u8]) -> Result<()> {
     fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Builds the static binary and packs the tarball and the .deb.
-pub fn dist(root: &Path) -> Result<Dist> {
+/// Builds the static binary (release) that ships; returns its path.
+pub fn binary(root: &Path) -> Result<PathBuf> {
     crate::setup::ensure_debs(&PACKAGES, "to build the static binary")?;
     let installed = String::from_utf8(
         Command::new("rustup")
@@ -66,7 +66,12 @@ pub fn dist(root: &Path) -> Result<Dist> {
             .args(["build", "--release", "-p", "tcp-trace", "--target", TARGET])
             .env("PATH", crate::setup::path_with_cargo_bin()),
     )?;
-    let bin = root.join("target").join(TARGET).join("release/tcp-trace");
+    Ok(root.join("target").join(TARGET).join("release/tcp-trace"))
+}
+
+/// Builds the static binary and packs the tarball and the .deb.
+pub fn dist(root: &Path) -> Result<Dist> {
+    let bin = binary(root)?;
     let version = version(root)?;
     let out = root.join("target/dist");
     let _ = fs::remove_dir_all(&out);

@@ -98,9 +98,10 @@ enum Task {
     /// Run the whole test suite (unit and kernel integration tests; needs root). With
     /// `--kernel`, tcp-trace's tests run in a VM of each kernel instead of on the host's.
     Test {
-        /// Boot this kernel and run tcp-trace's test binaries in it (repeatable).
-        #[arg(long, value_parser = vm::KERNELS)]
-        kernel: Vec<String>,
+        /// Boot this kernel and run tcp-trace's test binaries in it (repeatable; the guests
+        /// run at the same time). `KERNEL:watch,resets` runs only those test files there.
+        #[arg(long, value_parser = vm::parse_kernel_run)]
+        kernel: Vec<vm::KernelRun>,
         /// libtest's --test-threads in the VM (2 is a quarter faster on 2 vCPUs, but the
         /// emulated CPU then starves the tests with tight time windows).
         #[arg(long, default_value_t = 1)]
@@ -348,32 +349,46 @@ fn run(cli: Cli) -> Result<()> {
             setup::ensure_test_tools()?;
             vm::ensure_host_tools()?;
             let bins = vm::build_tests(&root)?;
+            // The guests run the tests against the binary that ships.
+            let tracer = dist::binary(&root)?;
             let plan = vm::TestPlan {
                 threads: test_threads,
                 filters: args,
-                // The slowest binary takes about 2 minutes in a VM.
+                // The slowest binary takes about 4 minutes in a VM.
                 per_binary: std::time::Duration::from_secs(8 * 60),
             };
-            let mut totals = Vec::new();
-            for name in &kernel {
-                let k = vm::kernel(&root, name)?;
-                totals.push((
-                    name,
-                    vm::test_on(&root, &k, &bins, &plan, &vm_options(slowdown, timeout))?,
-                ));
-            }
-            if totals.len() > 1 {
-                println!();
-                for (name, (p, f)) in &totals {
-                    println!("  {name}: {p} passed, {f} failed");
-                }
-                let (p, f) = totals
+            // The kernels' guests run at the same time: an emulated guest keeps about one host
+            // core busy, most of its tests wait on the kernel's timers.
+            let kernels = kernel
+                .iter()
+                .map(|k| vm::kernel(&root, &k.name))
+                .collect::<Result<Vec<_>>>()?;
+            let runs = std::thread::scope(|s| {
+                let handles: Vec<_> = kernels
                     .iter()
-                    .fold((0, 0), |(p, f), (_, t)| (p + t.0, f + t.1));
-                println!("total: {p} passed, {f} failed");
+                    .zip(&kernel)
+                    .map(|(k, run)| {
+                        let (bins, plan, root) = (&bins, &plan, &root);
+                        let only = run.only.as_deref();
+                        let mut opts = vm_options(slowdown, timeout);
+                        opts.env
+                            .push(("TCP_TRACE_BIN".into(), tracer.display().to_string()));
+                        s.spawn(move || vm::test_on(root, k, only, bins, plan, &opts))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a VM thread panicked"))
+                    .collect::<Vec<_>>()
+            });
+            let mut totals = Vec::new();
+            for (k, run) in kernel.iter().zip(runs) {
+                let (p, f, report) = run?;
+                print!("{report}");
+                totals.push((&k.name, (p, f)));
             }
             // Also the first kernel booted locked down (a few seconds).
-            let lockdown = vm::lockdown_check(&root, &vm::kernel(&root, &kernel[0])?);
+            let lockdown = vm::lockdown_check(&root, &kernels[0]);
             let failed: usize = totals.iter().map(|(_, t)| t.1).sum();
             if failed > 0 {
                 bail!("{failed} test failures in the VMs");

@@ -416,7 +416,8 @@ fn boot(
     let reader = {
         let out = child.stdout.take().unwrap();
         let file = fs::File::create(&console)?;
-        thread::spawn(move || copy_console(out, file))
+        let prefix = format!("[{}] ", kernel.name);
+        thread::spawn(move || copy_console(out, file, &prefix))
     };
     let deadline = started + opts.timeout;
     let exited = loop {
@@ -531,7 +532,7 @@ fn virtiofsd(run_dir: &Path, tag: &str, source: &Path, read_only: bool) -> Resul
 
 /// Copies the console to `file` and stdout, without the firmware's terminal escapes; the
 /// status from a `TT-EXIT=` line, if one came.
-fn copy_console(mut out: impl Read, mut file: fs::File) -> Option<i32> {
+fn copy_console(mut out: impl Read, mut file: fs::File, prefix: &str) -> Option<i32> {
     let mut buf = [0u8; 8192];
     let mut line = Vec::new();
     let mut marker = None;
@@ -553,7 +554,8 @@ fn copy_console(mut out: impl Read, mut file: fs::File) -> Option<i32> {
                 b'\n' => {
                     line.push(b'\n');
                     let _ = file.write_all(&line);
-                    let _ = std::io::stdout().write_all(&line);
+                    // Prefixed: two guests can run at once.
+                    let _ = std::io::stdout().write_all(&[prefix.as_bytes(), &line].concat());
                     let text = String::from_utf8_lossy(&line);
                     if let Some(code) = text.trim().strip_prefix("TT-EXIT=") {
                         marker = code.parse().ok();
@@ -723,15 +725,69 @@ fn failure_output(log: &str, test: &str) -> Option<String> {
     Some(format!("{header}{}", &rest[..end]))
 }
 
-/// Runs every test binary in a guest of `kernel`; prints the failures' output, the per-binary
-/// table and the totals, and returns the totals (passed, failed).
+/// Test binaries whose subject is not the kernel: the property tests and the replay fixtures
+/// (the engine, decoder and file formats fed built or recorded streams), the report drawn in a
+/// browser and the dashboards queried by a real Prometheus (these two trace real traffic too,
+/// but what they check, the drawing and the queries, does not depend on the kernel; the
+/// kernel-facing part is in the other binaries). The host's suite runs them; in a guest the
+/// emulated CPU would only make them slow (a browser and Prometheus are the slowest things
+/// there).
+const HOST_ONLY: [&str; 4] = [
+    "test-dashboards",
+    "test-fixtures",
+    "test-report",
+    "test-robustness",
+];
+
+/// The tests of `bin`, from its own `--list`.
+fn tests_of(bin: &TestBinary) -> Result<usize> {
+    let out = Command::new(&bin.path)
+        .args(["--list", "--format", "terse"])
+        .output()
+        .with_context(|| format!("listing the tests of {}", bin.name))?;
+    ensure!(out.status.success(), "{} --list failed", bin.name);
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.ends_with(": test"))
+        .count())
+}
+
+/// A `--kernel` value: a kernel, and optionally (after `:`) the only test files to run there,
+/// e.g. `debian-6.1-rt:watch,resets`.
+#[derive(Clone, Debug)]
+pub struct KernelRun {
+    pub name: String,
+    pub only: Option<Vec<String>>,
+}
+
+pub fn parse_kernel_run(s: &str) -> Result<KernelRun, String> {
+    let (name, only) = match s.split_once(':') {
+        Some((n, o)) => (n, Some(o.split(',').map(String::from).collect())),
+        None => (s, None),
+    };
+    if !KERNELS.contains(&name) {
+        return Err(format!(
+            "unknown kernel {name:?}: one of {}",
+            KERNELS.join(", ")
+        ));
+    }
+    Ok(KernelRun {
+        name: name.into(),
+        only,
+    })
+}
+
+/// Runs the test binaries in a guest of `kernel` (all but HOST_ONLY, or those `only` names);
+/// returns the
+/// totals (passed, failed) and the report: the failures' output, a table per binary, the totals.
 pub fn test_on(
     root: &Path,
     kernel: &Kernel,
+    only: Option<&[String]>,
     bins: &[TestBinary],
     plan: &TestPlan,
     opts: &Options,
-) -> Result<(usize, usize)> {
+) -> Result<(usize, usize, String)> {
     let logs = root.join("target/vm").join(&kernel.name).join("logs");
     let _ = fs::remove_dir_all(&logs);
     fs::create_dir_all(&logs)?;
@@ -758,7 +814,35 @@ pub fn test_on(
 }}"#,
         secs = plan.per_binary.as_secs()
     )?;
+    for h in HOST_ONLY {
+        ensure!(
+            bins.iter().any(|b| b.name == h),
+            "xtask's HOST_ONLY names {h}, which is no test binary"
+        );
+    }
+    if let Some(only) = only {
+        for o in only {
+            ensure!(
+                bins.iter().any(|b| b.name == format!("test-{o}")),
+                "--kernel {}:…: no test file tests/{o}.rs",
+                kernel.name
+            );
+        }
+    }
+    // Left out: (tests, why).
+    let (mut host_tests, mut other_tests) = (0, 0);
+    let mut guest_bins = Vec::new();
     for b in bins {
+        if HOST_ONLY.contains(&b.name.as_str()) {
+            host_tests += tests_of(b)?;
+            continue;
+        }
+        if let Some(only) = only {
+            if !only.iter().any(|o| b.name == format!("test-{o}")) {
+                other_tests += tests_of(b)?;
+                continue;
+            }
+        }
         writeln!(
             script,
             "run {} {} --test-threads={}{filters}",
@@ -766,10 +850,11 @@ pub fn test_on(
             quote(path_str(&b.path)?),
             plan.threads
         )?;
+        guest_bins.push(b);
     }
     println!(
         "xtask: running {} test binaries on {} ({})",
-        bins.len(),
+        guest_bins.len(),
         kernel.name,
         kernel.release
     );
@@ -790,7 +875,7 @@ pub fn test_on(
     ]];
     let (mut passed, mut failed) = (0, 0);
     let mut details = String::new();
-    for b in bins {
+    for b in guest_bins {
         let path = logs.join(format!("{}.log", b.name));
         let log = fs::read_to_string(&path).unwrap_or_default();
         let o = Outcome::parse(&log, exits.get(b.name.as_str()).copied());
@@ -838,19 +923,21 @@ pub fn test_on(
             details.push('\n');
         }
     }
-    print!("{details}");
     let widths: Vec<usize> = (0..5)
         .map(|i| table.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
-    println!(
+    let mut report = details;
+    writeln!(
+        report,
         "\n{} ({}), VM wall time {:.0} s, logs in {}",
         kernel.name,
         kernel.release,
         wall.as_secs_f64(),
         logs.display()
-    );
+    )?;
     for r in &table {
-        println!(
+        writeln!(
+            report,
             "  {:<w0$}  {:>w1$}  {:>w2$}  {:>w3$}  {}",
             r[0],
             r[1],
@@ -861,16 +948,29 @@ pub fn test_on(
             w1 = widths[1],
             w2 = widths[2],
             w3 = widths[3]
-        );
+        )?;
+    }
+    writeln!(
+        report,
+        "  not run here: {host_tests} tests whose subject is not the kernel (the host runs them)"
+    )?;
+    if let Some(only) = only {
+        writeln!(
+            report,
+            "  not run here: {other_tests} tests outside tests/{{{}}}.rs (asked: --kernel {}:{})",
+            only.join(","),
+            kernel.name,
+            only.join(",")
+        )?;
     }
     if guest.is_none() {
         // Binaries that did not finish count as failed above; a guest that hung after the
         // last one still fails the run.
-        println!("the VM did not finish (see above)");
+        writeln!(report, "the VM did not finish (see above)")?;
         failed = failed.max(1);
     }
-    println!("{passed} passed, {failed} failed");
-    Ok((passed, failed))
+    writeln!(report, "{passed} passed, {failed} failed")?;
+    Ok((passed, failed, report))
 }
 
 /// A kernel locked down for confidentiality (booted with `lockdown=confidentiality`) refuses

@@ -15,7 +15,15 @@ use std::{
 
 use serde_json::Value;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_tcp-trace");
+/// The tracer under test: this build's, or the binary `TCP_TRACE_BIN` names (the VM runner
+/// names the release build that ships: a debug build starts twice as slowly on an emulated
+/// CPU).
+pub fn bin() -> &'static str {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("TCP_TRACE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tcp-trace").into())
+    })
+}
 
 /// `d` times `TCP_TRACE_TEST_SLOWDOWN` (default 1): the VM runner (`cargo xtask test
 /// --kernel`) sets it because its emulated CPU makes everything several times slower.
@@ -88,7 +96,7 @@ impl Tracer {
     pub fn start(args: &[&str]) -> Self {
         require_root();
         let (notify, name) = notify_socket();
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin())
             .args(args)
             .env("RUST_LOG", "info")
             .env("NOTIFY_SOCKET", format!("@{name}"))
