@@ -95,8 +95,9 @@ fn a_connect_into_a_black_hole_times_out() {
     let tracer = life(port);
     sysctl_in(&net.a, "net.ipv4.tcp_syn_retries=1");
     net.silent_gateway(&net.a, &net.b_addr); // a's SYNs leave and are lost on the wire
-                                             // A blocking connect, as in tests/resets.rs: a non-blocking one can read the error before
-                                             // the kernel's error report fires (README, `error`), and `life` then says `local_abort`.
+
+    // A blocking connect, as in tests/resets.rs: a non-blocking one can read the error before
+    // the kernel's error report fires (README, `error`), and `life` then says `local_abort`.
     let target: std::net::SocketAddr = format!("{}:{port}", net.b_addr).parse().unwrap();
     let err = in_netns(&net.a, move || std::net::TcpStream::connect(target)).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");

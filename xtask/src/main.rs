@@ -387,6 +387,16 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{report}");
                 totals.push((&k.name, (p, f)));
             }
+            if totals.len() > 1 {
+                println!();
+                for (name, (p, f)) in &totals {
+                    println!("  {name}: {p} passed, {f} failed");
+                }
+                let (p, f) = totals
+                    .iter()
+                    .fold((0, 0), |(p, f), (_, t)| (p + t.0, f + t.1));
+                println!("total: {p} passed, {f} failed");
+            }
             // Also the first kernel booted locked down (a few seconds).
             let lockdown = vm::lockdown_check(&root, &kernels[0]);
             let failed: usize = totals.iter().map(|(_, t)| t.1).sum();

@@ -739,8 +739,8 @@ const HOST_ONLY: [&str; 4] = [
     "test-robustness",
 ];
 
-/// The tests of `bin`, from its own `--list`.
-fn tests_of(bin: &TestBinary) -> Result<usize> {
+/// How many tests `bin` has, from its own `--list`.
+fn test_count(bin: &TestBinary) -> Result<usize> {
     let out = Command::new(&bin.path)
         .args(["--list", "--format", "terse"])
         .output()
@@ -829,17 +829,16 @@ pub fn test_on(
             );
         }
     }
-    // Left out: (tests, why).
     let (mut host_tests, mut other_tests) = (0, 0);
     let mut guest_bins = Vec::new();
     for b in bins {
         if HOST_ONLY.contains(&b.name.as_str()) {
-            host_tests += tests_of(b)?;
+            host_tests += test_count(b)?;
             continue;
         }
         if let Some(only) = only {
             if !only.iter().any(|o| b.name == format!("test-{o}")) {
-                other_tests += tests_of(b)?;
+                other_tests += test_count(b)?;
                 continue;
             }
         }
