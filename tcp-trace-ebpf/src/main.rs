@@ -119,6 +119,13 @@ mod programs {
             && (fam == 0 || family == fam)
     }
 
+    /// `wanted`, for a socket error: one reported after a disconnect has cleared a port passes
+    /// (errors are rare), and userspace filters it on the ports of the connection it joins.
+    #[inline(always)]
+    fn wanted_or_cleared(e: &Ends) -> bool {
+        e.sport == 0 || e.dport == 0 || wanted(e.family, e.sport, e.dport)
+    }
+
     /// A socket's network namespace inode and cgroup id (0: unknown).
     #[derive(Clone, Copy)]
     struct Place {
@@ -638,7 +645,7 @@ mod programs {
             return 0;
         };
         let end = ends(&r, [er::FAMILY, er::SPORT, er::DPORT]);
-        if !wanted(end.family, end.sport, end.dport) || r.get::<u16>(er::PROTOCOL) != IPPROTO_TCP {
+        if !wanted_or_cleared(&end) || r.get::<u16>(er::PROTOCOL) != IPPROTO_TCP {
             return 0;
         }
         // Error 0 is no error: after a failed connect, connect() disconnects the socket
@@ -715,7 +722,7 @@ mod programs {
         let Some(s) = tcp_sock(sk, &o) else {
             return 0;
         };
-        if !wanted(s.ends.family, s.ends.sport, s.ends.dport) {
+        if !wanted_or_cleared(&s.ends) {
             return 0;
         }
         let error: i32 = field(sk, o.err);

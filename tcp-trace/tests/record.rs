@@ -361,6 +361,79 @@ fn a_recorder_killed_with_sigkill_leaves_a_replayable_file() {
     let _ = std::fs::remove_file(&file);
 }
 
+/// A leak that begins after the recorder started, and a recorder killed a few seconds later:
+/// `stuck --replay --once` answers as of the recording's end (not its start plus the settle
+/// window), and a replay without `--once` evaluates once more at its end (its interval never
+/// came within the recording).
+#[test]
+fn a_replay_answers_as_of_its_end() {
+    let port = free_port();
+    let file = std::env::temp_dir().join(format!("tt-end-{}.ttr", std::process::id()));
+    let mut rec = Tracer::start(&[
+        "record",
+        "-o",
+        file.to_str().unwrap(),
+        "--snapshot-interval",
+        "1s",
+        "--port",
+        &port.to_string(),
+    ]);
+    // Later than `--once`'s settle window (1 s) after the recording's start.
+    std::thread::sleep(slow(Duration::from_millis(1500)));
+    let peer = Peer::leak(5, "127.0.0.1", port);
+    // Two snapshots list the leak; it is older than the thresholds below at the end.
+    std::thread::sleep(slow(Duration::from_millis(3000)));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(rec.pid() as i32, libc::SIGKILL) };
+    while rec.alive() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let f = file.to_str().unwrap();
+    let p = port.to_string();
+    let leaked = |ev: &[Value]| -> usize {
+        ev.iter()
+            .filter(|e| e["type"] == "stuck" && e["state"] == "CLOSE_WAIT")
+            .filter(|e| e["pid"] == peer.server_pid)
+            .count()
+    };
+    let (code, ev, err) = replay(&[
+        "stuck",
+        "--replay",
+        f,
+        "--once",
+        "--json",
+        "--threshold",
+        "1s",
+        "--port",
+        &p,
+    ]);
+    assert_eq!(
+        leaked(&ev),
+        5,
+        "--once answers as of the end: {err}\n{ev:#?}"
+    );
+    assert_eq!(code, 1, "something is stuck at the end: {err}");
+    let (code, ev, err) = replay(&[
+        "stuck",
+        "--replay",
+        f,
+        "--json",
+        "--threshold",
+        "2s",
+        "--port",
+        &p,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(leaked(&ev), 5, "evaluated at the end: {err}\n{ev:#?}");
+    let summary = ev
+        .iter()
+        .rfind(|e| e["type"] == "summary")
+        .expect("summary");
+    // The five CLOSE_WAIT and the clients' five orphaned FIN_WAIT2.
+    assert_eq!(summary["stuck_now"], 10, "{summary}");
+    let _ = std::fs::remove_file(&file);
+}
+
 /// The names of the files in `dir`, sorted.
 fn names_in(dir: &std::path::Path) -> Vec<String> {
     let mut n: Vec<String> = std::fs::read_dir(dir)

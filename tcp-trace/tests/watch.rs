@@ -665,3 +665,34 @@ fn feedback_from_the_first_second() {
     }
     t.stop();
 }
+
+/// An abortive close (`SO_LINGER` 0) reports `ECONNRESET` after the kernel has cleared the
+/// remote port (and the local address): the error still matches `--dport` and shows the
+/// connection's endpoints.
+#[test]
+fn an_error_after_the_remote_port_was_cleared_matches_by_its_socket() {
+    let port = free_port();
+    let tracer = Tracer::start(&["watch", "--json", "--dport", &port.to_string()]);
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    let (_server, _) = listener.accept().unwrap();
+    abort_on_close(&client);
+    drop(client);
+    let ev = tracer.wait_for("the client's ECONNRESET", WAIT, |ev| {
+        ev.iter().any(|e| e["type"] == "error")
+    });
+    let e = ev.iter().find(|e| e["type"] == "error").unwrap();
+    // The kernel has also cleared the local address by then: the connection's is shown.
+    assert_eq!(
+        (&e["saddr"], &e["sport"], &e["dport"], &e["error"]),
+        (
+            &"127.0.0.1".into(),
+            &client_port.into(),
+            &port.into(),
+            &"ECONNRESET".into()
+        ),
+        "{e}"
+    );
+    tracer.stop();
+}

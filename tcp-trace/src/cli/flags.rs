@@ -199,7 +199,10 @@ pub struct StuckOpts {
 pub struct StuckArgs {
     #[command(flatten)]
     pub opts: StuckOpts,
-    /// Report once after a short settle window and exit: 1 if anything is stuck, 0 if not.
+    /// Report once and exit: 1 if anything is stuck, 0 if not. Live, after a short settle
+    /// window; with --replay, as of the recording's end (its last event or time frame, also
+    /// when the file was cut short). Without --once, a replay reports every --interval of
+    /// recorded time and once more at its end.
     #[arg(long)]
     pub once: bool,
     /// With --replay: report what was stuck at this time (`14:32:05` on the recording's day,

@@ -56,8 +56,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let set = a.opts.settings(c, a.once.then_some(a.settle));
             let mut sink = StuckCmd::new(stdout(), a.json, clock, set, c.max_sockets, input.env())?;
-            if let Some(at) = at {
-                sink.evaluate_at(at);
+            // A replay answers as of its end (its last event or time frame), `--at` for any
+            // other moment; live, `--once` answers after its settle window.
+            match (at, &input) {
+                (Some(at), _) => sink.evaluate_at(at),
+                (None, Input::Replay(..)) if a.once => sink.evaluate_at_end(),
+                (None, Input::Replay(..)) => sink.evaluate_at_end_too(),
+                (None, Input::Live(..)) => {}
             }
             sink.set_wide(a.wide);
             sink.set_each(a.each);

@@ -47,6 +47,11 @@ pub trait Sink {
     fn wakeup(&self) -> Option<u64> {
         None
     }
+    /// A wake-up a replay runs its clock on to after the recording's last item (a moment the
+    /// reader asked about, such as `stuck --at`); a periodic one stays within the recording.
+    fn wakeup_after_end(&self) -> Option<u64> {
+        self.wakeup()
+    }
 }
 
 /// Why the loop ended.
@@ -268,6 +273,8 @@ const REPLAY_BATCH_NS: u64 = 50_000_000;
 pub fn replay(reader: &mut Parts, sink: &mut dyn Sink, env: &mut Replay) -> Result<()> {
     let mut batch: Vec<Delivery> = Vec::new();
     let mut batch_end: Option<u64> = None;
+    // The input's last moment: its last event or time frame (whole or cut).
+    let mut last_ts: Option<u64> = None;
     // `at`: the time the batch closes; the last leaves nothing waiting.
     let flush =
         |batch: &mut Vec<Delivery>, env: &mut Replay, sink: &mut dyn Sink, at: u64, last: bool| {
@@ -313,15 +320,16 @@ pub fn replay(reader: &mut Parts, sink: &mut dyn Sink, env: &mut Replay) -> Resu
             Item::End { .. } | Item::Time { .. } => {}
         }
         batch_end.get_or_insert(ts + REPLAY_BATCH_NS);
+        last_ts = last_ts.max(Some(ts));
     };
-    let end = batch_end.unwrap_or(env.now());
+    let end = last_ts.unwrap_or(env.now()).max(env.now());
     if flush(&mut batch, env, sink, end, true)? == Flow::Stop {
         return finish(sink, env, fault);
     }
     // Time runs on past the last item to the sink's pending wake-up (e.g. `stuck --at`), but
     // not past a cut or damaged end: nothing is known of that time.
     let whole = fault.is_none() && reader.unfinished().is_none();
-    if let Some(w) = sink.wakeup().filter(|w| *w > env.now() && whole) {
+    if let Some(w) = sink.wakeup_after_end().filter(|w| *w > env.now() && whole) {
         flush(&mut batch, env, sink, w, true)?;
     }
     finish(sink, env, fault)

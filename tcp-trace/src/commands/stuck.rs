@@ -83,6 +83,10 @@ pub struct StuckCmd<W: Write> {
     idle: HashSet<Tuple>,
     resets: u64,
     next_eval_ns: u64,
+    /// A replay evaluates again when its input ends, if time has moved since the last one:
+    /// the recording's last moment is the one its reader asks about.
+    at_end_too: bool,
+    last_eval_ns: Option<u64>,
     sum: Summary,
     metrics: Option<Arc<Metrics>>,
 }
@@ -144,6 +148,8 @@ impl<W: Write> StuckCmd<W> {
             // Live: the first evaluation at once (what is already stuck is known from the
             // start-up snapshot); --once waits for its settle window.
             next_eval_ns: now + set.once.map_or(0, |settle| settle.as_nanos() as u64),
+            at_end_too: false,
+            last_eval_ns: None,
             set,
             sum: Summary::default(),
         })
@@ -196,6 +202,12 @@ impl<W: Write> StuckCmd<W> {
     pub fn evaluate_at_end(&mut self) {
         self.set.once = Some(Duration::ZERO);
         self.next_eval_ns = AT_END;
+    }
+
+    /// A replay: besides every `--interval`, evaluate once more when the input ends (the last
+    /// event or time frame, whole or cut), unless that moment was just evaluated.
+    pub fn evaluate_at_end_too(&mut self) {
+        self.at_end_too = true;
     }
 
     /// A socket's lifecycle as this run's engine has it: open, or recently finished (a
@@ -321,6 +333,7 @@ impl<W: Write> StuckCmd<W> {
 
     /// One evaluation: list, assess, report what changed.
     fn evaluate(&mut self, now_ns: u64, env: &mut dyn Env) -> Result<()> {
+        self.last_eval_ns = Some(now_ns);
         let diag = self.listed(now_ns, env)?;
         let now_stuck = self.find_stuck(&diag, now_ns, env);
         self.report_changes(&diag, now_stuck, now_ns, env.fin_timeout())?;
@@ -692,12 +705,20 @@ impl<W: Write> Sink for StuckCmd<W> {
         (self.next_eval_ns < AT_END).then_some(self.next_eval_ns)
     }
 
+    fn wakeup_after_end(&self) -> Option<u64> {
+        self.wakeup().filter(|_| self.set.once.is_some())
+    }
+
     fn finish(&mut self, env: &mut dyn Env) -> Result<()> {
         let now = env.now();
         let pending = self.next_eval_ns != u64::MAX && self.next_eval_ns > now;
         if self.set.once.is_some() && pending {
-            // stopped by a signal before the settle window ended: report what we have
+            // stopped by a signal before the settle window ended, or asked at the input's
+            // end: report what we have
             self.evaluate(now, env)?;
+        } else if self.at_end_too && self.last_eval_ns.is_none_or(|at| at < now) {
+            self.evaluate(now, env)?;
+            self.publish(now);
         }
         self.sum.stuck_now = self.reported.len() as u64;
         self.sum.half_open_now = (self.half_open.len() + self.idle.len()) as u64;

@@ -7,7 +7,7 @@ use anyhow::Result;
 use crate::{
     commands::pipeline::{Flow, Sink},
     engine::{cause, filter::Filter, halfopen::Notice, Applied, Engine},
-    event::{clock::Clock, Delivery},
+    event::{clock::Clock, Delivery, Event},
     host::Env,
     output::watch::{Annotated, WatchWriter},
     stuck::forecast,
@@ -59,6 +59,21 @@ impl<W: Write> Sink for Watch<W> {
             match r {
                 Delivery::Event(ev) => {
                     let Some(applied) = applied.next() else { break };
+                    // An error reported after a disconnect has lost endpoints: its connection's.
+                    let shown;
+                    let ev = match applied.tuple {
+                        Some(t) => {
+                            shown = Event {
+                                saddr: t.saddr,
+                                sport: t.sport,
+                                daddr: t.daddr,
+                                dport: t.dport,
+                                ..*ev
+                            };
+                            &shown
+                        }
+                        None => ev,
+                    };
                     if !self.filter.matches(ev, applied.owner.as_ref()) {
                         continue;
                     }

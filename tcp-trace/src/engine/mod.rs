@@ -41,6 +41,10 @@ pub struct Applied {
     /// The socket's namespace and cgroup: the event's, or (for an event without a socket)
     /// its connection's.
     pub place: Place,
+    /// The connection's endpoints, when the event's lack a port or the local address the
+    /// kernel had already cleared (an error reported after a disconnect): filters and output
+    /// use these.
+    pub tuple: Option<Tuple>,
 }
 
 /// A socket found in a snapshot before its events were seen.
@@ -243,6 +247,24 @@ impl Engine {
         self.insert(key, l);
     }
 
+    /// The open connection with these endpoints is held by `owner` (a host fact: the process
+    /// that has its fd, for a socket no owner-context transition has named yet, such as an
+    /// accepted one). An owner the events showed is kept. True when it was taken.
+    pub fn adopt(&mut self, t: &Tuple, owner: Owner) -> bool {
+        let Some(l) = self
+            .socks
+            .key_of(t)
+            .and_then(|k| self.socks.map.get_mut(&k))
+        else {
+            return false;
+        };
+        if l.owner.is_some() {
+            return false;
+        }
+        l.owner = Some(owner);
+        true
+    }
+
     /// Marks every tracked lifecycle incomplete (events were lost).
     pub fn mark_all_incomplete(&mut self) {
         for l in self.socks.map.values_mut() {
@@ -369,6 +391,10 @@ impl Engine {
             out.place = self.places.get(l.place);
             out.owner = l.owner;
             out.sock = (l.sock != 0).then_some(l.sock);
+            let cleared = ev.sport == 0 || ev.dport == 0 || ev.saddr.is_unspecified();
+            if cleared && l.tuple.sport != 0 && l.tuple.dport != 0 {
+                out.tuple = Some(l.tuple);
+            }
             state = Some(l.state());
             age = Some((
                 std::time::Duration::from_nanos(ev.ts_ns.saturating_sub(l.first_seen_ns())),
