@@ -224,3 +224,119 @@ fn an_idle_connection_to_a_silenced_peer_ends_in_a_keepalive_timeout() {
     drop((client, server));
     tracer.stop();
 }
+
+/// A client closes, its peer acknowledges and never closes: the client's socket is handed to a
+/// timewait socket (its CLOSE says no cause yet), and the connection ends when the kernel
+/// reaps that orphan after `tcp_fin_timeout` (3 s in the client's namespace): `fin_timeout`,
+/// never `normal`. A second client whose peer does close ends `normal`, with the peer's FIN.
+#[test]
+fn a_client_whose_peer_never_closes_ends_at_fin_timeout() {
+    let net = NetnsPair::new("cause-fin");
+    sysctl_in(&net.a, "net.ipv4.tcp_fin_timeout=3");
+    let port = free_port();
+    let p = port.to_string();
+    let watch = Tracer::start(&["watch", "--json", "--port", &p]);
+    let life = life(port);
+    let listener = net.listen_in_b(port);
+    let connect = || {
+        let mut c = net.connect_from_a(port, slow(WAIT)).unwrap();
+        let (mut s, _) = listener.accept().unwrap();
+        c.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        std::io::Read::read_exact(&mut s, &mut b).unwrap();
+        (c, s)
+    };
+    let (silent_client, _silent_server) = connect();
+    let silent = silent_client.local_addr().unwrap().port();
+    let (closing_client, mut closing_server) = connect();
+    let closing = closing_client.local_addr().unwrap().port();
+    drop(silent_client);
+    drop(closing_client);
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut closing_server, &mut rest).unwrap();
+    drop(closing_server);
+    let ended = |ev: &[Value], sport: u16| {
+        ev.iter()
+            .find(|e| e["type"] == "end" && e["sport"] == sport)
+            .cloned()
+    };
+    let ev = watch.wait_for("both ends", slow(WAIT), |ev| {
+        ended(ev, silent).is_some() && ended(ev, closing).is_some()
+    });
+    let close = ev
+        .iter()
+        .find(|e| e["sport"] == silent && e["new"] == "CLOSE")
+        .expect("the silent client's socket closed");
+    assert_eq!(
+        (&close["old"], &close["cause"]),
+        (&"FIN_WAIT2".into(), &Value::Null),
+        "the socket closed, the connection had not ended: {close}"
+    );
+    let e = ended(&ev, silent).unwrap();
+    assert_eq!(e["cause"], "fin_timeout", "{e}");
+    assert_eq!(e["evidence"][2], "tcp_fin_timeout", "{e}");
+    let waited = e["ms_in_state"].as_f64().unwrap();
+    assert!(
+        (2_500.0..slow(Duration::from_secs(6)).as_millis() as f64).contains(&waited),
+        "reaped after about 3 s in FIN_WAIT2: {e}"
+    );
+    let e = ended(&ev, closing).unwrap();
+    assert_eq!(e["cause"], "normal", "{e}");
+    assert_eq!(e["evidence"][2], "peer_fin", "{e}");
+    watch.stop();
+    let l = life_of(&life, silent);
+    assert_eq!(l["cause"], "fin_timeout", "{l}");
+    assert!(
+        states_ms(&l) >= 2_500.0,
+        "its life lasts until it was reaped: {l}"
+    );
+    let l = life_of(&life, closing);
+    assert_eq!(l["cause"], "normal", "{l}");
+    life.stop();
+}
+
+/// A peer that stops reading: the client's data fills its window, the kernel probes the
+/// closed window, the peer answers every probe with the window still closed, and the client's
+/// 1.5 s `TCP_USER_TIMEOUT` ends it: `probe_timeout` (no keepalive was set, and the probe timer
+/// sends no reset), not `keepalive_timeout`.
+#[test]
+fn a_window_closed_past_the_user_timeout_is_a_probe_timeout() {
+    let port = free_port();
+    let tracer = life(port);
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    // The accepted socket inherits a small receive buffer: the window closes soon.
+    setsockopt(
+        &listener,
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUF,
+        &4096i32.to_ne_bytes(),
+    );
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    let (_server, _) = listener.accept().unwrap(); // never reads
+    setsockopt(
+        &client,
+        libc::IPPROTO_TCP,
+        libc::TCP_USER_TIMEOUT,
+        &1500u32.to_ne_bytes(),
+    );
+    client.set_nonblocking(true).unwrap();
+    let chunk = [0u8; 65536];
+    loop {
+        match client.write(&chunk) {
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let c = life_of(&tracer, client_port);
+    assert_eq!(c["cause"], "probe_timeout", "{c}");
+    assert_eq!(
+        evidence(&c),
+        ["ESTABLISHED->CLOSE", "error:ETIMEDOUT"],
+        "{c}"
+    );
+    assert_eq!(c["retransmits"], 0, "{c}");
+    drop(client);
+    tracer.stop();
+}

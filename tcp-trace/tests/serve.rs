@@ -1,11 +1,13 @@
 //! `tcp-trace serve`: scrape `/metrics` over HTTP on loopback after known connections (a stuck
-//! CLOSE_WAIT among them) and check the counters and gauges moved by exactly that much;
-//! `/healthz`; a scrape during a connection storm; the `deploy/` files parse.
+//! CLOSE_WAIT among them) and check the counters and gauges moved by exactly that much, and
+//! back to 0 on recovery; every series known in advance at 0 on a quiet host; the text format
+//! 0.0.4 unless the client asks for OpenMetrics, and Debian's `promtool check metrics` clean on
+//! it; `/healthz`; a scrape during a connection storm; the `deploy/` files parse.
 
 mod common;
 
 use std::{
-    io::Read,
+    io::{Read, Write},
     net::{TcpListener, TcpStream},
     sync::atomic::{AtomicBool, Ordering},
     sync::Arc,
@@ -44,7 +46,7 @@ fn metrics_move_by_exactly_what_happened() {
     assert_eq!(st, 200, "{health}");
     let (_, before, _) = get(http, "/metrics");
     let est = r#"tcp_trace_state_transitions_total{from="SYN_SENT",to="ESTABLISHED"}"#;
-    assert_eq!(sample(&before, est), 0.0, "nothing on this port yet");
+    assert_eq!(try_sample(&before, est), None, "nothing on this port yet");
     assert!(
         before.contains("# TYPE tcp_trace_tracked_sockets gauge"),
         "{before}"
@@ -60,12 +62,15 @@ fn metrics_move_by_exactly_what_happened() {
         let mut b = [0u8; 1];
         let _ = s.read(&mut b);
     }
-    // Scraped once both ends are reported stuck and all 10 ends have finished (a slow VM may
-    // need more than the threshold and an interval for that); then every figure exactly.
+    // Scraped once both ends are reported stuck and all 10 ends have finished and have their
+    // cause (a slow VM may need more than the threshold and an interval for that; an orphaned
+    // FIN_WAIT2's cause waits for its fate); then every figure exactly.
+    let normal = r#"tcp_trace_connection_closes_total{cause="normal"}"#;
     let after = scrape_until(http, |m| {
         sample(m, r#"tcp_trace_stuck_sockets{state="CLOSE_WAIT"}"#) >= 1.0
             && sample(m, r#"tcp_trace_stuck_sockets{state="FIN_WAIT2"}"#) >= 1.0
             && sample(m, "tcp_trace_connection_lifetime_seconds_count") >= 10.0
+            && sample(m, normal) >= 10.0
     });
     assert_eq!(sample(&after, est), 6.0, "{after}");
     assert_eq!(
@@ -104,17 +109,17 @@ fn metrics_move_by_exactly_what_happened() {
         "5 connections, both ends"
     );
     assert_eq!(
-        sample(
-            &after,
-            r#"tcp_trace_connection_closes_total{cause="normal"}"#
-        ),
+        sample(&after, normal),
         10.0,
         "5 clean closes, both ends: {after}"
     );
     assert_eq!(sample(&after, "tcp_trace_lost_events_total"), 0.0);
+    // The richest exposition of the test (labelled gauges, observed histograms): clean.
+    promtool_check(&after);
 
     // The server closes: the CLOSE_WAIT recovers into the histogram at once, and leaves the
-    // stuck gauge at the next evaluation (a VM's scrape has fallen between the two).
+    // stuck gauge at the next evaluation (a VM's scrape has fallen between the two). The
+    // gauges read 0 then, the owner's too: they do not vanish.
     Peer::close(peer.server_pid);
     let rec = scrape_until(http, |m| {
         sample(
@@ -122,6 +127,8 @@ fn metrics_move_by_exactly_what_happened() {
             r#"tcp_trace_half_closed_seconds_count{state="CLOSE_WAIT"}"#,
         ) >= 1.0
             && sample(m, r#"tcp_trace_stuck_sockets{state="CLOSE_WAIT"}"#) == 0.0
+            && sample(m, r#"tcp_trace_stuck_sockets{state="FIN_WAIT2"}"#) == 0.0
+            && sample(m, r#"tcp_trace_stuck_sockets_by_comm{comm="tt-server"}"#) == 0.0
     });
     assert_eq!(
         sample(
@@ -260,6 +267,203 @@ fn stuck_gauges_count_other_namespaces() {
         sample(m, r#"tcp_trace_stuck_sockets{state="CLOSE_WAIT"}"#) == 1.0
             && sample(m, r#"tcp_trace_stuck_sockets{state="FIN_WAIT2"}"#) == 1.0
     });
+}
+
+/// GET `/metrics` with an `Accept` header (none when `None`): (status, `Content-Type`,
+/// `Vary`, body).
+fn get_as(http: u16, accept: Option<&str>) -> (u16, String, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", http)).unwrap();
+    s.set_read_timeout(Some(slow(Duration::from_secs(10))))
+        .unwrap();
+    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+    write!(
+        s,
+        "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1:{http}\r\n{accept}\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
+    let header = |name: &str| {
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map_or(String::new(), |(_, v)| v.trim().to_string())
+    };
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        header("content-type"),
+        header("vary"),
+        body.to_string(),
+    )
+}
+
+/// Debian's `promtool` (package `prometheus`; `cargo xtask test` installs it). When missing:
+/// a failure under `CI=true`, otherwise a notice and `None`.
+fn promtool() -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("promtool"))
+            .find(|f| f.is_file())
+    });
+    if found.is_none() {
+        let msg = "promtool is not installed: it comes with Debian's `prometheus` package \
+                   (apt-get install -y prometheus; `cargo xtask test` installs it)";
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{msg}; under CI=true this test fails instead of skipping"
+        );
+        eprintln!("promtool check skipped: {msg}");
+    }
+    found
+}
+
+/// `promtool check metrics` parses `exposition` and has nothing to say about it (its lint:
+/// help text, `_total` on counters, units, names): exit 0 and no output.
+fn promtool_check(exposition: &str) {
+    let Some(promtool) = promtool() else {
+        return;
+    };
+    let mut child = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {} {said}\n{exposition}",
+        out.status
+    );
+}
+
+/// The series (name and labels) of an exposition's samples, values left out.
+fn series(exposition: &str) -> std::collections::BTreeSet<String> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.rsplit_once(' ').map_or(l, |(s, _)| s).to_string())
+        .collect()
+}
+
+/// A quiet host (nothing on the traced port): every series whose labels are known in advance
+/// is there at 0 (the reportable states, the half-open kinds, the close causes, the named
+/// errnos); the answer is the Prometheus text format 0.0.4, which promtool passes, unless the
+/// client asks for OpenMetrics (as Prometheus does), which then has the same series.
+#[test]
+fn known_series_at_0_in_the_format_the_client_asked_for() {
+    use tcp_trace::{
+        engine::{cause::Cause, halfopen::Kind},
+        stuck::REPORTABLE,
+    };
+    let port = free_port();
+    let http = free_port();
+    let _tracer = Tracer::start(&[
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{http}"),
+        "--port",
+        &port.to_string(),
+        "--threshold",
+        "1s",
+        "--interval",
+        "300ms",
+    ]);
+    let text_type = "text/plain; version=0.0.4; charset=utf-8";
+    let (st, ct, vary, text) = get_as(http, None);
+    assert_eq!((st, ct.as_str()), (200, text_type), "{text}");
+    assert_eq!(vary, "Accept");
+    let mut known: Vec<String> = Vec::new();
+    for s in REPORTABLE {
+        known.push(format!("tcp_trace_stuck_sockets{{state=\"{s}\"}}"));
+        known.push(format!(
+            "tcp_trace_half_closed_seconds_count{{state=\"{s}\"}}"
+        ));
+    }
+    for k in Kind::ALL {
+        known.push(format!(
+            "tcp_trace_half_open_sockets{{kind=\"{}\"}}",
+            k.name()
+        ));
+    }
+    for c in Cause::ALL {
+        known.push(format!(
+            "tcp_trace_connection_closes_total{{cause=\"{}\"}}",
+            c.name()
+        ));
+    }
+    for e in [
+        "ECONNREFUSED",
+        "ECONNRESET",
+        "ETIMEDOUT",
+        "EHOSTUNREACH",
+        "ENETUNREACH",
+        "EPIPE",
+    ] {
+        known.push(format!("tcp_trace_socket_errors_total{{error=\"{e}\"}}"));
+    }
+    assert!(known.len() >= 28, "{known:?}");
+    for s in &known {
+        assert_eq!(sample(&text, s), 0.0, "{s}");
+    }
+    for family in [
+        "tcp_trace_stuck_sockets gauge",
+        "tcp_trace_half_open_sockets gauge",
+        "tcp_trace_half_closed_seconds histogram",
+        "tcp_trace_connection_closes_total counter",
+        "tcp_trace_socket_errors_total counter",
+    ] {
+        assert!(
+            text.contains(&format!("\n# TYPE {family}\n")),
+            "{family}:\n{text}"
+        );
+    }
+    assert!(!text.contains("# EOF"), "{text}");
+    promtool_check(&text);
+
+    // Asking for the text format by name gets it.
+    let (_, ct, _, _) = get_as(http, Some("text/plain;version=0.0.4"));
+    assert_eq!(ct, text_type);
+    // Prometheus' own Accept header prefers OpenMetrics.
+    let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,\
+                      application/openmetrics-text;version=0.0.1;q=0.4,\
+                      text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+    let (st, ct, _, om) = get_as(http, Some(prometheus));
+    assert_eq!(
+        (st, ct.as_str()),
+        (
+            200,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        )
+    );
+    assert!(om.ends_with("\n# EOF\n"), "{om}");
+    assert!(
+        om.contains("\n# TYPE tcp_trace_connection_closes counter\n"),
+        "{om}"
+    );
+    for s in &known {
+        assert_eq!(sample(&om, s), 0.0, "{s}");
+    }
+    // The same series both ways (values aside: the tracked sockets may move in between).
+    assert_eq!(series(&om), series(&get_as(http, None).3));
 }
 
 /// `/metrics` once `ready` holds of it; fails after a while with the last scrape.

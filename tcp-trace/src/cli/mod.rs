@@ -35,7 +35,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Watch(a) => {
             let c = &a.common;
-            let (input, clock) = Input::open(c, a.json || a.wide, SWEEP_EVERY)?;
+            // Always the sockets' namespaces: a timewait orphan's fate is looked up there.
+            let (input, clock) = Input::open(c, true, SWEEP_EVERY)?;
             let mut sink = Watch::new(stdout(), a.json, clock, c.filter(), c.engine(false));
             sink.set_wide(a.wide);
             input.run(&mut sink).await?;
@@ -134,7 +135,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Life(a) => {
             let c = &a.common;
-            let (input, clock) = Input::open(c, a.json || a.wide, SWEEP_EVERY)?;
+            // Always the sockets' namespaces: a timewait orphan's fate is looked up there.
+            let (input, clock) = Input::open(c, true, SWEEP_EVERY)?;
             let mut sink = Life::new(stdout(), a.json, clock, c.filter(), c.engine(true));
             sink.set_wide(a.wide);
             sink.set_open(a.open);

@@ -1,5 +1,6 @@
 //! One module per subcommand; each builds a [`crate::commands::pipeline::Sink`].
 
+pub mod fates;
 pub mod life;
 pub mod pipeline;
 pub mod record;

@@ -5,7 +5,7 @@
 //! on a host without that cgroup.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     io::Write,
     path::{Path, PathBuf},
     time::Duration,
@@ -16,7 +16,7 @@ use anyhow::Result;
 use crate::{
     commands::pipeline::{Flow, Sink},
     engine::filter::Filter,
-    event::{clock::Clock, Delivery, TcpState},
+    event::{clock::Clock, Delivery, EventKind, TcpState, Tuple},
     host::Env,
     recording::{part_path, FileHeader, Item, Snapshot, Writer, VERSION},
     stuck::REPORTABLE,
@@ -120,7 +120,15 @@ pub struct Recorder<W: Write> {
     flushed_ns: u64,
     /// Events written.
     pub events: u64,
+    /// Sockets that went FIN_WAIT2 → CLOSE (most become timewait orphans), with their
+    /// namespaces and times: the next snapshot lists their timewait sockets, TIME_WAIT
+    /// included, so that a replay tells how each connection ended.
+    handovers: HashMap<Tuple, (u32, u64)>,
 }
+
+/// How long a FIN_WAIT2 → CLOSE socket is looked up at each snapshot, at most: longer than
+/// the kernel holds a timewait orphan (`tcp_fin_timeout` is 60 s at the most it keeps one).
+const HANDOVER_KEPT_NS: u64 = 65_000_000_000;
 
 /// What a file's start-up snapshot lists: every state but TIME_WAIT, whose sockets no later
 /// event concerns and which a busy host holds by the ten thousand (most of a dump's cost).
@@ -188,6 +196,7 @@ impl<W: Write> Recorder<W> {
             named: HashSet::new(),
             flushed_ns: now,
             events: 0,
+            handovers: HashMap::new(),
         };
         let snap = snapshot(env, &STARTUP, &r.filter)?;
         r.write_snapshot(snap, env)?;
@@ -219,6 +228,27 @@ impl<W: Write> Recorder<W> {
             self.write(|w| w.item(&Item::Cgroup { id, path }))?;
         }
         Ok(())
+    }
+
+    /// Adds the timewait sockets of the recent FIN_WAIT2 → CLOSE sockets to `snap` (found
+    /// by endpoints, one lookup each); forgets those whose fate is told: in TIME_WAIT, gone,
+    /// or older than the kernel can hold them.
+    fn add_handovers(&mut self, snap: &mut Snapshot, env: &mut dyn Env) {
+        let listed: HashSet<Tuple> = snap.sockets.iter().map(|d| d.tuple).collect();
+        let now = snap.ts_ns;
+        self.handovers.retain(|t, (netns, at)| {
+            if now.saturating_sub(*at) > HANDOVER_KEPT_NS {
+                return false;
+            }
+            let Some(d) = env.lookup(t, *netns) else {
+                return false;
+            };
+            let timewait = d.state == TcpState::TIME_WAIT;
+            if (timewait || d.state == TcpState::FIN_WAIT2) && !listed.contains(t) {
+                snap.sockets.push(d);
+            }
+            !timewait
+        });
     }
 
     fn write_snapshot(&mut self, snap: Snapshot, env: &mut dyn Env) -> Result<()> {
@@ -258,7 +288,15 @@ impl<W: Write> Sink for Recorder<W> {
         for r in records {
             match r {
                 Delivery::Event(ev) => {
-                    if self.filter.matches_tuple(&crate::event::Tuple::of(ev)) {
+                    let t = Tuple::of(ev);
+                    if self.filter.matches_tuple(&t) {
+                        if let EventKind::State {
+                            old: TcpState::FIN_WAIT2,
+                            new: TcpState::CLOSE,
+                        } = ev.kind
+                        {
+                            self.handovers.insert(t, (ev.netns, ev.ts_ns));
+                        }
                         self.name_cgroup(ev.cgroup, env)?;
                         self.write(|w| w.item(&Item::Event(*ev)))?;
                         self.events += 1;
@@ -274,7 +312,8 @@ impl<W: Write> Sink for Recorder<W> {
         }
         let now = env.now();
         if now >= self.next_snapshot_ns {
-            let snap = snapshot(env, &REPORTABLE, &self.filter)?;
+            let mut snap = snapshot(env, &REPORTABLE, &self.filter)?;
+            self.add_handovers(&mut snap, env);
             self.write_snapshot(snap, env)?;
             self.next_snapshot_ns =
                 now.saturating_add(u64::try_from(self.every.as_nanos()).unwrap_or(u64::MAX));
@@ -288,7 +327,8 @@ impl<W: Write> Sink for Recorder<W> {
 
     fn finish(&mut self, env: &mut dyn Env) -> Result<()> {
         if self.w.is_some() {
-            let snap = snapshot(env, &REPORTABLE, &self.filter)?;
+            let mut snap = snapshot(env, &REPORTABLE, &self.filter)?;
+            self.add_handovers(&mut snap, env);
             self.write_snapshot(snap, env)?;
             self.end(env.now())?;
         }

@@ -1,6 +1,7 @@
-//! `tcp-trace serve`: the engine running continuously behind `/metrics` (Prometheus text
-//! exposition) and `/healthz`, on the same tokio runtime; optionally the NDJSON of `watch --json`
-//! and `stuck --json` to a file (rotated by size) or stdout for a log shipper.
+//! `tcp-trace serve`: the engine running continuously behind `/metrics` (the Prometheus text
+//! format 0.0.4, or OpenMetrics for a client that asks for it) and `/healthz`, on the same tokio
+//! runtime; optionally the NDJSON of `watch --json` and `stuck --json` to a file (rotated by
+//! size) or stdout for a log shipper.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -12,7 +13,7 @@ use std::{
 use anyhow::{Context, Result};
 use axum::{
     extract::State,
-    http::{header, StatusCode},
+    http::{header, HeaderMap, StatusCode},
     response::IntoResponse,
     routing::get,
     Router,
@@ -23,20 +24,61 @@ use crate::{
     commands::pipeline::{Flow, Sink},
     event::{clock::monotonic_ns, Delivery},
     host::Env,
-    output::metrics::Metrics,
+    output::metrics::{self, Metrics},
     output::Shared,
 };
 
 /// `/healthz` fails when the ring buffer has not been drained for this long.
 const STALE_NS: u64 = 2_000_000_000;
 
-async fn metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+/// Whether an `Accept` header asks for OpenMetrics: it names `application/openmetrics-text`
+/// (version 1.0.0, 0.0.1 or none) with a weight above 0 and at least that of the text format
+/// (`text/plain`, `text/*`, `*/*`). Anything else, and no header, gets the text format 0.0.4.
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    let (mut openmetrics, mut text) = (0.0f32, 0.0f32);
+    for range in accept.unwrap_or_default().split(',') {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+        let (mut q, mut version) = (1.0f32, None);
+        for p in parts {
+            let Some((k, v)) = p.split_once('=') else {
+                continue;
+            };
+            match k.trim().to_ascii_lowercase().as_str() {
+                "q" => q = v.trim().parse().unwrap_or(0.0),
+                "version" => version = Some(v.trim().trim_matches('"').to_string()),
+                _ => {}
+            }
+        }
+        let version = version.as_deref();
+        match media.as_str() {
+            "application/openmetrics-text" if matches!(version, None | Some("1.0.0" | "0.0.1")) => {
+                openmetrics = openmetrics.max(q)
+            }
+            "text/plain" | "text/*" | "*/*" => text = text.max(q),
+            _ => {}
+        }
+    }
+    openmetrics > 0.0 && openmetrics >= text
+}
+
+async fn metrics(State(m): State<Arc<Metrics>>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    let (content_type, body) = match wants_openmetrics(Some(&accept)) {
+        true => (metrics::OPENMETRICS, m.openmetrics()),
+        false => (metrics::TEXT, m.text()),
+    };
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        m.encode(),
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::VARY, "Accept"),
+        ],
+        body,
     )
 }
 
@@ -146,5 +188,40 @@ impl Sink for Serve {
 
     fn wakeup(&self) -> Option<u64> {
         self.stuck.wakeup()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wants_openmetrics;
+
+    #[test]
+    fn openmetrics_only_for_a_client_that_asks_for_it() {
+        // Prometheus 2's scrape (and with protobuf first, which tcp-trace does not speak).
+        let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,\
+                          application/openmetrics-text;version=0.0.1;q=0.4,\
+                          text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        assert!(wants_openmetrics(Some(prometheus)));
+        let proto = format!(
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;\
+             encoding=delimited;q=0.7,{prometheus}"
+        );
+        assert!(wants_openmetrics(Some(&proto)));
+        assert!(wants_openmetrics(Some("application/openmetrics-text")));
+        assert!(wants_openmetrics(Some(
+            "Application/OpenMetrics-Text; version=\"1.0.0\""
+        )));
+        for text in [
+            None,
+            Some(""),
+            Some("*/*"),
+            Some("text/plain;version=0.0.4"),
+            Some("text/plain;version=0.0.4;q=0.9,application/openmetrics-text;q=0.5"),
+            Some("application/openmetrics-text;q=0"),
+            Some("application/openmetrics-text;version=2.0.0"),
+            Some("application/json"),
+        ] {
+            assert!(!wants_openmetrics(text), "{text:?}");
+        }
     }
 }

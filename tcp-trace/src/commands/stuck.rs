@@ -12,7 +12,10 @@ use anyhow::Result;
 use std::sync::Arc;
 
 use crate::{
-    commands::pipeline::{Flow, Sink},
+    commands::{
+        fates::Fates,
+        pipeline::{Flow, Sink},
+    },
     engine::{
         filter::Filter,
         halfopen::{Episode, Kind, Notice, Thresholds},
@@ -87,6 +90,7 @@ pub struct StuckCmd<W: Write> {
     /// the recording's last moment is the one its reader asks about.
     at_end_too: bool,
     last_eval_ns: Option<u64>,
+    fates: Fates,
     sum: Summary,
     metrics: Option<Arc<Metrics>>,
 }
@@ -150,6 +154,7 @@ impl<W: Write> StuckCmd<W> {
             next_eval_ns: now + set.once.map_or(0, |settle| settle.as_nanos() as u64),
             at_end_too: false,
             last_eval_ns: None,
+            fates: Fates::default(),
             set,
             sum: Summary::default(),
         })
@@ -659,7 +664,7 @@ impl<W: Write> Sink for StuckCmd<W> {
                 Delivery::Event(ev) => {
                     let applied = self.engine.apply(ev);
                     if let Some(m) = &self.metrics {
-                        m.event(ev, &applied, &self.engine);
+                        m.event(ev);
                         ended.extend(applied.finished);
                     }
                     if let EventKind::SynackRetransmit { .. } = ev.kind {
@@ -685,6 +690,13 @@ impl<W: Write> Sink for StuckCmd<W> {
         }
         let now = env.now();
         self.engine.tick(now);
+        // `serve` counts how connections end: a timewait orphan's, once its fate is known.
+        if let Some(m) = &self.metrics {
+            self.fates.check(&mut self.engine, env);
+            for l in self.engine.take_decided() {
+                m.closed(&l);
+            }
+        }
         self.notices(now, env)?;
         self.publish(now);
         self.out.flush()?;

@@ -5,7 +5,10 @@ use std::io::Write;
 use anyhow::Result;
 
 use crate::{
-    commands::pipeline::{Flow, Sink},
+    commands::{
+        fates::Fates,
+        pipeline::{Flow, Sink},
+    },
     engine::{cause, filter::Filter, halfopen::Notice, Applied, Engine},
     event::{clock::Clock, Delivery, Event},
     host::Env,
@@ -20,6 +23,7 @@ pub struct Watch<W: Write> {
     out: WatchWriter<W>,
     /// What the engine made of each event of the batch.
     applied: Vec<Applied>,
+    fates: Fates,
 }
 
 impl<W: Write> Watch<W> {
@@ -30,6 +34,7 @@ impl<W: Write> Watch<W> {
             filter,
             out: WatchWriter::new(out, json, clock),
             applied: Vec::new(),
+            fates: Fates::default(),
         }
     }
 
@@ -98,6 +103,17 @@ impl<W: Write> Sink for Watch<W> {
         }
         let now = env.now();
         self.engine.tick(now);
+        self.fates.check(&mut self.engine, env);
+        for l in self.engine.take_decided() {
+            let place = self.engine.place(&l);
+            let cgroup = env.cgroup_path(place.cgroup);
+            if self
+                .filter
+                .matches_all(&l.tuple, l.owner.as_ref(), place.netns, cgroup)
+            {
+                self.out.end(&l, place, cgroup)?;
+            }
+        }
         for n in self.engine.take_notices() {
             let (Notice::Began(ep) | Notice::Ended(ep)) = &n;
             let cgroup = env.cgroup_path(ep.place.cgroup).map(str::to_string);

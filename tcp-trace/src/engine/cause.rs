@@ -2,15 +2,14 @@
 //! the resets either way, the socket error, the retransmits. Where the evidence does not decide
 //! it, the cause is `unknown`: never a guess presented as fact.
 
-use super::Lifecycle;
+use super::{lifecycle::Fate, Lifecycle};
 use crate::event::{errno_name, TcpState};
 
 /// Why a connection ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Cause {
-    /// FINs both ways; or our FIN acknowledged when the kernel handed the socket to a
-    /// timewait socket (close() from ESTABLISHED usually ends so: the peer's FIN then goes to
-    /// that socket, which has no tracepoints, and `stuck` reports it if it never comes); a
+    /// FINs both ways (for a socket the kernel handed to a timewait socket, as close() from
+    /// ESTABLISHED usually ends, the peer's FIN as sock_diag saw that socket take it); a
     /// listener closed by its owner.
     Normal,
     /// Our SYN was answered by a reset (`ECONNREFUSED`).
@@ -27,15 +26,23 @@ pub enum Cause {
     /// Data retransmitted until the kernel gave up (`tcp_retries2` or `TCP_USER_TIMEOUT`;
     /// the evidence says which when the socket's user timeout could be read).
     RetransmitTimeout,
-    /// `ETIMEDOUT` with nothing retransmitted lately: keepalive probes unanswered.
+    /// `ETIMEDOUT` with nothing retransmitted lately, after the keepalive timer's reset:
+    /// keepalive probes unanswered.
     KeepaliveTimeout,
+    /// `ETIMEDOUT` with nothing retransmitted lately and no reset: the zero-window probe timer
+    /// gave up (the peer kept its receive window closed until `TCP_USER_TIMEOUT`, or probes
+    /// went unanswered until `tcp_retries2`).
+    ProbeTimeout,
+    /// Our FIN was acknowledged but the peer never sent its own: the kernel reaped the
+    /// orphaned FIN_WAIT2 after `tcp_fin_timeout`.
+    FinTimeout,
     /// The evidence does not decide it (lost events, a socket older than the tracer).
     Unknown,
 }
 
 impl Cause {
     /// Every cause, for metrics and docs.
-    pub const ALL: [Cause; 9] = [
+    pub const ALL: [Cause; 11] = [
         Cause::Normal,
         Cause::Refused,
         Cause::ConnectTimeout,
@@ -44,6 +51,8 @@ impl Cause {
         Cause::LocalAbort,
         Cause::RetransmitTimeout,
         Cause::KeepaliveTimeout,
+        Cause::ProbeTimeout,
+        Cause::FinTimeout,
         Cause::Unknown,
     ];
 
@@ -58,6 +67,8 @@ impl Cause {
             Self::LocalAbort => "local_abort",
             Self::RetransmitTimeout => "retransmit_timeout",
             Self::KeepaliveTimeout => "keepalive_timeout",
+            Self::ProbeTimeout => "probe_timeout",
+            Self::FinTimeout => "fin_timeout",
             Self::Unknown => "unknown",
         }
     }
@@ -82,7 +93,8 @@ fn went_through(l: &Lifecycle, s: TcpState) -> bool {
     l.states.iter().any(|t| t.state == s)
 }
 
-/// Why the connection ended; `None` while it has not.
+/// Why the connection ended; `None` while it has not (a timewait orphan's connection ends
+/// with its fate).
 pub fn cause(l: &Lifecycle) -> Option<Cause> {
     use TcpState as T;
     let before = last_before_close(l)?;
@@ -108,17 +120,24 @@ pub fn cause(l: &Lifecycle) -> Option<Cause> {
             let recent = l
                 .last_retransmit_ns()
                 .is_some_and(|at| l.end_ns().saturating_sub(at) <= RTO_MAX_NS);
-            if recent {
-                Cause::RetransmitTimeout
-            } else {
-                Cause::KeepaliveTimeout
+            // The keepalive timer resets the connection before it reports the error; the
+            // zero-window probe timer does not.
+            match (recent, rst_out) {
+                (true, _) => Cause::RetransmitTimeout,
+                (false, true) => Cause::KeepaliveTimeout,
+                (false, false) => Cause::ProbeTimeout,
             }
         }
         _ if rst_out => Cause::LocalAbort,
         // Both FINs: ours acknowledged after theirs (TIME_WAIT), or theirs first and ours
         // acknowledged (LAST_ACK → CLOSE).
         T::TIME_WAIT | T::LAST_ACK => Cause::Normal,
-        T::FIN_WAIT2 if l.orphaned_ns.is_some() => Cause::Normal,
+        T::FIN_WAIT2 if l.orphaned_ns.is_some() => match l.fate {
+            Some(Fate::PeerFin) => Cause::Normal,
+            Some(Fate::Reaped) => Cause::FinTimeout,
+            Some(Fate::Gone) => Cause::Unknown,
+            None => return None,
+        },
         _ => Cause::Unknown,
     })
 }
@@ -145,7 +164,13 @@ pub fn evidence(l: &Lifecycle, cause: Cause) -> Vec<String> {
     match cause {
         Cause::Normal if l.is_listener() => e.push("listener".into()),
         Cause::Normal if went_through(l, TcpState::TIME_WAIT) => e.push("TIME_WAIT".into()),
-        Cause::Normal if l.orphaned_ns.is_some() => e.push("timewait_orphan".into()),
+        Cause::Normal if l.orphaned_ns.is_some() => {
+            e.extend(["timewait_orphan".into(), "peer_fin".into()])
+        }
+        Cause::FinTimeout => e.extend(["timewait_orphan".into(), "tcp_fin_timeout".into()]),
+        Cause::Unknown if l.fate == Some(Fate::Gone) => {
+            e.extend(["timewait_orphan".into(), "gone_before_fin_timeout".into()])
+        }
         // Which limit the kernel applied, when the kernel programs could read the socket's
         // user timeout (which replaces any other). Without one, a socket its application
         // still held ran out of tcp_retries2; a closing one may have been an orphan, whose
@@ -157,7 +182,7 @@ pub fn evidence(l: &Lifecycle, cause: Cause) -> Vec<String> {
             (Some(ms), _) if ms > 0 => e.push(format!("user_timeout:{ms}ms")),
             _ => {}
         },
-        Cause::KeepaliveTimeout if l.retransmits > 0 => {
+        Cause::KeepaliveTimeout | Cause::ProbeTimeout if l.retransmits > 0 => {
             e.push("no retransmit in the last 120 s".into())
         }
         Cause::Unknown if l.incomplete => e.push("incomplete".into()),
@@ -170,7 +195,7 @@ pub fn evidence(l: &Lifecycle, cause: Cause) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::{
-        engine::Engine,
+        engine::{Engine, Fate},
         event::{Event, EventKind},
         testkit::{event, state, task, tuple},
     };
@@ -196,6 +221,41 @@ mod tests {
         let l = done.first().expect("finished");
         let c = cause(l);
         (c, c.map(|c| evidence(l, c)).unwrap_or_default())
+    }
+
+    /// A client's close acknowledged: its socket handed to a timewait socket at 11 ms. The
+    /// connection has not ended until its fate (at 3011 ms) is decided.
+    #[test]
+    fn a_timewait_orphans_cause_is_its_fate() {
+        let handed_over = open_then(&[
+            st(10, T::ESTABLISHED, T::FIN_WAIT1),
+            st(11, T::FIN_WAIT1, T::FIN_WAIT2),
+            st(11, T::FIN_WAIT2, T::CLOSE),
+        ]);
+        let t = tuple("10.0.0.1", 40000, "10.0.0.2", 80);
+        for (fate, want, last) in [
+            (Fate::PeerFin, Cause::Normal, "peer_fin"),
+            (Fate::Reaped, Cause::FinTimeout, "tcp_fin_timeout"),
+            (Fate::Gone, Cause::Unknown, "gone_before_fin_timeout"),
+        ] {
+            let mut e = Engine::new(100, true);
+            for x in &handed_over {
+                e.apply(x);
+            }
+            assert!(e.take_finished(u64::MAX).is_empty(), "its end is not known");
+            let waiting: Vec<_> = e.awaiting_fate().map(|(l, _)| l.tuple).collect();
+            assert_eq!(waiting, [t]);
+            e.decide(&[(t, (fate, 3_011_000_000))].into_iter().collect());
+            let done = e.take_finished(u64::MAX);
+            let l = done.first().expect("ended with its fate");
+            assert_eq!(cause(l), Some(want));
+            assert_eq!(
+                evidence(l, want),
+                ["FIN_WAIT2->CLOSE", "timewait_orphan", last]
+            );
+            assert_eq!(l.ended_ns(), 3_011_000_000);
+            assert_eq!(e.awaiting_fate().count(), 0);
+        }
     }
 
     use TcpState as T;
@@ -311,8 +371,23 @@ mod tests {
                 ],
             ),
             (
-                open_then(&[err(9000, 110), st(9000, T::ESTABLISHED, T::CLOSE)]),
+                open_then(&[
+                    ev(
+                        9000,
+                        EventKind::ResetSent {
+                            state: Some(T::ESTABLISHED),
+                            reason: None,
+                        },
+                    ),
+                    err(9000, 110),
+                    st(9000, T::ESTABLISHED, T::CLOSE),
+                ]),
                 Cause::KeepaliveTimeout,
+                &["ESTABLISHED->CLOSE", "reset_sent", "error:ETIMEDOUT"],
+            ),
+            (
+                open_then(&[err(9000, 110), st(9000, T::ESTABLISHED, T::CLOSE)]),
+                Cause::ProbeTimeout,
                 &["ESTABLISHED->CLOSE", "error:ETIMEDOUT"],
             ),
             (
@@ -324,15 +399,6 @@ mod tests {
                 ]),
                 Cause::Normal,
                 &["TIME_WAIT->CLOSE", "TIME_WAIT"],
-            ),
-            (
-                open_then(&[
-                    st(10, T::ESTABLISHED, T::FIN_WAIT1),
-                    st(11, T::FIN_WAIT1, T::FIN_WAIT2),
-                    st(11, T::FIN_WAIT2, T::CLOSE),
-                ]),
-                Cause::Normal,
-                &["FIN_WAIT2->CLOSE", "timewait_orphan"],
             ),
         ];
         for (events, want, evidence) in cases {

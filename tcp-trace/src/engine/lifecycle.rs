@@ -40,6 +40,19 @@ impl Closer {
     }
 }
 
+/// How a timewait orphan's connection ended. The kernel hands an orphaned FIN_WAIT2 socket to
+/// a timewait socket, which has no tracepoints: sock_diag tells what became of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// The peer's FIN came: its timewait socket went on to TIME_WAIT.
+    PeerFin,
+    /// The kernel reaped it after `tcp_fin_timeout`: the peer never closed.
+    Reaped,
+    /// Gone before `tcp_fin_timeout` without a FIN seen (a reset; or the kernel kept no
+    /// timewait socket).
+    Gone,
+}
+
 /// Everything known about one socket's life.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lifecycle {
@@ -78,6 +91,11 @@ pub struct Lifecycle {
     /// The application closed a FIN_WAIT2 socket: it became a kernel-owned timewait orphan at
     /// this time (reaped after `tcp_fin_timeout`).
     pub orphaned_ns: Option<std::num::NonZeroU64>,
+    /// What became of the timewait orphan, once sock_diag told ([`Engine::decide`]); then
+    /// `last_seen_ns` is when (the lifecycle stays small).
+    ///
+    /// [`Engine::decide`]: super::Engine::decide
+    pub fate: Option<Fate>,
     /// The last half-open episode (retransmits into the void, a reset), if there was one.
     pub half_open: Option<Box<Episode>>,
     /// Events may be missing (lost events while it lived, or seen first mid-life).
@@ -107,6 +125,7 @@ impl Lifecycle {
             error: None,
             closer: None,
             orphaned_ns: None,
+            fate: None,
             half_open: None,
             incomplete: !exact_start,
             snapshot_ns: 0,
@@ -123,6 +142,30 @@ impl Lifecycle {
     /// When it ended (its last transition), or when it was last seen.
     pub fn end_ns(&self) -> u64 {
         self.states.last().map_or(self.last_seen_ns, |t| t.at_ns)
+    }
+
+    /// A timewait orphan (handed over from FIN_WAIT2, without a reset or an error) whose
+    /// connection's end sock_diag has not told yet: the socket closed, the connection has not.
+    pub fn awaits_fate(&self) -> bool {
+        let n = self.states.len();
+        self.orphaned_ns.is_some()
+            && self.fate.is_none()
+            && n >= 2
+            && self.states[n - 1].state == TcpState::CLOSE
+            && self.states[n - 2].state == TcpState::FIN_WAIT2
+            && self.resets_received == 0
+            && self.resets_sent == 0
+            && self.error.is_none()
+    }
+
+    /// When the timewait orphan's fate came, once known.
+    pub fn fate_ns(&self) -> Option<u64> {
+        self.fate.map(|_| self.last_seen_ns)
+    }
+
+    /// When the connection ended: its timewait orphan's fate, else its last transition.
+    pub fn ended_ns(&self) -> u64 {
+        self.fate_ns().unwrap_or_else(|| self.end_ns())
     }
 
     /// A listener's own lifecycle (CLOSE → LISTEN → CLOSE), not a connection; also one first

@@ -15,9 +15,9 @@ pub mod halfopen;
 mod lifecycle;
 mod table;
 
-pub use lifecycle::{Closer, Lifecycle, PlaceId, Transition};
+pub use lifecycle::{Closer, Fate, Lifecycle, PlaceId, Transition};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use self::{
     halfopen::{Notice, Tracker},
@@ -82,6 +82,12 @@ pub struct Engine {
     /// [`Engine::with_orphans`], without `keep_finished`).
     orphans: Orphans,
     keep_orphans: bool,
+    /// Timewait orphans whose connection's end sock_diag has not told yet, oldest first (once
+    /// out of the graveyard; at most the socket cap).
+    awaiting: VecDeque<Lifecycle>,
+    /// Lifecycles whose fate was decided, for [`Engine::take_finished`] (an engine that keeps
+    /// finished lifecycles) or [`Engine::take_decided`].
+    decided: Vec<Lifecycle>,
     keep_finished: bool,
     /// Half-open detection, fed by [`Engine::apply`] and [`Engine::tick`].
     pub halfopen: Tracker,
@@ -112,6 +118,8 @@ impl Engine {
             graveyard: Graveyard::default(),
             orphans: Orphans::new(max_sockets),
             keep_orphans: false,
+            awaiting: VecDeque::new(),
+            decided: Vec::new(),
             keep_finished,
             halfopen: Tracker::default(),
             notices: Vec::new(),
@@ -141,8 +149,9 @@ impl Engine {
         self
     }
 
-    /// Lifecycles that finished at or before `until_ns` (close time), oldest first. Waiting a
-    /// little after the close lets late events (errors, resets) join them.
+    /// Lifecycles that finished at or before `until_ns` (close time), oldest first, then those
+    /// whose timewait orphan's fate was decided since. Waiting a little after the close lets
+    /// late events (errors, resets) join them; a timewait orphan waits for its fate.
     pub fn take_finished(&mut self, until_ns: u64) -> Vec<Lifecycle> {
         let mut out = Vec::new();
         while self
@@ -152,17 +161,86 @@ impl Engine {
             .is_some_and(|(closed, _)| *closed <= until_ns)
         {
             if let Some(l) = self.graveyard.pop() {
-                out.push(l);
+                match l.awaits_fate() {
+                    true => self.await_fate(l),
+                    false => out.push(l),
+                }
             }
         }
+        out.append(&mut self.decided);
         out
+    }
+
+    /// The lifecycles whose timewait orphan's fate was decided since the last call (an engine
+    /// that does not keep finished lifecycles: their ends are counted and printed then).
+    pub fn take_decided(&mut self) -> Vec<Lifecycle> {
+        std::mem::take(&mut self.decided)
+    }
+
+    /// The timewait orphans still waiting for their fate, oldest first (at the input's end:
+    /// their connections' ends were not seen).
+    pub fn take_awaiting(&mut self) -> Vec<Lifecycle> {
+        self.awaiting.drain(..).collect()
+    }
+
+    fn await_fate(&mut self, l: Lifecycle) {
+        self.awaiting.push_back(l);
+        if self.awaiting.len() > self.socks.cap {
+            self.awaiting.pop_front();
+            self.counters.evictions += 1;
+        }
+    }
+
+    /// The timewait orphans whose fate is not known yet, with where they live.
+    pub fn awaiting_fate(&self) -> impl Iterator<Item = (&Lifecycle, Place)> {
+        let finished = self.graveyard.list.iter().map(|(_, l)| l);
+        finished
+            .filter(|l| l.awaits_fate())
+            .chain(self.awaiting.iter())
+            .map(|l| (l, self.places.get(l.place)))
+    }
+
+    /// What became of these timewait orphans (by endpoints: fate and when, monotonic ns).
+    pub fn decide(&mut self, fates: &HashMap<Tuple, (Fate, u64)>) {
+        if fates.is_empty() {
+            return;
+        }
+        let decide = |l: &mut Lifecycle| match fates.get(&l.tuple) {
+            Some((fate, at)) if l.awaits_fate() => {
+                l.fate = Some(*fate);
+                l.last_seen_ns = l.last_seen_ns.max(*at);
+                true
+            }
+            _ => false,
+        };
+        for (_, l) in self.graveyard.list.iter_mut() {
+            // Still in the graveyard: an engine that keeps finished lifecycles returns it from
+            // there; one that does not tells its end now.
+            if decide(l) && !self.keep_finished {
+                self.decided.push(l.clone());
+            }
+        }
+        let mut waiting = VecDeque::with_capacity(self.awaiting.len());
+        for mut l in self.awaiting.drain(..) {
+            if !decide(&mut l) {
+                waiting.push_back(l);
+            } else if self.keep_orphans {
+                self.decided.push(l.clone());
+                self.orphans.keep(l);
+            } else {
+                self.decided.push(l);
+            }
+        }
+        self.awaiting = waiting;
     }
 
     fn bury(&mut self, l: Lifecycle) -> u64 {
         let id = self.graveyard.push(l);
         if !self.keep_finished {
             while let Some(l) = self.graveyard.pop_unneeded() {
-                if self.keep_orphans {
+                if l.awaits_fate() {
+                    self.await_fate(l);
+                } else if self.keep_orphans {
                     self.orphans.keep(l);
                 }
             }
@@ -211,7 +289,9 @@ impl Engine {
         // Orphans still in the graveyard, unless the kernel has reaped them by the last tick.
         let finished = self.graveyard.list.iter().map(|(_, l)| l);
         let in_graveyard = finished.filter(|l| table::held(l, self.now_ns));
-        let orphans = in_graveyard.chain(self.orphans.iter());
+        let orphans = in_graveyard
+            .chain(self.orphans.iter())
+            .chain(self.awaiting.iter());
         live.chain(orphans)
             .map(|l| self.places.get(l.place).netns)
             .filter(|ns| *ns != 0)
@@ -226,7 +306,10 @@ impl Engine {
     /// A recently finished lifecycle with these endpoints (e.g. a FIN_WAIT2 socket the
     /// application closed, which lives on in the kernel as a timewait orphan).
     pub fn finished_by_tuple(&self, t: &Tuple) -> Option<&Lifecycle> {
-        self.graveyard.by_tuple(t).or_else(|| self.orphans.get(t))
+        self.graveyard
+            .by_tuple(t)
+            .or_else(|| self.orphans.get(t))
+            .or_else(|| self.awaiting.iter().rev().find(|l| l.tuple == *t))
     }
 
     /// Adds a socket from a snapshot. Events older than `seed.at_ns` will not move its state.
@@ -314,6 +397,19 @@ impl Engine {
         self.graveyard.mark();
         self.halfopen.tick(now_ns);
         self.orphans.expire(now_ns);
+        // A timewait orphan the kernel can no longer hold, its fate never told (no sock_diag
+        // here): an engine that keeps finished lifecycles returns it undecided.
+        while self
+            .awaiting
+            .front()
+            .is_some_and(|l| !table::held(l, now_ns))
+        {
+            if let Some(l) = self.awaiting.pop_front() {
+                if self.keep_finished {
+                    self.decided.push(l);
+                }
+            }
+        }
         self.collect_notices();
     }
 
@@ -590,12 +686,15 @@ mod tests {
         ]
     }
 
+    /// Every lifecycle that finished, and after them the timewait orphans still waiting for
+    /// their fate (none is told here).
     fn run(events: &[Event]) -> (Engine, Vec<Lifecycle>) {
         let mut e = Engine::new(1000, true);
         for ev in events {
             e.apply(ev);
         }
-        let done = e.take_finished(u64::MAX);
+        let mut done = e.take_finished(u64::MAX);
+        done.extend(e.take_awaiting());
         (e, done)
     }
 

@@ -29,6 +29,11 @@ pub trait Env {
     fn holders(&mut self, inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>>;
     /// The socket with these endpoints in network namespace `netns` (0: unknown), if visible.
     fn lookup(&mut self, t: &Tuple, netns: u32) -> Option<DiagSocket>;
+    /// The time [`Env::lookup`] and [`Env::sockets`] answer for (monotonic ns): now, or the
+    /// recording's latest snapshot.
+    fn listed_at(&self) -> u64 {
+        self.now()
+    }
     /// `net.ipv4.tcp_fin_timeout`.
     fn fin_timeout(&self) -> Duration;
     /// The path of cgroup `id` (0: unknown), as `/proc/PID/cgroup` writes it.

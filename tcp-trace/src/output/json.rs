@@ -30,8 +30,9 @@ pub const CONN_KEYS: [&str; 11] = [
 
 /// The keys `watch --json` adds after [`CONN_KEYS`], per `type`. A `lost` object has only the
 /// first eight connection keys (all `null`) and then `count`.
-pub const WATCH_KEYS: [(&str, &[&str]); 7] = [
+pub const WATCH_KEYS: [(&str, &[&str]); 8] = [
     ("state", &["old", "new", "ms_in_old", "cause"]),
+    ("end", &["state", "ms_in_state", "cause", "evidence"]),
     ("retransmit", &["state"]),
     ("synack_retransmit", &[]),
     ("reset_sent", &["state", "reason"]),

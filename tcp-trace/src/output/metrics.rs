@@ -1,10 +1,19 @@
-//! Prometheus metrics for `tcp-trace serve` (prometheus-client, text exposition format).
+//! Prometheus metrics for `tcp-trace serve` (prometheus-client), in the OpenMetrics text
+//! format or the Prometheus text format 0.0.4.
 //!
 //! Label cardinality is bounded: states, errno names, half-open kinds, owner command names and
 //! containers (capped) — never sockets or ephemeral ports; listening ports only with
-//! `--label-ports`.
+//! `--label-ports`. Every series whose labels are known in advance (the reportable states, the
+//! half-open kinds, the close causes, the named errnos) exists from the start, at 0.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    hash::Hash,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex, PoisonError,
+    },
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -18,10 +27,16 @@ use prometheus_client::{
 };
 
 use crate::{
-    engine::{Applied, Engine},
+    engine::{cause::Cause, halfopen::Kind, Engine},
     event::{errno_name, Event, EventKind, TcpState},
     host::cgroup::Container,
+    stuck::REPORTABLE,
 };
+
+/// `Content-Type` of [`Metrics::openmetrics`].
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// `Content-Type` of [`Metrics::text`].
+pub const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Transition {
@@ -66,8 +81,71 @@ struct PortLabel {
     port: String,
 }
 
-/// Owner names tracked as label values at most (the rest are counted under `other`).
+/// Owner names (and containers) tracked as label values at most (the rest are counted under
+/// `other`).
 const MAX_COMMS: usize = 64;
+
+/// The errno names `errno_name` knows (the socket errors counted from the start, at 0).
+fn named_errnos() -> impl Iterator<Item = &'static str> {
+    // 4095: the kernel's MAX_ERRNO.
+    (1..=4095).filter_map(|e| match errno_name(e) {
+        std::borrow::Cow::Borrowed(name) => Some(name),
+        std::borrow::Cow::Owned(_) => None,
+    })
+}
+
+/// A gauge family set whole at each evaluation. A label set that had a value and has none now
+/// reads 0 (a recovery is a 0, not a gap) until its slot is needed: at most `cap` series, those
+/// at 0 the longest dropped first. Label sets known in advance are created at 0 and, with no
+/// cap, never dropped.
+struct Gauges<L: Clone + Hash + Eq> {
+    family: Family<L, Gauge>,
+    cap: usize,
+    /// (label sets with a value at the last evaluation, those at 0 by age).
+    shown: Mutex<(Vec<L>, VecDeque<L>)>,
+}
+
+impl<L: Clone + Hash + Eq + std::fmt::Debug + EncodeLabelSet + Send + Sync + 'static> Gauges<L> {
+    fn new(cap: usize, known: impl IntoIterator<Item = L>) -> Self {
+        let family = Family::<L, Gauge>::default();
+        let zeroed: VecDeque<L> = known.into_iter().collect();
+        for l in &zeroed {
+            family.get_or_create(l).set(0);
+        }
+        Self {
+            family,
+            cap,
+            shown: Mutex::new((Vec::new(), zeroed)),
+        }
+    }
+
+    /// Every label set's value now (each label set once; at most `cap`).
+    fn set(&self, now: Vec<(L, i64)>) {
+        let mut shown = self.shown.lock().unwrap_or_else(PoisonError::into_inner);
+        let (live, zeroed) = &mut *shown;
+        // Values first, removals last: a scrape in between sees no series missing.
+        for (l, n) in &now {
+            self.family.get_or_create(l).set(*n);
+        }
+        let has_value = |l: &L| now.iter().any(|(m, _)| m == l);
+        zeroed.retain(|l| !has_value(l));
+        for l in std::mem::take(live) {
+            if !has_value(&l) {
+                self.family.get_or_create(&l).set(0);
+                zeroed.push_back(l);
+            }
+        }
+        while now.len() + zeroed.len() > self.cap {
+            match zeroed.pop_front() {
+                Some(l) => {
+                    self.family.remove(&l);
+                }
+                None => break,
+            }
+        }
+        *live = now.into_iter().map(|(l, _)| l).collect();
+    }
+}
 
 /// Every metric `serve` exports.
 pub struct Metrics {
@@ -82,10 +160,10 @@ pub struct Metrics {
     lost: Counter,
     evictions: Counter,
     evictions_seen: AtomicU64,
-    stuck: Family<StateLabel, Gauge>,
-    stuck_by_comm: Family<CommLabel, Gauge>,
-    stuck_by_container: Family<ContainerLabel, Gauge>,
-    half_open: Family<KindLabel, Gauge>,
+    stuck: Gauges<StateLabel>,
+    stuck_by_comm: Gauges<CommLabel>,
+    stuck_by_container: Gauges<ContainerLabel>,
+    half_open: Gauges<KindLabel>,
     tracked: Gauge,
     full_listeners: Gauge,
     lifetime: Histogram,
@@ -115,10 +193,22 @@ impl Metrics {
             lost: Counter::default(),
             evictions: Counter::default(),
             evictions_seen: AtomicU64::new(0),
-            stuck: Family::default(),
-            stuck_by_comm: Family::default(),
-            stuck_by_container: Family::default(),
-            half_open: Family::default(),
+            stuck: Gauges::new(
+                usize::MAX,
+                REPORTABLE.map(|s| StateLabel {
+                    state: s.to_string(),
+                }),
+            ),
+            // Owner commands and containers are open-ended: a series from the first socket
+            // stuck under it, at 0 once none is (until its slot is needed for another).
+            stuck_by_comm: Gauges::new(MAX_COMMS + 1, []),
+            stuck_by_container: Gauges::new(MAX_COMMS + 1, []),
+            half_open: Gauges::new(
+                usize::MAX,
+                Kind::ALL.map(|k| KindLabel {
+                    kind: k.name().into(),
+                }),
+            ),
             tracked: Gauge::default(),
             full_listeners: Gauge::default(),
             lifetime: seconds_histogram(),
@@ -138,15 +228,28 @@ impl Metrics {
             "Listeners whose accept queue is full (new clients' handshakes are dropped)",
             m.full_listeners.clone(),
         );
-        // Every cause from the start, at 0: a series that appears at its first increment has
-        // no earlier sample, and `rate()` would miss that first close.
-        for c in crate::engine::cause::Cause::ALL {
+        // Every series whose labels are known in advance from the start, at 0: a series that
+        // appears at its first increment has no earlier sample, and `rate()` would miss that
+        // first increment.
+        for c in Cause::ALL {
             let _ = m.closes.get_or_create(&CauseLabel { cause: c.name() });
+        }
+        for error in named_errnos() {
+            let _ = m.errors.get_or_create(&ErrorLabel {
+                error: error.into(),
+            });
+        }
+        for s in REPORTABLE {
+            let _ = m.half_closed.get_or_create(&StateLabel {
+                state: s.to_string(),
+            });
         }
         registry.register(
             "connection_closes",
-            "Connections ended, by cause (normal, refused, connect_timeout, unreachable, \
-             peer_reset, local_abort, retransmit_timeout, keepalive_timeout, unknown)",
+            format!(
+                "Connections ended, by cause ({})",
+                Cause::ALL.map(Cause::name).join(", ")
+            ),
             m.closes.clone(),
         );
         registry.register(
@@ -183,23 +286,23 @@ impl Metrics {
         registry.register(
             "stuck_sockets",
             "Sockets stuck half-closed now, by state",
-            m.stuck.clone(),
+            m.stuck.family.clone(),
         );
         registry.register(
             "stuck_sockets_by_comm",
             "Sockets stuck half-closed now, by owner command",
-            m.stuck_by_comm.clone(),
+            m.stuck_by_comm.family.clone(),
         );
         registry.register(
             "stuck_sockets_by_container",
             "Sockets stuck half-closed now in containers, by container id and pod uid (from the \
-             cgroup path; at most 64 containers, the rest under container_id=\"other\")",
-            m.stuck_by_container.clone(),
+             cgroup path; at most 64 containers, the rest under the container id other)",
+            m.stuck_by_container.family.clone(),
         );
         registry.register(
             "half_open_sockets",
             "Half-open episodes under way, by kind",
-            m.half_open.clone(),
+            m.half_open.family.clone(),
         );
         registry.register(
             "tracked_sockets",
@@ -227,7 +330,7 @@ impl Metrics {
     }
 
     /// One event, after the engine applied it.
-    pub fn event(&self, ev: &Event, applied: &Applied, engine: &Engine) {
+    pub fn event(&self, ev: &Event) {
         match ev.kind {
             EventKind::State { old, new } => {
                 self.transitions
@@ -244,15 +347,6 @@ impl Metrics {
                         port: ev.sport.to_string(),
                     })
                     .inc();
-                }
-                if let Some(id) = applied.finished {
-                    let connection =
-                        |l: &&crate::engine::Lifecycle| l.exact_start && !l.is_listener();
-                    if let Some(l) = engine.finished(id).filter(connection) {
-                        let end = l.end_ns();
-                        self.lifetime
-                            .observe(end.saturating_sub(l.first_seen_ns()) as f64 / 1e9);
-                    }
                 }
             }
             EventKind::Retransmit { .. } => {
@@ -283,12 +377,18 @@ impl Metrics {
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
-    /// A connection ended (listeners are not counted).
+    /// A connection ended: its cause, and its lifetime when the tracer saw it begin
+    /// (listeners are not counted; a timewait orphan's connection ends with its fate).
     pub fn closed(&self, l: &crate::engine::Lifecycle) {
-        if let Some(c) = crate::engine::cause::cause(l).filter(|_| !l.is_listener()) {
-            self.closes
-                .get_or_create(&CauseLabel { cause: c.name() })
-                .inc();
+        let Some(c) = crate::engine::cause::cause(l).filter(|_| !l.is_listener()) else {
+            return;
+        };
+        self.closes
+            .get_or_create(&CauseLabel { cause: c.name() })
+            .inc();
+        if l.exact_start {
+            let life = l.ended_ns().saturating_sub(l.first_seen_ns());
+            self.lifetime.observe(life as f64 / 1e9);
         }
     }
 
@@ -312,24 +412,16 @@ impl Metrics {
         stuck: impl Iterator<Item = (TcpState, Option<String>, Option<&'a str>)>,
         half_open: impl Iterator<Item = &'a str>,
     ) {
-        self.stuck.clear();
-        self.stuck_by_comm.clear();
-        self.stuck_by_container.clear();
-        self.half_open.clear();
-        let mut comms = std::collections::HashSet::new();
-        let mut containers: std::collections::BTreeMap<(String, String), i64> = Default::default();
+        let mut states: BTreeMap<String, i64> = BTreeMap::new();
+        let mut comms: BTreeMap<String, i64> = BTreeMap::new();
+        let mut containers: BTreeMap<(String, String), i64> = BTreeMap::new();
         for (state, comm, cgroup) in stuck {
-            self.stuck
-                .get_or_create(&StateLabel {
-                    state: state.to_string(),
-                })
-                .inc();
+            *states.entry(state.to_string()).or_default() += 1;
             let mut comm = comm.unwrap_or_else(|| "unknown".into());
-            if !comms.contains(&comm) && comms.len() >= MAX_COMMS {
+            if !comms.contains_key(&comm) && comms.len() >= MAX_COMMS {
                 comm = "other".into();
             }
-            comms.insert(comm.clone());
-            self.stuck_by_comm.get_or_create(&CommLabel { comm }).inc();
+            *comms.entry(comm).or_default() += 1;
             let c = cgroup.map(Container::of).unwrap_or_default();
             if let Some(id) = c.id {
                 *containers
@@ -341,24 +433,49 @@ impl Metrics {
         // the same ones do from one evaluation to the next.
         let mut ranked: Vec<_> = containers.into_iter().collect();
         ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let mut by_container: Vec<(ContainerLabel, i64)> = Vec::new();
         for (i, ((container_id, pod_uid), n)) in ranked.into_iter().enumerate() {
-            let label = match i < MAX_COMMS {
-                true => ContainerLabel {
-                    container_id,
-                    pod_uid,
-                },
-                false => ContainerLabel {
-                    container_id: "other".into(),
-                    pod_uid: String::new(),
-                },
-            };
-            self.stuck_by_container.get_or_create(&label).inc_by(n);
+            match i < MAX_COMMS {
+                true => by_container.push((
+                    ContainerLabel {
+                        container_id,
+                        pod_uid,
+                    },
+                    n,
+                )),
+                false if i == MAX_COMMS => by_container.push((
+                    ContainerLabel {
+                        container_id: "other".into(),
+                        pod_uid: String::new(),
+                    },
+                    n,
+                )),
+                false => by_container[MAX_COMMS].1 += n,
+            }
         }
+        let mut kinds: BTreeMap<String, i64> = BTreeMap::new();
         for kind in half_open {
-            self.half_open
-                .get_or_create(&KindLabel { kind: kind.into() })
-                .inc();
+            *kinds.entry(kind.into()).or_default() += 1;
         }
+        self.stuck.set(
+            states
+                .into_iter()
+                .map(|(state, n)| (StateLabel { state }, n))
+                .collect(),
+        );
+        self.stuck_by_comm.set(
+            comms
+                .into_iter()
+                .map(|(comm, n)| (CommLabel { comm }, n))
+                .collect(),
+        );
+        self.stuck_by_container.set(by_container);
+        self.half_open.set(
+            kinds
+                .into_iter()
+                .map(|(kind, n)| (KindLabel { kind }, n))
+                .collect(),
+        );
     }
 
     /// A stuck socket recovered after `secs` in `state`.
@@ -370,17 +487,333 @@ impl Metrics {
             .observe(secs);
     }
 
-    /// The text exposition.
-    pub fn encode(&self) -> String {
+    /// The OpenMetrics text exposition ([`OPENMETRICS`]).
+    pub fn openmetrics(&self) -> String {
         let mut s = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
         s
     }
+
+    /// The Prometheus text format 0.0.4 ([`TEXT`]).
+    pub fn text(&self) -> String {
+        text_format(&self.openmetrics())
+    }
+}
+
+/// The Prometheus text format 0.0.4 of an OpenMetrics text exposition: `# HELP` and `# TYPE`
+/// name the samples' own name (a counter family `x` is `x_total`, an info `x` is the gauge
+/// `x_info`), `unknown` is `untyped`; no `# UNIT`, no `# EOF`, no `_created` samples, no
+/// exemplars; timestamps in milliseconds. Types the format has no word for (stateset,
+/// gaugehistogram) go untyped, without metadata.
+pub fn text_format(openmetrics: &str) -> String {
+    /// A family's metadata, written before its first sample (or alone, when it has none).
+    struct Meta<'a> {
+        name: &'a str,
+        kind: &'a str,
+        help: Option<&'a str>,
+        written: bool,
+    }
+    fn write_meta(out: &mut String, m: &mut Meta) {
+        if std::mem::replace(&mut m.written, true) {
+            return;
+        }
+        let (suffix, kind) = match m.kind {
+            "counter" => ("_total", "counter"),
+            "info" => ("_info", "gauge"),
+            "gauge" | "histogram" | "summary" => ("", m.kind),
+            "unknown" | "" => ("", "untyped"),
+            _ => return,
+        };
+        if let Some(help) = m.help {
+            out.push_str(&format!("# HELP {}{suffix} ", m.name));
+            // OpenMetrics escapes `\`, `\n` and `"`; this format only the first two.
+            let mut chars = help.chars();
+            while let Some(c) = chars.next() {
+                match (c, chars.clone().next()) {
+                    ('\\', Some('"')) => {
+                        out.push('"');
+                        chars.next();
+                    }
+                    ('\\', Some(e @ ('\\' | 'n'))) => {
+                        out.push('\\');
+                        out.push(e);
+                        chars.next();
+                    }
+                    ('\\', _) => out.push_str("\\\\"),
+                    (c, _) => out.push(c),
+                }
+            }
+            out.push('\n');
+        }
+        if !m.kind.is_empty() {
+            out.push_str(&format!("# TYPE {}{suffix} {kind}\n", m.name));
+        }
+    }
+
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut meta: Option<Meta> = None;
+    for line in openmetrics.lines() {
+        if let Some(comment) = line.strip_prefix('#') {
+            let mut words = comment.trim_start().splitn(3, ' ');
+            let (word, name, rest) = (
+                words.next().unwrap_or_default(),
+                words.next().unwrap_or_default(),
+                words.next().unwrap_or_default(),
+            );
+            if !matches!(word, "HELP" | "TYPE") {
+                continue; // `# EOF`, `# UNIT`
+            }
+            if let Some(mut done) = meta.take_if(|m| m.name != name) {
+                write_meta(&mut out, &mut done);
+            }
+            let m = meta.get_or_insert(Meta {
+                name,
+                kind: "",
+                help: None,
+                written: false,
+            });
+            match word {
+                "HELP" => m.help = Some(rest),
+                _ => m.kind = rest.trim(),
+            }
+            continue;
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        // name, labels (quoted values may hold anything), value, timestamp, exemplar.
+        let mut end = line.find([' ', '{']).unwrap_or(line.len());
+        let name = &line[..end];
+        if line[end..].starts_with('{') {
+            let (mut quoted, mut escaped) = (false, false);
+            for (i, c) in line[end..].char_indices() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' if quoted => escaped = true,
+                    '"' => quoted = !quoted,
+                    '}' if !quoted => {
+                        end += i + 1;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Some(m) = meta.as_mut() {
+            let created = name.strip_suffix("_created") == Some(m.name);
+            if created && matches!(m.kind, "counter" | "histogram" | "summary") {
+                continue;
+            }
+            write_meta(&mut out, m);
+        }
+        let mut fields = line[end..].split_whitespace().take_while(|f| *f != "#");
+        out.push_str(&line[..end]);
+        if let Some(value) = fields.next() {
+            out.push(' ');
+            out.push_str(value);
+        }
+        if let Some(ts) = fields.next().and_then(|t| t.parse::<f64>().ok()) {
+            out.push_str(&format!(" {}", (ts * 1000.0).round() as i64));
+        }
+        out.push('\n');
+    }
+    if let Some(m) = meta.as_mut() {
+        write_meta(&mut out, m);
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The value of `series` (name and labels, as written) in an exposition.
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map(|v| v.trim().parse().unwrap())
+    }
+
+    /// `Cause::ALL` and `Kind::ALL` list every variant: a variant added to the enum is a
+    /// compile error in these exhaustive matches until it is listed here, and then this test
+    /// fails until the enum's `ALL` has it too (metrics create their series from `ALL`).
+    #[test]
+    fn every_cause_and_kind_is_in_its_all_list() {
+        macro_rules! every {
+            ($t:ident: $($v:ident),* $(,)?) => {{
+                fn _exhaustive(x: $t) {
+                    match x {
+                        $($t::$v)|* => {}
+                    }
+                }
+                [$($t::$v),*]
+            }};
+        }
+        let causes = every!(Cause: Normal, Refused, ConnectTimeout, Unreachable, PeerReset,
+            LocalAbort, RetransmitTimeout, KeepaliveTimeout, ProbeTimeout, FinTimeout, Unknown);
+        assert_eq!(causes.len(), Cause::ALL.len());
+        for c in causes {
+            assert!(Cause::ALL.contains(&c), "Cause::ALL lacks {c:?}");
+        }
+        let kinds = every!(Kind: PeerUnreachable, ConnectBlackhole, Embryonic, PeerReset,
+            IdleNoKeepalive);
+        assert_eq!(kinds.len(), Kind::ALL.len());
+        for k in kinds {
+            assert!(Kind::ALL.contains(&k), "Kind::ALL lacks {k:?}");
+        }
+    }
+
+    /// Every series whose labels are known in advance is there from the start at 0, and reads
+    /// 0 again (rather than vanishing) once what was stuck recovers; so do the owner's and the
+    /// container's.
+    #[test]
+    fn known_series_exist_from_the_start_and_read_0_after_recovery() {
+        let m = Metrics::new(false);
+        let text = m.text();
+        for s in REPORTABLE {
+            for series in [
+                format!("tcp_trace_stuck_sockets{{state=\"{s}\"}}"),
+                format!("tcp_trace_half_closed_seconds_count{{state=\"{s}\"}}"),
+            ] {
+                assert_eq!(value(&text, &series), Some(0.0), "{series}:\n{text}");
+            }
+        }
+        for k in Kind::ALL {
+            let series = format!("tcp_trace_half_open_sockets{{kind=\"{}\"}}", k.name());
+            assert_eq!(value(&text, &series), Some(0.0), "{series}");
+        }
+        for c in Cause::ALL {
+            let series = format!(
+                "tcp_trace_connection_closes_total{{cause=\"{}\"}}",
+                c.name()
+            );
+            assert_eq!(value(&text, &series), Some(0.0), "{series}");
+        }
+        let errnos: Vec<_> = named_errnos().collect();
+        assert!(
+            errnos.contains(&"ECONNRESET") && errnos.len() >= 20,
+            "{errnos:?}"
+        );
+        for e in errnos {
+            let series = format!("tcp_trace_socket_errors_total{{error=\"{e}\"}}");
+            assert_eq!(value(&text, &series), Some(0.0), "{series}");
+        }
+        // Open-ended labels: nothing until something is stuck under them.
+        assert!(!text.contains("tcp_trace_stuck_sockets_by_comm"), "{text}");
+
+        let cg = format!("/docker/{}", "ab".repeat(32));
+        let cw = TcpState::CLOSE_WAIT;
+        m.stuck(
+            [(cw, Some("srv".into()), Some(cg.as_str()))].into_iter(),
+            ["embryonic"].into_iter(),
+        );
+        let stuck = m.text();
+        let by_comm = r#"tcp_trace_stuck_sockets_by_comm{comm="srv"}"#;
+        let by_container = format!(
+            r#"tcp_trace_stuck_sockets_by_container{{container_id="{}",pod_uid=""}}"#,
+            "ab".repeat(32)
+        );
+        let close_wait = r#"tcp_trace_stuck_sockets{state="CLOSE_WAIT"}"#;
+        let embryonic = r#"tcp_trace_half_open_sockets{kind="embryonic"}"#;
+        for series in [close_wait, embryonic, by_comm, &by_container] {
+            assert_eq!(value(&stuck, series), Some(1.0), "{series}:\n{stuck}");
+        }
+        m.stuck(std::iter::empty(), std::iter::empty());
+        let recovered = m.text();
+        for series in [close_wait, embryonic, by_comm, &by_container] {
+            assert_eq!(
+                value(&recovered, series),
+                Some(0.0),
+                "{series}:\n{recovered}"
+            );
+        }
+    }
+
+    /// An owner whose sockets recovered keeps its series at 0 until its slot is needed: at
+    /// most 64 names and `other`, those at 0 the longest dropped first.
+    #[test]
+    fn recovered_owners_read_0_until_their_slot_is_needed() {
+        let m = Metrics::new(false);
+        let cw = TcpState::CLOSE_WAIT;
+        let publish = |names: std::ops::Range<usize>| {
+            let names: Vec<String> = names.map(|n| format!("c{n}")).collect();
+            m.stuck(
+                names.iter().map(|n| (cw, Some(n.clone()), None)),
+                std::iter::empty(),
+            );
+            m.text()
+        };
+        let by_comm = |text: &str, n: usize| {
+            value(
+                text,
+                &format!("tcp_trace_stuck_sockets_by_comm{{comm=\"c{n}\"}}"),
+            )
+        };
+        let series = |text: &str| {
+            text.lines()
+                .filter(|l| l.starts_with("tcp_trace_stuck_sockets_by_comm{"))
+                .count()
+        };
+        publish(0..10);
+        let text = publish(10..60);
+        assert_eq!(by_comm(&text, 0), Some(0.0));
+        assert_eq!(by_comm(&text, 59), Some(1.0));
+        assert_eq!(series(&text), 60);
+        // 60 new names: room for 5 of the 60 at 0 (65 in all), the latest to recover.
+        let text = publish(100..160);
+        assert_eq!(series(&text), 65, "{text}");
+        assert_eq!(by_comm(&text, 0), None, "the first to recover gave way");
+        assert_eq!(by_comm(&text, 59), Some(0.0));
+        assert_eq!(by_comm(&text, 55), Some(0.0));
+        assert_eq!(by_comm(&text, 54), None);
+        // A name stuck again has its series back.
+        let text = publish(0..1);
+        assert_eq!(by_comm(&text, 0), Some(1.0));
+        assert_eq!(by_comm(&text, 159), Some(0.0));
+        assert_eq!(series(&text), 65);
+    }
+
+    /// The text format 0.0.4 from every OpenMetrics construct.
+    #[test]
+    fn text_format_from_openmetrics() {
+        let om = concat!(
+            "# HELP x_requests Requests \\\"quoted\\\" a\\\\b.\n",
+            "# TYPE x_requests counter\n",
+            "x_requests_total{path=\"/a b}\\\"#\"} 3 # {trace=\"1\"} 1.0 1.5\n",
+            "x_requests_created{path=\"/a b}\\\"#\"} 1.7e9\n",
+            "# TYPE x_latency_seconds histogram\n",
+            "# UNIT x_latency_seconds seconds\n",
+            "# HELP x_latency_seconds Latency.\n",
+            "x_latency_seconds_bucket{le=\"+Inf\"} 2\n",
+            "x_latency_seconds_sum 0.5\n",
+            "x_latency_seconds_count 2 1700000000.5\n",
+            "x_latency_seconds_created 1.7e9\n",
+            "# TYPE x_build info\n",
+            "x_build_info{version=\"1\"} 1\n",
+            "# HELP x_empty Nothing yet.\n",
+            "# TYPE x_empty gauge\n",
+            "# TYPE x_odd unknown\n",
+            "x_odd NaN\n",
+            "# EOF\n",
+        );
+        let want = concat!(
+            "# HELP x_requests_total Requests \"quoted\" a\\\\b.\n",
+            "# TYPE x_requests_total counter\n",
+            "x_requests_total{path=\"/a b}\\\"#\"} 3\n",
+            "# HELP x_latency_seconds Latency.\n",
+            "# TYPE x_latency_seconds histogram\n",
+            "x_latency_seconds_bucket{le=\"+Inf\"} 2\n",
+            "x_latency_seconds_sum 0.5\n",
+            "x_latency_seconds_count 2 1700000000500\n",
+            "# TYPE x_build_info gauge\n",
+            "x_build_info{version=\"1\"} 1\n",
+            "# HELP x_empty Nothing yet.\n",
+            "# TYPE x_empty gauge\n",
+            "# TYPE x_odd untyped\n",
+            "x_odd NaN\n",
+        );
+        assert_eq!(text_format(om), want);
+    }
 
     #[test]
     fn stuck_sockets_are_labelled_by_container_and_pod_capped() {
@@ -396,7 +829,7 @@ mod tests {
             paths.iter().map(|p| (cw, None, Some(p.as_str()))),
             std::iter::empty(),
         );
-        let text = m.encode();
+        let text = m.openmetrics();
         let series = |labels: &str| {
             let name = format!("tcp_trace_stuck_sockets_by_container{{{labels}}} ");
             text.lines()

@@ -3,13 +3,16 @@
 use std::io::{self, Write};
 
 use super::{
-    json::{common, container, int, next_key, null, plain, text},
+    json::{common, container, int, next_key, null, plain, text, JsonConn},
     owner_cells,
 };
-use crate::engine::cause::Cause;
+use crate::engine::{
+    cause::{self, Cause},
+    Lifecycle,
+};
 use crate::event::{
     clock::{Clock, Rfc3339Cache},
-    endpoint, errno_name, Event, EventKind, Owner, Place,
+    endpoint, errno_name, Event, EventKind, Owner, Place, TcpState,
 };
 
 /// An event with what the engine added to it.
@@ -174,6 +177,57 @@ impl<W: Write> WatchWriter<W> {
         )
     }
 
+    /// A timewait orphan's connection ended (its socket's CLOSE came earlier, with no cause):
+    /// the peer's FIN, a reset, or the kernel reaping it after `tcp_fin_timeout`.
+    pub fn end(&mut self, l: &Lifecycle, place: Place, cgroup: Option<&str>) -> io::Result<()> {
+        let at = l.ended_ns();
+        let since = l
+            .states
+            .iter()
+            .rev()
+            .find(|t| t.state == TcpState::FIN_WAIT2)
+            .map_or(at, |t| t.at_ns);
+        let ms = at.saturating_sub(since) as f64 / 1e6;
+        let c = cause::cause(l);
+        if self.json {
+            let j = JsonEnd {
+                kind: "end",
+                ts: self.clock.rfc3339(at),
+                conn: JsonConn::new(
+                    Some(l.sock),
+                    &l.tuple,
+                    l.owner.map(|o| o.pid),
+                    l.owner.as_ref().map(|o| &o.comm),
+                )
+                .placed(place, cgroup),
+                state: "FIN_WAIT2",
+                ms_in_state: (ms * 1000.0).round() / 1000.0,
+                cause: c.map(Cause::name),
+                evidence: c.map(|c| cause::evidence(l, c)).unwrap_or_default(),
+            };
+            serde_json::to_writer(&mut self.out, &j)?;
+            return self.out.write_all(b"\n");
+        }
+        self.header()?;
+        let (pid, comm) = owner_cells(l.owner);
+        let what = format!(
+            "END after FIN_WAIT2 ({:.3} s)  cause {}",
+            ms / 1e3,
+            c.map_or("unknown", Cause::name)
+        );
+        let what = self.placed(place, cgroup, what);
+        writeln!(
+            self.out,
+            "{:<13} {:<7} {:<16} {:<27} {:<27} {}",
+            self.clock.hms(at),
+            pid,
+            comm,
+            l.tuple.local(),
+            l.tuple.remote(),
+            what
+        )
+    }
+
     /// With `--wide`, the NETNS and CGROUP columns before `what`.
     fn placed(&self, place: Place, cgroup: Option<&str>, what: String) -> String {
         if !self.wide {
@@ -237,6 +291,20 @@ impl<W: Write> WatchWriter<W> {
     pub fn into_inner(self) -> W {
         self.out
     }
+}
+
+/// A `watch --json` `end` object.
+#[derive(serde::Serialize)]
+struct JsonEnd {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    ts: String,
+    #[serde(flatten)]
+    conn: JsonConn,
+    state: &'static str,
+    ms_in_state: f64,
+    cause: Option<&'static str>,
+    evidence: Vec<String>,
 }
 
 /// Appends the JSON object (one line, with its newline) for one event; `container`: the

@@ -91,6 +91,10 @@ impl Env for Replay {
         self.snap.sockets.iter().find(here).cloned()
     }
 
+    fn listed_at(&self) -> u64 {
+        self.snap.ts_ns
+    }
+
     fn fin_timeout(&self) -> Duration {
         self.fin_timeout
     }

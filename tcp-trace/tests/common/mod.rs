@@ -671,9 +671,20 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body.to_string()))
 }
 
-/// The value of the sample whose line starts with `series ` in a /metrics text (0 when absent).
-pub fn sample(body: &str, series: &str) -> f64 {
+/// The value of the sample whose line starts with `series ` in a /metrics text, `None` when
+/// there is none (for a series that appears only once something happened).
+pub fn try_sample(body: &str, series: &str) -> Option<f64> {
     body.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+        .map(|v| {
+            let v = v.split_whitespace().next().unwrap_or_default();
+            v.parse()
+                .unwrap_or_else(|e| panic!("{series}: value {v:?} is not a number ({e})"))
+        })
+}
+
+/// The value of the sample whose line starts with `series ` in a /metrics text; a test
+/// failure naming it when there is none.
+pub fn sample(body: &str, series: &str) -> f64 {
+    try_sample(body, series).unwrap_or_else(|| panic!("no series {series} in /metrics:\n{body}"))
 }
