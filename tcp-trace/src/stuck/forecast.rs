@@ -33,6 +33,9 @@ pub enum EndsBy {
     /// A keepalive probe answered by a reset (the peer has forgotten the connection), or
     /// probes unanswered.
     Keepalive,
+    /// The zero-window probe timer: the peer's receive window is closed (`tcp_retries2`
+    /// unanswered probes, or the socket's `TCP_USER_TIMEOUT` from the first probe).
+    WindowProbes,
 }
 
 impl EndsBy {
@@ -47,6 +50,7 @@ impl EndsBy {
             Self::TcpSynRetries => "tcp_syn_retries",
             Self::TcpSynackRetries => "tcp_synack_retries",
             Self::Keepalive => "keepalive",
+            Self::WindowProbes => "window_probes",
         }
     }
 }
@@ -302,7 +306,25 @@ pub fn forecast(f: &Facts, k: &NetSysctls, now_ns: u64) -> Forecast {
             setting: u64::from(boundary),
         },
     };
+    let probing = f.timer.is_some_and(|t| t.kind == TimerKind::Probe);
     match (f.state, f.held) {
+        // Data waiting for the peer's closed window: the kernel probes it. A peer that answers
+        // (its window still closed) keeps the connection as long as it likes, unless the
+        // socket's TCP_USER_TIMEOUT, counted from the first probe, ends it (it is known only
+        // if the socket retransmitted, and the first probe's time is not listed: at the
+        // latest that long from now); unanswered probes end it after tcp_retries2.
+        (TcpState::ESTABLISHED | TcpState::CLOSE_WAIT, _) if probing => match uto {
+            Some(ms) => by_user_timeout(
+                ms,
+                now_ns.saturating_add(ns(Duration::from_millis(ms.into()))),
+            ),
+            None => Forecast {
+                by: EndsBy::WindowProbes,
+                at_ns: None,
+                approx: true,
+                setting: u64::from(k.retries2),
+            },
+        },
         // Data (or our FIN) unacknowledged while a process holds the socket.
         (TcpState::ESTABLISHED | TcpState::CLOSE_WAIT, _) | (TcpState::FIN_WAIT1, Some(true))
             if f.retransmitting() =>
@@ -380,6 +402,10 @@ impl Forecast {
     /// only its application ends, "ends only when `closing`" ("pid 812 (api) closes fd 9").
     pub fn text(&self, at: impl Fn(u64) -> String, closing: &str) -> String {
         match (self.by, self.at_ns) {
+            (EndsBy::WindowProbes, _) => format!(
+                "the peer's receive window is closed: the kernel probes it until it opens, and ends it after {} unanswered probes (tcp_retries2) or the socket's TCP_USER_TIMEOUT, if set; else only when {closing}",
+                self.setting
+            ),
             (EndsBy::Application, _) | (_, None) => format!("ends only when {closing}"),
             (EndsBy::TcpFinTimeout, Some(t)) => format!(
                 "the kernel reaps it {}{} (tcp_fin_timeout={})",
@@ -542,5 +568,39 @@ mod tests {
         assert_eq!(syn_gives_up_after(&k(6, 4)), Duration::from_secs(131));
         assert_eq!(syn_gives_up_after(&k(2, 4)), Duration::from_secs(11));
         assert_eq!(syn_gives_up_after(&k(1, 0)), Duration::from_secs(3));
+    }
+
+    /// A closed window's probes: a known TCP_USER_TIMEOUT ends the socket that long from now at
+    /// the latest; without one only unanswered probes would, whose count is tcp_retries2.
+    #[test]
+    fn a_closed_window_ends_by_its_user_timeout_or_not_on_its_own() {
+        let f = |uto| Facts {
+            state: TcpState::ESTABLISHED,
+            held: None,
+            reap_in: None,
+            since_ns: 0,
+            backoff: Some(3),
+            rto: None,
+            last_retransmit_ns: None,
+            timer: Some(Armed {
+                kind: TimerKind::Probe,
+                in_ms: 800,
+                count: 0,
+            }),
+            user_timeout_ms: uto,
+        };
+        let k = NetSysctls {
+            retries2: 15,
+            ..NetSysctls::default()
+        };
+        let now = 5_000_000_000;
+        let by_uto = forecast(&f(Some(1500)), &k, now);
+        assert_eq!(
+            (by_uto.by, by_uto.at_ns),
+            (EndsBy::UserTimeout, Some(6_500_000_000))
+        );
+        let open = forecast(&f(None), &k, now);
+        assert_eq!((open.by, open.at_ns), (EndsBy::WindowProbes, None));
+        assert!(open.text(|_| String::new(), "x").contains("15 unanswered probes"));
     }
 }
