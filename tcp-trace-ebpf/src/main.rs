@@ -119,6 +119,17 @@ mod programs {
             && (fam == 0 || family == fam)
     }
 
+    /// Whether a socket error report says something. The kernel wakes the socket's waiters
+    /// before the tracepoint runs, so an application reading the error at once (`SO_ERROR`, a
+    /// failing call) can leave it 0 here: sent as error 0, "read first", while the socket has
+    /// its remote port. Error 0 without one says nothing: after a failed connect, connect()
+    /// disconnects the socket (tcp_disconnect), which wakes waiters through the same hook
+    /// with the error consumed and the remote port cleared.
+    #[inline(always)]
+    fn reported(error: i32, dport: u16) -> bool {
+        error != 0 || dport != 0
+    }
+
     /// `wanted`, for a socket error: one reported after a disconnect has cleared a port passes
     /// (errors are rare), and userspace filters it on the ports of the connection it joins.
     #[inline(always)]
@@ -648,11 +659,8 @@ mod programs {
         if !wanted_or_cleared(&end) || r.get::<u16>(er::PROTOCOL) != IPPROTO_TCP {
             return 0;
         }
-        // Error 0 is no error: after a failed connect, connect() disconnects the socket
-        // (tcp_disconnect), which wakes waiters through the error-report hook with `sk_err`
-        // already consumed and the remote port cleared. It says nothing about the connection.
         let error: i32 = r.get(er::ERROR);
-        if error == 0 {
+        if !reported(error, end.dport) {
             return 0;
         }
         let Some(mut e) = reserve::<ErrorEvent, _>(&ctx) else {
@@ -726,8 +734,8 @@ mod programs {
             return 0;
         }
         let error: i32 = field(sk, o.err);
-        if error == 0 {
-            return 0; // see inet_sk_error_report
+        if !reported(error, s.ends.dport) {
+            return 0;
         }
         let Some(place) = place(sk, true) else {
             return 0;

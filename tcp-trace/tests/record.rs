@@ -108,10 +108,24 @@ fn replayed_life_and_stuck_equal_the_live_ones() {
     // life: identical but for the clock: each tracer process loads its own programs, which
     // stamp the same kernel event a few ns apart, and measures its own wall-clock offset. So
     // times are compared to within 10 µs, everything else exactly.
-    let live: Vec<Value> = life_out
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    // A connection handed to a timewait socket is printed when its fate is known: live, at the
+    // next look (once a second); replayed, at the next snapshot. So the order may differ.
+    let in_order = |mut v: Vec<Value>| {
+        v.sort_by_key(|e| {
+            (
+                e["type"] != "life",
+                e["sport"].as_u64(),
+                e["dport"].as_u64(),
+            )
+        });
+        v
+    };
+    let live: Vec<Value> = in_order(
+        life_out
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+    );
     let (code, replayed, err) = replay(&[
         "life",
         "--replay",
@@ -120,6 +134,7 @@ fn replayed_life_and_stuck_equal_the_live_ones() {
         "--port",
         &life_port.to_string(),
     ]);
+    let replayed = in_order(replayed);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         live.iter().filter(|e| e["type"] == "life").count(),
@@ -149,7 +164,15 @@ fn replayed_life_and_stuck_equal_the_live_ones() {
         // the other on the same tracepoint: a few µs apart. In a VM (an emulated CPU, slowed
         // down) the host can stop the vCPU between the two programs for milliseconds, as CI
         // saw once on the rt guest; the other fields are compared exactly above.
-        let tolerance = if emulated() { 10.0 } else { 0.05 };
+        // A timewait orphan's end comes from its TIME_WAIT timer, which sock_diag lists in
+        // ms and the kernel runs in jiffies (4 ms at 250 Hz), read at another moment live and
+        // by the recorder.
+        let timewait = r["cause_evidence"].to_string().contains("peer_fin");
+        let tolerance = match (emulated(), timewait) {
+            (_, true) => 20.0,
+            (true, false) => 10.0,
+            (false, false) => 0.05,
+        };
         let close =
             |a: &Value, b: &Value| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < tolerance;
         assert!(close(&r["duration_ms"], &l["duration_ms"]), "{r} vs {l}");

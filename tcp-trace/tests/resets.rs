@@ -277,3 +277,84 @@ fn a_connect_timeout_reports_one_etimedout() {
     assert_eq!(errors[0]["error"], "ETIMEDOUT");
     assert!(ev2.iter().all(|e| e["error"] != "UNKNOWN(0)"));
 }
+
+/// A non-blocking connect whose application spins on `SO_ERROR` (as an event loop that polls
+/// and reads it at once, only faster): the error it reads first. The kernel wakes the socket's
+/// waiters before its error-report tracepoint runs, so the spinning thread often takes the
+/// error before tcp-trace can read it.
+fn connect_spinning_on_so_error(target: std::net::SocketAddrV4) -> i32 {
+    // SAFETY: plain socket calls on a socket this function owns and closes.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+        assert!(fd >= 0);
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: target.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*target.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let r = libc::connect(
+            fd,
+            (&raw const sa).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
+        assert!(r == -1 && *libc::__errno_location() == libc::EINPROGRESS);
+        let start = std::time::Instant::now();
+        let err = loop {
+            let mut err: i32 = 0;
+            let mut len = std::mem::size_of::<i32>() as u32;
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&raw mut err).cast(),
+                &mut len,
+            );
+            if err != 0 || start.elapsed() > slow(Duration::from_secs(20)) {
+                break err;
+            }
+        };
+        libc::close(fd);
+        err
+    }
+}
+
+/// Non-blocking connects that read `SO_ERROR` at once, refused and black-holed: however the
+/// application's read and the kernel's report fall, the connect is never the application's
+/// abort. Refused shows its reset; a timeout whose error the application read first is
+/// `unknown` with `error:READ_FIRST` (which error, the tracepoint could not see).
+#[test]
+fn a_connect_whose_error_is_read_at_once_is_no_local_abort() {
+    let net = NetnsPair::new("soerr");
+    sysctl_in(&net.a, "net.ipv4.tcp_syn_retries=1");
+    net.silent_gateway(&net.a, &net.b_addr);
+    let refused_port = free_port();
+    let port = free_port();
+    let life = |p: u16| Tracer::start(&["life", "--json", "--dport", &p.to_string()]);
+    let (refused_life, timeout_life) = (life(refused_port), life(port));
+    let closed: std::net::SocketAddrV4 = format!("127.0.0.1:{refused_port}").parse().unwrap();
+    assert_eq!(connect_spinning_on_so_error(closed), libc::ECONNREFUSED);
+    let lost: std::net::SocketAddrV4 = format!("{}:{port}", net.b_addr).parse().unwrap();
+    let err = in_netns(&net.a, move || connect_spinning_on_so_error(lost));
+    assert_eq!(err, libc::ETIMEDOUT);
+    let life_of = |t: &Tracer| {
+        let ev = t.wait_for("the connect's life", slow(WAIT), |ev| {
+            ev.iter().any(|e| e["type"] == "life")
+        });
+        ev.into_iter().find(|e| e["type"] == "life").unwrap()
+    };
+    let l = life_of(&refused_life);
+    assert_eq!(l["cause"], "refused", "{l}");
+    let l = life_of(&timeout_life);
+    let evidence = l["cause_evidence"].to_string();
+    match l["cause"].as_str() {
+        Some("connect_timeout") => assert!(evidence.contains("error:ETIMEDOUT"), "{l}"),
+        Some("unknown") => assert!(evidence.contains("error:READ_FIRST"), "{l}"),
+        _ => panic!("a kernel timeout is no local abort: {l}"),
+    }
+    eprintln!("timeout read: {}", l["cause_evidence"]);
+    refused_life.stop();
+    timeout_life.stop();
+}

@@ -63,7 +63,8 @@ impl Input {
                     }
                 };
                 let fin_timeout = Duration::from_secs(parts.header().fin_timeout_s);
-                let mut env = recording::Replay::new(first, fin_timeout);
+                let mut env =
+                    recording::Replay::new(first, fin_timeout).with_version(parts.header().version);
                 for (id, path) in names {
                     env.learn_cgroup(id, path);
                 }

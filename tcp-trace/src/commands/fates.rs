@@ -23,26 +23,37 @@ const TIME_WAIT_LEN: Duration = Duration::from_secs(60);
 /// `tcp_fin_timeout` was reaped.
 const SLACK: Duration = Duration::from_millis(1500);
 
-/// Looks the timewait orphans up at most once a second, and tells the engine their fates.
+/// Looks the timewait orphans up at most once a second (and at each new snapshot of a
+/// recording), and tells the engine their fates.
 #[derive(Default)]
 pub struct Fates {
     next_ns: u64,
+    listed_at: u64,
 }
 
 impl Fates {
     /// Looks up the orphans still waiting, if a second of env time has passed since the last
-    /// look. No lookups when none is waiting.
+    /// look, or a recording's next snapshot has come (a timewait socket it lists may be gone
+    /// from the one after). No lookups when none is waiting.
     pub fn check(&mut self, engine: &mut Engine, env: &mut dyn Env) {
         let now = env.now();
-        if now < self.next_ns {
+        let snapshot = env.listed_at();
+        let new_snapshot = snapshot < now && snapshot != self.listed_at;
+        if now < self.next_ns && !new_snapshot {
             return;
         }
         self.next_ns = now.saturating_add(EVERY_NS);
+        self.listed_at = snapshot;
         let waiting: Vec<(Tuple, u32, u64)> = engine
             .awaiting_fate()
             .filter_map(|(l, place)| Some((l.tuple, place.netns, l.orphaned_ns?.get())))
             .collect();
         if waiting.is_empty() {
+            return;
+        }
+        if !env.lists_timewait() {
+            let at = |(t, _, orphaned_ns)| (t, (Fate::Unrecorded, orphaned_ns));
+            engine.decide(&waiting.into_iter().map(at).collect());
             return;
         }
         let listed_at = env.listed_at();

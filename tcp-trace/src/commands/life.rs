@@ -10,28 +10,20 @@ use std::{
 use anyhow::Result;
 
 use crate::{
-    commands::pipeline::{Flow, Sink},
+    commands::{
+        fates::Fates,
+        owners::Owners,
+        pipeline::{Flow, Sink},
+    },
     engine::{filter::Filter, Engine, Lifecycle},
     event::{clock::Clock, Delivery, Place, TcpState, Tuple, LATE_AFTER_CLOSE_NS},
     host::{owners::Holder, sockdiag::DiagSocket, sysctls::NetSysctls, Env},
     output::life::LifeWriter,
     stuck::{
         forecast::{self, Facts, Forecast},
-        seed_of,
+        seed_of, OPEN,
     },
 };
-
-/// The states of an open connection sock_diag is asked for.
-const OPEN: [TcpState; 8] = [
-    TcpState::SYN_SENT,
-    TcpState::SYN_RECV,
-    TcpState::ESTABLISHED,
-    TcpState::FIN_WAIT1,
-    TcpState::FIN_WAIT2,
-    TcpState::CLOSE_WAIT,
-    TcpState::LAST_ACK,
-    TcpState::CLOSING,
-];
 
 /// The `life` sink.
 pub struct Life<W: Write> {
@@ -42,6 +34,10 @@ pub struct Life<W: Write> {
     lives: u64,
     lost: u64,
     open: bool,
+    /// The holders of accepted connections, which no event names (see [`Owners`]).
+    owners: Owners,
+    /// How the timewait orphans' connections ended (see [`Fates`]).
+    fates: Fates,
 }
 
 impl<W: Write> Life<W> {
@@ -57,6 +53,8 @@ impl<W: Write> Life<W> {
             lives: 0,
             lost: 0,
             open: false,
+            owners: Owners::new(),
+            fates: Fates::default(),
         }
     }
 
@@ -70,8 +68,16 @@ impl<W: Write> Life<W> {
         self.out.wide = wide;
     }
 
+    /// Prints the connections that ended before `until_ns` (and those whose timewait orphan's
+    /// fate came since); at the input's end (`until_ns` MAX) also those still waiting for
+    /// their fate, with no cause.
     fn emit(&mut self, until_ns: u64, env: &mut dyn Env) -> Result<()> {
-        for l in self.engine.take_finished(until_ns) {
+        let mut ended = self.engine.take_finished(until_ns);
+        if until_ns == u64::MAX {
+            ended.extend(self.engine.take_awaiting());
+        }
+        for mut l in ended {
+            l.close_at_fate();
             if l.is_listener() {
                 continue;
             }
@@ -230,6 +236,10 @@ impl<W: Write> Sink for Life<W> {
         let now = self.latest_ns.max(env.now());
         self.engine.tick(now);
         self.engine.take_notices();
+        // Before anything is written: an accepted connection's owner comes from the host
+        // while it is open (its lines, open or finished, then name it).
+        self.owners.tick(&mut self.engine, &self.filter, env);
+        self.fates.check(&mut self.engine, env);
         self.emit(now.saturating_sub(LATE_AFTER_CLOSE_NS), env)?;
         self.out.flush()?;
         Ok(Flow::Continue)

@@ -2,6 +2,7 @@
 
 pub mod fates;
 pub mod life;
+pub mod owners;
 pub mod pipeline;
 pub mod record;
 pub mod report;

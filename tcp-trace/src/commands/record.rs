@@ -16,7 +16,7 @@ use anyhow::Result;
 use crate::{
     commands::pipeline::{Flow, Sink},
     engine::filter::Filter,
-    event::{clock::Clock, Delivery, EventKind, TcpState, Tuple},
+    event::{clock::Clock, Delivery, Event, EventKind, TcpState, Tuple},
     host::Env,
     recording::{part_path, FileHeader, Item, Snapshot, Writer, VERSION},
     stuck::REPORTABLE,
@@ -124,6 +124,8 @@ pub struct Recorder<W: Write> {
     /// namespaces and times: the next snapshot lists their timewait sockets, TIME_WAIT
     /// included, so that a replay tells how each connection ended.
     handovers: HashMap<Tuple, (u32, u64)>,
+    /// Each open socket's namespace, from its birth (the kernel reads it only then).
+    netns: HashMap<u64, u32>,
 }
 
 /// How long a FIN_WAIT2 → CLOSE socket is looked up at each snapshot, at most: longer than
@@ -197,6 +199,7 @@ impl<W: Write> Recorder<W> {
             flushed_ns: now,
             events: 0,
             handovers: HashMap::new(),
+            netns: HashMap::new(),
         };
         let snap = snapshot(env, &STARTUP, &r.filter)?;
         r.write_snapshot(snap, env)?;
@@ -228,6 +231,20 @@ impl<W: Write> Recorder<W> {
             self.write(|w| w.item(&Item::Cgroup { id, path }))?;
         }
         Ok(())
+    }
+
+    /// Keeps each socket's namespace from its birth to its CLOSE, and the FIN_WAIT2 → CLOSE
+    /// sockets (with it) for [`Recorder::add_handovers`].
+    fn follow(&mut self, ev: &Event, old: TcpState, new: TcpState) {
+        if tcp_trace_common::is_birth(old.0, new.0) && ev.netns != 0 {
+            self.netns.insert(ev.sock, ev.netns);
+        }
+        if new == TcpState::CLOSE {
+            let netns = self.netns.remove(&ev.sock).unwrap_or(ev.netns);
+            if old == TcpState::FIN_WAIT2 {
+                self.handovers.insert(Tuple::of(ev), (netns, ev.ts_ns));
+            }
+        }
     }
 
     /// Adds the timewait sockets of the recent FIN_WAIT2 → CLOSE sockets to `snap` (found
@@ -290,12 +307,8 @@ impl<W: Write> Sink for Recorder<W> {
                 Delivery::Event(ev) => {
                     let t = Tuple::of(ev);
                     if self.filter.matches_tuple(&t) {
-                        if let EventKind::State {
-                            old: TcpState::FIN_WAIT2,
-                            new: TcpState::CLOSE,
-                        } = ev.kind
-                        {
-                            self.handovers.insert(t, (ev.netns, ev.ts_ns));
+                        if let EventKind::State { old, new } = ev.kind {
+                            self.follow(ev, old, new);
                         }
                         self.name_cgroup(ev.cgroup, env)?;
                         self.write(|w| w.item(&Item::Event(*ev)))?;

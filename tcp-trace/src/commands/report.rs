@@ -1,16 +1,33 @@
 //! `tcp-trace report`: a window of a recording (or a live run) as one picture. `stuck` runs
 //! inside it and is asked once at the window's end (what is stuck, half-open); every connection
-//! that ended is counted by cause and lifetime; the connections of interest (stuck, half-open,
-//! reset, error, retransmitting, the longest-lived) are kept whole for the timeline, with their
-//! retransmits, resets and errors as marks.
+//! that ended is counted by cause and lifetime; the connections of interest are kept whole for
+//! the timeline, with their retransmits, resets and errors as marks, and the longest-lived
+//! besides them.
+//!
+//! The connections of interest, each drawn as a lane or counted in `not_drawn`:
+//! - what `stuck` reports at the window's end (stuck, half-open), first;
+//! - those that ended in the window with a half-open episode, a reset either way, a socket
+//!   error, retransmits, or a cause other than `normal` (an `unknown` one is no evidence of an
+//!   abnormal end: lost events, a socket older than the tracer);
+//! - those open at the window's end with any of these, or half-closed (a FIN sent or received
+//!   and the connection not over: FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, CLOSING, LAST_ACK);
+//! - the timewait orphans the host (or the recording's last snapshot) lists in FIN_WAIT2 at the
+//!   window's end: closed by their application, still waiting for the peer's FIN.
+//!
+//! The longest-lived of the rest are a sample, drawn in the room left, never counted.
 
-use std::{collections::HashMap, io::Write};
+use std::{
+    collections::{HashMap, HashSet},
+    io::Write,
+};
 
 use anyhow::Result;
 use serde_json::Value;
 
 use crate::{
     commands::{
+        fates::Fates,
+        owners::Owners,
         pipeline::{Flow, Sink},
         stuck::StuckCmd,
     },
@@ -51,6 +68,15 @@ const LIFETIME_EDGES: [(f64, &str); 7] = [
     (10_000.0, "< 10 s"),
     (60_000.0, "< 1 min"),
     (600_000.0, "< 10 min"),
+];
+
+/// The states of a connection open and half-closed: a FIN sent or received, not over.
+const HALF_CLOSED: [TcpState; 5] = [
+    TcpState::FIN_WAIT1,
+    TcpState::FIN_WAIT2,
+    TcpState::CLOSE_WAIT,
+    TcpState::CLOSING,
+    TcpState::LAST_ACK,
 ];
 
 /// A socket's retransmits, resets and errors: (time, kind, text).
@@ -95,7 +121,12 @@ pub struct ReportCmd<W: Write> {
     /// Finished connections of interest, in the order they ended; the longest-lived.
     kept: Vec<(&'static str, Lifecycle, Marks)>,
     longest: Vec<(u64, Lifecycle, Marks)>,
+    /// Finished connections of interest beyond the lanes kept.
     not_drawn: u64,
+    /// The holders of accepted connections, which no event names (see [`Owners`]).
+    owners: Owners,
+    /// How the timewait orphans' connections ended (see [`Fates`]).
+    fates: Fates,
     connections: u64,
     /// Ends per second of the window, by cause (`Cause::ALL`'s order).
     per_second: Vec<[u32; CAUSES]>,
@@ -139,6 +170,8 @@ impl<W: Write> ReportCmd<W> {
             kept: Vec::new(),
             longest: Vec::new(),
             not_drawn: 0,
+            owners: Owners::new(),
+            fates: Fates::default(),
             connections: 0,
             per_second: Vec::new(),
             lifetimes: [0; 8],
@@ -220,8 +253,9 @@ impl<W: Write> ReportCmd<W> {
         }
     }
 
-    /// Why a finished or open connection is drawn, if it is.
+    /// Why a finished or open connection is of interest, if it is (see the module's text).
     fn interest(l: &Lifecycle) -> Option<&'static str> {
+        let open = l.state() != TcpState::CLOSE;
         if l.half_open.is_some() {
             Some("half_open")
         } else if l.resets_sent > 0 || l.resets_received > 0 {
@@ -230,6 +264,10 @@ impl<W: Write> ReportCmd<W> {
             Some("error")
         } else if l.retransmits > 0 {
             Some("retransmits")
+        } else if open && HALF_CLOSED.contains(&l.state()) {
+            Some("half_closed")
+        } else if cause::cause(l).is_some_and(|c| !matches!(c, Cause::Normal | Cause::Unknown)) {
+            Some("abnormal")
         } else {
             None
         }
@@ -246,7 +284,7 @@ impl<W: Write> ReportCmd<W> {
 
     /// Counts and keeps the connections that ended before `until_ns`.
     fn take_finished(&mut self, until_ns: u64, env: &mut dyn Env) {
-        for l in self.engine.take_finished(until_ns) {
+        for mut l in self.engine.take_finished(until_ns) {
             let marks = self
                 .sealed
                 .remove(&(l.sock, l.end_ns()))
@@ -254,7 +292,9 @@ impl<W: Write> ReportCmd<W> {
             if self.closed_at.get(&l.sock) == Some(&l.end_ns()) {
                 self.closed_at.remove(&l.sock);
             }
-            if !self.wanted(&l, env) || !self.within(l.end_ns()) {
+            l.close_at_fate();
+            // A timewait orphan's connection ended with its fate.
+            if !self.wanted(&l, env) || !self.within(l.ended_ns()) {
                 continue;
             }
             self.connections += 1;
@@ -263,12 +303,12 @@ impl<W: Write> ReportCmd<W> {
                 .iter()
                 .position(|x| *x == c)
                 .unwrap_or(CAUSES - 1);
-            let sec = (l.end_ns().saturating_sub(self.start_ns()) / 1_000_000_000) as usize;
+            let sec = (l.ended_ns().saturating_sub(self.start_ns()) / 1_000_000_000) as usize;
             if self.per_second.len() <= sec {
                 self.per_second.resize(sec + 1, [0; CAUSES]);
             }
             self.per_second[sec][i] = self.per_second[sec][i].saturating_add(1);
-            let life_ms = l.end_ns().saturating_sub(l.states[0].at_ns) as f64 / 1e6;
+            let life_ms = l.ended_ns().saturating_sub(l.states[0].at_ns) as f64 / 1e6;
             let b = LIFETIME_EDGES
                 .iter()
                 .position(|(edge, _)| life_ms < *edge)
@@ -283,13 +323,41 @@ impl<W: Write> ReportCmd<W> {
     }
 
     fn keep_if_long(&mut self, l: Lifecycle, marks: Marks) {
-        let life = l.end_ns().saturating_sub(l.states[0].at_ns);
+        let life = l.ended_ns().saturating_sub(l.states[0].at_ns);
         if self.longest.len() >= LONGEST && self.longest.last().is_some_and(|x| x.0 >= life) {
             return;
         }
         self.longest.push((life, l, marks));
         self.longest.sort_by_key(|x| std::cmp::Reverse(x.0));
         self.longest.truncate(LONGEST);
+    }
+
+    /// The endpoints of the timewait orphans the host lists in FIN_WAIT2 now (live: the
+    /// window's end; in a replay, the recording's latest snapshot), within the filters.
+    fn orphans_at_end(&self, env: &mut dyn Env) -> Vec<Tuple> {
+        let listed = match env.sockets(&[TcpState::FIN_WAIT2]) {
+            Ok(v) => v,
+            Err(e) => {
+                log::warn!("listing sockets: {e:#}; the FIN_WAIT2 orphans are not drawn");
+                return Vec::new();
+            }
+        };
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for d in listed {
+            if !d.is_orphan() || d.state != TcpState::FIN_WAIT2 || !seen.insert(d.tuple) {
+                continue;
+            }
+            let owner = self.stuck.lifecycle(&d.tuple).and_then(|l| l.owner);
+            let cgroup = env.cgroup_path(d.cgroup);
+            if self
+                .filter
+                .matches_all(&d.tuple, owner.as_ref(), d.netns, cgroup)
+            {
+                out.push(d.tuple);
+            }
+        }
+        out
     }
 
     fn start_ns(&self) -> u64 {
@@ -340,7 +408,7 @@ impl<W: Write> ReportCmd<W> {
             end_ms: if open {
                 ms(self.end_ns())
             } else {
-                ms(l.end_ns())
+                ms(l.ended_ns())
             },
             open,
             seen_mid_life: !l.exact_start,
@@ -371,9 +439,11 @@ impl<W: Write> ReportCmd<W> {
         let summary = of("summary").pop().unwrap_or_default();
         let mut half_open = self.half_open.clone();
         // What `stuck` reports comes first, each row linked to its lane: the connection's
-        // lifecycle here, or in `stuck`'s own engine (an orphan its process closed).
+        // lifecycle here, or in `stuck`'s own engine (an orphan its process closed). A row whose
+        // connection has no lifecycle to draw (or beyond MAX_LANES) is not drawn.
         let mut first: Vec<(Lane, Tuple)> = Vec::new();
-        let mut beyond = 0;
+        let mut used = (HashSet::new(), HashSet::new()); // open sockets, kept indices drawn
+        let mut missing: HashSet<Tuple> = HashSet::new();
         for (why, rows) in [("stuck", &mut stuck), ("half_open", &mut half_open)] {
             for row in rows.iter_mut() {
                 row["lane"] = Value::Null;
@@ -383,40 +453,57 @@ impl<W: Write> ReportCmd<W> {
                     continue;
                 }
                 if first.len() >= MAX_LANES {
-                    beyond += 1;
+                    missing.insert(t);
                     continue;
                 }
                 let none: &[(u64, &'static str, String)] = &[];
                 let found = self
                     .engine
                     .open_by_tuple(&t)
-                    .map(|l| (l, self.marks.get(&l.sock).map_or(none, |m| &m[..])))
+                    .map(|l| {
+                        used.0.insert(l.sock);
+                        (l, self.marks.get(&l.sock).map_or(none, |m| &m[..]))
+                    })
                     .or_else(|| {
-                        let k = self.kept.iter().find(|k| k.1.tuple == t)?;
-                        Some((&k.1, &k.2[..]))
+                        let i = self.kept.iter().position(|k| k.1.tuple == t)?;
+                        used.1.insert(i);
+                        Some((&self.kept[i].1, &self.kept[i].2[..]))
                     })
                     .or_else(|| self.stuck.lifecycle(&t).map(|l| (l, none)));
                 let lane = found.map(|(l, marks)| self.lane(why, l, marks));
-                if let Some(mut lane) = lane {
-                    lane.why = why;
-                    // Its holder as `stuck` found it (the process that has the fd now).
-                    if let (Some(comm), Some(pid)) = (row["comm"].as_str(), row["pid"].as_u64()) {
-                        let port = lane.group.rsplit_once("port ").map_or("", |(_, p)| p);
-                        lane.group = format!("{comm} (pid {pid}), port {port}");
-                    }
-                    row["lane"] = first.len().into();
-                    first.push((lane, t));
+                let Some(mut lane) = lane else {
+                    missing.insert(t);
+                    continue;
+                };
+                lane.why = why;
+                // Its holder as `stuck` found it (the process that has the fd now).
+                if let (Some(comm), Some(pid)) = (row["comm"].as_str(), row["pid"].as_u64()) {
+                    let port = lane.group.rsplit_once("port ").map_or("", |(_, p)| p);
+                    lane.group = format!("{comm} (pid {pid}), port {port}");
                 }
+                row["lane"] = first.len().into();
+                first.push((lane, t));
             }
         }
-        // Then the finished connections of interest (in the order they ended), the open ones,
-        // the longest-lived; at most MAX_LANES in all.
-        let taken = |t: &Tuple, first: &[(Lane, Tuple)]| first.iter().any(|(_, x)| x == t);
+        // Then the other connections of interest, while there is room (at most MAX_LANES in
+        // all): those that ended (in the order they ended), those open at the end, the
+        // timewait orphans listed at the end. Each is drawn or counted once: `seen` holds the
+        // endpoints of those drawn or counted (a listed orphan may be one of them).
+        let mut not_drawn = self.not_drawn + missing.len() as u64;
+        let room = MAX_LANES.saturating_sub(first.len());
+        let mut seen: HashSet<Tuple> = first.iter().map(|(_, t)| *t).collect();
+        seen.extend(missing.iter().copied());
         let mut lanes: Vec<Lane> = Vec::new();
-        for (why, l, marks) in &self.kept {
-            if !taken(&l.tuple, &first) {
-                lanes.push(self.lane(why, l, marks));
+        for (i, (why, l, marks)) in self.kept.iter().enumerate() {
+            if used.1.contains(&i) {
+                continue;
             }
+            if lanes.len() < room {
+                lanes.push(self.lane(why, l, marks));
+            } else if !missing.contains(&l.tuple) {
+                not_drawn += 1;
+            }
+            seen.insert(l.tuple);
         }
         let mut open_count = 0;
         for l in self.engine.open() {
@@ -424,20 +511,33 @@ impl<W: Write> ReportCmd<W> {
                 continue;
             }
             open_count += 1;
-            if let Some(why) = Self::interest(l).filter(|_| !taken(&l.tuple, &first)) {
+            let Some(why) = Self::interest(l).filter(|_| !used.0.contains(&l.sock)) else {
+                continue;
+            };
+            if lanes.len() < room {
                 let marks = self.marks.get(&l.sock).map_or(&[][..], |m| &m[..]);
                 lanes.push(self.lane(why, l, marks));
+            } else if !missing.contains(&l.tuple) {
+                not_drawn += 1;
+            }
+            seen.insert(l.tuple);
+        }
+        for t in self.orphans_at_end(env) {
+            if !seen.insert(t) || self.engine.open_by_tuple(&t).is_some() {
+                continue;
+            }
+            // Without a lifecycle (closed before this run saw it) it is not drawn.
+            match self.stuck.lifecycle(&t) {
+                Some(l) if lanes.len() < room => lanes.push(self.lane("half_closed", l, &[])),
+                _ => not_drawn += 1,
             }
         }
+        // The longest-lived (not of interest: never counted) in the room left.
         for (_, l, marks) in &self.longest {
-            lanes.push(self.lane("longest", l, marks));
+            if lanes.len() < room && !seen.contains(&l.tuple) {
+                lanes.push(self.lane("longest", l, marks));
+            }
         }
-        let room = MAX_LANES - first.len();
-        if lanes.len() > room {
-            beyond += lanes.len() - room;
-            lanes.truncate(room);
-        }
-        self.not_drawn += beyond as u64;
         let lanes: Vec<Lane> = first.into_iter().map(|(l, _)| l).chain(lanes).collect();
         // Lanes under their group, groups in order of their first lane; the rows' links follow.
         let mut order: Vec<usize> = (0..lanes.len()).collect();
@@ -487,7 +587,7 @@ impl<W: Write> ReportCmd<W> {
             groups,
             half_open,
             lanes,
-            not_drawn: self.not_drawn,
+            not_drawn,
             causes: Cause::ALL.iter().map(|c| c.name()).collect(),
             bucket_s: bucket as u64,
             per_bucket: per_bucket.iter().map(|r| r.to_vec()).collect(),
@@ -524,6 +624,10 @@ impl<W: Write> Sink for ReportCmd<W> {
         let now = self.latest_ns.max(env.now());
         self.engine.tick(now);
         self.engine.take_notices();
+        // Accepted connections' owners from the host while they are open: their lanes then
+        // sit under their process, not "no owner seen".
+        self.owners.tick(&mut self.engine, &self.filter, env);
+        self.fates.check(&mut self.engine, env);
         self.take_finished(now.saturating_sub(LATE_AFTER_CLOSE_NS), env);
         let flow = self.stuck.batch(records, env)?;
         // Stop: `stuck` was asked at --to.
@@ -534,6 +638,8 @@ impl<W: Write> Sink for ReportCmd<W> {
     fn finish(&mut self, env: &mut dyn Env) -> Result<()> {
         // The window ends with the input (a recording's end, a live run's stop), or at --to.
         self.latest_ns = self.latest_ns.max(env.now());
+        // Those still open and unowned, whatever their age, once more (their lanes).
+        self.owners.last(&mut self.engine, &self.filter, env);
         self.take_finished(u64::MAX, env);
         self.stuck.finish(env)?;
         self.read_stuck(true);

@@ -110,6 +110,10 @@ pub fn cause(l: &Lifecycle) -> Option<Cause> {
             _ if rst_in => Cause::Refused,
             Some(ETIMEDOUT) => Cause::ConnectTimeout,
             Some(EHOSTUNREACH | ENETUNREACH) => Cause::Unreachable,
+            // An error its application read before the tracepoint: the kernel ended the
+            // connect (a timeout or an ICMP error; a refusal shows its reset), but which is
+            // not known.
+            None if l.error_read_first() => Cause::Unknown,
             // Closed by its application before an answer (its own connect timeout): a sure
             // thing only if no event can be missing.
             None if !l.incomplete => Cause::LocalAbort,
@@ -133,7 +137,7 @@ pub fn cause(l: &Lifecycle) -> Option<Cause> {
         // acknowledged (LAST_ACK → CLOSE).
         T::TIME_WAIT | T::LAST_ACK => Cause::Normal,
         T::FIN_WAIT2 if l.orphaned_ns.is_some() => match l.fate {
-            Some(Fate::PeerFin) => Cause::Normal,
+            Some(Fate::PeerFin | Fate::Unrecorded) => Cause::Normal,
             Some(Fate::Reaped) => Cause::FinTimeout,
             Some(Fate::Gone) => Cause::Unknown,
             None => return None,
@@ -157,6 +161,8 @@ pub fn evidence(l: &Lifecycle, cause: Cause) -> Vec<String> {
     }
     if let Some(errno) = l.error() {
         e.push(format!("error:{}", errno_name(errno)));
+    } else if l.error_read_first() {
+        e.push(format!("error:{}", errno_name(0)));
     }
     if l.retransmits > 0 {
         e.push(format!("retransmits:{}", l.retransmits));
@@ -165,7 +171,11 @@ pub fn evidence(l: &Lifecycle, cause: Cause) -> Vec<String> {
         Cause::Normal if l.is_listener() => e.push("listener".into()),
         Cause::Normal if went_through(l, TcpState::TIME_WAIT) => e.push("TIME_WAIT".into()),
         Cause::Normal if l.orphaned_ns.is_some() => {
-            e.extend(["timewait_orphan".into(), "peer_fin".into()])
+            let fin = match l.fate {
+                Some(Fate::Unrecorded) => "fin_not_recorded",
+                _ => "peer_fin",
+            };
+            e.extend(["timewait_orphan".into(), fin.into()])
         }
         Cause::FinTimeout => e.extend(["timewait_orphan".into(), "tcp_fin_timeout".into()]),
         Cause::Unknown if l.fate == Some(Fate::Gone) => {
@@ -319,6 +329,28 @@ mod tests {
                 vec![st(0, T::CLOSE, T::SYN_SENT), st(5, T::SYN_SENT, T::CLOSE)],
                 Cause::LocalAbort,
                 &["SYN_SENT->CLOSE"],
+            ),
+            // A non-blocking connect whose application read the error before the tracepoint
+            // (its error report says 0): the kernel ended it, not its application.
+            (
+                vec![
+                    st(0, T::CLOSE, T::SYN_SENT),
+                    err(3000, 0),
+                    st(3000, T::SYN_SENT, T::CLOSE),
+                ],
+                Cause::Unknown,
+                &["SYN_SENT->CLOSE", "error:READ_FIRST"],
+            ),
+            // ... and a refused one still shows the reset.
+            (
+                vec![
+                    st(0, T::CLOSE, T::SYN_SENT),
+                    rst_in(1),
+                    err(1, 0),
+                    st(1, T::SYN_SENT, T::CLOSE),
+                ],
+                Cause::Refused,
+                &["SYN_SENT->CLOSE", "reset_received", "error:READ_FIRST"],
             ),
             (
                 open_then(&[rst_in(10), err(10, 104), st(10, T::ESTABLISHED, T::CLOSE)]),

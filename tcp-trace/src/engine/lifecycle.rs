@@ -40,6 +40,9 @@ impl Closer {
     }
 }
 
+/// `error` of a socket whose error its application read first (errnos are positive).
+const READ_FIRST: i32 = i16::MIN as i32;
+
 /// How a timewait orphan's connection ended. The kernel hands an orphaned FIN_WAIT2 socket to
 /// a timewait socket, which has no tracepoints: sock_diag tells what became of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +54,9 @@ pub enum Fate {
     /// Gone before `tcp_fin_timeout` without a FIN seen (a reset; or the kernel kept no
     /// timewait socket).
     Gone,
+    /// A recording older than format 4 lists no timewait sockets: the peer's FIN is assumed at
+    /// the handover, as tcp-trace read it before.
+    Unrecorded,
 }
 
 /// Everything known about one socket's life.
@@ -163,6 +169,14 @@ impl Lifecycle {
         self.fate.map(|_| self.last_seen_ns)
     }
 
+    /// For output: the connection's story with its timewait orphan's FIN_WAIT2 lasting until
+    /// its fate (the final CLOSE moved there), so that its states add up to its life.
+    pub fn close_at_fate(&mut self) {
+        if let (Some(at), Some(last)) = (self.fate_ns(), self.states.last_mut()) {
+            last.at_ns = last.at_ns.max(at);
+        }
+    }
+
     /// When the connection ended: its timewait orphan's fate, else its last transition.
     pub fn ended_ns(&self) -> u64 {
         self.fate_ns().unwrap_or_else(|| self.end_ns())
@@ -180,7 +194,25 @@ impl Lifecycle {
 
     /// The last socket error (positive errno).
     pub fn error(&self) -> Option<i32> {
-        self.error.map(|e| e.get().into())
+        self.error
+            .map(|e| i32::from(e.get()))
+            .filter(|e| *e != READ_FIRST)
+    }
+
+    /// An error was reported that its application read before the tracepoint could (it
+    /// polled the socket and read `SO_ERROR` at once): which one is not known.
+    pub fn error_read_first(&self) -> bool {
+        self.error.is_some_and(|e| i32::from(e.get()) == READ_FIRST)
+    }
+
+    /// Records a socket error (`0`: read first by the application; a known one is kept then).
+    pub(super) fn set_error(&mut self, errno: i32) {
+        let e = match errno {
+            0 if self.error.is_some() => return,
+            0 => READ_FIRST,
+            e => e,
+        };
+        self.error = std::num::NonZeroI16::new(e.clamp(i16::MIN.into(), i16::MAX.into()) as i16);
     }
 
     /// The socket's `TCP_USER_TIMEOUT` in ms at its last retransmit (0: not set), when the

@@ -476,10 +476,7 @@ impl Engine {
                 EventKind::ResetReceived { .. } => {
                     l.resets_received = l.resets_received.saturating_add(1)
                 }
-                EventKind::Error { errno } => {
-                    let clamped = errno.clamp(i16::MIN.into(), i16::MAX.into()) as i16;
-                    l.error = std::num::NonZeroI16::new(clamped)
-                }
+                EventKind::Error { errno } => l.set_error(errno),
                 EventKind::State { .. } => {}
             }
             l.last_seen_ns = l.last_seen_ns.max(ev.ts_ns);

@@ -5,6 +5,8 @@ use std::borrow::Cow;
 /// The errno name for a positive errno (`ETIMEDOUT`), `UNKNOWN(n)` otherwise.
 pub fn errno_name(errno: i32) -> Cow<'static, str> {
     let name = match errno {
+        // An error the application read before the kernel's tracepoint could.
+        0 => "READ_FIRST",
         1 => "EPERM",
         4 => "EINTR",
         5 => "EIO",

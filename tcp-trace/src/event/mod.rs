@@ -67,7 +67,8 @@ pub enum EventKind {
         /// Socket cookie.
         cookie: u64,
     },
-    /// `inet_sk_error_report` (positive errno).
+    /// `inet_sk_error_report` (positive errno; 0: the application read the error before
+    /// the tracepoint ran, `READ_FIRST`).
     Error {
         /// The errno.
         errno: i32,

@@ -34,6 +34,11 @@ pub trait Env {
     fn listed_at(&self) -> u64 {
         self.now()
     }
+    /// Whether [`Env::lookup`] can find timewait sockets (a recording older than format 4
+    /// lists none).
+    fn lists_timewait(&self) -> bool {
+        true
+    }
     /// `net.ipv4.tcp_fin_timeout`.
     fn fin_timeout(&self) -> Duration;
     /// The path of cgroup `id` (0: unknown), as `/proc/PID/cgroup` writes it.

@@ -30,7 +30,8 @@ pub struct Report {
     pub half_open: Vec<Value>,
     /// The connections drawn one by one, grouped (sorted by group).
     pub lanes: Vec<Lane>,
-    /// Connections of interest beyond the lanes drawn.
+    /// Connections of interest (see `commands::report`) not drawn: each of them is either a
+    /// lane or counted here.
     pub not_drawn: u64,
     /// How connections ended, in the order of `per_bucket`'s counts.
     pub causes: Vec<&'static str>,
@@ -51,7 +52,10 @@ pub struct Lane {
     pub group: String,
     /// `local -> remote`.
     pub label: String,
-    /// Why it is drawn: `stuck`, `half_open`, `reset`, `error`, `retransmits`, `longest`.
+    /// Why it is drawn: `stuck`, `half_open`, `reset`, `error`, `retransmits`, `abnormal` (a
+    /// cause other than `normal` or `unknown`), `half_closed` (open at the end in FIN_WAIT1,
+    /// FIN_WAIT2, CLOSE_WAIT, CLOSING or LAST_ACK, or a timewait orphan listed in FIN_WAIT2),
+    /// `longest`.
     pub why: &'static str,
     /// States entered: (ms, state). Each lasts until the next; the last until `end_ms`.
     pub states: Vec<(f64, &'static str)>,

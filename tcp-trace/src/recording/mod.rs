@@ -1,6 +1,6 @@
 //! Recordings: what `tcp-trace record` writes and `--replay` reads.
 //!
-//! Format (version 3), little-endian:
+//! Format (version 4), little-endian:
 //!
 //! ```text
 //! "TCPTRACE-RECORD\n"                      magic
@@ -21,8 +21,10 @@
 //! before a flush can be read back, checked, whatever happens to the writer afterwards. A
 //! reader that meets the end of the file inside a zstd frame (the writer was stopped
 //! mid-write) stops there cleanly and says so ([`Reader::unfinished`]); anything else that does
-//! not decode is an error. In version 3 the offsets of errors are in the decompressed stream
-//! of frames. Versions 1 and 2 (frames not compressed; version 1 before events
+//! not decode is an error. From version 3 the offsets of errors are in the decompressed stream
+//! of frames. Version 4's snapshots also list the timewait sockets (FIN_WAIT2 or TIME_WAIT) of
+//! the sockets that went FIN_WAIT2 → CLOSE, so that a replay tells how those connections
+//! ended. Versions 1 and 2 (frames not compressed; version 1 before events
 //! carried the socket's network namespace and cgroup) are still read.
 
 mod parts;
@@ -43,9 +45,12 @@ use crate::{
 /// The first bytes of every recording.
 pub const MAGIC: &[u8; 16] = b"TCPTRACE-RECORD\n";
 /// The format version this build writes and the newest it reads.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// The first version whose frames are one zstd stream.
 const FIRST_ZSTD: u32 = 3;
+/// The first version whose snapshots list the timewait sockets of the sockets that went
+/// FIN_WAIT2 → CLOSE (the frames are version 3's).
+const FIRST_TIMEWAIT: u32 = 4;
 /// zstd's level: its default, fast enough to keep up with the ring buffer on one core.
 const ZSTD_LEVEL: i32 = 3;
 

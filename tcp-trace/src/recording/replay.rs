@@ -21,6 +21,7 @@ pub struct Replay {
     holders: HashMap<u32, Vec<Holder>>,
     fin_timeout: Duration,
     cgroups: Resolver,
+    lists_timewait: bool,
 }
 
 impl Replay {
@@ -32,9 +33,17 @@ impl Replay {
             holders: HashMap::new(),
             fin_timeout,
             cgroups: Resolver::fixed(),
+            lists_timewait: true,
         };
         r.observe(first);
         r
+    }
+
+    /// The recording's format `version`: from 4 on, its snapshots list the timewait sockets
+    /// of the sockets that went FIN_WAIT2 → CLOSE.
+    pub fn with_version(mut self, version: u32) -> Self {
+        self.lists_timewait = version >= super::FIRST_TIMEWAIT;
+        self
     }
 
     /// A newer snapshot from the recording.
@@ -93,6 +102,10 @@ impl Env for Replay {
 
     fn listed_at(&self) -> u64 {
         self.snap.ts_ns
+    }
+
+    fn lists_timewait(&self) -> bool {
+        self.lists_timewait
     }
 
     fn fin_timeout(&self) -> Duration {

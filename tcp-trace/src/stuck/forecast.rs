@@ -601,6 +601,8 @@ mod tests {
         );
         let open = forecast(&f(None), &k, now);
         assert_eq!((open.by, open.at_ns), (EndsBy::WindowProbes, None));
-        assert!(open.text(|_| String::new(), "x").contains("15 unanswered probes"));
+        assert!(open
+            .text(|_| String::new(), "x")
+            .contains("15 unanswered probes"));
     }
 }

@@ -24,6 +24,19 @@ pub const REPORTABLE: [TcpState; 4] = [
     TcpState::CLOSING,
 ];
 
+/// The states of an open connection (what `life --open` and the owners' lookups ask
+/// sock_diag for).
+pub const OPEN: [TcpState; 8] = [
+    TcpState::SYN_SENT,
+    TcpState::SYN_RECV,
+    TcpState::ESTABLISHED,
+    TcpState::FIN_WAIT1,
+    TcpState::FIN_WAIT2,
+    TcpState::CLOSE_WAIT,
+    TcpState::LAST_ACK,
+    TcpState::CLOSING,
+];
+
 /// States whose entry was caused by a packet from the peer: the time since the last packet
 /// received is then a lower bound of the time spent in the state.
 fn entered_on_receive(s: TcpState) -> bool {
