@@ -15,6 +15,11 @@ use crate::{
 /// How often the timewait orphans waiting for their fate are looked up (env time).
 const EVERY_NS: u64 = 1_000_000_000;
 
+/// Lookups a round at most (each is one sock_diag query, a few µs): the cost stays bounded
+/// under any churn; a timewait orphan of this host's own peer needs none (the engine sees
+/// that peer's FIN).
+const MAX_LOOKUPS: usize = 2_000;
+
 /// A timewait socket in TIME_WAIT is reaped this long after the peer's FIN (the kernel's
 /// `TCP_TIMEWAIT_LEN`): its timer tells when the FIN came.
 const TIME_WAIT_LEN: Duration = Duration::from_secs(60);
@@ -44,13 +49,17 @@ impl Fates {
         }
         self.next_ns = now.saturating_add(EVERY_NS);
         self.listed_at = snapshot;
-        let waiting: Vec<(Tuple, u32, u64)> = engine
+        let mut waiting: Vec<(Tuple, u32, u64)> = engine
             .awaiting_fate()
             .filter_map(|(l, place)| Some((l.tuple, place.netns, l.orphaned_ns?.get())))
             .collect();
         if waiting.is_empty() {
             return;
         }
+        // One sock_diag query each: the oldest first, a bounded number a round (the rest
+        // wait for the next).
+        waiting.sort_unstable_by_key(|w| w.2);
+        waiting.truncate(MAX_LOOKUPS);
         if !env.lists_timewait() {
             let at = |(t, _, orphaned_ns)| (t, (Fate::Unrecorded, orphaned_ns));
             engine.decide(&waiting.into_iter().map(at).collect());

@@ -268,6 +268,36 @@ mod tests {
         }
     }
 
+    /// Both ends on this host: the peer's own FIN (its CLOSE_WAIT → LAST_ACK) decides the
+    /// orphan's fate, no sock_diag needed; in an engine that does not keep finished
+    /// lifecycles too, where it is told at once.
+    #[test]
+    fn a_local_peers_fin_is_the_orphans_fate() {
+        let server = tuple("10.0.0.2", 80, "10.0.0.1", 40000);
+        let peer =
+            |ms: u64, old, new| state(ms * 1_000_000, S + 64, task(9, "srv"), server, old, new);
+        let mut events = open_then(&[
+            st(10, T::ESTABLISHED, T::FIN_WAIT1),
+            st(11, T::FIN_WAIT1, T::FIN_WAIT2),
+            st(11, T::FIN_WAIT2, T::CLOSE),
+        ]);
+        events.push(peer(500, T::CLOSE_WAIT, T::LAST_ACK));
+        for keep in [true, false] {
+            let mut e = Engine::new(100, keep);
+            for x in &events {
+                e.apply(x);
+            }
+            let done = match keep {
+                true => e.take_finished(u64::MAX),
+                false => e.take_decided(),
+            };
+            let l = done.iter().find(|l| l.sock == S).expect("ended");
+            assert_eq!(cause(l), Some(Cause::Normal));
+            assert_eq!(l.ended_ns(), 500_000_000);
+            assert_eq!(e.awaiting_fate().count(), 0);
+        }
+    }
+
     use TcpState as T;
     const OPEN: [(T, T); 2] = [(T::CLOSE, T::SYN_SENT), (T::SYN_SENT, T::ESTABLISHED)];
 

@@ -621,6 +621,9 @@ impl Engine {
             self.socks.unindex(&old_tuple, key);
             self.socks.index(&tuple, key);
         }
+        if (old, new) == (TcpState::CLOSE_WAIT, TcpState::LAST_ACK) {
+            self.peer_sent_fin(&tuple.reversed(), ev.ts_ns);
+        }
         if new == TcpState::CLOSE {
             if let Some(done) = self.remove(key) {
                 self.counters.finished += 1;
@@ -628,6 +631,21 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// This host's socket `t` (seen from its peer's end) sent its FIN: if the peer is a
+    /// timewait orphan of this host waiting for it, that is its fate, with no sock_diag
+    /// lookup (both ends of a connection on one host, as on loopback). Only a peer still in
+    /// the graveyard is looked for: the FIN usually follows the orphan's handover closely.
+    fn peer_sent_fin(&mut self, t: &Tuple, at_ns: u64) {
+        let Some(l) = self.graveyard.by_tuple_mut(t).filter(|l| l.awaits_fate()) else {
+            return;
+        };
+        l.fate = Some(Fate::PeerFin);
+        l.last_seen_ns = l.last_seen_ns.max(at_ns);
+        if !self.keep_finished {
+            self.decided.push(l.clone());
+        }
     }
 }
 

@@ -335,6 +335,11 @@ impl Graveyard {
         self.at(self.by_tuple.get(t)?)
     }
 
+    pub(super) fn by_tuple_mut(&mut self, t: &Tuple) -> Option<&mut Lifecycle> {
+        let seq = self.by_tuple.get(t)?;
+        self.at_mut(seq)
+    }
+
     /// The finished lifecycle a late event belongs to: by socket, or by endpoints when the
     /// event has no socket.
     pub(super) fn late_event(&mut self, ev: &Event) -> Option<&mut Lifecycle> {

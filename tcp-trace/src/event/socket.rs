@@ -43,6 +43,16 @@ impl Tuple {
     pub fn is_connected(&self) -> bool {
         self.sport != 0 && self.dport != 0
     }
+
+    /// The same connection seen from its other end.
+    pub fn reversed(&self) -> Self {
+        Self {
+            saddr: self.daddr,
+            sport: self.dport,
+            daddr: self.saddr,
+            dport: self.sport,
+        }
+    }
 }
 
 /// A process that owns a socket.
