@@ -69,13 +69,13 @@ impl<W: Write> Life<W> {
     }
 
     /// Prints the connections that ended before `until_ns` (and those whose timewait orphan's
-    /// fate came since); at the input's end (`until_ns` MAX) also those still waiting for
-    /// their fate, with no cause.
+    /// fate came since).
     fn emit(&mut self, until_ns: u64, env: &mut dyn Env) -> Result<()> {
-        let mut ended = self.engine.take_finished(until_ns);
-        if until_ns == u64::MAX {
-            ended.extend(self.engine.take_awaiting());
-        }
+        let ended = self.engine.take_finished(until_ns);
+        self.print(ended, env)
+    }
+
+    fn print(&mut self, ended: Vec<Lifecycle>, env: &mut dyn Env) -> Result<()> {
         for mut l in ended {
             l.close_at_fate();
             if l.is_listener() {
@@ -100,6 +100,22 @@ impl<W: Write> Life<W> {
     /// its TCP_USER_TIMEOUT as its retransmits showed it, and its namespace's sysctls.
     fn report_open(&mut self, env: &mut dyn Env) -> Result<()> {
         let now = self.latest_ns.max(env.now());
+        // The timewait orphans still waiting for their fate are open connections: their
+        // socket lives on in the kernel, in FIN_WAIT2 (the handover's CLOSE undone).
+        let waiting: Vec<Lifecycle> = self
+            .engine
+            .take_awaiting()
+            .into_iter()
+            .map(|mut l| {
+                l.states.pop();
+                l
+            })
+            .collect();
+        // Every namespace with something open, listed now (not at the next sweep).
+        let mut namespaces = self.engine.namespaces_in(&OPEN);
+        namespaces.extend(waiting.iter().map(|l| self.engine.place(l).netns));
+        namespaces.remove(&0);
+        env.focus(namespaces);
         let listed: HashMap<_, _> = match env.sockets(&OPEN) {
             Ok(v) => v.into_iter().map(|d| ((d.tuple, d.netns), d)).collect(),
             Err(e) => {
@@ -121,10 +137,12 @@ impl<W: Write> Life<W> {
         // so that they cannot evict what the events showed.
         let mut unseen = Engine::new(listed.len() + 1, true);
         for d in listed.values() {
-            let known = self.engine.by_tuple(&d.tuple).is_some_and(|l| {
+            let here = |l: &Lifecycle| {
                 let n = self.engine.place(l).netns;
                 n == 0 || n == d.netns
-            });
+            };
+            let known = self.engine.by_tuple_in(&d.tuple, d.netns).is_some_and(here)
+                || waiting.iter().any(|l| l.tuple == d.tuple && here(l));
             if !known && d.tuple.sport != 0 && d.tuple.dport != 0 {
                 unseen.seed(seed_of(d, now));
             }
@@ -137,6 +155,10 @@ impl<W: Write> Life<W> {
                     .map(|l| (l.clone(), e.place(l)))
             })
             .collect();
+        for l in waiting {
+            let place = self.engine.place(&l);
+            open.push((l, place));
+        }
         open.sort_by_key(|(l, _)| (l.first_seen_ns(), l.sock));
         // The owners the events did not show, from `/proc` (before the filters, which may ask
         // for an owner).
@@ -249,6 +271,10 @@ impl<W: Write> Sink for Life<W> {
         self.emit(u64::MAX, env)?;
         if self.open {
             self.report_open(env)?;
+        } else {
+            // Connections whose end was not seen by the input's end: no cause.
+            let waiting = self.engine.take_awaiting();
+            self.print(waiting, env)?;
         }
         let now = env.now();
         self.out

@@ -113,7 +113,7 @@ impl Owners {
         }
         // Matched by endpoints and namespace; a connection whose namespace the events did not
         // carry only when one namespace has those endpoints.
-        let found: Vec<(Tuple, u32)> = wanted
+        let found: Vec<(Tuple, u32, u32)> = wanted
             .iter()
             .filter_map(|(_, t, netns, _)| {
                 let same = by_tuple.get(t)?;
@@ -124,20 +124,20 @@ impl Owners {
                     },
                     n => same.iter().find(|(ns, _)| ns == n || *ns == 0)?.1,
                 };
-                Some((*t, inode))
+                Some((*t, *netns, inode))
             })
             .collect();
         if found.is_empty() {
             return 0;
         }
-        let inodes: HashSet<u32> = found.iter().map(|f| f.1).collect();
+        let inodes: HashSet<u32> = found.iter().map(|f| f.2).collect();
         let holders = env.holders(&inodes);
         let mut n = 0;
-        for (t, inode) in found {
+        for (t, netns, inode) in found {
             let Some(h) = holders.get(&inode).and_then(|v| v.first()) else {
                 continue;
             };
-            if engine.adopt(&t, Holder::owner(h)) {
+            if engine.adopt(&t, netns, Holder::owner(h)) {
                 n += 1;
             }
         }

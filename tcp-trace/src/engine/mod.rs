@@ -314,7 +314,7 @@ impl Engine {
 
     /// Adds a socket from a snapshot. Events older than `seed.at_ns` will not move its state.
     pub fn seed(&mut self, seed: Seed) {
-        if self.socks.key_of(&seed.tuple).is_some() {
+        if self.key_in(&seed.tuple, seed.place.netns).is_some() {
             return;
         }
         let key = self.next_seed_key;
@@ -330,15 +330,39 @@ impl Engine {
         self.insert(key, l);
     }
 
-    /// The open connection with these endpoints is held by `owner` (a host fact: the process
+    /// The live socket with these endpoints in network namespace `netns`: the one there, or
+    /// else one whose namespace is not known (`netns` 0: the first with them).
+    fn key_in(&self, t: &Tuple, netns: u32) -> Option<u64> {
+        let mut unplaced = None;
+        for k in self.socks.keys_of(t) {
+            let ns = self
+                .socks
+                .map
+                .get(&k)
+                .map_or(0, |l| self.places.get(l.place).netns);
+            if netns == 0 || ns == netns {
+                return Some(k);
+            }
+            if ns == 0 {
+                unplaced = unplaced.or(Some(k));
+            }
+        }
+        unplaced
+    }
+
+    /// The lifecycle with these endpoints in network namespace `netns` (two namespaces can
+    /// hold the same endpoints; `netns` 0: the first).
+    pub fn by_tuple_in(&self, t: &Tuple, netns: u32) -> Option<&Lifecycle> {
+        self.key_in(t, netns).and_then(|k| self.socks.map.get(&k))
+    }
+
+    /// The open connection with these endpoints (in network namespace `netns`) is held by
+    /// `owner` (a host fact: the process
     /// that has its fd, for a socket no owner-context transition has named yet, such as an
     /// accepted one). An owner the events showed is kept. True when it was taken.
-    pub fn adopt(&mut self, t: &Tuple, owner: Owner) -> bool {
-        let Some(l) = self
-            .socks
-            .key_of(t)
-            .and_then(|k| self.socks.map.get_mut(&k))
-        else {
+    pub fn adopt(&mut self, t: &Tuple, netns: u32, owner: Owner) -> bool {
+        let key = self.key_in(t, netns);
+        let Some(l) = key.and_then(|k| self.socks.map.get_mut(&k)) else {
             return false;
         };
         if l.owner.is_some() {
@@ -371,7 +395,7 @@ impl Engine {
             return Some(ev.sock);
         }
         let tuple = Tuple::of(ev);
-        let key = self.socks.key_of(&tuple)?;
+        let key = self.key_in(&tuple, ev.netns)?;
         if ev.sock != 0 && key >= SEED_KEY_LIMIT {
             return None; // another kernel socket with the same endpoints, not this one
         }
@@ -1112,6 +1136,43 @@ mod tests {
             .durations(0)
             .iter()
             .all(|(_, d)| *d < u64::MAX / 2));
+    }
+
+    /// The same endpoints in two network namespaces (two pods' loopback connections) are two
+    /// sockets: both seeded, each found in its own namespace, the second found by endpoints
+    /// alone once the first is gone.
+    #[test]
+    fn the_same_endpoints_in_two_namespaces_are_two_sockets() {
+        let mut e = Engine::new(10, true);
+        let tuple = Tuple {
+            saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            sport: 8080,
+            daddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            dport: 40000,
+        };
+        let seed = |netns, state| Seed {
+            tuple,
+            state,
+            since_ns: 400_000_000,
+            snapshot_ns: 1_000_000_000,
+            place: Place { netns, cgroup: 0 },
+        };
+        e.seed(seed(4026532001, T::CLOSE_WAIT));
+        e.seed(seed(4026532002, T::ESTABLISHED));
+        e.seed(seed(4026532002, T::ESTABLISHED)); // already there
+        assert_eq!(e.len(), 2);
+        let state_in = |e: &Engine, ns| e.by_tuple_in(&tuple, ns).map(|l| l.state());
+        assert_eq!(state_in(&e, 4026532001), Some(T::CLOSE_WAIT));
+        assert_eq!(state_in(&e, 4026532002), Some(T::ESTABLISHED));
+        assert!(e.adopt(&tuple, 4026532002, crate::testkit::owner(7, "b")));
+        assert_eq!(e.by_tuple_in(&tuple, 4026532001).unwrap().owner, None);
+        // The first leaves (its own socket's CLOSE): the twin is found by endpoints alone.
+        let mut close = st(2_000, S, 8080, 40000, T::CLOSE_WAIT, T::CLOSE, task(0, ""));
+        close.netns = 4026532001;
+        e.apply(&close);
+        assert_eq!(e.len(), 1);
+        assert_eq!(state_in(&e, 0), Some(T::ESTABLISHED));
+        assert_eq!(e.by_tuple(&tuple).map(|l| l.state()), Some(T::ESTABLISHED));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! finished ones (for late events), and the interned places.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{hash_map::Entry, HashMap, VecDeque},
     hash::BuildHasher,
 };
 
@@ -61,6 +61,9 @@ impl Places {
 pub(super) struct Table {
     pub(super) map: IndexMap<u64, Lifecycle, FxBuildHasher>,
     pub(super) by_tuple: HashMap<u64, u64, FxBuildHasher>,
+    /// Other live sockets with the same endpoints as the one `by_tuple` names (another
+    /// network namespace's), by the same hash: empty but for such twins.
+    twins: FxHashMap<u64, Vec<u64>>,
     pub(super) cap: usize,
     pub(super) rng: u64,
 }
@@ -73,6 +76,7 @@ impl Table {
         Self {
             map: IndexMap::default(),
             by_tuple: HashMap::default(),
+            twins: FxHashMap::default(),
             cap: cap.max(1),
             rng: 0x9e37_79b9_7f4a_7c15,
         }
@@ -87,12 +91,54 @@ impl Table {
         self.map.get(&k).filter(|l| l.tuple == *t).map(|_| k)
     }
 
+    /// The live sockets with these endpoints: the first indexed, then its twins in other
+    /// namespaces.
+    pub(super) fn keys_of<'a>(&'a self, t: &'a Tuple) -> impl Iterator<Item = u64> + 'a {
+        let h = Self::tuple_hash(t);
+        let first = self.by_tuple.get(&h).copied();
+        let twins = self.twins.get(&h).into_iter().flatten().copied();
+        first
+            .into_iter()
+            .chain(twins)
+            .filter(|k| self.map.get(k).is_some_and(|l| l.tuple == *t))
+    }
+
     pub(super) fn index(&mut self, t: &Tuple, key: u64) {
-        self.by_tuple.insert(Self::tuple_hash(t), key);
+        let h = Self::tuple_hash(t);
+        match self.by_tuple.entry(h) {
+            Entry::Vacant(v) => {
+                v.insert(key);
+            }
+            Entry::Occupied(mut o) => {
+                let other = *o.get();
+                // A live socket with the same endpoints (another namespace's) keeps its place.
+                if other != key && self.map.get(&other).is_some_and(|l| l.tuple == *t) {
+                    let twins = self.twins.entry(h).or_default();
+                    if !twins.contains(&key) {
+                        twins.push(key);
+                    }
+                } else {
+                    o.insert(key);
+                }
+            }
+        }
     }
 
     pub(super) fn unindex(&mut self, t: &Tuple, key: u64) {
         let h = Self::tuple_hash(t);
+        if let Some(twins) = self.twins.get_mut(&h) {
+            twins.retain(|k| *k != key);
+            if self.by_tuple.get(&h) == Some(&key) {
+                // Its twin takes its place.
+                if let Some(next) = twins.pop() {
+                    self.by_tuple.insert(h, next);
+                }
+            }
+            if twins.is_empty() {
+                self.twins.remove(&h);
+            }
+            return;
+        }
         if self.by_tuple.get(&h) == Some(&key) {
             self.by_tuple.remove(&h);
         }

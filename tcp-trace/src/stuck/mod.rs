@@ -154,7 +154,7 @@ fn lifecycle<'e>(engine: &'e Engine, d: &DiagSocket) -> Option<&'e Lifecycle> {
         ns == 0 || d.netns == 0 || ns == d.netns
     };
     if let Some(l) = engine
-        .by_tuple(&d.tuple)
+        .by_tuple_in(&d.tuple, d.netns)
         .filter(|l| l.state() == d.state)
         .filter(here)
     {
