@@ -113,17 +113,9 @@ impl<W: Write> WatchWriter<W> {
             EventKind::ResetReceived { .. } => "RESET-RECEIVED".to_string(),
             EventKind::Error { errno } => format!("ERROR {}", errno_name(errno)),
         };
+        let ends = (endpoint(&ev.saddr, ev.sport), endpoint(&ev.daddr, ev.dport));
         let what = self.placed(a.place, a.cgroup, what);
-        writeln!(
-            self.out,
-            "{:<13} {:<7} {:<16} {:<27} {:<27} {}",
-            self.clock.hms(ev.ts_ns),
-            pid,
-            comm,
-            endpoint(&ev.saddr, ev.sport),
-            endpoint(&ev.daddr, ev.dport),
-            what
-        )
+        self.line(ev.ts_ns, (pid, comm), ends, what)
     }
 
     /// A socket turning half-open, or its half-open episode ending.
@@ -165,16 +157,8 @@ impl<W: Write> WatchWriter<W> {
             }
         };
         let what = self.placed(ep.place, cgroup, what);
-        writeln!(
-            self.out,
-            "{:<13} {:<7} {:<16} {:<27} {:<27} {}",
-            self.clock.hms(at),
-            pid,
-            comm,
-            ep.tuple.local(),
-            ep.tuple.remote(),
-            what
-        )
+        let ends = (ep.tuple.local(), ep.tuple.remote());
+        self.line(at, (pid, comm), ends, what)
     }
 
     /// A timewait orphan's connection ended (its socket's CLOSE came earlier, with no cause):
@@ -216,14 +200,25 @@ impl<W: Write> WatchWriter<W> {
             c.map_or("unknown", Cause::name)
         );
         let what = self.placed(place, cgroup, what);
+        self.line(at, (pid, comm), (l.tuple.local(), l.tuple.remote()), what)
+    }
+
+    /// One human line: time, owner, endpoints, then what happened.
+    fn line(
+        &mut self,
+        at_ns: u64,
+        (pid, comm): (String, String),
+        (local, remote): (String, String),
+        what: String,
+    ) -> io::Result<()> {
         writeln!(
             self.out,
             "{:<13} {:<7} {:<16} {:<27} {:<27} {}",
-            self.clock.hms(at),
+            self.clock.hms(at_ns),
             pid,
             comm,
-            l.tuple.local(),
-            l.tuple.remote(),
+            local,
+            remote,
             what
         )
     }
