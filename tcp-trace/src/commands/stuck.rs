@@ -172,6 +172,7 @@ impl<W: Write> StuckCmd<W> {
 
     /// Also keep these metrics up to date (`serve`).
     pub fn set_metrics(&mut self, m: Arc<Metrics>) {
+        self.engine.tell_fates();
         self.metrics = Some(m);
     }
 

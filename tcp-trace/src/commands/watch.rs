@@ -28,7 +28,8 @@ pub struct Watch<W: Write> {
 
 impl<W: Write> Watch<W> {
     /// A watch writing to `out`, with its engine (which need not keep finished lifecycles).
-    pub fn new(out: W, json: bool, clock: Clock, filter: Filter, engine: Engine) -> Self {
+    pub fn new(out: W, json: bool, clock: Clock, filter: Filter, mut engine: Engine) -> Self {
+        engine.tell_fates();
         Self {
             engine,
             filter,

@@ -270,7 +270,7 @@ mod tests {
 
     /// Both ends on this host: the peer's own FIN (its CLOSE_WAIT → LAST_ACK) decides the
     /// orphan's fate, no sock_diag needed; in an engine that does not keep finished
-    /// lifecycles too, where it is told at once.
+    /// lifecycles too, where it is told at once (to a taker).
     #[test]
     fn a_local_peers_fin_is_the_orphans_fate() {
         let server = tuple("10.0.0.2", 80, "10.0.0.1", 40000);
@@ -284,6 +284,7 @@ mod tests {
         events.push(peer(500, T::CLOSE_WAIT, T::LAST_ACK));
         for keep in [true, false] {
             let mut e = Engine::new(100, keep);
+            e.tell_fates();
             for x in &events {
                 e.apply(x);
             }
@@ -296,6 +297,64 @@ mod tests {
             assert_eq!(l.ended_ns(), 500_000_000);
             assert_eq!(e.awaiting_fate().count(), 0);
         }
+    }
+
+    /// Nothing decided piles up in an engine nobody asks (plain `stuck`), and one that tells
+    /// fates still finds an orphan the graveyard has let go (a remote peer's FIN comes late).
+    #[test]
+    fn fates_are_kept_only_for_a_taker() {
+        let handed_over = open_then(&[
+            st(10, T::ESTABLISHED, T::FIN_WAIT1),
+            st(11, T::FIN_WAIT1, T::FIN_WAIT2),
+            st(11, T::FIN_WAIT2, T::CLOSE),
+        ]);
+        let t = tuple("10.0.0.1", 40000, "10.0.0.2", 80);
+        let server = t.reversed();
+        let fin = state(
+            500_000_000,
+            S + 64,
+            task(9, "srv"),
+            server,
+            T::CLOSE_WAIT,
+            T::LAST_ACK,
+        );
+        let mut quiet = Engine::new(100, false);
+        for x in handed_over.iter().chain([&fin]) {
+            quiet.apply(x);
+        }
+        assert!(quiet.take_decided().is_empty());
+        let mut told = Engine::new(100, false);
+        told.tell_fates();
+        for x in &handed_over {
+            told.apply(x);
+        }
+        // Thousands of other connections end meanwhile: the graveyard lets the orphan go.
+        for i in 0..5_000u64 {
+            let other = tuple("10.0.0.3", 1000 + (i % 60_000) as u16, "10.0.0.2", 80);
+            let sock = 0x1000_0000 + i * 64;
+            told.apply(&state(
+                20_000_000 + i,
+                sock,
+                task(0, ""),
+                other,
+                T::CLOSE,
+                T::SYN_SENT,
+            ));
+            told.apply(&state(
+                20_000_000 + i,
+                sock,
+                task(0, ""),
+                other,
+                T::SYN_SENT,
+                T::CLOSE,
+            ));
+            told.tick(20_000_000 + i);
+        }
+        assert_eq!(told.awaiting_fate().count(), 1);
+        told.decide(&[(t, (Fate::PeerFin, 700_000_000))].into_iter().collect());
+        let done = told.take_decided();
+        assert_eq!(done.len(), 1);
+        assert_eq!(cause(&done[0]), Some(Cause::Normal));
     }
 
     use TcpState as T;

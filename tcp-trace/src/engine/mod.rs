@@ -17,7 +17,7 @@ mod table;
 
 pub use lifecycle::{Closer, Fate, Lifecycle, PlaceId, Transition};
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 
 use self::{
     halfopen::{Notice, Tracker},
@@ -80,11 +80,13 @@ pub struct Engine {
     graveyard: Graveyard,
     /// Timewait orphans' lifecycles, for as long as they can exist (only
     /// [`Engine::with_orphans`], without `keep_finished`).
+    /// Also the timewait orphans waiting for their fate, once out of the graveyard (in an
+    /// engine that keeps finished lifecycles or tells fates).
     orphans: Orphans,
     keep_orphans: bool,
-    /// Timewait orphans whose connection's end sock_diag has not told yet, oldest first (once
-    /// out of the graveyard; at most the socket cap).
-    awaiting: VecDeque<Lifecycle>,
+    /// Whether [`Engine::take_decided`] is read (`watch`, `serve`): decided fates are kept
+    /// for it.
+    tells_fates: bool,
     /// Lifecycles whose fate was decided, for [`Engine::take_finished`] (an engine that keeps
     /// finished lifecycles) or [`Engine::take_decided`].
     decided: Vec<Lifecycle>,
@@ -118,7 +120,7 @@ impl Engine {
             graveyard: Graveyard::default(),
             orphans: Orphans::new(max_sockets),
             keep_orphans: false,
-            awaiting: VecDeque::new(),
+            tells_fates: false,
             decided: Vec::new(),
             keep_finished,
             halfopen: Tracker::default(),
@@ -143,6 +145,13 @@ impl Engine {
         self
     }
 
+    /// Keeps each timewait orphan until its fate is known and tells it
+    /// ([`Engine::take_decided`]): for an engine that does not keep finished lifecycles and
+    /// reports how connections end.
+    pub fn tell_fates(&mut self) {
+        self.tells_fates = true;
+    }
+
     /// The same engine with these half-open thresholds.
     pub fn with_thresholds(mut self, t: crate::engine::halfopen::Thresholds) -> Self {
         self.halfopen = Tracker::new(t);
@@ -162,7 +171,7 @@ impl Engine {
         {
             if let Some(l) = self.graveyard.pop() {
                 match l.awaits_fate() {
-                    true => self.await_fate(l),
+                    true => self.orphans.keep(l),
                     false => out.push(l),
                 }
             }
@@ -180,24 +189,28 @@ impl Engine {
     /// The timewait orphans still waiting for their fate, oldest first (at the input's end:
     /// their connections' ends were not seen).
     pub fn take_awaiting(&mut self) -> Vec<Lifecycle> {
-        self.awaiting.drain(..).collect()
-    }
-
-    fn await_fate(&mut self, l: Lifecycle) {
-        self.awaiting.push_back(l);
-        if self.awaiting.len() > self.socks.cap {
-            self.awaiting.pop_front();
-            self.counters.evictions += 1;
-        }
+        self.orphans
+            .iter()
+            .filter(|l| l.awaits_fate())
+            .cloned()
+            .collect()
     }
 
     /// The timewait orphans whose fate is not known yet, with where they live.
     pub fn awaiting_fate(&self) -> impl Iterator<Item = (&Lifecycle, Place)> {
         let finished = self.graveyard.list.iter().map(|(_, l)| l);
         finished
+            .chain(self.orphans.iter())
             .filter(|l| l.awaits_fate())
-            .chain(self.awaiting.iter())
             .map(|l| (l, self.places.get(l.place)))
+    }
+
+    /// A decided fate is told: by [`Engine::take_finished`] once the graveyard has let the
+    /// lifecycle go (it is taken from there otherwise), or by [`Engine::take_decided`].
+    fn told(&mut self, l: &Lifecycle, in_graveyard: bool) {
+        if (self.keep_finished && !in_graveyard) || (!self.keep_finished && self.tells_fates) {
+            self.decided.push(l.clone());
+        }
     }
 
     /// What became of these timewait orphans (by endpoints: fate and when, monotonic ns).
@@ -213,34 +226,29 @@ impl Engine {
             }
             _ => false,
         };
+        let mut told = Vec::new();
         for (_, l) in self.graveyard.list.iter_mut() {
-            // Still in the graveyard: an engine that keeps finished lifecycles returns it from
-            // there; one that does not tells its end now.
-            if decide(l) && !self.keep_finished {
-                self.decided.push(l.clone());
+            if decide(l) {
+                told.push((l.clone(), true));
             }
         }
-        let mut waiting = VecDeque::with_capacity(self.awaiting.len());
-        for mut l in self.awaiting.drain(..) {
-            if !decide(&mut l) {
-                waiting.push_back(l);
-            } else if self.keep_orphans {
-                self.decided.push(l.clone());
-                self.orphans.keep(l);
-            } else {
-                self.decided.push(l);
+        for l in self.orphans.iter_mut() {
+            if decide(l) {
+                told.push((l.clone(), false));
             }
         }
-        self.awaiting = waiting;
+        for (l, in_graveyard) in told {
+            self.told(&l, in_graveyard);
+        }
     }
 
     fn bury(&mut self, l: Lifecycle) -> u64 {
         let id = self.graveyard.push(l);
         if !self.keep_finished {
+            // Out of the graveyard: an orphan's story for `stuck`, or one waiting for the
+            // fate this engine tells.
             while let Some(l) = self.graveyard.pop_unneeded() {
-                if l.awaits_fate() {
-                    self.await_fate(l);
-                } else if self.keep_orphans {
+                if self.keep_orphans || (self.tells_fates && l.awaits_fate()) {
                     self.orphans.keep(l);
                 }
             }
@@ -289,9 +297,7 @@ impl Engine {
         // Orphans still in the graveyard, unless the kernel has reaped them by the last tick.
         let finished = self.graveyard.list.iter().map(|(_, l)| l);
         let in_graveyard = finished.filter(|l| table::held(l, self.now_ns));
-        let orphans = in_graveyard
-            .chain(self.orphans.iter())
-            .chain(self.awaiting.iter());
+        let orphans = in_graveyard.chain(self.orphans.iter());
         live.chain(orphans)
             .map(|l| self.places.get(l.place).netns)
             .filter(|ns| *ns != 0)
@@ -306,10 +312,7 @@ impl Engine {
     /// A recently finished lifecycle with these endpoints (e.g. a FIN_WAIT2 socket the
     /// application closed, which lives on in the kernel as a timewait orphan).
     pub fn finished_by_tuple(&self, t: &Tuple) -> Option<&Lifecycle> {
-        self.graveyard
-            .by_tuple(t)
-            .or_else(|| self.orphans.get(t))
-            .or_else(|| self.awaiting.iter().rev().find(|l| l.tuple == *t))
+        self.graveyard.by_tuple(t).or_else(|| self.orphans.get(t))
     }
 
     /// Adds a socket from a snapshot. Events older than `seed.at_ns` will not move its state.
@@ -420,18 +423,11 @@ impl Engine {
         self.now_ns = self.now_ns.max(now_ns);
         self.graveyard.mark();
         self.halfopen.tick(now_ns);
-        self.orphans.expire(now_ns);
         // A timewait orphan the kernel can no longer hold, its fate never told (no sock_diag
         // here): an engine that keeps finished lifecycles returns it undecided.
-        while self
-            .awaiting
-            .front()
-            .is_some_and(|l| !table::held(l, now_ns))
-        {
-            if let Some(l) = self.awaiting.pop_front() {
-                if self.keep_finished {
-                    self.decided.push(l);
-                }
+        for l in self.orphans.expire(now_ns) {
+            if self.keep_finished && l.awaits_fate() {
+                self.decided.push(l);
             }
         }
         self.collect_notices();
@@ -659,17 +655,19 @@ impl Engine {
 
     /// This host's socket `t` (seen from its peer's end) sent its FIN: if the peer is a
     /// timewait orphan of this host waiting for it, that is its fate, with no sock_diag
-    /// lookup (both ends of a connection on one host, as on loopback). Only a peer still in
-    /// the graveyard is looked for: the FIN usually follows the orphan's handover closely.
+    /// lookup (both ends of a connection on one host, as on loopback).
     fn peer_sent_fin(&mut self, t: &Tuple, at_ns: u64) {
-        let Some(l) = self.graveyard.by_tuple_mut(t).filter(|l| l.awaits_fate()) else {
+        let (l, in_graveyard) = match self.graveyard.by_tuple_mut(t) {
+            Some(l) => (Some(l), true),
+            None => (self.orphans.get_mut(t), false),
+        };
+        let Some(l) = l.filter(|l| l.awaits_fate()) else {
             return;
         };
         l.fate = Some(Fate::PeerFin);
         l.last_seen_ns = l.last_seen_ns.max(at_ns);
-        if !self.keep_finished {
-            self.decided.push(l.clone());
-        }
+        let l = l.clone();
+        self.told(&l, in_graveyard);
     }
 }
 

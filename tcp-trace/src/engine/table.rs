@@ -275,21 +275,37 @@ impl Orphans {
         }
     }
 
-    /// Forgets the orphans the kernel has reaped by `now_ns`.
-    pub(super) fn expire(&mut self, now_ns: u64) {
+    /// Forgets the orphans the kernel has reaped by `now_ns` (and returns them).
+    pub(super) fn expire(&mut self, now_ns: u64) -> Vec<Lifecycle> {
+        let mut gone = Vec::new();
         while self.list.front().is_some_and(|l| !held(l, now_ns)) {
-            self.pop();
+            gone.extend(self.list.pop_front());
+            self.base += 1;
         }
+        gone
+    }
+
+    fn index_of(&self, t: &Tuple) -> Option<usize> {
+        let seq = self.by_tuple.get(&Table::tuple_hash(t))?;
+        let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        self.list.get(i).filter(|l| l.tuple == *t).map(|_| i)
     }
 
     pub(super) fn get(&self, t: &Tuple) -> Option<&Lifecycle> {
-        let seq = self.by_tuple.get(&Table::tuple_hash(t))?;
-        let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
-        self.list.get(i).filter(|l| l.tuple == *t)
+        self.list.get(self.index_of(t)?)
+    }
+
+    pub(super) fn get_mut(&mut self, t: &Tuple) -> Option<&mut Lifecycle> {
+        let i = self.index_of(t)?;
+        self.list.get_mut(i)
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = &Lifecycle> {
         self.list.iter()
+    }
+
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Lifecycle> {
+        self.list.iter_mut()
     }
 }
 
