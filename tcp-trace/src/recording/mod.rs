@@ -306,15 +306,63 @@ impl<R: Read> Read for Counted<R> {
 /// The frames after the header: as stored (versions 1, 2) or through zstd.
 enum Frames<R: Read> {
     Plain(Counted<R>),
-    Zstd(zstd::stream::read::Decoder<'static, io::BufReader<Counted<R>>>),
+    Zstd(Checked<R>),
 }
 
 impl<R: Read> Frames<R> {
     fn file_bytes(&self) -> u64 {
         match self {
             Self::Plain(c) => c.n,
-            Self::Zstd(d) => d.get_ref().get_ref().n,
+            Self::Zstd(c) => c.src.as_ref().map_or(0, |s| s.get_ref().n),
         }
+    }
+}
+
+/// The zstd stream a whole zstd frame at a time: nothing of a frame is read until its
+/// checksum has been verified, so a damaged frame is an error before any of its items (which
+/// a streaming decoder would hand out first, garbled), and a frame the writer never finished
+/// (the end of the file inside it) yields none of its items.
+struct Checked<R: Read> {
+    /// `None` only while a frame is being decoded.
+    src: Option<io::BufReader<Counted<R>>>,
+    frame: Vec<u8>,
+    pos: usize,
+}
+
+impl<R: Read> Checked<R> {
+    fn new(r: Counted<R>) -> Self {
+        Self {
+            src: Some(io::BufReader::with_capacity(128 << 10, r)),
+            frame: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for Checked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.frame.len() {
+            let Some(mut src) = self.src.take() else {
+                return Ok(0);
+            };
+            if io::BufRead::fill_buf(&mut src)?.is_empty() {
+                self.src = Some(src);
+                return Ok(0); // the file ends between frames
+            }
+            let mut d = zstd::stream::read::Decoder::with_buffer(src)?.single_frame();
+            self.frame.clear();
+            self.pos = 0;
+            let decoded = d.read_to_end(&mut self.frame);
+            self.src = Some(d.into_inner());
+            if let Err(e) = decoded {
+                self.frame.clear();
+                return Err(e);
+            }
+        }
+        let n = buf.len().min(self.frame.len() - self.pos);
+        buf[..n].copy_from_slice(&self.frame[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
@@ -388,9 +436,7 @@ impl<R: Read> Reader<R> {
             serde_json::from_value(v).map_err(|e| err(20, format!("malformed header: {e}")))?;
         let offset = 20 + u64::from(len);
         let r = if header.version >= FIRST_ZSTD {
-            let d = zstd::stream::read::Decoder::new(r)
-                .map_err(|e| err(offset, format!("zstd: {e}")))?;
-            Frames::Zstd(d)
+            Frames::Zstd(Checked::new(r))
         } else {
             Frames::Plain(r)
         };
