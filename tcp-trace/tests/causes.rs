@@ -340,3 +340,88 @@ fn a_window_closed_past_the_user_timeout_is_a_probe_timeout() {
     drop(client);
     tracer.stop();
 }
+
+/// A SYN answered by an ICMP host unreachable from the network: `a` routes a third address
+/// (in the test's own 10/8 range) via `b`, and `b` (forwarding, in its namespace only) has an
+/// `unreachable` route for it, so `b`'s kernel answers the SYN with an ICMP host unreachable,
+/// which ends the connect in SYN_SENT with `EHOSTUNREACH`: `unreachable`. (An `unreachable`
+/// route in `a`'s own namespace would fail connect() before any SYN: no state change, nothing
+/// for tcp-trace to report.) `/proc/net/snmp` of both namespaces shows the ICMP errors went
+/// from `b` to `a`.
+#[test]
+fn a_syn_answered_by_icmp_host_unreachable_is_unreachable() {
+    let net = NetnsPair::new("cause-icmp");
+    let port = free_port();
+    let tracer = life(port);
+    // Outside the pair's /24 (so `a` routes it via `b`), within the test's own 10/8 range:
+    // the SYNs never leave the two namespaces.
+    let o: Vec<u8> = net.b_addr.split('.').map(|x| x.parse().unwrap()).collect();
+    let third = format!("10.{}.{}.9", o[1], o[2].wrapping_add(1));
+    let third = third.as_str();
+    let ip = |args: &[&str]| {
+        let st = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip {args:?}");
+    };
+    ip(&["-n", &net.a, "route", "add", third, "via", &net.b_addr]);
+    sysctl_in(&net.b, "net.ipv4.ip_forward=1");
+    ip(&["-n", &net.b, "route", "add", "unreachable", third]);
+    // A counter of network namespace `ns` from /proc/net/snmp (`Icmp:` or `Tcp:` rows).
+    let snmp = |ns: &str, row: &str, field: &str| -> u64 {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut rows = text.lines().filter(|l| l.starts_with(&format!("{row}:")));
+        let (names, values) = (rows.next().unwrap(), rows.next().unwrap());
+        let i = names.split_whitespace().position(|n| n == field).unwrap();
+        values.split_whitespace().nth(i).unwrap().parse().unwrap()
+    };
+    let sent = snmp(&net.b, "Icmp", "OutDestUnreachs");
+    let got = snmp(&net.a, "Icmp", "InDestUnreachs");
+    let resent = snmp(&net.a, "Tcp", "RetransSegs");
+
+    // A blocking connect, as in the black-hole test (a non-blocking one can read the error
+    // before the kernel's error report fires). Were the ICMP errors lost, two SYN retries
+    // would end it in seconds with ETIMEDOUT, not hang.
+    sysctl_in(&net.a, "net.ipv4.tcp_syn_retries=2");
+    let target: std::net::SocketAddr = format!("{third}:{port}").parse().unwrap();
+    let err = in_netns(&net.a, move || TcpStream::connect(target)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EHOSTUNREACH), "{err}");
+    // The first error usually comes back while connect() still holds the socket (the veth
+    // pair hands the SYN to b, and b's answer to a, within the same softirq run): the kernel
+    // then only notes it (`sk_err_soft`), retransmits the SYN after a second, and the error
+    // answering that one ends the connect. Every SYN a sent was answered by b, and a got it.
+    let retransmits = snmp(&net.a, "Tcp", "RetransSegs") - resent;
+    assert!(retransmits <= 1, "{retransmits} SYNs retransmitted");
+    let answered = snmp(&net.b, "Icmp", "OutDestUnreachs") - sent;
+    assert_eq!(answered, 1 + retransmits, "b answered each SYN");
+    assert_eq!(
+        snmp(&net.a, "Icmp", "InDestUnreachs") - got,
+        answered,
+        "a received each error"
+    );
+
+    let ev = tracer.wait_for("the unreachable connect", WAIT, |ev| {
+        ev.iter().any(|e| e["type"] == "life" && e["dport"] == port)
+    });
+    let l = ev
+        .iter()
+        .find(|e| e["type"] == "life" && e["dport"] == port)
+        .unwrap();
+    assert_eq!(
+        (&l["daddr"], &l["error"], &l["retransmits"]),
+        (&third.into(), &"EHOSTUNREACH".into(), &retransmits.into()),
+        "{l}"
+    );
+    assert_eq!(l["cause"], "unreachable", "{l}");
+    let mut want = vec!["SYN_SENT->CLOSE".to_string(), "error:EHOSTUNREACH".into()];
+    if retransmits > 0 {
+        want.push(format!("retransmits:{retransmits}"));
+    }
+    assert_eq!(evidence(l), want, "{l}");
+    tracer.stop();
+}

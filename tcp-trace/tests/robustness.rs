@@ -113,14 +113,36 @@ proptest! {
         w.item(&recording::Item::Lost { ts_ns: 1, count: 2 }).unwrap();
         w.item(&recording::Item::Snapshot(Box::default())).unwrap();
         let mut bytes = w.into_inner().unwrap();
+        // The magic, the header's length and the header: whatever follows, `open` takes a
+        // file that holds them whole and refuses one cut inside them.
+        let header_end = 20 + serde_json::to_vec(&header).unwrap().len();
+        let whole = bytes.len();
         bytes.extend_from_slice(&tail);
         for data in [&bytes[..], &bytes[..cut.index(bytes.len() + 1)]] {
-            if let Ok(mut r) = recording::Reader::open(data) {
-                for _ in 0..10_000 {
-                    match r.next_item() {
-                        Ok(Some(_)) => {}
-                        Ok(None) | Err(_) => break,
-                    }
+            let mut r = match recording::Reader::open(data) {
+                Ok(r) => r,
+                Err(e) => {
+                    prop_assert!(
+                        data.len() < header_end,
+                        "a valid header refused ({} of {header_end} bytes): {e:?}",
+                        data.len()
+                    );
+                    continue;
+                }
+            };
+            prop_assert!(data.len() >= header_end, "a cut header taken: {} bytes", data.len());
+            prop_assert_eq!(&r.header, &header);
+            // The frames written before the tail read back as written.
+            if data.len() >= whole {
+                prop_assert_eq!(
+                    r.next_item().unwrap(),
+                    Some(recording::Item::Lost { ts_ns: 1, count: 2 })
+                );
+            }
+            for _ in 0..10_000 {
+                match r.next_item() {
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
                 }
             }
         }

@@ -158,6 +158,45 @@ fn once_ipv6_and_nothing_stuck_exits_zero() {
     assert_eq!(ev.last().unwrap()["stuck_now"], 0);
 }
 
+/// Live `stuck` evaluates at once: a half-closed pair already older than the threshold when
+/// the tracer starts is reported within 3 s of its readiness, with an `--interval` of 10 s.
+/// Both are scaled by the slowdown (`slow`), so the report beats the interval on an emulated
+/// CPU too: a tracer that waited for its first interval fails here wherever it runs.
+#[test]
+fn live_stuck_evaluates_at_once() {
+    let port = free_port();
+    let peer = Peer::halfclose("127.0.0.1", port);
+    std::thread::sleep(Duration::from_millis(1500));
+    let interval = slow(Duration::from_secs(10));
+    let bound = slow(Duration::from_secs(3));
+    assert!(bound < interval);
+    let tracer = Tracer::start(&[
+        "stuck",
+        "--json",
+        "--threshold",
+        "1s",
+        "--interval",
+        &format!("{}ms", interval.as_millis()),
+        "--port",
+        &port.to_string(),
+    ]);
+    let ready = std::time::Instant::now();
+    loop {
+        let ev = tracer.json();
+        let cw = stuck_items(&ev, "CLOSE_WAIT");
+        if cw.iter().any(|e| e["pid"] == peer.server_pid) {
+            break;
+        }
+        assert!(
+            ready.elapsed() < bound,
+            "stuck waited for its interval ({interval:?}): nothing after {bound:?}: {ev:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (st, _, err) = tracer.stop();
+    assert!(st.success(), "{err:?}");
+}
+
 #[test]
 fn live_orphan_then_recovered() {
     let port = free_port();

@@ -623,7 +623,7 @@ fn owners_come_only_from_transitions_a_process_makes_itself() {
 
 /// On a quiet host (a port nobody uses), human `watch` and `life` show their header as soon as
 /// they are tracing, and live `stuck` evaluates at once: a half-closed pair older than the
-/// threshold is reported long before the first 5-s interval would end.
+/// threshold is reported long before its first interval (10 s, times the slowdown) would end.
 #[test]
 fn feedback_from_the_first_second() {
     let quiet = free_port().to_string();
@@ -647,7 +647,17 @@ fn feedback_from_the_first_second() {
     let port = free_port();
     let _peer = Peer::halfclose("127.0.0.1", port);
     std::thread::sleep(Duration::from_millis(1500));
-    let t = Tracer::start(&["stuck", "--threshold", "1s", "--port", &port.to_string()]);
+    // An interval longer than the wait allowed below, however slow the machine.
+    let interval = format!("{}s", slow(Duration::from_secs(10)).as_secs());
+    let t = Tracer::start(&[
+        "stuck",
+        "--threshold",
+        "1s",
+        "--interval",
+        &interval,
+        "--port",
+        &port.to_string(),
+    ]);
     let start = std::time::Instant::now();
     while !t
         .lines

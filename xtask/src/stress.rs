@@ -1,14 +1,18 @@
 //! `cargo xtask stress`: bounded memory under load. A connection churn (by count, or for a
 //! `--soak` duration) against `tcp-trace stuck --max-sockets M` while more than M connections are
 //! held open (so the engine must evict); the tracer's RSS is sampled along the way and must stay
-//! flat; the eviction and loss counters it reports are printed.
+//! flat; it must report evictions (the run is made to evict) and no lost events (nothing in it
+//! is made to lose: a 4 MiB ring buffer against one connection at a time). The churn begins
+//! when the tracer says it is ready (systemd's `READY=1` on `$NOTIFY_SOCKET`, as the
+//! integration tests wait for it).
 
 use std::{
     fs,
-    io::Read,
+    io::{ErrorKind, Read},
     net::{TcpListener, TcpStream},
+    os::unix::net::UnixDatagram,
     path::Path,
-    process::{Command, Stdio},
+    process::{Child, Command},
     thread,
     time::{Duration, Instant},
 };
@@ -41,6 +45,51 @@ fn raise_fd_limit(n: u64) {
     }
 }
 
+/// An abstract unix datagram socket for the tracer's `$NOTIFY_SOCKET` (nothing to clean up),
+/// and its name as `$NOTIFY_SOCKET` gives it (`@name`).
+fn notify_socket() -> Result<(UnixDatagram, String)> {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("tcp-trace-stress-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name)?;
+    let sock = UnixDatagram::bind_addr(&addr).context("binding the NOTIFY_SOCKET")?;
+    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+    Ok((sock, format!("@{name}")))
+}
+
+/// Waits for the tracer's `READY=1` (programs attached, start-up snapshot taken), failing if it
+/// exits first or says nothing within `limit`.
+fn wait_ready(sock: &UnixDatagram, tracer: &mut Child, limit: Duration) -> Result<()> {
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    loop {
+        match sock.recv(&mut buf) {
+            Ok(n) if &buf[..n] == b"READY=1" => return Ok(()),
+            Ok(n) => bail!(
+                "tcp-trace said {:?} on NOTIFY_SOCKET",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => return Err(e).context("reading the NOTIFY_SOCKET"),
+        }
+        if let Some(st) = tracer.try_wait()? {
+            bail!("tcp-trace exited ({st}) before it was ready");
+        }
+        if start.elapsed() > limit {
+            bail!("tcp-trace did not say READY=1 within {limit:?}");
+        }
+    }
+}
+
+/// The number after `"key":` in a JSON object's text.
+fn number(json: &str, key: &str) -> Option<u64> {
+    let at = json.find(&format!("\"{key}\":"))? + key.len() + 3;
+    json[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Stops the tracer on every way out of [`run`], errors included.
 struct KillOnDrop(std::process::Child);
 
@@ -65,10 +114,13 @@ pub struct Plan {
     pub max_sockets: usize,
 }
 
-/// Runs the stress test; fails if the tracer dies, loses its summary, or its memory grows.
+/// Runs the stress test; fails if the tracer is not ready, dies, loses its summary or events,
+/// evicts nothing, or its memory grows.
 pub fn run(root: &Path, plan: &Plan) -> Result<()> {
     raise_fd_limit(2 * plan.hold as u64 + 1024);
     let out_path = root.join("target/stress-stuck.ndjson");
+    let err_path = root.join("target/stress-stuck.log");
+    let (notify, notify_name) = notify_socket()?;
     let mut tracer = KillOnDrop(
         Command::new(root.join("target/release/tcp-trace"))
             .args([
@@ -80,13 +132,15 @@ pub fn run(root: &Path, plan: &Plan) -> Result<()> {
                 &plan.max_sockets.to_string(),
             ])
             .env("RUST_LOG", "info")
+            .env("NOTIFY_SOCKET", &notify_name)
             .stdout(fs::File::create(&out_path)?)
-            .stderr(Stdio::null())
+            .stderr(fs::File::create(&err_path)?)
             .spawn()
             .context("starting tcp-trace stuck")?,
     );
     let pid = tracer.0.id();
-    thread::sleep(Duration::from_secs(2));
+    wait_ready(&notify, &mut tracer.0, Duration::from_secs(60))
+        .map_err(|e| anyhow::anyhow!("{e:#} (its log: {})", err_path.display()))?;
 
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
@@ -163,13 +217,23 @@ pub fn run(root: &Path, plan: &Plan) -> Result<()> {
     if peak as f64 > base as f64 * 1.25 {
         bail!("tracer RSS grew from {base} KiB to {peak} KiB");
     }
-    if !summary.contains("\"evictions\":") || summary.contains("\"evictions\":0,") {
+    let lost = number(summary, "lost").context("no lost count in the summary")?;
+    if lost > 0 {
+        bail!(
+            "tcp-trace lost {lost} events (its log: {})",
+            err_path.display()
+        );
+    }
+    if number(summary, "evictions").unwrap_or(0) == 0 {
         bail!(
             "expected evictions with {} held connections over --max-sockets {}",
             plan.hold,
             plan.max_sockets
         );
     }
-    println!("xtask: stress passed: RSS flat ({base} → {peak} KiB peak), evictions reported");
+    println!(
+        "xtask: stress passed: RSS flat ({base} → {peak} KiB peak), evictions reported, no \
+         event lost"
+    );
     Ok(())
 }
