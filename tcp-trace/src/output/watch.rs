@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 
 use super::{
-    json::{common, container, int, next_key, null, plain, text, JsonConn},
+    json::{common, container, int, next_key, null, plain, text},
     owner_cells,
 };
 use crate::engine::{
@@ -12,7 +12,7 @@ use crate::engine::{
 };
 use crate::event::{
     clock::{Clock, Rfc3339Cache},
-    endpoint, errno_name, Event, EventKind, Owner, Place, TcpState,
+    endpoint, errno_name, Event, EventKind, Owner, Place, Task, TcpState,
 };
 
 /// An event with what the engine added to it.
@@ -75,14 +75,7 @@ impl<W: Write> WatchWriter<W> {
         if self.json {
             self.line.clear();
             let ts = self.ts.format(&self.clock, a.ev.ts_ns);
-            let ctr = match (a.place.cgroup, a.cgroup) {
-                (0, _) | (_, None) => &[][..],
-                (id, Some(path)) => self.containers.entry(id).or_insert_with(|| {
-                    let mut keys = Vec::new();
-                    container(&mut keys, Some(path));
-                    keys.into()
-                }),
-            };
+            let ctr = container_keys(&mut self.containers, a.place.cgroup, a.cgroup);
             json_event(&mut self.line, a, ts, ctr);
             return self.out.write_all(&self.line);
         }
@@ -171,27 +164,62 @@ impl<W: Write> WatchWriter<W> {
             .rev()
             .find(|t| t.state == TcpState::FIN_WAIT2)
             .map_or(at, |t| t.at_ns);
-        let ms = at.saturating_sub(since) as f64 / 1e6;
+        let in_state = at.saturating_sub(since);
         let c = cause::cause(l);
         if self.json {
-            let j = JsonEnd {
-                kind: "end",
-                ts: self.clock.rfc3339(at),
-                conn: JsonConn::new(
-                    Some(l.sock),
-                    &l.tuple,
-                    l.owner.map(|o| o.pid),
-                    l.owner.as_ref().map(|o| &o.comm),
-                )
-                .placed(place, cgroup),
-                state: "FIN_WAIT2",
-                ms_in_state: (ms * 1000.0).round() / 1000.0,
-                cause: c.map(Cause::name),
-                evidence: c.map(|c| cause::evidence(l, c)).unwrap_or_default(),
+            // Written as the events are (one per active close: the same cost matters).
+            let t = &l.tuple;
+            let kind = EventKind::State {
+                old: TcpState::FIN_WAIT2,
+                new: TcpState::CLOSE,
             };
-            serde_json::to_writer(&mut self.out, &j)?;
-            return self.out.write_all(b"\n");
+            let nobody = Task {
+                pid: 0,
+                tid: 0,
+                comm: crate::event::Comm::from_bytes(b""),
+            };
+            let ends = ((t.saddr, t.sport), (t.daddr, t.dport));
+            let ev = Event::new(at, l.sock, nobody, ends.0, ends.1, kind);
+            self.line.clear();
+            let ts = self.ts.format(&self.clock, at);
+            let ctr = container_keys(&mut self.containers, place.cgroup, cgroup);
+            let a = Annotated {
+                ev: &ev,
+                sock: Some(l.sock),
+                owner: l.owner,
+                ns_in_old: None,
+                place,
+                cgroup,
+                cause: c,
+            };
+            json_conn(&mut self.line, "end", &a, ts, ctr);
+            let out = &mut self.line;
+            next_key!(out, "state");
+            plain(out, "FIN_WAIT2");
+            next_key!(out, "ms_in_state");
+            ms3(out, in_state);
+            next_key!(out, "cause");
+            match c {
+                Some(c) => plain(out, c.name()),
+                None => null(out),
+            }
+            next_key!(out, "evidence");
+            out.push(b'[');
+            for (i, e) in c
+                .map(|c| cause::evidence(l, c))
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
+                if i > 0 {
+                    out.push(b',');
+                }
+                text(out, e);
+            }
+            out.extend_from_slice(b"]}\n");
+            return self.out.write_all(&self.line);
         }
+        let ms = in_state as f64 / 1e6;
         self.header()?;
         let (pid, comm) = owner_cells(l.owner);
         let what = format!(
@@ -288,33 +316,40 @@ impl<W: Write> WatchWriter<W> {
     }
 }
 
-/// A `watch --json` `end` object.
-#[derive(serde::Serialize)]
-struct JsonEnd {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    ts: String,
-    #[serde(flatten)]
-    conn: JsonConn,
-    state: &'static str,
-    ms_in_state: f64,
-    cause: Option<&'static str>,
-    evidence: Vec<String>,
+/// The `container_id`/`pod_uid` keys of cgroup `id` at `path`, rendered once per cgroup.
+fn container_keys<'c>(
+    cache: &'c mut rustc_hash::FxHashMap<u64, Box<[u8]>>,
+    id: u64,
+    path: Option<&str>,
+) -> &'c [u8] {
+    match (id, path) {
+        (0, _) | (_, None) => &[],
+        (id, Some(path)) => cache.entry(id).or_insert_with(|| {
+            let mut keys = Vec::new();
+            container(&mut keys, Some(path));
+            keys.into()
+        }),
+    }
 }
 
-/// Appends the JSON object (one line, with its newline) for one event; `container`: the
-/// `container_id`/`pod_uid` keys its cgroup path names (see [`container`]).
-pub fn json_event(out: &mut Vec<u8>, a: &Annotated<'_>, ts: &str, container: &[u8]) {
+/// `ns` as a decimal number of ms with µs precision.
+fn ms3(out: &mut Vec<u8>, ns: u64) {
+    let us = ns / 1000;
+    int(out, us / 1000);
+    out.push(b'.');
+    let frac = us % 1000;
+    out.extend_from_slice(&[
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+}
+
+/// The keys every object about a connection starts with ([`super::json::CONN_KEYS`]).
+fn json_conn(out: &mut Vec<u8>, kind: &str, a: &Annotated<'_>, ts: &str, container: &[u8]) {
     let ev = a.ev;
     let sock = a.sock.or((ev.sock != 0).then_some(ev.sock));
-    common(
-        out,
-        ev.kind.type_name(),
-        ts,
-        sock,
-        Some(ev),
-        a.owner.as_ref(),
-    );
+    common(out, kind, ts, sock, Some(ev), a.owner.as_ref());
     next_key!(out, "netns");
     match a.place.netns {
         0 => null(out),
@@ -331,6 +366,13 @@ pub fn json_event(out: &mut Vec<u8>, a: &Annotated<'_>, ts: &str, container: &[u
         id => int(out, id),
     }
     out.extend_from_slice(container);
+}
+
+/// Appends the JSON object (one line, with its newline) for one event; `container`: the
+/// `container_id`/`pod_uid` keys its cgroup path names (see [`container`]).
+pub fn json_event(out: &mut Vec<u8>, a: &Annotated<'_>, ts: &str, container: &[u8]) {
+    let ev = a.ev;
+    json_conn(out, ev.kind.type_name(), a, ts, container);
     match ev.kind {
         EventKind::State { old, new } => {
             next_key!(out, "old");
@@ -339,18 +381,7 @@ pub fn json_event(out: &mut Vec<u8>, a: &Annotated<'_>, ts: &str, container: &[u
             plain(out, &new.name());
             next_key!(out, "ms_in_old");
             match a.ns_in_old {
-                // µs precision, as a decimal number of ms
-                Some(ns) => {
-                    let us = ns / 1000;
-                    int(out, us / 1000);
-                    out.push(b'.');
-                    let frac = us % 1000;
-                    out.extend_from_slice(&[
-                        b'0' + (frac / 100) as u8,
-                        b'0' + (frac / 10 % 10) as u8,
-                        b'0' + (frac % 10) as u8,
-                    ]);
-                }
+                Some(ns) => ms3(out, ns),
                 None => null(out),
             }
             next_key!(out, "cause");
@@ -610,9 +641,42 @@ mod tests {
             w.event(&bare(&e)).unwrap();
         }
         w.lost(5, 3).unwrap();
+        // A timewait orphan's end.
+        let t = testkit::tuple("10.0.0.1", 40000, "10.0.0.2", 80);
+        let mut e = crate::engine::Engine::new(10, true);
+        for (ms, old, new) in [
+            (1, TcpState::CLOSE, TcpState::SYN_SENT),
+            (2, TcpState::SYN_SENT, TcpState::ESTABLISHED),
+            (3, TcpState::ESTABLISHED, TcpState::FIN_WAIT1),
+            (4, TcpState::FIN_WAIT1, TcpState::FIN_WAIT2),
+            (4, TcpState::FIN_WAIT2, TcpState::CLOSE),
+        ] {
+            e.apply(&testkit::state(
+                ms * 1_000_000,
+                64,
+                testkit::task(7, "app"),
+                t,
+                old,
+                new,
+            ));
+        }
+        let fate = (crate::engine::Fate::Reaped, 60_004_000_000);
+        e.decide(&[(t, fate)].into_iter().collect());
+        let l = e.take_finished(u64::MAX).pop().unwrap();
+        w.end(&l, Place::default(), None).unwrap();
         let text = String::from_utf8(w.out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), kinds.len() + 1);
+        assert_eq!(lines.len(), kinds.len() + 2);
+        let end: serde_json::Value = serde_json::from_str(lines[lines.len() - 1]).unwrap();
+        assert_eq!(
+            (&end["cause"], &end["ms_in_state"], &end["evidence"][2]),
+            (
+                &"fin_timeout".into(),
+                &60000.0.into(),
+                &"tcp_fin_timeout".into()
+            ),
+            "{end}"
+        );
         for line in lines {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             let want = watch_keys(v["type"].as_str().unwrap()).unwrap();
