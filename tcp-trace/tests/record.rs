@@ -404,14 +404,9 @@ fn sighup_does_not_end_a_recording() {
     let _ = std::fs::remove_file(&file);
 }
 
-/// `kill -9` mid-recording (as the OOM killer or a reboot would) with a half-closed pair open:
-/// the file keeps everything older than the flush window, `stuck --replay` finds the pair, and
-/// the replay says once that the end is missing.
-#[test]
-fn a_recorder_killed_with_sigkill_leaves_a_replayable_file() {
-    let port = free_port();
-    let file = std::env::temp_dir().join(format!("tt-kill-{}.ttr", std::process::id()));
-    let mut rec = Tracer::start(&[
+/// `record` to `file` of what crosses `port`, with a snapshot every second.
+fn record_to(file: &std::path::Path, port: u16) -> Tracer {
+    Tracer::start(&[
         "record",
         "-o",
         file.to_str().unwrap(),
@@ -419,7 +414,26 @@ fn a_recorder_killed_with_sigkill_leaves_a_replayable_file() {
         "1s",
         "--port",
         &port.to_string(),
-    ]);
+    ])
+}
+
+/// Stops a tracer as the OOM killer would, and waits until it is gone.
+fn kill9(t: &mut Tracer) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(t.pid() as i32, libc::SIGKILL) };
+    while t.alive() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `kill -9` mid-recording (as the OOM killer or a reboot would) with a half-closed pair open:
+/// the file keeps everything older than the flush window, `stuck --replay` finds the pair, and
+/// the replay says once that the end is missing.
+#[test]
+fn a_recorder_killed_with_sigkill_leaves_a_replayable_file() {
+    let port = free_port();
+    let file = std::env::temp_dir().join(format!("tt-kill-{}.ttr", std::process::id()));
+    let mut rec = record_to(&file, port);
     // A second recorder with the default snapshot interval (5 s, never reached here): only
     // the once-a-second flush can have put the pair's events in its file.
     let events_only = std::env::temp_dir().join(format!("tt-kill2-{}.ttr", std::process::id()));
@@ -435,11 +449,7 @@ fn a_recorder_killed_with_sigkill_leaves_a_replayable_file() {
     // what is stuck with the recorded sock_diag snapshots), with a margin for a slow machine.
     std::thread::sleep(slow(Duration::from_millis(2500)));
     for r in [&mut rec, &mut rec2] {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(r.pid() as i32, libc::SIGKILL) };
-        while r.alive() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        kill9(r);
     }
     let (code, ev, err) = replay(&["watch", "--replay", events_only.to_str().unwrap(), "--json"]);
     assert_eq!(code, 0, "{err}");
@@ -493,25 +503,13 @@ fn a_recorder_killed_with_sigkill_leaves_a_replayable_file() {
 fn a_replay_answers_as_of_its_end() {
     let port = free_port();
     let file = std::env::temp_dir().join(format!("tt-end-{}.ttr", std::process::id()));
-    let mut rec = Tracer::start(&[
-        "record",
-        "-o",
-        file.to_str().unwrap(),
-        "--snapshot-interval",
-        "1s",
-        "--port",
-        &port.to_string(),
-    ]);
+    let mut rec = record_to(&file, port);
     // Later than `--once`'s settle window (1 s) after the recording's start.
     std::thread::sleep(slow(Duration::from_millis(1500)));
     let peer = Peer::leak(5, "127.0.0.1", port);
     // Two snapshots list the leak; it is older than the thresholds below at the end.
     std::thread::sleep(slow(Duration::from_millis(3000)));
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(rec.pid() as i32, libc::SIGKILL) };
-    while rec.alive() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    kill9(&mut rec);
     let f = file.to_str().unwrap();
     let p = port.to_string();
     let leaked = |ev: &[Value]| -> usize {
