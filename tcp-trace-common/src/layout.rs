@@ -231,6 +231,68 @@ pub mod send_reset_v1 {
     ];
 }
 
+/// Fields of `tcp/tcp_retransmit_skb` before the record had a `family` (Linux 5.10, for one):
+/// the addresses come in both forms, the IPv6 one v4-mapped for an IPv4 socket, and the
+/// program takes the family from the socket.
+pub mod retransmit_skb_v0 {
+    pub use super::retransmit_skb::{DPORT, SKADDR, SPORT, STATE};
+    use super::{Field, Window};
+    /// Entry in `SHIFTS` (its newer layout's: only one of them is attached).
+    pub const SLOT: usize = super::retransmit_skb::SLOT;
+    /// What the program copies.
+    pub const WINDOW: Window = Window::of(ALL);
+    /// `__u8 saddr[4]`
+    pub const SADDR: Field = Field::new("saddr", 32, 4);
+    /// `__u8 daddr[4]`
+    pub const DADDR: Field = Field::new("daddr", 36, 4);
+    /// `__u8 saddr_v6[16]`
+    pub const SADDR_V6: Field = Field::new("saddr_v6", 40, 16);
+    /// `__u8 daddr_v6[16]`
+    pub const DADDR_V6: Field = Field::new("daddr_v6", 56, 16);
+    /// All of them.
+    pub const ALL: &[Field] = &[
+        SKADDR, STATE, SPORT, DPORT, SADDR, DADDR, SADDR_V6, DADDR_V6,
+    ];
+}
+
+/// Fields of `tcp/tcp_send_reset` without a `family` (Linux 5.10): the packet, then the
+/// fields of [`retransmit_skb_v0`].
+pub mod send_reset_v0 {
+    pub use super::retransmit_skb_v0::{
+        DADDR, DADDR_V6, DPORT, SADDR, SADDR_V6, SKADDR, SPORT, STATE,
+    };
+    pub use super::send_reset::SKBADDR;
+    use super::{Field, Window};
+    /// Entry in `SHIFTS`.
+    pub const SLOT: usize = super::send_reset_v1::SLOT;
+    /// What the program copies.
+    pub const WINDOW: Window = Window::of(ALL);
+    /// All of them.
+    pub const ALL: &[Field] = &[
+        SKBADDR, SKADDR, STATE, SPORT, DPORT, SADDR, DADDR, SADDR_V6, DADDR_V6,
+    ];
+}
+
+/// Fields of `tcp/tcp_retransmit_synack` without a `family` (Linux 5.10).
+pub mod retransmit_synack_v0 {
+    pub use super::retransmit_synack::{DPORT, REQ, SKADDR, SPORT};
+    use super::{Field, Window};
+    /// Entry in `SHIFTS`.
+    pub const SLOT: usize = super::retransmit_synack::SLOT;
+    /// What the program copies.
+    pub const WINDOW: Window = Window::of(ALL);
+    /// `__u8 saddr[4]`
+    pub const SADDR: Field = Field::new("saddr", 28, 4);
+    /// `__u8 daddr[4]`
+    pub const DADDR: Field = Field::new("daddr", 32, 4);
+    /// `__u8 saddr_v6[16]`
+    pub const SADDR_V6: Field = Field::new("saddr_v6", 36, 16);
+    /// `__u8 daddr_v6[16]`
+    pub const DADDR_V6: Field = Field::new("daddr_v6", 52, 16);
+    /// All of them.
+    pub const ALL: &[Field] = &[SKADDR, REQ, SPORT, DPORT, SADDR, DADDR, SADDR_V6, DADDR_V6];
+}
+
 /// Fields of `tcp/tcp_receive_reset`.
 pub mod receive_reset {
     use super::{Field, Window};
@@ -259,6 +321,28 @@ pub mod receive_reset {
     /// All of them.
     pub const ALL: &[Field] = &[
         SKADDR, SPORT, DPORT, FAMILY, SADDR, DADDR, SADDR_V6, DADDR_V6, COOKIE,
+    ];
+}
+
+/// Fields of `tcp/tcp_receive_reset` without a `family` (Linux 5.10).
+pub mod receive_reset_v0 {
+    pub use super::receive_reset::{COOKIE, DPORT, SKADDR, SPORT};
+    use super::{Field, Window};
+    /// Entry in `SHIFTS`.
+    pub const SLOT: usize = super::receive_reset::SLOT;
+    /// What the program copies.
+    pub const WINDOW: Window = Window::of(ALL);
+    /// `__u8 saddr[4]`
+    pub const SADDR: Field = Field::new("saddr", 20, 4);
+    /// `__u8 daddr[4]`
+    pub const DADDR: Field = Field::new("daddr", 24, 4);
+    /// `__u8 saddr_v6[16]`
+    pub const SADDR_V6: Field = Field::new("saddr_v6", 28, 16);
+    /// `__u8 daddr_v6[16]`
+    pub const DADDR_V6: Field = Field::new("daddr_v6", 44, 16);
+    /// All of them.
+    pub const ALL: &[Field] = &[
+        SKADDR, SPORT, DPORT, SADDR, DADDR, SADDR_V6, DADDR_V6, COOKIE,
     ];
 }
 
@@ -306,6 +390,18 @@ pub const SLOTS: usize = 8;
 /// `reason` of a reset sent on a kernel whose tracepoint has none.
 pub const NO_REASON: u32 = u32::MAX;
 
+/// What the user loses without each tracepoint, or with an older layout (said once at start).
+const LOSES_RETRANSMITS: &str = "retransmissions are not seen, so connections retransmitting \
+                                 into the void (peer gone, half-open) are not reported";
+const LOSES_SYNACKS: &str = "SYN-ACK retransmissions are not seen, so handshakes a client never \
+                             completes are not reported";
+const LOSES_RESETS_SENT: &str = "resets this host sends are not reported";
+const LOSES_RESETS_RECEIVED: &str =
+    "resets received are not reported (a reset still shows as the ECONNRESET it causes)";
+const SOCKET_RESETS_ONLY: &str = "this kernel's tcp/tcp_send_reset (no `reason` field) fires \
+    only for resets a socket sends: resets for no socket (refused connects, segments for \
+    connections the host does not have) are not reported, and no reset has a reason";
+
 /// Every program tcp-trace attaches. The first is required; a missing or different one of the
 /// others only disables that program. Programs for the same tracepoint are alternatives, tried
 /// in order: the first whose layout the kernel has is attached.
@@ -328,8 +424,18 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         slot: retransmit_skb::SLOT,
         fields: retransmit_skb::ALL,
         optional: Some((retransmit_skb::ERR, RETRANSMIT_HAS_ERR)),
-        loses: "retransmissions are not seen, so connections retransmitting into the void \
-                (peer gone, half-open) are not reported",
+        loses: LOSES_RETRANSMITS,
+        partial: "",
+        btf: None,
+    },
+    Tracepoint {
+        category: "tcp",
+        name: "tcp_retransmit_skb",
+        program: "tcp_retransmit_skb_v0",
+        slot: retransmit_skb_v0::SLOT,
+        fields: retransmit_skb_v0::ALL,
+        optional: None,
+        loses: LOSES_RETRANSMITS,
         partial: "",
         btf: None,
     },
@@ -340,8 +446,18 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         slot: retransmit_synack::SLOT,
         fields: retransmit_synack::ALL,
         optional: None,
-        loses: "SYN-ACK retransmissions are not seen, so handshakes a client never completes \
-                are not reported",
+        loses: LOSES_SYNACKS,
+        partial: "",
+        btf: None,
+    },
+    Tracepoint {
+        category: "tcp",
+        name: "tcp_retransmit_synack",
+        program: "tcp_retransmit_synack_v0",
+        slot: retransmit_synack_v0::SLOT,
+        fields: retransmit_synack_v0::ALL,
+        optional: None,
+        loses: LOSES_SYNACKS,
         partial: "",
         btf: None,
     },
@@ -352,7 +468,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         slot: send_reset::SLOT,
         fields: send_reset::ALL,
         optional: None,
-        loses: "resets this host sends are not reported",
+        loses: LOSES_RESETS_SENT,
         partial: "",
         btf: None,
     },
@@ -363,10 +479,19 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         slot: send_reset_v1::SLOT,
         fields: send_reset_v1::ALL,
         optional: None,
-        loses: "resets this host sends are not reported",
-        partial: "this kernel's tcp/tcp_send_reset (no `reason` field) fires only for resets a \
-                  socket sends: resets for no socket (refused connects, segments for connections \
-                  the host does not have) are not reported, and no reset has a reason",
+        loses: LOSES_RESETS_SENT,
+        partial: SOCKET_RESETS_ONLY,
+        btf: None,
+    },
+    Tracepoint {
+        category: "tcp",
+        name: "tcp_send_reset",
+        program: "tcp_send_reset_v0",
+        slot: send_reset_v0::SLOT,
+        fields: send_reset_v0::ALL,
+        optional: None,
+        loses: LOSES_RESETS_SENT,
+        partial: SOCKET_RESETS_ONLY,
         btf: None,
     },
     Tracepoint {
@@ -376,8 +501,18 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         slot: receive_reset::SLOT,
         fields: receive_reset::ALL,
         optional: None,
-        loses: "resets received are not reported (a reset still shows as the ECONNRESET it \
-                causes)",
+        loses: LOSES_RESETS_RECEIVED,
+        partial: "",
+        btf: None,
+    },
+    Tracepoint {
+        category: "tcp",
+        name: "tcp_receive_reset",
+        program: "tcp_receive_reset_v0",
+        slot: receive_reset_v0::SLOT,
+        fields: receive_reset_v0::ALL,
+        optional: None,
+        loses: LOSES_RESETS_RECEIVED,
         partial: "",
         btf: None,
     },
@@ -388,7 +523,9 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         slot: error_report::SLOT,
         fields: error_report::ALL,
         optional: None,
-        loses: "socket errors (ECONNREFUSED, ETIMEDOUT, ECONNRESET) are not reported",
+        loses: "`watch` shows no `error` events (ECONNREFUSED, ETIMEDOUT, ECONNRESET): the error \
+                that ends a connection is read from its socket at its close instead, so close \
+                causes stay exact, and an error that leaves a connection open is not seen",
         partial: "",
         btf: Some((
             "inet_sk_error_report_btf",

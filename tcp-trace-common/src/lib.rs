@@ -197,6 +197,17 @@ pub struct SockOffsets {
     /// `inet_connection_sock.icsk_user_timeout` (`u32`, ms; a `struct tcp_sock` starts with
     /// its `struct inet_connection_sock`); 0: not read.
     pub user_timeout: u32,
+    /// `sk_err_soft` (`int`); 0: a closing socket's error, soft error and shutdown bits are not
+    /// read.
+    pub err_soft: u32,
+    /// `sk_shutdown` (`u8`).
+    pub shutdown: u32,
+    /// `inet_connection_sock.icsk_pending` (`u8`; 0: the three `icsk_` fields are not read).
+    pub icsk_pending: u32,
+    /// `inet_connection_sock.icsk_retransmits` (`u8`).
+    pub icsk_retransmits: u32,
+    /// `inet_connection_sock.icsk_probes_out` (`u8`).
+    pub icsk_probes_out: u32,
 }
 
 /// A TCP state change.
@@ -209,7 +220,29 @@ pub struct StateEvent {
     pub oldstate: i32,
     /// State after.
     pub newstate: i32,
+    /// At a transition to CLOSE (with [`ENDING_READ`] in `ending`): the socket's `sk_err`,
+    /// read before its application is woken to consume it. 0 otherwise.
+    pub error: i32,
+    /// `sk_err_soft` then: the ICMP error the retransmit timer reports when it gives up.
+    pub soft_error: u16,
+    /// `sk_shutdown` then: [`SHUTDOWN_MASK`] when its application closed it (tcp_close shuts
+    /// both ways before it changes the state; the kernel's own ends shut after).
+    pub shutdown: u8,
+    /// [`ENDING_READ`] and [`TIMER_GAVE_UP`] bits.
+    pub ending: u8,
 }
+
+/// [`StateEvent::ending`]: the socket's error, soft error and shutdown bits were read (a
+/// transition to CLOSE, on a kernel whose BTF shows where they are). Recordings made before
+/// these fields read them as 0: not read.
+pub const ENDING_READ: u8 = 1;
+/// [`StateEvent::ending`]: a timer gave up on the connection: no retransmit or probe timer was
+/// pending (its handler clears that before it ends a connection) and it had retransmitted or
+/// probed (`icsk_retransmits` or `icsk_probes_out`). An idle socket the kernel ends otherwise
+/// (a listener's unaccepted child, reset when the listener closes) has neither.
+pub const TIMER_GAVE_UP: u8 = 2;
+/// `sk_shutdown` with both directions shut.
+pub const SHUTDOWN_MASK: u8 = 3;
 
 /// A retransmitted data (or SYN/FIN) segment.
 #[repr(C)]
@@ -332,8 +365,8 @@ const _: () = {
     use core::mem::size_of;
     assert!(size_of::<Header>() == 8 + 8 + 8 + 16 + 1 + 1 + 2 + 2 + 2 + 16 + 16 + 4 + 4 + 8);
     assert!(size_of::<KernelOffsets>() == 10 * 4);
-    assert!(size_of::<SockOffsets>() == 10 * 4);
-    assert!(size_of::<StateEvent>() == size_of::<Header>() + 8);
+    assert!(size_of::<SockOffsets>() == 15 * 4);
+    assert!(size_of::<StateEvent>() == size_of::<Header>() + 16);
     assert!(size_of::<RetransmitEvent>() == size_of::<Header>() + 16);
     assert!(size_of::<SynackRetransmitEvent>() == size_of::<Header>() + 8);
     assert!(size_of::<ResetSentEvent>() == size_of::<Header>() + 8 + 56);

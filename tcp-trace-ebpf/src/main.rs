@@ -27,13 +27,14 @@ mod programs {
     use tcp_trace_common::{
         in_owner_context, is_birth,
         layout::{
-            error_report as er, receive_reset as rr, retransmit_skb as rs, retransmit_synack as ra,
-            send_reset as sr, send_reset_v1 as sr1, set_state as ss, Field, Window, MAX_SHIFT,
-            NO_REASON,
+            error_report as er, receive_reset as rr, receive_reset_v0 as rr0, retransmit_skb as rs,
+            retransmit_skb_v0 as rs0, retransmit_synack as ra, retransmit_synack_v0 as ra0,
+            send_reset as sr, send_reset_v0 as sr0, send_reset_v1 as sr1, set_state as ss, Field,
+            Window, MAX_SHIFT, NO_REASON,
         },
         tcp_state, Body, ErrorEvent, Header, KernelOffsets, ResetReceivedEvent, ResetSentEvent,
         RetransmitEvent, SockOffsets, StateEvent, SynackRetransmitEvent, AF_INET, AF_INET6,
-        IPPROTO_TCP, USER_TIMEOUT_READ,
+        ENDING_READ, IPPROTO_TCP, TIMER_GAVE_UP, USER_TIMEOUT_READ,
     };
 
     /// Default 4 MiB; userspace may resize it at load time (`--ringbuf-size`).
@@ -87,6 +88,11 @@ mod programs {
         protocol: 0,
         err: 0,
         user_timeout: 0,
+        err_soft: 0,
+        shutdown: 0,
+        icsk_pending: 0,
+        icsk_retransmits: 0,
+        icsk_probes_out: 0,
     });
 
     /// 1: read the namespace and cgroup where `place` is asked to (the output shows them);
@@ -426,6 +432,133 @@ mod programs {
             endpoints(&r, &raw mut (*p).hdr, end, addrs);
             (*p).oldstate = old;
             (*p).newstate = new;
+            (*p).error = 0;
+            (*p).soft_error = 0;
+            (*p).shutdown = 0;
+            (*p).ending = 0;
+            if new == tcp_state::CLOSE {
+                ending(sk, p);
+            }
+        }
+        submit(e);
+        0
+    }
+
+    /// What a socket going to CLOSE holds of why: its error, read here before the wake-up that
+    /// lets its application consume it (the error report's tracepoint runs after that wake-up,
+    /// and does not exist on older kernels), and what tells who ended it when the error is
+    /// gone already (older kernels wake the application before they close a timed-out socket).
+    #[inline(always)]
+    fn ending(sk: u64, p: *mut StateEvent) {
+        let o = SOCK_OFFSETS.load();
+        if o.err_soft == 0 || sk == 0 {
+            return;
+        }
+        let read_i32 = |off: u32| unsafe { read_kernel((sk + off as u64) as *const i32) };
+        let read_u8 = |off: u32| unsafe { read_kernel((sk + off as u64) as *const u8) };
+        let (Ok(err), Ok(soft), Ok(shut)) =
+            (read_i32(o.err), read_i32(o.err_soft), read_u8(o.shutdown))
+        else {
+            return;
+        };
+        let gave_up = o.icsk_pending != 0
+            && read_u8(o.icsk_pending) == Ok(0)
+            && (read_u8(o.icsk_retransmits).unwrap_or(0) != 0
+                || read_u8(o.icsk_probes_out).unwrap_or(0) != 0);
+        unsafe {
+            (*p).error = err;
+            (*p).soft_error = soft as u16;
+            (*p).shutdown = shut;
+            (*p).ending = ENDING_READ | if gave_up { TIMER_GAVE_UP } else { 0 };
+        }
+    }
+
+    /// Where a record keeps the endpoints: family (`None`: a record without one), ports, then
+    /// the v4 and v6 address pairs.
+    #[derive(Clone, Copy)]
+    struct EndFields {
+        family: Option<Field>,
+        sport: Field,
+        dport: Field,
+        addrs: [Field; 4],
+    }
+
+    /// The family of a record that has none (Linux 5.10's `tcp` tracepoints): the socket's,
+    /// as newer records give it (a dual-stack socket is AF_INET6 with v4-mapped addresses);
+    /// without the socket, what its IPv6 address shows (v4-mapped for an IPv4 socket).
+    #[inline(always)]
+    fn family_of<const W: usize>(r: &Rec<W>, sk: u64, saddr_v6: Field) -> u16 {
+        let off = SOCK_OFFSETS.load().family;
+        if sk != 0 && off != 0 {
+            if let Ok(f) = unsafe { read_kernel((sk + off as u64) as *const u16) } {
+                return f;
+            }
+        }
+        let a: [u8; 16] = r.get(saddr_v6);
+        let mapped = a[..10].iter().all(|&b| b == 0) && a[10] == 0xff && a[11] == 0xff;
+        if mapped || a == [0; 16] {
+            AF_INET
+        } else {
+            AF_INET6
+        }
+    }
+
+    #[inline(always)]
+    fn read_ends<const W: usize>(r: &Rec<W>, sk: u64, f: &EndFields) -> Ends {
+        Ends {
+            family: match f.family {
+                Some(fam) => r.get(fam),
+                None => family_of(r, sk, f.addrs[2]),
+            },
+            sport: r.get(f.sport),
+            dport: r.get(f.dport),
+        }
+    }
+
+    /// Whether TCP_USER_TIMEOUT, not tcp_retries2, decides when the kernel gives up.
+    #[inline(always)]
+    fn user_timeout(sk: u64, p: *mut RetransmitEvent) {
+        let off = SOCK_OFFSETS.load().user_timeout;
+        let uto = match off {
+            0 => None,
+            _ => unsafe { read_kernel((sk + u64::from(off)) as *const u32) }.ok(),
+        };
+        unsafe {
+            (*p).user_timeout_ms = uto.unwrap_or(0);
+            (*p).flags = if uto.is_some() { USER_TIMEOUT_READ } else { 0 };
+        }
+    }
+
+    /// Both layouts of `tcp_retransmit_skb`: `err` where the record has it.
+    #[inline(always)]
+    fn retransmit<const W: usize>(
+        ctx: &TracePointContext,
+        r: &Rec<W>,
+        [skaddr, state]: [Field; 2],
+        f: EndFields,
+        err: Option<Field>,
+    ) -> u32 {
+        let sk: u64 = r.get(skaddr);
+        let end = read_ends(r, sk, &f);
+        if !wanted(end.family, end.sport, end.dport) {
+            return 0;
+        }
+        let Some(at) = place(sk, true) else {
+            return 0;
+        };
+        let Some(mut e) = reserve::<RetransmitEvent, _>(ctx) else {
+            return 0;
+        };
+        let p = e.as_mut_ptr();
+        unsafe {
+            header(&raw mut (*p).hdr, Body::Retransmit, sk, at, false);
+            endpoints(r, &raw mut (*p).hdr, end, f.addrs);
+            (*p).state = r.get(state);
+            (*p).err = match err {
+                Some(f) if RETRANSMIT_HAS_ERR.load() != 0 => r.get(f),
+                _ => 0,
+            };
+            user_timeout(sk, p);
         }
         submit(e);
         0
@@ -436,36 +569,54 @@ mod programs {
         let Some(r) = record::<{ rs::WINDOW.words }>(&ctx, rs::SLOT, rs::WINDOW) else {
             return 0;
         };
-        let end = ends(&r, [rs::FAMILY, rs::SPORT, rs::DPORT]);
+        let f = EndFields {
+            family: Some(rs::FAMILY),
+            sport: rs::SPORT,
+            dport: rs::DPORT,
+            addrs: [rs::SADDR, rs::DADDR, rs::SADDR_V6, rs::DADDR_V6],
+        };
+        retransmit(&ctx, &r, [rs::SKADDR, rs::STATE], f, Some(rs::ERR))
+    }
+
+    /// The record without `family` or `err` (Linux 5.10).
+    #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
+    pub fn tcp_retransmit_skb_v0(ctx: TracePointContext) -> u32 {
+        let Some(r) = record::<{ rs0::WINDOW.words }>(&ctx, rs0::SLOT, rs0::WINDOW) else {
+            return 0;
+        };
+        let f = EndFields {
+            family: None,
+            sport: rs0::SPORT,
+            dport: rs0::DPORT,
+            addrs: [rs0::SADDR, rs0::DADDR, rs0::SADDR_V6, rs0::DADDR_V6],
+        };
+        retransmit(&ctx, &r, [rs0::SKADDR, rs0::STATE], f, None)
+    }
+
+    /// Both layouts of `tcp_retransmit_synack`.
+    #[inline(always)]
+    fn synack<const W: usize>(
+        ctx: &TracePointContext,
+        r: &Rec<W>,
+        [skaddr, req]: [Field; 2],
+        f: EndFields,
+    ) -> u32 {
+        let sk: u64 = r.get(skaddr);
+        let end = read_ends(r, sk, &f);
         if !wanted(end.family, end.sport, end.dport) {
             return 0;
         }
-        let sk: u64 = r.get(rs::SKADDR);
         let Some(at) = place(sk, true) else {
             return 0;
         };
-        let Some(mut e) = reserve::<RetransmitEvent, _>(&ctx) else {
+        let Some(mut e) = reserve::<SynackRetransmitEvent, _>(ctx) else {
             return 0;
         };
         let p = e.as_mut_ptr();
         unsafe {
-            header(&raw mut (*p).hdr, Body::Retransmit, sk, at, false);
-            let addrs = [rs::SADDR, rs::DADDR, rs::SADDR_V6, rs::DADDR_V6];
-            endpoints(&r, &raw mut (*p).hdr, end, addrs);
-            (*p).state = r.get(rs::STATE);
-            (*p).err = if RETRANSMIT_HAS_ERR.load() != 0 {
-                r.get(rs::ERR)
-            } else {
-                0
-            };
-            // Whether TCP_USER_TIMEOUT, not tcp_retries2, decides when the kernel gives up.
-            let off = SOCK_OFFSETS.load().user_timeout;
-            let uto = match off {
-                0 => None,
-                _ => read_kernel((sk + u64::from(off)) as *const u32).ok(),
-            };
-            (*p).user_timeout_ms = uto.unwrap_or(0);
-            (*p).flags = if uto.is_some() { USER_TIMEOUT_READ } else { 0 };
+            header(&raw mut (*p).hdr, Body::SynackRetransmit, sk, at, false);
+            endpoints(r, &raw mut (*p).hdr, end, f.addrs);
+            (*p).req = r.get(req);
         }
         submit(e);
         0
@@ -476,26 +627,28 @@ mod programs {
         let Some(r) = record::<{ ra::WINDOW.words }>(&ctx, ra::SLOT, ra::WINDOW) else {
             return 0;
         };
-        let end = ends(&r, [ra::FAMILY, ra::SPORT, ra::DPORT]);
-        if !wanted(end.family, end.sport, end.dport) {
-            return 0;
-        }
-        let sk: u64 = r.get(ra::SKADDR);
-        let Some(at) = place(sk, true) else {
+        let f = EndFields {
+            family: Some(ra::FAMILY),
+            sport: ra::SPORT,
+            dport: ra::DPORT,
+            addrs: [ra::SADDR, ra::DADDR, ra::SADDR_V6, ra::DADDR_V6],
+        };
+        synack(&ctx, &r, [ra::SKADDR, ra::REQ], f)
+    }
+
+    /// The record without `family` (Linux 5.10).
+    #[tracepoint(category = "tcp", name = "tcp_retransmit_synack")]
+    pub fn tcp_retransmit_synack_v0(ctx: TracePointContext) -> u32 {
+        let Some(r) = record::<{ ra0::WINDOW.words }>(&ctx, ra0::SLOT, ra0::WINDOW) else {
             return 0;
         };
-        let Some(mut e) = reserve::<SynackRetransmitEvent, _>(&ctx) else {
-            return 0;
+        let f = EndFields {
+            family: None,
+            sport: ra0::SPORT,
+            dport: ra0::DPORT,
+            addrs: [ra0::SADDR, ra0::DADDR, ra0::SADDR_V6, ra0::DADDR_V6],
         };
-        let p = e.as_mut_ptr();
-        unsafe {
-            header(&raw mut (*p).hdr, Body::SynackRetransmit, sk, at, false);
-            let addrs = [ra::SADDR, ra::DADDR, ra::SADDR_V6, ra::DADDR_V6];
-            endpoints(&r, &raw mut (*p).hdr, end, addrs);
-            (*p).req = r.get(ra::REQ);
-        }
-        submit(e);
-        0
+        synack(&ctx, &r, [ra0::SKADDR, ra0::REQ], f)
     }
 
     /// A listener's reset goes to the sender of the packet it answers (see [`reply_to`]).
@@ -581,19 +734,21 @@ mod programs {
         0
     }
 
-    /// The older layout (plain endpoints, no reason): the header carries the endpoints and the
-    /// images stay zero, which tells userspace so.
-    #[tracepoint(category = "tcp", name = "tcp_send_reset")]
-    pub fn tcp_send_reset_v1(ctx: TracePointContext) -> u32 {
-        let Some(r) = record::<{ sr1::WINDOW.words }>(&ctx, sr1::SLOT, sr1::WINDOW) else {
-            return 0;
-        };
-        let sk: u64 = r.get(sr1::SKADDR);
-        let state: i32 = r.get(sr1::STATE);
-        let reply = listener_reply(sk, state, r.get(sr1::SKBADDR));
+    /// The layouts with plain endpoints and no reason (Linux 6.1; 5.10 without `family`): the
+    /// header carries the endpoints and the images stay zero, which tells userspace so.
+    #[inline(always)]
+    fn reset_sent_plain<const W: usize>(
+        ctx: &TracePointContext,
+        r: &Rec<W>,
+        [skbaddr, skaddr, state]: [Field; 3],
+        f: EndFields,
+    ) -> u32 {
+        let sk: u64 = r.get(skaddr);
+        let state: i32 = r.get(state);
+        let reply = listener_reply(sk, state, r.get(skbaddr));
         let end = match reply {
             Some(p) => p.ends,
-            None => ends(&r, [sr1::FAMILY, sr1::SPORT, sr1::DPORT]),
+            None => read_ends(r, sk, &f),
         };
         if !wanted(end.family, end.sport, end.dport) {
             return 0;
@@ -601,7 +756,7 @@ mod programs {
         let Some(at) = place(sk, true) else {
             return 0;
         };
-        let Some(mut e) = reserve::<ResetSentEvent, _>(&ctx) else {
+        let Some(mut e) = reserve::<ResetSentEvent, _>(ctx) else {
             return 0;
         };
         let p = e.as_mut_ptr();
@@ -609,10 +764,7 @@ mod programs {
             header(&raw mut (*p).hdr, Body::ResetSent, sk, at, false);
             match reply {
                 Some(reply) => set_endpoints(&raw mut (*p).hdr, &reply),
-                None => {
-                    let addrs = [sr1::SADDR, sr1::DADDR, sr1::SADDR_V6, sr1::DADDR_V6];
-                    endpoints(&r, &raw mut (*p).hdr, end, addrs);
-                }
+                None => endpoints(r, &raw mut (*p).hdr, end, f.addrs),
             }
             (*p).state = state;
             (*p).reason = NO_REASON;
@@ -623,31 +775,89 @@ mod programs {
         0
     }
 
-    #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
-    pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-        let Some(r) = record::<{ rr::WINDOW.words }>(&ctx, rr::SLOT, rr::WINDOW) else {
+    #[tracepoint(category = "tcp", name = "tcp_send_reset")]
+    pub fn tcp_send_reset_v1(ctx: TracePointContext) -> u32 {
+        let Some(r) = record::<{ sr1::WINDOW.words }>(&ctx, sr1::SLOT, sr1::WINDOW) else {
             return 0;
         };
-        let end = ends(&r, [rr::FAMILY, rr::SPORT, rr::DPORT]);
+        let f = EndFields {
+            family: Some(sr1::FAMILY),
+            sport: sr1::SPORT,
+            dport: sr1::DPORT,
+            addrs: [sr1::SADDR, sr1::DADDR, sr1::SADDR_V6, sr1::DADDR_V6],
+        };
+        reset_sent_plain(&ctx, &r, [sr1::SKBADDR, sr1::SKADDR, sr1::STATE], f)
+    }
+
+    #[tracepoint(category = "tcp", name = "tcp_send_reset")]
+    pub fn tcp_send_reset_v0(ctx: TracePointContext) -> u32 {
+        let Some(r) = record::<{ sr0::WINDOW.words }>(&ctx, sr0::SLOT, sr0::WINDOW) else {
+            return 0;
+        };
+        let f = EndFields {
+            family: None,
+            sport: sr0::SPORT,
+            dport: sr0::DPORT,
+            addrs: [sr0::SADDR, sr0::DADDR, sr0::SADDR_V6, sr0::DADDR_V6],
+        };
+        reset_sent_plain(&ctx, &r, [sr0::SKBADDR, sr0::SKADDR, sr0::STATE], f)
+    }
+
+    /// Both layouts of `tcp_receive_reset`.
+    #[inline(always)]
+    fn reset_received<const W: usize>(
+        ctx: &TracePointContext,
+        r: &Rec<W>,
+        [skaddr, cookie]: [Field; 2],
+        f: EndFields,
+    ) -> u32 {
+        let sk: u64 = r.get(skaddr);
+        let end = read_ends(r, sk, &f);
         if !wanted(end.family, end.sport, end.dport) {
             return 0;
         }
-        let sk: u64 = r.get(rr::SKADDR);
         let Some(at) = place(sk, true) else {
             return 0;
         };
-        let Some(mut e) = reserve::<ResetReceivedEvent, _>(&ctx) else {
+        let Some(mut e) = reserve::<ResetReceivedEvent, _>(ctx) else {
             return 0;
         };
         let p = e.as_mut_ptr();
         unsafe {
             header(&raw mut (*p).hdr, Body::ResetReceived, sk, at, false);
-            let addrs = [rr::SADDR, rr::DADDR, rr::SADDR_V6, rr::DADDR_V6];
-            endpoints(&r, &raw mut (*p).hdr, end, addrs);
-            (*p).cookie = r.get(rr::COOKIE);
+            endpoints(r, &raw mut (*p).hdr, end, f.addrs);
+            (*p).cookie = r.get(cookie);
         }
         submit(e);
         0
+    }
+
+    #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
+    pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+        let Some(r) = record::<{ rr::WINDOW.words }>(&ctx, rr::SLOT, rr::WINDOW) else {
+            return 0;
+        };
+        let f = EndFields {
+            family: Some(rr::FAMILY),
+            sport: rr::SPORT,
+            dport: rr::DPORT,
+            addrs: [rr::SADDR, rr::DADDR, rr::SADDR_V6, rr::DADDR_V6],
+        };
+        reset_received(&ctx, &r, [rr::SKADDR, rr::COOKIE], f)
+    }
+
+    #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
+    pub fn tcp_receive_reset_v0(ctx: TracePointContext) -> u32 {
+        let Some(r) = record::<{ rr0::WINDOW.words }>(&ctx, rr0::SLOT, rr0::WINDOW) else {
+            return 0;
+        };
+        let f = EndFields {
+            family: None,
+            sport: rr0::SPORT,
+            dport: rr0::DPORT,
+            addrs: [rr0::SADDR, rr0::DADDR, rr0::SADDR_V6, rr0::DADDR_V6],
+        };
+        reset_received(&ctx, &r, [rr0::SKADDR, rr0::COOKIE], f)
     }
 
     #[tracepoint(category = "sock", name = "inet_sk_error_report")]

@@ -40,6 +40,11 @@ fn record(
         },
         oldstate: old,
         newstate: new,
+        error: 0,
+        soft_error: 0,
+        shutdown: 3,
+        // A close carries what its socket held, as the kernel program reads it.
+        ending: u8::from(new == tcp_trace_common::tcp_state::CLOSE),
     };
     // SAFETY: StateEvent is repr(C) plain data without implicit padding.
     let bytes = unsafe {

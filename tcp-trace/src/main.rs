@@ -3,14 +3,19 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::ExitCode;
+use std::{io::Write, process::ExitCode};
 
 use clap::Parser;
 use tcp_trace::{cli, output::is_broken_pipe};
 
 fn main() -> ExitCode {
+    // Warnings are said to the user as tcp-trace's own lines; the rest (RUST_LOG=info, debug)
+    // is for whoever debugs it, with where it came from.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_timestamp(None)
+        .format(|buf, r| match r.level() {
+            log::Level::Error | log::Level::Warn => writeln!(buf, "tcp-trace: {}", r.args()),
+            l => writeln!(buf, "[{l} {}] {}", r.target(), r.args()),
+        })
         .init();
     let args = cli::Cli::parse();
     // The pipeline runs in block_on on this thread. For `serve`, one worker thread runs the

@@ -54,5 +54,5 @@ pub fn event(ts_ns: u64, sock: u64, task: Task, t: Tuple, kind: EventKind) -> Ev
 
 /// A state change `old → new`.
 pub fn state(ts_ns: u64, sock: u64, task: Task, t: Tuple, old: TcpState, new: TcpState) -> Event {
-    event(ts_ns, sock, task, t, EventKind::State { old, new })
+    event(ts_ns, sock, task, t, EventKind::state(old, new))
 }

@@ -130,11 +130,15 @@ fn dead_peer_with_lost_reset_ends_in_etimedout_in_watch() {
         Err(early) => early.duration(),
     };
     assert!(off < Duration::from_millis(500), "{off:?}: {began} {ended}");
-    assert!(
-        ev.iter()
-            .any(|e| e["type"] == "error" && e["error"] == "ETIMEDOUT"),
-        "{ev:#?}"
-    );
+    if errors_reported() {
+        assert!(
+            ev.iter()
+                .any(|e| e["type"] == "error" && e["error"] == "ETIMEDOUT"),
+            "{ev:#?}"
+        );
+    } else {
+        no_error_events("dead_peer_with_lost_reset_ends_in_etimedout_in_watch: the `error` event");
+    }
     tracer.stop();
 }
 

@@ -8,7 +8,7 @@ use tcp_trace::{
     engine::Engine,
     event::clock::Clock,
     event::Owner,
-    event::{decode, encode, Comm, Event, EventKind, Task, TcpState},
+    event::{decode, encode, Comm, Ending, Event, EventKind, Task, TcpState},
     output::watch::{Annotated, WatchWriter},
     recording,
 };
@@ -20,10 +20,29 @@ fn cfg() -> ProptestConfig {
     }
 }
 
+/// What a closing socket held: any error and soft error the record can carry.
+fn ending() -> impl Strategy<Value = Ending> {
+    (
+        any::<i32>(),
+        0..=i32::from(u16::MAX),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(error, soft_error, by_application, timer_gave_up)| Ending {
+                error,
+                soft_error,
+                by_application,
+                timer_gave_up,
+            },
+        )
+}
+
 fn kind() -> impl Strategy<Value = EventKind> {
     let st = || (-3i32..20).prop_map(TcpState);
     prop_oneof![
-        (st(), st()).prop_map(|(old, new)| EventKind::State { old, new }),
+        (st(), st(), proptest::option::of(ending()))
+            .prop_map(|(old, new, ending)| { EventKind::State { old, new, ending } }),
         (st(), any::<i32>(), proptest::option::of(any::<u32>())).prop_map(
             |(state, err, user_timeout_ms)| EventKind::Retransmit {
                 state,

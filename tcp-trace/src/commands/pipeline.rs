@@ -183,7 +183,7 @@ pub fn drop_abort_resets(batch: &mut Vec<Delivery>, now_ns: u64) -> usize {
             Delivery::Event(e) if e.sock == sock => match e.kind {
                 EventKind::ResetSent { .. } => Some(true),
                 EventKind::ResetReceived { .. } => Some(false),
-                EventKind::State { old, new } if tcp_trace_common::is_birth(old.0, new.0) => {
+                EventKind::State { old, new, .. } if tcp_trace_common::is_birth(old.0, new.0) => {
                     Some(false)
                 }
                 _ => None,
@@ -425,10 +425,7 @@ mod tests {
     fn a_close_just_before_a_waiting_reset_waits_with_it() {
         // An abort on loopback: our CLOSE, the peer's reset received, its error, then our
         // reset sent (which explains our CLOSE) in the next drain. The CLOSE waits too.
-        let close = EventKind::State {
-            old: TcpState::ESTABLISHED,
-            new: TcpState::CLOSE,
-        };
+        let close = EventKind::state(TcpState::ESTABLISHED, TcpState::CLOSE);
         let mut b = vec![
             ev(1_000, 3, close), // long before: decided
             ev(29_999_990, 5, close),

@@ -307,7 +307,7 @@ impl<W: Write> Sink for Recorder<W> {
                 Delivery::Event(ev) => {
                     let t = Tuple::of(ev);
                     if self.filter.matches_tuple(&t) {
-                        if let EventKind::State { old, new } = ev.kind {
+                        if let EventKind::State { old, new, .. } = ev.kind {
                             self.follow(ev, old, new);
                         }
                         self.name_cgroup(ev.cgroup, env)?;

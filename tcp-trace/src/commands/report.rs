@@ -218,7 +218,7 @@ impl<W: Write> ReportCmd<W> {
     /// Moves a socket's marks with its state changes: sealed at its CLOSE, dropped at a birth
     /// (what is left belonged to a socket whose CLOSE was never seen).
     fn follow(&mut self, ev: &Event) {
-        let EventKind::State { old, new } = ev.kind else {
+        let EventKind::State { old, new, .. } = ev.kind else {
             return;
         };
         if tcp_trace_common::is_birth(old.0, new.0) {

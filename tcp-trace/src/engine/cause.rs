@@ -206,7 +206,7 @@ mod tests {
     use super::*;
     use crate::{
         engine::{Engine, Fate},
-        event::{Event, EventKind},
+        event::{Ending, Event, EventKind},
         testkit::{event, state, task, tuple},
     };
 
@@ -394,6 +394,32 @@ mod tests {
                 },
             )
         };
+        let syn_rtx = |ms| {
+            ev(
+                ms,
+                EventKind::Retransmit {
+                    state: T::SYN_SENT,
+                    err: 0,
+                    user_timeout_ms: None,
+                },
+            )
+        };
+        let ending = |error, soft_error, by_application, timer_gave_up| Ending {
+            error,
+            soft_error,
+            by_application,
+            timer_gave_up,
+        };
+        let close = |ms, old, e| {
+            ev(
+                ms,
+                EventKind::State {
+                    old,
+                    new: T::CLOSE,
+                    ending: Some(e),
+                },
+            )
+        };
         let cases: Vec<(Vec<Event>, Cause, &[&str])> = vec![
             (
                 vec![
@@ -429,6 +455,75 @@ mod tests {
                 ],
                 Cause::Unknown,
                 &["SYN_SENT->CLOSE", "error:READ_FIRST"],
+            ),
+            // The socket's own error at its CLOSE, read before its application could: where
+            // the error report comes later (read first) or not at all (Linux 5.10).
+            (
+                vec![
+                    st(0, T::CLOSE, T::SYN_SENT),
+                    rst_in(1),
+                    close(1, T::SYN_SENT, ending(111, 0, false, false)),
+                    err(1, 0),
+                ],
+                Cause::Refused,
+                &["SYN_SENT->CLOSE", "reset_received", "error:ECONNREFUSED"],
+            ),
+            (
+                open_then(&[
+                    rst_in(10),
+                    close(10, T::ESTABLISHED, ending(104, 0, false, false)),
+                ]),
+                Cause::PeerReset,
+                &["ESTABLISHED->CLOSE", "reset_received", "error:ECONNRESET"],
+            ),
+            // Read first on a kernel that wakes the application before it closes a timed-out
+            // socket: the SYN timer gave up (no timer pending, SYNs retransmitted) ...
+            (
+                vec![
+                    st(0, T::CLOSE, T::SYN_SENT),
+                    syn_rtx(1000),
+                    close(3000, T::SYN_SENT, ending(0, 0, false, true)),
+                ],
+                Cause::ConnectTimeout,
+                &["SYN_SENT->CLOSE", "error:ETIMEDOUT", "retransmits:1"],
+            ),
+            // ... reporting the ICMP error it retransmitted into ...
+            (
+                vec![
+                    st(0, T::CLOSE, T::SYN_SENT),
+                    syn_rtx(1000),
+                    close(3000, T::SYN_SENT, ending(0, 113, false, true)),
+                ],
+                Cause::Unreachable,
+                &["SYN_SENT->CLOSE", "error:EHOSTUNREACH", "retransmits:1"],
+            ),
+            // ... an ICMP error ended it (the timer still pending): which one is gone ...
+            (
+                vec![
+                    st(0, T::CLOSE, T::SYN_SENT),
+                    close(20, T::SYN_SENT, ending(0, 0, false, false)),
+                ],
+                Cause::Unknown,
+                &["SYN_SENT->CLOSE", "error:READ_FIRST"],
+            ),
+            // ... and its application gave up on it (it shut the socket before the CLOSE).
+            (
+                vec![
+                    st(0, T::CLOSE, T::SYN_SENT),
+                    syn_rtx(1000),
+                    close(2000, T::SYN_SENT, ending(0, 0, true, false)),
+                ],
+                Cause::LocalAbort,
+                &["SYN_SENT->CLOSE", "retransmits:1"],
+            ),
+            // Keepalive's timer: nothing retransmitted, a reset sent, the error read first.
+            (
+                open_then(&[
+                    rst_out(9000),
+                    close(9000, T::ESTABLISHED, ending(0, 0, false, true)),
+                ]),
+                Cause::KeepaliveTimeout,
+                &["ESTABLISHED->CLOSE", "reset_sent", "error:ETIMEDOUT"],
             ),
             // ... and a refused one still shows the reset.
             (

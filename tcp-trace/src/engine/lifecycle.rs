@@ -4,7 +4,7 @@
 use smallvec::{smallvec, SmallVec};
 
 use super::halfopen::Episode;
-use crate::event::{Owner, TcpState, Tuple};
+use crate::event::{Ending, Owner, TcpState, Tuple};
 
 /// A state entered at a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +39,9 @@ impl Closer {
         }
     }
 }
+
+/// `ETIMEDOUT`: what a timer that gives up on a connection reports.
+const ETIMEDOUT: i32 = 110;
 
 /// `error` of a socket whose error its application read first (errnos are positive).
 const READ_FIRST: i32 = i16::MIN as i32;
@@ -213,6 +216,33 @@ impl Lifecycle {
             e => e,
         };
         self.error = std::num::NonZeroI16::new(e.clamp(i16::MIN.into(), i16::MAX.into()) as i16);
+    }
+
+    /// Takes what the socket held at its CLOSE from `old`: its error, or, where its
+    /// application read that first, the error the kernel's way of ending it implies. Kernels
+    /// before 6.10 wake the application before they close a socket a timer gave up on, so its
+    /// read can beat both this and the error report; such a timer sets `sk_err_soft`, else
+    /// ETIMEDOUT. A connect its application did not end (both directions not yet shut), no
+    /// timer's and no reset's: an ICMP error, whose number is gone with the read. Returns the
+    /// error it ended with, when known.
+    pub(super) fn ended(&mut self, old: TcpState, e: &Ending) -> Option<i32> {
+        let errno = if e.error != 0 {
+            e.error
+        } else if e.by_application {
+            return None;
+        } else if e.timer_gave_up {
+            match e.soft_error {
+                0 => ETIMEDOUT,
+                soft => soft,
+            }
+        } else {
+            if old == TcpState::SYN_SENT && self.resets_received == 0 {
+                self.set_error(0);
+            }
+            return None;
+        };
+        self.set_error(errno);
+        Some(errno)
     }
 
     /// The socket's `TCP_USER_TIMEOUT` in ms at its last retransmit (0: not set), when the

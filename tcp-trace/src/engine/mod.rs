@@ -459,7 +459,7 @@ impl Engine {
 
     fn fold(&mut self, ev: &Event) -> Applied {
         self.counters.events += 1;
-        if let EventKind::State { old, new } = ev.kind {
+        if let EventKind::State { old, new, .. } = ev.kind {
             self.halfopen.state(ev.sock, old, new, ev.ts_ns);
             if (old, new) == (TcpState::LISTEN, TcpState::SYN_RECV) {
                 self.halfopen
@@ -645,7 +645,16 @@ impl Engine {
             self.peer_sent_fin(&tuple.reversed(), ev.ts_ns);
         }
         if new == TcpState::CLOSE {
-            if let Some(done) = self.remove(key) {
+            if let Some(mut done) = self.remove(key) {
+                if let EventKind::State {
+                    ending: Some(e), ..
+                } = ev.kind
+                {
+                    // Where no error report follows (read first, or none on this kernel).
+                    if let Some(errno) = done.ended(old, &e) {
+                        self.halfopen.error(done.sock, errno, ev.ts_ns);
+                    }
+                }
                 self.counters.finished += 1;
                 out.finished = Some(self.bury(done));
             }

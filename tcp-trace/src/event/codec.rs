@@ -12,10 +12,11 @@ use std::{
 
 use tcp_trace_common::{
     layout::NO_REASON, Body, ErrorEvent, Header, ResetReceivedEvent, ResetSentEvent,
-    RetransmitEvent, StateEvent, SynackRetransmitEvent, AF_INET6, USER_TIMEOUT_READ,
+    RetransmitEvent, StateEvent, SynackRetransmitEvent, AF_INET6, ENDING_READ, SHUTDOWN_MASK,
+    TIMER_GAVE_UP, USER_TIMEOUT_READ,
 };
 
-use super::{family_of, Comm, Event, EventKind, Task, TcpState};
+use super::{family_of, Comm, Ending, Event, EventKind, Task, TcpState};
 
 /// Why a record could not be decoded.
 #[derive(Debug, PartialEq, Eq)]
@@ -125,10 +126,16 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
     };
     ev.kind = match kind {
         Body::State => {
-            let e: StateEvent = read(buf)?;
+            let e: StateEvent = read_grown(buf, offset_of!(StateEvent, error))?;
             EventKind::State {
                 old: TcpState(e.oldstate),
                 new: TcpState(e.newstate),
+                ending: (e.ending & ENDING_READ != 0).then_some(Ending {
+                    error: e.error,
+                    soft_error: e.soft_error.into(),
+                    by_application: e.shutdown == SHUTDOWN_MASK,
+                    timer_gave_up: e.ending & TIMER_GAVE_UP != 0,
+                }),
             }
         }
         Body::Retransmit => {
@@ -223,10 +230,19 @@ pub fn encode(ev: &Event) -> Vec<u8> {
         cgroup: ev.cgroup,
     };
     match ev.kind {
-        EventKind::State { old, new } => bytes_of(&StateEvent {
+        EventKind::State { old, new, ending } => bytes_of(&StateEvent {
             hdr,
             oldstate: old.0,
             newstate: new.0,
+            error: ending.map_or(0, |e| e.error),
+            soft_error: ending.map_or(0, |e| e.soft_error as u16),
+            shutdown: match ending {
+                Some(e) if e.by_application => SHUTDOWN_MASK,
+                _ => 0,
+            },
+            ending: ending.map_or(0, |e| {
+                ENDING_READ | if e.timer_gave_up { TIMER_GAVE_UP } else { 0 }
+            }),
         }),
         EventKind::Retransmit {
             state,
@@ -318,6 +334,10 @@ mod tests {
             hdr: header(Body::State, AF_INET),
             oldstate: 2,
             newstate: 1,
+            error: 0,
+            soft_error: 0,
+            shutdown: 0,
+            ending: 0,
         };
         let ev = decode(&bytes_of(&e)).unwrap();
         assert_eq!(ev.ts_ns, 42);
@@ -331,10 +351,41 @@ mod tests {
         assert_eq!((ev.netns, ev.cgroup), (4026531840, 7777));
         assert_eq!(
             ev.kind,
-            EventKind::State {
-                old: TcpState::SYN_SENT,
-                new: TcpState::ESTABLISHED
-            }
+            EventKind::state(TcpState::SYN_SENT, TcpState::ESTABLISHED)
+        );
+    }
+
+    #[test]
+    fn a_close_carries_its_ending_and_older_records_none() {
+        let e = StateEvent {
+            hdr: header(Body::State, AF_INET),
+            oldstate: 2,
+            newstate: 7,
+            error: 0,
+            soft_error: 113,
+            shutdown: 0,
+            ending: ENDING_READ | TIMER_GAVE_UP,
+        };
+        let ev = decode(&bytes_of(&e)).unwrap();
+        let ending = Ending {
+            error: 0,
+            soft_error: 113,
+            by_application: false,
+            timer_gave_up: true,
+        };
+        let kind = EventKind::State {
+            old: TcpState::SYN_SENT,
+            new: TcpState::CLOSE,
+            ending: Some(ending),
+        };
+        assert_eq!(ev.kind, kind);
+        assert_eq!(decode(&encode(&ev)).unwrap(), ev);
+        // A record of a tcp-trace before endings were read stops after `newstate`.
+        let old = bytes_of(&e);
+        let ev = decode(&old[..offset_of!(StateEvent, error)]).unwrap();
+        assert_eq!(
+            ev.kind,
+            EventKind::state(TcpState::SYN_SENT, TcpState::CLOSE)
         );
     }
 
@@ -344,6 +395,10 @@ mod tests {
             hdr: header(Body::State, AF_INET6),
             oldstate: 1,
             newstate: 8,
+            error: 0,
+            soft_error: 0,
+            shutdown: 0,
+            ending: 0,
         };
         let ev = decode(&bytes_of(&e)).unwrap();
         assert_eq!(ev.saddr.to_string(), "::1");
@@ -482,15 +537,13 @@ mod tests {
             hdr: header(Body::State, AF_INET),
             oldstate: 1234,
             newstate: -1,
+            error: 0,
+            soft_error: 0,
+            shutdown: 0,
+            ending: 0,
         };
         let ev = decode(&bytes_of(&e)).unwrap();
-        assert_eq!(
-            ev.kind,
-            EventKind::State {
-                old: TcpState(1234),
-                new: TcpState(-1)
-            }
-        );
+        assert_eq!(ev.kind, EventKind::state(TcpState(1234), TcpState(-1)));
         e.hdr.kind = 200;
         assert_eq!(decode(&bytes_of(&e)), Err(DecodeError::UnknownKind(200)));
         let b = bytes_of(&e);
@@ -499,6 +552,10 @@ mod tests {
             hdr: header(Body::State, AF_INET),
             oldstate: 1,
             newstate: 2,
+            error: 0,
+            soft_error: 0,
+            shutdown: 0,
+            ending: 0,
         });
         short.truncate(100);
         assert_eq!(

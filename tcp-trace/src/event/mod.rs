@@ -39,6 +39,8 @@ pub enum EventKind {
         old: TcpState,
         /// After.
         new: TcpState,
+        /// At a transition to CLOSE, what the socket held of why (`None`: not read).
+        ending: Option<Ending>,
     },
     /// `tcp_retransmit_skb`.
     Retransmit {
@@ -75,7 +77,30 @@ pub enum EventKind {
     },
 }
 
+/// What a socket held when it went to CLOSE, read before its application could be woken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ending {
+    /// `sk_err` (0: none, or already read by its application).
+    pub error: i32,
+    /// `sk_err_soft` (an ICMP error seen while it retransmitted).
+    pub soft_error: i32,
+    /// Its application had closed it (both directions shut before the CLOSE).
+    pub by_application: bool,
+    /// A retransmit, probe or keepalive timer gave up on it (see
+    /// [`tcp_trace_common::TIMER_GAVE_UP`]).
+    pub timer_gave_up: bool,
+}
+
 impl EventKind {
+    /// A state change without an ending (every one but a CLOSE read from the kernel).
+    pub fn state(old: TcpState, new: TcpState) -> Self {
+        Self::State {
+            old,
+            new,
+            ending: None,
+        }
+    }
+
     /// The JSON `type` of this kind.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -92,7 +117,7 @@ impl EventKind {
     /// [`tcp_trace_common::in_owner_context`], which the kernel programs apply too).
     pub fn in_owner_context(&self) -> bool {
         match *self {
-            Self::State { old, new } => tcp_trace_common::in_owner_context(old.0, new.0),
+            Self::State { old, new, .. } => tcp_trace_common::in_owner_context(old.0, new.0),
             _ => false,
         }
     }

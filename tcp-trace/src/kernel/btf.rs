@@ -135,7 +135,9 @@ impl Btf {
             } else {
                 off
             };
-            if bits % 8 != 0 {
+            // A bitfield is no byte field, even where it starts on a byte.
+            let bitfield = info >> 31 != 0 && off >> 24 != 0;
+            if bits % 8 != 0 || bitfield {
                 continue;
             }
             let here = self.name(n);
@@ -202,6 +204,32 @@ impl Btf {
             .offset("inet_connection_sock", &["icsk_user_timeout"])
             .unwrap_or(0);
         let sock = |f: &str| self.offset("sock", &[f]);
+        // What a closing socket still holds of why it closed (the state program reads it).
+        let icsk = |f: &str| self.offset("inet_connection_sock", &[f]);
+        let timer = match (
+            icsk("icsk_pending"),
+            icsk("icsk_retransmits"),
+            icsk("icsk_probes_out"),
+        ) {
+            (Some(p), Some(r), Some(o)) => (p, r, o),
+            _ => (0, 0, 0),
+        };
+        let ending = match (sock("sk_err"), sock("sk_err_soft"), sock("sk_shutdown")) {
+            (Some(err), Some(err_soft), Some(shutdown)) => SockOffsets {
+                err,
+                err_soft,
+                shutdown,
+                icsk_pending: timer.0,
+                icsk_retransmits: timer.1,
+                icsk_probes_out: timer.2,
+                user_timeout,
+                ..SockOffsets::default()
+            },
+            _ => SockOffsets {
+                user_timeout,
+                ..SockOffsets::default()
+            },
+        };
         let found = (
             common("skc_family"),
             // The bound port (`skc_num`) is cleared when the port is released, before some
@@ -223,10 +251,7 @@ impl Btf {
             Some(err),
         ) = found
         else {
-            return SockOffsets {
-                user_timeout,
-                ..SockOffsets::default()
-            };
+            return ending;
         };
         SockOffsets {
             family,
@@ -238,7 +263,7 @@ impl Btf {
             v6_daddr: common("skc_v6_daddr").unwrap_or(0),
             protocol,
             err,
-            user_timeout,
+            ..ending
         }
     }
 }
@@ -336,5 +361,16 @@ mod tests {
         assert_ne!(o.sock_net, 0, "{o:?}");
         assert_ne!(o.sock_cgroup, 0, "{o:?}");
         assert_ne!(o.cgroup_ancestors, 0, "{o:?}");
+        let s = btf.sock_offsets();
+        for off in [
+            s.family,
+            s.err,
+            s.err_soft,
+            s.shutdown,
+            s.icsk_pending,
+            s.icsk_probes_out,
+        ] {
+            assert_ne!(off, 0, "{s:?}");
+        }
     }
 }

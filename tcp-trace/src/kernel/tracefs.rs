@@ -322,6 +322,97 @@ print fmt: \"...\"
         }
     }
 
+    /// Linux 5.10's `tcp` records (Debian 11's cloud kernel): no `family`.
+    const RETRANSMIT_5_10: &str = "format:
+\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:30;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:32;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:36;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:56;\tsize:16;\tsigned:0;
+";
+    const SYNACK_5_10: &str = "format:
+\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:const void * req;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:__u16 sport;\toffset:24;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:26;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:28;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:32;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:36;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:52;\tsize:16;\tsigned:0;
+";
+    const RECEIVE_RESET_5_10: &str = "format:
+\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:__u16 sport;\toffset:16;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:18;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:20;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:24;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:28;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:44;\tsize:16;\tsigned:0;
+\tfield:__u64 sock_cookie;\toffset:64;\tsize:8;\tsigned:0;
+";
+
+    #[test]
+    fn linux_5_10s_records_without_family_have_their_programs() {
+        let fits = |name: &str, text: &str| -> Vec<(&str, u8)> {
+            TRACEPOINTS
+                .iter()
+                .filter(|t| t.name == name)
+                .filter_map(|t| match compare(t, &parse_format(text)) {
+                    Check::Ok { shift, .. } => Some((t.program, shift)),
+                    _ => None,
+                })
+                .collect()
+        };
+        // PREEMPT_RT's longer header moves every field by 8.
+        let rt = |text: &str| {
+            let mut out = String::new();
+            for line in text.lines() {
+                match line.split_once("offset:") {
+                    Some((head, rest)) => {
+                        let (n, tail) = rest.split_once(';').unwrap();
+                        let n: usize = n.parse().unwrap();
+                        out.push_str(&format!("{head}offset:{};{tail}\n", n + 8));
+                    }
+                    None => out.push_str(&format!("{line}\n")),
+                }
+            }
+            out
+        };
+        for (shift, text) in [(0, RETRANSMIT_5_10.to_string()), (8, rt(RETRANSMIT_5_10))] {
+            let text = text.as_str();
+            assert_eq!(
+                fits("tcp_retransmit_skb", text),
+                [("tcp_retransmit_skb_v0", shift)]
+            );
+            // The same fields after the packet: the reset's record.
+            assert_eq!(fits("tcp_send_reset", text), [("tcp_send_reset_v0", shift)]);
+        }
+        for (shift, text) in [(0, SYNACK_5_10.to_string()), (8, rt(SYNACK_5_10))] {
+            assert_eq!(
+                fits("tcp_retransmit_synack", &text),
+                [("tcp_retransmit_synack_v0", shift)]
+            );
+        }
+        for (shift, text) in [
+            (0, RECEIVE_RESET_5_10.to_string()),
+            (8, rt(RECEIVE_RESET_5_10)),
+        ] {
+            assert_eq!(
+                fits("tcp_receive_reset", &text),
+                [("tcp_receive_reset_v0", shift)]
+            );
+        }
+        // And the newer records still take the newer programs only.
+        assert_eq!(
+            fits("tcp_send_reset", RESET_6_1),
+            [("tcp_send_reset_v1", 0)]
+        );
+    }
+
     #[test]
     fn a_shifted_field_is_named() {
         // A pre-5.6 kernel: protocol was a u8, so everything after it moves.

@@ -332,7 +332,7 @@ impl Metrics {
     /// One event, after the engine applied it.
     pub fn event(&self, ev: &Event) {
         match ev.kind {
-            EventKind::State { old, new } => {
+            EventKind::State { old, new, .. } => {
                 self.transitions
                     .get_or_create(&Transition {
                         from: old.to_string(),

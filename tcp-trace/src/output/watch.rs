@@ -83,7 +83,7 @@ impl<W: Write> WatchWriter<W> {
         let ev = a.ev;
         let (pid, comm) = owner_cells(a.owner);
         let what = match ev.kind {
-            EventKind::State { old, new } => {
+            EventKind::State { old, new, .. } => {
                 let mut w = match a.ns_in_old {
                     Some(ns) => format!("{old} -> {new} ({:.3} ms)", ns as f64 / 1e6),
                     None => format!("{old} -> {new}"),
@@ -169,10 +169,7 @@ impl<W: Write> WatchWriter<W> {
         if self.json {
             // Written as the events are (one per active close: the same cost matters).
             let t = &l.tuple;
-            let kind = EventKind::State {
-                old: TcpState::FIN_WAIT2,
-                new: TcpState::CLOSE,
-            };
+            let kind = EventKind::state(TcpState::FIN_WAIT2, TcpState::CLOSE);
             let nobody = Task {
                 pid: 0,
                 tid: 0,
@@ -374,7 +371,7 @@ pub fn json_event(out: &mut Vec<u8>, a: &Annotated<'_>, ts: &str, container: &[u
     let ev = a.ev;
     json_conn(out, ev.kind.type_name(), a, ts, container);
     match ev.kind {
-        EventKind::State { old, new } => {
+        EventKind::State { old, new, .. } => {
             next_key!(out, "old");
             plain(out, &old.name());
             next_key!(out, "new");
@@ -450,10 +447,10 @@ mod tests {
 
     #[test]
     fn wide_lines_put_namespace_and_cgroup_under_their_headers() {
-        let e = ev(EventKind::State {
-            old: TcpState::ESTABLISHED,
-            new: TcpState::CLOSE_WAIT,
-        });
+        let e = ev(EventKind::state(
+            TcpState::ESTABLISHED,
+            TcpState::CLOSE_WAIT,
+        ));
         let mut w = WatchWriter::new(Vec::new(), false, Clock::fixed(1_700_000_000_000_000_000));
         w.set_wide(true);
         for (place, cgroup) in [
@@ -489,10 +486,10 @@ mod tests {
 
     #[test]
     fn state_json_has_the_schema() {
-        let e = ev(EventKind::State {
-            old: TcpState::ESTABLISHED,
-            new: TcpState::CLOSE_WAIT,
-        });
+        let e = ev(EventKind::state(
+            TcpState::ESTABLISHED,
+            TcpState::CLOSE_WAIT,
+        ));
         let owner = Owner {
             pid: 42,
             comm: Comm::from_bytes(b"evil\n\x1b"),
@@ -531,10 +528,7 @@ mod tests {
 
     #[test]
     fn unknown_owner_and_unseen_entry_are_null() {
-        let e = ev(EventKind::State {
-            old: TcpState(77),
-            new: TcpState::CLOSE,
-        });
+        let e = ev(EventKind::state(TcpState(77), TcpState::CLOSE));
         let a = bare(&e);
         let v: serde_json::Value = serde_json::from_str(&line(&a, true)).unwrap();
         assert!(v["pid"].is_null() && v["comm"].is_null() && v["ms_in_old"].is_null());
@@ -618,10 +612,7 @@ mod tests {
     #[test]
     fn json_objects_have_exactly_the_declared_keys() {
         let kinds = [
-            EventKind::State {
-                old: TcpState::SYN_SENT,
-                new: TcpState::ESTABLISHED,
-            },
+            EventKind::state(TcpState::SYN_SENT, TcpState::ESTABLISHED),
             EventKind::Retransmit {
                 state: TcpState::ESTABLISHED,
                 err: 0,

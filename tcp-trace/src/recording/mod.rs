@@ -702,10 +702,7 @@ mod tests {
             comm: Comm::from_bytes(b"curl"),
         };
         let lo = "127.0.0.1".parse().unwrap();
-        let kind = EventKind::State {
-            old: TcpState::CLOSE_WAIT,
-            new: TcpState::LAST_ACK,
-        };
+        let kind = EventKind::state(TcpState::CLOSE_WAIT, TcpState::LAST_ACK);
         crate::event::Event {
             netns: 4026531840,
             cgroup: 9,

@@ -610,6 +610,27 @@ pub fn socketless_resets_traced() -> bool {
     format.contains(" reason;")
 }
 
+/// Whether this kernel reports socket errors (`sock/inet_sk_error_report`, new in Linux 5.14):
+/// without it `watch` shows no `error` events, and the error that ends a connection is read
+/// from its socket at its close.
+pub fn errors_reported() -> bool {
+    std::path::Path::new("/sys/kernel/tracing/events/sock/inet_sk_error_report").exists()
+}
+
+/// Says in the test's output, which the VM runner's report lists, that a check needs a newer
+/// kernel than this one, and why.
+pub fn not_on_this_kernel(check: &str, why: &str) {
+    println!("NOT CHECKED ON THIS KERNEL: {check}: {why}");
+}
+
+/// [`not_on_this_kernel`] for the checks of `error` events.
+pub fn no_error_events(check: &str) {
+    not_on_this_kernel(
+        check,
+        "this kernel has no sock/inet_sk_error_report (Linux 5.14 added it), so no `error` events",
+    );
+}
+
 /// The inode of named network namespace `ns` (what events and reports call its `netns`).
 pub fn netns_of(ns: &str) -> u64 {
     use std::os::unix::fs::MetadataExt;
