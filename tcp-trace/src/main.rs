@@ -13,7 +13,8 @@ fn main() -> ExitCode {
     // is for whoever debugs it, with where it came from.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format(|buf, r| match r.level() {
-            log::Level::Error | log::Level::Warn => writeln!(buf, "tcp-trace: {}", r.args()),
+            log::Level::Error => writeln!(buf, "tcp-trace: error: {}", r.args()),
+            log::Level::Warn => writeln!(buf, "tcp-trace: warning: {}", r.args()),
             l => writeln!(buf, "[{l} {}] {}", r.target(), r.args()),
         })
         .init();

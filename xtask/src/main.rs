@@ -98,10 +98,15 @@ enum Task {
     /// Run the whole test suite (unit and kernel integration tests; needs root). With
     /// `--kernel`, tcp-trace's tests run in a VM of each kernel instead of on the host's.
     Test {
-        /// Boot this kernel and run tcp-trace's test binaries in it (repeatable; the guests
-        /// run at the same time). `KERNEL:watch,resets` runs only those test files there.
+        /// Boot this kernel and run tcp-trace's test binaries in it (repeatable, up to
+        /// `--vm-jobs` guests at a time): debian-5.10-cloud, debian-5.10-rt, debian-6.1-cloud,
+        /// debian-6.1-rt, debian-6.12-cloud or debian-6.12-rt, the newest Debian package of
+        /// each. `KERNEL:watch,resets` runs only those test files there.
         #[arg(long, value_parser = vm::parse_kernel_run)]
         kernel: Vec<vm::KernelRun>,
+        /// Guests running at once with several `--kernel`s; the others wait their turn.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+        vm_jobs: u16,
         /// libtest's --test-threads in the VM (2 is a quarter faster on 2 vCPUs, but the
         /// emulated CPU then starves the tests with tight time windows).
         #[arg(long, default_value_t = 1)]
@@ -340,6 +345,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Test {
             kernel,
+            vm_jobs,
             test_threads,
             slowdown,
             timeout,
@@ -357,33 +363,38 @@ fn run(cli: Cli) -> Result<()> {
                 // The slowest binary takes about 4 minutes in a VM.
                 per_binary: std::time::Duration::from_secs(8 * 60),
             };
-            // The kernels' guests run at the same time: an emulated guest keeps about one host
-            // core busy, most of its tests wait on the kernel's timers.
             let kernels = kernel
                 .iter()
                 .map(|k| vm::kernel(&root, &k.name))
                 .collect::<Result<Vec<_>>>()?;
-            let runs = std::thread::scope(|s| {
-                let handles: Vec<_> = kernels
-                    .iter()
-                    .zip(&kernel)
-                    .map(|(k, run)| {
-                        let (bins, plan, root) = (&bins, &plan, &root);
-                        let only = run.only.as_deref();
+            // Guests run side by side, each taking the next kernel when it is done: an emulated
+            // guest keeps about one host core busy (most of its tests wait on the kernel's
+            // timers), so more at once than `--vm-jobs` only slows them all.
+            let jobs = usize::from(vm_jobs).min(kernels.len());
+            if jobs < kernels.len() {
+                println!(
+                    "xtask: {} guests, {jobs} at a time (--vm-jobs)",
+                    kernels.len()
+                );
+            }
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let runs: Vec<_> = kernels.iter().map(|_| std::sync::OnceLock::new()).collect();
+            std::thread::scope(|s| {
+                for _ in 0..jobs {
+                    s.spawn(|| loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(k) = kernels.get(i) else { break };
                         let mut opts = vm_options(slowdown, timeout);
                         opts.env
                             .push(("TCP_TRACE_BIN".into(), tracer.display().to_string()));
-                        s.spawn(move || vm::test_on(root, k, only, bins, plan, &opts))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("a VM thread panicked"))
-                    .collect::<Vec<_>>()
+                        let only = kernel[i].only.as_deref();
+                        let _ = runs[i].set(vm::test_on(&root, k, only, &bins, &plan, &opts));
+                    });
+                }
             });
             let mut totals = Vec::new();
             for (k, run) in kernel.iter().zip(runs) {
-                let (p, f, report) = run?;
+                let (p, f, report) = run.into_inner().expect("a VM thread panicked")?;
                 print!("{report}");
                 totals.push((&k.name, (p, f)));
             }

@@ -1,5 +1,7 @@
 //! `cargo xtask vm` and `cargo xtask test --kernel`: commands and the kernel integration tests
-//! on other kernels (Debian 12's 6.1 flavours), each booted under qemu with an emulated CPU.
+//! on other kernels (the cloud and rt flavours of Debian 11's 5.10, Debian 12's 6.1 and
+//! Debian 13's 6.12), each booted under qemu with an emulated CPU. The kernel packages come
+//! through apt lists of the runner's own, not the machine's sources.
 //!
 //! The guest runs the host's own files: the host's root filesystem is shared read-only and the
 //! workspace read-write at the same path, so the test binaries, the tracer, python3, iproute2
@@ -27,10 +29,37 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 
 /// `--kernel` names; each is the newest Debian package of that flavour at run time.
-pub const KERNELS: [&str; 2] = ["debian-6.1-cloud", "debian-6.1-rt"];
+pub const KERNELS: [&str; 6] = [
+    "debian-5.10-cloud",
+    "debian-5.10-rt",
+    "debian-6.1-cloud",
+    "debian-6.1-rt",
+    "debian-6.12-cloud",
+    "debian-6.12-rt",
+];
+
+/// The Debian release each kernel version of [`KERNELS`] comes from.
+const SUITES: [(&str, &str); 3] = [
+    ("5.10", "bullseye"),
+    ("6.1", "bookworm"),
+    ("6.12", "trixie"),
+];
+/// A suite's own archive, then its security updates (where a release's newest kernels are).
+const ARCHIVES: [(&str, &str); 2] = [
+    ("http://deb.debian.org/debian", ""),
+    ("http://deb.debian.org/debian-security", "-security"),
+];
+/// How old a suite's lists may get before the runner updates them (to find newer kernels).
+const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// Debian packages the runner needs on the host (virtiofsd comes with qemu-system-common).
-const HOST_PACKAGES: [&str; 4] = ["qemu-system-x86", "busybox-static", "cpio", "kmod"];
+const HOST_PACKAGES: [&str; 5] = [
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "kmod",
+    "xz-utils",
+];
 const VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";
 /// What the initramfs loads to mount the shares (with their dependencies, from modules.dep).
 const BOOT_MODULES: [&str; 2] = ["virtio_pci", "virtiofs"];
@@ -41,7 +70,8 @@ const GUEST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbi
 pub struct Options {
     /// The whole VM, boot to power-off; a guest still running then is killed.
     pub timeout: Duration,
-    /// Environment of the guest's command besides PATH, HOME, RUST_BACKTRACE and CI.
+    /// Environment of the guest's command besides PATH, HOME, RUST_BACKTRACE, MODPROBE_OPTIONS
+    /// and CI.
     pub env: Vec<(String, String)>,
     /// Extra kernel command-line parameters (`lockdown=confidentiality`).
     pub append: Vec<String>,
@@ -52,7 +82,7 @@ pub struct Kernel {
     pub name: String,
     pub release: String,
     vmlinuz: PathBuf,
-    /// The unpacked package: `boot/`, `lib/modules/RELEASE/`.
+    /// The unpacked package: `boot/`, `lib/modules/RELEASE/` (wherever the package had them).
     tree: PathBuf,
 }
 
@@ -66,98 +96,283 @@ pub fn ensure_host_tools() -> Result<()> {
     Ok(())
 }
 
-/// The package names matching `pattern` in apt's lists.
-fn apt_search(pattern: &str) -> Result<Vec<String>> {
-    let out = Command::new("apt-cache")
-        .args(["search", "--names-only", pattern])
-        .output()
-        .context("running apt-cache")?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next().map(String::from))
-        .collect())
+/// apt over a suite's own lists in `target/vm/apt/SUITE/`, the machine's sources, lists and
+/// package cache untouched: the suite and its security updates, their package indexes only.
+struct Apt {
+    suite: &'static str,
+    dir: PathBuf,
 }
 
-/// The ABI number of a release like `6.1.0-57-cloud-amd64`, to order releases.
-fn abi(release: &str) -> u32 {
-    release
-        .split('-')
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+impl Apt {
+    fn new(root: &Path, suite: &'static str) -> Result<Self> {
+        let dir = root.join("target/vm/apt").join(suite);
+        for d in ["lists/partial", "cache/archives/partial"] {
+            fs::create_dir_all(dir.join(d))?;
+        }
+        let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
+        let sources: String = ARCHIVES
+            .iter()
+            .map(|(url, tail)| {
+                format!("deb [signed-by={keyring} target=Packages] {url} {suite}{tail} main\n")
+            })
+            .collect();
+        fs::write(dir.join("sources.list"), sources)?;
+        Ok(Self { suite, dir })
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        for (opt, path) in [
+            ("Dir::Etc::SourceList", self.dir.join("sources.list")),
+            ("Dir::Etc::SourceParts", "/dev/null".into()),
+            ("Dir::State::Lists", self.dir.join("lists")),
+            ("Dir::Cache", self.dir.join("cache")),
+        ] {
+            cmd.arg("-o").arg(format!("{opt}={}", path.display()));
+        }
+        cmd
+    }
+
+    /// `apt-get update` when the lists are missing or older than [`LISTS_MAX_AGE`]; when it
+    /// fails (offline), says so and leaves the lists as they are.
+    fn refresh(&self) -> Result<()> {
+        let stamp = self.dir.join("updated");
+        let age = fs::metadata(&stamp)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        if age.is_some_and(|a| a < LISTS_MAX_AGE) {
+            return Ok(());
+        }
+        println!(
+            "xtask: updating {}'s package lists in {}",
+            self.suite,
+            self.dir.display()
+        );
+        let out = self
+            .command("apt-get")
+            .args(["update", "-q", "--error-on=any"])
+            .output()
+            .context("running apt-get update")?;
+        if out.status.success() {
+            fs::write(stamp, "")?;
+            let _ = fs::remove_file(self.dir.join("missing"));
+        } else {
+            println!(
+                "xtask: apt-get update of {} failed ({}): going on with the lists there are",
+                self.suite,
+                apt_error(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// The package names matching `pattern`.
+    fn search(&self, pattern: &str) -> Result<Vec<String>> {
+        let out = self
+            .command("apt-cache")
+            .args(["search", "--names-only", pattern])
+            .output()
+            .context("running apt-cache")?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(String::from))
+            .collect())
+    }
+
+    /// Packages the mirror did not have (404) since the lists were last updated: asking again
+    /// each run would only cost time.
+    fn missing(&self) -> Vec<String> {
+        let text = fs::read_to_string(self.dir.join("missing")).unwrap_or_default();
+        text.lines().map(String::from).collect()
+    }
+
+    fn note_missing(&self, pkg: &str) -> Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("missing"))?;
+        Ok(writeln!(f, "{pkg}")?)
+    }
+
+    /// `apt-get download` of `pkg` into `dir`: the .deb, or what apt said went wrong.
+    fn download(&self, dir: &Path, pkg: &str) -> Result<Result<PathBuf, String>> {
+        let deb = || -> Result<Option<PathBuf>> {
+            Ok(fs::read_dir(dir)?.flatten().map(|e| e.path()).find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
+            }))
+        };
+        // One an interrupted run left.
+        if let Some(old) = deb()? {
+            fs::remove_file(old)?;
+        }
+        println!("xtask: downloading {pkg}");
+        let out = self
+            .command("apt-get")
+            .args(["download", "-q", pkg])
+            .current_dir(dir)
+            .output()
+            .context("running apt-get download")?;
+        if !out.status.success() {
+            return Ok(Err(apt_error(&out.stderr)));
+        }
+        Ok(Ok(deb()?.with_context(|| {
+            format!("apt-get download left no {pkg}_*.deb")
+        })?))
+    }
+}
+
+/// What apt said went wrong: its first error line (the cause), else its last line.
+fn apt_error(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines
+        .iter()
+        .find(|l| l.starts_with("E:"))
+        .or(lines.last())
+        .map_or("no message".into(), |l| l.to_string())
+}
+
+/// A release's version as numbers (`6.12.115+deb13.1-cloud-amd64`: 6 12 115 13 1), to order
+/// releases: a newer kernel has a larger ABI (`5.10.0-N`, `6.12.N+deb13`), a rebuild a `.N`.
+fn version_key(release: &str, flavour: &str) -> Vec<u64> {
+    let version = release
+        .strip_suffix(&format!("-{flavour}-amd64"))
+        .unwrap_or(release);
+    version
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect()
 }
 
 /// Resolves `name` (one of [`KERNELS`]) to the newest package of its flavour, downloading and
-/// unpacking it under `target/vm/NAME/RELEASE/` unless that is already there.
+/// unpacking it under `target/vm/NAME/RELEASE/` unless that is already there. A package the
+/// mirror does not give makes way for the next older one; offline, the newest one unpacked
+/// before is used.
 pub fn kernel(root: &Path, name: &str) -> Result<Kernel> {
-    let flavour = name.rsplit('-').next().unwrap_or_default();
-    let pattern = format!("^linux-image-6\\.1\\.0-[0-9]+-{flavour}-amd64$");
-    let mut found = apt_search(&pattern)?;
-    if found.is_empty() {
-        crate::status(Command::new("apt-get").args(["update", "-q"]))?;
-        found = apt_search(&pattern)?;
-    }
-    let dir = root.join("target/vm").join(name);
-    let release = match found
+    let (version, flavour) = name
+        .strip_prefix("debian-")
+        .and_then(|v| v.split_once('-'))
+        .filter(|_| KERNELS.contains(&name))
+        .with_context(|| format!("unknown kernel {name:?}: one of {}", KERNELS.join(", ")))?;
+    let suite = SUITES
         .iter()
-        .filter_map(|p| p.strip_prefix("linux-image-"))
-        .max_by_key(|r| abi(r))
-    {
-        Some(r) => r.to_string(),
-        // No package list (offline?): the newest kernel unpacked before, if any.
-        None => fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
+        .find(|(v, _)| *v == version)
+        .map(|(_, s)| *s)
+        .with_context(|| format!("xtask's SUITES names no Debian release for {version}"))?;
+    let apt = Apt::new(root, suite)?;
+    apt.refresh()?;
+    // The signed package has the same kernel and modules (signed in both) as the unsigned one,
+    // and a mirror may have either alone.
+    let pattern = format!(
+        "^linux-image-{}\\.[0-9].*-{flavour}-amd64(-unsigned)?$",
+        version.replace('.', "\\.")
+    );
+    let dir = root.join("target/vm").join(name);
+    fs::create_dir_all(&dir)?;
+    let mut candidates: Vec<(String, Option<String>)> = apt
+        .search(&pattern)?
+        .into_iter()
+        .filter_map(|p| {
+            let r = p.strip_prefix("linux-image-")?;
+            Some((
+                r.strip_suffix("-unsigned").unwrap_or(r).to_string(),
+                Some(p),
+            ))
+        })
+        .collect();
+    candidates.extend(
+        fs::read_dir(&dir)?
             .flatten()
             .filter(|e| e.path().join(".ready").exists())
             .filter_map(|e| e.file_name().into_string().ok())
-            .max_by_key(|r| abi(r))
-            .with_context(|| format!("no package matches {pattern} and none is cached"))?,
-    };
-    let tree = dir.join(&release);
-    if !tree.join(".ready").exists() {
-        unpack(&dir, &release)?;
+            .map(|r| (r, None)),
+    );
+    // Newest first; of one release, one unpacked before, then the unsigned package.
+    candidates.sort_by_cached_key(|(r, p)| {
+        let unsigned = p.as_ref().is_some_and(|p| p.ends_with("-unsigned"));
+        std::cmp::Reverse((version_key(r, flavour), p.is_none(), unsigned))
+    });
+    let (mut missed, missing, mut offline) = (Vec::new(), apt.missing(), false);
+    for (release, pkg) in candidates {
+        let tree = dir.join(&release);
+        if !tree.join(".ready").exists() {
+            let Some(pkg) = pkg else { continue };
+            if missing.contains(&pkg) {
+                missed.push(format!("the mirror had no {pkg} when last asked"));
+                continue;
+            }
+            if offline {
+                continue;
+            }
+            match apt.download(&dir, &pkg)? {
+                Ok(deb) => unpack(&deb, &dir, &release)?,
+                Err(why) => {
+                    // A 404 is this package's alone (a mirror may lack some that its lists
+                    // name); anything else, the network, would fail the older ones too.
+                    if why.contains(" 404 ") {
+                        apt.note_missing(&pkg)?;
+                    } else {
+                        offline = true;
+                    }
+                    missed.push(format!("apt-get download {pkg} failed: {why}"));
+                    continue;
+                }
+            }
+        }
+        if let Some(first) = missed.first() {
+            println!(
+                "xtask: {} newer {name} packages could not be had ({first}): using {release}",
+                missed.len()
+            );
+        }
+        return Ok(Kernel {
+            name: name.to_string(),
+            vmlinuz: tree.join("boot").join(format!("vmlinuz-{release}")),
+            release,
+            tree,
+        });
     }
-    Ok(Kernel {
-        name: name.to_string(),
-        vmlinuz: tree.join("boot").join(format!("vmlinuz-{release}")),
-        release,
-        tree,
-    })
+    bail!(
+        "no {name} kernel: none of {suite}'s packages matching {pattern} could be downloaded{} \
+         and none is unpacked in {} (offline? the lists are in {})",
+        missed.first().map_or(String::new(), |m| format!(" ({m})")),
+        dir.display(),
+        apt.dir.display()
+    )
 }
 
-/// `apt-get download`, `dpkg-deb -x` and `depmod` (the package has no modules.dep).
-fn unpack(dir: &Path, release: &str) -> Result<()> {
-    let pkg = format!("linux-image-{release}");
-    println!("xtask: downloading {pkg}");
+/// `dpkg-deb -x`, the modules put in `lib/modules/`, and `depmod` (the package has no
+/// modules.dep).
+fn unpack(deb: &Path, dir: &Path, release: &str) -> Result<()> {
     let partial = dir.join(format!("{release}.partial"));
     let _ = fs::remove_dir_all(&partial);
     fs::create_dir_all(&partial)?;
-    let out = Command::new("apt-get")
-        .args(["download", "-q", &pkg])
-        .current_dir(dir)
-        .output()
-        .context("running apt-get download")?;
+    crate::status(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&partial))?;
+    fs::remove_file(deb)?;
+    // Debian 13's packages have them in usr/lib/modules (merged /usr). With `-b` or `-d ROOT`,
+    // the host's depmod and modprobe read ROOT/lib/modules (kmod built for merged /usr reads
+    // ROOT/usr/lib/modules): the modules in one place, reached by both paths.
+    let (lib, usr) = (partial.join("lib/modules"), partial.join("usr/lib/modules"));
+    if !lib.exists() && usr.join(release).is_dir() {
+        fs::create_dir_all(partial.join("lib"))?;
+        fs::rename(&usr, &lib)?;
+    }
     ensure!(
-        out.status.success(),
-        "apt-get download {pkg} failed: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
+        lib.join(release).is_dir(),
+        "{} has no lib/modules/{release} nor usr/lib/modules/{release}",
+        deb.display()
     );
-    let deb = fs::read_dir(dir)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
-        })
-        .with_context(|| format!("apt-get download left no {pkg}_*.deb"))?;
-    crate::status(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial))?;
-    fs::remove_file(&deb)?;
-    ensure!(
-        partial.join("lib/modules").join(release).is_dir(),
-        "{pkg} has no lib/modules/{release}"
-    );
+    if !usr.exists() {
+        fs::create_dir_all(partial.join("usr/lib"))?;
+        std::os::unix::fs::symlink("../../lib/modules", &usr)?;
+    }
     crate::status(Command::new("depmod").arg("-b").arg(&partial).arg(release))?;
     let tree = dir.join(release);
     let _ = fs::remove_dir_all(&tree);
@@ -208,8 +423,8 @@ fn module_closure(modules: &Path, roots: &[&str]) -> Result<Vec<PathBuf>> {
     }
     for p in &out {
         ensure!(
-            p.ends_with(".ko"),
-            "{p}: compressed modules are not handled"
+            p.ends_with(".ko") || p.ends_with(".ko.xz"),
+            "{p}: a module compressed otherwise than with xz, which the initramfs cannot load"
         );
     }
     Ok(out.iter().map(|p| modules.join(p)).collect())
@@ -237,6 +452,8 @@ fn init_script(modules: &[String], ws: &str, run: &str, tree: &str, release: &st
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
+# SeaBIOS leaves its last line open: the command's output starts on a line of its own.
+echo
 fail() {{ echo "xtask-vm: guest setup failed: $*"; poweroff -f; }}
 mount -t proc proc /proc && mount -t sysfs sys /sys && mount -t devtmpfs dev /dev || fail early mounts
 {loads}R=/newroot
@@ -247,7 +464,8 @@ mount -t tmpfs -o mode=1777 tmpfs $R/tmp && mount -t tmpfs -o mode=1777 tmpfs $R
 mkdir -p $R{ws} && mount -t virtiofs workspace $R{ws} || fail mount workspace
 # The kernel's module requests (tcp_diag, veth, ...) run /modprobe: the host's modprobe in the
 # new root, reading the guest kernel's modules where they were unpacked. Userland finds them at
-# /lib/modules/RELEASE too when the host has a /lib/modules to mount over.
+# /lib/modules/RELEASE too when the host has a /lib/modules to mount over (its modprobe reads
+# them where they were unpacked in any case: MODPROBE_OPTIONS).
 printf '#!/bin/sh\nexec chroot /newroot /sbin/modprobe -d %s "$@"\n' {tree} > /modprobe &&
   chmod 755 /modprobe && echo /modprobe > /proc/sys/kernel/modprobe || fail modprobe
 if [ -d $R/lib/modules ]; then
@@ -313,8 +531,15 @@ fn boot(
         &kernel.tree.join("lib/modules").join(&kernel.release),
         &BOOT_MODULES,
     )? {
-        let name = m.file_name().unwrap().to_string_lossy().into_owned();
-        fs::copy(&m, stage.join("mods").join(&name))?;
+        let file = m.file_name().unwrap().to_string_lossy().into_owned();
+        // busybox's insmod takes plain modules (Debian 13 ships them xz-compressed).
+        let name = file.strip_suffix(".xz").unwrap_or(&file).to_string();
+        if name == file {
+            fs::copy(&m, stage.join("mods").join(&name))?;
+        } else {
+            let out = fs::File::create(stage.join("mods").join(&name))?;
+            crate::status(Command::new("xz").arg("-dc").arg(&m).stdout(out))?;
+        }
         names.push(name);
     }
     let init = init_script(
@@ -335,7 +560,10 @@ fn boot(
     ensure!(st.success(), "cpio failed");
 
     // The guest's command: a sane environment, then the script.
-    let mut cmd = format!("export PATH={GUEST_PATH} HOME=/root RUST_BACKTRACE=1\n");
+    let mut cmd = format!(
+        "export PATH={GUEST_PATH} HOME=/root RUST_BACKTRACE=1 MODPROBE_OPTIONS={}\n",
+        quote(&format!("-d {}", path_str(&kernel.tree)?))
+    );
     let ci = std::env::var("CI").ok().map(|v| ("CI".to_string(), v));
     for (k, v) in opts.env.iter().chain(&ci) {
         writeln!(cmd, "export {k}={}", quote(v))?;
@@ -530,8 +758,8 @@ fn virtiofsd(run_dir: &Path, tag: &str, source: &Path, read_only: bool) -> Resul
     cmd.spawn().context("starting virtiofsd")
 }
 
-/// Copies the console to `file` and stdout, without the firmware's terminal escapes; the
-/// status from a `TT-EXIT=` line, if one came.
+/// Copies the console to `file` and (up to a `TT-EXIT=` line) stdout, without the firmware's
+/// terminal escapes; the status from that line, if one came.
 fn copy_console(mut out: impl Read, mut file: fs::File, prefix: &str) -> Option<i32> {
     let mut buf = [0u8; 8192];
     let mut line = Vec::new();
@@ -554,8 +782,12 @@ fn copy_console(mut out: impl Read, mut file: fs::File, prefix: &str) -> Option<
                 b'\n' => {
                     line.push(b'\n');
                     let _ = file.write_all(&line);
-                    // Prefixed: two guests can run at once.
-                    let _ = std::io::stdout().write_all(&[prefix.as_bytes(), &line].concat());
+                    // Prefixed: several guests can run at once. After the status, the log
+                    // alone: a PREEMPT_RT 5.10 kernel prints its whole boot log again when
+                    // powering off.
+                    if marker.is_none() {
+                        let _ = std::io::stdout().write_all(&[prefix.as_bytes(), &line].concat());
+                    }
                     let text = String::from_utf8_lossy(&line);
                     if let Some(code) = text.trim().strip_prefix("TT-EXIT=") {
                         marker = code.parse().ok();
