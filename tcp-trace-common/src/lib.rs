@@ -151,7 +151,8 @@ pub struct KernelOffsets {
     pub sock_net: u32,
     /// `struct net`: `ns.inum`.
     pub net_inum: u32,
-    /// `struct sock`: `sk_cgrp_data.cgroup` (`struct cgroup *`).
+    /// `struct sock`: `sk_cgrp_data.cgroup` (`struct cgroup *`; before 5.15 `sk_cgrp_data.val`,
+    /// the same pointer unless its low bits are set).
     pub sock_cgroup: u32,
     /// `struct cgroup`: `kn` (`struct kernfs_node *`).
     pub cgroup_kn: u32,
@@ -159,8 +160,11 @@ pub struct KernelOffsets {
     pub kn_id: u32,
     /// `struct cgroup`: `level` (0 for the root).
     pub cgroup_level: u32,
-    /// `struct cgroup`: `ancestors` (`struct cgroup *[level + 1]`, the root first).
+    /// `struct cgroup`: `ancestors` (`struct cgroup *[level + 1]`, the root first), or before
+    /// 5.19 `ancestor_ids` (`u64[level + 1]`, the ids themselves).
     pub cgroup_ancestors: u32,
+    /// 1: `cgroup_ancestors` is `ancestor_ids`.
+    pub ancestor_ids: u32,
     /// `struct sk_buff`: `head` (0: packets are not read).
     pub skb_head: u32,
     /// `struct sk_buff`: `network_header` (`u16`, from `head`).
@@ -364,7 +368,7 @@ mod pod {
 const _: () = {
     use core::mem::size_of;
     assert!(size_of::<Header>() == 8 + 8 + 8 + 16 + 1 + 1 + 2 + 2 + 2 + 16 + 16 + 4 + 4 + 8);
-    assert!(size_of::<KernelOffsets>() == 10 * 4);
+    assert!(size_of::<KernelOffsets>() == 11 * 4);
     assert!(size_of::<SockOffsets>() == 15 * 4);
     assert!(size_of::<StateEvent>() == size_of::<Header>() + 16);
     assert!(size_of::<RetransmitEvent>() == size_of::<Header>() + 16);

@@ -70,6 +70,7 @@ mod programs {
         kn_id: 0,
         cgroup_level: 0,
         cgroup_ancestors: 0,
+        ancestor_ids: 0,
         skb_head: 0,
         skb_network_header: 0,
         skb_transport_header: 0,
@@ -253,7 +254,8 @@ mod programs {
         }
         if o.sock_cgroup != 0 {
             let cg = read_u64(sk + o.sock_cgroup as u64);
-            if cg != 0 {
+            // (Low bits set: data of cgroup v1's net_cls/net_prio in 5.10's union, no cgroup.)
+            if cg != 0 && cg & 3 == 0 {
                 p.cgroup = cgroup_id(cg, &o);
                 if want_cg != 0 && p.cgroup != want_cg {
                     // Below the wanted cgroup: its ancestor at the wanted level is that one.
@@ -263,7 +265,12 @@ mod programs {
                         return None;
                     }
                     let anc = read_u64(cg + o.cgroup_ancestors as u64 + 8 * lvl as u64);
-                    if anc == 0 || cgroup_id(anc, &o) != want_cg {
+                    let id = match (anc, o.ancestor_ids) {
+                        (0, _) => 0,
+                        (id, 1) => id,
+                        (ptr, _) => cgroup_id(ptr, &o),
+                    };
+                    if id != want_cg {
                         return None;
                     }
                 }

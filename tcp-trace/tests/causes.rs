@@ -122,24 +122,26 @@ fn an_abort_is_a_local_abort_here_and_a_peer_reset_there() {
     let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let client_port = client.local_addr().unwrap().port();
     let (server, _) = listener.accept().unwrap();
-    abort_on_close(&server);
-    drop(server); // SO_LINGER 0: a reset instead of a FIN
-    let s = life_of(&tracer, port);
-    assert_eq!(s["cause"], "local_abort", "{s}");
+    abort_on_close(&client);
+    drop(client); // SO_LINGER 0: a reset instead of a FIN
+    let c = life_of(&tracer, client_port);
+    assert_eq!(c["cause"], "local_abort", "{c}");
     // The kernel also sets ECONNRESET on the socket it aborts.
     assert_eq!(
-        evidence(&s)[..2],
-        ["ESTABLISHED->CLOSE", "reset_sent"],
-        "{s}"
-    );
-    let c = life_of(&tracer, client_port);
-    assert_eq!(c["cause"], "peer_reset", "{c}");
-    assert_eq!(
         evidence(&c)[..2],
-        ["ESTABLISHED->CLOSE", "reset_received"],
+        ["ESTABLISHED->CLOSE", "reset_sent"],
         "{c}"
     );
-    drop(client);
+    // The aborting side is named: the process that connected it.
+    assert_eq!(c["pid"], std::process::id(), "{c}");
+    let s = life_of(&tracer, port);
+    assert_eq!(s["cause"], "peer_reset", "{s}");
+    assert_eq!(
+        evidence(&s)[..2],
+        ["ESTABLISHED->CLOSE", "reset_received"],
+        "{s}"
+    );
+    drop(server);
     tracer.stop();
 }
 

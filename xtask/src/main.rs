@@ -101,7 +101,8 @@ enum Task {
         /// Boot this kernel and run tcp-trace's test binaries in it (repeatable, up to
         /// `--vm-jobs` guests at a time): debian-5.10-cloud, debian-5.10-rt, debian-6.1-cloud,
         /// debian-6.1-rt, debian-6.12-cloud or debian-6.12-rt, the newest Debian package of
-        /// each. `KERNEL:watch,resets` runs only those test files there.
+        /// each. `KERNEL:watch,resets` runs only those test files there, `KERNEL:watch::NAME`
+        /// only that test, `KERNEL:matrix` the kernel-facing tests CI runs in every guest.
         #[arg(long, value_parser = vm::parse_kernel_run)]
         kernel: Vec<vm::KernelRun>,
         /// Guests running at once with several `--kernel`s; the others wait their turn.

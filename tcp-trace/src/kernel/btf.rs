@@ -175,15 +175,24 @@ impl Btf {
         ) {
             (o.sock_net, o.net_inum) = (sn, ni);
         }
-        if let (Some(sc), Some(kn), Some(id), Some(lv), Some(an)) = (
-            self.offset("sock", &["sk_cgrp_data", "cgroup"]),
+        // Before 5.15 the pointer is the `val` of a union whose low bits, when set, say it
+        // holds net_cls/net_prio data instead (the programs then read no cgroup).
+        let sock_cgroup = self
+            .offset("sock", &["sk_cgrp_data", "cgroup"])
+            .or_else(|| self.offset("sock", &["sk_cgrp_data", "val"]));
+        let ancestors = match self.offset("cgroup", &["ancestors"]) {
+            Some(a) => Some((a, 0)),
+            None => self.offset("cgroup", &["ancestor_ids"]).map(|a| (a, 1)),
+        };
+        if let (Some(sc), Some(kn), Some(id), Some(lv), Some((an, ids))) = (
+            sock_cgroup,
             self.offset("cgroup", &["kn"]),
             self.offset("kernfs_node", &["id"]),
             self.offset("cgroup", &["level"]),
-            self.offset("cgroup", &["ancestors"]),
+            ancestors,
         ) {
             (o.sock_cgroup, o.cgroup_kn, o.kn_id) = (sc, kn, id);
-            (o.cgroup_level, o.cgroup_ancestors) = (lv, an);
+            (o.cgroup_level, o.cgroup_ancestors, o.ancestor_ids) = (lv, an, ids);
         }
         if let (Some(h), Some(nh), Some(th)) = (
             self.offset("sk_buff", &["head"]),
