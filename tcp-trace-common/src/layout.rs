@@ -523,9 +523,10 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         slot: error_report::SLOT,
         fields: error_report::ALL,
         optional: None,
-        loses: "`watch` shows no `error` events (ECONNREFUSED, ETIMEDOUT, ECONNRESET): the error \
-                that ends a connection is read from its socket at its close instead, so close \
-                causes stay exact, and an error that leaves a connection open is not seen",
+        loses: "`watch` shows no `error` events (ECONNREFUSED, ETIMEDOUT, ECONNRESET) and \
+                `serve`'s tcp_trace_socket_errors_total stays 0: the error that ends a connection \
+                is read from its socket at its close instead, so close causes stay exact, and an \
+                error that leaves a connection open is not seen",
         partial: "",
         btf: Some((
             "inet_sk_error_report_btf",
