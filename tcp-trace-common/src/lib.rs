@@ -243,7 +243,8 @@ pub const ENDING_READ: u8 = 1;
 /// [`StateEvent::ending`]: a timer gave up on the connection: no retransmit or probe timer was
 /// pending (its handler clears that before it ends a connection) and it had retransmitted or
 /// probed (`icsk_retransmits` or `icsk_probes_out`). An idle socket the kernel ends otherwise
-/// (a listener's unaccepted child, reset when the listener closes) has neither.
+/// (a listener's unaccepted child, reset when the listener closes) has neither. Read only when
+/// it can matter: no error left, and not closed by its application.
 pub const TIMER_GAVE_UP: u8 = 2;
 /// `sk_shutdown` with both directions shut.
 pub const SHUTDOWN_MASK: u8 = 3;

@@ -34,7 +34,7 @@ mod programs {
         },
         tcp_state, Body, ErrorEvent, Header, KernelOffsets, ResetReceivedEvent, ResetSentEvent,
         RetransmitEvent, SockOffsets, StateEvent, SynackRetransmitEvent, AF_INET, AF_INET6,
-        ENDING_READ, IPPROTO_TCP, TIMER_GAVE_UP, USER_TIMEOUT_READ,
+        ENDING_READ, IPPROTO_TCP, SHUTDOWN_MASK, TIMER_GAVE_UP, USER_TIMEOUT_READ,
     };
 
     /// Default 4 MiB; userspace may resize it at load time (`--ringbuf-size`).
@@ -468,7 +468,11 @@ mod programs {
         else {
             return;
         };
-        let gave_up = o.icsk_pending != 0
+        // Whose timer ended it matters only when the error is gone and its application did not
+        // close it (most closes are its application's: three reads, not six).
+        let gave_up = err == 0
+            && shut != SHUTDOWN_MASK
+            && o.icsk_pending != 0
             && read_u8(o.icsk_pending) == Ok(0)
             && (read_u8(o.icsk_retransmits).unwrap_or(0) != 0
                 || read_u8(o.icsk_probes_out).unwrap_or(0) != 0);

@@ -134,7 +134,8 @@ fn kernel_offsets(opts: &Options) -> Result<(KernelOffsets, SockOffsets)> {
         Err(e) => {
             log::warn!(
                 "{e:#}: events carry no network namespace or cgroup, resets sent by listeners \
-                 name no peer, and errors reported after a disconnect join no socket"
+                 name no peer, errors reported after a disconnect join no socket, and a \
+                 closing socket's own error is not read (causes rest on the error reports)"
             );
             Default::default()
         }
