@@ -49,10 +49,32 @@ fn binary() -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// Runs tcp-trace as `nobody` with `caps`, and with the locked-memory limit the unit file sets
+/// (`LimitMEMLOCK=infinity`): kernels before 5.11 charge BPF memory to it, and without
+/// CAP_SYS_RESOURCE tcp-trace cannot raise it itself.
 fn as_nobody(caps: &str, args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
     require_root();
     let bin = binary();
-    let out = Command::new("setpriv")
+    let mut cmd = Command::new("setpriv");
+    // SAFETY: only setrlimit between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut lim = libc::rlimit {
+                rlim_cur: libc::RLIM_INFINITY,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            // (Where even root may not raise the hard limit, as high as it goes.)
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) != 0
+                && libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0
+            {
+                lim.rlim_cur = lim.rlim_max;
+                libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim);
+            }
+            Ok(())
+        });
+    }
+    let out = cmd
         .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
         .arg(format!("--inh-caps=-all,{caps}"))
         .arg(format!("--ambient-caps=-all,{caps}"))

@@ -373,8 +373,14 @@ fn a_connect_whose_error_is_read_at_once_is_no_local_abort() {
     let closed: std::net::SocketAddrV4 = format!("127.0.0.1:{refused_port}").parse().unwrap();
     assert_eq!(connect_spinning_on_so_error(closed), libc::ECONNREFUSED);
     let lost: std::net::SocketAddrV4 = format!("{}:{port}", net.b_addr).parse().unwrap();
+    // The gateway never answers ARP: when the neighbour entry fails before the SYN timer gives
+    // up (its own timers; under emulation it can), the timer reports that soft error instead.
     let err = in_netns(&net.a, move || connect_spinning_on_so_error(lost));
-    assert_eq!(err, libc::ETIMEDOUT);
+    let (cause, errno) = match err {
+        libc::ETIMEDOUT => ("connect_timeout", "ETIMEDOUT"),
+        libc::EHOSTUNREACH => ("unreachable", "EHOSTUNREACH"),
+        e => panic!("the black-holed connect failed with errno {e}"),
+    };
     let life_of = |t: &Tracer| {
         let ev = t.wait_for("the connect's life", slow(WAIT), |ev| {
             ev.iter().any(|e| e["type"] == "life")
@@ -389,12 +395,11 @@ fn a_connect_whose_error_is_read_at_once_is_no_local_abort() {
             .contains("error:ECONNREFUSED"),
         "{l}"
     );
+    // Whichever it was, tcp-trace names what the application read.
     let l = life_of(&timeout_life);
-    assert_eq!(l["cause"], "connect_timeout", "{l}");
-    assert!(
-        l["cause_evidence"].to_string().contains("error:ETIMEDOUT"),
-        "{l}"
-    );
+    assert_eq!(l["cause"], cause, "{l}");
+    let evidence = l["cause_evidence"].to_string();
+    assert!(evidence.contains(&format!("error:{errno}")), "{l}");
     refused_life.stop();
     timeout_life.stop();
 }
