@@ -482,6 +482,15 @@ mount -t tracefs tracefs $R/sys/kernel/tracing && mount -t debugfs debugfs $R/sy
   mount -t cgroup2 cgroup2 $R/sys/fs/cgroup && mount -t bpf bpf $R/sys/fs/bpf || fail sysfs mounts
 hostname tt-vm
 ip link set lo up || fail lo
+# The tracepoints tcp-trace uses stay switched on (ftrace events into a small buffer, never
+# read), so attaching and detaching its programs never re-patches their call sites: twice in
+# 6.12 guests, a CPU hit the patching's int3 after the patch was done (a kernel panic under
+# qemu's multi-threaded emulation, in the tests that start and stop tracers most).
+echo 64 > $R/sys/kernel/tracing/buffer_size_kb
+for e in sock/inet_sock_set_state sock/inet_sk_error_report tcp/tcp_retransmit_skb \
+    tcp/tcp_retransmit_synack tcp/tcp_send_reset tcp/tcp_receive_reset; do
+  [ -e $R/sys/kernel/tracing/events/$e/enable ] && echo 1 > $R/sys/kernel/tracing/events/$e/enable
+done
 chroot $R /usr/bin/env -i /bin/bash {run}/cmd.sh < /dev/null
 rc=$?
 echo $rc > $R{run}/status
