@@ -209,18 +209,22 @@ fn a_closed_listeners_children_get_their_own_error() {
             .map(|e| e["sock"].as_str().unwrap().to_string())
             .collect()
     };
-    if !errors_reported() {
-        // The kernel sets the error after the child's CLOSE: each child is still a local
-        // abort by its own reset, and no child is taken for a timer's end.
-        no_error_events("a_closed_listeners_children_get_their_own_error: the children's errors");
-        let ev = tracer.wait_for("each child's reset", WAIT, |ev| {
+    // Both children, each with an event of `kind` on its own socket.
+    let each_child_has = |kind: &str| {
+        tracer.wait_for(&format!("each child's {kind}"), WAIT, |ev| {
             let kids = children(ev);
             kids.len() == 2
                 && kids.iter().all(|k| {
                     ev.iter()
-                        .any(|e| e["type"] == "reset_sent" && e["sock"] == k.as_str())
+                        .any(|e| e["type"] == kind && e["sock"] == k.as_str())
                 })
-        });
+        })
+    };
+    if !errors_reported() {
+        // The kernel sets the error after the child's CLOSE: each child is still a local
+        // abort by its own reset, and no child is taken for a timer's end.
+        no_error_events("a_closed_listeners_children_get_their_own_error: the children's errors");
+        let ev = each_child_has("reset_sent");
         tracer.stop();
         std::thread::sleep(Duration::from_millis(500));
         let (_, out, _) = life.stop();
@@ -234,14 +238,7 @@ fn a_closed_listeners_children_get_their_own_error() {
         }
         return;
     }
-    let ev = tracer.wait_for("each child's error", WAIT, |ev| {
-        let kids = children(ev);
-        kids.len() == 2
-            && kids.iter().all(|k| {
-                ev.iter()
-                    .any(|e| e["type"] == "error" && e["sock"] == k.as_str())
-            })
-    });
+    let ev = each_child_has("error");
     tracer.stop();
     for k in children(&ev) {
         let err = ev

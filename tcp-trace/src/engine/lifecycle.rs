@@ -219,8 +219,8 @@ impl Lifecycle {
     }
 
     /// Takes what the socket held at its CLOSE from `old`: its error, or, where its
-    /// application read that first, the error the kernel's way of ending it implies. Kernels
-    /// before 6.10 wake the application before they close a socket a timer gave up on, so its
+    /// application read that first, the error the kernel's way of ending it implies. Older
+    /// kernels' `tcp_write_err` wakes the application before it closes a socket a timer gave up on, so its
     /// read can beat both this and the error report; such a timer sets `sk_err_soft`, else
     /// ETIMEDOUT. A connect its application did not end (both directions not yet shut), no
     /// timer's and no reset's: an ICMP error, whose number is gone with the read. Returns the
