@@ -56,6 +56,10 @@ fn as_nobody(caps: &str, args: &[&str]) -> std::process::Output {
     use std::os::unix::process::CommandExt;
     require_root();
     let bin = binary();
+    let caps = match caps {
+        "" => String::new(),
+        some => format!(",{some}"),
+    };
     let mut cmd = Command::new("setpriv");
     // SAFETY: only setrlimit between fork and exec.
     unsafe {
@@ -76,9 +80,9 @@ fn as_nobody(caps: &str, args: &[&str]) -> std::process::Output {
     }
     let out = cmd
         .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
-        .arg(format!("--inh-caps=-all,{caps}"))
-        .arg(format!("--ambient-caps=-all,{caps}"))
-        .arg(format!("--bounding-set=-all,{caps}"))
+        .arg(format!("--inh-caps=-all{caps}"))
+        .arg(format!("--ambient-caps=-all{caps}"))
+        .arg(format!("--bounding-set=-all{caps}"))
         .arg(&bin)
         .args(args)
         .output()
@@ -141,6 +145,59 @@ fn a_missing_capability_is_named_on_one_line() {
         assert_eq!(err.lines().count(), 1, "{caps}: {err}");
         assert!(err.contains(missing), "{caps}: {err}");
     }
+}
+
+/// Every missing privilege is named at once, with what it buys: without any, one line lists
+/// those nothing works without (refused, exit 2) and the optional ones; with just the
+/// required ones, one warning names the optional ones and the run goes on.
+#[test]
+fn every_missing_privilege_is_named_at_once() {
+    let out = as_nobody("", &["stuck", "--once", "--port", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let (needed, optional) = err.split_once("also missing, optional:").expect(&err);
+    for cap in ["CAP_BPF", "CAP_PERFMON", "CAP_DAC_READ_SEARCH"] {
+        assert!(needed.contains(&format!("{cap} ")), "{cap}: {err}");
+    }
+    assert!(
+        needed.contains("(to load and attach the kernel programs)"),
+        "{err}"
+    );
+    assert!(
+        optional.contains("CAP_SYS_PTRACE (to name the owners"),
+        "{err}"
+    );
+    match paranoid() {
+        true => assert!(
+            needed.contains("CAP_SYS_ADMIN (to attach tracepoints"),
+            "{err}"
+        ),
+        false => assert!(
+            optional.contains("CAP_SYS_ADMIN (to list the sockets"),
+            "{err}"
+        ),
+    }
+    let required = if paranoid() {
+        "+bpf,+perfmon,+dac_read_search,+sys_admin"
+    } else {
+        "+bpf,+perfmon,+dac_read_search"
+    };
+    let out = as_nobody(required, &["stuck", "--once", "--port", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].starts_with("tcp-trace: warning: running without CAP_SYS_PTRACE"),
+        "{err}"
+    );
+    assert_eq!(warnings[0].contains("CAP_SYS_ADMIN"), !paranoid(), "{err}");
+    // `watch` takes owners from the events: CAP_SYS_PTRACE buys it nothing.
+    let out = as_nobody(required, &["watch", "--duration", "1s", "--port", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("CAP_SYS_PTRACE"), "{err}");
 }
 
 /// Without tracefs, and no way to mount it (a container that has no `/sys/kernel/tracing`;
@@ -253,4 +310,71 @@ fn completions_and_the_manual_page() {
     assert!(man.contains("stuck"), "{man}");
     // The examples are in --help.
     assert!(run(&["stuck", "--help"]).contains("who holds CLOSE_WAIT on port 5432"));
+}
+
+/// Each command's help lists only the flags it uses: `record` reads the kernel and follows no
+/// connection (no `--replay`, half-open thresholds or socket limit), `report` evaluates once
+/// (no `--interval`), and only `stuck` has `--at`/`--settle`, only `report` `--from`/`--to`.
+#[test]
+fn each_command_offers_only_its_flags() {
+    let help = |cmd: &str| {
+        let out = Command::new(bin()).args([cmd, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{cmd}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // An option's own line, not a mention in another's text or an example.
+    let has = |text: &str, flag: &str| {
+        let opt = format!("--{flag}");
+        text.lines().any(|l| {
+            let l = l.trim_start();
+            let l = l
+                .split_once(", ")
+                .filter(|(s, _)| s.starts_with('-'))
+                .map_or(l, |(_, r)| r);
+            l.split_whitespace().next() == Some(&opt)
+        })
+    };
+    let only = [
+        ("replay", &["watch", "stuck", "life", "report", "serve"][..]),
+        (
+            "half-open-after",
+            &["watch", "stuck", "life", "report", "serve"],
+        ),
+        (
+            "half-open-retransmits",
+            &["watch", "stuck", "life", "report", "serve"],
+        ),
+        (
+            "max-sockets",
+            &["watch", "stuck", "life", "report", "serve"],
+        ),
+        ("interval", &["stuck", "serve"]),
+        ("at", &["stuck"]),
+        ("settle", &["stuck"]),
+        ("from", &["report"]),
+        ("to", &["report"]),
+        ("snapshot-interval", &["record"]),
+        (
+            "port",
+            &["watch", "stuck", "life", "record", "report", "serve"],
+        ),
+    ];
+    for cmd in ["watch", "stuck", "life", "record", "report", "serve"] {
+        let text = help(cmd);
+        for (flag, users) in only {
+            assert_eq!(
+                has(&text, flag),
+                users.contains(&cmd),
+                "{cmd} --help and --{flag}:\n{text}"
+            );
+        }
+    }
+    // A flag a command does not use is refused as unknown, not accepted and then failed.
+    let out = Command::new(bin())
+        .args(["record", "-o", "/dev/null", "--replay", "x.ttr"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("unexpected argument '--replay'"), "{err}");
 }

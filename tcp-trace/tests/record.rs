@@ -884,3 +884,138 @@ fn a_full_disk_ends_the_recording_with_what_was_kept() {
     }
     drop(mount);
 }
+
+/// `record` and `report` say what they do: at start what they read and where they write, at
+/// the end what was written (events, loss, size, file; the report's window, what it holds and
+/// the path to open). Times are accepted as operators type them (`HH:MM`, `HH:MM:SS`, RFC
+/// 3339, `-5m` from the end, `+90s` from the start) by `stuck --at` and `report --from/--to`;
+/// a time that is none of these is one line naming the flag and the forms.
+#[test]
+fn record_and_report_say_what_they_do_and_take_times_as_typed() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("tt-say-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("incident.ttr");
+    let f = file.to_string_lossy().into_owned();
+    let ps = port.to_string();
+    let started = std::time::SystemTime::now();
+    let rec = Tracer::start(&[
+        "record",
+        "-o",
+        &f,
+        "--duration",
+        "5s",
+        "--snapshot-interval",
+        "250ms",
+        "--port",
+        &ps,
+    ]);
+    std::thread::sleep(slow(Duration::from_millis(1000)));
+    let _peer = Peer::leak(2, "127.0.0.1", port);
+    let (st, _, err) = rec.wait_exit(slow(Duration::from_secs(20)));
+    let said: Vec<&String> = err
+        .iter()
+        .filter(|l| l.starts_with("tcp-trace: "))
+        .collect();
+    assert!(st.success(), "{err:?}");
+    assert_eq!(said.len(), 2, "{err:?}");
+    assert_eq!(
+        said[0],
+        &format!(
+            "tcp-trace: recording TCP in every network namespace for 5s to {f} (up to 1.0 GiB); \
+             Ctrl-C to stop"
+        )
+    );
+    let size = std::fs::metadata(&file).unwrap().len();
+    let end = said[1]
+        .strip_prefix("tcp-trace: recorded ")
+        .unwrap_or_else(|| panic!("{err:?}"));
+    let events: u64 = end.split(' ').next().unwrap().parse().unwrap();
+    assert!(events >= 10, "{end}");
+    assert!(
+        end.ends_with(&format!(
+            " events (0 lost) in {f} ({}); replay with --replay {f}",
+            bytesize_iec(size)
+        )),
+        "{end}"
+    );
+
+    // What was stuck at a moment given each way: before the leak nothing, at the end all four
+    // (a time of day a second short of the end at most: still over a second into the leak).
+    let stuck_at = |at: &str| {
+        let (code, ev, err) = replay(&[
+            "stuck",
+            "--replay",
+            &f,
+            "--json",
+            "--threshold",
+            "1s",
+            "--at",
+            at,
+        ]);
+        assert!(code == 0 || code == 1, "--at {at}: {err}");
+        ev.last().unwrap()["stuck_now"].as_u64().unwrap()
+    };
+    assert_eq!(stuck_at("+500ms"), 0);
+    assert_eq!(stuck_at("-0s"), 4);
+    assert_eq!(stuck_at("-500ms"), 4);
+    let wall = |t: std::time::SystemTime| humantime::format_rfc3339(t).to_string();
+    let now = wall(std::time::SystemTime::now());
+    assert_eq!(stuck_at(&now[11..19]), 4, "HH:MM:SS {now}");
+    assert_eq!(stuck_at(&now), 4, "RFC 3339 {now}");
+    assert_eq!(stuck_at(&now.replace('T', " ")), 4, "{now}");
+
+    // report's own example: HH:MM, the window's start at the minute the recording began.
+    let html = dir.join("incident.html");
+    let h = html.to_string_lossy().into_owned();
+    let from = &wall(started)[11..16];
+    let out = Command::new(bin())
+        .args(["report", "--replay", &f, "--threshold", "1s"])
+        .args(["--from", from, "--to", "-0s", "-o", &h])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert_eq!(
+        lines[0],
+        format!("tcp-trace: reading {f} for a report to {h}")
+    );
+    let size = bytesize_iec(std::fs::metadata(&html).unwrap().len());
+    assert!(
+        lines[1].starts_with(&format!("tcp-trace: wrote {h} ({size}): "))
+            && lines[1].contains(" UTC: connections ended ")
+            && lines[1].contains("(stuck 4, half-open 0)")
+            && lines[1].ends_with(&format!("; open file://{h} in a browser")),
+        "{err}"
+    );
+
+    // Not a time: the flag given, and the forms.
+    for (flag, bad) in [("--from", "14:3x"), ("--to", "noon")] {
+        let out = Command::new(bin())
+            .args(["report", "--replay", &f, flag, bad, "-o", &h])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with(&format!(
+                "tcp-trace: {flag} {bad}: not a time; use HH:MM or HH:MM:SS"
+            )) && err.contains("RFC 3339")
+                && err.contains("(-5m)"),
+            "{err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A size as tcp-trace prints it (IEC units, one decimal).
+fn bytesize_iec(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} B"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+    }
+}

@@ -685,3 +685,125 @@ fn a_close_wait_with_keepalive_ends_at_its_probe() {
     drop(server);
     tracer.stop();
 }
+
+/// A leak younger than the threshold is not "nothing": the summary says how many sockets are
+/// half-closed below it, the oldest one's age, and the `--threshold` that shows them, in human
+/// and JSON output; nothing is stuck yet, so the exit status is 0.
+#[test]
+fn the_summary_says_what_is_half_closed_under_the_threshold() {
+    require_root();
+    let port = free_port();
+    let _peer = Peer::leak(4, "127.0.0.1", port);
+    std::thread::sleep(Duration::from_secs(3));
+    let ps = port.to_string();
+    let out = Command::new(bin())
+        .args(["stuck", "--once", "--port", &ps])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let summary = text.lines().last().unwrap_or_default();
+    // Four CLOSE_WAIT sockets and their four orphaned FIN_WAIT2 peers.
+    assert!(
+        summary.starts_with("SUMMARY    stuck now 0,")
+            && summary.contains("; 8 sockets half-closed under the 30s threshold, oldest ")
+            && summary.contains(": --threshold "),
+        "{text}"
+    );
+    let json = |threshold: &str| -> (Option<i32>, Vec<Value>) {
+        let out = Command::new(bin())
+            .args([
+                "stuck",
+                "--once",
+                "--json",
+                "--port",
+                &ps,
+                "--threshold",
+                threshold,
+            ])
+            .output()
+            .unwrap();
+        let ev = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (out.status.code(), ev)
+    };
+    let (code, ev) = json("30s");
+    assert_eq!(code, Some(0), "{ev:#?}");
+    let sum = ev.last().unwrap();
+    assert_eq!(sum["type"], "summary", "{sum}");
+    assert_eq!(sum["stuck_now"], 0, "{sum}");
+    assert_eq!(sum["below_threshold"], 8, "{sum}");
+    assert_eq!(sum["threshold_s"], 30.0, "{sum}");
+    let oldest = sum["oldest_below_s"].as_f64().unwrap();
+    assert!((3.0..30.0).contains(&oldest), "{sum}");
+    // The threshold it suggests shows them.
+    let shows = summary.split("--threshold ").nth(1).unwrap();
+    let shows = shows.split_whitespace().next().unwrap();
+    let (code, ev) = json(shows);
+    assert_eq!(code, Some(1), "--threshold {shows}: {ev:#?}");
+    assert_eq!(ev.last().unwrap()["stuck_now"], 8, "{ev:#?}");
+}
+
+/// Sockets older than the tracer get the best age their listing gives, the same way in every
+/// row: an orphaned FIN_WAIT2's from its timer (`tcp_fin_timeout` less the time left), a
+/// CLOSE_WAIT's from the last packet received. Both sides of one leak are as old as each other,
+/// never "≥ 1.0s" (the first sight) beside "≥ 3s".
+#[test]
+fn ages_of_sockets_older_than_the_tracer_agree() {
+    let port = free_port();
+    let _peer = Peer::leak(3, "127.0.0.1", port);
+    std::thread::sleep(Duration::from_secs(3));
+    let (code, ev) = once(port, &["--each"]);
+    assert_eq!(code, 1, "{ev:#?}");
+    let ages = |state: &str| -> Vec<f64> {
+        stuck_items(&ev, state)
+            .iter()
+            .map(|s| {
+                assert_eq!(s["age_exact"], false, "{s}");
+                s["age_s"].as_f64().unwrap()
+            })
+            .collect()
+    };
+    let (cw, fw) = (ages("CLOSE_WAIT"), ages("FIN_WAIT2"));
+    assert_eq!((cw.len(), fw.len()), (3, 3), "{ev:#?}");
+    for age in cw.iter().chain(&fw) {
+        assert!(*age >= 2.5, "{cw:?} {fw:?}");
+    }
+    let spread = cw.iter().chain(&fw).fold(0f64, |m, a| m.max(*a))
+        - cw.iter().chain(&fw).fold(f64::MAX, |m, a| m.min(*a));
+    assert!(spread < 1.5, "{cw:?} {fw:?}");
+}
+
+/// `--states` takes the states as `ss` prints them (`CLOSE-WAIT`, `FIN-WAIT-2`) as well as the
+/// kernel's names, in any case; `--kinds` likewise with `-` for `_`. Anything else is one line
+/// listing what is accepted.
+#[test]
+fn states_as_ss_spells_them() {
+    let port = free_port();
+    let peer = Peer::halfclose("127.0.0.1", port);
+    std::thread::sleep(Duration::from_millis(1200));
+    for states in [
+        "CLOSE-WAIT,FIN-WAIT-2",
+        "close_wait,Fin_Wait2",
+        "CloseWait,finwait2",
+    ] {
+        let (code, ev) = once(port, &["--states", states, "--kinds", "Peer-Reset"]);
+        assert_eq!(code, 1, "{states}: {ev:#?}");
+        check_owners(&ev, &peer, "127.0.0.1", false);
+    }
+    let (code, ev) = once(port, &["--states", "CLOSE-WAIT"]);
+    assert_eq!(code, 1, "{ev:#?}");
+    assert!(stuck_items(&ev, "FIN_WAIT2").is_empty(), "{ev:#?}");
+    let out = Command::new(bin())
+        .args(["stuck", "--once", "--states", "CLOSE-WAITING"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("`CLOSE-WAITING` is not one of FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING"),
+        "{err}"
+    );
+}

@@ -99,40 +99,45 @@ pub struct RecordArgs {
     pub common: Common,
 }
 
-/// Options every tracing command shares.
+/// What every tracing command reads (`record` too): which connections, for how long.
 #[derive(Args, Debug, Clone)]
 pub struct Common {
     /// Only connections with this local or remote port.
-    #[arg(long)]
+    #[arg(long, help_heading = "Filters")]
     pub port: Option<u16>,
     /// Only connections with this local port.
-    #[arg(long)]
+    #[arg(long, help_heading = "Filters")]
     pub sport: Option<u16>,
     /// Only connections with this remote port.
-    #[arg(long)]
+    #[arg(long, help_heading = "Filters")]
     pub dport: Option<u16>,
     /// Only connections with either address in this IP or CIDR (e.g. `10.0.0.0/8`, `::1`).
-    #[arg(long, value_parser = parse_net)]
+    #[arg(long, value_parser = parse_net, help_heading = "Filters")]
     pub addr: Option<ipnet::IpNet>,
     /// Only sockets owned by this process id.
-    #[arg(long)]
+    #[arg(long, help_heading = "Filters")]
     pub pid: Option<u32>,
     /// Only sockets whose owner has this command name.
-    #[arg(long)]
+    #[arg(long, help_heading = "Filters")]
     pub comm: Option<String>,
     /// Only sockets in this network namespace: its inode (`ls -L -i /proc/PID/ns/net`), as
     /// `net:[4026531840]`, or a namespace file (`/proc/PID/ns/net`, `/run/netns/NAME`).
-    #[arg(long, value_name = "NS", value_parser = parse_netns)]
+    #[arg(long, value_name = "NS", value_parser = parse_netns, help_heading = "Filters")]
     pub netns: Option<u32>,
     /// Only sockets created in this cgroup v2 or below it (a container): a path as
     /// `/proc/PID/cgroup` writes it, or its directory under the cgroup2 mount.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", help_heading = "Filters")]
     pub cgroup: Option<String>,
     /// Only IPv4.
-    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    #[arg(
+        short = '4',
+        long = "ipv4",
+        conflicts_with = "ipv6",
+        help_heading = "Filters"
+    )]
     pub ipv4: bool,
     /// Only IPv6.
-    #[arg(short = '6', long = "ipv6")]
+    #[arg(short = '6', long = "ipv6", help_heading = "Filters")]
     pub ipv6: bool,
     /// Stop after this long (e.g. `10s`, `2m`).
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -140,6 +145,16 @@ pub struct Common {
     /// Kernel ring buffer size in bytes (rounded up to a power of two).
     #[arg(long, default_value_t = 4 << 20)]
     pub ringbuf_size: u32,
+}
+
+/// What the commands that follow connections share (all but `record`): a recording to read
+/// instead of the kernel, and the engine's limits.
+#[derive(Args, Debug, Clone)]
+pub struct Follow {
+    /// Read a recording (`tcp-trace record`) instead of the kernel; no privileges needed.
+    /// A recording in parts (`record --max-size`): its files (`r.ttr.*`) or their directory.
+    #[arg(long, value_name = "FILE", num_args = 1.., action = clap::ArgAction::Append)]
+    pub replay: Vec<PathBuf>,
     /// Most sockets tracked at once; the least recently seen are evicted beyond it.
     #[arg(long, default_value_t = 1_000_000)]
     pub max_sockets: usize,
@@ -147,10 +162,6 @@ pub struct Common {
     /// comes later).
     #[arg(long, default_value_t = 3)]
     pub half_open_retransmits: u32,
-    /// Read a recording (`tcp-trace record`) instead of the kernel; no privileges needed.
-    /// A recording in parts (`record --max-size`): its files (`r.ttr.*`) or their directory.
-    #[arg(long, value_name = "FILE", num_args = 1.., action = clap::ArgAction::Append)]
-    pub replay: Vec<PathBuf>,
     /// Half-open: time since the first unanswered retransmit needed.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub half_open_after: Duration,
@@ -167,6 +178,8 @@ pub struct WatchArgs {
     pub wide: bool,
     #[command(flatten)]
     pub common: Common,
+    #[command(flatten)]
+    pub follow: Follow,
 }
 
 /// What `stuck` and `serve` evaluate.
@@ -178,9 +191,6 @@ pub struct StuckOpts {
     /// Report a socket once it has been in the state this long (e.g. `30s`, `5m`).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub threshold: Duration,
-    /// How often to re-evaluate in live mode.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    pub interval: Duration,
     /// Half-open kinds to report (comma-separated): peer_unreachable, connect_blackhole,
     /// embryonic, peer_reset, idle_no_keepalive (the last only with --idle-after).
     #[arg(long, value_delimiter = ',', value_parser = parse_kind, default_value = "peer_unreachable,connect_blackhole,embryonic,peer_reset,idle_no_keepalive")]
@@ -199,15 +209,19 @@ pub struct StuckOpts {
 pub struct StuckArgs {
     #[command(flatten)]
     pub opts: StuckOpts,
+    /// How often to evaluate: live, and in a replay's recorded time.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
     /// Report once and exit: 1 if anything is stuck, 0 if not. Live, after a short settle
     /// window; with --replay, as of the recording's end (its last event or time frame, also
     /// when the file was cut short). Without --once, a replay reports every --interval of
     /// recorded time and once more at its end.
     #[arg(long)]
     pub once: bool,
-    /// With --replay: report what was stuck at this time (`14:32:05` on the recording's day,
-    /// UTC, or RFC 3339), then exit like --once.
-    #[arg(long)]
+    /// With --replay: report what was stuck at this time, then exit like --once. `14:32`,
+    /// `14:32:05` (UTC, on the recording's first day), RFC 3339, or a duration from the
+    /// recording's end (`-5m`) or start (`+90s`).
+    #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
     pub at: Option<String>,
     /// With `--once`: how long to collect events before the report.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
@@ -225,6 +239,8 @@ pub struct StuckArgs {
     pub each: bool,
     #[command(flatten)]
     pub common: Common,
+    #[command(flatten)]
+    pub follow: Follow,
 }
 
 /// `serve` options.
@@ -242,10 +258,15 @@ pub struct ServeArgs {
     /// Count accepted connections by listening port (a label per listening port).
     #[arg(long)]
     pub label_ports: bool,
+    /// How often to evaluate what is stuck (the gauges change then).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
     #[command(flatten)]
     pub opts: StuckOpts,
     #[command(flatten)]
     pub common: Common,
+    #[command(flatten)]
+    pub follow: Follow,
 }
 
 /// `report` options.
@@ -258,16 +279,20 @@ pub struct ReportArgs {
     /// `perfetto`: Chrome trace-event JSON, a track per connection.
     #[arg(long, value_enum, default_value = "html")]
     pub format: crate::commands::report::Format,
-    /// With --replay: the window's start (`14:30:00` on the recording's day, UTC, or RFC 3339).
-    #[arg(long)]
+    /// With --replay: the window's start. `14:30`, `14:30:05` (UTC, on the recording's first
+    /// day), RFC 3339, or a duration from the recording's end (`-5m`) or start (`+90s`).
+    #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
     pub from: Option<String>,
-    /// With --replay: the window's end; what is stuck is reported as of then.
-    #[arg(long)]
+    /// With --replay: the window's end, in the same forms; what is stuck is reported as of
+    /// then.
+    #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
     pub to: Option<String>,
     #[command(flatten)]
     pub opts: StuckOpts,
     #[command(flatten)]
     pub common: Common,
+    #[command(flatten)]
+    pub follow: Follow,
 }
 
 /// `life` options.
@@ -285,6 +310,8 @@ pub struct LifeArgs {
     pub open: bool,
     #[command(flatten)]
     pub common: Common,
+    #[command(flatten)]
+    pub follow: Follow,
 }
 
 fn parse_state(s: &str) -> Result<TcpState, String> {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::flags::Common;
 use crate::{
@@ -23,22 +23,21 @@ pub(super) enum Input {
 }
 
 impl Input {
-    /// Opens the kernel (attach first: callers snapshot after) or the recording; the clock to
-    /// print times with. `place`: the output shows sockets' namespaces and cgroups.
-    /// `sweep`: how often every network namespace is listed in full.
-    pub(super) fn open(c: &Common, place: bool, sweep: Duration) -> Result<(Self, Clock)> {
-        match c.replay.as_slice() {
+    /// Opens the kernel (attach first: callers snapshot after) or the recording `replay`
+    /// names; the clock to print times with. `owners`: the command looks up who holds a socket
+    /// in other processes' fds. `sweep`: how often every network namespace is listed in full.
+    pub(super) fn open(
+        c: &Common,
+        replay: &[std::path::PathBuf],
+        owners: bool,
+        sweep: Duration,
+    ) -> Result<(Self, Clock)> {
+        match replay {
             [] => {
+                crate::kernel::privilege::preflight(owners)?;
                 let stop = Stop::new(c.duration)?;
-                let src = KernelSource::open(c.source_options(place)?)?;
-                // Someone at a terminal sees at once that tracing has begun.
-                if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                    let scope = match c.netns {
-                        Some(ns) => format!("in network namespace {ns}"),
-                        None => "in every network namespace".to_string(),
-                    };
-                    eprintln!("tcp-trace: tracing TCP {scope}; Ctrl-C to stop");
-                }
+                // The output always shows sockets' namespaces and cgroups.
+                let src = KernelSource::open(c.source_options(true)?)?;
                 Ok((
                     Self::Live(
                         Box::new(src),
@@ -49,7 +48,7 @@ impl Input {
                 ))
             }
             _ => {
-                let mut parts = Parts::open(&c.replay)?;
+                let mut parts = Parts::open(replay)?;
                 // The start-up snapshot, after the names of the cgroups it mentions.
                 let mut names = Vec::new();
                 let first = loop {
@@ -71,6 +70,27 @@ impl Input {
                 let clock = parts.clock();
                 Ok((Self::Replay(Box::new(parts), Box::new(env)), clock))
             }
+        }
+    }
+
+    /// What a live run traces, for the line that says it has begun: `TCP in every network
+    /// namespace for 10s`.
+    pub(super) fn scope(c: &Common) -> String {
+        let place = match c.netns {
+            Some(ns) => format!("in network namespace {ns}"),
+            None => "in every network namespace".to_string(),
+        };
+        match c.duration {
+            Some(d) => format!("TCP {place} for {}", humantime::format_duration(d)),
+            None => format!("TCP {place}"),
+        }
+    }
+
+    /// Someone at a terminal sees at once that live tracing has begun (`watch`, `stuck`,
+    /// `life`, whose output says the rest).
+    pub(super) fn announce(&self, c: &Common) {
+        if matches!(self, Self::Live(..)) && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprintln!("tcp-trace: tracing {}; Ctrl-C to stop", Self::scope(c));
         }
     }
 
@@ -102,20 +122,50 @@ impl Input {
     }
 }
 
-/// `14:32:05` (on the recording's day, UTC) or a full RFC 3339 time → monotonic ns.
-pub(super) fn at_time(s: &str, reader_start: &str, clock: &Clock) -> Result<u64> {
-    let full = if s.contains('T') {
-        s.to_string()
-    } else {
-        let day = reader_start.get(..10).unwrap_or("1970-01-01");
-        format!("{day}T{s}Z")
+/// The forms a time flag accepts, for its help and its errors.
+const TIME_FORMS: &str = "HH:MM or HH:MM:SS (UTC, on the recording's first day), an \
+    RFC 3339 time (2026-12-07T14:30:00Z), or a duration from the recording's end (-5m) or \
+    start (+90s)";
+
+/// A moment in a recording as operators type it (see [`TIME_FORMS`]) → monotonic ns. `flag`
+/// names the flag in an error; the recording's end is read only for `-DURATION`.
+pub(super) fn moment(flag: &str, given: &str, parts: &Parts) -> Result<u64> {
+    let clock = parts.clock();
+    let start = parts.header().start.as_str();
+    let bad = || anyhow::anyhow!("{flag} {given}: not a time; use {TIME_FORMS}");
+    let ns_of = |wall: std::time::SystemTime| {
+        let ns = wall
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        ns.saturating_sub(clock.boot_epoch_ns()) as u64
     };
-    let wall =
-        humantime::parse_rfc3339_weak(&full).with_context(|| format!("--at {s}: not a time"))?;
-    let ns = wall
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    Ok(ns.saturating_sub(clock.boot_epoch_ns()) as u64)
+    let duration = |d: &str| humantime::parse_duration(d.trim()).map_err(|_| bad());
+    if let Some(before_end) = given.strip_prefix('-') {
+        let back = duration(before_end)?.as_nanos() as u64;
+        return Ok(parts.end_ns()?.saturating_sub(back));
+    }
+    if let Some(after_start) = given.strip_prefix('+') {
+        let start = humantime::parse_rfc3339_weak(start).map_err(|_| bad())?;
+        return Ok(ns_of(start) + duration(after_start)?.as_nanos() as u64);
+    }
+    let full = match time_of_day(given) {
+        Some(hms) => format!("{}T{hms}Z", start.get(..10).unwrap_or("1970-01-01")),
+        None => given.to_string(),
+    };
+    let wall = humantime::parse_rfc3339_weak(&full).map_err(|_| bad())?;
+    Ok(ns_of(wall))
+}
+
+/// `H:MM`, `HH:MM` or `HH:MM:SS[.fff]` → `HH:MM:SS[.fff]`; `None` for anything else.
+fn time_of_day(s: &str) -> Option<String> {
+    let mut it = s.split(':');
+    let (h, m, sec) = (it.next()?, it.next()?, it.next().unwrap_or("00"));
+    let digits = |x: &str, n: std::ops::RangeInclusive<usize>| {
+        n.contains(&x.len()) && x.bytes().all(|b| b.is_ascii_digit())
+    };
+    let whole = sec.split('.').next().unwrap_or_default();
+    (it.next().is_none() && digits(h, 1..=2) && digits(m, 2..=2) && digits(whole, 2..=2))
+        .then(|| format!("{h:0>2}:{m}:{sec}"))
 }
 
 #[cfg(test)]
@@ -123,14 +173,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn at_times() {
-        let c = Clock::fixed(1_763_856_000_000_000_000); // 2025-11-23T00:00:00Z at boot
-        let start = "2025-11-23T00:00:10.5Z";
-        assert_eq!(at_time("00:01:00", start, &c).unwrap(), 60_000_000_000);
-        assert_eq!(
-            at_time("2025-11-23T00:00:01.25Z", start, &c).unwrap(),
-            1_250_000_000
-        );
-        assert!(at_time("noon", start, &c).is_err());
+    fn times_of_day() {
+        assert_eq!(time_of_day("14:30").as_deref(), Some("14:30:00"));
+        assert_eq!(time_of_day("9:05").as_deref(), Some("09:05:00"));
+        assert_eq!(time_of_day("14:30:05.25").as_deref(), Some("14:30:05.25"));
+        for not in [
+            "14",
+            "14:3",
+            "14:30:5",
+            "1430",
+            "14:30:00:00",
+            "a:bc",
+            "2025-11-23",
+        ] {
+            assert_eq!(time_of_day(not), None, "{not}");
+        }
     }
 }

@@ -12,12 +12,12 @@ use std::{cell::RefCell, io, process::ExitCode, rc::Rc, sync::Arc};
 
 use anyhow::{Context, Result};
 
-use self::input::{at_time, Input};
+use self::input::{moment, Input};
 use crate::{
     commands::{
         life::Life,
         record::Record,
-        report::{Buffer, ReportCmd},
+        report::{self, Buffer, ReportCmd},
         serve::{spawn_http, Rotating, Serve},
         stuck::StuckCmd,
         watch::Watch,
@@ -34,29 +34,29 @@ fn stdout() -> io::BufWriter<io::StdoutLock<'static>> {
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Watch(a) => {
-            let c = &a.common;
-            // Always the sockets' namespaces: a timewait orphan's fate is looked up there.
-            let (input, clock) = Input::open(c, true, SWEEP_EVERY)?;
-            let mut sink = Watch::new(stdout(), a.json, clock, c.filter(), c.engine(false));
+            let (c, f) = (&a.common, &a.follow);
+            // Owners come from the events alone.
+            let (input, clock) = Input::open(c, &f.replay, false, SWEEP_EVERY)?;
+            input.announce(c);
+            let mut sink = Watch::new(stdout(), a.json, clock, c.filter(), f.engine(false));
             sink.set_wide(a.wide);
             input.run(&mut sink).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Stuck(a) => {
-            let c = &a.common;
+            let (c, f) = (&a.common, &a.follow);
             // Attach first, then snapshot (in StuckCmd::new): nothing in between is missed.
-            // Always the sockets' namespaces: they say where sock_diag must look.
-            let (mut input, clock) = Input::open(c, true, a.opts.sweep)?;
-            if matches!(input, Input::Live(..)) && !crate::kernel::privilege::can_read_all_fds() {
-                log::warn!("without CAP_SYS_PTRACE the owners of other users' sockets are unknown");
-            }
+            let (mut input, clock) = Input::open(c, &f.replay, true, a.opts.sweep)?;
+            input.announce(c);
             let at = match (&a.at, &input) {
-                (Some(t), Input::Replay(r, _)) => Some(at_time(t, &r.header().start, &clock)?),
+                (Some(t), Input::Replay(r, _)) => Some(moment("--at", t, r)?),
                 (Some(_), Input::Live(..)) => anyhow::bail!("--at needs --replay FILE"),
                 (None, _) => None,
             };
-            let set = a.opts.settings(c, a.once.then_some(a.settle));
-            let mut sink = StuckCmd::new(stdout(), a.json, clock, set, c.max_sockets, input.env())?;
+            let set = a
+                .opts
+                .settings(c, f, a.interval, a.once.then_some(a.settle));
+            let mut sink = StuckCmd::new(stdout(), a.json, clock, set, f.max_sockets, input.env())?;
             // A replay answers as of its end (its last event or time frame), `--at` for any
             // other moment; live, `--once` answers after its settle window.
             match (at, &input) {
@@ -75,22 +75,20 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Report(a) => {
-            let c = &a.common;
+            let (c, f) = (&a.common, &a.follow);
             anyhow::ensure!(
-                !c.replay.is_empty() || (a.from.is_none() && a.to.is_none()),
+                !f.replay.is_empty() || (a.from.is_none() && a.to.is_none()),
                 "--from and --to need --replay FILE (a live report covers --duration)"
             );
-            let (mut input, clock) = Input::open(c, true, a.opts.sweep)?;
+            let (mut input, clock) = Input::open(c, &f.replay, true, a.opts.sweep)?;
             let start = input.env().now();
             let (host, window) = match &input {
                 Input::Replay(r, _) => {
                     let h = r.header();
-                    let at = |t: &Option<String>| {
-                        t.as_deref()
-                            .map(|t| at_time(t, &h.start, &clock))
-                            .transpose()
+                    let at = |flag: &str, t: &Option<String>| {
+                        t.as_deref().map(|t| moment(flag, t, r)).transpose()
                     };
-                    let (from, to) = (at(&a.from)?, at(&a.to)?);
+                    let (from, to) = (at("--from", &a.from)?, at("--to", &a.to)?);
                     if let Some(to) = to {
                         anyhow::ensure!(
                             to > from.unwrap_or(start),
@@ -110,11 +108,37 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                         .with_context(|| format!("creating {}", a.output.display()))?,
                 )),
             };
+            let to_file = a.output.to_str() != Some("-");
+            let dest = match to_file {
+                true => a.output.display().to_string(),
+                false => "stdout".to_string(),
+            };
+            // Always, whoever reads stderr: what is read and where the report goes.
+            match &input {
+                Input::Live(..) => eprintln!(
+                    "tcp-trace: tracing {} for a report to {dest}, written at the end; Ctrl-C \
+                     to end sooner",
+                    Input::scope(c)
+                ),
+                Input::Replay(..) => eprintln!(
+                    "tcp-trace: reading {} for a report to {dest}",
+                    f.replay
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+            }
             // `stuck --json` inside, asked once: at --to, else when the input ends.
             let buf: Buffer = Shared(Rc::new(RefCell::new(Vec::new())));
-            let set = a.opts.settings(c, Some(std::time::Duration::ZERO));
+            let set = a.opts.settings(
+                c,
+                f,
+                std::time::Duration::ZERO,
+                Some(std::time::Duration::ZERO),
+            );
             let mut stuck =
-                StuckCmd::new(buf.clone(), true, clock, set, c.max_sockets, input.env())?;
+                StuckCmd::new(buf.clone(), true, clock, set, f.max_sockets, input.env())?;
             match window.1 {
                 Some(to) => stuck.evaluate_at(to),
                 None => stuck.evaluate_at_end(),
@@ -124,47 +148,61 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 a.format,
                 clock,
                 host,
-                c.engine(true),
+                f.engine(true),
                 c.filter(),
                 stuck,
                 buf,
                 (window.0.unwrap_or(start), window.1),
             );
             input.run(&mut sink).await?;
+            let holds = sink.summary().unwrap_or_default();
+            let open = match a.format {
+                _ if !to_file => String::new(),
+                report::Format::Html => format!(
+                    "; open file://{} in a browser",
+                    std::path::absolute(&a.output)?.display()
+                ),
+                report::Format::Perfetto => "; open it in https://ui.perfetto.dev".to_string(),
+            };
+            let size = std::fs::metadata(&a.output)
+                .ok()
+                .filter(|_| to_file)
+                .map(|m| format!(" ({})", bytesize::ByteSize::b(m.len()).display().iec()))
+                .unwrap_or_default();
+            eprintln!("tcp-trace: wrote {dest}{size}: {holds}{open}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Life(a) => {
-            let c = &a.common;
-            // Always the sockets' namespaces: a timewait orphan's fate is looked up there.
-            let (input, clock) = Input::open(c, true, SWEEP_EVERY)?;
-            let mut sink = Life::new(stdout(), a.json, clock, c.filter(), c.engine(true));
+            let (c, f) = (&a.common, &a.follow);
+            let (input, clock) = Input::open(c, &f.replay, true, SWEEP_EVERY)?;
+            input.announce(c);
+            let mut sink = Life::new(stdout(), a.json, clock, c.filter(), f.engine(true));
             sink.set_wide(a.wide);
             sink.set_open(a.open);
             input.run(&mut sink).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(a) => {
-            let c = &a.common;
+            let (c, f) = (&a.common, &a.follow);
             let metrics = Arc::new(Metrics::new(a.label_ports));
             let listener = tokio::net::TcpListener::bind(a.listen)
                 .await
                 .with_context(|| format!("listening on {}", a.listen))?;
-            // The sockets' namespaces always: they say where sock_diag must look.
-            let (mut input, clock) = Input::open(c, true, a.opts.sweep)?;
+            let (mut input, clock) = Input::open(c, &f.replay, true, a.opts.sweep)?;
             let out: Box<dyn io::Write> = match a.events_json.as_deref() {
                 None => Box::new(io::sink()),
                 Some("-") => Box::new(stdout()),
                 Some(p) => Box::new(Rotating::open(p.into(), a.events_json_max_mib << 20)?),
             };
             let out = Shared(Rc::new(RefCell::new(out)));
-            let set = a.opts.settings(c, None);
+            let set = a.opts.settings(c, f, a.interval, None);
             let mut stuck =
-                StuckCmd::new(out.clone(), true, clock, set, c.max_sockets, input.env())?;
+                StuckCmd::new(out.clone(), true, clock, set, f.max_sockets, input.env())?;
             stuck.set_metrics(metrics.clone());
             let watch = a
                 .events_json
                 .is_some()
-                .then(|| Watch::new(out, true, clock, c.filter(), c.engine(false)));
+                .then(|| Watch::new(out, true, clock, c.filter(), f.engine(false)));
             spawn_http(listener, metrics);
             // One line at start, whatever the log level: where to scrape.
             eprintln!(
@@ -189,15 +227,18 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
             unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
             let c = &a.common;
-            anyhow::ensure!(
-                c.replay.is_empty(),
-                "record reads the kernel, not a recording"
-            );
-            let (mut input, clock) = Input::open(c, true, SWEEP_EVERY)?;
+            let (mut input, clock) = Input::open(c, &[], true, SWEEP_EVERY)?;
             let files = a.files()?;
             let mut sink =
                 Record::new(files, &clock, c.filter(), a.snapshot_interval, input.env())?;
+            // Always, whoever reads stderr (a terminal, a unit's journal): what and where.
+            eprintln!(
+                "tcp-trace: recording {} {}; Ctrl-C to stop",
+                Input::scope(c),
+                sink.plan()
+            );
             input.run(&mut sink).await?;
+            eprintln!("tcp-trace: {}", sink.summary());
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::flags::{Common, RecordArgs, StuckOpts};
+use super::flags::{Common, Follow, RecordArgs, StuckOpts};
 use crate::{
     commands::{record::Files, stuck::Settings},
     engine::{
@@ -39,18 +39,6 @@ impl Common {
         }
     }
 
-    pub(super) fn thresholds(&self) -> Thresholds {
-        Thresholds {
-            retransmits: self.half_open_retransmits,
-            after: self.half_open_after,
-        }
-    }
-
-    /// An engine with these limits and thresholds.
-    pub(super) fn engine(&self, keep_finished: bool) -> Engine {
-        Engine::new(self.max_sockets, keep_finished).with_thresholds(self.thresholds())
-    }
-
     /// Kernel-side options (`place`: the output shows namespaces and cgroups); `--cgroup` must
     /// name a cgroup on this host.
     pub(super) fn source_options(&self, place: bool) -> Result<Options> {
@@ -73,17 +61,38 @@ impl Common {
     }
 }
 
+impl Follow {
+    pub(super) fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            retransmits: self.half_open_retransmits,
+            after: self.half_open_after,
+        }
+    }
+
+    /// An engine with these limits and thresholds.
+    pub(super) fn engine(&self, keep_finished: bool) -> Engine {
+        Engine::new(self.max_sockets, keep_finished).with_thresholds(self.thresholds())
+    }
+}
+
 impl StuckOpts {
-    pub(super) fn settings(&self, c: &Common, once: Option<Duration>) -> Settings {
+    /// What to evaluate every `interval` (`once`: a single evaluation, after this settle time).
+    pub(super) fn settings(
+        &self,
+        c: &Common,
+        f: &Follow,
+        interval: Duration,
+        once: Option<Duration>,
+    ) -> Settings {
         Settings {
             states: self.states.clone(),
             threshold: self.threshold,
-            interval: self.interval,
+            interval,
             once,
             filter: c.filter(),
             kinds: self.kinds.clone(),
             idle_after: self.idle_after,
-            thresholds: c.thresholds(),
+            thresholds: f.thresholds(),
         }
     }
 }

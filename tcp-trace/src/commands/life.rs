@@ -144,7 +144,8 @@ impl<W: Write> Life<W> {
             let known = self.engine.by_tuple_in(&d.tuple, d.netns).is_some_and(here)
                 || waiting.iter().any(|l| l.tuple == d.tuple && here(l));
             if !known && d.tuple.sport != 0 && d.tuple.dport != 0 {
-                unseen.seed(seed_of(d, now));
+                let fin_timeout = env.sysctls(d.netns).fin_timeout;
+                unseen.seed(seed_of(d, now, fin_timeout));
             }
         }
         let mut open: Vec<(Lifecycle, Place)> = [&self.engine, &unseen]

@@ -120,6 +120,8 @@ pub struct Recorder<W: Write> {
     flushed_ns: u64,
     /// Events written.
     pub events: u64,
+    /// Events the kernel could not queue, as counted in the file.
+    pub lost: u64,
     /// Sockets that went FIN_WAIT2 → CLOSE (most become timewait orphans), with their
     /// namespaces and times: the next snapshot lists their timewait sockets, TIME_WAIT
     /// included, so that a replay tells how each connection ended.
@@ -198,6 +200,7 @@ impl<W: Write> Recorder<W> {
             named: HashSet::new(),
             flushed_ns: now,
             events: 0,
+            lost: 0,
             handovers: HashMap::new(),
             netns: HashMap::new(),
         };
@@ -315,12 +318,15 @@ impl<W: Write> Sink for Recorder<W> {
                         self.events += 1;
                     }
                 }
-                Delivery::Lost { ts_ns, count } => self.write(|w| {
-                    w.item(&Item::Lost {
-                        ts_ns: *ts_ns,
-                        count: *count,
-                    })
-                })?,
+                Delivery::Lost { ts_ns, count } => {
+                    self.lost += count;
+                    self.write(|w| {
+                        w.item(&Item::Lost {
+                            ts_ns: *ts_ns,
+                            count: *count,
+                        })
+                    })?
+                }
             }
         }
         let now = env.now();
@@ -422,8 +428,9 @@ pub struct Record {
     /// The current part's size after its header and start-up snapshot.
     start_bytes: u64,
     clock: Clock,
-    /// Events in the parts finished before this one.
+    /// Events and lost counts in the parts finished before this one.
     earlier_events: u64,
+    earlier_lost: u64,
 }
 
 impl Record {
@@ -455,6 +462,7 @@ impl Record {
             part,
             clock: *clock,
             earlier_events: 0,
+            earlier_lost: 0,
         })
     }
 
@@ -490,6 +498,7 @@ impl Record {
         )?;
         let done = std::mem::replace(&mut self.rec, next);
         self.earlier_events += done.events;
+        self.earlier_lost += done.lost;
         self.start_bytes = self.rec.bytes();
         if let Some(keep) = self.files.rotate {
             if let Some(old) = self.part.number.checked_sub(keep).filter(|n| *n > 0) {
@@ -505,6 +514,51 @@ impl Record {
     /// Events recorded in all parts.
     pub fn events(&self) -> u64 {
         self.earlier_events + self.rec.events
+    }
+
+    /// What `record` says as it starts (after `recording TCP in …`): where it writes, how
+    /// much.
+    pub fn plan(&self) -> String {
+        let size = bytesize::ByteSize::b(self.files.max_size).display().iec();
+        match (self.files.rotate, self.files.max_size) {
+            (Some(n), _) => format!(
+                "to {} (files of {size}, the newest {n} kept)",
+                self.files.part_path(1).display()
+            ),
+            (None, 0) => format!("to {}", self.files.path.display()),
+            (None, _) => format!("to {} (up to {size})", self.files.path.display()),
+        }
+    }
+
+    /// What `record` says when it ends: events, what was lost, the files kept and their size,
+    /// and how to replay them.
+    pub fn summary(&self) -> String {
+        let last = self.part.number;
+        let first = match self.files.rotate {
+            Some(keep) => last.saturating_sub(keep - 1).max(1),
+            None => last,
+        };
+        let kept: Vec<PathBuf> = (first..=last)
+            .map(|n| self.files.part_path(n))
+            .filter(|p| p.exists())
+            .collect();
+        let bytes: u64 = kept
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        let files = match kept.as_slice() {
+            [one] => one.display().to_string(),
+            [a, .., b] => format!("{} files, {} … {}", kept.len(), a.display(), b.display()),
+            _ => "no file".to_string(),
+        };
+        format!(
+            "recorded {} events ({} lost) in {files} ({}); replay with --replay {}",
+            self.events(),
+            self.earlier_lost + self.rec.lost,
+            bytesize::ByteSize::b(bytes).display().iec(),
+            self.files.replay_arg()
+        )
     }
 }
 
@@ -524,7 +578,6 @@ impl Sink for Record {
 
     fn finish(&mut self, env: &mut dyn Env) -> Result<()> {
         self.rec.finish(env).map_err(|e| self.failed(e))?;
-        log::info!("recorded {} events", self.events());
         Ok(())
     }
 }

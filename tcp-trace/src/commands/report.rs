@@ -132,6 +132,8 @@ pub struct ReportCmd<W: Write> {
     per_second: Vec<[u32; CAUSES]>,
     lifetimes: [u64; 8],
     lost: u64,
+    /// What the report holds, once written: for the line `report` ends with.
+    summary: Option<String>,
 }
 
 impl<W: Write> ReportCmd<W> {
@@ -176,7 +178,14 @@ impl<W: Write> ReportCmd<W> {
             per_second: Vec::new(),
             lifetimes: [0; 8],
             lost: 0,
+            summary: None,
         }
+    }
+
+    /// What the written report holds: its window, what ended and what is open, stuck or
+    /// half-open at its end, and how much of it is drawn.
+    pub fn summary(&self) -> Option<&str> {
+        self.summary.as_deref()
     }
 
     fn within(&self, ts: u64) -> bool {
@@ -648,12 +657,17 @@ impl<W: Write> Sink for ReportCmd<W> {
             Format::Html => report::html(&mut self.out, &r)?,
             Format::Perfetto => report::perfetto(&mut self.out, &r)?,
         }
-        log::info!(
-            "report: {} lanes, {} connections ended, {} not drawn",
-            r.lanes.len(),
+        self.summary = Some(format!(
+            "{} to {} UTC: connections ended {}, open at the end {} (stuck {}, half-open {}), \
+             drawn one by one {}",
+            self.clock.hms(self.from_ns),
+            self.clock.hms(self.to_ns.unwrap_or(self.latest_ns)),
             r.connections,
-            r.not_drawn
-        );
+            r.open,
+            r.stuck_now,
+            r.half_open_now,
+            r.lanes.len()
+        ));
         Ok(())
     }
 

@@ -29,7 +29,7 @@ use crate::{
         stuck::{Change, StuckWriter, Summary},
     },
     stuck::{
-        age_lower_bound_ns, assess, close_in_flight, forecast,
+        self, age_lower_bound_ns, assess, close_in_flight, entered_state, forecast,
         group::{self, key_with, GroupKey, SMALL},
         key,
         listener::{is_full, Overflow},
@@ -92,6 +92,9 @@ pub struct StuckCmd<W: Write> {
     last_eval_ns: Option<u64>,
     fates: Fates,
     sum: Summary,
+    /// At the last evaluation: sockets in the reported states younger than the threshold,
+    /// and the oldest one's age.
+    below: (u64, Option<Duration>),
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -105,7 +108,8 @@ pub fn seed_from_snapshot(engine: &mut Engine, env: &mut dyn Env) -> Result<usiz
         .iter()
         .filter(|d| d.tuple.sport != 0 && d.tuple.dport != 0)
     {
-        engine.seed(seed_of(d, now));
+        let fin_timeout = env.sysctls(d.netns).fin_timeout;
+        engine.seed(seed_of(d, now, fin_timeout));
         n += 1;
     }
     Ok(n)
@@ -157,6 +161,7 @@ impl<W: Write> StuckCmd<W> {
             fates: Fates::default(),
             set,
             sum: Summary::default(),
+            below: (0, None),
         })
     }
 
@@ -362,12 +367,13 @@ impl<W: Write> StuckCmd<W> {
             .filter(|d| self.set.states.contains(&d.state))
             .filter(|d| self.set.filter.matches_tuple(&d.tuple))
             .collect();
-        // Sockets this run did not see enter their state age from first sight (or the tcp_info
-        // lower bound, when larger).
+        // Sockets this run did not see enter their state age from first sight, or from what
+        // their listing says when that is more.
         let present: HashSet<SockKey> = diag.iter().map(key).collect();
         self.first_seen.retain(|k, _| present.contains(k));
         for d in &diag {
-            let since = now_ns.saturating_sub(age_lower_bound_ns(d));
+            let fin_timeout = env.sysctls(d.netns).fin_timeout;
+            let since = now_ns.saturating_sub(age_lower_bound_ns(d, fin_timeout));
             let e = self.first_seen.entry(key(d)).or_insert((d.state, since));
             if e.0 != d.state {
                 *e = (d.state, now_ns);
@@ -403,10 +409,22 @@ impl<W: Write> StuckCmd<W> {
             .collect();
         let once = self.set.once.is_some();
         let waits = |d: &DiagSocket| !once && self.waiting.get(&key(d)).is_some_and(|n| *n <= 2);
-        let candidates: Vec<&DiagSocket> = diag
+        let (candidates, young): (Vec<&DiagSocket>, Vec<&DiagSocket>) = diag
             .iter()
-            .filter(|d| !waits(d) && assess(&self.engine, d, &cx).is_some())
-            .collect();
+            .filter(|d| !waits(d))
+            .partition(|d| assess(&self.engine, d, &cx).is_some());
+        // What is about to be stuck (said in the summary): of the owners, only what the events
+        // say, as the young are not looked up in /proc.
+        let young = young.into_iter().filter(|d| {
+            let owner = stuck::lifecycle(&self.engine, d).and_then(|l| l.owner);
+            let f = &self.set.filter;
+            (f.pid.is_none() && f.comm.is_none()) || f.matches_owner(owner.as_ref())
+        });
+        let ages = young.map(|d| now_ns.saturating_sub(entered_state(&self.engine, d, &cx).0));
+        self.below = ages.fold((0, None), |(n, oldest), age| {
+            let age = Duration::from_nanos(age);
+            (n + 1, Some(oldest.map_or(age, |o: Duration| o.max(age))))
+        });
         let inodes: HashSet<u32> = candidates
             .iter()
             .map(|d| d.inode)
@@ -736,6 +754,9 @@ impl<W: Write> Sink for StuckCmd<W> {
         self.sum.stuck_now = self.reported.len() as u64;
         self.sum.half_open_now = (self.half_open.len() + self.idle.len()) as u64;
         self.sum.evictions = self.engine.counters.evictions;
+        self.sum.below_threshold = self.below.0;
+        self.sum.oldest_below_s = self.below.1.map(crate::output::secs);
+        self.sum.threshold_s = crate::output::secs(self.set.threshold);
         self.out.summary(self.sum, now)?;
         Ok(self.out.flush()?)
     }

@@ -52,8 +52,9 @@ impl Kind {
         }
     }
 
-    /// Parses a name.
+    /// Parses a name in any case, with `-` or `_` between words.
     pub fn from_name(s: &str) -> Option<Self> {
+        let s = s.to_ascii_lowercase().replace('-', "_");
         Self::ALL.into_iter().find(|k| k.name() == s)
     }
 }

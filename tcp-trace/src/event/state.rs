@@ -64,13 +64,22 @@ impl TcpState {
         }
     }
 
-    /// Parses a kernel name (case-insensitive, `TCP_` prefix optional).
+    /// Parses a state as operators type it: the kernel's name or `ss`'s (`CLOSE-WAIT`,
+    /// `FIN-WAIT-2`, `ESTAB`), in any case, with `-`, `_` or neither between words and an
+    /// optional `TCP_` prefix.
     pub fn from_name(name: &str) -> Option<Self> {
-        let upper = name.to_ascii_uppercase();
-        let bare = upper.strip_prefix("TCP_").unwrap_or(&upper);
+        let squash = |s: &str| -> String {
+            s.chars()
+                .filter(|c| !matches!(c, '-' | '_'))
+                .map(|c| c.to_ascii_uppercase())
+                .collect()
+        };
+        let given = squash(name);
+        let bare = given.strip_prefix("TCP").unwrap_or(&given);
+        let bare = if bare == "ESTAB" { "ESTABLISHED" } else { bare };
         Self::NAMES
             .iter()
-            .position(|n| *n == bare)
+            .position(|n| squash(n) == bare)
             .map(|i| Self(i as i32 + 1))
     }
 }
@@ -98,6 +107,14 @@ mod tests {
             TcpState::from_name("tcp_close_wait"),
             Some(TcpState::CLOSE_WAIT)
         );
+        for ss in ["CLOSE-WAIT", "close_wait", "CloseWait", "TCP_CLOSE_WAIT"] {
+            assert_eq!(TcpState::from_name(ss), Some(TcpState::CLOSE_WAIT), "{ss}");
+        }
+        for ss in ["FIN-WAIT-2", "FIN_WAIT2", "fin_wait_2", "finwait2"] {
+            assert_eq!(TcpState::from_name(ss), Some(TcpState::FIN_WAIT2), "{ss}");
+        }
+        assert_eq!(TcpState::from_name("ESTAB"), Some(TcpState::ESTABLISHED));
+        assert_eq!(TcpState::from_name("close"), Some(TcpState::CLOSE));
         assert_eq!(TcpState::from_name("nope"), None);
     }
 }

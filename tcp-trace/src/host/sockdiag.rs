@@ -453,13 +453,15 @@ impl AllNamespaces {
             .chain()
             .filter_map(|c| c.downcast_ref::<std::io::Error>())
             .any(|io| io.raw_os_error() == Some(libc::EPERM));
-        if denied && !self.refused {
+        // Without CAP_SYS_ADMIN the start-up check has said so already.
+        let said = !crate::kernel::privilege::has_sys_admin();
+        if denied && !self.refused && !said {
             self.refused = true;
             log::warn!(
                 "cannot enter other network namespaces (setns needs CAP_SYS_ADMIN): only this \
                  namespace's sockets are listed; sockets in containers' namespaces are not"
             );
-        } else if !denied {
+        } else if !denied || said {
             log::debug!("{e:#}");
         }
     }

@@ -25,9 +25,7 @@ use tcp_trace_common::{
 };
 
 use self::{
-    privilege::{
-        check_lockdown, check_privileges, raise_memlock, refused_by_memlock, refused_by_paranoia,
-    },
+    privilege::{check_lockdown, raise_memlock, refused_by_memlock, refused_by_paranoia},
     tracefs::Check,
 };
 use crate::event::{decode, Delivery};
@@ -258,10 +256,10 @@ fn aya_log_level() -> u8 {
 }
 
 impl KernelSource {
-    /// Checks privileges and layouts, loads, attaches; warns (one line each) about tracepoints
-    /// this kernel lacks.
+    /// Checks lockdown and layouts, loads, attaches; warns (one line each) about tracepoints
+    /// this kernel lacks. (Capabilities are checked before, with what the command needs:
+    /// [`privilege::preflight`].)
     pub fn open(opts: Options) -> Result<Self> {
-        check_privileges()?;
         check_lockdown()?;
         raise_memlock();
         let root = tracefs::ensure_mounted()?;

@@ -1,6 +1,7 @@
 //! What this process may do: load and attach the programs (CAP_BPF + CAP_PERFMON, or
-//! CAP_SYS_ADMIN), read other processes' fds (CAP_SYS_PTRACE). A refusal is one line naming
-//! the capability or sysctl.
+//! CAP_SYS_ADMIN), read tracefs (CAP_DAC_READ_SEARCH), read other processes' fds
+//! (CAP_SYS_PTRACE), enter other network namespaces (CAP_SYS_ADMIN). Every missing one is
+//! named at once; a refusal is one line.
 
 use anyhow::Result;
 
@@ -32,29 +33,170 @@ pub fn effective_caps() -> u64 {
         .unwrap_or(0)
 }
 
+/// This process holds CAP_SYS_ADMIN (enters other network namespaces).
+pub fn has_sys_admin() -> bool {
+    effective_caps() & (1 << CAP_SYS_ADMIN) != 0
+}
+
 /// True when this process may read any process's `/proc/PID/fd` (owners of sockets).
 pub fn can_read_all_fds() -> bool {
     const CAP_SYS_PTRACE: u32 = 19;
     effective_caps() & (1 << CAP_SYS_PTRACE) != 0
 }
 
-/// Fails with [`NotPermitted`] unless the process may load and attach tracing programs.
-pub fn check_privileges() -> Result<()> {
+/// A capability this process lacks, and what it buys.
+struct Lack {
+    caps: &'static str,
+    buys: String,
+}
+
+/// Checks every privilege tcp-trace uses before it starts, and names all that are missing
+/// at once: refuses (one line, [`NotPermitted`]) when the programs cannot be loaded, attached
+/// or described, else warns once about those that only narrow what is seen. `owners`: the
+/// command reads other processes' fds to find who holds a socket.
+pub fn preflight(owners: bool) -> Result<()> {
     let caps = effective_caps();
     let has = |c: u32| caps & (1 << c) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+    let mut needed = Vec::new();
+    if !has(CAP_SYS_ADMIN) {
+        let lack = |c| (!has(c)).then_some(c);
+        let names = match (lack(CAP_BPF), lack(CAP_PERFMON)) {
+            (Some(_), Some(_)) => Some("CAP_BPF and CAP_PERFMON"),
+            (Some(_), None) => Some("CAP_BPF"),
+            (None, Some(_)) => Some("CAP_PERFMON"),
+            (None, None) => None,
+        };
+        if let Some(caps) = names {
+            needed.push(Lack {
+                caps,
+                buys: "to load and attach the kernel programs".into(),
+            });
+        }
+        if let Some(level) = paranoid_refuses_perf() {
+            needed.push(Lack {
+                caps: "CAP_SYS_ADMIN",
+                buys: format!(
+                    "to attach tracepoints: this kernel's perf_event_paranoid is {level}; or \
+                     `sysctl kernel.perf_event_paranoid=2`"
+                ),
+            });
+        }
+    }
+    if !can_read_any_file() && tracefs_denied() {
+        needed.push(Lack {
+            caps: "CAP_DAC_READ_SEARCH",
+            buys: "to read the tracepoints' layouts in tracefs".into(),
+        });
+    }
+    let mut optional = Vec::new();
+    if owners && !can_read_all_fds() {
+        optional.push(Lack {
+            caps: "CAP_SYS_PTRACE",
+            buys: "to name the owners of other users' sockets".into(),
+        });
+    }
+    if !has(CAP_SYS_ADMIN) && needed.iter().all(|l| l.caps != "CAP_SYS_ADMIN") {
+        optional.push(Lack {
+            caps: "CAP_SYS_ADMIN",
+            buys: "to list the sockets in other network namespaces, containers' too".into(),
+        });
+    }
+    let list = |l: &[Lack]| {
+        let each: Vec<_> = l
+            .iter()
+            .map(|l| format!("{} ({})", l.caps, l.buys))
+            .collect();
+        match each.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+            None => String::new(),
+        }
+    };
+    if needed.is_empty() {
+        if !optional.is_empty() {
+            log::warn!(
+                "running without {}; grant {} to see those too",
+                list(&optional),
+                match optional.len() {
+                    1 => "it",
+                    _ => "them",
+                }
+            );
+        }
         return Ok(());
     }
-    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
-        .iter()
-        .filter(|(c, _)| !has(*c))
-        .map(|(_, n)| *n)
-        .collect();
+    let also = match optional.is_empty() {
+        true => String::new(),
+        false => format!("; also missing, optional: {}", list(&optional)),
+    };
     Err(NotPermitted(format!(
-        "loading the kernel programs needs {}: run tcp-trace as root (or grant those capabilities)",
-        missing.join(" and ")
+        "missing {}{also}: run tcp-trace as root, or grant those capabilities",
+        list(&needed)
     ))
     .into())
+}
+
+/// Debian's kernels (their `perf_event_paranoid` 3) refuse every perf event without
+/// CAP_SYS_ADMIN, tracepoints included; upstream kernels treat 3 as 2. Found by trying the
+/// most harmless event there is: a software dummy counting this process in user space.
+/// The level when it refuses.
+fn paranoid_refuses_perf() -> Option<i32> {
+    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .unwrap_or(2);
+    if paranoid <= 2 {
+        return None;
+    }
+    // SAFETY: perf_event_attr is plain data; zeroed is a valid value.
+    let mut attr: PerfEventAttr = unsafe { std::mem::zeroed() };
+    attr.size = std::mem::size_of::<PerfEventAttr>() as u32;
+    attr.type_ = 1; // PERF_TYPE_SOFTWARE
+    attr.config = 9; // PERF_COUNT_SW_DUMMY
+    attr.flags = 1 | 1 << 5 | 1 << 6; // disabled, exclude_kernel, exclude_hv
+                                      // SAFETY: a valid attr for this process (pid 0) on any CPU; the fd is closed at once.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            &attr as *const PerfEventAttr,
+            0,
+            -1,
+            -1,
+            0,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: closing the fd just opened.
+        unsafe { libc::close(fd as i32) };
+        return None;
+    }
+    let refused = matches!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EACCES | libc::EPERM)
+    );
+    refused.then_some(paranoid)
+}
+
+/// The head of `struct perf_event_attr` (PERF_ATTR_SIZE_VER0): enough for the probe above.
+#[repr(C)]
+struct PerfEventAttr {
+    type_: u32,
+    size: u32,
+    config: u64,
+    sample_period: u64,
+    sample_type: u64,
+    read_format: u64,
+    flags: u64,
+    wakeup_events: u32,
+    bp_type: u32,
+    config1: u64,
+}
+
+/// tracefs is mounted where tcp-trace looks and this process may not list it (mode 0700).
+fn tracefs_denied() -> bool {
+    super::tracefs::ROOTS.iter().any(|r| {
+        std::fs::read_dir(r).is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+    })
 }
 
 /// Debian's kernels add `perf_event_paranoid` 3 (their default): no perf event, tracepoints

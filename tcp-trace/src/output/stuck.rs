@@ -1,6 +1,9 @@
 //! `stuck` output: `stuck`, `recovered` and `summary` items, human or NDJSON.
 
-use std::io::{self, Write};
+use std::{
+    io::{self, Write},
+    time::Duration,
+};
 
 use serde::Serialize;
 
@@ -8,7 +11,7 @@ use super::{json::JsonConn, secs};
 use crate::{
     event::{clock::Clock, TcpState},
     stuck::{
-        age_text,
+        age_text, fmt_age,
         group::{fds_text, owner, Group},
         listener::Overflow,
         Stuck,
@@ -134,7 +137,7 @@ pub struct Change {
 }
 
 /// End-of-run totals.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Summary {
     /// Sockets stuck at the end.
     pub stuck_now: u64,
@@ -146,6 +149,12 @@ pub struct Summary {
     pub evictions: u64,
     /// Events the kernel could not queue.
     pub lost: u64,
+    /// Sockets in the reported states at the last evaluation that were not reported only
+    /// because they were younger than the threshold, and the oldest one's age: what is
+    /// about to be stuck.
+    pub below_threshold: u64,
+    pub oldest_below_s: Option<f64>,
+    pub threshold_s: f64,
 }
 
 #[derive(Serialize)]
@@ -498,11 +507,33 @@ impl<W: Write> StuckWriter<W> {
             serde_json::to_writer(&mut self.out, &j)?;
             return self.out.write_all(b"\n");
         }
-        writeln!(
+        write!(
             self.out,
             "SUMMARY    stuck now {}, half-open now {}, recovered {}, evictions {}, lost events {}",
             sum.stuck_now, sum.half_open_now, sum.recovered, sum.evictions, sum.lost
-        )
+        )?;
+        if let Some(oldest) = sum.oldest_below_s {
+            // What is about to be stuck, and the threshold that shows it now.
+            let oldest = Duration::from_secs_f64(oldest);
+            let shows = Duration::from_secs(oldest.as_secs().max(1));
+            write!(
+                self.out,
+                "; {} {} half-closed under the {} threshold, oldest {}: --threshold {} to see {}",
+                sum.below_threshold,
+                match sum.below_threshold {
+                    1 => "socket",
+                    _ => "sockets",
+                },
+                humantime::format_duration(Duration::from_secs_f64(sum.threshold_s)),
+                fmt_age(oldest),
+                humantime::format_duration(shows),
+                match sum.below_threshold {
+                    1 => "it",
+                    _ => "them",
+                },
+            )?;
+        }
+        writeln!(self.out)
     }
 
     /// Flushes the sink.

@@ -183,6 +183,24 @@ impl Parts {
         self.reader.unfinished()
     }
 
+    /// When the recording ends: its last event or time frame (read ahead from the last part,
+    /// for times given relative to the end). A cut file ends where it was cut.
+    pub fn end_ns(&self) -> Result<u64> {
+        let (path, _) = self.files.last().context("--replay names no file")?;
+        let mut reader = open(path)?;
+        let mut end = 0;
+        while let Ok(Some(item)) = reader.next_item() {
+            let ts = match item {
+                Item::Event(e) => e.ts_ns,
+                Item::Lost { ts_ns, .. } | Item::End { ts_ns } | Item::Time { ts_ns } => ts_ns,
+                Item::Snapshot(s) => s.ts_ns,
+                Item::Cgroup { .. } => continue,
+            };
+            end = end.max(ts);
+        }
+        Ok(end)
+    }
+
     /// The last part's file, when the recording has more than one.
     pub fn last_of_many(&self) -> Option<&Path> {
         (self.files.len() > 1).then(|| self.path())

@@ -48,11 +48,11 @@ fn entered_on_receive(s: TcpState) -> bool {
 
 /// What the engine learns of a socket first seen in a listing taken at `now_ns`: its state
 /// since no later than the lower bound of its age.
-pub fn seed_of(d: &DiagSocket, now_ns: u64) -> crate::engine::Seed {
+pub fn seed_of(d: &DiagSocket, now_ns: u64, fin_timeout: Duration) -> crate::engine::Seed {
     crate::engine::Seed {
         tuple: d.tuple,
         state: d.state,
-        since_ns: now_ns.saturating_sub(age_lower_bound_ns(d)),
+        since_ns: now_ns.saturating_sub(age_lower_bound_ns(d, fin_timeout)),
         snapshot_ns: now_ns,
         place: crate::event::Place {
             netns: d.netns,
@@ -62,8 +62,18 @@ pub fn seed_of(d: &DiagSocket, now_ns: u64) -> crate::engine::Seed {
 }
 
 /// A lower bound (ns before `snapshot_ns`) of how long a socket seen for the first time has
-/// been in its state.
-pub fn age_lower_bound_ns(d: &DiagSocket) -> u64 {
+/// been in its state, from what the listing says: an orphan's FIN_WAIT2 by its timer (set to
+/// `fin_timeout`, its namespace's `tcp_fin_timeout`, when it entered the state or when its
+/// owner closed it, whichever came later), another state entered on a packet from the peer by
+/// the time since the last one.
+pub fn age_lower_bound_ns(d: &DiagSocket, fin_timeout: Duration) -> u64 {
+    // Beyond TCP_TIMEWAIT_LEN (60 s) the kernel waits in two steps, and the timer tells less.
+    let reap = d
+        .reaped_in()
+        .filter(|_| d.state == TcpState::FIN_WAIT2 && fin_timeout <= Duration::from_secs(60));
+    if let Some(left) = reap {
+        return fin_timeout.saturating_sub(left).as_nanos() as u64;
+    }
     match d.last_recv_ms {
         Some(ms) if entered_on_receive(d.state) => u64::from(ms) * 1_000_000,
         _ => 0,
@@ -147,7 +157,7 @@ pub fn key(d: &DiagSocket) -> SockKey {
 }
 
 /// The lifecycle a snapshot socket belongs to, and whether it is the current one.
-fn lifecycle<'e>(engine: &'e Engine, d: &DiagSocket) -> Option<&'e Lifecycle> {
+pub fn lifecycle<'e>(engine: &'e Engine, d: &DiagSocket) -> Option<&'e Lifecycle> {
     // Same endpoints in another namespace are another socket (where both namespaces are known).
     let here = |l: &&Lifecycle| {
         let ns = engine.place(l).netns;
@@ -185,7 +195,8 @@ fn entered(l: &Lifecycle, state: TcpState) -> Option<(u64, bool)> {
     Some((l.states[i].at_ns, l.exact_start || i > 0))
 }
 
-fn fmt_age(d: Duration) -> String {
+/// `4.2s`, `1m14s`: an age for human output.
+pub fn fmt_age(d: Duration) -> String {
     let s = d.as_secs();
     match s {
         0..=59 => format!("{}.{}s", s, d.subsec_millis() / 100),
@@ -203,24 +214,41 @@ pub fn age_text(age: Duration, exact: bool) -> String {
     }
 }
 
+/// When a listed socket entered its state (monotonic ns), and whether that was seen: seen
+/// entering it, exact; else the earliest moment it is known to have been in it, whichever
+/// source says so (the events, this run's first sight, the listing now), so that rows of one
+/// state never contradict each other.
+pub fn entered_state(engine: &Engine, d: &DiagSocket, cx: &Context<'_>) -> (u64, bool) {
+    let l = lifecycle(engine, d);
+    match l.and_then(|l| entered(l, d.state)) {
+        Some((at, true)) => (at, true),
+        from_events => {
+            let first_sight = cx
+                .first_seen
+                .get(&key(d))
+                .filter(|(s, _)| *s == d.state)
+                .map(|(_, at)| *at);
+            let fin_timeout = cx.sysctls_in(d.netns).fin_timeout;
+            let listing = cx.now_ns.saturating_sub(age_lower_bound_ns(d, fin_timeout));
+            let earliest = [from_events.map(|(at, _)| at), first_sight]
+                .into_iter()
+                .flatten()
+                .fold(listing, u64::min);
+            (earliest, false)
+        }
+    }
+}
+
 /// Assesses one snapshot socket; `None` when it is not stuck.
 pub fn assess(engine: &Engine, d: &DiagSocket, cx: &Context<'_>) -> Option<Stuck> {
     let l = lifecycle(engine, d);
-    let (since_ns, age_exact) = l
-        .and_then(|l| entered(l, d.state))
-        .or_else(|| {
-            cx.first_seen
-                .get(&key(d))
-                .filter(|(s, _)| *s == d.state)
-                .map(|(_, at)| (*at, false))
-        })
-        .unwrap_or((cx.now_ns, false));
+    let k = cx.sysctls_in(d.netns);
+    let (since_ns, age_exact) = entered_state(engine, d, cx);
     let age = Duration::from_nanos(cx.now_ns.saturating_sub(since_ns));
     if age < cx.threshold {
         return None;
     }
     let holders = cx.holders.get(&d.inode).cloned().unwrap_or_default();
-    let k = cx.sysctls_in(d.netns);
     let owner = l.and_then(|l| l.owner);
     let held = (d.state == TcpState::FIN_WAIT2).then_some(!d.is_orphan());
     // In CLOSE_WAIT the kernel's receive queue length counts the peer's FIN as one sequence
@@ -460,7 +488,7 @@ mod tests {
         e.seed(Seed {
             tuple: t,
             state: d.state,
-            since_ns: snap - age_lower_bound_ns(&d),
+            since_ns: snap - age_lower_bound_ns(&d, Duration::from_secs(60)),
             snapshot_ns: snap,
             place: crate::event::Place::default(),
         });
@@ -594,7 +622,7 @@ mod tests {
             s.diagnosis
         );
         assert_eq!(
-            age_lower_bound_ns(&diag(t, TcpState::LAST_ACK, 0)),
+            age_lower_bound_ns(&diag(t, TcpState::LAST_ACK, 0), Duration::from_secs(60)),
             0,
             "entered by our own FIN"
         );
