@@ -400,3 +400,125 @@ fn a_connect_whose_error_is_read_at_once_is_no_local_abort() {
     refused_life.stop();
     timeout_life.stop();
 }
+
+/// The running kernel's `tcp_send_reset` reasons, `{ N, "NAME" }` in its format's print fmt:
+/// (N, NAME), empty where it has none.
+fn kernel_reasons() -> Vec<(u64, String)> {
+    let format = std::fs::read_to_string("/sys/kernel/tracing/events/tcp/tcp_send_reset/format")
+        .expect("tcp_send_reset format");
+    let Some((_, list)) = format.split_once("__print_symbolic(REC->reason,") else {
+        return Vec::new();
+    };
+    list.split('{')
+        .skip(1)
+        .filter_map(|pair| {
+            let (n, name) = pair.split_once('}')?.0.split_once(',')?;
+            Some((
+                n.trim().parse().ok()?,
+                name.trim().trim_matches('"').to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// A server that closes a connection with data it never read sends a reset
+/// (`TCPAbortOnClose`). `watch` names its reason as the running kernel does, the name that
+/// kernel gives the number (the names and numbers differ between kernel versions;
+/// `TCP_ABORT_ON_CLOSE` where it has that one), in human output and in JSON; a recording keeps
+/// the names, so its replay shows them too.
+#[test]
+fn a_reset_sent_is_named_as_the_kernel_names_its_reason() {
+    let port = free_port();
+    let ps = port.to_string();
+    let file = std::env::temp_dir().join(format!("tt-reason-{}.ttr", std::process::id()));
+    let human = Tracer::start(&["watch", "--port", &ps]);
+    let json = Tracer::start(&["watch", "--json", "--port", &ps]);
+    let rec = Tracer::start(&["record", "-o", file.to_str().unwrap(), "--port", &ps]);
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    client.write_all(b"never read").unwrap();
+    std::thread::sleep(Duration::from_millis(100)); // in the server's receive queue
+    drop(server);
+    let err = client.read(&mut [0u8; 8]).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+
+    let reasons = kernel_reasons();
+    assert_eq!(
+        !reasons.is_empty(),
+        socketless_resets_traced(),
+        "{reasons:?}"
+    );
+    let is_reset = |e: &Value| e["type"] == "reset_sent" && e["sport"] == port;
+    let ev = json.wait_for("the server's reset", WAIT, |ev| ev.iter().any(is_reset));
+    // The reset's JSON: the kernel's number and its name; the human line's end.
+    let check_json = |ev: &[Value]| -> String {
+        let resets: Vec<&Value> = ev.iter().filter(|e| is_reset(e)).collect();
+        assert_eq!(resets.len(), 1, "{ev:#?}");
+        let r = resets[0];
+        assert_eq!(r["state"], "CLOSE", "{r}");
+        if reasons.is_empty() {
+            not_on_this_kernel(
+                "a_reset_sent_is_named_as_the_kernel_names_its_reason: the reason's name",
+                "this kernel's tcp_send_reset has no reason (Linux 6.10 added it)",
+            );
+            assert!(r["reason"].is_null() && r["reason_name"].is_null(), "{r}");
+            return "RESET-SENT in CLOSE".into();
+        }
+        let n = r["reason"].as_u64().unwrap_or_else(|| panic!("{r}"));
+        let (_, name) = reasons
+            .iter()
+            .find(|(k, _)| *k == n)
+            .expect("a known reason");
+        assert_eq!(r["reason_name"], name.as_str(), "{r}");
+        if let Some((close, _)) = reasons.iter().find(|(_, s)| s == "TCP_ABORT_ON_CLOSE") {
+            assert_eq!(n, *close, "{r}");
+        }
+        format!("RESET-SENT in CLOSE ({name})")
+    };
+    let want = check_json(&ev);
+    let reset_line = |lines: &[String]| -> Option<String> {
+        lines
+            .iter()
+            .find(|l| l.contains("RESET-SENT") && l.contains(&format!("127.0.0.1:{port} ")))
+            .cloned()
+    };
+    let start = std::time::Instant::now();
+    let line = loop {
+        if let Some(l) = reset_line(&human.lines.lock().unwrap()) {
+            break l;
+        }
+        assert!(
+            start.elapsed() < slow(WAIT),
+            "no RESET-SENT line: {:?}",
+            human.lines.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    assert!(line.ends_with(&want), "{line}");
+    for t in [human, json, rec] {
+        let (st, _, err) = t.stop();
+        assert!(st.success(), "{st}: {err:?}");
+    }
+
+    // The replay, without the kernel: the recording's names.
+    let replay = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(["watch", "--replay", file.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = replay(&[]);
+    let lines: Vec<String> = text.lines().map(String::from).collect();
+    let line = reset_line(&lines).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.ends_with(&want), "{line}");
+    let ev: Vec<Value> = replay(&["--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(check_json(&ev), want);
+    let _ = std::fs::remove_file(&file);
+}

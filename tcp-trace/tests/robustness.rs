@@ -127,6 +127,7 @@ proptest! {
             tool: "t".into(),
             part: 1,
             recording: "r".into(),
+            reset_reasons: Default::default(),
         };
         let mut w = recording::Writer::new(Vec::new(), &header).unwrap();
         w.item(&recording::Item::Lost { ts_ns: 1, count: 2 }).unwrap();

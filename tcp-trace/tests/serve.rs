@@ -245,6 +245,46 @@ fn deploy_files_parse() {
         .any(|l| l.starts_with("ExecStart=/usr/local/bin/tcp-trace serve ")));
 }
 
+/// `GET /` answers a small HTML page, as node_exporter does: the version, and links to
+/// `/metrics` and `/healthz`, which answer. Any other path is still 404.
+#[test]
+fn the_root_page_names_the_version_and_links_metrics_and_healthz() {
+    let http = free_port();
+    let tracer = Tracer::start(&[
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{http}"),
+        "--port",
+        &free_port().to_string(),
+    ]);
+    let (status, content_type, _, body) = get_page(http, "/", Some("text/html"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(content_type, "text/html; charset=utf-8");
+    assert!(body.starts_with("<!DOCTYPE html>"), "{body}");
+    let version = format!("<h1>tcp-trace {}</h1>", env!("CARGO_PKG_VERSION"));
+    assert!(body.contains(&version), "{body}");
+    // Each link answers (`/healthz` once the first drain is done: 50 ms after start).
+    for path in ["/metrics", "/healthz"] {
+        assert!(body.contains(&format!("<a href=\"{path}\">")), "{body}");
+        let start = Instant::now();
+        loop {
+            let (status, _, _, page) = get_page(http, path, None);
+            if status == 200 {
+                break;
+            }
+            assert!(
+                start.elapsed() < slow(Duration::from_secs(5)),
+                "{path}: {status} {page}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let (status, _, _, _) = get_page(http, "/nothing-here", None);
+    assert_eq!(status, 404);
+    let (st, _, err) = tracer.stop();
+    assert!(st.success(), "{st}: {err:?}");
+}
+
 /// `serve`'s stuck gauges count leaks in every network namespace, not just its own.
 #[test]
 fn stuck_gauges_count_other_namespaces() {
@@ -272,13 +312,19 @@ fn stuck_gauges_count_other_namespaces() {
 /// GET `/metrics` with an `Accept` header (none when `None`): (status, `Content-Type`,
 /// `Vary`, body).
 fn get_as(http: u16, accept: Option<&str>) -> (u16, String, String, String) {
+    get_page(http, "/metrics", accept)
+}
+
+/// GET `path` with an `Accept` header (none when `None`): (status, `Content-Type`, `Vary`,
+/// body).
+fn get_page(http: u16, path: &str, accept: Option<&str>) -> (u16, String, String, String) {
     let mut s = TcpStream::connect(("127.0.0.1", http)).unwrap();
     s.set_read_timeout(Some(slow(Duration::from_secs(10))))
         .unwrap();
     let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
     write!(
         s,
-        "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1:{http}\r\n{accept}\r\n"
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{http}\r\n{accept}\r\n"
     )
     .unwrap();
     let mut resp = String::new();

@@ -135,6 +135,56 @@ fn once_reports_sockets_that_existed_before_the_tracer() {
     assert!(cw["history"].as_array().unwrap().is_empty());
 }
 
+/// A connection older than the tracer has only a lower bound for its duration: `life --open`
+/// shows it in human units (`≥ 1.5s`, as `stuck` writes ages), right-aligned under MS like an
+/// exact one; JSON keeps the number (ms) with `age_exact: false`.
+#[test]
+fn life_shows_a_duration_known_only_as_a_lower_bound_in_human_units() {
+    let port = free_port();
+    let ps = port.to_string();
+    let _peer = Peer::halfclose("127.0.0.1", port);
+    std::thread::sleep(Duration::from_millis(1500));
+    let human = Tracer::start(&["life", "--open", "--port", &ps]);
+    let json = Tracer::start(&["life", "--open", "--json", "--port", &ps]);
+    std::thread::sleep(Duration::from_millis(200));
+    let (st, out, err) = human.stop();
+    assert!(st.success(), "{st}: {err:?}");
+    let (st, jout, err) = json.stop();
+    assert!(st.success(), "{st}: {err:?}");
+    // The MS column ends where its header does (in characters: `≥` is one).
+    let header = out.first().expect("a header");
+    let ms_end = header.find(" MS ").expect("an MS column") + 3;
+    let local = format!("127.0.0.1:{port} ");
+    let line = out
+        .iter()
+        .find(|l| l.contains(&local) && l.contains("CLOSE_WAIT"))
+        .unwrap_or_else(|| panic!("no CLOSE_WAIT line: {out:#?}"));
+    let chars: Vec<char> = line.chars().collect();
+    assert!(chars.len() > ms_end && chars[ms_end] == ' ', "{line}");
+    let cell: String = chars[ms_end - 10..ms_end].iter().collect();
+    let cell = cell.trim_start();
+    assert!(
+        chars[ms_end - 11] == ' ' && cell.starts_with("≥ ") && cell.ends_with('s'),
+        "MS {cell:?}: {line}"
+    );
+    let secs: f64 = cell["≥ ".len()..cell.len() - 1]
+        .parse()
+        .unwrap_or_else(|e| {
+            panic!("{e}: {cell:?} in {line}");
+        });
+    assert!((1.5..10.0).contains(&secs), "{line}");
+    let open: Vec<Value> = jout
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let cw = open
+        .iter()
+        .find(|v| v["sport"] == port && v["state"] == "CLOSE_WAIT")
+        .unwrap_or_else(|| panic!("{open:#?}"));
+    assert_eq!(cw["age_exact"], false, "{cw}");
+    assert!(cw["duration_ms"].as_f64().unwrap() >= 1500.0, "{cw}");
+}
+
 #[test]
 fn once_ipv6_and_nothing_stuck_exits_zero() {
     let port = free_port();

@@ -30,6 +30,15 @@ fn stdout() -> io::BufWriter<io::StdoutLock<'static>> {
     io::BufWriter::with_capacity(64 << 10, io::stdout().lock())
 }
 
+/// The names of the reset reasons of the kernel the events come from: the running one's, or
+/// the recording's.
+fn reset_reasons(input: &Input) -> crate::event::ResetReasons {
+    match input {
+        Input::Live(src, ..) => src.reset_reasons().clone(),
+        Input::Replay(parts, _) => parts.header().reset_reasons.clone(),
+    }
+}
+
 /// Runs a parsed command line; the exit status for success paths.
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
@@ -40,6 +49,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             input.announce(c);
             let mut sink = Watch::new(stdout(), a.json, clock, c.filter(), f.engine(false));
             sink.set_wide(a.wide);
+            sink.set_reset_reasons(reset_reasons(&input));
             input.run(&mut sink).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -199,10 +209,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let mut stuck =
                 StuckCmd::new(out.clone(), true, clock, set, f.max_sockets, input.env())?;
             stuck.set_metrics(metrics.clone());
-            let watch = a
+            let mut watch = a
                 .events_json
                 .is_some()
                 .then(|| Watch::new(out, true, clock, c.filter(), f.engine(false)));
+            if let Some(w) = watch.as_mut() {
+                w.set_reset_reasons(reset_reasons(&input));
+            }
             spawn_http(listener, metrics);
             // One line at start, whatever the log level: where to scrape.
             eprintln!(

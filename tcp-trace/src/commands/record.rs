@@ -189,6 +189,7 @@ impl<W: Write> Recorder<W> {
             tool: format!("tcp-trace {}", env!("CARGO_PKG_VERSION")),
             part: part.number,
             recording: part.recording.clone(),
+            reset_reasons: crate::kernel::tracefs::reset_reasons(),
         };
         let w = Writer::new(out, &header).map_err(WriteError)?;
         let mut r = Self {

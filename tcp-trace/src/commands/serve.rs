@@ -97,9 +97,36 @@ async fn healthz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` (a task on the current runtime).
+/// The page at `/`: what answers here and where to look (as node_exporter's landing page).
+const ROOT_PAGE: &str = concat!(
+    "<!DOCTYPE html>\n",
+    "<html lang=\"en\">\n",
+    "<head><meta charset=\"utf-8\"><title>tcp-trace</title></head>\n",
+    "<body>\n",
+    "<h1>tcp-trace ",
+    env!("CARGO_PKG_VERSION"),
+    "</h1>\n",
+    "<ul>\n",
+    "<li><a href=\"/metrics\">/metrics</a>: Prometheus metrics</li>\n",
+    "<li><a href=\"/healthz\">/healthz</a>: health (the kernel programs are attached and \
+     their ring buffer is being drained)</li>\n",
+    "</ul>\n",
+    "</body>\n",
+    "</html>\n",
+);
+
+async fn root() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        ROOT_PAGE,
+    )
+}
+
+/// Serves `/metrics` and `/healthz` (and a page at `/` that links them) on `listener` (a task
+/// on the current runtime).
 pub fn spawn_http(listener: tokio::net::TcpListener, m: Arc<Metrics>) {
     let app = Router::new()
+        .route("/", get(root))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .with_state(m);

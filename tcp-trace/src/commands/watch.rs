@@ -43,6 +43,13 @@ impl<W: Write> Watch<W> {
     pub fn set_wide(&mut self, wide: bool) {
         self.out.set_wide(wide);
     }
+
+    /// The names of the reset reasons of the kernel the events come from: the running one's
+    /// ([`crate::kernel::KernelSource::reset_reasons`]) or the recording's
+    /// ([`crate::recording::FileHeader::reset_reasons`]).
+    pub fn set_reset_reasons(&mut self, reasons: crate::event::ResetReasons) {
+        self.out.set_reset_reasons(reasons);
+    }
 }
 
 impl<W: Write> Sink for Watch<W> {

@@ -5,12 +5,14 @@ pub mod clock;
 mod codec;
 mod comm;
 mod errno;
+mod reason;
 mod socket;
 mod state;
 
 pub use codec::{decode, encode, DecodeError};
 pub use comm::Comm;
 pub use errno::errno_name;
+pub use reason::ResetReasons;
 pub use socket::{endpoint, Owner, Place, Tuple};
 pub use state::TcpState;
 

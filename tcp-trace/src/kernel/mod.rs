@@ -28,7 +28,7 @@ use self::{
     privilege::{check_lockdown, raise_memlock, refused_by_memlock, refused_by_paranoia},
     tracefs::Check,
 };
-use crate::event::{decode, Delivery};
+use crate::event::{decode, Delivery, ResetReasons};
 
 /// Knobs for loading the kernel side.
 #[derive(Clone, Copy, Debug)]
@@ -87,6 +87,8 @@ pub struct KernelSource {
     programs: Vec<RawFd>,
     /// Skipped runs as last read, and when.
     skipped: (u64, Option<Instant>),
+    /// This kernel's names of its reset reasons.
+    reset_reasons: ResetReasons,
     // Dropped last: dropping it detaches every program.
     _ebpf: Ebpf,
 }
@@ -393,8 +395,15 @@ impl KernelSource {
             attached,
             programs,
             skipped: (0, None),
+            reset_reasons: tracefs::reset_reasons(),
             _ebpf: ebpf,
         })
+    }
+
+    /// This kernel's names of its reset reasons (`enum sk_rst_reason`), as its tracepoint
+    /// prints them; empty on kernels without them.
+    pub fn reset_reasons(&self) -> &ResetReasons {
+        &self.reset_reasons
     }
 
     /// Events lost that have been handed on as [`Delivery::Lost`].

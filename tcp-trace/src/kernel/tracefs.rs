@@ -6,6 +6,8 @@ use std::{fs, path::Path};
 use anyhow::Result;
 use tcp_trace_common::layout::{Field, Tracepoint, MAX_SHIFT};
 
+use crate::event::ResetReasons;
+
 /// Where tracefs is mounted (or auto-mounted under debugfs); tcp-trace mounts the first.
 pub const ROOTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
@@ -91,6 +93,61 @@ pub fn parse_format(text: &str) -> Vec<FormatField> {
                 size: size?,
             })
         })
+        .collect()
+}
+
+/// The names a format file's `print fmt` gives the values of `field`: the `{ value, "NAME" }`
+/// pairs of its `__print_symbolic(REC->field, …)`, in order. A value the kernel left as a
+/// symbol (an enum it did not resolve to its number) is skipped.
+pub fn print_symbols(text: &str, field: &str) -> Vec<(u64, String)> {
+    let Some(fmt) = text.lines().find_map(|l| l.strip_prefix("print fmt:")) else {
+        return Vec::new();
+    };
+    let target = format!("REC->{field}");
+    let Some(mut rest) = fmt.split("__print_symbolic(").skip(1).find_map(|s| {
+        let s = s.trim_start().strip_prefix(&target)?.trim_start();
+        s.strip_prefix(',')
+    }) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    // `{ 0, "NOT_SPECIFIED" }, { 1, "NO_SOCKET" }, … )`: anything but a `{` ends the list.
+    while let Some(body) = rest.trim_start_matches([' ', '\t', ',']).strip_prefix('{') {
+        let Some((pair, after)) = body.split_once('}') else {
+            break;
+        };
+        rest = after;
+        let Some((value, name)) = pair.split_once(',') else {
+            continue;
+        };
+        let value = value.trim();
+        let value = match value.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => value.parse().ok(),
+        };
+        let name = name
+            .trim()
+            .strip_prefix('"')
+            .and_then(|n| n.strip_suffix('"'));
+        if let (Some(value), Some(name)) = (value, name) {
+            out.push((value, name.to_string()));
+        }
+    }
+    out
+}
+
+/// The running kernel's names of its reset reasons (`enum sk_rst_reason`), as its
+/// `tcp_send_reset` prints them; empty where that tracepoint has no reason (before Linux
+/// 6.10) or tracefs is not readable.
+pub fn reset_reasons() -> ResetReasons {
+    let Some(text) = ROOTS.iter().find_map(|r| {
+        fs::read_to_string(Path::new(r).join("events/tcp/tcp_send_reset/format")).ok()
+    }) else {
+        return ResetReasons::default();
+    };
+    print_symbols(&text, "reason")
+        .into_iter()
+        .filter_map(|(v, name)| Some((u32::try_from(v).ok()?, name)))
         .collect()
 }
 
@@ -319,6 +376,62 @@ print fmt: \"...\"
         match compare(programs[0], &parse_format(RESET_6_1)) {
             Check::Differs(m) => assert!(m.contains("`reason` is missing"), "{m}"),
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// The `print fmt` of 6.18's `tcp_send_reset` (this machine's, cut to its first reasons,
+    /// with two made-up ones: a hex value and one left as a symbol).
+    const RESET_6_18_PRINT: &str = r#"print fmt: "skbaddr=%p skaddr=%p src=%pISpc dest=%pISpc state=%s reason=%s", REC->skbaddr, REC->skaddr, REC->saddr, REC->daddr, REC->state ? __print_symbolic(REC->state, { TCP_ESTABLISHED, "TCP_ESTABLISHED" }, { TCP_SYN_SENT, "TCP_SYN_SENT" }, { TCP_NEW_SYN_RECV, "TCP_NEW_SYN_RECV" }) : "UNKNOWN", __print_symbolic(REC->reason, { 0, "NOT_SPECIFIED" }, { 1, "NO_SOCKET" }, { 11, "TCP_ABORT_ON_CLOSE" }, { 0x1a, "HEX" }, { SK_RST_REASON_X, "X" }, { 25, "MAX" })"#;
+
+    #[test]
+    fn reset_reasons_come_from_the_print_fmt() {
+        let text = format!("{RESET_6_18}\n{RESET_6_18_PRINT}\n");
+        let got = print_symbols(&text, "reason");
+        let got: Vec<(u64, &str)> = got.iter().map(|(n, s)| (*n, s.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (0, "NOT_SPECIFIED"),
+                (1, "NO_SOCKET"),
+                (11, "TCP_ABORT_ON_CLOSE"),
+                (26, "HEX"),
+                (25, "MAX")
+            ]
+        );
+        // `state`'s symbols are the kernel's macros, not numbers: none taken.
+        assert!(print_symbols(&text, "state").is_empty());
+        // 6.1's record has no reason; a format without `print fmt` has nothing.
+        let v6_1 = format!(
+            "{RESET_6_1}\nprint fmt: \"skbaddr=%p state=%s\", REC->skbaddr, \
+             __print_symbolic(REC->state, {{ TCP_CLOSE, \"TCP_CLOSE\" }})\n"
+        );
+        assert!(print_symbols(&v6_1, "reason").is_empty());
+        assert!(print_symbols(RESET_6_18, "reason").is_empty());
+    }
+
+    /// This machine's kernel names its reset reasons where its tracepoint has them.
+    #[test]
+    fn this_kernel_names_its_reset_reasons_when_it_has_them() {
+        let format = ROOTS.iter().find_map(|r| {
+            fs::read_to_string(Path::new(r).join("events/tcp/tcp_send_reset/format")).ok()
+        });
+        let Some(format) = format else {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "tracefs not readable"
+            );
+            return;
+        };
+        let names = reset_reasons();
+        if format.contains(" reason;") {
+            assert_eq!(names.name(0), Some("NOT_SPECIFIED"), "{format}");
+            assert!(
+                (1..64).any(|n| names.name(n) == Some("TCP_ABORT_ON_CLOSE")),
+                "{format}"
+            );
+        } else {
+            assert!(names.is_empty());
         }
     }
 

@@ -35,7 +35,7 @@ pub const WATCH_KEYS: [(&str, &[&str]); 8] = [
     ("end", &["state", "ms_in_state", "cause", "evidence"]),
     ("retransmit", &["state"]),
     ("synack_retransmit", &[]),
-    ("reset_sent", &["state", "reason"]),
+    ("reset_sent", &["state", "reason", "reason_name"]),
     ("reset_received", &[]),
     ("error", &["error"]),
     ("lost", &["count"]),

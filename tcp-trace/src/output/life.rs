@@ -71,6 +71,16 @@ struct JsonEnds {
     ends_estimated: bool,
 }
 
+/// The MS cell of a human line: an exact duration in ms, as the column says; one only known
+/// as a lower bound (the connection began before the tracer saw it) in human units, as `stuck`
+/// writes ages (`≥ 1m14s`).
+fn duration_cell(ns: u64, exact: bool) -> String {
+    match exact {
+        true => format!("{:.3}", (ns / 1000) as f64 / 1000.0),
+        false => crate::stuck::age_text(std::time::Duration::from_nanos(ns), false),
+    }
+}
+
 /// Writes `life` output.
 pub struct LifeWriter<W: Write> {
     out: W,
@@ -238,11 +248,7 @@ impl<W: Write> LifeWriter<W> {
         } else {
             format!("  [{}]", notes.join(", "))
         };
-        let dur = if l.exact_start {
-            format!("{duration_ms:.3}")
-        } else {
-            format!(">={duration_ms:.0}")
-        };
+        let dur = duration_cell(end.saturating_sub(start), l.exact_start);
         writeln!(
             self.out,
             "{:<13} {:<7} {:<16} {:<27} {:<27} {:>10} {:<7} {:<18} {}{notes}",
@@ -285,5 +291,25 @@ impl<W: Write> LifeWriter<W> {
     /// Flushes the sink.
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lower_bound_is_in_human_units_and_keeps_the_column() {
+        assert_eq!(duration_cell(15_548_123, true), "15.548");
+        assert_eq!(duration_cell(74_008_000_000, true), "74008.000");
+        assert_eq!(duration_cell(74_008_000_000, false), "≥ 1m14s");
+        assert_eq!(duration_cell(4_307_980_000, false), "≥ 4.3s");
+        assert_eq!(duration_cell(0, false), "≥ 0.0s");
+        assert_eq!(duration_cell(2 * 3600 * 1_000_000_000, false), "≥ 2h00m");
+        // Right-aligned in the 10 columns of MS, as the header: `≥` is one column.
+        for cell in [duration_cell(74_008_000_000, false), duration_cell(1, true)] {
+            let shown = format!("|{cell:>10}|");
+            assert_eq!(shown.chars().count(), 12, "{shown}");
+        }
     }
 }

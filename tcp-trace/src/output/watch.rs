@@ -12,7 +12,7 @@ use crate::engine::{
 };
 use crate::event::{
     clock::{Clock, Rfc3339Cache},
-    endpoint, errno_name, Event, EventKind, Owner, Place, Task, TcpState,
+    endpoint, errno_name, Event, EventKind, Owner, Place, ResetReasons, Task, TcpState,
 };
 
 /// An event with what the engine added to it.
@@ -45,6 +45,8 @@ pub struct WatchWriter<W: Write> {
     /// Each cgroup's `container_id`/`pod_uid` keys, rendered once (parsing a path per event
     /// would cost more than the rest of its line).
     containers: rustc_hash::FxHashMap<u64, Box<[u8]>>,
+    /// The names of the kernel's reset reasons (of the kernel that sent them).
+    reasons: ResetReasons,
 }
 
 const HUMAN_HEADER: &str = "TIME          PID     COMM             LOCAL                       REMOTE                      EVENT";
@@ -62,7 +64,14 @@ impl<W: Write> WatchWriter<W> {
             header_done: false,
             wide: false,
             containers: Default::default(),
+            reasons: ResetReasons::default(),
         }
+    }
+
+    /// The names of the reset reasons of the kernel the events come from (the running one, or
+    /// the recording's); without them a reset's reason is its number.
+    pub fn set_reset_reasons(&mut self, reasons: ResetReasons) {
+        self.reasons = reasons;
     }
 
     /// Human output: also the socket's network namespace and cgroup.
@@ -76,7 +85,7 @@ impl<W: Write> WatchWriter<W> {
             self.line.clear();
             let ts = self.ts.format(&self.clock, a.ev.ts_ns);
             let ctr = container_keys(&mut self.containers, a.place.cgroup, a.cgroup);
-            json_event(&mut self.line, a, ts, ctr);
+            json_event(&mut self.line, a, ts, ctr, &self.reasons);
             return self.out.write_all(&self.line);
         }
         self.header()?;
@@ -97,7 +106,11 @@ impl<W: Write> WatchWriter<W> {
             EventKind::Retransmit { state, .. } => format!("RETRANSMIT in {state}"),
             EventKind::SynackRetransmit { .. } => "SYNACK-RETRANSMIT".to_string(),
             EventKind::ResetSent { state, reason } => {
-                let reason = reason.map(|r| format!(" (reason {r})")).unwrap_or_default();
+                let reason = match reason.map(|r| (r, self.reasons.name(r))) {
+                    Some((_, Some(name))) => format!(" ({name})"),
+                    Some((r, None)) => format!(" (reason {r})"),
+                    None => String::new(),
+                };
                 match state {
                     Some(s) => format!("RESET-SENT in {s}{reason}"),
                     None => format!("RESET-SENT no socket{reason}"),
@@ -366,8 +379,15 @@ fn json_conn(out: &mut Vec<u8>, kind: &str, a: &Annotated<'_>, ts: &str, contain
 }
 
 /// Appends the JSON object (one line, with its newline) for one event; `container`: the
-/// `container_id`/`pod_uid` keys its cgroup path names (see [`container`]).
-pub fn json_event(out: &mut Vec<u8>, a: &Annotated<'_>, ts: &str, container: &[u8]) {
+/// `container_id`/`pod_uid` keys its cgroup path names (see [`container`]); `reasons`: the
+/// names of the kernel's reset reasons.
+pub fn json_event(
+    out: &mut Vec<u8>,
+    a: &Annotated<'_>,
+    ts: &str,
+    container: &[u8],
+    reasons: &ResetReasons,
+) {
     let ev = a.ev;
     json_conn(out, ev.kind.type_name(), a, ts, container);
     match ev.kind {
@@ -400,6 +420,11 @@ pub fn json_event(out: &mut Vec<u8>, a: &Annotated<'_>, ts: &str, container: &[u
             next_key!(out, "reason");
             match reason {
                 Some(r) => int(out, r),
+                None => null(out),
+            }
+            next_key!(out, "reason_name");
+            match reason.and_then(|r| reasons.name(r)) {
+                Some(name) => plain(out, name),
                 None => null(out),
             }
         }
@@ -585,8 +610,66 @@ mod tests {
             assert_eq!(v["pid"], u32::MAX);
             assert!(v["state"].is_null());
             assert_eq!(v["reason"], u32::MAX - 1);
+            assert!(v["reason_name"].is_null());
             assert!(!l.trim_end().contains('\n'), "one line: {l:?}");
         }
+    }
+
+    /// A reset's reason by the kernel's name where it has one, by number where the name is
+    /// unknown; JSON keeps the number and adds the name (`null` when unknown).
+    #[test]
+    fn reset_reasons_are_named_as_the_kernel_names_them() {
+        let reasons: ResetReasons = [(11, "TCP_ABORT_ON_CLOSE".to_string())]
+            .into_iter()
+            .collect();
+        let show = |reason: Option<u32>, json: bool| {
+            let e = ev(EventKind::ResetSent {
+                state: Some(TcpState::CLOSE),
+                reason,
+            });
+            let mut w = WatchWriter::new(Vec::new(), json, Clock::fixed(0));
+            w.header_done = true;
+            w.set_reset_reasons(reasons.clone());
+            w.event(&bare(&e)).unwrap();
+            String::from_utf8(w.out).unwrap()
+        };
+        let human = show(Some(11), false);
+        assert!(
+            human
+                .trim_end()
+                .ends_with("RESET-SENT in CLOSE (TCP_ABORT_ON_CLOSE)"),
+            "{human}"
+        );
+        let human = show(Some(12), false);
+        assert!(
+            human
+                .trim_end()
+                .ends_with("RESET-SENT in CLOSE (reason 12)"),
+            "{human}"
+        );
+        let human = show(None, false);
+        assert!(human.trim_end().ends_with("RESET-SENT in CLOSE"), "{human}");
+        let json = |reason| serde_json::from_str::<serde_json::Value>(&show(reason, true)).unwrap();
+        let v = json(Some(11));
+        assert_eq!(
+            (&v["reason"], &v["reason_name"]),
+            (&11.into(), &"TCP_ABORT_ON_CLOSE".into())
+        );
+        let v = json(Some(12));
+        assert_eq!(v["reason"], 12);
+        assert!(v["reason_name"].is_null(), "{v}");
+        let v = json(None);
+        assert!(v["reason"].is_null() && v["reason_name"].is_null(), "{v}");
+        // Without the kernel's names (an older recording): the number, as before.
+        let e = ev(EventKind::ResetSent {
+            state: None,
+            reason: Some(11),
+        });
+        let h = line(&bare(&e), false);
+        assert!(
+            h.trim_end().ends_with("RESET-SENT no socket (reason 11)"),
+            "{h}"
+        );
     }
 
     #[test]

@@ -38,7 +38,7 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    event::{decode, encode, Event},
+    event::{decode, encode, Event, ResetReasons},
     host::{owners::Holder, sockdiag::DiagSocket},
 };
 
@@ -104,6 +104,11 @@ pub struct FileHeader {
     /// The same in every part of one recording, and in no other recording.
     #[serde(default)]
     pub recording: String,
+    /// The recording kernel's names of its reset reasons (`enum sk_rst_reason`) by number:
+    /// they differ between kernel versions. Empty on kernels without them and in recordings
+    /// made before they were kept (readers of those ignore the key: no new version).
+    #[serde(default)]
+    pub reset_reasons: ResetReasons,
 }
 
 /// Sockets and their holders at one moment.
@@ -582,7 +587,26 @@ mod tests {
             tool: "test".into(),
             part: 1,
             recording: "r1".into(),
+            reset_reasons: [(11, "TCP_ABORT_ON_CLOSE".to_string())]
+                .into_iter()
+                .collect(),
         }
+    }
+
+    /// The reset reasons' names are one more header key: a header without it (an older
+    /// recording) reads with none, and a key this build does not know is ignored, as older
+    /// builds ignore this one.
+    #[test]
+    fn the_header_reads_with_and_without_reset_reasons() {
+        let mut v = serde_json::to_value(header()).unwrap();
+        assert_eq!(v["reset_reasons"]["11"], "TCP_ABORT_ON_CLOSE");
+        v["some_later_key"] = serde_json::json!({"x": 1});
+        let h: FileHeader = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(h, header());
+        v.as_object_mut().unwrap().remove("reset_reasons");
+        let old: FileHeader = serde_json::from_value(v).unwrap();
+        assert!(old.reset_reasons.is_empty());
+        assert_eq!(old.reset_reasons.name(11), None);
     }
 
     #[test]
