@@ -1014,6 +1014,7 @@ pub const MATRIX: &[(&str, &[&str])] = &[
             "the_forecast_uses_the_namespaces_own_fin_timeout",
             "a_close_wait_with_keepalive_ends_at_its_probe",
             "live_stuck_follows_other_namespaces_and_their_deletion",
+            "ages_of_sockets_older_than_the_tracer_agree",
         ],
     ),
     (
@@ -1028,6 +1029,8 @@ pub const MATRIX: &[(&str, &[&str])] = &[
     ("owners", &["life_names_the_holder_of_accepted_connections"]),
     ("overload", &["kernel_port_filter_costs_no_ring_space"]),
     ("detach", &[]),
+    // Which perf_event_paranoid rule the kernel applies is probed before starting.
+    ("privilege", &["every_missing_privilege_is_named_at_once"]),
 ];
 
 /// What a test prints when a check needs a newer kernel (`tests/common`): the report lists it.
