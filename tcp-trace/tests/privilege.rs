@@ -186,7 +186,8 @@ fn every_missing_privilege_is_named_at_once() {
     let out = as_nobody(required, &["stuck", "--once", "--port", "1"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
-    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+    // (An older kernel warns of what it cannot give, too.)
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("CAP_")).collect();
     assert_eq!(warnings.len(), 1, "{err}");
     assert!(
         warnings[0].starts_with("tcp-trace: warning: running without CAP_SYS_PTRACE"),
