@@ -34,7 +34,7 @@ impl Input {
     ) -> Result<(Self, Clock)> {
         match replay {
             [] => {
-                crate::kernel::privilege::preflight(owners)?;
+                crate::kernel::preflight(owners)?;
                 let stop = Stop::new(c.duration)?;
                 // The output always shows sockets' namespaces and cgroups.
                 let src = KernelSource::open(c.source_options(true)?)?;

@@ -30,6 +30,12 @@ use self::{
 };
 use crate::event::{decode, Delivery, ResetReasons};
 
+/// Checks every privilege tcp-trace uses before it starts (see [`privilege::preflight`]).
+/// `owners`: the command looks up who holds a socket in other processes' fds.
+pub fn preflight(owners: bool) -> Result<()> {
+    privilege::preflight(owners, tracefs::denied())
+}
+
 /// Knobs for loading the kernel side.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {

@@ -53,8 +53,9 @@ struct Lack {
 /// Checks every privilege tcp-trace uses before it starts, and names all that are missing
 /// at once: refuses (one line, [`NotPermitted`]) when the programs cannot be loaded, attached
 /// or described, else warns once about those that only narrow what is seen. `owners`: the
-/// command reads other processes' fds to find who holds a socket.
-pub fn preflight(owners: bool) -> Result<()> {
+/// command reads other processes' fds to find who holds a socket; `tracefs_denied`: tracefs
+/// is mounted and this process may not list it.
+pub fn preflight(owners: bool, tracefs_denied: bool) -> Result<()> {
     let caps = effective_caps();
     let has = |c: u32| caps & (1 << c) != 0;
     let mut needed = Vec::new();
@@ -82,7 +83,7 @@ pub fn preflight(owners: bool) -> Result<()> {
             });
         }
     }
-    if !can_read_any_file() && tracefs_denied() {
+    if !can_read_any_file() && tracefs_denied {
         needed.push(Lack {
             caps: "CAP_DAC_READ_SEARCH",
             buys: "to read the tracepoints' layouts in tracefs".into(),
@@ -190,13 +191,6 @@ struct PerfEventAttr {
     wakeup_events: u32,
     bp_type: u32,
     config1: u64,
-}
-
-/// tracefs is mounted where tcp-trace looks and this process may not list it (mode 0700).
-fn tracefs_denied() -> bool {
-    super::tracefs::ROOTS.iter().any(|r| {
-        std::fs::read_dir(r).is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
-    })
 }
 
 /// Debian's kernels add `perf_event_paranoid` 3 (their default): no perf event, tracepoints

@@ -151,6 +151,13 @@ pub fn reset_reasons() -> ResetReasons {
         .collect()
 }
 
+/// tracefs is mounted where tcp-trace looks and this process may not list it (mode 0700).
+pub fn denied() -> bool {
+    ROOTS
+        .iter()
+        .any(|r| fs::read_dir(r).is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied))
+}
+
 /// Result of checking one program's layout against the running kernel.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Check {
