@@ -858,7 +858,10 @@ fn a_full_disk_ends_the_recording_with_what_was_kept() {
         .iter()
         .filter(|l| l.starts_with("tcp-trace:") && !l.starts_with("tcp-trace: warning:"))
         .collect();
-    assert_eq!(said.len(), 1, "{err:?}");
+    // What it records and where, then what went wrong and what is kept.
+    assert_eq!(said.len(), 2, "{err:?}");
+    assert!(said[0].starts_with("tcp-trace: recording TCP"), "{said:?}");
+    let said = &said[1..];
     assert!(
         said[0].contains(&format!("writing {f}: No space left on device"))
             && said[0].contains(&format!("replay it with --replay {f}")),

@@ -1,7 +1,8 @@
-//! `cargo xtask dist`: tcp-trace as one static binary (musl: it runs on any x86-64 Linux
-//! whatever its glibc) with its manual page, shell completions, README and `deploy/`, packed in
-//! `target/dist/` as a tarball and a .deb. The .deb is built by `dpkg-deb`, Debian's own
-//! packager; `check_deb` installs it with `dpkg -i`, uses it and removes it.
+//! `cargo xtask dist`: tcp-trace as one static binary (musl: it runs on any Linux of its
+//! machine whatever its glibc) for x86-64 and for arm64, each with its manual page, shell
+//! completions, README and `deploy/`, packed in `target/dist/` as a tarball and a .deb. The
+//! .debs are built by `dpkg-deb`, Debian's own packager; `check` installs the host's with
+//! `dpkg -i`, uses it and removes it, and inspects the other's.
 
 use std::{
     fs,
@@ -11,14 +12,11 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 
-const TARGET: &str = "x86_64-unknown-linux-musl";
+use crate::arch::Arch;
 
-/// Debian packages the build needs: musl's C compiler wrapper (zstd is C), gzip for the man
-/// page.
-const PACKAGES: [&str; 2] = ["musl-tools", "gzip"];
-
-/// What `dist` made.
+/// What `dist` made for one machine.
 pub struct Dist {
+    pub arch: Arch,
     pub tarball: PathBuf,
     pub deb: PathBuf,
 }
@@ -46,9 +44,10 @@ fn put(path: &Path, bytes: &[u8]) -> Result<()> {
     fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Builds the static binary (release) that ships; returns its path.
-pub fn binary(root: &Path) -> Result<PathBuf> {
-    crate::setup::ensure_debs(&PACKAGES, "to build the static binary")?;
+/// Makes sure this machine can build for `arch`: its Rust target and C cross compiler.
+pub fn ensure_target(arch: Arch) -> Result<()> {
+    let target = arch.target();
+    crate::setup::ensure_debs(arch.packages(), &format!("to build for {target}"))?;
     let installed = String::from_utf8(
         Command::new("rustup")
             .args(["target", "list", "--installed"])
@@ -56,39 +55,88 @@ pub fn binary(root: &Path) -> Result<PathBuf> {
             .context("running rustup")?
             .stdout,
     )?;
-    if !installed.lines().any(|t| t == TARGET) {
-        println!("xtask: adding the {TARGET} target");
-        crate::status(Command::new("rustup").args(["target", "add", TARGET]))?;
+    if !installed.lines().any(|t| t == target) {
+        println!("xtask: adding the {target} target");
+        crate::status(Command::new("rustup").args(["target", "add", target]))?;
     }
+    Ok(())
+}
+
+/// Builds the static binary (release) that ships for `arch`; returns its path.
+pub fn binary(root: &Path, arch: Arch) -> Result<PathBuf> {
+    ensure_target(arch)?;
     crate::status(
         crate::cargo()
             .current_dir(root)
-            .args(["build", "--release", "-p", "tcp-trace", "--target", TARGET])
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "tcp-trace",
+                "--target",
+                arch.target(),
+            ])
+            .envs(arch.cargo_env())
             .env("PATH", crate::setup::path_with_cargo_bin()),
     )?;
-    Ok(root.join("target").join(TARGET).join("release/tcp-trace"))
+    let bin = arch.target_dir(root).join("release/tcp-trace");
+    ensure!(
+        elf_machine(&bin)? == arch.elf_machine() && !has_interpreter(&bin)?,
+        "{} is not a static {} binary",
+        bin.display(),
+        arch.name()
+    );
+    Ok(bin)
 }
 
-/// Builds the static binary and packs the tarball and the .deb.
-pub fn dist(root: &Path) -> Result<Dist> {
-    let bin = binary(root)?;
+/// Builds the static binaries and packs a tarball and a .deb for each machine.
+pub fn dist(root: &Path) -> Result<Vec<Dist>> {
+    crate::setup::ensure_debs(&["gzip"], "to compress the manual page")?;
     let version = version(root)?;
     let out = root.join("target/dist");
     let _ = fs::remove_dir_all(&out);
+    // The manual page and completions come from the host's binary: the same on every machine.
+    let host = binary(root, Arch::X86_64)?;
+    let man = generated(&host, &["man"])?;
+    let completions: Vec<(&str, Vec<u8>)> = ["bash", "zsh", "fish"]
+        .into_iter()
+        .map(|sh| Ok((sh, generated(&host, &["completions", sh])?)))
+        .collect::<Result<_>>()?;
+    let mut made = Vec::new();
+    for arch in Arch::ALL {
+        let bin = match arch {
+            Arch::X86_64 => host.clone(),
+            _ => binary(root, arch)?,
+        };
+        made.push(pack(root, &out, arch, &bin, &version, &man, &completions)?);
+    }
+    Ok(made)
+}
 
+/// The tarball and the .deb of one machine's binary.
+fn pack(
+    root: &Path,
+    out: &Path,
+    arch: Arch,
+    bin: &Path,
+    version: &str,
+    man: &[u8],
+    completions: &[(&str, Vec<u8>)],
+) -> Result<Dist> {
+    let completion = |sh: &str| {
+        completions
+            .iter()
+            .find(|(s, _)| *s == sh)
+            .map(|(_, c)| c.as_slice())
+            .context("no completion")
+    };
     // The tarball: the binary, its docs, deploy/, completions and the man page.
-    let name = format!("tcp-trace-{version}-x86_64-linux-musl");
+    let name = format!("tcp-trace-{version}-{}-linux-musl", arch.name());
     let stage = out.join(&name);
-    let man = generated(&bin, &["man"])?;
-    let completions = [
-        ("bash", "tcp-trace.bash"),
-        ("zsh", "_tcp-trace"),
-        ("fish", "tcp-trace.fish"),
-    ];
     fs::create_dir_all(&stage)?;
-    fs::copy(&bin, stage.join("tcp-trace"))?;
+    fs::copy(bin, stage.join("tcp-trace"))?;
     // The release profile keeps debug info (for perf); what ships does not need it.
-    crate::status(Command::new("strip").arg(stage.join("tcp-trace")))?;
+    crate::status(Command::new(arch.strip()).arg(stage.join("tcp-trace")))?;
     let bin = stage.join("tcp-trace");
     fs::copy(root.join("README.md"), stage.join("README.md"))?;
     // deploy/ with its subdirectories (grafana/, prometheus/).
@@ -98,25 +146,26 @@ pub fn dist(root: &Path) -> Result<Dist> {
             .arg(root.join("deploy"))
             .arg(stage.join("deploy")),
     )?;
-    for (shell, file) in completions {
-        put(
-            &stage.join("completions").join(file),
-            &generated(&bin, &["completions", shell])?,
-        )?;
+    for (shell, file) in [
+        ("bash", "tcp-trace.bash"),
+        ("zsh", "_tcp-trace"),
+        ("fish", "tcp-trace.fish"),
+    ] {
+        put(&stage.join("completions").join(file), completion(shell)?)?;
     }
-    put(&stage.join("man/tcp-trace.1"), &man)?;
+    put(&stage.join("man/tcp-trace.1"), man)?;
     let tarball = out.join(format!("{name}.tar.gz"));
     crate::status(
         Command::new("tar")
             .arg("-C")
-            .arg(&out)
+            .arg(out)
             .arg("-czf")
             .arg(&tarball)
             .arg(&name),
     )?;
 
     // The .deb: the same, where Debian expects each file; the unit installed, not enabled.
-    let deb_root = out.join("deb");
+    let deb_root = out.join(format!("deb-{}", arch.debian()));
     put(&deb_root.join("usr/bin/tcp-trace"), &fs::read(&bin)?)?;
     crate::status(
         Command::new("chmod")
@@ -124,17 +173,14 @@ pub fn dist(root: &Path) -> Result<Dist> {
             .arg(deb_root.join("usr/bin/tcp-trace")),
     )?;
     let man_path = deb_root.join("usr/share/man/man1/tcp-trace.1");
-    put(&man_path, &man)?;
+    put(&man_path, man)?;
     crate::status(Command::new("gzip").args(["-9n"]).arg(&man_path))?;
     for (shell, dir) in [
         ("bash", "usr/share/bash-completion/completions/tcp-trace"),
         ("zsh", "usr/share/zsh/vendor-completions/_tcp-trace"),
         ("fish", "usr/share/fish/vendor_completions.d/tcp-trace.fish"),
     ] {
-        put(
-            &deb_root.join(dir),
-            &generated(&bin, &["completions", shell])?,
-        )?;
+        put(&deb_root.join(dir), completion(shell)?)?;
     }
     let unit = fs::read_to_string(root.join("deploy/tcp-trace.service"))?
         .replace("/usr/local/bin/tcp-trace", "/usr/bin/tcp-trace");
@@ -150,7 +196,7 @@ pub fn dist(root: &Path) -> Result<Dist> {
     let control = format!(
         "Package: tcp-trace\n\
          Version: {version}\n\
-         Architecture: amd64\n\
+         Architecture: {}\n\
          Maintainer: tcp-trace developers <root@localhost>\n\
          Installed-Size: {size_kib}\n\
          Section: net\n\
@@ -158,10 +204,11 @@ pub fn dist(root: &Path) -> Result<Dist> {
          Description: eBPF tracer of stuck and half-open TCP connections\n \
          Reports sockets stuck half-closed (CLOSE_WAIT, FIN_WAIT2) and half-open\n \
          connections with who holds them, since when and why; records and replays;\n \
-         serves Prometheus metrics. One static binary.\n"
+         serves Prometheus metrics. One static binary.\n",
+        arch.debian()
     );
     put(&deb_root.join("DEBIAN/control"), control.as_bytes())?;
-    let deb = out.join(format!("tcp-trace_{version}_amd64.deb"));
+    let deb = out.join(format!("tcp-trace_{version}_{}.deb", arch.debian()));
     crate::status(
         Command::new("dpkg-deb")
             .args(["--root-owner-group", "--build"])
@@ -170,12 +217,35 @@ pub fn dist(root: &Path) -> Result<Dist> {
     )?;
     fs::remove_dir_all(&deb_root)?;
     println!("xtask: {}\nxtask: {}", tarball.display(), deb.display());
-    Ok(Dist { tarball, deb })
+    Ok(Dist { arch, tarball, deb })
 }
 
-/// Checks the tarball's contents; installs the .deb, checks what it put where and that the
-/// binary runs (its version, a short `watch`), then removes it and checks that nothing is left.
-pub fn check(d: &Dist) -> Result<()> {
+/// The files the .deb installs.
+const DEB_FILES: [&str; 6] = [
+    "/usr/bin/tcp-trace",
+    "/usr/share/man/man1/tcp-trace.1.gz",
+    "/usr/share/bash-completion/completions/tcp-trace",
+    "/usr/share/zsh/vendor-completions/_tcp-trace",
+    "/usr/share/fish/vendor_completions.d/tcp-trace.fish",
+    "/lib/systemd/system/tcp-trace.service",
+];
+
+/// Checks every tarball's contents and binary; installs the host's .deb, checks what it put
+/// where and that the binary runs (its version, a short `watch`), removes it and checks that
+/// nothing is left; inspects the other machines' .debs (their binary runs in their guests).
+pub fn check(dists: &[Dist]) -> Result<()> {
+    for d in dists {
+        check_tarball(d)?;
+        match d.arch {
+            Arch::X86_64 => install(d)?,
+            _ => inspect(d)?,
+        }
+    }
+    Ok(())
+}
+
+/// The tarball has every file, and its binary is a static one of its machine.
+fn check_tarball(d: &Dist) -> Result<()> {
     let listing = Command::new("tar").arg("-tzf").arg(&d.tarball).output()?;
     let listing = String::from_utf8_lossy(&listing.stdout);
     for f in [
@@ -189,18 +259,98 @@ pub fn check(d: &Dist) -> Result<()> {
     ] {
         ensure!(
             listing.lines().any(|l| l.ends_with(&format!("/{f}"))),
-            "the tarball lacks {f}"
+            "{} lacks {f}",
+            d.tarball.display()
         );
     }
+    let dir = tempdir(d, "tar")?;
+    crate::status(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&dir)
+            .arg("-xzf")
+            .arg(&d.tarball)
+            .args(["--wildcards", "*/tcp-trace"]),
+    )?;
+    let bin = fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path().join("tcp-trace"))
+        .find(|p| p.is_file())
+        .context("no binary unpacked")?;
+    let checked = static_of(&bin, d.arch);
+    let _ = fs::remove_dir_all(&dir);
+    checked
+}
+
+/// A scratch directory for one check of `d`.
+fn tempdir(d: &Dist, what: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "xtask-dist-{what}-{}-{}",
+        d.arch.debian(),
+        std::process::id()
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// `bin` is a static ELF binary for `arch`.
+fn static_of(bin: &Path, arch: Arch) -> Result<()> {
+    ensure!(
+        elf_machine(bin)? == arch.elf_machine(),
+        "{} is not an {} binary",
+        bin.display(),
+        arch.name()
+    );
+    ensure!(
+        !has_interpreter(bin)?,
+        "{} is not static: it names a dynamic loader (PT_INTERP)",
+        bin.display()
+    );
+    Ok(())
+}
+
+/// Another machine's .deb, read with `dpkg-deb`: its architecture, its files, its binary.
+fn inspect(d: &Dist) -> Result<()> {
+    let field = Command::new("dpkg-deb")
+        .arg("--field")
+        .arg(&d.deb)
+        .arg("Architecture")
+        .output()?;
+    let field = String::from_utf8_lossy(&field.stdout).trim().to_string();
+    ensure!(
+        field == d.arch.debian(),
+        "{}: Architecture {field:?}",
+        d.deb.display()
+    );
+    let dir = tempdir(d, "deb")?;
+    crate::status(Command::new("dpkg-deb").arg("-x").arg(&d.deb).arg(&dir))?;
+    let checked = (|| -> Result<()> {
+        for f in DEB_FILES {
+            ensure!(
+                dir.join(f.trim_start_matches('/')).exists(),
+                "{} lacks {f}",
+                d.deb.display()
+            );
+        }
+        static_of(&dir.join("usr/bin/tcp-trace"), d.arch)
+    })();
+    let _ = fs::remove_dir_all(&dir);
+    checked?;
+    println!(
+        "xtask: {} is for {} and has its {} files (its binary runs in the {} guests)",
+        d.deb.display(),
+        d.arch.debian(),
+        DEB_FILES.len(),
+        d.arch.debian()
+    );
+    Ok(())
+}
+
+/// Installs the host's .deb, uses it, removes it.
+fn install(d: &Dist) -> Result<()> {
     let deb = &d.deb;
-    let files = [
-        "/usr/bin/tcp-trace",
-        "/usr/share/man/man1/tcp-trace.1.gz",
-        "/usr/share/bash-completion/completions/tcp-trace",
-        "/usr/share/zsh/vendor-completions/_tcp-trace",
-        "/usr/share/fish/vendor_completions.d/tcp-trace.fish",
-        "/lib/systemd/system/tcp-trace.service",
-    ];
+    let files = DEB_FILES;
     crate::status(Command::new("dpkg").arg("-i").arg(deb))?;
     let checked = (|| -> Result<()> {
         for f in files {
@@ -246,6 +396,17 @@ pub fn check(d: &Dist) -> Result<()> {
     }
     println!("xtask: dpkg -r removed it cleanly");
     Ok(())
+}
+
+/// The ELF file's `e_machine`.
+fn elf_machine(path: &Path) -> Result<u16> {
+    let elf = std::fs::read(path)?;
+    ensure!(
+        elf.starts_with(b"\x7fELF\x02\x01") && elf.len() >= 20,
+        "{}: not a little-endian 64-bit ELF file",
+        path.display()
+    );
+    Ok(u16::from_le_bytes([elf[18], elf[19]]))
 }
 
 /// Whether the ELF file at `path` asks for a dynamic loader (a `PT_INTERP` program header):

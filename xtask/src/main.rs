@@ -6,6 +6,7 @@
 //! what is missing (and saying so): nightly's `rust-src`, a `bpf-linker` built against the
 //! nightly toolchain's own libLLVM, and a mounted tracefs. No product logic lives here.
 
+mod arch;
 mod bench;
 mod dist;
 mod layers;
@@ -101,8 +102,11 @@ enum Task {
         /// Boot this kernel and run tcp-trace's test binaries in it (repeatable, up to
         /// `--vm-jobs` guests at a time): debian-5.10-cloud, debian-5.10-rt, debian-6.1-cloud,
         /// debian-6.1-rt, debian-6.12-cloud or debian-6.12-rt, the newest Debian package of
-        /// each. `KERNEL:watch,resets` runs only those test files there, `KERNEL:watch::NAME`
-        /// only that test, `KERNEL:matrix` the kernel-facing tests CI runs in every guest.
+        /// each; debian-6.1-cloud-arm64 or debian-6.12-cloud-arm64 on an emulated arm64
+        /// machine (the tests and the binary built for it, a root of Debian 12's arm64
+        /// packages). `KERNEL:watch,resets` runs only those test files there, `KERNEL:watch::NAME`
+        /// only that test, `KERNEL:matrix` the kernel-facing tests CI runs in every x86-64 guest,
+        /// `KERNEL:arch` those of them CI runs on arm64 (watch, stuck, resets, halfopen).
         #[arg(long, value_parser = vm::parse_kernel_run)]
         kernel: Vec<vm::KernelRun>,
         /// Guests running at once with several `--kernel`s; the others wait their turn.
@@ -320,7 +324,7 @@ fn run(cli: Cli) -> Result<()> {
             append,
             cmd,
         } => {
-            vm::ensure_host_tools()?;
+            vm::ensure_host_tools(&[vm::arch_of(&kernel)])?;
             let kernel = vm::kernel(&root, &kernel)?;
             let cwd = std::env::current_dir()?;
             let quoted: Vec<String> = cmd.iter().map(|a| vm::quote(a)).collect();
@@ -354,10 +358,31 @@ fn run(cli: Cli) -> Result<()> {
         } if !kernel.is_empty() => {
             setup::ensure_all()?;
             setup::ensure_test_tools()?;
-            vm::ensure_host_tools()?;
-            let bins = vm::build_tests(&root)?;
-            // The guests run the tests against the binary that ships.
-            let tracer = dist::binary(&root)?;
+            // Each machine's tests, and the binary that ships for it, which they run.
+            let mut arches: Vec<arch::Arch> = kernel.iter().map(|k| vm::arch_of(&k.name)).collect();
+            arches.sort_by_key(|a| *a as u8);
+            arches.dedup();
+            vm::ensure_host_tools(&arches)?;
+            let mut builds = Vec::new();
+            for a in &arches {
+                // Another machine's tests are built only for the files its runs ask for.
+                let runs: Vec<_> = kernel
+                    .iter()
+                    .filter(|k| vm::arch_of(&k.name) == *a)
+                    .collect();
+                let files: Option<Vec<String>> = runs.iter().try_fold(Vec::new(), |mut all, k| {
+                    for o in k.only.as_ref()? {
+                        let file = o.split_once("::").map_or(o.as_str(), |f| f.0).to_string();
+                        if !all.contains(&file) {
+                            all.push(file);
+                        }
+                    }
+                    Some(all)
+                });
+                let bins = vm::build_tests(&root, *a, files.as_deref())?;
+                builds.push((*a, bins, dist::binary(&root, *a)?));
+            }
+            let build_of = |a: arch::Arch| builds.iter().find(|b| b.0 == a).expect("built");
             let plan = vm::TestPlan {
                 threads: test_threads,
                 filters: args,
@@ -386,10 +411,11 @@ fn run(cli: Cli) -> Result<()> {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(k) = kernels.get(i) else { break };
                         let mut opts = vm_options(slowdown, timeout);
+                        let (_, bins, tracer) = build_of(k.arch);
                         opts.env
                             .push(("TCP_TRACE_BIN".into(), tracer.display().to_string()));
                         let only = kernel[i].only.as_deref();
-                        let _ = runs[i].set(vm::test_on(&root, k, only, &bins, &plan, &opts));
+                        let _ = runs[i].set(vm::test_on(&root, k, only, bins, &plan, &opts));
                     });
                 }
             });
@@ -409,8 +435,11 @@ fn run(cli: Cli) -> Result<()> {
                     .fold((0, 0), |(p, f), (_, t)| (p + t.0, f + t.1));
                 println!("total: {p} passed, {f} failed");
             }
-            // Also the first kernel booted locked down (a few seconds).
-            let lockdown = vm::lockdown_check(&root, &kernels[0]);
+            // Also the first of the host's machine booted locked down (a few seconds).
+            let lockdown = match kernels.iter().find(|k| k.arch == arch::Arch::X86_64) {
+                Some(k) => vm::lockdown_check(&root, k),
+                None => Ok(()),
+            };
             let failed: usize = totals.iter().map(|(_, t)| t.1).sum();
             if failed > 0 {
                 bail!("{failed} test failures in the VMs");

@@ -28,15 +28,38 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 
-/// `--kernel` names; each is the newest Debian package of that flavour at run time.
-pub const KERNELS: [&str; 6] = [
+use crate::arch::Arch;
+
+/// `--kernel` names; each is the newest Debian package of that flavour at run time (`-arm64`:
+/// Debian's arm64 kernel, booted under qemu's emulated arm64 machine).
+pub const KERNELS: [&str; 8] = [
     "debian-5.10-cloud",
     "debian-5.10-rt",
     "debian-6.1-cloud",
     "debian-6.1-rt",
     "debian-6.12-cloud",
     "debian-6.12-rt",
+    "debian-6.1-cloud-arm64",
+    "debian-6.12-cloud-arm64",
 ];
+
+/// A `--kernel` name's Debian version, flavour and machine.
+fn parse_name(name: &str) -> Option<(&str, &str, Arch)> {
+    let rest = name
+        .strip_prefix("debian-")
+        .filter(|_| KERNELS.contains(&name))?;
+    let (rest, arch) = match rest.strip_suffix("-arm64") {
+        Some(r) => (r, Arch::Aarch64),
+        None => (rest, Arch::X86_64),
+    };
+    let (version, flavour) = rest.split_once('-')?;
+    Some((version, flavour, arch))
+}
+
+/// The machine a `--kernel` runs on.
+pub fn arch_of(name: &str) -> Arch {
+    parse_name(name).map_or(Arch::X86_64, |(_, _, a)| a)
+}
 
 /// The Debian release each kernel version of [`KERNELS`] comes from.
 const SUITES: [(&str, &str); 3] = [
@@ -52,13 +75,33 @@ const ARCHIVES: [(&str, &str); 2] = [
 /// How old a suite's lists may get before the runner updates them (to find newer kernels).
 const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
-/// Debian packages the runner needs on the host (virtiofsd comes with qemu-system-common).
-const HOST_PACKAGES: [&str; 5] = [
-    "qemu-system-x86",
-    "busybox-static",
-    "cpio",
+/// Debian packages the runner needs on the host (virtiofsd comes with qemu-system-common),
+/// and the emulator of each guest machine.
+const HOST_PACKAGES: [&str; 4] = ["busybox-static", "cpio", "kmod", "xz-utils"];
+
+fn qemu_package(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "qemu-system-x86",
+        Arch::Aarch64 => "qemu-system-arm",
+    }
+}
+
+/// What an arm64 guest's root filesystem is made of (Debian 12's packages and what they need,
+/// unpacked): the tests' shell, Python, iproute2, util-linux (`setpriv`, `unshare`, `mount`),
+/// procps (`sysctl`), kmod (`modprobe`), and a static busybox for the initramfs.
+const ARM64_ROOT: [&str; 12] = [
+    "bash",
+    "coreutils",
+    "dash",
+    "python3",
+    "iproute2",
+    "util-linux",
+    "mount",
+    "procps",
     "kmod",
-    "xz-utils",
+    "busybox-static",
+    "base-passwd",
+    "libc-bin",
 ];
 const VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";
 /// What the initramfs loads to mount the shares (with their dependencies, from modules.dep).
@@ -81,14 +124,19 @@ pub struct Options {
 pub struct Kernel {
     pub name: String,
     pub release: String,
+    pub arch: Arch,
     vmlinuz: PathBuf,
     /// The unpacked package: `boot/`, `lib/modules/RELEASE/` (wherever the package had them).
     tree: PathBuf,
 }
 
-/// Installs the Debian packages the runner needs when one is missing.
-pub fn ensure_host_tools() -> Result<()> {
-    crate::setup::ensure_debs(&HOST_PACKAGES, "to boot test kernels")?;
+/// Installs the Debian packages the runner needs for guests of `arches` when one is missing.
+pub fn ensure_host_tools(arches: &[Arch]) -> Result<()> {
+    let mut packages = HOST_PACKAGES.to_vec();
+    for a in arches {
+        packages.push(qemu_package(*a));
+    }
+    crate::setup::ensure_debs(&packages, "to boot test kernels")?;
     ensure!(
         Path::new(VIRTIOFSD).exists(),
         "{VIRTIOFSD} is missing (it comes with qemu-system-common)"
@@ -100,12 +148,18 @@ pub fn ensure_host_tools() -> Result<()> {
 /// package cache untouched: the suite and its security updates, their package indexes only.
 struct Apt {
     suite: &'static str,
+    arch: Arch,
     dir: PathBuf,
 }
 
 impl Apt {
-    fn new(root: &Path, suite: &'static str) -> Result<Self> {
-        let dir = root.join("target/vm/apt").join(suite);
+    fn new(root: &Path, suite: &'static str, arch: Arch) -> Result<Self> {
+        let dir = match arch {
+            Arch::X86_64 => root.join("target/vm/apt").join(suite),
+            _ => root
+                .join("target/vm/apt")
+                .join(format!("{suite}-{}", arch.debian())),
+        };
         for d in ["lists/partial", "cache/archives/partial"] {
             fs::create_dir_all(dir.join(d))?;
         }
@@ -113,11 +167,16 @@ impl Apt {
         let sources: String = ARCHIVES
             .iter()
             .map(|(url, tail)| {
-                format!("deb [signed-by={keyring} target=Packages] {url} {suite}{tail} main\n")
+                format!(
+                    "deb [arch={} signed-by={keyring} target=Packages] {url} {suite}{tail} main\n",
+                    arch.debian()
+                )
             })
             .collect();
         fs::write(dir.join("sources.list"), sources)?;
-        Ok(Self { suite, dir })
+        // No package is installed as far as this apt knows: it resolves whole closures.
+        fs::write(dir.join("status"), "")?;
+        Ok(Self { suite, arch, dir })
     }
 
     fn command(&self, program: &str) -> Command {
@@ -127,9 +186,13 @@ impl Apt {
             ("Dir::Etc::SourceParts", "/dev/null".into()),
             ("Dir::State::Lists", self.dir.join("lists")),
             ("Dir::Cache", self.dir.join("cache")),
+            ("Dir::State::status", self.dir.join("status")),
         ] {
             cmd.arg("-o").arg(format!("{opt}={}", path.display()));
         }
+        let arch = self.arch.debian();
+        cmd.args(["-o", &format!("APT::Architecture={arch}")])
+            .args(["-o", &format!("APT::Architectures={arch}")]);
         cmd
     }
 
@@ -224,6 +287,98 @@ impl Apt {
     }
 }
 
+impl Apt {
+    /// The .debs of `packages` and everything they depend on, downloaded into the cache.
+    fn download_closure(&self, packages: &[&str]) -> Result<Vec<PathBuf>> {
+        println!(
+            "xtask: downloading {} and what they need ({} {})",
+            packages.join(" "),
+            self.suite,
+            self.arch.debian()
+        );
+        let out = self
+            .command("apt-get")
+            .args([
+                "install",
+                "-q",
+                "-y",
+                "--download-only",
+                "--no-install-recommends",
+            ])
+            .args(["-o", "Debug::NoLocking=1"])
+            .args(packages)
+            .output()
+            .context("running apt-get install --download-only")?;
+        ensure!(
+            out.status.success(),
+            "apt-get could not download {}: {}",
+            packages.join(" "),
+            apt_error(&out.stderr)
+        );
+        Ok(fs::read_dir(self.dir.join("cache/archives"))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+            .collect())
+    }
+}
+
+/// The root filesystem of `arch`'s guests: none for the host's machine (the guest shares the
+/// host's `/`); for another, Debian 12's packages of [`ARM64_ROOT`] and their dependencies
+/// unpacked (no maintainer script runs: the accounts come from base-passwd's masters) under
+/// `target/vm/rootfs-ARCH/`, once.
+pub fn guest_root(root: &Path, arch: Arch) -> Result<Option<PathBuf>> {
+    if arch == Arch::X86_64 {
+        return Ok(None);
+    }
+    let dir = root.join(format!("target/vm/rootfs-{}", arch.debian()));
+    if !dir.join(".ready").exists() {
+        let apt = Apt::new(root, "bookworm", arch)?;
+        apt.refresh()?;
+        let debs = apt.download_closure(&ARM64_ROOT)?;
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        println!(
+            "xtask: unpacking {} packages into {}",
+            debs.len(),
+            dir.display()
+        );
+        for deb in &debs {
+            crate::status(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&dir))?;
+        }
+        fs::write(dir.join(".ready"), "")?;
+    }
+    // What maintainer scripts would have done, and where the initramfs mounts the guest's own
+    // file systems and the modules (checked at every boot: cheap, and a runner that learns a
+    // new one needs no new unpacking).
+    for (master, file) in [("passwd", "passwd"), ("group", "group")] {
+        fs::copy(
+            dir.join(format!("usr/share/base-passwd/{master}.master")),
+            dir.join("etc").join(file),
+        )
+        .with_context(|| format!("making the guest's /etc/{file}"))?;
+    }
+    for d in [
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "var/tmp",
+        "run",
+        "root",
+        "lib/modules",
+    ] {
+        fs::create_dir_all(dir.join(d))?;
+    }
+    // `ip netns` keeps its namespaces in /var/run/netns: /run, the guest's tmpfs.
+    let var_run = dir.join("var/run");
+    if !var_run.is_symlink() {
+        let _ = fs::remove_dir_all(&var_run);
+        std::os::unix::fs::symlink("/run", &var_run)?;
+    }
+    Ok(Some(dir))
+}
+
 /// What apt said went wrong: its first error line (the cause), else its last line.
 fn apt_error(stderr: &[u8]) -> String {
     let text = String::from_utf8_lossy(stderr);
@@ -241,9 +396,9 @@ fn apt_error(stderr: &[u8]) -> String {
 
 /// A release's version as numbers (`6.12.115+deb13.1-cloud-amd64`: 6 12 115 13 1), to order
 /// releases: a newer kernel has a larger ABI (`5.10.0-N`, `6.12.N+deb13`), a rebuild a `.N`.
-fn version_key(release: &str, flavour: &str) -> Vec<u64> {
+fn version_key(release: &str, flavour: &str, arch: Arch) -> Vec<u64> {
     let version = release
-        .strip_suffix(&format!("-{flavour}-amd64"))
+        .strip_suffix(&format!("-{flavour}-{}", arch.debian()))
         .unwrap_or(release);
     version
         .split(|c: char| !c.is_ascii_digit())
@@ -256,23 +411,21 @@ fn version_key(release: &str, flavour: &str) -> Vec<u64> {
 /// mirror does not give makes way for the next older one; offline, the newest one unpacked
 /// before is used.
 pub fn kernel(root: &Path, name: &str) -> Result<Kernel> {
-    let (version, flavour) = name
-        .strip_prefix("debian-")
-        .and_then(|v| v.split_once('-'))
-        .filter(|_| KERNELS.contains(&name))
+    let (version, flavour, arch) = parse_name(name)
         .with_context(|| format!("unknown kernel {name:?}: one of {}", KERNELS.join(", ")))?;
     let suite = SUITES
         .iter()
         .find(|(v, _)| *v == version)
         .map(|(_, s)| *s)
         .with_context(|| format!("xtask's SUITES names no Debian release for {version}"))?;
-    let apt = Apt::new(root, suite)?;
+    let apt = Apt::new(root, suite, arch)?;
     apt.refresh()?;
     // The signed package has the same kernel and modules (signed in both) as the unsigned one,
     // and a mirror may have either alone.
     let pattern = format!(
-        "^linux-image-{}\\.[0-9].*-{flavour}-amd64(-unsigned)?$",
-        version.replace('.', "\\.")
+        "^linux-image-{}\\.[0-9].*-{flavour}-{}(-unsigned)?$",
+        version.replace('.', "\\."),
+        arch.debian()
     );
     let dir = root.join("target/vm").join(name);
     fs::create_dir_all(&dir)?;
@@ -297,7 +450,7 @@ pub fn kernel(root: &Path, name: &str) -> Result<Kernel> {
     // Newest first; of one release, one unpacked before, then the unsigned package.
     candidates.sort_by_cached_key(|(r, p)| {
         let unsigned = p.as_ref().is_some_and(|p| p.ends_with("-unsigned"));
-        std::cmp::Reverse((version_key(r, flavour), p.is_none(), unsigned))
+        std::cmp::Reverse((version_key(r, flavour, arch), p.is_none(), unsigned))
     });
     let (mut missed, missing, mut offline) = (Vec::new(), apt.missing(), false);
     for (release, pkg) in candidates {
@@ -334,6 +487,7 @@ pub fn kernel(root: &Path, name: &str) -> Result<Kernel> {
         }
         return Ok(Kernel {
             name: name.to_string(),
+            arch,
             vmlinuz: tree.join("boot").join(format!("vmlinuz-{release}")),
             release,
             tree,
@@ -534,7 +688,13 @@ fn boot(
     for d in ["bin", "mods", "newroot", "proc", "sys", "dev"] {
         fs::create_dir_all(stage.join(d))?;
     }
-    fs::copy("/bin/busybox", stage.join("bin/busybox")).context("copying busybox")?;
+    // The guest's root: the host's own, or one of the guest's machine.
+    let guest_root = guest_root(root, kernel.arch)?;
+    let busybox = match &guest_root {
+        Some(r) => r.join("bin/busybox"),
+        None => PathBuf::from("/bin/busybox"),
+    };
+    fs::copy(&busybox, stage.join("bin/busybox")).context("copying busybox")?;
     let mut names = Vec::new();
     for m in module_closure(
         &kernel.tree.join("lib/modules").join(&kernel.release),
@@ -582,9 +742,14 @@ fn boot(
 
     let root_src = run_dir.join("rootfs");
     fs::create_dir_all(&root_src)?;
+    if let Some(r) = &guest_root {
+        // The workspace's mount point (the share is read-only inside the guest).
+        fs::create_dir_all(r.join(root.strip_prefix("/").unwrap_or(root)))?;
+    }
+    let shared_root = guest_root.as_deref().unwrap_or(Path::new("/"));
     let mut daemons = Daemons(vec![
-        virtiofsd(run_dir, "hostroot", &root_src, true)?,
-        virtiofsd(run_dir, "workspace", root, false)?,
+        virtiofsd(run_dir, "hostroot", &root_src, Some(shared_root))?,
+        virtiofsd(run_dir, "workspace", root, None)?,
     ]);
     for tag in ["hostroot", "workspace"] {
         let sock = run_dir.join(format!("{tag}.sock"));
@@ -611,8 +776,17 @@ fn boot(
     }
 
     let mem = "3072";
-    let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args(["-nographic", "-no-reboot", "-m", mem, "-smp", "2"])
+    let (program, machine, console): (_, &[&str], _) = match kernel.arch {
+        Arch::X86_64 => ("qemu-system-x86_64", &[], "ttyS0"),
+        Arch::Aarch64 => (
+            "qemu-system-aarch64",
+            &["-M", "virt", "-cpu", "max"],
+            "ttyAMA0",
+        ),
+    };
+    let mut qemu = Command::new(program);
+    qemu.args(machine)
+        .args(["-nographic", "-no-reboot", "-m", mem, "-smp", "2"])
         .args(["-accel", "tcg,thread=multi", "-nic", "none"])
         .arg("-kernel")
         .arg(&kernel.vmlinuz)
@@ -620,7 +794,7 @@ fn boot(
         .arg(&cpio)
         .arg("-append")
         .arg(
-            ["console=ttyS0 panic=-1 quiet"]
+            [format!("console={console} panic=-1 quiet").as_str()]
                 .into_iter()
                 .chain(opts.append.iter().map(String::as_str))
                 .collect::<Vec<_>>()
@@ -648,7 +822,7 @@ fn boot(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
-        .context("starting qemu-system-x86_64")?;
+        .with_context(|| format!("starting {program}"))?;
     let console = logs.join("console.log");
     let reader = {
         let out = child.stdout.take().unwrap();
@@ -704,11 +878,17 @@ impl Drop for Daemons {
     }
 }
 
-/// Starts virtiofsd sharing `source` as `tag`. A read-only share is of the host's root
-/// filesystem: QEMU 7.2's virtiofsd has no read-only mode, so it runs in a mount namespace of
-/// its own where `source` is a read-only bind of `/` (not recursive: the root filesystem alone,
-/// none of the host's /proc, /sys or other mounts).
-fn virtiofsd(run_dir: &Path, tag: &str, source: &Path, read_only: bool) -> Result<Child> {
+/// Starts virtiofsd sharing `source` as `tag`; `read_only_of`: share that directory instead,
+/// read-only (the host's root filesystem, or a guest machine's root). QEMU 7.2's virtiofsd
+/// has no read-only mode, so it runs in a mount namespace of its own where `source` is a
+/// read-only bind of it (not recursive: of `/`, the root filesystem alone, none of the host's
+/// /proc, /sys or other mounts).
+fn virtiofsd(
+    run_dir: &Path,
+    tag: &str,
+    source: &Path,
+    read_only_of: Option<&Path>,
+) -> Result<Child> {
     let mut cmd = Command::new(VIRTIOFSD);
     cmd.arg(format!(
         "--socket-path={}",
@@ -724,8 +904,9 @@ fn virtiofsd(run_dir: &Path, tag: &str, source: &Path, read_only: bool) -> Resul
     .stderr(fs::File::create(
         run_dir.join(format!("virtiofsd-{tag}.log")),
     )?);
-    if read_only {
+    if let Some(shared) = read_only_of {
         let slash = CString::new("/")?;
+        let shared = CString::new(shared.as_os_str().as_bytes())?;
         let target = CString::new(source.as_os_str().as_bytes())?;
         let check = |r: i32| {
             if r == 0 {
@@ -747,7 +928,7 @@ fn virtiofsd(run_dir: &Path, tag: &str, source: &Path, read_only: bool) -> Resul
                     std::ptr::null(),
                 ))?;
                 check(libc::mount(
-                    slash.as_ptr(),
+                    shared.as_ptr(),
                     target.as_ptr(),
                     none,
                     libc::MS_BIND,
@@ -814,7 +995,12 @@ fn copy_console(mut out: impl Read, mut file: fs::File, prefix: &str) -> Option<
 /// One test executable of the tcp-trace package (`lib-tcp_trace`, `test-watch`, ...).
 pub struct TestBinary {
     pub name: String,
-    pub path: PathBuf,
+    /// What the guest runs: None when it was not built for the guest's machine (only the
+    /// files a run asks for are built for another machine).
+    pub path: Option<PathBuf>,
+    /// The same tests built for the host, which lists them (`--list`): the guest's may be
+    /// another machine's.
+    pub lister: PathBuf,
 }
 
 /// The string value (or first array element) of the first `"key":` in a line of cargo's JSON
@@ -835,9 +1021,32 @@ fn json_str(line: &str, key: &str) -> Option<String> {
     None
 }
 
-/// Builds the tcp-trace test executables on the host (`cargo test --no-run`).
-pub fn build_tests(root: &Path) -> Result<Vec<TestBinary>> {
-    let out = crate::cargo()
+/// Builds the tcp-trace test executables for `arch` (`cargo test --no-run`): all of them for
+/// the host, and for another machine the test files `files` names (all when None), listed by
+/// the host's build, which comes first.
+pub fn build_tests(root: &Path, arch: Arch, files: Option<&[String]>) -> Result<Vec<TestBinary>> {
+    if arch == Arch::X86_64 {
+        return built_tests(root, None);
+    }
+    let host = built_tests(root, None)?;
+    let theirs = built_tests(root, Some((arch, files)))?;
+    Ok(host
+        .into_iter()
+        .map(|h| TestBinary {
+            path: theirs
+                .iter()
+                .find(|t| t.name == h.name)
+                .and_then(|t| t.path.clone()),
+            lister: h.lister,
+            name: h.name,
+        })
+        .collect())
+}
+
+/// `cargo test --no-run` for the host (None) or for another machine and some test files.
+fn built_tests(root: &Path, other: Option<(Arch, Option<&[String]>)>) -> Result<Vec<TestBinary>> {
+    let mut cargo = crate::cargo();
+    cargo
         .current_dir(root)
         .args([
             "test",
@@ -846,7 +1055,17 @@ pub fn build_tests(root: &Path) -> Result<Vec<TestBinary>> {
             "--no-run",
             "--message-format=json",
         ])
-        .env("PATH", crate::setup::path_with_cargo_bin())
+        .env("PATH", crate::setup::path_with_cargo_bin());
+    if let Some((arch, files)) = other {
+        crate::dist::ensure_target(arch)?;
+        cargo
+            .args(["--target", arch.target()])
+            .envs(arch.cargo_env());
+        for f in files.unwrap_or_default() {
+            cargo.args(["--test", f]);
+        }
+    }
+    let out = cargo
         .stderr(Stdio::inherit())
         .output()
         .context("running cargo test --no-run")?;
@@ -869,7 +1088,8 @@ pub fn build_tests(root: &Path) -> Result<Vec<TestBinary>> {
         };
         bins.push(TestBinary {
             name: format!("{kind}-{name}"),
-            path: exe.into(),
+            path: Some(PathBuf::from(&exe)),
+            lister: exe.into(),
         });
     }
     ensure!(!bins.is_empty(), "cargo built no test executable");
@@ -1038,7 +1258,7 @@ const NOT_CHECKED: &str = "NOT CHECKED ON THIS KERNEL: ";
 
 /// The names of `bin`'s tests, from its own `--list`.
 fn test_names(bin: &TestBinary) -> Result<Vec<String>> {
-    let out = Command::new(&bin.path)
+    let out = Command::new(&bin.lister)
         .args(["--list", "--format", "terse"])
         .output()
         .with_context(|| format!("listing the tests of {}", bin.name))?;
@@ -1055,7 +1275,8 @@ fn test_count(bin: &TestBinary) -> Result<usize> {
 }
 
 /// A `--kernel` value: a kernel, and optionally (after `:`) the only test files, or tests
-/// (`file::test`), to run there, e.g. `debian-6.1-rt:watch,resets`; `matrix` is [`MATRIX`].
+/// (`file::test`), to run there, e.g. `debian-6.1-rt:watch,resets`; `matrix` is [`MATRIX`],
+/// `arch` its files in [`ARCH_FILES`].
 #[derive(Clone, Debug)]
 pub struct KernelRun {
     pub name: String,
@@ -1064,7 +1285,8 @@ pub struct KernelRun {
 
 pub fn parse_kernel_run(s: &str) -> Result<KernelRun, String> {
     let (name, only) = match s.split_once(':') {
-        Some((n, "matrix")) => (n, Some(matrix())),
+        Some((n, "matrix")) => (n, Some(matrix(None))),
+        Some((n, "arch")) => (n, Some(matrix(Some(&ARCH_FILES)))),
         Some((n, o)) => (n, Some(o.split(',').map(String::from).collect())),
         None => (s, None),
     };
@@ -1080,10 +1302,17 @@ pub fn parse_kernel_run(s: &str) -> Result<KernelRun, String> {
     })
 }
 
-/// [`MATRIX`] as `--kernel K:…` entries.
-fn matrix() -> Vec<String> {
+/// The files of [`MATRIX`] run on another machine in CI (`K:arch`): every event kind with
+/// its fields and owner, `stuck` with exact owners (sock_diag, `/proc`, the timers read from
+/// BTF), resets both ways and half-open; what the other files check goes through the same
+/// code, built for the same machine.
+const ARCH_FILES: [&str; 4] = ["watch", "stuck", "resets", "halfopen"];
+
+/// [`MATRIX`] (its files in `files`, or all) as `--kernel K:…` entries.
+fn matrix(files: Option<&[&str]>) -> Vec<String> {
     MATRIX
         .iter()
+        .filter(|(file, _)| files.is_none_or(|f| f.contains(file)))
         .flat_map(|(file, tests)| match tests {
             [] => vec![file.to_string()],
             _ => tests.iter().map(|t| format!("{file}::{t}")).collect(),
@@ -1178,7 +1407,10 @@ pub fn test_on(
         let mut line = format!(
             "run {} {} --test-threads={} --show-output{filters}",
             b.name,
-            quote(path_str(&b.path)?),
+            quote(path_str(b.path.as_ref().with_context(|| format!(
+                "{} was not built for {}",
+                b.name, kernel.name
+            ))?)?),
             plan.threads
         );
         if let Some(tests) = tests {
