@@ -7,6 +7,7 @@ mod common;
 use std::{
     io::Write,
     net::{TcpListener, TcpStream},
+    os::fd::AsRawFd,
     time::Duration,
 };
 
@@ -330,6 +331,26 @@ fn a_window_closed_past_the_user_timeout_is_a_probe_timeout() {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(e) => panic!("{e}"),
         }
+    }
+    // The kernel's end first (poll's POLLERR, which leaves the error to the kernel programs:
+    // reading SO_ERROR would take it), so that a failure says whose it is.
+    let mut pfd = libc::pollfd {
+        fd: client.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, WAIT.as_millis() as i32) };
+    if n != 1 || pfd.revents & libc::POLLERR == 0 {
+        let ss = std::process::Command::new("ss")
+            .args(["-tinmoe", &format!("sport = :{client_port}")])
+            .output()
+            .unwrap();
+        panic!(
+            "the kernel did not end the connection in {WAIT:?} (poll {n}, revents {:#x}): {}",
+            pfd.revents,
+            String::from_utf8_lossy(&ss.stdout)
+        );
     }
     let c = life_of(&tracer, client_port);
     assert_eq!(c["cause"], "probe_timeout", "{c}");

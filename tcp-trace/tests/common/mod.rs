@@ -186,13 +186,44 @@ impl Tracer {
             }
             if start.elapsed() > slow(timeout) {
                 panic!(
-                    "timed out waiting for {what}; output:\n{}\nstderr: {:?}",
+                    "timed out waiting for {what}; output:\n{}\nstderr: {:?}\ntracer: {}",
                     self.lines.lock().unwrap().join("\n"),
-                    self.stderr.lock().unwrap()
+                    self.stderr.lock().unwrap(),
+                    self.threads()
                 );
             }
             thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// What each of the tracer's threads is doing (its state and where it sleeps in the
+    /// kernel), for a timeout's message: a tracer blocked in a system call, or busy, or idle.
+    fn threads(&self) -> String {
+        let pid = self.child.id();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return format!("pid {pid} is gone");
+        };
+        tasks
+            .flatten()
+            .map(|t| {
+                let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
+                let stat = read("stat");
+                // The fields after the name: state, then (13th, 14th) user and system ticks.
+                let after = stat.rsplit_once(") ").map_or("", |s| s.1);
+                let f: Vec<&str> = after.split(' ').collect();
+                let pick = |i: usize| f.get(i).copied().unwrap_or("?");
+                format!(
+                    "{} {} {} wchan {} utime {} stime {}",
+                    t.file_name().to_string_lossy(),
+                    read("comm").trim(),
+                    pick(0),
+                    read("wchan"),
+                    pick(11),
+                    pick(12)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// Waits (`slow(timeout)`) for the process to exit by itself; its status, stdout and
