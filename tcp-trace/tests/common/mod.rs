@@ -69,18 +69,34 @@ pub fn require_root() {
 }
 
 /// A free port, never the same twice in this test process (tests run in parallel and each
-/// filters on its own port).
+/// filters on its own port), and below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`): a port from that range can be given at the same time to
+/// another test's connect() as its source port, and a tracer filtering on the port would then
+/// see that test's connection too.
 pub fn free_port() -> u16 {
     static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let mut given = GIVEN.lock().unwrap();
-        if !given.contains(&port) {
+    const FROM: u32 = 20_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral.saturating_sub(FROM).max(1);
+    // Where this process starts looking, so that two test processes rarely try the same.
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    let mut given = GIVEN.lock().unwrap();
+    for i in 0..span {
+        let port = (FROM + (start + i) % span) as u16;
+        // The wildcard on both families (an IPv6 socket here is dual-stack): free for any
+        // address a test binds.
+        let free = std::net::TcpListener::bind(("::", port))
+            .or_else(|_| std::net::TcpListener::bind(("0.0.0.0", port)))
+            .is_ok();
+        if free && !given.contains(&port) {
             given.push(port);
             return port;
         }
     }
+    panic!("no free port between {FROM} and {ephemeral}");
 }
 
 /// A running `tcp-trace` with its stdout lines collected.
