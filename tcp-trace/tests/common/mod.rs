@@ -86,17 +86,57 @@ pub fn free_port() -> u16 {
     let mut given = GIVEN.lock().unwrap();
     for i in 0..span {
         let port = (FROM + (start + i) % span) as u16;
-        // The wildcard on both families (an IPv6 socket here is dual-stack): free for any
-        // address a test binds.
-        let free = std::net::TcpListener::bind(("::", port))
-            .or_else(|_| std::net::TcpListener::bind(("0.0.0.0", port)))
-            .is_ok();
-        if free && !given.contains(&port) {
+        if !given.contains(&port) && bindable(port) {
             given.push(port);
             return port;
         }
     }
     panic!("no free port between {FROM} and {ephemeral}");
+}
+
+/// Whether a TCP socket can bind the wildcard of both families (an IPv6 socket is dual-stack
+/// here, else IPv4's) on `port`: free for any address a test binds. Bound, never listening:
+/// a listen would be a state change, which a tracer filtering on that port would see.
+fn bindable(port: u16) -> bool {
+    let try_bind = |v6: bool| {
+        // SAFETY: a new socket, a sockaddr of the size given, the fd closed.
+        unsafe {
+            let fd = libc::socket(
+                if v6 { libc::AF_INET6 } else { libc::AF_INET },
+                libc::SOCK_STREAM,
+                0,
+            );
+            if fd < 0 {
+                return false;
+            }
+            let r = if v6 {
+                let mut a: libc::sockaddr_in6 = std::mem::zeroed();
+                a.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                a.sin6_port = port.to_be();
+                libc::bind(
+                    fd,
+                    (&a as *const libc::sockaddr_in6).cast(),
+                    std::mem::size_of_val(&a) as u32,
+                )
+            } else {
+                let mut a: libc::sockaddr_in = std::mem::zeroed();
+                a.sin_family = libc::AF_INET as libc::sa_family_t;
+                a.sin_port = port.to_be();
+                libc::bind(
+                    fd,
+                    (&a as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of_val(&a) as u32,
+                )
+            };
+            libc::close(fd);
+            r == 0
+        }
+    };
+    match try_bind(true) {
+        true => true,
+        // No IPv6 here: IPv4's wildcard.
+        false => !std::path::Path::new("/proc/net/if_inet6").exists() && try_bind(false),
+    }
 }
 
 /// A running `tcp-trace` with its stdout lines collected.
