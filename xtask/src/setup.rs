@@ -13,15 +13,16 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Installs the Debian packages of `packages` that are missing, saying why.
 pub fn ensure_debs(packages: &[&str], why: &str) -> Result<()> {
+    ensure_debs_with(packages, &[], why)
+}
+
+/// [`ensure_debs`], installing `with` too when something is missing: packages given as
+/// `name/release`, which may replace an installed version of another release (a downgrade).
+pub fn ensure_debs_with(packages: &[&str], with: &[String], why: &str) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()
-        .filter(|p| {
-            Command::new("dpkg-query")
-                .args(["-W", "-f=${db:Status-Status}", p])
-                .output()
-                .map_or(true, |o| o.stdout != b"installed")
-        })
+        .filter(|p| deb_version(p).is_none())
         .collect();
     if missing.is_empty() {
         return Ok(());
@@ -29,8 +30,9 @@ pub fn ensure_debs(packages: &[&str], why: &str) -> Result<()> {
     println!("xtask: installing {} ({why})", missing.join(" "));
     let install = || {
         Command::new("apt-get")
-            .args(["install", "-y", "-q"])
+            .args(["install", "-y", "-q", "--allow-downgrades"])
             .args(&missing)
+            .args(with)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
             .is_ok_and(|s| s.success())
@@ -43,6 +45,24 @@ pub fn ensure_debs(packages: &[&str], why: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The installed version of Debian package `name` (`None`: not installed).
+pub fn deb_version(name: &str) -> Option<String> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Status} ${Version}", name])
+        .output()
+        .ok()?;
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    out.strip_prefix("installed ").map(str::to_owned)
+}
+
+/// This machine's Debian release (`VERSION_CODENAME` of /etc/os-release).
+pub fn debian_codename() -> Option<String> {
+    let os = fs::read_to_string("/etc/os-release").ok()?;
+    os.lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|c| c.trim_matches('"').to_owned())
 }
 
 /// Debian packages the integration tests run besides tcp-trace itself: Prometheus and

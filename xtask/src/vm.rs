@@ -136,7 +136,23 @@ pub fn ensure_host_tools(arches: &[Arch]) -> Result<()> {
     for a in arches {
         packages.push(qemu_package(*a));
     }
-    crate::setup::ensure_debs(&packages, "to boot test kernels")?;
+    // A machine may come with a newer qemu-utils (this kind's: QEMU 10 from bookworm-backports)
+    // whose Breaks keep the release's qemu-system-common out, and with it the virtiofsd the
+    // runner uses (QEMU 8 dropped it): qemu-utils then goes back to the release's version.
+    let mut with = Vec::new();
+    if let (Some(v), Some(release)) = (
+        crate::setup::deb_version("qemu-utils"),
+        crate::setup::debian_codename(),
+    ) {
+        if v.contains("bpo") && crate::setup::deb_version("qemu-system-common").is_none() {
+            println!(
+                "xtask: qemu-utils {v} (backports) breaks {release}'s qemu-system-common, \
+                 which has the virtiofsd the guests need: installing {release}'s qemu-utils"
+            );
+            with.push(format!("qemu-utils/{release}"));
+        }
+    }
+    crate::setup::ensure_debs_with(&packages, &with, "to boot test kernels")?;
     ensure!(
         Path::new(VIRTIOFSD).exists(),
         "{VIRTIOFSD} is missing (it comes with qemu-system-common)"
