@@ -86,6 +86,10 @@ enum Task {
         /// The tracer's --max-sockets.
         #[arg(long, default_value_t = 10_000)]
         max_sockets: usize,
+        /// The tcp-trace to run (e.g. the static one `dist` built); default: a release build
+        /// of this tree, built first.
+        #[arg(long, value_name = "BINARY")]
+        binary: Option<PathBuf>,
     },
     /// Record the replay fixtures (`tcp-trace/tests/fixtures/*.ttr`) anew from real traffic.
     Fixtures,
@@ -294,12 +298,20 @@ fn run(cli: Cli) -> Result<()> {
             soak,
             hold,
             max_sockets,
+            binary,
         } => {
             setup::ensure_all()?;
-            build_release(&root)?;
+            let binary = match binary {
+                Some(b) => b,
+                None => {
+                    build_release(&root)?;
+                    root.join("target/release/tcp-trace")
+                }
+            };
             stress::run(
                 &root,
                 &stress::Plan {
+                    binary,
                     connections,
                     soak,
                     hold,

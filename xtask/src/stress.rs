@@ -104,6 +104,8 @@ impl Drop for KillOnDrop {
 
 /// What to run.
 pub struct Plan {
+    /// The tcp-trace binary to run.
+    pub binary: std::path::PathBuf,
     /// Connections to churn (ignored with `soak`).
     pub connections: u64,
     /// Churn for this long instead.
@@ -122,7 +124,7 @@ pub fn run(root: &Path, plan: &Plan) -> Result<()> {
     let err_path = root.join("target/stress-stuck.log");
     let (notify, notify_name) = notify_socket()?;
     let mut tracer = KillOnDrop(
-        Command::new(root.join("target/release/tcp-trace"))
+        Command::new(&plan.binary)
             .args([
                 "stuck",
                 "--json",
