@@ -1074,8 +1074,10 @@ fn built_tests(root: &Path, other: Option<(Arch, Option<&[String]>)>) -> Result<
         .env("PATH", crate::setup::path_with_cargo_bin());
     if let Some((arch, files)) = other {
         crate::dist::ensure_target(arch)?;
+        // Release: what the dist build compiled for that machine (its dependencies, the kernel
+        // programs) is reused, and only the tests are compiled.
         cargo
-            .args(["--target", arch.target()])
+            .args(["--release", "--target", arch.target()])
             .envs(arch.cargo_env());
         for f in files.unwrap_or_default() {
             cargo.args(["--test", f]);
