@@ -29,9 +29,13 @@ pub fn ensure_debs_with(packages: &[&str], with: &[String], why: &str) -> Result
     }
     println!("xtask: installing {} ({why})", missing.join(" "));
     let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--allow-downgrades"])
-            .args(&missing)
+        let mut apt = Command::new("apt-get");
+        apt.args(["install", "-y", "-q"]);
+        // Only a package named with its release may go back a version.
+        if !with.is_empty() {
+            apt.arg("--allow-downgrades");
+        }
+        apt.args(&missing)
             .args(with)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
