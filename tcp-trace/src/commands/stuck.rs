@@ -19,7 +19,7 @@ use crate::{
     engine::{
         filter::Filter,
         halfopen::{Episode, Kind, Notice, Thresholds},
-        Engine,
+        Engine, Lifecycle,
     },
     event::{clock::Clock, Delivery, EventKind, TcpState, Tuple},
     host::{owners::Holder, sockdiag::DiagSocket, sysctls::NetSysctls, Env},
@@ -223,7 +223,7 @@ impl<W: Write> StuckCmd<W> {
 
     /// A socket's lifecycle as this run's engine has it: open, or recently finished (a
     /// timewait orphan lives on in the kernel after its CLOSE).
-    pub fn lifecycle(&self, t: &crate::event::Tuple) -> Option<&crate::engine::Lifecycle> {
+    pub fn lifecycle(&self, t: &crate::event::Tuple) -> Option<&Lifecycle> {
         self.engine
             .open_by_tuple(t)
             .or_else(|| self.engine.finished_by_tuple(t))
@@ -247,6 +247,13 @@ impl<W: Write> StuckCmd<W> {
                 ep.place.netns,
                 env.cgroup_path(ep.place.cgroup),
             )
+    }
+
+    /// Whether `serve` counts this connection's end: the filters, as for everything it shows.
+    fn counts(&self, l: &Lifecycle, env: &mut dyn Env) -> bool {
+        let place = self.engine.place(l);
+        let cgroup = env.cgroup_path(place.cgroup);
+        (self.set.filter).matches_all(&l.tuple, l.owner.as_ref(), place.netns, cgroup)
     }
 
     /// Reports half-open notices as they come (live and during `--once`'s settle window).
@@ -683,7 +690,19 @@ impl<W: Write> Sink for StuckCmd<W> {
                 Delivery::Event(ev) => {
                     let applied = self.engine.apply(ev);
                     if let Some(m) = &self.metrics {
-                        m.event(ev);
+                        // The kernel passes an error whose connection it cannot place (its
+                        // ports cleared by a disconnect); the other filters run here only.
+                        let tuple = applied.tuple.unwrap_or_else(|| Tuple::of(ev));
+                        let cgroup = env.cgroup_path(applied.place.cgroup);
+                        let f = &self.set.filter;
+                        if f.matches_all(
+                            &tuple,
+                            applied.owner.as_ref(),
+                            applied.place.netns,
+                            cgroup,
+                        ) {
+                            m.event(ev);
+                        }
                         ended.extend(applied.finished);
                     }
                     if let EventKind::SynackRetransmit { .. } = ev.kind {
@@ -702,7 +721,7 @@ impl<W: Write> Sink for StuckCmd<W> {
         // Causes after the whole batch: what explains an end can follow its CLOSE.
         if let Some(m) = &self.metrics {
             for id in ended {
-                if let Some(l) = self.engine.finished(id) {
+                if let Some(l) = self.engine.finished(id).filter(|l| self.counts(l, env)) {
                     m.closed(l);
                 }
             }
@@ -713,7 +732,9 @@ impl<W: Write> Sink for StuckCmd<W> {
         if let Some(m) = &self.metrics {
             self.fates.check(&mut self.engine, env);
             for l in self.engine.take_decided() {
-                m.closed(&l);
+                if self.counts(&l, env) {
+                    m.closed(&l);
+                }
             }
         }
         self.notices(now, env)?;
