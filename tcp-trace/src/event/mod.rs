@@ -134,7 +134,8 @@ pub const LATE_AFTER_CLOSE_NS: u64 = 200_000_000;
 pub enum Delivery {
     /// A decoded kernel event.
     Event(Event),
-    /// Events the kernel could not queue since the last `Lost` (ring buffer full).
+    /// Events lost since the last `Lost`: the ring buffer was full, or the kernel skipped a
+    /// run of the programs (it runs no tracing program nested in another on one CPU).
     Lost {
         /// Monotonic ns when the loss was noticed.
         ts_ns: u64,

@@ -11,7 +11,7 @@ use std::{
     hash::Hash,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Mutex, PoisonError,
+        Mutex, PoisonError, RwLock,
     },
 };
 
@@ -172,6 +172,9 @@ pub struct Metrics {
     accepted_by_port: Option<Family<PortLabel, Counter>>,
     /// Monotonic ns of the last ring-buffer drain (for `/healthz`).
     pub last_drain_ns: AtomicU64,
+    /// Held to write an evaluation's gauges and to encode: a scrape sees all of them from
+    /// one evaluation, never the states' new counts beside the owners' old ones.
+    evaluation: RwLock<()>,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -216,6 +219,7 @@ impl Metrics {
             half_closed: Family::new_with_constructor(seconds_histogram),
             accepted_by_port: label_ports.then(Family::default),
             last_drain_ns: AtomicU64::new(0),
+            evaluation: RwLock::new(()),
             registry: Registry::default(),
         };
         registry.register(
@@ -275,7 +279,7 @@ impl Metrics {
         );
         registry.register(
             "lost_events",
-            "Events the kernel could not queue (ring buffer full)",
+            "Events lost: the ring buffer was full, or the kernel skipped a run of the programs",
             m.lost.clone(),
         );
         registry.register(
@@ -457,6 +461,10 @@ impl Metrics {
         for kind in half_open {
             *kinds.entry(kind.into()).or_default() += 1;
         }
+        let _writing = self
+            .evaluation
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         self.stuck.set(
             states
                 .into_iter()
@@ -490,6 +498,10 @@ impl Metrics {
     /// The OpenMetrics text exposition ([`OPENMETRICS`]).
     pub fn openmetrics(&self) -> String {
         let mut s = String::new();
+        let _reading = self
+            .evaluation
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
         s
     }
@@ -856,5 +868,38 @@ mod tests {
             .count();
         assert_eq!(labelled, 65, "{text}");
         assert!(text.contains("tcp_trace_stuck_sockets{state=\"CLOSE_WAIT\"} 73"));
+    }
+
+    /// The HTTP thread encodes while the pipeline publishes an evaluation: every scrape sees
+    /// the stuck count by state equal to the sum by owner (one evaluation's figures).
+    #[test]
+    fn a_scrape_sees_one_evaluation() {
+        let m = Metrics::new(false);
+        let cw = TcpState::CLOSE_WAIT;
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // Each evaluation's owners differ from the last one's: every series moves.
+                for i in 0..2000 {
+                    let n = 8 * (1 + i % 2);
+                    let owner = |j| (cw, Some(format!("p{}", (i + j) % 16)), None);
+                    m.stuck((0..n).map(owner), std::iter::empty());
+                }
+                done.store(true, Ordering::Relaxed);
+            });
+            let mut scrapes = 0;
+            while !done.load(Ordering::Relaxed) || scrapes == 0 {
+                let text = m.openmetrics();
+                let state = value(&text, r#"tcp_trace_stuck_sockets{state="CLOSE_WAIT"}"#);
+                let by_comm: f64 = (0..16)
+                    .filter_map(|c| {
+                        let series = format!(r#"tcp_trace_stuck_sockets_by_comm{{comm="p{c}"}}"#);
+                        value(&text, &series)
+                    })
+                    .sum();
+                assert_eq!(state.unwrap_or(0.0), by_comm, "scrape {scrapes}:\n{text}");
+                scrapes += 1;
+            }
+        });
     }
 }

@@ -292,7 +292,7 @@ impl<W: Write> WatchWriter<W> {
         self.header()?;
         writeln!(
             self.out,
-            "{:<13} LOST {count} events (ring buffer full; try --ringbuf-size)",
+            "{:<13} LOST {count} events (ring buffer full: try --ringbuf-size; or runs the kernel skipped)",
             self.clock.hms(ts_ns)
         )
     }
