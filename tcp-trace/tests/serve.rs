@@ -23,8 +23,25 @@ fn get(port: u16, path: &str) -> (u16, String, Duration) {
     (status, body, t.elapsed())
 }
 
+/// Exact figures need every event. The kernel runs no tracing program nested in another on
+/// one CPU (an interrupt arriving while one runs, with four other tests' tracers attached as
+/// well): it skips the run, and the tracer counts it lost. A run that lost events proves
+/// nothing either way and is tried again, with new ports, three times at most.
 #[test]
 fn metrics_move_by_exactly_what_happened() {
+    for attempt in 1..=3 {
+        match exact_figures() {
+            Ok(()) => return,
+            Err(lost) => {
+                eprintln!("attempt {attempt}: {lost} events lost (runs the kernel skipped)")
+            }
+        }
+    }
+    panic!("events were lost in each of 3 attempts");
+}
+
+/// One attempt: `Err(lost)` when events were lost before the exact figures were read.
+fn exact_figures() -> Result<(), f64> {
     let port = free_port();
     let http = free_port();
     let events = std::env::temp_dir().join(format!("tt-serve-{}.ndjson", std::process::id()));
@@ -72,6 +89,13 @@ fn metrics_move_by_exactly_what_happened() {
             && sample(m, "tcp_trace_connection_lifetime_seconds_count") >= 10.0
             && sample(m, normal) >= 10.0
     });
+    let lost = sample(&after, "tcp_trace_lost_events_total");
+    if lost > 0.0 {
+        let _ = std::fs::remove_file(&events);
+        let (_, _, err) = tracer.stop();
+        eprintln!("the tracer said: {err:?}");
+        return Err(lost);
+    }
     assert_eq!(sample(&after, est), 6.0, "{after}");
     assert_eq!(
         sample(
@@ -103,17 +127,18 @@ fn metrics_move_by_exactly_what_happened() {
         ),
         1.0
     );
+    let written = || std::fs::read_to_string(&events).unwrap_or_default();
     assert_eq!(
         sample(&after, "tcp_trace_connection_lifetime_seconds_count"),
         10.0,
-        "5 connections, both ends"
+        "5 connections, both ends: {after}\nevents:\n{}",
+        written()
     );
     assert_eq!(
         sample(&after, normal),
         10.0,
         "5 clean closes, both ends: {after}"
     );
-    assert_eq!(sample(&after, "tcp_trace_lost_events_total"), 0.0);
     // The richest exposition of the test (labelled gauges, observed histograms): clean.
     promtool_check(&after);
 
@@ -192,6 +217,7 @@ fn metrics_move_by_exactly_what_happened() {
         .iter()
         .any(|o| o["type"] == "recovered" && o["state"] == "CLOSE_WAIT"));
     assert_eq!(objs.last().unwrap()["type"], "summary");
+    Ok(())
 }
 
 #[test]
@@ -243,6 +269,51 @@ fn deploy_files_parse() {
     assert!(unit
         .lines()
         .any(|l| l.starts_with("ExecStart=/usr/local/bin/tcp-trace serve ")));
+}
+
+/// The kernel lets through an error whose connection it cannot place (an abortive close
+/// reports it after clearing the remote port); `serve` counts only what its filters pass, as
+/// `watch` shows: another port's reset is not this port's error.
+#[test]
+fn only_what_the_filters_pass_is_counted() {
+    if !errors_reported() {
+        return no_error_events("only_what_the_filters_pass_is_counted");
+    }
+    let (port, other, http) = (free_port(), free_port(), free_port());
+    let tracer = Tracer::start(&[
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{http}"),
+        "--port",
+        &port.to_string(),
+        "--interval",
+        "300ms",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    // The other port's first: once this port's error is counted, the other's has been read.
+    for p in [other, port] {
+        let listener = TcpListener::bind(("127.0.0.1", p)).unwrap();
+        let client = TcpStream::connect(("127.0.0.1", p)).unwrap();
+        let _server = listener.accept().unwrap();
+        abort_on_close(&client);
+        drop(client);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // This port's connection: both ends report ECONNRESET (the aborting client, the server
+    // its reset reached) and end, one in each cause.
+    let reset = r#"tcp_trace_socket_errors_total{error="ECONNRESET"}"#;
+    let closes = |cause| format!(r#"tcp_trace_connection_closes_total{{cause="{cause}"}}"#);
+    let m = scrape_until(http, |m| {
+        sample(m, reset) >= 2.0
+            && sample(m, &closes("local_abort")) >= 1.0
+            && sample(m, &closes("peer_reset")) >= 1.0
+    });
+    assert_eq!(sample(&m, reset), 2.0, "{m}");
+    for cause in ["local_abort", "peer_reset"] {
+        assert_eq!(sample(&m, &closes(cause)), 1.0, "{m}");
+    }
+    let (st, _, err) = tracer.stop();
+    assert!(st.success(), "{err:?}");
 }
 
 /// `GET /` answers a small HTML page, as node_exporter does: the version, and links to
