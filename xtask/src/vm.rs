@@ -1064,14 +1064,17 @@ fn built_tests(root: &Path, other: Option<(Arch, Option<&[String]>)>) -> Result<
     let mut cargo = crate::cargo();
     cargo
         .current_dir(root)
-        .args([
-            "test",
-            "-p",
-            "tcp-trace",
-            "--no-run",
-            "--message-format=json",
-        ])
+        .args(["test", "--no-run", "--message-format=json"])
         .env("PATH", crate::setup::path_with_cargo_bin());
+    // This machine's: the workspace's, as `cargo xtask test` builds them (`-p` would unify
+    // the dependencies' features differently and compile everything again); tcp-trace's
+    // are kept below.
+    let package = root.join("tcp-trace/Cargo.toml");
+    let package = format!("\"manifest_path\":\"{}\"", package.display());
+    match other {
+        None => cargo.arg("--workspace"),
+        Some(_) => cargo.args(["-p", "tcp-trace"]),
+    };
     if let Some((arch, files)) = other {
         crate::dist::ensure_target(arch)?;
         // Release: what the dist build compiled for that machine (its dependencies, the kernel
@@ -1095,6 +1098,9 @@ fn built_tests(root: &Path, other: Option<(Arch, Option<&[String]>)>) -> Result<
             .and_then(|(_, p)| p.split('}').next())
             .is_some_and(|p| p.contains("\"test\":true"));
         if !line.contains("\"reason\":\"compiler-artifact\"") || !profile_test {
+            continue;
+        }
+        if !line.contains(&package) {
             continue;
         }
         let (Some(kind), Some(name), Some(exe)) = (
