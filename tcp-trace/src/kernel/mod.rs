@@ -134,8 +134,11 @@ fn short_error(e: &dyn std::error::Error) -> String {
 
 /// Where the kernel programs find a socket's namespace and cgroup. Without kernel BTF, events
 /// carry neither (a warning), and `--netns`/`--cgroup` cannot run.
-fn kernel_offsets(opts: &Options) -> Result<(KernelOffsets, SockOffsets)> {
-    let (offsets, sock) = match crate::kernel::btf::Btf::kernel() {
+fn kernel_offsets(
+    opts: &Options,
+    kernel_btf: &Result<btf::Btf>,
+) -> Result<(KernelOffsets, SockOffsets)> {
+    let (offsets, sock) = match kernel_btf {
         Ok(btf) => (btf.kernel_offsets(), btf.sock_offsets()),
         Err(e) => {
             log::warn!(
@@ -155,16 +158,22 @@ fn kernel_offsets(opts: &Options) -> Result<(KernelOffsets, SockOffsets)> {
     Ok((offsets, sock))
 }
 
-/// Loads and attaches a BTF-typed tracepoint program; the kernel's BTF is parsed on first use.
+/// Loads and attaches a BTF-typed tracepoint program; aya parses the kernel's BTF on first
+/// use, from the bytes already read for the offsets (reading them costs as much as parsing).
 fn attach_btf(
     ebpf: &mut Ebpf,
     btf: &mut Option<aya::Btf>,
+    kernel_btf: &Result<btf::Btf>,
     program: &str,
     tracepoint: &str,
 ) -> Result<()> {
     let btf = match btf {
         Some(b) => b,
-        None => btf.insert(aya::Btf::from_sys_fs().context("reading the kernel's BTF")?),
+        None => btf.insert(match kernel_btf {
+            Ok(k) => aya::Btf::parse(k.bytes(), aya::Endianness::default())
+                .context("parsing the kernel's BTF")?,
+            Err(_) => aya::Btf::from_sys_fs().context("reading the kernel's BTF")?,
+        }),
     };
     let prog: &mut BtfTracePoint = ebpf
         .program_mut(program)
@@ -284,7 +293,8 @@ impl KernelSource {
         let page = 4096u32;
         let size = opts.ringbuf_bytes.max(page).next_power_of_two();
         let level = aya_log_level();
-        let (offsets, sock) = kernel_offsets(&opts)?;
+        let kernel_btf = btf::Btf::kernel();
+        let (offsets, sock) = kernel_offsets(&opts, &kernel_btf)?;
         let (cg_id, cg_level) = opts.cgroup.unwrap_or((0, 0));
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS, size)
@@ -322,7 +332,7 @@ impl KernelSource {
             // The BTF-typed program where the kernel's BTF told where a socket keeps its fields;
             // the classic tracepoint if that fails.
             if let Some((program, without)) = tp.btf.filter(|_| sock.family != 0) {
-                match attach_btf(&mut ebpf, &mut btf, program, tp.name) {
+                match attach_btf(&mut ebpf, &mut btf, &kernel_btf, program, tp.name) {
                     Ok(()) => {
                         attached.push(tp.name);
                         continue;
@@ -363,7 +373,7 @@ impl KernelSource {
                 ),
             }
         }
-        drop(btf); // before the trim below: aya's parse of the kernel's BTF is large
+        drop((btf, kernel_btf)); // before the trim below: both parses are large
         for note in notes {
             log::warn!("{note}");
         }
