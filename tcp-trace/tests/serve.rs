@@ -23,10 +23,10 @@ fn get(port: u16, path: &str) -> (u16, String, Duration) {
     (status, body, t.elapsed())
 }
 
-/// Exact figures need every event. The kernel runs no tracing program nested in another on
-/// one CPU (an interrupt arriving while one runs, with four other tests' tracers attached as
-/// well): it skips the run, and the tracer counts it lost. A run that lost events proves
-/// nothing either way and is tried again, with new ports, three times at most.
+/// Exact figures need every event. The tracer counts what it lost: a full ring buffer, or a
+/// run of its programs the kernel skipped (it runs no tracing program nested in another on
+/// one CPU, ours or another tool's: here, the other tests' tracers). An attempt that lost
+/// events proves nothing either way and is made again, on new ports, three times at most.
 #[test]
 fn metrics_move_by_exactly_what_happened() {
     for attempt in 1..=3 {
