@@ -47,11 +47,6 @@ impl Btf {
         Self::parse(std::fs::read(path).with_context(|| format!("reading {path}"))?)
     }
 
-    /// The blob itself.
-    pub fn bytes(&self) -> &[u8] {
-        &self.data
-    }
-
     /// Parses a little-endian BTF blob.
     pub fn parse(data: Vec<u8>) -> Result<Self> {
         let head = |at| u32_at(&data, at).context("BTF header truncated");

@@ -134,11 +134,8 @@ fn short_error(e: &dyn std::error::Error) -> String {
 
 /// Where the kernel programs find a socket's namespace and cgroup. Without kernel BTF, events
 /// carry neither (a warning), and `--netns`/`--cgroup` cannot run.
-fn kernel_offsets(
-    opts: &Options,
-    kernel_btf: &Result<btf::Btf>,
-) -> Result<(KernelOffsets, SockOffsets)> {
-    let (offsets, sock) = match kernel_btf {
+fn kernel_offsets(opts: &Options) -> Result<(KernelOffsets, SockOffsets)> {
+    let (offsets, sock) = match crate::kernel::btf::Btf::kernel() {
         Ok(btf) => (btf.kernel_offsets(), btf.sock_offsets()),
         Err(e) => {
             log::warn!(
@@ -158,22 +155,16 @@ fn kernel_offsets(
     Ok((offsets, sock))
 }
 
-/// Loads and attaches a BTF-typed tracepoint program; aya parses the kernel's BTF on first
-/// use, from the bytes already read for the offsets (reading them costs as much as parsing).
+/// Loads and attaches a BTF-typed tracepoint program; the kernel's BTF is parsed on first use.
 fn attach_btf(
     ebpf: &mut Ebpf,
     btf: &mut Option<aya::Btf>,
-    kernel_btf: &Result<btf::Btf>,
     program: &str,
     tracepoint: &str,
 ) -> Result<()> {
     let btf = match btf {
         Some(b) => b,
-        None => btf.insert(match kernel_btf {
-            Ok(k) => aya::Btf::parse(k.bytes(), aya::Endianness::default())
-                .context("parsing the kernel's BTF")?,
-            Err(_) => aya::Btf::from_sys_fs().context("reading the kernel's BTF")?,
-        }),
+        None => btf.insert(aya::Btf::from_sys_fs().context("reading the kernel's BTF")?),
     };
     let prog: &mut BtfTracePoint = ebpf
         .program_mut(program)
@@ -293,8 +284,7 @@ impl KernelSource {
         let page = 4096u32;
         let size = opts.ringbuf_bytes.max(page).next_power_of_two();
         let level = aya_log_level();
-        let kernel_btf = btf::Btf::kernel();
-        let (offsets, sock) = kernel_offsets(&opts, &kernel_btf)?;
+        let (offsets, sock) = kernel_offsets(&opts)?;
         let (cg_id, cg_level) = opts.cgroup.unwrap_or((0, 0));
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS, size)
@@ -332,7 +322,7 @@ impl KernelSource {
             // The BTF-typed program where the kernel's BTF told where a socket keeps its fields;
             // the classic tracepoint if that fails.
             if let Some((program, without)) = tp.btf.filter(|_| sock.family != 0) {
-                match attach_btf(&mut ebpf, &mut btf, &kernel_btf, program, tp.name) {
+                match attach_btf(&mut ebpf, &mut btf, program, tp.name) {
                     Ok(()) => {
                         attached.push(tp.name);
                         continue;
@@ -373,7 +363,7 @@ impl KernelSource {
                 ),
             }
         }
-        drop((btf, kernel_btf)); // before the trim below: both parses are large
+        drop(btf); // before the trim below: aya's parse of the kernel's BTF is large
         for note in notes {
             log::warn!("{note}");
         }
