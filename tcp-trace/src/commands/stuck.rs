@@ -21,7 +21,7 @@ use crate::{
         halfopen::{Episode, Kind, Notice, Thresholds},
         Engine, Lifecycle,
     },
-    event::{clock::Clock, Delivery, EventKind, TcpState, Tuple},
+    event::{clock::Clock, Delivery, EventKind, Place, TcpState, Tuple},
     host::{owners::Holder, sockdiag::DiagSocket, sysctls::NetSysctls, Env},
     output::{
         halfopen::Extra,
@@ -251,9 +251,19 @@ impl<W: Write> StuckCmd<W> {
 
     /// Whether `serve` counts this connection's end: the filters, as for everything it shows.
     fn counts(&self, l: &Lifecycle, env: &mut dyn Env) -> bool {
-        let place = self.engine.place(l);
-        let cgroup = env.cgroup_path(place.cgroup);
-        (self.set.filter).matches_all(&l.tuple, l.owner.as_ref(), place.netns, cgroup)
+        self.set.filter.matches_conn(&l.tuple, l.owner.as_ref())
+            && self.in_place(self.engine.place(l), env)
+    }
+
+    /// The `--netns` and `--cgroup` conditions; a cgroup's path is looked up only for
+    /// `--cgroup` (an id not seen yet walks the cgroup tree).
+    fn in_place(&self, place: Place, env: &mut dyn Env) -> bool {
+        let f = &self.set.filter;
+        let cgroup = match f.cgroup {
+            Some(_) => env.cgroup_path(place.cgroup),
+            None => None,
+        };
+        f.matches_place(place.netns, cgroup)
     }
 
     /// Reports half-open notices as they come (live and during `--once`'s settle window).
@@ -693,14 +703,10 @@ impl<W: Write> Sink for StuckCmd<W> {
                         // The kernel passes an error whose connection it cannot place (its
                         // ports cleared by a disconnect); the other filters run here only.
                         let tuple = applied.tuple.unwrap_or_else(|| Tuple::of(ev));
-                        let cgroup = env.cgroup_path(applied.place.cgroup);
-                        let f = &self.set.filter;
-                        if f.matches_all(
-                            &tuple,
-                            applied.owner.as_ref(),
-                            applied.place.netns,
-                            cgroup,
-                        ) {
+                        let owner = applied.owner.as_ref();
+                        if self.set.filter.matches_conn(&tuple, owner)
+                            && self.in_place(applied.place, env)
+                        {
                             m.event(ev);
                         }
                         ended.extend(applied.finished);
@@ -718,10 +724,12 @@ impl<W: Write> Sink for StuckCmd<W> {
                 }
             }
         }
-        // Causes after the whole batch: what explains an end can follow its CLOSE.
+        // Causes after the whole batch: what explains an end can follow its CLOSE. A timewait
+        // orphan's is counted with its fate, below, even when that came in this batch.
         if let Some(m) = &self.metrics {
             for id in ended {
-                if let Some(l) = self.engine.finished(id).filter(|l| self.counts(l, env)) {
+                let finished = self.engine.finished(id);
+                if let Some(l) = finished.filter(|l| !l.ends_with_fate() && self.counts(l, env)) {
                     m.closed(l);
                 }
             }
@@ -851,6 +859,67 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.matches("\"type\":\"stuck\"").count(), 1, "{text}");
         assert_eq!(text.matches("\"type\":\"summary\"").count(), 1, "{text}");
+    }
+
+    /// On one host a timewait orphan's fate is its peer's FIN, often in the batch of its own
+    /// CLOSE: `serve` counts that connection's end once (CI's serve test read 11 ends of 5
+    /// connections when it was counted at its CLOSE and again with its fate).
+    #[test]
+    fn a_timewait_orphan_decided_in_the_batch_of_its_close_is_counted_once() {
+        use crate::testkit::{state, task, tuple};
+        use TcpState as T;
+        let (c, s) = (0xffff_8880_0000_1000, 0xffff_8880_0000_2000);
+        let (ct, st) = (
+            tuple("127.0.0.1", 40000, "127.0.0.1", 8080),
+            tuple("127.0.0.1", 8080, "127.0.0.1", 40000),
+        );
+        let (app, srv, irq) = (task(10, "client"), task(20, "server"), task(0, "swapper/0"));
+        let ms = |n: u64| 1_000_000_000 + n * 1_000_000;
+        let batch: Vec<Delivery> = [
+            state(ms(0), c, app, ct, T::CLOSE, T::SYN_SENT),
+            state(ms(1), s, irq, st, T::LISTEN, T::SYN_RECV),
+            state(ms(1), s, irq, st, T::SYN_RECV, T::ESTABLISHED),
+            state(ms(1), c, irq, ct, T::SYN_SENT, T::ESTABLISHED),
+            // The client closes first; the server's FIN reaches its timewait orphan.
+            state(ms(2), c, app, ct, T::ESTABLISHED, T::FIN_WAIT1),
+            state(ms(2), s, irq, st, T::ESTABLISHED, T::CLOSE_WAIT),
+            state(ms(2), c, irq, ct, T::FIN_WAIT1, T::FIN_WAIT2),
+            state(ms(2), c, irq, ct, T::FIN_WAIT2, T::CLOSE),
+            state(ms(3), s, srv, st, T::CLOSE_WAIT, T::LAST_ACK),
+            state(ms(3), s, irq, st, T::LAST_ACK, T::CLOSE),
+        ]
+        .into_iter()
+        .map(Delivery::Event)
+        .collect();
+        let snap = Snapshot {
+            ts_ns: ms(0),
+            sockets: vec![],
+            holders: vec![],
+        };
+        let mut env = Replay::new(snap, Duration::from_secs(60));
+        let metrics = Arc::new(Metrics::new(false));
+        let mut out = Vec::new();
+        let mut cmd = StuckCmd::new(
+            &mut out,
+            true,
+            Clock::fixed(0),
+            live(T::CLOSE_WAIT),
+            100,
+            &mut env,
+        )
+        .unwrap();
+        cmd.set_metrics(metrics.clone());
+        env.advance(ms(4));
+        cmd.batch(&batch, &mut env).unwrap();
+        env.advance(ms(1000));
+        cmd.batch(&[], &mut env).unwrap();
+        let text = metrics.text();
+        let normal = "tcp_trace_connection_closes_total{cause=\"normal\"} ";
+        let lifetimes = "tcp_trace_connection_lifetime_seconds_count ";
+        for series in [normal, lifetimes] {
+            let line = text.lines().find(|l| l.starts_with(series));
+            assert_eq!(line, Some(format!("{series}2").as_str()), "{text}");
+        }
     }
 
     /// The holder closes its CLOSE_WAIT socket: for one evaluation the socket is listed

@@ -95,7 +95,12 @@ impl<W: Write> Sink for Watch<W> {
                     if !self.filter.matches_place(place.netns, cgroup) {
                         continue;
                     }
-                    let ended = applied.finished.and_then(|id| self.engine.finished(id));
+                    // A timewait orphan's cause comes with its fate, on its `end` line (even
+                    // when the fate came in this batch).
+                    let ended = applied
+                        .finished
+                        .and_then(|id| self.engine.finished(id))
+                        .filter(|l| !l.ends_with_fate());
                     self.out.event(&Annotated {
                         ev,
                         sock: applied.sock,

@@ -153,12 +153,20 @@ impl Lifecycle {
         self.states.last().map_or(self.last_seen_ns, |t| t.at_ns)
     }
 
-    /// A timewait orphan (handed over from FIN_WAIT2, without a reset or an error) whose
-    /// connection's end sock_diag has not told yet: the socket closed, the connection has not.
+    /// A timewait orphan whose connection's end sock_diag (or its peer's FIN, on one host) has
+    /// not told yet: the socket closed, the connection has not.
     pub fn awaits_fate(&self) -> bool {
+        self.fate.is_none() && self.ends_with_fate()
+    }
+
+    /// A timewait orphan (handed over from FIN_WAIT2, without a reset or an error): its
+    /// connection ends with its fate, and is told then, once ([`Engine::take_decided`]), even
+    /// when the fate came in the batch of its CLOSE.
+    ///
+    /// [`Engine::take_decided`]: super::Engine::take_decided
+    pub fn ends_with_fate(&self) -> bool {
         let n = self.states.len();
         self.orphaned_ns.is_some()
-            && self.fate.is_none()
             && n >= 2
             && self.states[n - 1].state == TcpState::CLOSE
             && self.states[n - 2].state == TcpState::FIN_WAIT2
