@@ -1070,7 +1070,6 @@ fn built_tests(root: &Path, other: Option<(Arch, Option<&[String]>)>) -> Result<
     // the dependencies' features differently and compile everything again); tcp-trace's
     // are kept below.
     let package = root.join("tcp-trace/Cargo.toml");
-    let package = format!("\"manifest_path\":\"{}\"", package.display());
     match other {
         None => cargo.arg("--workspace"),
         Some(_) => cargo.args(["-p", "tcp-trace"]),
@@ -1100,7 +1099,7 @@ fn built_tests(root: &Path, other: Option<(Arch, Option<&[String]>)>) -> Result<
         if !line.contains("\"reason\":\"compiler-artifact\"") || !profile_test {
             continue;
         }
-        if !line.contains(&package) {
+        if json_str(line, "manifest_path").is_none_or(|m| Path::new(&m) != package) {
             continue;
         }
         let (Some(kind), Some(name), Some(exe)) = (
@@ -1116,7 +1115,11 @@ fn built_tests(root: &Path, other: Option<(Arch, Option<&[String]>)>) -> Result<
             lister: exe.into(),
         });
     }
-    ensure!(!bins.is_empty(), "cargo built no test executable");
+    ensure!(
+        !bins.is_empty(),
+        "cargo built no test executable of {}",
+        package.display()
+    );
     bins.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(bins)
 }

@@ -149,8 +149,8 @@ impl<L: Clone + Hash + Eq + std::fmt::Debug + EncodeLabelSet + Send + Sync + 'st
 
 /// Every metric `serve` exports.
 pub struct Metrics {
-    /// The registry `/metrics` encodes.
-    pub registry: Registry,
+    /// The registry `/metrics` encodes (under `evaluation`: see [`Metrics::openmetrics`]).
+    registry: Registry,
     transitions: Family<Transition, Counter>,
     retransmits: Counter,
     synack_retransmits: Counter,
