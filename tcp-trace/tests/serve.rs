@@ -23,16 +23,21 @@ fn get(port: u16, path: &str) -> (u16, String, Duration) {
     (status, body, t.elapsed())
 }
 
+#[test]
+fn metrics_move_by_exactly_what_happened() {
+    without_loss(exact_figures);
+}
+
 /// Exact figures need every event. The tracer counts what it lost: a full ring buffer, or a
 /// run of its programs the kernel skipped (it runs no tracing program nested in another on
 /// one CPU, ours or another tool's: here, the other tests' tracers). An attempt that lost
-/// events proves nothing either way and is made again, on new ports, three times at most.
-#[test]
-fn metrics_move_by_exactly_what_happened() {
-    for attempt in 1..=3 {
-        match exact_figures() {
+/// events (`Err(lost)`) proves nothing either way and is made again, on new ports, three
+/// times at most.
+fn without_loss(attempt: impl Fn() -> Result<(), f64>) {
+    for n in 1..=3 {
+        match attempt() {
             Ok(()) => return,
-            Err(lost) => eprintln!("attempt {attempt}: {lost} events lost"),
+            Err(lost) => eprintln!("attempt {n}: {lost} events lost"),
         }
     }
     panic!("events were lost in each of 3 attempts");
@@ -43,19 +48,16 @@ fn exact_figures() -> Result<(), f64> {
     let port = free_port();
     let http = free_port();
     let events = std::env::temp_dir().join(format!("tt-serve-{}.ndjson", std::process::id()));
-    let tracer = Tracer::start(&[
-        "serve",
-        "--listen",
-        &format!("127.0.0.1:{http}"),
-        "--port",
-        &port.to_string(),
-        "--threshold",
-        "1s",
-        "--interval",
-        "300ms",
-        "--events-json",
-        events.to_str().unwrap(),
-    ]);
+    let tracer = serve(
+        http,
+        port,
+        &[
+            "--threshold",
+            "1s",
+            "--events-json",
+            events.to_str().unwrap(),
+        ],
+    );
     std::thread::sleep(Duration::from_millis(300));
     let (st, health, _) = get(http, "/healthz");
     assert_eq!(st, 200, "{health}");
@@ -279,27 +281,13 @@ fn only_what_the_filters_pass_is_counted() {
     if !errors_reported() {
         return no_error_events("only_what_the_filters_pass_is_counted");
     }
-    for attempt in 1..=3 {
-        match only_the_filtered() {
-            Ok(()) => return,
-            Err(lost) => eprintln!("attempt {attempt}: {lost} events lost"),
-        }
-    }
-    panic!("events were lost in each of 3 attempts");
+    without_loss(only_the_filtered);
 }
 
 /// One attempt: `Err(lost)` when events were lost.
 fn only_the_filtered() -> Result<(), f64> {
     let (port, other, http) = (free_port(), free_port(), free_port());
-    let tracer = Tracer::start(&[
-        "serve",
-        "--listen",
-        &format!("127.0.0.1:{http}"),
-        "--port",
-        &port.to_string(),
-        "--interval",
-        "300ms",
-    ]);
+    let tracer = serve(http, port, &[]);
     std::thread::sleep(Duration::from_millis(300));
     // The other port's first: once this port's error is counted, the other's has been read.
     for p in [other, port] {
@@ -601,6 +589,21 @@ fn known_series_at_0_in_the_format_the_client_asked_for() {
 
 /// `/metrics` once `ready` holds of it; fails after a while with the last scrape.
 const LOST: &str = "tcp_trace_lost_events_total";
+
+/// `serve` on loopback port `http`, traffic filtered to `port`, evaluating every 300 ms.
+fn serve(http: u16, port: u16, more: &[&str]) -> Tracer {
+    let (listen, port) = (format!("127.0.0.1:{http}"), port.to_string());
+    let mut args = vec![
+        "serve",
+        "--listen",
+        listen.as_str(),
+        "--port",
+        port.as_str(),
+    ];
+    args.extend(["--interval", "300ms"]);
+    args.extend(more);
+    Tracer::start(&args)
+}
 
 /// Scrapes until `ready` or a loss, then once more after the tracer has read the kernel's
 /// skipped runs (once a second) and every later event: what an exact assertion may use.
