@@ -6,7 +6,7 @@ use std::{
     fs::File,
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex, OnceLock},
     thread,
@@ -73,8 +73,14 @@ pub fn require_root() {
 /// (`net.ipv4.ip_local_port_range`): a port from that range can be given at the same time to
 /// another test's connect() as its source port, and a tracer filtering on the port would then
 /// see that test's connection too.
+///
+/// The port stays reserved until this process exits: a socket bound to its wildcard with
+/// `SO_REUSEADDR`, never listening. A test binds it later (after its tracer has started, to
+/// see the listen), and any other program that binds the port meanwhile without
+/// `SO_REUSEADDR` now fails instead of the test (CI once met one). Every listener the tests
+/// make sets `SO_REUSEADDR`, which a bound, non-listening socket lets through.
 pub fn free_port() -> u16 {
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    static GIVEN: Mutex<Vec<(u16, OwnedFd)>> = Mutex::new(Vec::new());
     const FROM: u32 = 20_000;
     let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -86,56 +92,70 @@ pub fn free_port() -> u16 {
     let mut given = GIVEN.lock().unwrap();
     for i in 0..span {
         let port = (FROM + (start + i) % span) as u16;
-        if !given.contains(&port) && bindable(port) {
-            given.push(port);
+        if given.iter().any(|(p, _)| *p == port) {
+            continue;
+        }
+        // Free for any address a test binds, with no socket of any state on it (a bind without
+        // `SO_REUSEADDR` meets even a TIME_WAIT), then reserved.
+        if bind_wildcard(port, false).is_none() {
+            continue;
+        }
+        if let Some(reserved) = bind_wildcard(port, true) {
+            given.push((port, reserved));
             return port;
         }
     }
     panic!("no free port between {FROM} and {ephemeral}");
 }
 
-/// Whether a TCP socket can bind the wildcard of both families (an IPv6 socket is dual-stack
-/// here, else IPv4's) on `port`: free for any address a test binds. Bound, never listening:
+/// A TCP socket bound to `port` on the wildcard of both families (an IPv6 socket is
+/// dual-stack here, else IPv4's), with `SO_REUSEADDR` when `reuse`. Bound, never listening:
 /// a listen would be a state change, which a tracer filtering on that port would see.
-fn bindable(port: u16) -> bool {
-    let try_bind = |v6: bool| {
-        // SAFETY: a new socket, a sockaddr of the size given, the fd closed.
-        unsafe {
-            let fd = libc::socket(
-                if v6 { libc::AF_INET6 } else { libc::AF_INET },
-                libc::SOCK_STREAM,
-                0,
-            );
-            if fd < 0 {
-                return false;
-            }
-            let r = if v6 {
-                let mut a: libc::sockaddr_in6 = std::mem::zeroed();
-                a.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-                a.sin6_port = port.to_be();
-                libc::bind(
-                    fd,
-                    (&a as *const libc::sockaddr_in6).cast(),
-                    std::mem::size_of_val(&a) as u32,
-                )
-            } else {
-                let mut a: libc::sockaddr_in = std::mem::zeroed();
-                a.sin_family = libc::AF_INET as libc::sa_family_t;
-                a.sin_port = port.to_be();
-                libc::bind(
-                    fd,
-                    (&a as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of_val(&a) as u32,
-                )
-            };
-            libc::close(fd);
-            r == 0
+fn bind_wildcard(port: u16, reuse: bool) -> Option<OwnedFd> {
+    let v6 = std::path::Path::new("/proc/net/if_inet6").exists();
+    // SAFETY: a new socket, owned at once; an int option and a sockaddr of the sizes given.
+    unsafe {
+        let fd = libc::socket(
+            if v6 { libc::AF_INET6 } else { libc::AF_INET },
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+        );
+        if fd < 0 {
+            return None;
         }
-    };
-    match try_bind(true) {
-        true => true,
-        // No IPv6 here: IPv4's wildcard.
-        false => !std::path::Path::new("/proc/net/if_inet6").exists() && try_bind(false),
+        let fd = OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        if reuse
+            && libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of_val(&one) as u32,
+            ) != 0
+        {
+            return None;
+        }
+        let r = if v6 {
+            let mut a: libc::sockaddr_in6 = std::mem::zeroed();
+            a.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            a.sin6_port = port.to_be();
+            libc::bind(
+                fd.as_raw_fd(),
+                (&a as *const libc::sockaddr_in6).cast(),
+                std::mem::size_of_val(&a) as u32,
+            )
+        } else {
+            let mut a: libc::sockaddr_in = std::mem::zeroed();
+            a.sin_family = libc::AF_INET as libc::sa_family_t;
+            a.sin_port = port.to_be();
+            libc::bind(
+                fd.as_raw_fd(),
+                (&a as *const libc::sockaddr_in).cast(),
+                std::mem::size_of_val(&a) as u32,
+            )
+        };
+        (r == 0).then_some(fd)
     }
 }
 
