@@ -725,11 +725,10 @@ impl<W: Write> Sink for StuckCmd<W> {
             }
         }
         // Causes after the whole batch: what explains an end can follow its CLOSE. A timewait
-        // orphan's is counted with its fate, below, even when that came in this batch.
+        // orphan's is counted with its fate, below.
         if let Some(m) = &self.metrics {
             for id in ended {
-                let finished = self.engine.finished(id);
-                if let Some(l) = finished.filter(|l| !l.ends_with_fate() && self.counts(l, env)) {
+                if let Some(l) = self.engine.ended(id).filter(|l| self.counts(l, env)) {
                     m.closed(l);
                 }
             }
@@ -866,31 +865,11 @@ mod tests {
     /// connections when it was counted at its CLOSE and again with its fate).
     #[test]
     fn a_timewait_orphan_decided_in_the_batch_of_its_close_is_counted_once() {
-        use crate::testkit::{state, task, tuple};
-        use TcpState as T;
-        let (c, s) = (0xffff_8880_0000_1000, 0xffff_8880_0000_2000);
-        let (ct, st) = (
-            tuple("127.0.0.1", 40000, "127.0.0.1", 8080),
-            tuple("127.0.0.1", 8080, "127.0.0.1", 40000),
-        );
-        let (app, srv, irq) = (task(10, "client"), task(20, "server"), task(0, "swapper/0"));
         let ms = |n: u64| 1_000_000_000 + n * 1_000_000;
-        let batch: Vec<Delivery> = [
-            state(ms(0), c, app, ct, T::CLOSE, T::SYN_SENT),
-            state(ms(1), s, irq, st, T::LISTEN, T::SYN_RECV),
-            state(ms(1), s, irq, st, T::SYN_RECV, T::ESTABLISHED),
-            state(ms(1), c, irq, ct, T::SYN_SENT, T::ESTABLISHED),
-            // The client closes first; the server's FIN reaches its timewait orphan.
-            state(ms(2), c, app, ct, T::ESTABLISHED, T::FIN_WAIT1),
-            state(ms(2), s, irq, st, T::ESTABLISHED, T::CLOSE_WAIT),
-            state(ms(2), c, irq, ct, T::FIN_WAIT1, T::FIN_WAIT2),
-            state(ms(2), c, irq, ct, T::FIN_WAIT2, T::CLOSE),
-            state(ms(3), s, srv, st, T::CLOSE_WAIT, T::LAST_ACK),
-            state(ms(3), s, irq, st, T::LAST_ACK, T::CLOSE),
-        ]
-        .into_iter()
-        .map(Delivery::Event)
-        .collect();
+        let batch: Vec<Delivery> = crate::testkit::active_close_in_one_batch(ms(0))
+            .into_iter()
+            .map(Delivery::Event)
+            .collect();
         let snap = Snapshot {
             ts_ns: ms(0),
             sockets: vec![],
@@ -903,7 +882,7 @@ mod tests {
             &mut out,
             true,
             Clock::fixed(0),
-            live(T::CLOSE_WAIT),
+            live(TcpState::CLOSE_WAIT),
             100,
             &mut env,
         )

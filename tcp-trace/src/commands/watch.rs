@@ -95,12 +95,8 @@ impl<W: Write> Sink for Watch<W> {
                     if !self.filter.matches_place(place.netns, cgroup) {
                         continue;
                     }
-                    // A timewait orphan's cause comes with its fate, on its `end` line (even
-                    // when the fate came in this batch).
-                    let ended = applied
-                        .finished
-                        .and_then(|id| self.engine.finished(id))
-                        .filter(|l| !l.ends_with_fate());
+                    // A timewait orphan's cause comes with its fate, on its `end` line.
+                    let ended = applied.finished.and_then(|id| self.engine.ended(id));
                     self.out.event(&Annotated {
                         ev,
                         sock: applied.sock,
@@ -147,5 +143,52 @@ impl<W: Write> Sink for Watch<W> {
 
     fn finish(&mut self, _env: &mut dyn Env) -> Result<()> {
         Ok(self.out.flush()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recording::{Replay, Snapshot};
+    use serde_json::Value;
+    use std::time::Duration;
+
+    /// A timewait orphan's cause is printed once, on its `end` line, even when its fate (its
+    /// peer's FIN, on one host) came in the batch of its CLOSE: the CLOSE line's is null.
+    #[test]
+    fn a_timewait_orphan_decided_in_the_batch_of_its_close_is_told_once() {
+        let t0 = 1_000_000_000;
+        let batch: Vec<Delivery> = crate::testkit::active_close_in_one_batch(t0)
+            .into_iter()
+            .map(Delivery::Event)
+            .collect();
+        let snap = Snapshot {
+            ts_ns: t0,
+            sockets: vec![],
+            holders: vec![],
+        };
+        let mut env = Replay::new(snap, Duration::from_secs(60));
+        let mut out = Vec::new();
+        let engine = Engine::new(100, false);
+        let mut w = Watch::new(&mut out, true, Clock::fixed(0), Filter::default(), engine);
+        env.advance(t0 + 4_000_000);
+        w.batch(&batch, &mut env).unwrap();
+        env.advance(t0 + 1_000_000_000);
+        w.batch(&[], &mut env).unwrap();
+        drop(w);
+        let lines: Vec<Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let client: Vec<_> = lines.iter().filter(|v| v["sport"] == 40000).collect();
+        let told: Vec<_> = client.iter().filter(|v| !v["cause"].is_null()).collect();
+        assert_eq!(told.len(), 1, "{client:#?}");
+        assert_eq!(
+            (&told[0]["type"], &told[0]["cause"]),
+            (&"end".into(), &"normal".into())
+        );
+        let close = client.iter().find(|v| v["new"] == "CLOSE").unwrap();
+        assert!(close["cause"].is_null(), "{close}");
     }
 }

@@ -160,11 +160,10 @@ impl Lifecycle {
     }
 
     /// A timewait orphan (handed over from FIN_WAIT2, without a reset or an error): its
-    /// connection ends with its fate, and is told then, once ([`Engine::take_decided`]), even
-    /// when the fate came in the batch of its CLOSE.
+    /// connection ends with its fate ([`Engine::ended`]).
     ///
-    /// [`Engine::take_decided`]: super::Engine::take_decided
-    pub fn ends_with_fate(&self) -> bool {
+    /// [`Engine::ended`]: super::Engine::ended
+    pub(super) fn ends_with_fate(&self) -> bool {
         let n = self.states.len();
         self.orphaned_ns.is_some()
             && n >= 2

@@ -309,6 +309,14 @@ impl Engine {
         self.graveyard.at(id)
     }
 
+    /// The connection that ended with an event ([`Applied::finished`]), for a sink that tells
+    /// how connections end as their sockets close (`watch`'s CLOSE line, `serve`'s counts):
+    /// not a timewait orphan's, which an engine that tells fates tells once, with its fate
+    /// ([`Engine::take_decided`]), even when the fate came in the batch of its CLOSE.
+    pub fn ended(&self, id: u64) -> Option<&Lifecycle> {
+        self.finished(id).filter(|l| !l.ends_with_fate())
+    }
+
     /// A recently finished lifecycle with these endpoints (e.g. a FIN_WAIT2 socket the
     /// application closed, which lives on in the kernel as a timewait orphan).
     pub fn finished_by_tuple(&self, t: &Tuple) -> Option<&Lifecycle> {
