@@ -311,8 +311,9 @@ impl Engine {
 
     /// The connection that ended with an event ([`Applied::finished`]), for a sink that tells
     /// how connections end as their sockets close (`watch`'s CLOSE line, `serve`'s counts):
-    /// not a timewait orphan's, which an engine that tells fates tells once, with its fate
-    /// ([`Engine::take_decided`]), even when the fate came in the batch of its CLOSE.
+    /// never a timewait orphan's, whose end is told once, with its fate
+    /// ([`Engine::take_decided`] or [`Engine::take_finished`]), even when the fate came in the
+    /// batch of its CLOSE.
     pub fn ended(&self, id: u64) -> Option<&Lifecycle> {
         self.finished(id).filter(|l| !l.ends_with_fate())
     }

@@ -78,7 +78,8 @@ pub fn require_root() {
 /// `SO_REUSEADDR`, never listening. A test binds it later (after its tracer has started, to
 /// see the listen), and any other program that binds the port meanwhile without
 /// `SO_REUSEADDR` now fails instead of the test (CI once met one). Every listener the tests
-/// make sets `SO_REUSEADDR`, which a bound, non-listening socket lets through.
+/// make in this namespace sets `SO_REUSEADDR`, which a bound, non-listening socket lets through
+/// (the raw binds without it are in the tests' own namespaces).
 pub fn free_port() -> u16 {
     static GIVEN: Mutex<Vec<(u16, OwnedFd)>> = Mutex::new(Vec::new());
     const FROM: u32 = 20_000;
@@ -109,7 +110,7 @@ pub fn free_port() -> u16 {
 }
 
 /// A TCP socket bound to `port` on the wildcard of both families (an IPv6 socket is
-/// dual-stack here, else IPv4's), with `SO_REUSEADDR` when `reuse`. Bound, never listening:
+/// dual-stack while `net.ipv6.bindv6only` is 0, the default; else IPv4's), with `SO_REUSEADDR` when `reuse`. Bound, never listening:
 /// a listen would be a state change, which a tracer filtering on that port would see.
 fn bind_wildcard(port: u16, reuse: bool) -> Option<OwnedFd> {
     let v6 = std::path::Path::new("/proc/net/if_inet6").exists();
