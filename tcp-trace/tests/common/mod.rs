@@ -116,11 +116,8 @@ fn bind_wildcard(port: u16, reuse: bool) -> Option<OwnedFd> {
     let v6 = std::path::Path::new("/proc/net/if_inet6").exists();
     // SAFETY: a new socket, owned at once; an int option and a sockaddr of the sizes given.
     unsafe {
-        let fd = libc::socket(
-            if v6 { libc::AF_INET6 } else { libc::AF_INET },
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-        );
+        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
             return None;
         }
@@ -137,25 +134,16 @@ fn bind_wildcard(port: u16, reuse: bool) -> Option<OwnedFd> {
         {
             return None;
         }
-        let r = if v6 {
-            let mut a: libc::sockaddr_in6 = std::mem::zeroed();
-            a.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            a.sin6_port = port.to_be();
-            libc::bind(
-                fd.as_raw_fd(),
-                (&a as *const libc::sockaddr_in6).cast(),
-                std::mem::size_of_val(&a) as u32,
-            )
-        } else {
-            let mut a: libc::sockaddr_in = std::mem::zeroed();
-            a.sin_family = libc::AF_INET as libc::sa_family_t;
-            a.sin_port = port.to_be();
-            libc::bind(
-                fd.as_raw_fd(),
-                (&a as *const libc::sockaddr_in).cast(),
-                std::mem::size_of_val(&a) as u32,
-            )
+        // The wildcard is all zeros in both families, and the port follows the family in both
+        // (`sin_port`, `sin6_port`): one address, of the family's length.
+        let len = match v6 {
+            true => std::mem::size_of::<libc::sockaddr_in6>(),
+            false => std::mem::size_of::<libc::sockaddr_in>(),
         };
+        let mut a: libc::sockaddr_storage = std::mem::zeroed();
+        a.ss_family = family as libc::sa_family_t;
+        (*(&raw mut a).cast::<libc::sockaddr_in>()).sin_port = port.to_be();
+        let r = libc::bind(fd.as_raw_fd(), (&raw const a).cast(), len as u32);
         (r == 0).then_some(fd)
     }
 }
