@@ -405,9 +405,9 @@ fn run(cli: Cli) -> Result<()> {
                 .iter()
                 .map(|k| vm::kernel(&root, &k.name))
                 .collect::<Result<Vec<_>>>()?;
-            // Guests run side by side, each taking the next kernel when it is done: an emulated
-            // guest keeps about one host core busy (most of its tests wait on the kernel's
-            // timers), so more at once than `--vm-jobs` only slows them all.
+            // Guests run side by side, each taking the next kernel when it is done. An emulated
+            // guest keeps less than one host core busy (most of its tests wait on the kernel's
+            // timers); `--vm-jobs` bounds how many share the host's cores and memory.
             let jobs = usize::from(vm_jobs).min(kernels.len());
             if jobs < kernels.len() {
                 println!(
