@@ -21,26 +21,6 @@ fn parse(lines: &[String]) -> Vec<Value> {
         .collect()
 }
 
-/// `delivered N events, lost M` from the tracer's last stderr line.
-fn counts(err: &[String]) -> (u64, u64) {
-    let line = err
-        .iter()
-        .rev()
-        .find(|l| l.contains("delivered"))
-        .expect("final counts line");
-    let num = |key: &str| -> u64 {
-        let i = line.find(key).unwrap() + key.len();
-        line[i..]
-            .trim_start()
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    (num("delivered"), num("lost"))
-}
-
 /// Connections in the storm, made one after the other on a listener of its own.
 const STORM: u64 = 4000;
 

@@ -499,6 +499,9 @@ fn orphans_closed_from_established_keep_their_story() {
     assert_eq!(late["ends_estimated"], false, "{late}");
     let reap = late["reap_in_s"].as_f64().unwrap();
     assert!(reap > 0.0 && reap < 60.0, "{late}");
+    let (st, _, err) = tracer.stop();
+    assert!(st.success(), "{err:?}");
+    let (_, lost) = counts(&err);
     for (who, listen, port, peer) in &cases {
         let o = orphan_of(&ev, who, *port, peer).unwrap();
         let (closer, holder) = match *who {
@@ -506,7 +509,27 @@ fn orphans_closed_from_established_keep_their_story() {
             _ => (peer.client_pid, peer.server_pid),
         };
         let case = format!("{who} closing first, listening on {listen}: {o}");
-        assert_eq!(o["pid"], closer, "{case}");
+        // The other side is the CLOSE_WAIT its process holds.
+        let other = if *who == "server" {
+            peer.client_port
+        } else {
+            *port
+        };
+        assert!(
+            stuck_items(&ev, "CLOSE_WAIT")
+                .iter()
+                .any(|e| e["sport"] == other && e["pid"] == holder),
+            "{case}"
+        );
+        // The kernel skips every program of a tracepoint hit while another BPF program runs
+        // on that CPU (an interrupt in the middle of one, as the other tests' tracers make
+        // likely); the tracer counts the skips as lost (since Linux 6.7) and then knows this
+        // orphan from sock_diag alone. Only a loss it reported excuses a missing story.
+        if o["history"].as_array().is_some_and(Vec::is_empty) && lost > 0 {
+            eprintln!("NOT CHECKED: {case}: the kernel skipped {lost} runs of the programs");
+            continue;
+        }
+        assert_eq!(o["pid"], closer, "{case}; stderr {err:?}");
         assert_eq!(o["comm"], format!("tt-{who}"), "{case}");
         assert_eq!(o["age_exact"], true, "{case}");
         let path: Vec<&str> = o["history"]
@@ -529,22 +552,8 @@ fn orphans_closed_from_established_keep_their_story() {
                 .contains(&format!("closed by pid {closer}")),
             "{case}"
         );
-        // The other side is the CLOSE_WAIT its process holds.
-        let other = if *who == "server" {
-            peer.client_port
-        } else {
-            *port
-        };
-        assert!(
-            stuck_items(&ev, "CLOSE_WAIT")
-                .iter()
-                .any(|e| e["sport"] == other && e["pid"] == holder),
-            "{case}"
-        );
     }
     drop(cases);
-    let (st, _, _) = tracer.stop();
-    assert!(st.success());
 }
 
 /// A 300-socket CLOSE_WAIT leak (the server never closes what the clients closed) reads as

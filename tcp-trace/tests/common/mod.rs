@@ -593,7 +593,12 @@ impl Peer {
             .read_line(&mut line)
             .unwrap();
         let f: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(f.first(), Some(&"ready"), "peer said {line:?}");
+        if f.first() != Some(&"ready") {
+            // How it ended (a signal, an exit code) says who stopped it; once seen in an
+            // emulated arm64 guest, with nothing on its stderr.
+            let _ = child.kill();
+            panic!("peer said {line:?}; the peer: {:?}", child.wait());
+        }
         Self {
             child,
             server_pid: f[1].parse().unwrap(),
@@ -804,4 +809,24 @@ pub fn try_sample(body: &str, series: &str) -> Option<f64> {
 /// failure naming it when there is none.
 pub fn sample(body: &str, series: &str) -> f64 {
     try_sample(body, series).unwrap_or_else(|| panic!("no series {series} in /metrics:\n{body}"))
+}
+
+/// `delivered N events, lost M` from the tracer's last stderr line.
+pub fn counts(err: &[String]) -> (u64, u64) {
+    let line = err
+        .iter()
+        .rev()
+        .find(|l| l.contains("delivered"))
+        .expect("final counts line");
+    let num = |key: &str| -> u64 {
+        let i = line.find(key).unwrap() + key.len();
+        line[i..]
+            .trim_start()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (num("delivered"), num("lost"))
 }
