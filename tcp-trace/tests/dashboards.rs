@@ -624,16 +624,16 @@ fn every_panel_answers_from_a_real_prometheus_scraping_serve() {
     // may fire only when the tracer counted a loss, which the kernel's skipped runs can cause
     // (it runs no program of a tracepoint hit while another BPF program runs on that CPU, as
     // the other tests' tracers make likelier).
+    let want: Vec<(String, String)> = PENDING
+        .iter()
+        .map(|a| (a.to_string(), "pending".to_string()))
+        .collect();
     wait_until(
         "exactly the scenario's alerts pending",
         Duration::from_secs(30),
         || {
             let (_, body) = http_get(http, "/metrics").map_err(|e| e.to_string())?;
             let lost = sample(&body, "tcp_trace_lost_events_total");
-            let want: Vec<(String, String)> = PENDING
-                .iter()
-                .map(|a| (a.to_string(), "pending".to_string()))
-                .collect();
             // (Prometheus may not see a loss made before its first scrape as an increase.)
             let mut got = prom.alerts();
             if lost > 0.0 {

@@ -110,8 +110,9 @@ pub fn free_port() -> u16 {
 }
 
 /// A TCP socket bound to `port` on the wildcard of both families (an IPv6 socket is
-/// dual-stack while `net.ipv6.bindv6only` is 0, the default; else IPv4's), with `SO_REUSEADDR` when `reuse`. Bound, never listening:
-/// a listen would be a state change, which a tracer filtering on that port would see.
+/// dual-stack while `net.ipv6.bindv6only` is 0, the default; else IPv4's), with
+/// `SO_REUSEADDR` when `reuse`. Bound, never listening: a listen would be a state change,
+/// which a tracer filtering on that port would see.
 fn bind_wildcard(port: u16, reuse: bool) -> Option<OwnedFd> {
     let v6 = std::path::Path::new("/proc/net/if_inet6").exists();
     // SAFETY: a new socket, owned at once; an int option and a sockaddr of the sizes given.
